@@ -1,0 +1,1 @@
+//! The sans-IO router shard: delivery, receipts, presence TTLs, groups, offline inbox, dedup and ordering, and the write-ahead log format with its recovery. It will hold no sockets, no runtime and no clock.

@@ -1,0 +1,1 @@
+//! The JSON encoding of the message model, as `docs/protocol.md` writes it.

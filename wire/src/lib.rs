@@ -1,0 +1,14 @@
+//! Everything about Switchboard's bytes on the wire, with no I/O and no clock: the typed
+//! message model, its JSON and flatbuffers encodings, the RFC 6455 frame codec and the
+//! HTTP/1.1 upgrade handshake. Callers hand in bytes and get values (or bytes) back.
+
+pub mod envelope;
+pub mod frame;
+pub mod handshake;
+pub mod json;
+pub mod model;
+
+pub use model::{
+    ClientMessage, Correlation, ErrorCode, ErrorMessage, GroupId, HistoryRequest, IncomingMessage,
+    InvalidMessage, Limits, Media, MessageId, Receipt, SendMessage, ServerMessage, Target, UserId,
+};
