@@ -1,0 +1,606 @@
+//! Command line, configuration file and their merge into one [`Config`]: a flag beats the
+//! file, the file beats the default.
+//!
+//! The TOML file uses the flags' names in snake_case at the top level (`listen`,
+//! `http_listen`, `data_dir`, `shards`, `durability`, `jwt_secret`, `echo`) and every limit in
+//! a `[limits]` table (`handshake_timeout_ms = 10000`, ...). Unknown keys are an error, so a
+//! misspelt limit never silently keeps its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+/// The messaging WebSocket path.
+pub const WS_PATH: &str = "/ws";
+/// The echo WebSocket path, served only with `--echo`.
+pub const ECHO_PATH: &str = "/echo";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "A messaging server: WebSocket gateway shards, a router and a write-ahead log.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// With no subcommand the server runs (`serve`) with these options.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Print a token (JWT, HS256) for USER, signed with the server's secret.
+    Token(TokenArgs),
+}
+
+/// Where the signing secret comes from; shared by `serve` and `token`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SecretArgs {
+    /// Directory of the server's data (the WAL, and `jwt.secret` when no secret is given).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The JWT signing secret. Else `SWITCHBOARD_JWT_SECRET`, else the config file's
+    /// `jwt_secret`, else `<data-dir>/jwt.secret`, generated on first start.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "SWITCHBOARD_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// A TOML file with the same names in snake_case; flags beat it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// WebSocket listen address [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// HTTP API listen address [default: 127.0.0.1:8081].
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<SocketAddr>,
+    /// Number of shards (threads, one per core) [default: the number of cores].
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// When a message counts as durable [default: fsync].
+    #[arg(long, value_enum)]
+    pub durability: Option<Durability>,
+    /// Serve the echo WebSocket at /echo (no auth), for conformance testing.
+    #[arg(long)]
+    pub echo: bool,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// The limits that have flags; the others are set in the file's `[limits]` table.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LimitArgs {
+    /// Payload bytes of one WebSocket frame on /ws [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    pub frame_bytes_max: Option<usize>,
+    /// Payload bytes of one (reassembled) message on /ws [default: 65536].
+    #[arg(long, value_name = "BYTES")]
+    pub message_bytes_max: Option<usize>,
+    /// Bytes of one message (and frame) on /echo [default: 16 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub echo_message_bytes_max: Option<usize>,
+    /// Time a client has to complete the upgrade request [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Open connections per shard; more are answered 503 [default: 250000].
+    #[arg(long, value_name = "N")]
+    pub connections_per_shard_max: Option<usize>,
+    /// Frames queued for sending on one connection [default: 256].
+    #[arg(long, value_name = "N")]
+    pub outbound_frames_max: Option<usize>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The user id the token authenticates (its `sub`).
+    pub user: String,
+    /// Lifetime: a number and a unit, s, m, h or d (`30s`, `15m`, `24h`, `7d`).
+    #[arg(long, default_value = "24h", value_parser = parse_ttl_secs)]
+    pub ttl: u64,
+    #[command(flatten)]
+    pub secret: SecretArgs,
+}
+
+/// When a message counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Acknowledged once written and fsynced.
+    Fsync,
+    /// fsync at most every few milliseconds; a crash may lose the last ones.
+    Batch,
+    /// No fsync at all: for benchmarks only.
+    None,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Fsync => "fsync",
+            Durability::Batch => "batch",
+            Durability::None => "none",
+        }
+    }
+}
+
+/// Every bound of the server, each named with its unit last. All are settable in the file's
+/// `[limits]` table; a table that names only some keeps the defaults of the others.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Payload bytes of one WebSocket frame on /ws.
+    pub frame_bytes_max: usize,
+    /// Payload bytes of one message on /ws, fragments reassembled.
+    pub message_bytes_max: usize,
+    /// Bytes of one message, and of one frame, on /echo (Autobahn's cases 9.x send 16 MiB).
+    pub echo_message_bytes_max: usize,
+    /// Time from accept to a complete upgrade request; a slower client is closed.
+    pub handshake_timeout_ms: u64,
+    /// Time to wait for the client's close frame after ours before closing the socket.
+    pub close_timeout_ms: u64,
+    /// Bytes of the upgrade request head.
+    pub handshake_request_bytes_max: usize,
+    /// Header lines of the upgrade request.
+    pub handshake_headers_count_max: usize,
+    /// Bytes of a bearer token.
+    pub token_bytes_max: usize,
+    /// Open connections (handshaking or upgraded) per shard.
+    pub connections_per_shard_max: usize,
+    /// Frames queued for sending on one connection; a connection over it is closed (1008).
+    pub outbound_frames_max: usize,
+    /// Bytes of one pooled read buffer.
+    pub read_buffer_bytes: usize,
+    /// Read buffers kept in a shard's free list.
+    pub read_buffers_pooled_max: usize,
+    /// Pause of an accept loop after the process ran out of file descriptors.
+    pub accept_backoff_ms: u64,
+    /// Characters of a message's `content`.
+    pub content_chars_max: usize,
+    /// Ids in one `message_delivered` / `message_read`.
+    pub message_ids_max: usize,
+    /// Users in one `presence_subscribe` / `presence_unsubscribe`.
+    pub presence_users_max: usize,
+    /// Messages in one `history` page.
+    pub history_limit_max: u32,
+    /// Bytes of a media `mime` or `name`.
+    pub media_text_bytes_max: usize,
+    /// Bytes of an `error` message text.
+    pub error_text_bytes_max: usize,
+    /// Nesting depth of a flatbuffer.
+    pub flatbuffer_depth_max: usize,
+    /// Tables in one flatbuffer.
+    pub flatbuffer_tables_max: usize,
+    /// A user is offline when no heartbeat arrived for this long.
+    pub presence_ttl_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        let wire = wire::Limits::DEFAULT;
+        Limits {
+            frame_bytes_max: 64 * 1024,
+            message_bytes_max: 64 * 1024,
+            echo_message_bytes_max: 16 * 1024 * 1024,
+            handshake_timeout_ms: 10_000,
+            close_timeout_ms: 5_000,
+            handshake_request_bytes_max: 8 * 1024,
+            handshake_headers_count_max: 32,
+            token_bytes_max: 4 * 1024,
+            connections_per_shard_max: 250_000,
+            outbound_frames_max: 256,
+            read_buffer_bytes: 16 * 1024,
+            read_buffers_pooled_max: 64,
+            accept_backoff_ms: 50,
+            content_chars_max: wire.content_chars_max,
+            message_ids_max: wire.message_ids_max,
+            presence_users_max: wire.presence_users_max,
+            history_limit_max: wire.history_limit_max,
+            media_text_bytes_max: wire.media_text_bytes_max,
+            error_text_bytes_max: wire.error_text_bytes_max,
+            flatbuffer_depth_max: wire.flatbuffer_depth_max,
+            flatbuffer_tables_max: wire.flatbuffer_tables_max,
+            presence_ttl_ms: 60_000,
+        }
+    }
+}
+
+impl Limits {
+    /// The bounds the message decoders apply.
+    pub fn wire(&self) -> wire::Limits {
+        wire::Limits {
+            content_chars_max: self.content_chars_max,
+            message_ids_max: self.message_ids_max,
+            presence_users_max: self.presence_users_max,
+            history_limit_max: self.history_limit_max,
+            media_text_bytes_max: self.media_text_bytes_max,
+            error_text_bytes_max: self.error_text_bytes_max,
+            envelope_bytes_max: self.message_bytes_max,
+            flatbuffer_depth_max: self.flatbuffer_depth_max,
+            flatbuffer_tables_max: self.flatbuffer_tables_max,
+        }
+    }
+
+    fn apply(&mut self, flags: &LimitArgs) {
+        let LimitArgs {
+            frame_bytes_max,
+            message_bytes_max,
+            echo_message_bytes_max,
+            handshake_timeout_ms,
+            connections_per_shard_max,
+            outbound_frames_max,
+        } = flags;
+        set(&mut self.frame_bytes_max, *frame_bytes_max);
+        set(&mut self.message_bytes_max, *message_bytes_max);
+        set(&mut self.echo_message_bytes_max, *echo_message_bytes_max);
+        set(&mut self.handshake_timeout_ms, *handshake_timeout_ms);
+        set(
+            &mut self.connections_per_shard_max,
+            *connections_per_shard_max,
+        );
+        set(&mut self.outbound_frames_max, *outbound_frames_max);
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let positive = [
+            ("frame_bytes_max", self.frame_bytes_max as u64),
+            ("message_bytes_max", self.message_bytes_max as u64),
+            ("echo_message_bytes_max", self.echo_message_bytes_max as u64),
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            (
+                "handshake_request_bytes_max",
+                self.handshake_request_bytes_max as u64,
+            ),
+            (
+                "handshake_headers_count_max",
+                self.handshake_headers_count_max as u64,
+            ),
+            ("token_bytes_max", self.token_bytes_max as u64),
+            (
+                "connections_per_shard_max",
+                self.connections_per_shard_max as u64,
+            ),
+            ("outbound_frames_max", self.outbound_frames_max as u64),
+            ("read_buffer_bytes", self.read_buffer_bytes as u64),
+            ("accept_backoff_ms", self.accept_backoff_ms),
+            ("content_chars_max", self.content_chars_max as u64),
+            ("presence_ttl_ms", self.presence_ttl_ms),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                bail!("limit {name} must be greater than 0");
+            }
+        }
+        // A frame of the echo route must fit its message, and the same on /ws: a frame larger
+        // than a whole message could never be accepted.
+        if self.frame_bytes_max > self.message_bytes_max {
+            bail!(
+                "limit frame_bytes_max ({}) is larger than message_bytes_max ({})",
+                self.frame_bytes_max,
+                self.message_bytes_max
+            );
+        }
+        Ok(())
+    }
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
+    }
+}
+
+/// The configuration file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    http_listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    shards: Option<usize>,
+    durability: Option<Durability>,
+    jwt_secret: Option<String>,
+    echo: Option<bool>,
+    #[serde(default)]
+    limits: Limits,
+}
+
+impl FileConfig {
+    fn load(path: Option<&Path>) -> anyhow::Result<FileConfig> {
+        let Some(path) = path else {
+            return Ok(FileConfig::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).map_err(|error| {
+            // toml's message spans several lines with a caret; one line reads better in a log.
+            let message = error.message().to_owned();
+            let place = error
+                .span()
+                .map(|span| {
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            anyhow::anyhow!("bad config file {}{place}: {message}", path.display())
+        })
+    }
+}
+
+/// Where the signing secret was found, before a generated one is read or made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `--jwt-secret` or `SWITCHBOARD_JWT_SECRET`, or the file's `jwt_secret`.
+    Given(String),
+    /// `<data-dir>/jwt.secret`, made on first start.
+    File(PathBuf),
+}
+
+/// The server's whole configuration after the merge.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub shards: usize,
+    pub durability: Durability,
+    pub echo: bool,
+    pub secret: SecretSource,
+    pub limits: Limits,
+}
+
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:8080";
+pub const HTTP_LISTEN_DEFAULT: &str = "127.0.0.1:8081";
+pub const DATA_DIR_DEFAULT: &str = "./data";
+pub const SECRET_FILE_NAME: &str = "jwt.secret";
+
+/// Shards a machine gets by default: one per core.
+fn shards_default() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Config {
+    /// Merges flags, the file they name and the defaults.
+    pub fn resolve(args: &ServeArgs) -> anyhow::Result<Config> {
+        let file = FileConfig::load(args.secret.config.as_deref())?;
+        let (data_dir, secret) = resolve_secret(&args.secret, &file);
+        let mut limits = file.limits;
+        limits.apply(&args.limits);
+        limits.check()?;
+        let shards = args.shards.or(file.shards).unwrap_or_else(shards_default);
+        if shards == 0 {
+            bail!("shards must be at least 1");
+        }
+        Ok(Config {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("valid default")),
+            http_listen: args
+                .http_listen
+                .or(file.http_listen)
+                .unwrap_or_else(|| HTTP_LISTEN_DEFAULT.parse().expect("valid default")),
+            data_dir,
+            shards,
+            durability: args
+                .durability
+                .or(file.durability)
+                .unwrap_or(Durability::Fsync),
+            echo: args.echo || file.echo.unwrap_or(false),
+            secret,
+            limits,
+        })
+    }
+}
+
+/// The data directory and the secret's source for `token`, which reads the same file.
+pub fn resolve_token_secret(args: &SecretArgs) -> anyhow::Result<(PathBuf, SecretSource)> {
+    let file = FileConfig::load(args.config.as_deref())?;
+    Ok(resolve_secret(args, &file))
+}
+
+fn resolve_secret(args: &SecretArgs, file: &FileConfig) -> (PathBuf, SecretSource) {
+    let data_dir = args
+        .data_dir
+        .clone()
+        .or_else(|| file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT));
+    let secret = match args.jwt_secret.clone().or_else(|| file.jwt_secret.clone()) {
+        Some(secret) => SecretSource::Given(secret),
+        None => SecretSource::File(data_dir.join(SECRET_FILE_NAME)),
+    };
+    (data_dir, secret)
+}
+
+/// Parses a lifetime such as `30s`, `15m`, `24h` or `7d` into seconds.
+pub fn parse_ttl_secs(text: &str) -> Result<u64, String> {
+    const TTL_SECS_MAX: u64 = 10 * 365 * 24 * 3600;
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?} has no unit: write 30s, 15m, 24h or 7d"))?;
+    let (digits, unit) = text.split_at(split);
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 24 * 3600,
+        _ => return Err(format!("{text:?}: the unit is one of s, m, h, d")),
+    };
+    let count: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} does not start with a number"))?;
+    let secs = count
+        .checked_mul(unit_secs)
+        .filter(|secs| (1..=TTL_SECS_MAX).contains(secs))
+        .ok_or_else(|| format!("{text:?} is not between 1s and 3650d"))?;
+    Ok(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        let cli = Cli::try_parse_from(std::iter::once("switchboard").chain(args.iter().copied()))
+            .expect("valid arguments");
+        match cli.command {
+            Some(Command::Serve(serve)) => serve,
+            None => cli.serve,
+            Some(Command::Token(_)) => panic!("not serve"),
+        }
+    }
+
+    fn with_file(text: &str, args: &[&str]) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchboard.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut full = vec!["serve", "--config", path.to_str().unwrap()];
+        full.extend_from_slice(args);
+        Config::resolve(&parse(&full))
+    }
+
+    #[test]
+    fn defaults() {
+        let config = Config::resolve(&parse(&[])).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.http_listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.shards, shards_default());
+        assert_eq!(config.durability, Durability::Fsync);
+        assert!(!config.echo);
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.limits.handshake_timeout_ms, 10_000);
+        assert_eq!(config.limits.content_chars_max, 1000);
+        assert_eq!(config.limits.presence_ttl_ms, 60_000);
+        assert_eq!(config.limits.echo_message_bytes_max, 16 << 20);
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let file = r#"
+            listen = "127.0.0.1:9000"
+            http_listen = "127.0.0.1:9001"
+            shards = 3
+            durability = "batch"
+            echo = true
+            [limits]
+            handshake_timeout_ms = 250
+            outbound_frames_max = 8
+        "#;
+        let from_file = with_file(file, &[]).unwrap();
+        assert_eq!(from_file.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(from_file.http_listen.to_string(), "127.0.0.1:9001");
+        assert_eq!(from_file.shards, 3);
+        assert_eq!(from_file.durability, Durability::Batch);
+        assert!(from_file.echo);
+        assert_eq!(from_file.limits.handshake_timeout_ms, 250);
+        assert_eq!(from_file.limits.outbound_frames_max, 8);
+        // Limits the file does not name keep their defaults.
+        assert_eq!(
+            from_file.limits.frame_bytes_max,
+            Limits::default().frame_bytes_max
+        );
+
+        let flags = [
+            "--listen",
+            "127.0.0.1:7000",
+            "--shards",
+            "1",
+            "--durability",
+            "none",
+            "--handshake-timeout-ms",
+            "99",
+        ];
+        let from_flags = with_file(file, &flags).unwrap();
+        assert_eq!(from_flags.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(from_flags.http_listen.to_string(), "127.0.0.1:9001");
+        assert_eq!(from_flags.shards, 1);
+        assert_eq!(from_flags.durability, Durability::None);
+        assert_eq!(from_flags.limits.handshake_timeout_ms, 99);
+        assert_eq!(from_flags.limits.outbound_frames_max, 8);
+    }
+
+    #[test]
+    fn top_level_flags_mean_serve() {
+        let serve = parse(&["--listen", "127.0.0.1:1234", "--echo"]);
+        assert_eq!(serve.listen.unwrap().to_string(), "127.0.0.1:1234");
+        assert!(serve.echo);
+    }
+
+    #[test]
+    fn secret_precedence() {
+        let file = "jwt_secret = \"from-file\"\ndata_dir = \"/srv/sb\"\n";
+        let config = with_file(file, &[]).unwrap();
+        assert_eq!(config.secret, SecretSource::Given("from-file".into()));
+        assert_eq!(config.data_dir, PathBuf::from("/srv/sb"));
+        let config = with_file(file, &["--jwt-secret", "from-flag"]).unwrap();
+        assert_eq!(config.secret, SecretSource::Given("from-flag".into()));
+        let config = with_file("", &["--data-dir", "/tmp/x"]).unwrap();
+        assert_eq!(
+            config.secret,
+            SecretSource::File(PathBuf::from("/tmp/x/jwt.secret"))
+        );
+    }
+
+    fn check_bad_file(text: &str, expected: &str) {
+        let error = with_file(text, &[]).unwrap_err().to_string();
+        assert!(error.contains(expected), "{error:?} lacks {expected:?}");
+        assert!(!error.contains('\n'), "{error:?} is not one line");
+    }
+
+    #[test]
+    fn bad_files_are_one_line_errors() {
+        check_bad_file("listen = 5", "line 1");
+        check_bad_file("lisen = \"127.0.0.1:1\"", "unknown field `lisen`");
+        check_bad_file(
+            "[limits]\nframe_bytes_mx = 1",
+            "unknown field `frame_bytes_mx`",
+        );
+        check_bad_file("durability = \"sometimes\"", "unknown variant");
+        check_bad_file("listen = [", "line 1");
+        check_bad_file("[limits]\nhandshake_timeout_ms = 0", "handshake_timeout_ms");
+        let missing = Config::resolve(&parse(&["--config", "/nonexistent/sb.toml"]));
+        assert!(
+            missing
+                .unwrap_err()
+                .to_string()
+                .contains("cannot read config file")
+        );
+    }
+
+    fn check_ttl(text: &str, expected: Option<u64>) {
+        assert_eq!(parse_ttl_secs(text).ok(), expected, "{text:?}");
+    }
+
+    #[test]
+    fn ttl() {
+        check_ttl("30s", Some(30));
+        check_ttl("15m", Some(900));
+        check_ttl("24h", Some(86_400));
+        check_ttl("7d", Some(604_800));
+        check_ttl("3650d", Some(3650 * 86_400));
+        check_ttl("3651d", None);
+        check_ttl("0s", None);
+        check_ttl("10", None);
+        check_ttl("h", None);
+        check_ttl("1w", None);
+        check_ttl("-1h", None);
+        check_ttl("99999999999999999999d", None);
+    }
+}
