@@ -1,18 +1,21 @@
 //! The `switchboard` binary: parses the command line, then runs the server (`serve`, the
 //! default) or prints a token (`token`).
 
-#[expect(
-    dead_code,
-    reason = "verification is used by the shards, which come next"
-)]
 mod auth;
-#[expect(
-    dead_code,
-    reason = "some limits are used by the shards, which come next"
-)]
+mod codec;
 mod config;
+mod conn;
+mod http;
+mod io;
+mod listen;
+mod pool;
+mod shard;
+mod signals;
+mod sink;
 
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use std::io::IsTerminal as _;
 
@@ -68,9 +71,67 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
 }
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
-    let config = Config::resolve(args)?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    let _secret = auth::load_secret(&config.secret)?;
-    anyhow::bail!("the server is not built yet")
+    let config = Arc::new(Config::resolve(args)?);
+    check_data_dir(&config.data_dir)?;
+    let secret = auth::load_secret(&config.secret)?;
+    let auth = Arc::new(Authenticator::new(&secret));
+    let (driver, why) = shard::choose_driver()?;
+    tracing::info!(driver = driver.as_str(), why, "event loop driver");
+    if config.durability == config::Durability::None {
+        tracing::warn!(
+            "durability none: acknowledged messages are NOT on disk; for benchmarks only"
+        );
+    }
+
+    // Every socket is bound before anything starts, so a port in use fails the start.
+    let listeners = listen::bind_shared(config.listen, config.shards)?;
+    let ws_addr = listeners[0].local_addr()?;
+    let http_listener = listen::bind_one(config.http_listen)?;
+    let http_addr = http_listener.local_addr()?;
+
+    // Before any thread starts, so that every thread inherits the mask and the signals wait
+    // for the main thread's sigwait.
+    let signals = signals::block_shutdown_signals()?;
+    http::start(http_listener)?;
+    let (mut shards, driver) = shard::start(&config, &auth, listeners, driver)?;
+    if config.echo {
+        tracing::info!("echo route on at ws://{ws_addr}{}", config::ECHO_PATH);
+    }
+    {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(
+            stdout,
+            "switchboard listening on ws://{ws_addr}{} (http {http_addr}), {} shards, durability {}, driver {}",
+            config::WS_PATH,
+            shards.len(),
+            config.durability.as_str(),
+            driver.as_str(),
+        )?;
+        stdout.flush()?;
+    }
+
+    let signal = signals.wait()?;
+    tracing::info!(signal, "shutting down: closing connections with 1001");
+    for shard in &mut shards {
+        shard.shut_down();
+    }
+    for shard in shards {
+        if shard.thread.join().is_err() {
+            anyhow::bail!("a shard panicked during shutdown");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Makes the data directory and checks that it is writable, so that a server that could
+/// never store a message does not start.
+fn check_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let probe = data_dir.join(".write-test");
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .with_context(|| format!("data directory {} is not writable", data_dir.display()))
 }

@@ -1,0 +1,170 @@
+//! The message encodings a connection speaks, chosen by subprotocol at the upgrade: JSON in
+//! text frames or flatbuffers envelopes in binary frames. Both decode to the same validated
+//! [`ClientMessage`] and encode the same [`ServerMessage`].
+
+use bytes::Bytes;
+use wire::envelope::{EnvelopeEncoder, VerifiedEnvelope};
+use wire::frame::OpCode;
+use wire::handshake::Encoding;
+use wire::{ClientMessage, Correlation, DecodeError, ErrorCode, ErrorMessage, InvalidMessage};
+
+/// The opcode of the data frames of an encoding.
+pub fn data_opcode(encoding: Encoding) -> OpCode {
+    match encoding {
+        Encoding::Json => OpCode::Text,
+        Encoding::Flatbuffers => OpCode::Binary,
+    }
+}
+
+/// Decodes and validates one client message that arrived in a frame of type `opcode`.
+pub fn decode_client(
+    encoding: Encoding,
+    opcode: OpCode,
+    payload: Bytes,
+    limits: &wire::Limits,
+) -> Result<ClientMessage, DecodeError> {
+    if opcode != data_opcode(encoding) {
+        let text = match encoding {
+            Encoding::Json => "binary frames need the subprotocol switchboard.v1.fb",
+            Encoding::Flatbuffers => "text frames need the subprotocol switchboard.v1.json",
+        };
+        return Err(DecodeError {
+            error: InvalidMessage::BadRequest(text.to_owned()),
+            correlation: Correlation::None,
+        });
+    }
+    match encoding {
+        Encoding::Json => wire::json::decode_client(&payload, limits),
+        Encoding::Flatbuffers => {
+            VerifiedEnvelope::verify(payload, limits)?.to_client_message(limits)
+        }
+    }
+}
+
+/// Reusable encoder state of a shard.
+#[derive(Debug, Default)]
+pub struct Encoders {
+    envelope: EnvelopeEncoder,
+}
+
+impl Encoders {
+    /// The payload of the data frame that carries `message` in `encoding`.
+    pub fn encode(&mut self, encoding: Encoding, message: &wire::ServerMessage) -> Bytes {
+        match encoding {
+            Encoding::Json => {
+                let mut out = Vec::with_capacity(128);
+                wire::json::encode_server(message, &mut out);
+                Bytes::from(out)
+            }
+            Encoding::Flatbuffers => Bytes::copy_from_slice(self.envelope.encode_server(message)),
+        }
+    }
+}
+
+/// The `error` message that answers a refused message, its text cut to `text_bytes_max`.
+pub fn error_message(
+    code: ErrorCode,
+    text: &str,
+    correlation: Correlation,
+    text_bytes_max: usize,
+) -> wire::ServerMessage {
+    let text = &text[..text.floor_char_boundary(text_bytes_max)];
+    wire::ServerMessage::Error(ErrorMessage {
+        code,
+        message: text.to_owned(),
+        correlation,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(
+        encoding: Encoding,
+        opcode: OpCode,
+        payload: &[u8],
+        expected: Result<&str, (ErrorCode, Correlation)>,
+    ) {
+        let limits = wire::Limits::DEFAULT;
+        let decoded = decode_client(encoding, opcode, Bytes::copy_from_slice(payload), &limits);
+        match (decoded, expected) {
+            (Ok(message), Ok(type_name)) => assert_eq!(message.type_name(), type_name),
+            (Err(error), Err((code, correlation))) => {
+                assert_eq!(error.error.code(), code, "{error}");
+                assert_eq!(error.correlation, correlation);
+            }
+            (decoded, expected) => panic!("{decoded:?} is not {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn decoding_follows_the_encoding() {
+        check(
+            Encoding::Json,
+            OpCode::Text,
+            br#"{"type":"heartbeat"}"#,
+            Ok("heartbeat"),
+        );
+        check(
+            Encoding::Json,
+            OpCode::Binary,
+            br#"{"type":"heartbeat"}"#,
+            Err((ErrorCode::BadRequest, Correlation::None)),
+        );
+        check(
+            Encoding::Json,
+            OpCode::Text,
+            b"{",
+            Err((ErrorCode::BadRequest, Correlation::None)),
+        );
+        check(
+            Encoding::Json,
+            OpCode::Text,
+            br#"{"type":"send_message","client_msg_id":7,"to":"bob","content":""}"#,
+            Err((ErrorCode::BadRequest, Correlation::ClientMsgId(7))),
+        );
+        let mut encoder = EnvelopeEncoder::new();
+        let heartbeat = encoder.encode_client(&ClientMessage::Heartbeat).to_vec();
+        check(
+            Encoding::Flatbuffers,
+            OpCode::Binary,
+            &heartbeat,
+            Ok("heartbeat"),
+        );
+        check(
+            Encoding::Flatbuffers,
+            OpCode::Text,
+            &heartbeat,
+            Err((ErrorCode::BadRequest, Correlation::None)),
+        );
+        check(
+            Encoding::Flatbuffers,
+            OpCode::Binary,
+            b"\x01\x02",
+            Err((ErrorCode::BadRequest, Correlation::None)),
+        );
+    }
+
+    #[test]
+    fn errors_are_encoded_in_the_connection_encoding() {
+        let mut encoders = Encoders::default();
+        let error = error_message(ErrorCode::TooLarge, "too long", Correlation::ReqId(3), 1024);
+        let json = encoders.encode(Encoding::Json, &error);
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(value["type"], "error");
+        assert_eq!(value["code"], "too_large");
+        assert_eq!(value["req_id"], 3);
+        let fb = encoders.encode(Encoding::Flatbuffers, &error);
+        let verified = VerifiedEnvelope::verify(fb, &wire::Limits::DEFAULT).unwrap();
+        assert_eq!(
+            verified.to_server_message(&wire::Limits::DEFAULT).unwrap(),
+            error
+        );
+        let cut = error_message(ErrorCode::Internal, "ééé", Correlation::None, 3);
+        let wire::ServerMessage::Error(cut) = cut else {
+            unreachable!()
+        };
+        assert_eq!(cut.message, "é");
+    }
+}

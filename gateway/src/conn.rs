@@ -1,0 +1,459 @@
+//! One connection's life: the upgrade handshake under a deadline, then WebSocket frames
+//! until either side closes.
+//!
+//! The task waits for readiness, not for data: only when the socket is readable does it
+//! borrow a buffer from the shard's pool and read, and it gives the buffer back as soon as
+//! no partial frame is left in it. An idle connection so holds no read buffer, only its
+//! small task and its slot in the shard.
+//!
+//! Routes: `/ws` (a valid JWT is required) decodes each message in the connection's
+//! encoding and hands the valid ones to the shard's [`crate::sink::Sink`]; a malformed or
+//! invalid one is answered with an `error` and the connection stays open. `/echo` (only
+//! with `--echo`, no auth) sends each data message back as it came.
+//!
+//! Closing: a close from the client is answered with the same code and the socket is closed.
+//! When the server closes (a protocol error, shutdown, a full outbound queue) it sends its
+//! close frame, ends its side of the stream (FIN), and reads and discards what still comes
+//! until the client closes or `close_timeout_ms` passes.
+
+use std::os::fd::{AsRawFd as _, RawFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Buf as _, Bytes, BytesMut};
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+use wire::frame::{self, Message, MessageDecoder, OpCode};
+use wire::handshake::{Encoding, Route, UpgradeRequest};
+use wire::{ClientMessage, UserId};
+
+use crate::codec;
+use crate::io::{self, Progress};
+use crate::shard::{OutFrame, Shard};
+use crate::sink::ConnId;
+
+/// Reads a connection may do in one turn before it lets the others run.
+const READS_PER_TURN_MAX: usize = 16;
+
+/// Removes the connection's slot when its task ends, however it ends (even if the runtime
+/// drops the task at shutdown).
+struct SlotGuard {
+    shard: Rc<Shard>,
+    slot: u32,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.shard.remove(self.slot);
+    }
+}
+
+/// The task of one accepted connection.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, slot: u32, generation: u32) {
+    let guard = SlotGuard { shard, slot };
+    let shard = &guard.shard;
+    let deadline = Instant::now() + Duration::from_millis(shard.config.limits.handshake_timeout_ms);
+    let upgraded = match monoio::time::timeout_at(deadline, handshake(shard, &stream, slot)).await {
+        Ok(upgraded) => upgraded,
+        Err(_elapsed) => {
+            // A client that has not finished its request by now is too slow or is holding
+            // the socket on purpose (slowloris): it gets no answer, only the close.
+            tracing::debug!(shard = shard.shard_id, "handshake deadline passed");
+            None
+        }
+    };
+    let Some((request, user, leftover)) = upgraded else {
+        return;
+    };
+    let conn = ConnId {
+        shard_id: shard.shard_id,
+        slot,
+        generation,
+    };
+    let limits = match request.route() {
+        Route::Messages => shard.frames_ws,
+        Route::Echo => shard.frames_echo,
+    };
+    let mut session = Session {
+        shard,
+        stream: &stream,
+        fd: stream.as_raw_fd(),
+        conn,
+        route: request.route(),
+        encoding: request.encoding(),
+        decoder: MessageDecoder::new(limits),
+        leftover,
+    };
+    if let Some(user) = &user {
+        shard.sink.connected(conn, user);
+    }
+    session.run(user.as_ref()).await;
+    if let Some(user) = &user {
+        shard.sink.disconnected(conn, user);
+    }
+}
+
+/// The upgraded request, the user it authenticated (none on /echo), and bytes that came
+/// after the request head.
+type Upgraded = (UpgradeRequest, Option<UserId>, Option<BytesMut>);
+
+/// Reads and answers the upgrade request. `None`: the connection was refused or failed, and
+/// is to be closed.
+async fn handshake(shard: &Shard, stream: &TcpStream, slot: u32) -> Option<Upgraded> {
+    let fd = stream.as_raw_fd();
+    let mut buffer: Option<BytesMut> = None;
+    loop {
+        // Waiting for readiness first: a client that connects and says nothing holds no
+        // buffer while it waits.
+        monoio::select! {
+            ready = stream.readable(false) => ready.ok()?,
+            () = shard.mail(slot) => {
+                if shard.shutting_down.fired() {
+                    return None;
+                }
+                continue;
+            }
+        }
+        let buf = buffer.get_or_insert_with(|| shard.pool.take());
+        if buf.capacity() == buf.len() {
+            buf.reserve(shard.pool.buffer_bytes());
+        }
+        match io::recv_into(fd, buf) {
+            Ok(Progress::Bytes(0)) | Err(_) => return None,
+            Ok(Progress::WouldBlock) => {
+                if buf.is_empty() {
+                    shard.pool.give(buffer.take().expect("just used"));
+                }
+                continue;
+            }
+            Ok(Progress::Bytes(_)) => {}
+        }
+        let (mut request, consumed) = match wire::handshake::parse_request(buf, &shard.handshake) {
+            Ok(None) => continue,
+            Ok(Some(parsed)) => parsed,
+            Err(error) => {
+                tracing::debug!(shard = shard.shard_id, %error, "upgrade refused");
+                refuse(stream, &error.response()).await;
+                return None;
+            }
+        };
+        buf.advance(consumed);
+        let user = match request.route() {
+            Route::Echo => None,
+            Route::Messages => match shard.auth.verify(request.take_token().as_deref()) {
+                Ok(user) => Some(user),
+                Err(error) => {
+                    tracing::debug!(shard = shard.shard_id, %error, "upgrade unauthorized");
+                    let answer =
+                        wire::handshake::error_response(error.status(), &error.to_string());
+                    refuse(stream, &answer).await;
+                    return None;
+                }
+            },
+        };
+        let answer = wire::handshake::switching_protocols(&request);
+        write_all(stream, &answer).await.ok()?;
+        let leftover = buffer.take().expect("just used");
+        if leftover.is_empty() {
+            shard.pool.give(leftover);
+            return Some((request, user, None));
+        }
+        // Bytes the client sent right after its request are its first frames.
+        return Some((request, user, Some(leftover)));
+    }
+}
+
+/// Sends an error answer and closes: the caller drops the socket right after.
+async fn refuse(stream: &TcpStream, answer: &[u8]) {
+    if write_all(stream, answer).await.is_ok() {
+        io::shutdown_write(stream.as_raw_fd());
+    }
+}
+
+/// Writes all of `bytes`, waiting for the socket to take them.
+async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    let fd = stream.as_raw_fd();
+    while !bytes.is_empty() {
+        match io::send_once(fd, bytes)? {
+            Progress::Bytes(written) => bytes = &bytes[written..],
+            Progress::WouldBlock => stream.writable(false).await?,
+        }
+    }
+    Ok(())
+}
+
+/// What reading left the session to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Keep going.
+    Open,
+    /// The client closed the WebSocket (its close frame is answered) or the stream: done.
+    Done,
+    /// The server closes with this code and reason.
+    Close(u16, &'static str),
+}
+
+struct Session<'a> {
+    shard: &'a Shard,
+    stream: &'a TcpStream,
+    fd: RawFd,
+    conn: ConnId,
+    route: Route,
+    encoding: Encoding,
+    decoder: MessageDecoder,
+    /// The bytes of a frame not yet complete; `None` whenever the connection is idle.
+    leftover: Option<BytesMut>,
+}
+
+impl Session<'_> {
+    async fn run(&mut self, user: Option<&UserId>) {
+        let mut next = if self.leftover.is_some() {
+            self.read_frames(user, false)
+        } else {
+            Next::Open
+        };
+        let (shard, stream, slot) = (self.shard, self.stream, self.conn.slot);
+        while next == Next::Open {
+            if shard.has_outbound(slot) && self.flush().await.is_err() {
+                return;
+            }
+            next = monoio::select! {
+                ready = stream.readable(false) => match ready {
+                    Ok(()) => self.read_frames(user, true),
+                    Err(_) => Next::Done,
+                },
+                () = shard.mail(slot) => match shard.take_close_request(slot) {
+                    Some(code) => Next::Close(code, "server shutting down"),
+                    None => Next::Open,
+                },
+            };
+        }
+        match next {
+            Next::Close(code, reason) => self.close(code, reason).await,
+            // The answer to the client's close is queued: send it, then drop the socket.
+            Next::Done => {
+                let close_timeout =
+                    Duration::from_millis(self.shard.config.limits.close_timeout_ms);
+                let _ = monoio::time::timeout(close_timeout, self.flush()).await;
+            }
+            Next::Open => unreachable!("the loop runs while open"),
+        }
+        if let Some(buffer) = self.leftover.take() {
+            self.give_back(buffer);
+        }
+    }
+
+    /// Reads what the socket holds and handles every complete message.
+    fn read_frames(&mut self, user: Option<&UserId>, read: bool) -> Next {
+        let mut buf = self
+            .leftover
+            .take()
+            .unwrap_or_else(|| self.shard.pool.take());
+        let mut next = if read {
+            Next::Open
+        } else {
+            self.handle_frames(&mut buf, user)
+        };
+        let mut reads = 0;
+        while read && next == Next::Open && reads < READS_PER_TURN_MAX {
+            reads += 1;
+            if buf.capacity() - buf.len() < self.shard.pool.buffer_bytes() / 4 {
+                buf.reserve(self.shard.pool.buffer_bytes());
+            }
+            match io::recv_into(self.fd, &mut buf) {
+                Ok(Progress::Bytes(0)) | Err(_) => next = Next::Done,
+                Ok(Progress::WouldBlock) => break,
+                Ok(Progress::Bytes(_)) => next = self.handle_frames(&mut buf, user),
+            }
+            // Answers pile up while we read; write them before reading more, so the queue
+            // stays short and a client that does not read gets no more answers.
+            if self.shard.queued_frames(self.conn.slot) >= FRAMES_BEFORE_FLUSH {
+                break;
+            }
+        }
+        if buf.is_empty() {
+            self.give_back(buf);
+        } else {
+            self.leftover = Some(buf);
+        }
+        next
+    }
+
+    fn give_back(&self, buf: BytesMut) {
+        if buf.is_empty() {
+            self.shard.pool.give(buf);
+        }
+    }
+
+    fn handle_frames(&mut self, buf: &mut BytesMut, user: Option<&UserId>) -> Next {
+        loop {
+            let message = match self.decoder.decode(buf) {
+                Ok(Some(message)) => message,
+                Ok(None) => return Next::Open,
+                Err(error) => {
+                    tracing::debug!(shard = self.shard.shard_id, %error, "closing on a bad frame");
+                    buf.clear();
+                    return Next::Close(error.close_code(), close_reason(&error));
+                }
+            };
+            let next = match message {
+                Message::Ping(payload) => self.queue(OutFrame::new(OpCode::Pong, payload)),
+                Message::Pong(_) => Next::Open,
+                Message::Close(close) => {
+                    let payload = match close {
+                        Some((code, _reason)) => frame::close_payload(code, ""),
+                        None => Bytes::new(),
+                    };
+                    // Control frames may pass the queue bound, so this cannot fail.
+                    let _ = self.shard.push(
+                        self.conn.slot,
+                        OutFrame::new(OpCode::Close, payload),
+                        true,
+                    );
+                    buf.clear();
+                    return Next::Done;
+                }
+                Message::Text(payload) => self.on_data(OpCode::Text, payload, user),
+                Message::Binary(payload) => self.on_data(OpCode::Binary, payload, user),
+            };
+            if next != Next::Open {
+                buf.clear();
+                return next;
+            }
+        }
+    }
+
+    fn on_data(&mut self, opcode: OpCode, payload: Bytes, user: Option<&UserId>) -> Next {
+        match (self.route, user) {
+            (Route::Echo, _) => self.queue(OutFrame::new(opcode, payload)),
+            (Route::Messages, Some(user)) => {
+                let limits = &self.shard.wire_limits;
+                let refused = match codec::decode_client(self.encoding, opcode, payload, limits) {
+                    Ok(message) => self.submit(user, message),
+                    Err(error) => Some((error.error.code(), error.to_string(), error.correlation)),
+                };
+                match refused {
+                    None => Next::Open,
+                    Some((code, text, correlation)) => {
+                        let error = codec::error_message(
+                            code,
+                            &text,
+                            correlation,
+                            limits.error_text_bytes_max,
+                        );
+                        let payload = self
+                            .shard
+                            .encoders
+                            .borrow_mut()
+                            .encode(self.encoding, &error);
+                        self.queue(OutFrame::new(codec::data_opcode(self.encoding), payload))
+                    }
+                }
+            }
+            (Route::Messages, None) => unreachable!("/ws connections are authenticated"),
+        }
+    }
+
+    fn submit(
+        &self,
+        user: &UserId,
+        message: ClientMessage,
+    ) -> Option<(wire::ErrorCode, String, wire::Correlation)> {
+        let correlation = message.correlation();
+        match self.shard.sink.submit(self.conn, user, message) {
+            Ok(()) => None,
+            Err(error) => Some((error.code(), error.to_string(), correlation)),
+        }
+    }
+
+    fn queue(&self, frame: OutFrame) -> Next {
+        match self.shard.push(self.conn.slot, frame, false) {
+            Ok(()) => Next::Open,
+            Err(_full) => Next::Close(CLOSE_POLICY_VIOLATION, "outbound queue full"),
+        }
+    }
+
+    /// Writes everything queued, waiting for the socket as needed.
+    async fn flush(&self) -> std::io::Result<()> {
+        while !self.shard.write_queued(self.conn.slot, self.fd)? {
+            self.stream.writable(false).await?;
+        }
+        Ok(())
+    }
+
+    /// The server's side of the closing handshake.
+    async fn close(&mut self, code: u16, reason: &str) {
+        // Only a frame error leaves the decoder unusable; those are the codes it maps to.
+        let decoder_ok = !matches!(
+            code,
+            frame::CLOSE_PROTOCOL_ERROR | frame::CLOSE_INVALID_DATA | frame::CLOSE_TOO_BIG
+        );
+        let frame = OutFrame::new(OpCode::Close, frame::close_payload(code, reason));
+        let _ = self.shard.push(self.conn.slot, frame, true);
+        let deadline =
+            Instant::now() + Duration::from_millis(self.shard.config.limits.close_timeout_ms);
+        if monoio::time::timeout_at(deadline, self.flush())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        io::shutdown_write(self.fd);
+        // The client answers our close and then closes its side; until then what arrives is
+        // read and dropped, so that closing does not reset the connection under our close.
+        let _ = monoio::time::timeout_at(deadline, self.drain(decoder_ok)).await;
+    }
+
+    /// Reads until the client's close frame or the end of the stream. After a frame error
+    /// the decoder cannot be trusted and only the end of the stream counts.
+    async fn drain(&mut self, decoder_ok: bool) {
+        let mut buf = self
+            .leftover
+            .take()
+            .unwrap_or_else(|| self.shard.pool.take());
+        let mut decoder_ok = decoder_ok;
+        loop {
+            while decoder_ok {
+                match self.decoder.decode(&mut buf) {
+                    Ok(Some(Message::Close(_))) => {
+                        buf.clear();
+                        self.give_back(buf);
+                        return;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => decoder_ok = false,
+                }
+            }
+            if !decoder_ok {
+                buf.clear();
+            }
+            if buf.capacity() - buf.len() < self.shard.pool.buffer_bytes() / 4 {
+                buf.reserve(self.shard.pool.buffer_bytes());
+            }
+            if self.stream.readable(false).await.is_err() {
+                break;
+            }
+            match io::recv_into(self.fd, &mut buf) {
+                Ok(Progress::Bytes(0)) | Err(_) => break,
+                Ok(Progress::WouldBlock | Progress::Bytes(_)) => {}
+            }
+        }
+        buf.clear();
+        self.give_back(buf);
+    }
+}
+
+/// Frames queued by one connection's reads before it stops reading to write them.
+const FRAMES_BEFORE_FLUSH: usize = 32;
+
+/// Close code: the endpoint received something that violates its policy (RFC 6455 7.4.1).
+const CLOSE_POLICY_VIOLATION: u16 = 1008;
+
+fn close_reason(error: &frame::FrameError) -> &'static str {
+    match error.close_code() {
+        frame::CLOSE_TOO_BIG => "message too big",
+        frame::CLOSE_INVALID_DATA => "invalid UTF-8",
+        _ => "protocol error",
+    }
+}
