@@ -1,0 +1,90 @@
+//! Micro-benchmarks of the frame decoder: split, unmask and hand on one client frame of 20 B,
+//! 1 KiB and 64 KiB, as binary (masking only) and as text (plus UTF-8 validation).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use wire::frame::{FrameConfig, MessageDecoder, OpCode, apply_mask, encode_client_frame};
+
+const PAYLOAD_SIZES: [usize; 3] = [20, 1024, 64 * 1024];
+
+const CONFIG: FrameConfig = FrameConfig {
+    frame_bytes_max: 1 << 20,
+    message_bytes_max: 1 << 20,
+};
+
+/// ASCII, so that the same bytes serve as a text and as a binary payload.
+fn payload(len: usize) -> Vec<u8> {
+    (0..len).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+fn decode(c: &mut Criterion) {
+    for (opcode, name) in [(OpCode::Binary, "binary"), (OpCode::Text, "text")] {
+        let mut group = c.benchmark_group(format!("frame_decode/{name}"));
+        for len in PAYLOAD_SIZES {
+            let mut frame = BytesMut::new();
+            encode_client_frame(
+                opcode,
+                true,
+                [0x37, 0xfa, 0x21, 0x3d],
+                &payload(len),
+                &mut frame,
+            );
+            // A large input would make criterion's batches of copies take too much memory.
+            let batch = if len > 4096 {
+                BatchSize::LargeInput
+            } else {
+                BatchSize::SmallInput
+            };
+            group.throughput(Throughput::Bytes(len as u64));
+            group.bench_function(format!("{len}"), |b| {
+                let mut decoder = MessageDecoder::new(CONFIG);
+                // The copy of the frame into a fresh read buffer is setup, not measured. The
+                // empty split turns the buffer into a shared one, as a connection's read
+                // buffer is after its first frame, so that the one allocation this costs is
+                // not counted against every frame.
+                b.iter_batched(
+                    || {
+                        let mut buf = frame.clone();
+                        drop(buf.split_to(0));
+                        buf
+                    },
+                    |mut buf| {
+                        let message = decoder.decode(black_box(&mut buf));
+                        (message, buf)
+                    },
+                    batch,
+                );
+            });
+        }
+        group.finish();
+    }
+}
+
+fn mask(c: &mut Criterion) {
+    let mut group = c.benchmark_group("apply_mask");
+    for len in PAYLOAD_SIZES {
+        let mut data = payload(len);
+        group.throughput(Throughput::Bytes(len as u64));
+        group.bench_function(format!("{len}"), |b| {
+            b.iter(|| apply_mask(black_box(&mut data), [0x37, 0xfa, 0x21, 0x3d], 0));
+        });
+    }
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .sample_size(30)
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = decode, mask
+}
+criterion_main!(benches);
