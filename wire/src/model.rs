@@ -528,6 +528,14 @@ fn validate_incoming(message: &IncomingMessage, limits: &Limits) -> Result<(), I
     Ok(())
 }
 
+/// A message that could not be decoded, with the id it answers when that much was read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct DecodeError {
+    pub error: InvalidMessage,
+    pub correlation: Correlation,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
