@@ -93,7 +93,9 @@ impl UserId {
         }
         let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-');
         if !text.bytes().all(allowed) {
-            return Err(bad("a user id holds only the characters A-Z a-z 0-9 _ . @ -"));
+            return Err(bad(
+                "a user id holds only the characters A-Z a-z 0-9 _ . @ -",
+            ));
         }
         Ok(UserId(Arc::from(text)))
     }
@@ -267,7 +269,9 @@ impl ErrorCode {
     }
 
     pub fn parse(text: &str) -> Option<ErrorCode> {
-        ErrorCode::ALL.into_iter().find(|code| code.as_str() == text)
+        ErrorCode::ALL
+            .into_iter()
+            .find(|code| code.as_str() == text)
     }
 
     /// The HTTP status that the control plane answers with this code.
@@ -367,10 +371,7 @@ impl ClientMessage {
             }
             ClientMessage::History(request) => {
                 if request.limit == 0 || request.limit > limits.history_limit_max {
-                    return Err(bad(format!(
-                        "limit is 1 to {}",
-                        limits.history_limit_max
-                    )));
+                    return Err(bad(format!("limit is 1 to {}", limits.history_limit_max)));
                 }
             }
             ClientMessage::Typing { .. } | ClientMessage::Heartbeat => {}

@@ -154,10 +154,12 @@ pub fn server_message() -> impl Strategy<Value = ServerMessage> {
             "\\PC{0,100}",
             correlation()
         )
-            .prop_map(|(code, message, correlation)| ServerMessage::Error(ErrorMessage {
-                code,
-                message,
-                correlation,
-            })),
+            .prop_map(
+                |(code, message, correlation)| ServerMessage::Error(ErrorMessage {
+                    code,
+                    message,
+                    correlation,
+                })
+            ),
     ]
 }
