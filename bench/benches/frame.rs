@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the frame decoder: split, unmask and hand on one client frame of 20 B,
-//! 1 KiB and 64 KiB, as binary (masking only) and as text (plus UTF-8 validation).
+//! 1 KiB and 64 KiB, as binary (masking only) and as text (plus UTF-8 validation), one
+//! frame alone or many back to back, and the unmasking loop on its own.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -63,6 +64,48 @@ fn decode(c: &mut Criterion) {
     }
 }
 
+/// Frames back to back in one read buffer, as a busy connection delivers small messages:
+/// the time per iteration divided by `FRAMES_PER_BUFFER` is the time per frame.
+const FRAMES_PER_BUFFER: usize = 100;
+
+fn decode_back_to_back(c: &mut Criterion) {
+    let mut group = c.benchmark_group(format!("frame_decode_x{FRAMES_PER_BUFFER}/binary"));
+    for len in [20, 1024] {
+        let mut frames = BytesMut::new();
+        for _ in 0..FRAMES_PER_BUFFER {
+            encode_client_frame(
+                OpCode::Binary,
+                true,
+                [0x37, 0xfa, 0x21, 0x3d],
+                &payload(len),
+                &mut frames,
+            );
+        }
+        group.throughput(Throughput::Bytes((len * FRAMES_PER_BUFFER) as u64));
+        group.bench_function(format!("{len}"), |b| {
+            let mut decoder = MessageDecoder::new(CONFIG);
+            b.iter_batched(
+                || {
+                    let mut buf = frames.clone();
+                    drop(buf.split_to(0));
+                    buf
+                },
+                |mut buf| {
+                    let mut count = 0;
+                    while let Ok(Some(message)) = decoder.decode(&mut buf) {
+                        black_box(message);
+                        count += 1;
+                    }
+                    assert_eq!(count, FRAMES_PER_BUFFER);
+                    buf
+                },
+                BatchSize::SmallInput,
+            );
+        });
+    }
+    group.finish();
+}
+
 fn mask(c: &mut Criterion) {
     let mut group = c.benchmark_group("apply_mask");
     for len in PAYLOAD_SIZES {
@@ -85,6 +128,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = decode, mask
+    targets = decode, decode_back_to_back, mask
 }
 criterion_main!(benches);
