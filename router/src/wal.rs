@@ -1,0 +1,1042 @@
+//! The write-ahead log's bytes: what a record says, how it is framed and checksummed, and how
+//! a segment is scanned back up to its first torn or corrupt record. No files here: the
+//! shell writes the bytes, fsyncs them, and hands the scanned records to recovery.
+//!
+//! A segment is a 24-byte header (`SWBWAL01`, version, shard id, first lsn, crc32c of those)
+//! followed by records, each
+//! `[payload_len u32 LE][crc32c u32 LE over lsn and payload][lsn u64 LE][payload]`.
+//! A payload is a kind byte and its fields: integers little-endian, strings with a length
+//! prefix (one byte for user ids, four for free text).
+
+use wire::{Media, MessageId, Receipt, UserId};
+
+use crate::ids::ShardId;
+
+/// A log sequence number: records of one shard are numbered 1, 2, 3... with no gaps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    pub fn next(self) -> Lsn {
+        Lsn(self.0 + 1)
+    }
+}
+
+pub const SEGMENT_MAGIC: [u8; 8] = *b"SWBWAL01";
+pub const SEGMENT_VERSION: u16 = 1;
+pub const SEGMENT_HEADER_BYTES: usize = 24;
+/// Bytes before a record's payload: length, checksum, lsn.
+pub const RECORD_HEADER_BYTES: usize = 16;
+/// The largest payload a record may have. The largest real record (a `Receipts` record for
+/// 1000 read ids, two items each) is under 200 KiB; a length above this is corruption.
+pub const PAYLOAD_BYTES_MAX: usize = 1 << 20;
+/// Items in one `Receipts` record, at most (two per id of a `message_read`).
+pub const RECEIPT_ITEMS_MAX: usize = 1 << 14;
+
+/// Which receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReceiptKind {
+    Delivered,
+    Read,
+}
+
+impl ReceiptKind {
+    fn to_byte(self) -> u8 {
+        match self {
+            ReceiptKind::Delivered => 1,
+            ReceiptKind::Read => 2,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Result<ReceiptKind, DecodeError> {
+        match byte {
+            1 => Ok(ReceiptKind::Delivered),
+            2 => Ok(ReceiptKind::Read),
+            _ => Err(DecodeError("unknown receipt kind")),
+        }
+    }
+}
+
+/// A 1:1 message as the recipient's shard keeps it: everything needed to deliver it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: MessageId,
+    pub from: UserId,
+    pub to: UserId,
+    pub client_msg_id: u64,
+    pub content: String,
+    pub media: Option<Media>,
+    pub timestamp_ms: u64,
+}
+
+/// One receipt made true by a `Receipts` record: `kind` for message `message_id`, whose
+/// sender is `sender`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptItem {
+    pub message_id: MessageId,
+    pub sender: UserId,
+    pub kind: ReceiptKind,
+}
+
+/// What a shard writes to its log. The first five kinds are the live record stream; the
+/// `Checkpoint*`, `Dedup`, `ReadIndex` and `ReceiptOutstanding` kinds (with `Message` and
+/// `ReceiptQueued`) make up a checkpoint: a copy of all live state, after which older
+/// segments can be deleted. Applying a record is idempotent, so replaying records that a
+/// checkpoint also covers is harmless.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// A message accepted for `to`: it waits in `to`'s inbox until a device acknowledges it.
+    Message(StoredMessage),
+    /// `by` acknowledged messages at `timestamp_ms`: each item's message leaves `by`'s
+    /// inbox, and each receipt is owed to its sender's owner shard until it is handed over.
+    Receipts {
+        by: UserId,
+        timestamp_ms: u64,
+        items: Vec<ReceiptItem>,
+    },
+    /// The sender's owner shard took this receipt (`PeerMessage::ReceiptStored`).
+    ReceiptHandedOver {
+        message_id: MessageId,
+        kind: ReceiptKind,
+    },
+    /// At the sender's owner: a receipt kept for `user` until their next connection.
+    ReceiptQueued {
+        user: UserId,
+        kind: ReceiptKind,
+        receipt: Receipt,
+    },
+    /// The receipts queued for `user` went out on a new connection: forget them.
+    ReceiptsFlushed { user: UserId },
+    /// A checkpoint starts; `last_message_id` is the greatest id handed out so far, so that
+    /// ids stay increasing after older segments are gone.
+    CheckpointBegin { last_message_id: Option<MessageId> },
+    /// A dedup entry whose message already left the inbox.
+    Dedup {
+        from: UserId,
+        client_msg_id: u64,
+        message_id: MessageId,
+        timestamp_ms: u64,
+    },
+    /// A delivered but not yet read message: `to` may still send `message_read` for it.
+    ReadIndex {
+        message_id: MessageId,
+        from: UserId,
+        to: UserId,
+    },
+    /// A receipt not yet handed over to the sender's owner shard.
+    ReceiptOutstanding {
+        message_id: MessageId,
+        kind: ReceiptKind,
+        sender: UserId,
+        by: UserId,
+        timestamp_ms: u64,
+    },
+    /// The checkpoint that began at `begin` is complete: once this record is durable,
+    /// records before `begin` are no longer needed.
+    CheckpointEnd { begin: Lsn },
+}
+
+const KIND_MESSAGE: u8 = 1;
+const KIND_RECEIPTS: u8 = 2;
+const KIND_RECEIPT_HANDED_OVER: u8 = 3;
+const KIND_RECEIPT_QUEUED: u8 = 4;
+const KIND_RECEIPTS_FLUSHED: u8 = 5;
+const KIND_CHECKPOINT_BEGIN: u8 = 6;
+const KIND_DEDUP: u8 = 7;
+const KIND_READ_INDEX: u8 = 8;
+const KIND_RECEIPT_OUTSTANDING: u8 = 9;
+const KIND_CHECKPOINT_END: u8 = 10;
+
+impl Record {
+    /// The rules every record keeps. Checked (as an assertion) before a record is encoded,
+    /// and (as a decode error) after one is decoded.
+    pub fn check(&self) -> Result<(), DecodeError> {
+        match self {
+            Record::Message(message) => {
+                if message.content.is_empty() && message.media.is_none() {
+                    return Err(DecodeError("a message has content or media"));
+                }
+            }
+            Record::Receipts { items, .. } => {
+                if items.is_empty() || items.len() > RECEIPT_ITEMS_MAX {
+                    return Err(DecodeError("a receipts record holds 1 to 16384 items"));
+                }
+            }
+            Record::CheckpointEnd { begin } => {
+                if begin.0 == 0 {
+                    return Err(DecodeError("a checkpoint begins at lsn 1 or later"));
+                }
+            }
+            Record::ReceiptHandedOver { .. }
+            | Record::ReceiptQueued { .. }
+            | Record::ReceiptsFlushed { .. }
+            | Record::CheckpointBegin { .. }
+            | Record::Dedup { .. }
+            | Record::ReadIndex { .. }
+            | Record::ReceiptOutstanding { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+/// Why a payload or a segment header could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("undecodable log record: {0}")]
+pub struct DecodeError(&'static str);
+
+/// Why a segment cannot be scanned at all. All of them are `internal` errors of the server:
+/// the data directory holds something this version did not write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentError {
+    /// Fewer bytes than a header: a segment whose creation was torn by a crash.
+    #[error("the segment is shorter than its header")]
+    ShortHeader,
+    #[error("the segment does not start with SWBWAL01")]
+    BadMagic,
+    #[error("the segment's version {0} is not supported")]
+    UnsupportedVersion(u16),
+    #[error("the segment header's checksum does not match")]
+    HeaderChecksum,
+}
+
+/// The header of a segment file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub shard: ShardId,
+    /// The lsn of the segment's first record (also of an empty segment's next record).
+    pub first_lsn: Lsn,
+}
+
+pub fn encode_segment_header(header: &SegmentHeader, out: &mut Vec<u8>) {
+    assert!(header.first_lsn.0 > 0);
+    let start = out.len();
+    out.extend_from_slice(&SEGMENT_MAGIC);
+    out.extend_from_slice(&SEGMENT_VERSION.to_le_bytes());
+    out.extend_from_slice(&header.shard.to_le_bytes());
+    out.extend_from_slice(&header.first_lsn.0.to_le_bytes());
+    let crc = crc32c::crc32c(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+    assert_eq!(out.len() - start, SEGMENT_HEADER_BYTES);
+}
+
+pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, SegmentError> {
+    let header = bytes
+        .get(..SEGMENT_HEADER_BYTES)
+        .ok_or(SegmentError::ShortHeader)?;
+    if header[..8] != SEGMENT_MAGIC {
+        return Err(SegmentError::BadMagic);
+    }
+    let version = u16::from_le_bytes([header[8], header[9]]);
+    if version != SEGMENT_VERSION {
+        return Err(SegmentError::UnsupportedVersion(version));
+    }
+    let crc = u32::from_le_bytes(header[20..24].try_into().expect("4 bytes"));
+    if crc != crc32c::crc32c(&header[..20]) {
+        return Err(SegmentError::HeaderChecksum);
+    }
+    let shard = u16::from_le_bytes([header[10], header[11]]);
+    let first_lsn = Lsn(u64::from_le_bytes(
+        header[12..20].try_into().expect("8 bytes"),
+    ));
+    if first_lsn.0 == 0 {
+        return Err(SegmentError::HeaderChecksum);
+    }
+    Ok(SegmentHeader { shard, first_lsn })
+}
+
+/// Appends one framed record to `out`.
+pub fn encode_record(record: &Record, lsn: Lsn, out: &mut Vec<u8>) {
+    assert!(lsn.0 > 0);
+    if let Err(error) = record.check() {
+        panic!("refusing to log an invalid record ({error}): {record:?}");
+    }
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&lsn.0.to_le_bytes());
+    encode_payload(record, out);
+    let payload_len = out.len() - start - RECORD_HEADER_BYTES;
+    assert!(payload_len > 0 && payload_len <= PAYLOAD_BYTES_MAX);
+    let crc = crc32c::crc32c(&out[start + 8..]);
+    out[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// One record read back from the front of `bytes`.
+#[derive(Debug)]
+enum Framed {
+    Record {
+        lsn: Lsn,
+        record: Record,
+        bytes: usize,
+    },
+    /// Not a whole, valid record: the log ends here.
+    End,
+}
+
+fn decode_framed(bytes: &[u8]) -> Framed {
+    let Some(header) = bytes.get(..RECORD_HEADER_BYTES) else {
+        return Framed::End;
+    };
+    let payload_len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as usize;
+    if payload_len == 0 || payload_len > PAYLOAD_BYTES_MAX {
+        return Framed::End;
+    }
+    let total = RECORD_HEADER_BYTES + payload_len;
+    let Some(framed) = bytes.get(..total) else {
+        return Framed::End;
+    };
+    let crc = u32::from_le_bytes(header[4..8].try_into().expect("4 bytes"));
+    if crc != crc32c::crc32c(&framed[8..]) {
+        return Framed::End;
+    }
+    let lsn = Lsn(u64::from_le_bytes(
+        header[8..16].try_into().expect("8 bytes"),
+    ));
+    match decode_payload(&framed[RECORD_HEADER_BYTES..]) {
+        Ok(record) => Framed::Record {
+            lsn,
+            record,
+            bytes: total,
+        },
+        Err(_) => Framed::End,
+    }
+}
+
+/// What a segment holds, up to its first torn or corrupt record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    pub header: SegmentHeader,
+    /// The valid records, with consecutive lsns from `header.first_lsn`.
+    pub records: Vec<(Lsn, Record)>,
+    /// Bytes of the segment (header included) up to the end of the last valid record: the
+    /// length to truncate the file to before appending to it again.
+    pub valid_bytes: usize,
+    /// Bytes follow the last valid record: a torn write, a corrupt record (bad length, bad
+    /// checksum, undecodable payload, an lsn out of sequence) or a preallocated tail.
+    pub torn: bool,
+}
+
+/// Reads a segment's records. Never panics on any input: bad bytes end the scan.
+pub fn scan_segment(bytes: &[u8]) -> Result<Scan, SegmentError> {
+    let header = decode_segment_header(bytes)?;
+    let mut records = Vec::new();
+    let mut offset = SEGMENT_HEADER_BYTES;
+    let mut expected = header.first_lsn;
+    while let Framed::Record { lsn, record, bytes } = decode_framed(&bytes[offset..]) {
+        // A valid checksum with the wrong lsn is a stale record left in a reused file.
+        if lsn != expected {
+            break;
+        }
+        records.push((lsn, record));
+        offset += bytes;
+        expected = expected.next();
+    }
+    Ok(Scan {
+        header,
+        records,
+        valid_bytes: offset,
+        torn: offset < bytes.len(),
+    })
+}
+
+fn encode_payload(record: &Record, out: &mut Vec<u8>) {
+    let mut w = Writer { out };
+    match record {
+        Record::Message(message) => {
+            w.u8(KIND_MESSAGE);
+            w.u64(message.id.0);
+            w.user(&message.from);
+            w.user(&message.to);
+            w.u64(message.client_msg_id);
+            w.text(&message.content);
+            match &message.media {
+                None => w.u8(0),
+                Some(media) => {
+                    w.u8(1);
+                    w.text(&media.hash);
+                    w.text(&media.mime);
+                    w.u64(media.size);
+                    match &media.name {
+                        None => w.u8(0),
+                        Some(name) => {
+                            w.u8(1);
+                            w.text(name);
+                        }
+                    }
+                }
+            }
+            w.u64(message.timestamp_ms);
+        }
+        Record::Receipts {
+            by,
+            timestamp_ms,
+            items,
+        } => {
+            w.u8(KIND_RECEIPTS);
+            w.user(by);
+            w.u64(*timestamp_ms);
+            w.u32(items.len() as u32);
+            for item in items {
+                w.u64(item.message_id.0);
+                w.user(&item.sender);
+                w.u8(item.kind.to_byte());
+            }
+        }
+        Record::ReceiptHandedOver { message_id, kind } => {
+            w.u8(KIND_RECEIPT_HANDED_OVER);
+            w.u64(message_id.0);
+            w.u8(kind.to_byte());
+        }
+        Record::ReceiptQueued {
+            user,
+            kind,
+            receipt,
+        } => {
+            w.u8(KIND_RECEIPT_QUEUED);
+            w.user(user);
+            w.u8(kind.to_byte());
+            w.u64(receipt.message_id.0);
+            w.user(&receipt.by);
+            w.u64(receipt.timestamp_ms);
+        }
+        Record::ReceiptsFlushed { user } => {
+            w.u8(KIND_RECEIPTS_FLUSHED);
+            w.user(user);
+        }
+        Record::CheckpointBegin { last_message_id } => {
+            w.u8(KIND_CHECKPOINT_BEGIN);
+            match last_message_id {
+                None => w.u8(0),
+                Some(id) => {
+                    w.u8(1);
+                    w.u64(id.0);
+                }
+            }
+        }
+        Record::Dedup {
+            from,
+            client_msg_id,
+            message_id,
+            timestamp_ms,
+        } => {
+            w.u8(KIND_DEDUP);
+            w.user(from);
+            w.u64(*client_msg_id);
+            w.u64(message_id.0);
+            w.u64(*timestamp_ms);
+        }
+        Record::ReadIndex {
+            message_id,
+            from,
+            to,
+        } => {
+            w.u8(KIND_READ_INDEX);
+            w.u64(message_id.0);
+            w.user(from);
+            w.user(to);
+        }
+        Record::ReceiptOutstanding {
+            message_id,
+            kind,
+            sender,
+            by,
+            timestamp_ms,
+        } => {
+            w.u8(KIND_RECEIPT_OUTSTANDING);
+            w.u64(message_id.0);
+            w.u8(kind.to_byte());
+            w.user(sender);
+            w.user(by);
+            w.u64(*timestamp_ms);
+        }
+        Record::CheckpointEnd { begin } => {
+            w.u8(KIND_CHECKPOINT_END);
+            w.u64(begin.0);
+        }
+    }
+}
+
+/// Decodes a payload. Every field is read through a bounds check, so any bytes give a
+/// record or an error.
+pub fn decode_payload(payload: &[u8]) -> Result<Record, DecodeError> {
+    let mut r = Reader { bytes: payload };
+    let record = match r.u8()? {
+        KIND_MESSAGE => {
+            let id = MessageId(r.u64()?);
+            let from = r.user()?;
+            let to = r.user()?;
+            let client_msg_id = r.u64()?;
+            let content = r.text()?;
+            let media = match r.u8()? {
+                0 => None,
+                1 => {
+                    let hash = r.text()?;
+                    let mime = r.text()?;
+                    let size = r.u64()?;
+                    let name = match r.u8()? {
+                        0 => None,
+                        1 => Some(r.text()?),
+                        _ => return Err(DecodeError("bad media name flag")),
+                    };
+                    Some(Media {
+                        hash,
+                        mime,
+                        size,
+                        name,
+                    })
+                }
+                _ => return Err(DecodeError("bad media flag")),
+            };
+            let timestamp_ms = r.u64()?;
+            Record::Message(StoredMessage {
+                id,
+                from,
+                to,
+                client_msg_id,
+                content,
+                media,
+                timestamp_ms,
+            })
+        }
+        KIND_RECEIPTS => {
+            let by = r.user()?;
+            let timestamp_ms = r.u64()?;
+            let count = r.u32()? as usize;
+            // The smallest item is 8 + 2 + 1 bytes: refuse a count the bytes cannot hold
+            // before allocating for it.
+            if count > RECEIPT_ITEMS_MAX || count * 11 > r.bytes.len() {
+                return Err(DecodeError("receipt item count exceeds the payload"));
+            }
+            let mut items = Vec::with_capacity(count);
+            for _ in 0..count {
+                let message_id = MessageId(r.u64()?);
+                let sender = r.user()?;
+                let kind = ReceiptKind::from_byte(r.u8()?)?;
+                items.push(ReceiptItem {
+                    message_id,
+                    sender,
+                    kind,
+                });
+            }
+            Record::Receipts {
+                by,
+                timestamp_ms,
+                items,
+            }
+        }
+        KIND_RECEIPT_HANDED_OVER => Record::ReceiptHandedOver {
+            message_id: MessageId(r.u64()?),
+            kind: ReceiptKind::from_byte(r.u8()?)?,
+        },
+        KIND_RECEIPT_QUEUED => {
+            let user = r.user()?;
+            let kind = ReceiptKind::from_byte(r.u8()?)?;
+            let message_id = MessageId(r.u64()?);
+            let by = r.user()?;
+            let timestamp_ms = r.u64()?;
+            Record::ReceiptQueued {
+                user,
+                kind,
+                receipt: Receipt {
+                    message_id,
+                    by,
+                    timestamp_ms,
+                },
+            }
+        }
+        KIND_RECEIPTS_FLUSHED => Record::ReceiptsFlushed { user: r.user()? },
+        KIND_CHECKPOINT_BEGIN => {
+            let last_message_id = match r.u8()? {
+                0 => None,
+                1 => Some(MessageId(r.u64()?)),
+                _ => return Err(DecodeError("bad last message id flag")),
+            };
+            Record::CheckpointBegin { last_message_id }
+        }
+        KIND_DEDUP => Record::Dedup {
+            from: r.user()?,
+            client_msg_id: r.u64()?,
+            message_id: MessageId(r.u64()?),
+            timestamp_ms: r.u64()?,
+        },
+        KIND_READ_INDEX => Record::ReadIndex {
+            message_id: MessageId(r.u64()?),
+            from: r.user()?,
+            to: r.user()?,
+        },
+        KIND_RECEIPT_OUTSTANDING => Record::ReceiptOutstanding {
+            message_id: MessageId(r.u64()?),
+            kind: ReceiptKind::from_byte(r.u8()?)?,
+            sender: r.user()?,
+            by: r.user()?,
+            timestamp_ms: r.u64()?,
+        },
+        KIND_CHECKPOINT_END => Record::CheckpointEnd {
+            begin: Lsn(r.u64()?),
+        },
+        _ => return Err(DecodeError("unknown record kind")),
+    };
+    if !r.bytes.is_empty() {
+        return Err(DecodeError("bytes after the record"));
+    }
+    record.check()?;
+    Ok(record)
+}
+
+struct Writer<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl Writer<'_> {
+    fn u8(&mut self, value: u8) {
+        self.out.push(value);
+    }
+
+    fn u32(&mut self, value: u32) {
+        self.out.extend_from_slice(&value.to_le_bytes());
+    }
+
+    fn u64(&mut self, value: u64) {
+        self.out.extend_from_slice(&value.to_le_bytes());
+    }
+
+    fn user(&mut self, user: &UserId) {
+        let bytes = user.as_str().as_bytes();
+        self.u8(u8::try_from(bytes.len()).expect("a user id is at most 64 bytes"));
+        self.out.extend_from_slice(bytes);
+    }
+
+    fn text(&mut self, text: &str) {
+        self.u32(u32::try_from(text.len()).expect("text fits a record"));
+        self.out.extend_from_slice(text.as_bytes());
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if n > self.bytes.len() {
+            return Err(DecodeError("the payload ends inside a field"));
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn user(&mut self) -> Result<UserId, DecodeError> {
+        let len = self.u8()? as usize;
+        let bytes = self.take(len)?;
+        let text = std::str::from_utf8(bytes).map_err(|_| DecodeError("user id is not UTF-8"))?;
+        UserId::parse(text).map_err(|_| DecodeError("invalid user id"))
+    }
+
+    fn text(&mut self) -> Result<String, DecodeError> {
+        let len = self.u32()? as usize;
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError("text is not UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn user(name: &str) -> UserId {
+        UserId::parse(name).unwrap()
+    }
+
+    fn samples() -> Vec<Record> {
+        vec![
+            Record::Message(StoredMessage {
+                id: MessageId(1 << 40),
+                from: user("alice"),
+                to: user("bob"),
+                client_msg_id: 7,
+                content: "héllo".into(),
+                media: Some(Media {
+                    hash: "ab".repeat(32),
+                    mime: "image/png".into(),
+                    size: 1234,
+                    name: Some("cat.png".into()),
+                }),
+                timestamp_ms: 1_700_000_000_000,
+            }),
+            Record::Receipts {
+                by: user("bob"),
+                timestamp_ms: 5,
+                items: vec![
+                    ReceiptItem {
+                        message_id: MessageId(9),
+                        sender: user("alice"),
+                        kind: ReceiptKind::Delivered,
+                    },
+                    ReceiptItem {
+                        message_id: MessageId(9),
+                        sender: user("alice"),
+                        kind: ReceiptKind::Read,
+                    },
+                ],
+            },
+            Record::ReceiptHandedOver {
+                message_id: MessageId(u64::MAX),
+                kind: ReceiptKind::Read,
+            },
+            Record::ReceiptQueued {
+                user: user("alice"),
+                kind: ReceiptKind::Delivered,
+                receipt: Receipt {
+                    message_id: MessageId(3),
+                    by: user("bob"),
+                    timestamp_ms: 4,
+                },
+            },
+            Record::ReceiptsFlushed {
+                user: user("alice"),
+            },
+            Record::CheckpointBegin {
+                last_message_id: None,
+            },
+            Record::CheckpointBegin {
+                last_message_id: Some(MessageId(0)),
+            },
+            Record::Dedup {
+                from: user("a"),
+                client_msg_id: u64::MAX,
+                message_id: MessageId(2),
+                timestamp_ms: 3,
+            },
+            Record::ReadIndex {
+                message_id: MessageId(2),
+                from: user("a"),
+                to: user("b"),
+            },
+            Record::ReceiptOutstanding {
+                message_id: MessageId(2),
+                kind: ReceiptKind::Delivered,
+                sender: user("a"),
+                by: user("b"),
+                timestamp_ms: 3,
+            },
+            Record::CheckpointEnd { begin: Lsn(17) },
+        ]
+    }
+
+    fn segment(records: &[Record], first_lsn: u64) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        encode_segment_header(
+            &SegmentHeader {
+                shard: 3,
+                first_lsn: Lsn(first_lsn),
+            },
+            &mut bytes,
+        );
+        for (i, record) in records.iter().enumerate() {
+            encode_record(record, Lsn(first_lsn + i as u64), &mut bytes);
+        }
+        bytes
+    }
+
+    #[test]
+    fn round_trip_every_kind() {
+        let records = samples();
+        let bytes = segment(&records, 40);
+        let scan = scan_segment(&bytes).unwrap();
+        assert_eq!(scan.header.shard, 3);
+        assert_eq!(scan.header.first_lsn, Lsn(40));
+        assert!(!scan.torn);
+        assert_eq!(scan.valid_bytes, bytes.len());
+        let expected: Vec<(Lsn, Record)> = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, record)| (Lsn(40 + i as u64), record))
+            .collect();
+        assert_eq!(scan.records, expected);
+    }
+
+    #[test]
+    fn every_truncation_is_a_clean_prefix_or_torn_at_the_last_record() {
+        let records = samples();
+        let bytes = segment(&records, 1);
+        // Where each record ends.
+        let mut ends = vec![SEGMENT_HEADER_BYTES];
+        for (i, record) in records.iter().enumerate() {
+            let mut one = Vec::new();
+            encode_record(record, Lsn(1 + i as u64), &mut one);
+            ends.push(ends.last().unwrap() + one.len());
+        }
+        for len in 0..=bytes.len() {
+            let cut = &bytes[..len];
+            if len < SEGMENT_HEADER_BYTES {
+                assert_eq!(scan_segment(cut), Err(SegmentError::ShortHeader));
+                continue;
+            }
+            let scan = scan_segment(cut).unwrap();
+            let whole = ends.iter().filter(|end| **end <= len).count() - 1;
+            assert_eq!(scan.records.len(), whole, "cut at {len}");
+            assert_eq!(scan.valid_bytes, ends[whole], "cut at {len}");
+            assert_eq!(scan.torn, len != ends[whole], "cut at {len}");
+            assert_eq!(&scan.records[..], &segment_records(&records)[..whole]);
+        }
+    }
+
+    fn segment_records(records: &[Record]) -> Vec<(Lsn, Record)> {
+        records
+            .iter()
+            .enumerate()
+            .map(|(i, record)| (Lsn(1 + i as u64), record.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_stale_record_ends_the_scan() {
+        let records = samples();
+        let mut bytes = segment(&records[..2], 1);
+        // A record with a valid checksum but an lsn from an older use of the file.
+        encode_record(&records[2], Lsn(99), &mut bytes);
+        let scan = scan_segment(&bytes).unwrap();
+        assert_eq!(scan.records.len(), 2);
+        assert!(scan.torn);
+    }
+
+    #[test]
+    fn bad_headers() {
+        let mut bytes = segment(&[], 1);
+        assert!(scan_segment(&bytes).unwrap().records.is_empty());
+        bytes[12] ^= 1;
+        assert_eq!(scan_segment(&bytes), Err(SegmentError::HeaderChecksum));
+        bytes[0] = b'X';
+        assert_eq!(scan_segment(&bytes), Err(SegmentError::BadMagic));
+        let mut bytes = segment(&[], 1);
+        bytes[8] = 2;
+        assert_eq!(
+            scan_segment(&bytes),
+            Err(SegmentError::UnsupportedVersion(2))
+        );
+    }
+
+    #[test]
+    fn undecodable_payloads_are_errors() {
+        let check = |payload: &[u8]| assert!(decode_payload(payload).is_err(), "{payload:?}");
+        check(&[]);
+        check(&[0]);
+        check(&[99]);
+        check(&[KIND_RECEIPTS_FLUSHED, 0]);
+        check(&[KIND_RECEIPTS_FLUSHED, 3, b'a', b'b']);
+        check(&[KIND_RECEIPTS_FLUSHED, 1, b':']);
+        check(&[KIND_RECEIPTS_FLUSHED, 1, b'a', 0]);
+        check(&[
+            KIND_RECEIPTS,
+            1,
+            b'a',
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0xff,
+            0xff,
+            0xff,
+            0xff,
+        ]);
+        check(&[KIND_RECEIPT_HANDED_OVER, 0, 0, 0, 0, 0, 0, 0, 0, 3]);
+        check(&[KIND_CHECKPOINT_END, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            decode_payload(&[KIND_RECEIPTS_FLUSHED, 1, b'a']),
+            Ok(Record::ReceiptsFlushed { user: user("a") })
+        );
+    }
+
+    fn arb_user() -> impl Strategy<Value = UserId> {
+        "[a-z0-9_.@-]{1,64}".prop_map(|text| UserId::parse(&text).unwrap())
+    }
+
+    fn arb_kind() -> impl Strategy<Value = ReceiptKind> {
+        prop_oneof![Just(ReceiptKind::Delivered), Just(ReceiptKind::Read)]
+    }
+
+    fn arb_record() -> impl Strategy<Value = Record> {
+        let message = (
+            any::<u64>(),
+            arb_user(),
+            arb_user(),
+            any::<u64>(),
+            ".{1,40}",
+            proptest::option::of((
+                "[0-9a-f]{64}",
+                "[a-z/]{1,20}",
+                any::<u64>(),
+                proptest::option::of(".{0,20}"),
+            )),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(id, from, to, client_msg_id, content, media, timestamp_ms)| {
+                    Record::Message(StoredMessage {
+                        id: MessageId(id),
+                        from,
+                        to,
+                        client_msg_id,
+                        content,
+                        media: media.map(|(hash, mime, size, name)| Media {
+                            hash,
+                            mime,
+                            size,
+                            name,
+                        }),
+                        timestamp_ms,
+                    })
+                },
+            );
+        let receipts = (
+            arb_user(),
+            any::<u64>(),
+            proptest::collection::vec((any::<u64>(), arb_user(), arb_kind()), 1..20),
+        )
+            .prop_map(|(by, timestamp_ms, items)| Record::Receipts {
+                by,
+                timestamp_ms,
+                items: items
+                    .into_iter()
+                    .map(|(id, sender, kind)| ReceiptItem {
+                        message_id: MessageId(id),
+                        sender,
+                        kind,
+                    })
+                    .collect(),
+            });
+        prop_oneof![
+            message,
+            receipts,
+            (any::<u64>(), arb_kind()).prop_map(|(id, kind)| Record::ReceiptHandedOver {
+                message_id: MessageId(id),
+                kind
+            }),
+            (
+                arb_user(),
+                arb_kind(),
+                any::<u64>(),
+                arb_user(),
+                any::<u64>()
+            )
+                .prop_map(|(user, kind, id, by, timestamp_ms)| Record::ReceiptQueued {
+                    user,
+                    kind,
+                    receipt: Receipt {
+                        message_id: MessageId(id),
+                        by,
+                        timestamp_ms
+                    }
+                }),
+            arb_user().prop_map(|user| Record::ReceiptsFlushed { user }),
+            proptest::option::of(any::<u64>()).prop_map(|id| Record::CheckpointBegin {
+                last_message_id: id.map(MessageId)
+            }),
+            (arb_user(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+                |(from, client_msg_id, id, timestamp_ms)| Record::Dedup {
+                    from,
+                    client_msg_id,
+                    message_id: MessageId(id),
+                    timestamp_ms
+                }
+            ),
+            (any::<u64>(), arb_user(), arb_user()).prop_map(|(id, from, to)| {
+                Record::ReadIndex {
+                    message_id: MessageId(id),
+                    from,
+                    to,
+                }
+            }),
+            (
+                any::<u64>(),
+                arb_kind(),
+                arb_user(),
+                arb_user(),
+                any::<u64>()
+            )
+                .prop_map(|(id, kind, sender, by, timestamp_ms)| {
+                    Record::ReceiptOutstanding {
+                        message_id: MessageId(id),
+                        kind,
+                        sender,
+                        by,
+                        timestamp_ms,
+                    }
+                }),
+            (1..u64::MAX).prop_map(|begin| Record::CheckpointEnd { begin: Lsn(begin) }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn records_round_trip(records in proptest::collection::vec(arb_record(), 0..12),
+                              first_lsn in 1..u64::MAX / 2) {
+            let bytes = segment(&records, first_lsn);
+            let scan = scan_segment(&bytes).unwrap();
+            prop_assert!(!scan.torn);
+            let expected: Vec<(Lsn, Record)> = records
+                .into_iter()
+                .enumerate()
+                .map(|(i, record)| (Lsn(first_lsn + i as u64), record))
+                .collect();
+            prop_assert_eq!(scan.records, expected);
+        }
+
+        #[test]
+        fn a_flipped_bit_is_caught(records in proptest::collection::vec(arb_record(), 1..6),
+                                   position in any::<prop::sample::Index>(),
+                                   bit in 0..8u8) {
+            let bytes = segment(&records, 1);
+            let mut flipped = bytes.clone();
+            let at = SEGMENT_HEADER_BYTES + position.index(bytes.len() - SEGMENT_HEADER_BYTES);
+            flipped[at] ^= 1 << bit;
+            let scan = scan_segment(&flipped).unwrap();
+            // The scan keeps exactly the records that end before the flipped byte.
+            let mut end = SEGMENT_HEADER_BYTES;
+            let mut whole = 0;
+            for (i, record) in records.iter().enumerate() {
+                let mut one = Vec::new();
+                encode_record(record, Lsn(1 + i as u64), &mut one);
+                if end + one.len() > at {
+                    break;
+                }
+                end += one.len();
+                whole += 1;
+            }
+            prop_assert_eq!(scan.records.len(), whole);
+            prop_assert_eq!(scan.valid_bytes, end);
+            prop_assert!(scan.torn);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(tail in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut bytes = segment(&[], 1);
+            bytes.extend_from_slice(&tail);
+            let scan = scan_segment(&bytes).unwrap();
+            prop_assert!(scan.valid_bytes <= bytes.len());
+            let _ = decode_payload(&tail);
+        }
+    }
+}
