@@ -16,12 +16,13 @@
 //! close frame, ends its side of the stream (FIN), and reads and discards what still comes
 //! until the client closes or `close_timeout_ms` passes.
 
-use std::os::fd::{AsRawFd as _, RawFd};
+use std::future::Future as _;
+use std::os::fd::RawFd;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf as _, Bytes, BytesMut};
-use monoio::net::TcpStream;
 use monoio::time::Instant;
 use wire::frame::{self, Message, MessageDecoder, OpCode};
 use wire::handshake::{Encoding, Route, UpgradeRequest};
@@ -29,6 +30,7 @@ use wire::{ClientMessage, UserId};
 
 use crate::codec;
 use crate::io::{self, Progress};
+use crate::readiness::Readiness;
 use crate::shard::{OutFrame, Shard};
 use crate::sink::ConnId;
 
@@ -49,11 +51,52 @@ impl Drop for SlotGuard {
 }
 
 /// The task of one accepted connection.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, slot: u32, generation: u32) {
+///
+/// Its state while idle is what every idle connection costs, so the phases that are large
+/// and short (the handshake with its buffer and timer, waiting to write, closing) run in
+/// boxed futures that are freed when they end, and the frame decoder exists only while
+/// bytes are being read or a fragmented message is under way.
+pub async fn serve(shard: Rc<Shard>, stream: Readiness, slot: u32, generation: u32) {
     let guard = SlotGuard { shard, slot };
     let shard = &guard.shard;
+    let Some(upgraded) = Box::pin(handshake_within_deadline(shard, &stream, slot)).await else {
+        return;
+    };
+    let mut session = Session {
+        shard,
+        stream: &stream,
+        fd: stream.fd(),
+        conn: ConnId {
+            shard_id: shard.shard_id,
+            slot,
+            generation,
+        },
+        route: upgraded.route,
+        encoding: upgraded.encoding,
+        user: upgraded.user,
+        decoder: None,
+        leftover: upgraded.leftover,
+        frames_failed: false,
+    };
+    session.run().await;
+}
+
+/// What the handshake leaves the session: the route and encoding chosen, the user it
+/// authenticated (none on /echo), and bytes that came after the request head.
+struct Upgraded {
+    route: Route,
+    encoding: Encoding,
+    user: Option<UserId>,
+    leftover: Option<BytesMut>,
+}
+
+async fn handshake_within_deadline(
+    shard: &Shard,
+    stream: &Readiness,
+    slot: u32,
+) -> Option<Upgraded> {
     let deadline = Instant::now() + Duration::from_millis(shard.config.limits.handshake_timeout_ms);
-    let upgraded = match monoio::time::timeout_at(deadline, handshake(shard, &stream, slot)).await {
+    match monoio::time::timeout_at(deadline, handshake(shard, stream, slot)).await {
         Ok(upgraded) => upgraded,
         Err(_elapsed) => {
             // A client that has not finished its request by now is too slow or is holding
@@ -61,52 +104,19 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, slot: u32, generation: u
             tracing::debug!(shard = shard.shard_id, "handshake deadline passed");
             None
         }
-    };
-    let Some((request, user, leftover)) = upgraded else {
-        return;
-    };
-    let conn = ConnId {
-        shard_id: shard.shard_id,
-        slot,
-        generation,
-    };
-    let limits = match request.route() {
-        Route::Messages => shard.frames_ws,
-        Route::Echo => shard.frames_echo,
-    };
-    let mut session = Session {
-        shard,
-        stream: &stream,
-        fd: stream.as_raw_fd(),
-        conn,
-        route: request.route(),
-        encoding: request.encoding(),
-        decoder: MessageDecoder::new(limits),
-        leftover,
-    };
-    if let Some(user) = &user {
-        shard.sink.connected(conn, user);
-    }
-    session.run(user.as_ref()).await;
-    if let Some(user) = &user {
-        shard.sink.disconnected(conn, user);
     }
 }
 
-/// The upgraded request, the user it authenticated (none on /echo), and bytes that came
-/// after the request head.
-type Upgraded = (UpgradeRequest, Option<UserId>, Option<BytesMut>);
-
 /// Reads and answers the upgrade request. `None`: the connection was refused or failed, and
 /// is to be closed.
-async fn handshake(shard: &Shard, stream: &TcpStream, slot: u32) -> Option<Upgraded> {
-    let fd = stream.as_raw_fd();
+async fn handshake(shard: &Shard, stream: &Readiness, slot: u32) -> Option<Upgraded> {
+    let fd = stream.fd();
     let mut buffer: Option<BytesMut> = None;
     loop {
         // Waiting for readiness first: a client that connects and says nothing holds no
         // buffer while it waits.
         monoio::select! {
-            ready = stream.readable(false) => ready.ok()?,
+            ready = stream.readable() => ready.ok()?,
             () = shard.mail(slot) => {
                 if shard.shutting_down.fired() {
                     return None;
@@ -128,15 +138,16 @@ async fn handshake(shard: &Shard, stream: &TcpStream, slot: u32) -> Option<Upgra
             }
             Ok(Progress::Bytes(_)) => {}
         }
-        let (mut request, consumed) = match wire::handshake::parse_request(buf, &shard.handshake) {
-            Ok(None) => continue,
-            Ok(Some(parsed)) => parsed,
-            Err(error) => {
-                tracing::debug!(shard = shard.shard_id, %error, "upgrade refused");
-                refuse(stream, &error.response()).await;
-                return None;
-            }
-        };
+        let (mut request, consumed): (UpgradeRequest, usize) =
+            match wire::handshake::parse_request(buf, &shard.handshake) {
+                Ok(None) => continue,
+                Ok(Some(parsed)) => parsed,
+                Err(error) => {
+                    tracing::debug!(shard = shard.shard_id, %error, "upgrade refused");
+                    refuse(stream, &error.response()).await;
+                    return None;
+                }
+            };
         buf.advance(consumed);
         let user = match request.route() {
             Route::Echo => None,
@@ -154,29 +165,36 @@ async fn handshake(shard: &Shard, stream: &TcpStream, slot: u32) -> Option<Upgra
         let answer = wire::handshake::switching_protocols(&request);
         write_all(stream, &answer).await.ok()?;
         let leftover = buffer.take().expect("just used");
-        if leftover.is_empty() {
+        let leftover = if leftover.is_empty() {
             shard.pool.give(leftover);
-            return Some((request, user, None));
-        }
-        // Bytes the client sent right after its request are its first frames.
-        return Some((request, user, Some(leftover)));
+            None
+        } else {
+            // Bytes the client sent right after its request are its first frames.
+            Some(leftover)
+        };
+        return Some(Upgraded {
+            route: request.route(),
+            encoding: request.encoding(),
+            user,
+            leftover,
+        });
     }
 }
 
 /// Sends an error answer and closes: the caller drops the socket right after.
-async fn refuse(stream: &TcpStream, answer: &[u8]) {
+async fn refuse(stream: &Readiness, answer: &[u8]) {
     if write_all(stream, answer).await.is_ok() {
-        io::shutdown_write(stream.as_raw_fd());
+        io::shutdown_write(stream.fd());
     }
 }
 
 /// Writes all of `bytes`, waiting for the socket to take them.
-async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
-    let fd = stream.as_raw_fd();
+async fn write_all(stream: &Readiness, mut bytes: &[u8]) -> std::io::Result<()> {
+    let fd = stream.fd();
     while !bytes.is_empty() {
         match io::send_once(fd, bytes)? {
             Progress::Bytes(written) => bytes = &bytes[written..],
-            Progress::WouldBlock => stream.writable(false).await?,
+            Progress::WouldBlock => stream.writable().await?,
         }
     }
     Ok(())
@@ -189,45 +207,97 @@ enum Next {
     Open,
     /// The client closed the WebSocket (its close frame is answered) or the stream: done.
     Done,
+    /// The socket failed: nothing more can be sent.
+    Gone,
     /// The server closes with this code and reason.
     Close(u16, &'static str),
 }
 
+/// What woke an idle connection.
+enum Event {
+    Readable,
+    Mail,
+    Failed,
+}
+
+/// Waits until the socket is readable or the shard left mail for the connection. Written
+/// out by hand rather than with `select!`, because its size is the idle connection's.
+async fn wait_event(shard: &Shard, slot: u32, stream: &Readiness) -> Event {
+    let mut readable = std::pin::pin!(stream.readable());
+    std::future::poll_fn(|cx| {
+        if shard.take_mail(slot, cx.waker()) {
+            return Poll::Ready(Event::Mail);
+        }
+        match readable.as_mut().poll(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Event::Readable),
+            Poll::Ready(Err(_)) => Poll::Ready(Event::Failed),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
 struct Session<'a> {
     shard: &'a Shard,
-    stream: &'a TcpStream,
+    stream: &'a Readiness,
     fd: RawFd,
     conn: ConnId,
     route: Route,
     encoding: Encoding,
-    decoder: MessageDecoder,
+    /// The authenticated user on /ws; none on /echo.
+    user: Option<UserId>,
+    /// Made when bytes arrive, dropped when no fragmented message is under way.
+    decoder: Option<Box<MessageDecoder>>,
     /// The bytes of a frame not yet complete; `None` whenever the connection is idle.
     leftover: Option<BytesMut>,
+    /// A frame broke the protocol: the decoder's state is not to be used again.
+    frames_failed: bool,
 }
 
 impl Session<'_> {
-    async fn run(&mut self, user: Option<&UserId>) {
+    async fn run(&mut self) {
+        if let Some(user) = &self.user {
+            self.shard.sink.connected(self.conn, user);
+        }
         let mut next = if self.leftover.is_some() {
-            self.read_frames(user, false)
+            self.read_frames(false)
         } else {
             Next::Open
         };
-        let (shard, stream, slot) = (self.shard, self.stream, self.conn.slot);
+        let (shard, stream, slot, fd) = (self.shard, self.stream, self.conn.slot, self.fd);
         while next == Next::Open {
-            if shard.has_outbound(slot) && self.flush().await.is_err() {
-                return;
+            if shard.has_outbound(slot) {
+                next = match shard.write_queued(slot, fd) {
+                    Ok(true) => Next::Open,
+                    Ok(false) => match Box::pin(self.flush()).await {
+                        Ok(()) => Next::Open,
+                        Err(_) => Next::Gone,
+                    },
+                    Err(_) => Next::Gone,
+                };
+                if next != Next::Open {
+                    break;
+                }
             }
-            next = monoio::select! {
-                ready = stream.readable(false) => match ready {
-                    Ok(()) => self.read_frames(user, true),
-                    Err(_) => Next::Done,
-                },
-                () = shard.mail(slot) => match shard.take_close_request(slot) {
+            next = match wait_event(shard, slot, stream).await {
+                Event::Readable => self.read_frames(true),
+                Event::Mail => match shard.take_close_request(slot) {
                     Some(code) => Next::Close(code, "server shutting down"),
                     None => Next::Open,
                 },
+                Event::Failed => Next::Gone,
             };
         }
+        Box::pin(self.finish(next)).await;
+        if let Some(buffer) = self.leftover.take() {
+            self.give_back(buffer);
+        }
+        if let Some(user) = &self.user {
+            self.shard.sink.disconnected(self.conn, user);
+        }
+    }
+
+    async fn finish(&mut self, next: Next) {
         match next {
             Next::Close(code, reason) => self.close(code, reason).await,
             // The answer to the client's close is queued: send it, then drop the socket.
@@ -236,15 +306,22 @@ impl Session<'_> {
                     Duration::from_millis(self.shard.config.limits.close_timeout_ms);
                 let _ = monoio::time::timeout(close_timeout, self.flush()).await;
             }
-            Next::Open => unreachable!("the loop runs while open"),
-        }
-        if let Some(buffer) = self.leftover.take() {
-            self.give_back(buffer);
+            Next::Gone => {}
+            Next::Open => unreachable!("the session loop runs while open"),
         }
     }
 
+    fn decoder(&mut self) -> &mut MessageDecoder {
+        let config = match self.route {
+            Route::Messages => self.shard.frames_ws,
+            Route::Echo => self.shard.frames_echo,
+        };
+        self.decoder
+            .get_or_insert_with(|| Box::new(MessageDecoder::new(config)))
+    }
+
     /// Reads what the socket holds and handles every complete message.
-    fn read_frames(&mut self, user: Option<&UserId>, read: bool) -> Next {
+    fn read_frames(&mut self, read: bool) -> Next {
         let mut buf = self
             .leftover
             .take()
@@ -252,7 +329,7 @@ impl Session<'_> {
         let mut next = if read {
             Next::Open
         } else {
-            self.handle_frames(&mut buf, user)
+            self.handle_frames(&mut buf)
         };
         let mut reads = 0;
         while read && next == Next::Open && reads < READS_PER_TURN_MAX {
@@ -263,7 +340,7 @@ impl Session<'_> {
             match io::recv_into(self.fd, &mut buf) {
                 Ok(Progress::Bytes(0)) | Err(_) => next = Next::Done,
                 Ok(Progress::WouldBlock) => break,
-                Ok(Progress::Bytes(_)) => next = self.handle_frames(&mut buf, user),
+                Ok(Progress::Bytes(_)) => next = self.handle_frames(&mut buf),
             }
             // Answers pile up while we read; write them before reading more, so the queue
             // stays short and a client that does not read gets no more answers.
@@ -276,6 +353,14 @@ impl Session<'_> {
         } else {
             self.leftover = Some(buf);
         }
+        if self
+            .decoder
+            .as_ref()
+            .is_some_and(|decoder| !decoder.in_message())
+        {
+            // Between messages the decoder holds nothing but its limits.
+            self.decoder = None;
+        }
         next
     }
 
@@ -285,13 +370,14 @@ impl Session<'_> {
         }
     }
 
-    fn handle_frames(&mut self, buf: &mut BytesMut, user: Option<&UserId>) -> Next {
+    fn handle_frames(&mut self, buf: &mut BytesMut) -> Next {
         loop {
-            let message = match self.decoder.decode(buf) {
+            let message = match self.decoder().decode(buf) {
                 Ok(Some(message)) => message,
                 Ok(None) => return Next::Open,
                 Err(error) => {
                     tracing::debug!(shard = self.shard.shard_id, %error, "closing on a bad frame");
+                    self.frames_failed = true;
                     buf.clear();
                     return Next::Close(error.close_code(), close_reason(&error));
                 }
@@ -313,8 +399,8 @@ impl Session<'_> {
                     buf.clear();
                     return Next::Done;
                 }
-                Message::Text(payload) => self.on_data(OpCode::Text, payload, user),
-                Message::Binary(payload) => self.on_data(OpCode::Binary, payload, user),
+                Message::Text(payload) => self.on_data(OpCode::Text, payload),
+                Message::Binary(payload) => self.on_data(OpCode::Binary, payload),
             };
             if next != Next::Open {
                 buf.clear();
@@ -323,8 +409,8 @@ impl Session<'_> {
         }
     }
 
-    fn on_data(&mut self, opcode: OpCode, payload: Bytes, user: Option<&UserId>) -> Next {
-        match (self.route, user) {
+    fn on_data(&mut self, opcode: OpCode, payload: Bytes) -> Next {
+        match (self.route, &self.user) {
             (Route::Echo, _) => self.queue(OutFrame::new(opcode, payload)),
             (Route::Messages, Some(user)) => {
                 let limits = &self.shard.wire_limits;
@@ -376,18 +462,15 @@ impl Session<'_> {
     /// Writes everything queued, waiting for the socket as needed.
     async fn flush(&self) -> std::io::Result<()> {
         while !self.shard.write_queued(self.conn.slot, self.fd)? {
-            self.stream.writable(false).await?;
+            self.stream.writable().await?;
         }
         Ok(())
     }
 
     /// The server's side of the closing handshake.
     async fn close(&mut self, code: u16, reason: &str) {
-        // Only a frame error leaves the decoder unusable; those are the codes it maps to.
-        let decoder_ok = !matches!(
-            code,
-            frame::CLOSE_PROTOCOL_ERROR | frame::CLOSE_INVALID_DATA | frame::CLOSE_TOO_BIG
-        );
+        // After a frame error the decoder cannot be trusted to find the client's close.
+        let decoder_ok = !self.frames_failed;
         let frame = OutFrame::new(OpCode::Close, frame::close_payload(code, reason));
         let _ = self.shard.push(self.conn.slot, frame, true);
         let deadline =
@@ -414,7 +497,7 @@ impl Session<'_> {
         let mut decoder_ok = decoder_ok;
         loop {
             while decoder_ok {
-                match self.decoder.decode(&mut buf) {
+                match self.decoder().decode(&mut buf) {
                     Ok(Some(Message::Close(_))) => {
                         buf.clear();
                         self.give_back(buf);
@@ -431,7 +514,7 @@ impl Session<'_> {
             if buf.capacity() - buf.len() < self.shard.pool.buffer_bytes() / 4 {
                 buf.reserve(self.shard.pool.buffer_bytes());
             }
-            if self.stream.readable(false).await.is_err() {
+            if self.stream.readable().await.is_err() {
                 break;
             }
             match io::recv_into(self.fd, &mut buf) {

@@ -9,6 +9,7 @@ mod http;
 mod io;
 mod listen;
 mod pool;
+mod readiness;
 mod shard;
 mod signals;
 mod sink;
@@ -30,6 +31,7 @@ use crate::config::{Cli, Command, Config, ServeArgs, TokenArgs};
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     init_logging();
     let outcome = match cli.command {
@@ -44,6 +46,19 @@ fn main() -> ExitCode {
             eprintln!("switchboard: error: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Keeps the heap in 4 KiB pages. The allocator asks for transparent huge pages on its
+/// arenas, and a 2 MiB page is resident as soon as one byte of it is touched: with many
+/// small per-connection records spread over the heap, that doubled the resident memory of
+/// 19,000 idle connections (1.4 KB each instead of 0.85 KB, see tuning.md).
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes plain integers; it only sets a flag of this process.
+    let result = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if result != 0 {
+        // Old kernels lack it; the server works the same, with more resident memory.
+        tracing::debug!("PR_SET_THP_DISABLE is not supported");
     }
 }
 

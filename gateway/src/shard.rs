@@ -9,6 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -18,7 +19,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use monoio::net::{TcpListener, TcpStream};
 use wire::frame::{FrameConfig, FrameHeader, OpCode, server_frame_header};
 use wire::handshake::HandshakeConfig;
 
@@ -27,6 +27,7 @@ use crate::codec::Encoders;
 use crate::config::{Config, ECHO_PATH, WS_PATH};
 use crate::io;
 use crate::pool::{BufferPool, Slots};
+use crate::readiness::{self, Readiness};
 use crate::sink::{Sink, Unrouted};
 
 /// The event loop a shard runs on.
@@ -286,17 +287,29 @@ impl Shard {
             .and_then(|conn| conn.close_request.take())
     }
 
+    /// Whether the connection has mail (and clears the mark); if not, `waker` is woken when
+    /// some arrives.
+    pub fn take_mail(&self, slot: u32, waker: &Waker) -> bool {
+        let mut conns = self.conns.borrow_mut();
+        let conn = conns.get_mut(slot).expect("waiting on a live connection");
+        if conn.mail {
+            conn.mail = false;
+            return true;
+        }
+        if !conn.waker.as_ref().is_some_and(|old| old.will_wake(waker)) {
+            conn.waker = Some(waker.clone());
+        }
+        false
+    }
+
     /// Completes when the connection has mail, and clears the mark.
     pub fn mail(&self, slot: u32) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| {
-            let mut conns = self.conns.borrow_mut();
-            let conn = conns.get_mut(slot).expect("waiting on a live connection");
-            if conn.mail {
-                conn.mail = false;
-                return Poll::Ready(());
+            if self.take_mail(slot, cx.waker()) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
             }
-            conn.waker = Some(cx.waker().clone());
-            Poll::Pending
         })
     }
 
@@ -472,7 +485,7 @@ async fn shard_main(
     driver: DriverKind,
     ready: mpsc::Sender<anyhow::Result<DriverKind>>,
 ) {
-    let registered = TcpListener::from_std(listener)
+    let registered = Readiness::new(listener.into())
         .and_then(|listener| Ok((listener, monoio::net::UnixStream::from_std(wake)?)));
     let (listener, wake) = match registered {
         Ok(pair) => pair,
@@ -511,48 +524,65 @@ async fn shard_main(
     }
 }
 
-async fn accept_loop(shard: &Rc<Shard>, listener: &TcpListener) {
+/// Connections accepted in one go before the loop lets connection tasks run.
+const ACCEPTS_PER_TURN_MAX: usize = 64;
+
+async fn accept_loop(shard: &Rc<Shard>, listener: &Readiness) {
     let backoff = Duration::from_millis(shard.config.limits.accept_backoff_ms);
     loop {
-        let accepted = monoio::select! {
-            accepted = listener.accept() => accepted,
+        let ready = monoio::select! {
+            ready = listener.readable() => ready,
             () = shard.shutting_down.wait() => return,
         };
-        match accepted {
-            Ok((stream, _peer)) => admit(shard, stream),
-            Err(error) if io::is_resource_exhaustion(&error) => {
-                // Out of descriptors: every retry would fail the same way until some
-                // connection closes, so pause instead of spinning.
-                tracing::warn!(shard = shard.shard_id, %error, "accept failed, pausing");
-                monoio::select! {
-                    () = monoio::time::sleep(backoff) => {},
-                    () = shard.shutting_down.wait() => return,
+        if let Err(error) = ready {
+            tracing::error!(shard = shard.shard_id, %error, "the listener failed");
+            return;
+        }
+        for _ in 0..ACCEPTS_PER_TURN_MAX {
+            match readiness::accept(listener.fd()) {
+                Ok(Some(fd)) => admit(shard, fd),
+                Ok(None) => break,
+                Err(error) if io::is_resource_exhaustion(&error) => {
+                    // Out of descriptors: every retry would fail the same way until some
+                    // connection closes, so pause instead of spinning.
+                    tracing::warn!(shard = shard.shard_id, %error, "accept failed, pausing");
+                    monoio::select! {
+                        () = monoio::time::sleep(backoff) => {},
+                        () = shard.shutting_down.wait() => return,
+                    }
+                    break;
                 }
-            }
-            Err(error) => {
-                // ECONNABORTED and the like concern one connection, not the listener.
-                tracing::debug!(shard = shard.shard_id, %error, "accept failed");
+                Err(error) => {
+                    // ECONNABORTED and the like concern one connection, not the listener.
+                    tracing::debug!(shard = shard.shard_id, %error, "accept failed");
+                }
             }
         }
     }
 }
 
 /// Takes a new connection, or refuses it at once when the shard is full.
-fn admit(shard: &Rc<Shard>, stream: TcpStream) {
+fn admit(shard: &Rc<Shard>, fd: OwnedFd) {
     use std::os::fd::AsRawFd as _;
     if shard.conns.borrow().len() >= shard.config.limits.connections_per_shard_max {
         let answer = wire::handshake::error_response(503, "too many connections, try again later");
         // One try without waiting: a full socket buffer on a fresh connection is unlikely,
         // and a refused client gets the close either way.
-        let _ = io::send_once(stream.as_raw_fd(), &answer);
+        let _ = io::send_once(fd.as_raw_fd(), &answer);
         return;
     }
-    // Small writes (control frames, acks) must not wait for Nagle's timer.
-    let _ = stream.set_nodelay(true);
+    readiness::set_nodelay(fd.as_raw_fd());
+    let socket = match Readiness::new(fd) {
+        Ok(socket) => socket,
+        Err(error) => {
+            tracing::warn!(shard = shard.shard_id, %error, "cannot register a connection");
+            return;
+        }
+    };
     let (slot, generation) = shard.register();
     monoio::spawn(crate::conn::serve(
         Rc::clone(shard),
-        stream,
+        socket,
         slot,
         generation,
     ));
