@@ -45,6 +45,16 @@ impl Limits {
     };
 }
 
+impl Limits {
+    /// Bounds for a client reading what a server sends (the load generator, tests): a full
+    /// `history` page of 100 messages of 1000 characters each, every one escaped as `\u00XX`
+    /// at worst, is about 600 KiB of JSON, so the envelope bound is 1 MiB.
+    pub const SERVER_MESSAGES: Limits = Limits {
+        envelope_bytes_max: 1024 * 1024,
+        ..Limits::DEFAULT
+    };
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits::DEFAULT
