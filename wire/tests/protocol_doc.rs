@@ -48,7 +48,11 @@ fn every_json_example_in_the_protocol_page_is_what_the_encoder_writes() {
     let examples = json_examples(&page);
     // One example of each of the sixteen messages at least, so that a page that lost its
     // examples (or a broken block parser) fails here.
-    assert!(examples.len() >= 16, "only {} examples found", examples.len());
+    assert!(
+        examples.len() >= 16,
+        "only {} examples found",
+        examples.len()
+    );
     for example in examples {
         if let Err(why) = is_canonical(example) {
             panic!("docs/protocol.md example is not canonical:\n{example}\n{why}");
@@ -59,7 +63,10 @@ fn every_json_example_in_the_protocol_page_is_what_the_encoder_writes() {
 #[test]
 fn a_changed_example_is_caught() {
     let example = r#"{"type":"send_message","to":"bob","client_msg_id":1,"content":"Hello, Bob!"}"#;
-    assert!(is_canonical(example).is_err(), "field order differs from the encoder's");
+    assert!(
+        is_canonical(example).is_err(),
+        "field order differs from the encoder's"
+    );
     let example = r#"{"type":"send_message","client_msg_id":1,"to":"bob","content":"Hello, Bob!"}"#;
     assert!(is_canonical(example).is_ok());
 }
