@@ -1,10 +1,22 @@
 //! The sans-IO router shard: delivery, receipts, presence, dedup and ordering of 1:1
 //! messages, and the write-ahead log's record format and recovery rules. It holds no
 //! sockets, no files, no threads and no clock: the shell hands it `(now_ms, input)` and
-//! carries out the outputs it pushes.
+//! carries out the outputs it pushes. See docs/router.md.
 
+pub mod config;
 pub mod ids;
+pub mod route;
+pub mod shard;
 pub mod wal;
 
+#[cfg(test)]
+mod tests;
+
+pub use config::Config;
 pub use ids::{ConnId, IdGenerator, ShardId, owner_shard, shard_of};
-pub use wal::{Lsn, ReceiptKind, Record, Scan, encode_record, scan_segment};
+pub use route::{Route, route};
+pub use shard::{Input, Output, PeerMessage, Presence, Refusal, RouterShard, Stats};
+pub use wal::{
+    Lsn, ReceiptItem, ReceiptKind, Record, Scan, SegmentHeader, StoredMessage, encode_record,
+    encode_segment_header, scan_segment,
+};

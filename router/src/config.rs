@@ -1,0 +1,82 @@
+//! The router shard's bounds and timers. Every map and queue of a shard has its bound here,
+//! named with its unit last; a full one is backpressure (an `overloaded` answer) or a
+//! documented eviction, never growth.
+
+/// Bounds and timers of one router shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Users with any state on this shard: connections, inbox, queued receipts, last seen.
+    /// When full, an idle user (one with only a `last_seen`) is forgotten, oldest first;
+    /// when none is idle, new users are refused with `overloaded`.
+    pub users_max: usize,
+    /// Connections attached for one user; a connection past this is answered `overloaded`
+    /// and not attached.
+    pub conns_per_user_max: usize,
+    /// Undelivered messages waiting for one recipient; a `send_message` past this is
+    /// answered `overloaded`.
+    pub inbox_messages_max: usize,
+    /// Undelivered messages held by the shard, all recipients together.
+    pub stored_messages_max: usize,
+    /// Remembered `(sender, client_msg_id)` pairs. When full, the oldest is forgotten even
+    /// inside the window: the dedup window is `dedup_window_ms` or this many messages,
+    /// whichever is shorter.
+    pub dedup_entries_max: usize,
+    /// How long a `client_msg_id` is remembered.
+    pub dedup_window_ms: u64,
+    /// A user with connections is online while an own action (or heartbeat) arrived within
+    /// this time.
+    pub presence_ttl_ms: u64,
+    /// Outputs waiting for the log to become durable. When full, inputs that would add one
+    /// are answered `overloaded` (or, from another shard, dropped and retried by it).
+    pub pending_outputs_max: usize,
+    /// Presence subscriptions held by this shard (connection, user pairs).
+    pub subscriptions_max: usize,
+    /// Delivered but unread messages whose sender a later `message_read` must find. When
+    /// full, the oldest (smallest id) is forgotten and a read of it sends no receipt.
+    pub read_index_entries_max: usize,
+    /// Receipts made durable here and not yet taken by the sender's owner shard. When
+    /// full, `message_delivered` and `message_read` are answered `overloaded`.
+    pub receipts_outstanding_max: usize,
+    /// How long a receipt forwarded to the sender's owner shard waits for its
+    /// `ReceiptStored` before it is forwarded again.
+    pub receipt_retry_ms: u64,
+    /// Receipts kept for one offline sender. When full, the oldest (smallest message id)
+    /// is dropped.
+    pub receipts_queued_per_user_max: usize,
+    /// Receipts remembered at the sender's owner to drop a forwarded receipt that arrives
+    /// twice. When full, the oldest is forgotten (a late duplicate reaches the sender again;
+    /// clients drop receipts they already have).
+    pub receipt_dedup_entries_max: usize,
+    /// Users whose activity this shard forwarded to their owner in the current interval.
+    pub activity_users_max: usize,
+    /// A user's own actions on a shard that does not own them are forwarded to the owner
+    /// at most once per this interval.
+    pub activity_interval_ms: u64,
+}
+
+impl Config {
+    pub const DEFAULT: Config = Config {
+        users_max: 1_000_000,
+        conns_per_user_max: 16,
+        inbox_messages_max: 10_000,
+        stored_messages_max: 1_000_000,
+        dedup_entries_max: 1_000_000,
+        dedup_window_ms: 24 * 60 * 60 * 1000,
+        presence_ttl_ms: 60_000,
+        pending_outputs_max: 65_536,
+        subscriptions_max: 1_000_000,
+        read_index_entries_max: 1_000_000,
+        receipts_outstanding_max: 100_000,
+        receipt_retry_ms: 5_000,
+        receipts_queued_per_user_max: 1_000,
+        receipt_dedup_entries_max: 100_000,
+        activity_users_max: 100_000,
+        activity_interval_ms: 1_000,
+    };
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config::DEFAULT
+    }
+}
