@@ -1,0 +1,1096 @@
+//! A seeded simulation of three router shards in one thread: random clients connect, send,
+//! retry, acknowledge, read, subscribe, heartbeat, go silent and disconnect, while each
+//! shard's log lives in memory as real segment bytes that fsync at random points and lose
+//! or tear their unsynced tail when the whole process crashes; the clock jumps both ways.
+//! After every event the protocol's guarantees are checked (see `docs/router.md`).
+//!
+//! `SIM_SEED=<u64>` replays one run; `SIM_STEPS=<n>` sets its length. Without `SIM_SEED`
+//! the seed comes from the system time and is printed, with the command that replays it,
+//! when a check fails.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use router::wal::{
+    SEGMENT_HEADER_BYTES, SegmentHeader, encode_record, encode_segment_header, scan_segment,
+};
+use router::{
+    Config, ConnId, Input, Lsn, Output, PeerMessage, ReceiptKind, Record, Route, RouterShard,
+    ShardId, owner_shard, route, shard_of,
+};
+use wire::{ClientMessage, ErrorCode, MessageId, SendMessage, ServerMessage, Target, UserId};
+
+const N_SHARDS: u16 = 3;
+const N_USERS: usize = 8;
+const DEVICES_PER_USER: usize = 2;
+const PRESENCE_TTL_MS: u64 = 2_000;
+const TICK_MS_MAX: u64 = 50;
+/// A quiescence check (everyone connects, everything is delivered) every this many steps.
+const DRAIN_EVERY_STEPS: u64 = 50_000;
+const STEPS_DEFAULT: u64 = 1_000_000;
+const RUNS_DEFAULT: u64 = 4;
+
+/// splitmix64: small, fast, and good enough to drive a simulation reproducibly.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        assert!(n > 0);
+        self.next() % n
+    }
+
+    fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+
+    fn chance(&mut self, per_thousand: u64) -> bool {
+        self.below(1000) < per_thousand
+    }
+}
+
+/// One segment file: its bytes, and how many of them an fsync made durable.
+struct Segment {
+    first_lsn: Lsn,
+    bytes: Vec<u8>,
+    synced_bytes: usize,
+}
+
+/// A shard's log as the shell keeps it: segments of real record bytes.
+struct Wal {
+    shard: ShardId,
+    segments: Vec<Segment>,
+    last_lsn: Lsn,
+    synced_lsn: Lsn,
+    /// A checkpoint's end record and its begin: once the end is durable, the segments
+    /// before the begin go.
+    compaction: Option<(Lsn, Lsn)>,
+    /// An fsync in flight: the last lsn and the segment lengths it covers.
+    syncing: Option<(Lsn, Vec<(Lsn, usize)>)>,
+}
+
+impl Wal {
+    fn new(shard: ShardId) -> Wal {
+        let mut wal = Wal {
+            shard,
+            segments: Vec::new(),
+            last_lsn: Lsn(0),
+            synced_lsn: Lsn(0),
+            compaction: None,
+            syncing: None,
+        };
+        wal.roll(Lsn(1));
+        wal
+    }
+
+    /// Starts a new segment. Its header is durable at once (the shell fsyncs a new file
+    /// and its directory before appending to it).
+    fn roll(&mut self, first_lsn: Lsn) {
+        let mut bytes = Vec::new();
+        let header = SegmentHeader {
+            shard: self.shard,
+            first_lsn,
+        };
+        encode_segment_header(&header, &mut bytes);
+        self.segments.push(Segment {
+            first_lsn,
+            synced_bytes: bytes.len(),
+            bytes,
+        });
+    }
+
+    fn append(&mut self, lsn: Lsn, record: &Record) {
+        assert_eq!(lsn, self.last_lsn.next(), "lsns are consecutive");
+        if let Record::CheckpointBegin { .. } = record {
+            self.roll(lsn);
+        }
+        let segment = self.segments.last_mut().expect("a segment");
+        encode_record(record, lsn, &mut segment.bytes);
+        if let Record::CheckpointEnd { begin } = record {
+            self.compaction = Some((lsn, *begin));
+        }
+        self.last_lsn = lsn;
+    }
+
+    /// An fsync starts: it will make durable what is written now, and only that.
+    fn begin_sync(&mut self) {
+        let lengths = self
+            .segments
+            .iter()
+            .map(|segment| (segment.first_lsn, segment.bytes.len()))
+            .collect();
+        self.syncing = Some((self.last_lsn, lengths));
+    }
+
+    /// The fsync in flight completes; appends made meanwhile are still unsynced.
+    fn complete_sync(&mut self) -> Option<Lsn> {
+        let (lsn, lengths) = self.syncing.take()?;
+        for (first_lsn, len) in lengths {
+            if let Some(segment) = self.segments.iter_mut().find(|s| s.first_lsn == first_lsn) {
+                segment.synced_bytes = segment.synced_bytes.max(len);
+            }
+        }
+        self.synced_lsn = lsn;
+        if let Some((end, begin)) = self.compaction
+            && end <= self.synced_lsn
+        {
+            self.segments.retain(|segment| segment.first_lsn >= begin);
+            assert_eq!(self.segments[0].first_lsn, begin);
+            self.compaction = None;
+        }
+        Some(lsn)
+    }
+
+    /// The process dies: each segment's unsynced tail is kept, lost, or torn (cut at a
+    /// random byte, maybe followed by garbage). Then the shell's recovery: scan the
+    /// segments in order, truncate at the first torn record, drop what follows.
+    fn crash(&mut self, rng: &mut Rng) -> Vec<(Lsn, Record)> {
+        for segment in &mut self.segments {
+            let unsynced = segment.bytes.len() - segment.synced_bytes;
+            if unsynced == 0 {
+                continue;
+            }
+            match rng.below(3) {
+                0 => {}
+                1 => segment.bytes.truncate(segment.synced_bytes),
+                _ => {
+                    let keep = segment.synced_bytes + rng.index(unsynced);
+                    segment.bytes.truncate(keep);
+                    if rng.chance(500) {
+                        for _ in 0..1 + rng.below(24) {
+                            segment.bytes.push(rng.next() as u8);
+                        }
+                    }
+                }
+            }
+        }
+        let mut records = Vec::new();
+        let mut expected: Option<Lsn> = None;
+        let mut kept = 0;
+        for segment in &mut self.segments {
+            let scan = scan_segment(&segment.bytes).expect("headers are durable");
+            assert_eq!(scan.header.shard, self.shard);
+            if expected.is_some_and(|lsn| lsn != scan.header.first_lsn) {
+                break;
+            }
+            segment.bytes.truncate(scan.valid_bytes);
+            segment.synced_bytes = scan.valid_bytes;
+            expected = Some(Lsn(scan.header.first_lsn.0 + scan.records.len() as u64));
+            records.extend(scan.records);
+            kept += 1;
+            if scan.torn {
+                break;
+            }
+        }
+        self.segments.truncate(kept);
+        assert!(kept > 0);
+        self.last_lsn = Lsn(expected.expect("one segment").0 - 1);
+        if records.is_empty() {
+            assert_eq!(self.segments[0].first_lsn, Lsn(1));
+            assert_eq!(self.segments[0].bytes.len(), SEGMENT_HEADER_BYTES);
+        }
+        self.synced_lsn = self.last_lsn;
+        self.compaction = None;
+        self.syncing = None;
+        records
+    }
+
+    fn bytes(&self) -> usize {
+        self.segments.iter().map(|s| s.bytes.len()).sum()
+    }
+}
+
+#[derive(Default)]
+struct Device {
+    user: usize,
+    conn: Option<ConnId>,
+    generation: u32,
+    /// The device stays connected but does nothing (no heartbeats) until then.
+    silent_until_ms: u64,
+    next_client_msg_id: u64,
+    /// Sent, not yet answered `message_received`: retried on every new connection.
+    unacknowledged: BTreeMap<u64, usize>,
+    /// Answered: retried now and then to check dedup.
+    acknowledged: Vec<(u64, usize)>,
+    /// Every message id this device has seen (a device's own store, kept across
+    /// reconnects and crashes of the server).
+    seen: BTreeSet<MessageId>,
+    to_acknowledge: BTreeSet<MessageId>,
+    to_read: BTreeSet<MessageId>,
+    /// The last newly seen id per sender: new ids from one sender must increase.
+    last_new_from: BTreeMap<UserId, MessageId>,
+    /// Shards this connection subscribed through (the gateway's bitset).
+    subscribed_shards: u64,
+    subscribed: BTreeSet<usize>,
+    presence_view: BTreeMap<UserId, (bool, Option<u64>)>,
+}
+
+#[derive(Default, Debug)]
+struct Counts {
+    sends: u64,
+    acknowledged: u64,
+    dedup_answers: u64,
+    deliveries: u64,
+    receipts: u64,
+    presence_pushes: u64,
+    offline_checks: u64,
+    overloaded: u64,
+    crashes: u64,
+    torn_tails: u64,
+    checkpoints: u64,
+    compactions: u64,
+    clock_jumps: u64,
+    drains: u64,
+    queue_max: u64,
+}
+
+struct Sim {
+    rng: Rng,
+    config: Config,
+    shards: Vec<RouterShard>,
+    wals: Vec<Wal>,
+    queues: Vec<VecDeque<Input>>,
+    users: Vec<UserId>,
+    devices: Vec<Device>,
+    live_conns: BTreeMap<ConnId, usize>,
+    true_ms: u64,
+    wall_ms: u64,
+    // What the logs say, to check durability: the lsn of each message's record and of
+    // each receipt's record, per shard; `Lsn(0)` once a crash found it on disk (after a
+    // checkpoint the record itself may be gone).
+    message_lsn: Vec<BTreeMap<MessageId, Lsn>>,
+    receipt_lsn: Vec<BTreeMap<(MessageId, ReceiptKind), Lsn>>,
+    /// Every message ever logged: (from, to).
+    messages: BTreeMap<MessageId, (usize, usize)>,
+    /// What clients were told: (sender, client_msg_id) -> id, and the acknowledged ids.
+    acknowledged_by_key: BTreeMap<(usize, u64), MessageId>,
+    acknowledged: BTreeMap<MessageId, (usize, usize)>,
+    delivered_by_key: BTreeMap<(UserId, u64), MessageId>,
+    /// When the owner last saw an own action of each user, in true time, and which
+    /// connections it has attached.
+    last_refresh_ms: Vec<Option<u64>>,
+    attached: Vec<BTreeSet<ConnId>>,
+    counts: Counts,
+    outputs: Vec<Output>,
+}
+
+fn user_index(users: &[UserId], user: &UserId) -> usize {
+    users
+        .iter()
+        .position(|u| u == user)
+        .expect("a simulated user")
+}
+
+fn is_own_action(message: &ClientMessage) -> bool {
+    matches!(
+        message,
+        ClientMessage::SendMessage(_)
+            | ClientMessage::MessageRead { .. }
+            | ClientMessage::Typing { .. }
+            | ClientMessage::Heartbeat
+    )
+}
+
+/// The client_msg_id a simulated message carries in its content.
+fn client_msg_id_of(content: &str) -> u64 {
+    content
+        .strip_prefix("c")
+        .and_then(|n| n.parse().ok())
+        .expect("simulated content")
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        let config = Config {
+            presence_ttl_ms: PRESENCE_TTL_MS,
+            receipt_retry_ms: 1_000,
+            inbox_messages_max: 40,
+            pending_outputs_max: 64,
+            dedup_window_ms: 365 * 24 * 3600 * 1000,
+            ..Config::DEFAULT
+        };
+        let users: Vec<UserId> = (0..N_USERS)
+            .map(|i| UserId::parse(&format!("u{i}")).unwrap())
+            .collect();
+        let owners: BTreeSet<ShardId> = users.iter().map(|u| owner_shard(u, N_SHARDS)).collect();
+        assert_eq!(owners.len(), N_SHARDS as usize, "every shard owns a user");
+        let mut devices = Vec::new();
+        for user in 0..N_USERS {
+            for _ in 0..DEVICES_PER_USER {
+                devices.push(Device {
+                    user,
+                    ..Device::default()
+                });
+            }
+        }
+        Sim {
+            rng: Rng(seed),
+            shards: (0..N_SHARDS)
+                .map(|s| RouterShard::new(config.clone(), s, N_SHARDS))
+                .collect(),
+            config,
+            wals: (0..N_SHARDS).map(Wal::new).collect(),
+            queues: (0..N_SHARDS).map(|_| VecDeque::new()).collect(),
+            users,
+            devices,
+            live_conns: BTreeMap::new(),
+            true_ms: 0,
+            wall_ms: 1_700_000_000_000,
+            message_lsn: (0..N_SHARDS).map(|_| BTreeMap::new()).collect(),
+            receipt_lsn: (0..N_SHARDS).map(|_| BTreeMap::new()).collect(),
+            messages: BTreeMap::new(),
+            acknowledged_by_key: BTreeMap::new(),
+            acknowledged: BTreeMap::new(),
+            delivered_by_key: BTreeMap::new(),
+            last_refresh_ms: vec![None; N_USERS],
+            attached: vec![BTreeSet::new(); N_USERS],
+            counts: Counts::default(),
+            outputs: Vec::new(),
+        }
+    }
+
+    fn run(&mut self, steps: u64) {
+        for step in 1..=steps {
+            self.random_event();
+            if step % DRAIN_EVERY_STEPS == 0 || step == steps {
+                self.drain();
+            }
+        }
+    }
+
+    fn random_event(&mut self) {
+        let roll = self.rng.below(10_000);
+        match roll {
+            0..4500 => {
+                let busy: Vec<usize> = (0..self.queues.len())
+                    .filter(|s| !self.queues[*s].is_empty())
+                    .collect();
+                if busy.is_empty() {
+                    self.client_action();
+                } else {
+                    // A shard drains a few inputs of its ring per loop turn.
+                    let shard = busy[self.rng.index(busy.len())];
+                    for _ in 0..1 + self.rng.below(4) {
+                        self.deliver_one(shard);
+                    }
+                }
+            }
+            4500..7500 => self.client_action(),
+            7500..8500 => {
+                let shard = self.rng.index(N_SHARDS as usize);
+                self.fsync_event(shard);
+            }
+            8500..9980 => {
+                let dt = 1 + self.rng.below(TICK_MS_MAX);
+                self.tick(dt);
+            }
+            9980..9990 => self.clock_jump(),
+            9990..9995 => {
+                let shard = self.rng.index(N_SHARDS as usize);
+                self.counts.checkpoints += 1;
+                self.step(shard, Input::Checkpoint);
+            }
+            _ => {
+                if self.rng.chance(100) {
+                    self.crash();
+                } else {
+                    // A connection drops without warning.
+                    let d = self.rng.index(self.devices.len());
+                    self.disconnect(d);
+                }
+            }
+        }
+    }
+
+    // ---- The router shards and their logs ----
+
+    fn step(&mut self, shard: usize, input: Input) {
+        self.observe_input(shard, &input);
+        let mut outputs = std::mem::take(&mut self.outputs);
+        self.shards[shard].step(self.wall_ms, input, &mut outputs);
+        for output in outputs.drain(..) {
+            self.carry_out(shard, output);
+        }
+        self.outputs = outputs;
+    }
+
+    /// Tracks what the owner shard knows of presence, to check it.
+    fn observe_input(&mut self, shard: usize, input: &Input) {
+        let owned = |user: &UserId| owner_shard(user, N_SHARDS) as usize == shard;
+        match input {
+            Input::Attach { conn, user } => {
+                assert!(owned(user));
+                let u = user_index(&self.users, user);
+                self.attached[u].insert(*conn);
+                self.last_refresh_ms[u] = Some(self.true_ms);
+            }
+            Input::Detach { conn, user } => {
+                let u = user_index(&self.users, user);
+                self.attached[u].remove(conn);
+            }
+            Input::Client { user, message, .. } if owned(user) && is_own_action(message) => {
+                let u = user_index(&self.users, user);
+                self.last_refresh_ms[u] = Some(self.true_ms);
+            }
+            Input::Peer(PeerMessage::Activity { user }) => {
+                let u = user_index(&self.users, user);
+                self.last_refresh_ms[u] = Some(self.true_ms);
+            }
+            _ => {}
+        }
+    }
+
+    fn carry_out(&mut self, shard: usize, output: Output) {
+        match output {
+            Output::Append { lsn, record } => {
+                self.wals[shard].append(lsn, &record);
+                self.index_record(shard, lsn, &record);
+            }
+            Output::Send { conn, message } => self.deliver_to_client(conn, message),
+            Output::Peer { shard: to, message } => {
+                assert_ne!(to as usize, shard, "a shard handles its own peer messages");
+                self.queues[to as usize].push_back(Input::Peer(message));
+            }
+        }
+    }
+
+    fn index_record(&mut self, shard: usize, lsn: Lsn, record: &Record) {
+        match record {
+            Record::Message(message) => {
+                self.message_lsn[shard].entry(message.id).or_insert(lsn);
+                let from = user_index(&self.users, &message.from);
+                let to = user_index(&self.users, &message.to);
+                let known = self.messages.insert(message.id, (from, to));
+                assert!(known.is_none_or(|k| k == (from, to)), "one id, one message");
+            }
+            Record::Receipts { items, .. } => {
+                for item in items {
+                    self.receipt_lsn[shard]
+                        .entry((item.message_id, item.kind))
+                        .or_insert(lsn);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The shell's group commit, asynchronous: an fsync in flight completes (and the
+    /// shard hears `Durable`), or a new one starts. Appends go on meanwhile.
+    fn fsync_event(&mut self, shard: usize) {
+        if self.wals[shard].syncing.is_some() {
+            self.complete_sync(shard);
+        } else {
+            self.wals[shard].begin_sync();
+        }
+    }
+
+    fn complete_sync(&mut self, shard: usize) {
+        let compactable = self.wals[shard].compaction.is_some();
+        let Some(lsn) = self.wals[shard].complete_sync() else {
+            return;
+        };
+        if compactable && self.wals[shard].compaction.is_none() {
+            self.counts.compactions += 1;
+        }
+        self.step(shard, Input::Durable { lsn });
+    }
+
+    /// Everything written so far made durable.
+    fn fsync(&mut self, shard: usize) {
+        self.complete_sync(shard);
+        self.wals[shard].begin_sync();
+        self.complete_sync(shard);
+    }
+
+    fn deliver_one(&mut self, shard: usize) {
+        let queued = self.queues[shard].len() as u64;
+        self.counts.queue_max = self.counts.queue_max.max(queued);
+        if let Some(input) = self.queues[shard].pop_front() {
+            self.step(shard, input);
+        }
+    }
+
+    /// Time passes: every shard ticks at the new time, so a later clock jump reaches each
+    /// shard on its own, never mixed with real time passing.
+    fn tick(&mut self, dt: u64) {
+        self.true_ms += dt;
+        self.wall_ms += dt;
+        for shard in 0..N_SHARDS as usize {
+            self.step(shard, Input::Tick);
+            self.check_presence(shard);
+        }
+    }
+
+    /// The wall clock steps, and the shards see it at their next tick. They see it alone:
+    /// a step back that straddles real time passing hides that time from the shard (up to
+    /// one tick interval in a real server), which the presence check could not allow for.
+    fn clock_jump(&mut self) {
+        self.counts.clock_jumps += 1;
+        let jump = 1 + self.rng.below(30_000);
+        if self.rng.chance(500) {
+            self.wall_ms += jump;
+        } else {
+            self.wall_ms -= jump;
+        }
+        self.tick(0);
+    }
+
+    /// A silent user is offline within the TTL plus one tick; a user with no connection is
+    /// offline at once.
+    fn check_presence(&mut self, shard: usize) {
+        for u in 0..N_USERS {
+            let user = &self.users[u];
+            if owner_shard(user, N_SHARDS) as usize != shard {
+                continue;
+            }
+            let presence = self.shards[shard].presence(user);
+            if self.attached[u].is_empty() {
+                assert!(!presence.online, "{user} has no connection but is online");
+            }
+            if let Some(refreshed) = self.last_refresh_ms[u]
+                && self.true_ms >= refreshed + PRESENCE_TTL_MS
+            {
+                self.counts.offline_checks += 1;
+                assert!(
+                    !presence.online,
+                    "{user} silent since {refreshed} ms is online at {} ms",
+                    self.true_ms
+                );
+            }
+        }
+    }
+
+    /// The whole process dies: memory, connections and in-flight messages are gone; each
+    /// shard recovers from what its log kept.
+    fn crash(&mut self) {
+        self.counts.crashes += 1;
+        for queue in &mut self.queues {
+            queue.clear();
+        }
+        self.live_conns.clear();
+        for device in &mut self.devices {
+            device.conn = None;
+            device.subscribed_shards = 0;
+            device.subscribed.clear();
+        }
+        for attached in &mut self.attached {
+            attached.clear();
+        }
+        for shard in 0..N_SHARDS as usize {
+            let before = self.wals[shard].last_lsn;
+            let records = self.wals[shard].crash(&mut self.rng);
+            let after = self.wals[shard].last_lsn;
+            assert!(after >= self.wals[shard].synced_lsn);
+            if after < before {
+                self.counts.torn_tails += 1;
+            }
+            // Forget what was logged and lost; what was kept is durable now.
+            let lost: Vec<MessageId> = self.message_lsn[shard]
+                .iter()
+                .filter(|(_, lsn)| **lsn > after)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in lost {
+                assert!(
+                    !self.acknowledged.contains_key(&id),
+                    "acknowledged message {id:?} was not durable"
+                );
+                self.messages.remove(&id);
+                self.message_lsn[shard].remove(&id);
+            }
+            self.message_lsn[shard]
+                .values_mut()
+                .for_each(|lsn| *lsn = Lsn(0));
+            self.receipt_lsn[shard].retain(|_, lsn| *lsn <= after);
+            self.receipt_lsn[shard]
+                .values_mut()
+                .for_each(|lsn| *lsn = Lsn(0));
+            let recovered =
+                RouterShard::recover(self.config.clone(), shard as ShardId, N_SHARDS, records);
+            assert_eq!(recovered.last_lsn(), after);
+            self.shards[shard] = recovered;
+        }
+        self.check_nothing_acknowledged_is_lost();
+    }
+
+    /// Every acknowledged message is in its recipient's inbox, unless a durable receipt
+    /// says a device of theirs has it.
+    fn check_nothing_acknowledged_is_lost(&self) {
+        let mut inboxes: Vec<BTreeSet<MessageId>> = vec![BTreeSet::new(); N_USERS];
+        for (u, user) in self.users.iter().enumerate() {
+            let shard = &self.shards[owner_shard(user, N_SHARDS) as usize];
+            inboxes[u].extend(shard.inbox(user));
+        }
+        for (id, (_, to)) in &self.acknowledged {
+            let shard = shard_of(*id) as usize;
+            let delivered = self.receipt_lsn[shard]
+                .get(&(*id, ReceiptKind::Delivered))
+                .is_some_and(|lsn| *lsn <= self.wals[shard].synced_lsn);
+            if !delivered {
+                assert!(
+                    inboxes[*to].contains(id),
+                    "acknowledged message {id:?} for {} is lost",
+                    self.users[*to]
+                );
+            }
+        }
+    }
+
+    // ---- Clients and the gateway ----
+
+    fn client_action(&mut self) {
+        let d = self.rng.index(self.devices.len());
+        if self.devices[d].conn.is_none() {
+            if self.rng.chance(700) {
+                self.connect(d);
+            }
+            return;
+        }
+        if self.true_ms < self.devices[d].silent_until_ms {
+            return;
+        }
+        match self.rng.below(100) {
+            0..30 => {
+                let to = self.rng.index(N_USERS);
+                let device = &mut self.devices[d];
+                let client_msg_id =
+                    device.next_client_msg_id * DEVICES_PER_USER as u64 + (d % 2) as u64;
+                device.next_client_msg_id += 1;
+                device.unacknowledged.insert(client_msg_id, to);
+                self.counts.sends += 1;
+                self.submit(d, send_message(client_msg_id, &self.users[to]));
+            }
+            30..40 => {
+                let device = &self.devices[d];
+                let retry = if !device.unacknowledged.is_empty() && self.rng.chance(500) {
+                    let i = self.rng.index(device.unacknowledged.len());
+                    device.unacknowledged.iter().nth(i).map(|(c, t)| (*c, *t))
+                } else if !device.acknowledged.is_empty() {
+                    Some(device.acknowledged[self.rng.index(device.acknowledged.len())])
+                } else {
+                    None
+                };
+                if let Some((client_msg_id, to)) = retry {
+                    self.submit(d, send_message(client_msg_id, &self.users[to]));
+                }
+            }
+            40..55 => {
+                let ids = take_some(&mut self.devices[d].to_acknowledge, 1 + self.rng.index(5));
+                if !ids.is_empty() {
+                    self.submit(d, ClientMessage::MessageDelivered { message_ids: ids });
+                }
+            }
+            55..65 => {
+                let ids = take_some(&mut self.devices[d].to_read, 1 + self.rng.index(5));
+                if !ids.is_empty() {
+                    self.submit(d, ClientMessage::MessageRead { message_ids: ids });
+                }
+            }
+            65..70 => {
+                let n = 1 + self.rng.index(3);
+                let picked: Vec<usize> = (0..n).map(|_| self.rng.index(N_USERS)).collect();
+                self.subscribe(d, &picked);
+            }
+            70..72 => {
+                let u = self.rng.index(N_USERS);
+                self.devices[d].subscribed.remove(&u);
+                let users = vec![self.users[u].clone()];
+                self.submit(d, ClientMessage::PresenceUnsubscribe { users });
+            }
+            72..87 => self.submit(d, ClientMessage::Heartbeat),
+            87..92 => {
+                let to = Target::User(self.users[self.rng.index(N_USERS)].clone());
+                self.submit(d, ClientMessage::Typing { to });
+            }
+            92..94 => {
+                // Silence: connected, but quiet for up to three TTLs.
+                let quiet = self.rng.below(3 * PRESENCE_TTL_MS);
+                self.devices[d].silent_until_ms = self.true_ms + quiet;
+            }
+            _ => {}
+        }
+    }
+
+    fn subscribe(&mut self, d: usize, users: &[usize]) {
+        self.devices[d].subscribed.extend(users.iter().copied());
+        let users = users.iter().map(|u| self.users[*u].clone()).collect();
+        self.submit(d, ClientMessage::PresenceSubscribe { users });
+    }
+
+    /// The gateway: route a client message to its shard(s).
+    fn submit(&mut self, d: usize, message: ClientMessage) {
+        let device = &self.devices[d];
+        let conn = device.conn.expect("connected");
+        let user = self.users[device.user].clone();
+        let parts = match route(&user, &message, N_SHARDS) {
+            Route::One(shard) => vec![(shard, message)],
+            Route::Split(parts) => parts,
+            Route::Nowhere => Vec::new(),
+        };
+        for (shard, message) in parts {
+            if matches!(message, ClientMessage::PresenceSubscribe { .. }) {
+                self.devices[d].subscribed_shards |= 1 << shard;
+            }
+            self.queues[shard as usize].push_back(Input::Client {
+                conn,
+                user: user.clone(),
+                message,
+            });
+        }
+    }
+
+    fn connect(&mut self, d: usize) {
+        assert!(self.devices[d].conn.is_none());
+        let gateway_shard = self.rng.below(u64::from(N_SHARDS)) as ShardId;
+        let device = &mut self.devices[d];
+        device.generation += 1;
+        let conn = ConnId {
+            shard: gateway_shard,
+            slot: d as u32,
+            generation: device.generation,
+        };
+        device.conn = Some(conn);
+        self.live_conns.insert(conn, d);
+        let user = self.users[device.user].clone();
+        let owner = owner_shard(&user, N_SHARDS) as usize;
+        self.queues[owner].push_back(Input::Attach { conn, user });
+        // A client sends again what the server never answered.
+        let retries: Vec<(u64, usize)> = self.devices[d]
+            .unacknowledged
+            .iter()
+            .map(|(c, t)| (*c, *t))
+            .collect();
+        for (client_msg_id, to) in retries {
+            self.submit(d, send_message(client_msg_id, &self.users[to]));
+        }
+    }
+
+    fn disconnect(&mut self, d: usize) {
+        let Some(conn) = self.devices[d].conn.take() else {
+            return;
+        };
+        self.live_conns.remove(&conn);
+        let user = self.users[self.devices[d].user].clone();
+        let owner = owner_shard(&user, N_SHARDS);
+        let shards = std::mem::take(&mut self.devices[d].subscribed_shards);
+        self.devices[d].subscribed.clear();
+        self.devices[d].presence_view.clear();
+        for shard in 0..N_SHARDS {
+            if shard != owner && shards & (1 << shard) != 0 {
+                self.queues[shard as usize].push_back(Input::Closed { conn });
+            }
+        }
+        self.queues[owner as usize].push_back(Input::Detach { conn, user });
+    }
+
+    fn deliver_to_client(&mut self, conn: ConnId, message: ServerMessage) {
+        // The gateway drops what is addressed to a connection that is gone.
+        let Some(&d) = self.live_conns.get(&conn) else {
+            return;
+        };
+        let me = self.devices[d].user;
+        match message {
+            ServerMessage::MessageReceived {
+                client_msg_id,
+                message_id,
+                ..
+            } => {
+                self.check_durable_message(message_id, "message_received");
+                let key = (me, client_msg_id);
+                let to = match self.devices[d].unacknowledged.remove(&client_msg_id) {
+                    Some(to) => {
+                        self.devices[d].acknowledged.push((client_msg_id, to));
+                        to
+                    }
+                    None => {
+                        self.counts.dedup_answers += 1;
+                        self.messages[&message_id].1
+                    }
+                };
+                let first = *self.acknowledged_by_key.entry(key).or_insert(message_id);
+                assert_eq!(
+                    first, message_id,
+                    "a retried client_msg_id got another message id"
+                );
+                assert_eq!(self.messages[&message_id], (me, to));
+                if self.acknowledged.insert(message_id, (me, to)).is_none() {
+                    self.counts.acknowledged += 1;
+                }
+            }
+            ServerMessage::IncomingMessage(incoming) => {
+                self.check_durable_message(incoming.message_id, "incoming_message");
+                assert_eq!(incoming.to, Target::User(self.users[me].clone()));
+                let from = user_index(&self.users, &incoming.from);
+                assert_eq!(self.messages[&incoming.message_id], (from, me));
+                let key = (incoming.from.clone(), client_msg_id_of(&incoming.content));
+                let first = *self
+                    .delivered_by_key
+                    .entry(key)
+                    .or_insert(incoming.message_id);
+                assert_eq!(first, incoming.message_id, "one message delivered twice");
+                let device = &mut self.devices[d];
+                if device.seen.insert(incoming.message_id) {
+                    self.counts.deliveries += 1;
+                    if let Some(last) = device.last_new_from.get(&incoming.from) {
+                        assert!(
+                            incoming.message_id > *last,
+                            "{} got {:?} from {} after {last:?}",
+                            self.users[me],
+                            incoming.message_id,
+                            incoming.from
+                        );
+                    }
+                    device
+                        .last_new_from
+                        .insert(incoming.from.clone(), incoming.message_id);
+                    device.to_read.insert(incoming.message_id);
+                }
+                // A device acknowledges whatever it is given, again if given again.
+                device.to_acknowledge.insert(incoming.message_id);
+            }
+            ServerMessage::MessageDelivered(ref receipt)
+            | ServerMessage::MessageRead(ref receipt) => {
+                let kind = match message {
+                    ServerMessage::MessageDelivered(_) => ReceiptKind::Delivered,
+                    _ => ReceiptKind::Read,
+                };
+                let (from, to) = self.messages[&receipt.message_id];
+                assert_eq!(from, me, "a receipt for someone else's message");
+                assert_eq!(receipt.by, self.users[to]);
+                let shard = shard_of(receipt.message_id) as usize;
+                let durable = self.receipt_lsn[shard]
+                    .get(&(receipt.message_id, kind))
+                    .is_some_and(|lsn| *lsn <= self.wals[shard].synced_lsn);
+                assert!(durable, "a {kind:?} receipt before its record is durable");
+                self.counts.receipts += 1;
+            }
+            ServerMessage::Presence {
+                user,
+                online,
+                last_seen_ms,
+            } => {
+                self.counts.presence_pushes += 1;
+                self.devices[d]
+                    .presence_view
+                    .insert(user, (online, last_seen_ms));
+            }
+            ServerMessage::Typing { to, .. } => {
+                assert_eq!(to, Target::User(self.users[me].clone()));
+            }
+            ServerMessage::Error(error) => {
+                assert_eq!(error.code, ErrorCode::Overloaded, "{error:?}");
+                self.counts.overloaded += 1;
+            }
+            ServerMessage::History { .. } => panic!("no history requests are sent"),
+        }
+    }
+
+    fn check_durable_message(&self, id: MessageId, what: &str) {
+        let shard = shard_of(id) as usize;
+        let lsn = self.message_lsn[shard]
+            .get(&id)
+            .unwrap_or_else(|| panic!("{what} for {id:?}, which no log holds"));
+        assert!(
+            *lsn <= self.wals[shard].synced_lsn,
+            "{what} for {id:?} at {lsn:?} before it was durable ({:?})",
+            self.wals[shard].synced_lsn
+        );
+    }
+
+    // ---- Quiescence ----
+
+    /// Everyone connects and the system runs until nothing is left in flight; then every
+    /// acknowledged message must have reached its recipient, and every presence view must
+    /// match its owner.
+    fn drain(&mut self) {
+        self.counts.drains += 1;
+        for d in 0..self.devices.len() {
+            if self.devices[d].conn.is_none() {
+                self.connect(d);
+            }
+        }
+        let all: Vec<usize> = (0..N_USERS).collect();
+        for d in 0..self.devices.len() {
+            self.subscribe(d, &all);
+        }
+        let mut quiet = false;
+        for _ in 0..500 {
+            let mut busy = false;
+            while self.queues.iter().any(|q| !q.is_empty()) {
+                busy = true;
+                for shard in 0..N_SHARDS as usize {
+                    if !self.queues[shard].is_empty() {
+                        self.deliver_one(shard);
+                        self.fsync(shard);
+                    }
+                }
+            }
+            for shard in 0..N_SHARDS as usize {
+                self.fsync(shard);
+            }
+            for d in 0..self.devices.len() {
+                let retries: Vec<(u64, usize)> = self.devices[d]
+                    .unacknowledged
+                    .iter()
+                    .map(|(c, t)| (*c, *t))
+                    .collect();
+                for (client_msg_id, to) in retries {
+                    busy = true;
+                    self.submit(d, send_message(client_msg_id, &self.users[to]));
+                }
+                let ids: Vec<MessageId> = std::mem::take(&mut self.devices[d].to_acknowledge)
+                    .into_iter()
+                    .collect();
+                if !ids.is_empty() {
+                    busy = true;
+                    for chunk in ids.chunks(100) {
+                        let message_ids = chunk.to_vec();
+                        self.submit(d, ClientMessage::MessageDelivered { message_ids });
+                    }
+                }
+            }
+            // A refused acknowledgement leaves a message in the inbox; a new connection
+            // brings it back.
+            for u in 0..N_USERS {
+                let shard = owner_shard(&self.users[u], N_SHARDS) as usize;
+                if self.shards[shard].inbox(&self.users[u]).next().is_some() && !busy {
+                    busy = true;
+                    for d in 0..self.devices.len() {
+                        if self.devices[d].user == u {
+                            self.disconnect(d);
+                            self.connect(d);
+                            self.subscribe(d, &all);
+                        }
+                    }
+                }
+            }
+            let settled = self.shards.iter().all(|shard| {
+                let stats = shard.stats();
+                stats.pending_outputs == 0 && stats.receipts_outstanding == 0
+            });
+            self.tick(100);
+            if !busy && settled && self.queues.iter().all(|q| q.is_empty()) {
+                quiet = true;
+                break;
+            }
+        }
+        assert!(quiet, "the system did not quiesce");
+        self.check_nothing_acknowledged_is_lost();
+        for (id, (_, to)) in &self.acknowledged {
+            let seen = self
+                .devices
+                .iter()
+                .any(|device| device.user == *to && device.seen.contains(id));
+            assert!(
+                seen,
+                "acknowledged {id:?} never reached {}",
+                self.users[*to]
+            );
+        }
+        for device in &self.devices {
+            for u in &device.subscribed {
+                let user = &self.users[*u];
+                let shard = &self.shards[owner_shard(user, N_SHARDS) as usize];
+                let presence = shard.presence(user);
+                // Transitions are pushed; `last_seen` moving while online is not.
+                assert_eq!(
+                    device.presence_view.get(user).map(|view| view.0),
+                    Some(presence.online),
+                    "a subscriber's view of {user}"
+                );
+            }
+        }
+    }
+}
+
+fn send_message(client_msg_id: u64, to: &UserId) -> ClientMessage {
+    ClientMessage::SendMessage(SendMessage {
+        client_msg_id,
+        to: Target::User(to.clone()),
+        content: format!("c{client_msg_id}"),
+        media: None,
+    })
+}
+
+fn take_some(set: &mut BTreeSet<MessageId>, n: usize) -> Vec<MessageId> {
+    let ids: Vec<MessageId> = set.iter().take(n).copied().collect();
+    for id in &ids {
+        set.remove(id);
+    }
+    ids
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} must be a number, got {value:?}")),
+    )
+}
+
+fn run_one(seed: u64, steps: u64) -> Counts {
+    let result = std::panic::catch_unwind(|| {
+        let mut sim = Sim::new(seed);
+        sim.run(steps);
+        let bytes: usize = sim.wals.iter().map(Wal::bytes).sum();
+        println!("seed {seed}: log bytes at the end {bytes}");
+        sim.counts
+    });
+    match result {
+        Ok(counts) => counts,
+        Err(panic) => {
+            eprintln!("simulation failed; replay with SIM_SEED={seed} SIM_STEPS={steps}");
+            std::panic::resume_unwind(panic)
+        }
+    }
+}
+
+#[test]
+fn simulation() {
+    let steps_total = env_u64("SIM_STEPS").unwrap_or(STEPS_DEFAULT);
+    let runs: Vec<(u64, u64)> = match env_u64("SIM_SEED") {
+        Some(seed) => vec![(seed, steps_total)],
+        None => {
+            // The test alone may read the clock: it only picks the seed.
+            let base = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_nanos() as u64;
+            let mut seeds = Rng(base);
+            (0..RUNS_DEFAULT)
+                .map(|_| (seeds.next(), steps_total.div_ceil(RUNS_DEFAULT)))
+                .collect()
+        }
+    };
+    for (seed, steps) in runs {
+        println!("simulation: SIM_SEED={seed} SIM_STEPS={steps}");
+        let counts = run_one(seed, steps);
+        println!("{counts:?}");
+        // The run exercised what it claims to check.
+        if steps >= 100_000 {
+            assert!(counts.acknowledged > 1000, "{counts:?}");
+            assert!(
+                counts.deliveries > 1000 && counts.receipts > 100,
+                "{counts:?}"
+            );
+            assert!(counts.crashes > 0 && counts.checkpoints > 0, "{counts:?}");
+            assert!(
+                counts.offline_checks > 0 && counts.presence_pushes > 0,
+                "{counts:?}"
+            );
+            assert!(
+                counts.clock_jumps > 0 && counts.dedup_answers > 0,
+                "{counts:?}"
+            );
+            // Retries did not swamp the rings.
+            assert!(counts.queue_max < 1000, "{counts:?}");
+        }
+    }
+}
