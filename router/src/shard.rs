@@ -3,7 +3,7 @@
 //! onto a caller-owned vector. Recovery replays the log through the same `apply` that the
 //! live path uses, so the state after a restart is the state the log describes.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use wire::{
     ClientMessage, Correlation, ErrorCode, ErrorMessage, IncomingMessage, MessageId, Receipt,
@@ -239,7 +239,7 @@ pub struct RouterShard {
     subscribers: HashMap<UserId, Vec<ConnId>>,
     subscriptions_by_conn: HashMap<ConnId, Vec<UserId>>,
     subscriptions_count: usize,
-    activity_sent: HashMap<UserId, ()>,
+    activity_sent: HashSet<UserId>,
     activity_interval: u64,
     pending: VecDeque<(Lsn, Pending)>,
     /// Peer messages addressed to this shard, handled before the step returns.
@@ -275,7 +275,7 @@ impl RouterShard {
             subscribers: HashMap::new(),
             subscriptions_by_conn: HashMap::new(),
             subscriptions_count: 0,
-            activity_sent: HashMap::new(),
+            activity_sent: HashSet::new(),
             activity_interval: 0,
             pending: VecDeque::new(),
             local: VecDeque::new(),
@@ -486,11 +486,11 @@ impl RouterShard {
             self.activity_interval = interval;
             self.activity_sent.clear();
         }
-        if self.activity_sent.contains_key(user) {
+        if self.activity_sent.contains(user) {
             return;
         }
         if self.activity_sent.len() < self.config.activity_users_max {
-            self.activity_sent.insert(user.clone(), ());
+            self.activity_sent.insert(user.clone());
         }
         let message = PeerMessage::Activity { user: user.clone() };
         self.peer(owner, message, outputs);
