@@ -150,6 +150,15 @@ impl Wal {
     /// The process dies: each segment's unsynced tail is kept, lost, or torn (cut at a
     /// random byte, maybe followed by garbage). Then the shell's recovery: scan the
     /// segments in order, truncate at the first torn record, drop what follows.
+    /// A fault: a disk that lied about an fsync loses the end of what it called synced.
+    fn lose_synced_tail(&mut self, rng: &mut Rng) {
+        let segment = self.segments.last_mut().expect("a segment");
+        let records_bytes = segment.synced_bytes - SEGMENT_HEADER_BYTES;
+        let lost = rng.index(records_bytes / 3 + 1);
+        segment.synced_bytes -= lost;
+        segment.bytes.truncate(segment.synced_bytes);
+    }
+
     fn crash(&mut self, rng: &mut Rng) -> Vec<(Lsn, Record)> {
         for segment in &mut self.segments {
             let unsynced = segment.bytes.len() - segment.synced_bytes;
@@ -250,8 +259,20 @@ struct Counts {
     queue_max: u64,
 }
 
+/// Bugs the simulation can plant in the shell or the disk, to show that its checks catch
+/// them.
+#[derive(Debug, Clone, Copy, Default)]
+struct Faults {
+    /// The shell reports `Durable` for everything appended, not only what its fsync
+    /// covered.
+    durable_too_early: bool,
+    /// The disk loses records it had acknowledged as synced.
+    disk_loses_synced_records: bool,
+}
+
 struct Sim {
     rng: Rng,
+    faults: Faults,
     config: Config,
     shards: Vec<RouterShard>,
     wals: Vec<Wal>,
@@ -306,7 +327,7 @@ fn client_msg_id_of(content: &str) -> u64 {
 }
 
 impl Sim {
-    fn new(seed: u64) -> Sim {
+    fn new(seed: u64, faults: Faults) -> Sim {
         let config = Config {
             presence_ttl_ms: PRESENCE_TTL_MS,
             receipt_retry_ms: 1_000,
@@ -331,6 +352,7 @@ impl Sim {
         }
         Sim {
             rng: Rng(seed),
+            faults,
             shards: (0..N_SHARDS)
                 .map(|s| RouterShard::new(config.clone(), s, N_SHARDS))
                 .collect(),
@@ -492,9 +514,12 @@ impl Sim {
 
     fn complete_sync(&mut self, shard: usize) {
         let compactable = self.wals[shard].compaction.is_some();
-        let Some(lsn) = self.wals[shard].complete_sync() else {
+        let Some(mut lsn) = self.wals[shard].complete_sync() else {
             return;
         };
+        if self.faults.durable_too_early {
+            lsn = self.wals[shard].last_lsn;
+        }
         if compactable && self.wals[shard].compaction.is_none() {
             self.counts.compactions += 1;
         }
@@ -584,9 +609,15 @@ impl Sim {
         }
         for shard in 0..N_SHARDS as usize {
             let before = self.wals[shard].last_lsn;
+            let synced = self.wals[shard].synced_lsn;
+            if self.faults.disk_loses_synced_records {
+                self.wals[shard].lose_synced_tail(&mut self.rng);
+            }
             let records = self.wals[shard].crash(&mut self.rng);
             let after = self.wals[shard].last_lsn;
-            assert!(after >= self.wals[shard].synced_lsn);
+            if !self.faults.disk_loses_synced_records {
+                assert!(after >= synced, "the simulated disk lost synced records");
+            }
             if after < before {
                 self.counts.torn_tails += 1;
             }
@@ -1035,9 +1066,9 @@ fn env_u64(name: &str) -> Option<u64> {
     )
 }
 
-fn run_one(seed: u64, steps: u64) -> Counts {
+fn run_one(seed: u64, steps: u64, faults: Faults) -> Counts {
     let result = std::panic::catch_unwind(|| {
-        let mut sim = Sim::new(seed);
+        let mut sim = Sim::new(seed, faults);
         sim.run(steps);
         let bytes: usize = sim.wals.iter().map(Wal::bytes).sum();
         println!("seed {seed}: log bytes at the end {bytes}");
@@ -1071,7 +1102,7 @@ fn simulation() {
     };
     for (seed, steps) in runs {
         println!("simulation: SIM_SEED={seed} SIM_STEPS={steps}");
-        let counts = run_one(seed, steps);
+        let counts = run_one(seed, steps, Faults::default());
         println!("{counts:?}");
         // The run exercised what it claims to check.
         if steps >= 100_000 {
@@ -1093,4 +1124,27 @@ fn simulation() {
             assert!(counts.queue_max < 1000, "{counts:?}");
         }
     }
+}
+
+/// The checks are not vacuous: a shell that says "durable" before its fsync covers a record
+/// is caught.
+#[test]
+#[should_panic(expected = "before it was durable")]
+fn a_shell_that_reports_durability_too_early_is_caught() {
+    let faults = Faults {
+        durable_too_early: true,
+        ..Faults::default()
+    };
+    run_one(1, 200_000, faults);
+}
+
+/// A disk that loses synced records loses acknowledged messages, and that is caught.
+#[test]
+#[should_panic(expected = "acknowledged message")]
+fn a_disk_that_loses_synced_records_is_caught() {
+    let faults = Faults {
+        disk_loses_synced_records: true,
+        ..Faults::default()
+    };
+    run_one(2, 400_000, faults);
 }
