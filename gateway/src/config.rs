@@ -23,7 +23,12 @@ pub const ECHO_PATH: &str = "/echo";
     name = "switchboard",
     version,
     about = "A messaging server: WebSocket gateway shards, a router and a write-ahead log.",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = "Environment:\n  \
+        SWITCHBOARD_JWT_SECRET  the JWT signing secret, when --jwt-secret is not given\n  \
+        SWITCHBOARD_DRIVER      event loop: auto (default: io_uring when the kernel offers it,\n                          \
+        else epoll), epoll (force the fallback), io_uring (fail without it)\n  \
+        RUST_LOG                log filter (default info); logs go to stderr"
 )]
 pub struct Cli {
     #[command(subcommand)]

@@ -86,6 +86,8 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
     /// Give no secret: the server uses (or makes) `<data-dir>/jwt.secret`.
     pub no_secret: bool,
+    /// The server's limit on open file descriptors (RLIMIT_NOFILE).
+    pub file_limit: Option<u64>,
 }
 
 impl Options {
@@ -111,6 +113,11 @@ impl Options {
 
     pub fn no_secret(mut self) -> Options {
         self.no_secret = true;
+        self
+    }
+
+    pub fn file_limit(mut self, limit: u64) -> Options {
+        self.file_limit = Some(limit);
         self
     }
 }
@@ -167,6 +174,24 @@ impl Server {
         for (name, value) in &options.env {
             command.env(name, value);
         }
+        if let Some(limit) = options.file_limit {
+            use std::os::unix::process::CommandExt as _;
+            let limit = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            // SAFETY: the closure runs in the child between fork and exec and only calls
+            // setrlimit, which is async-signal-safe, on a value it owns.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let stderr = std::fs::File::create(data_dir.path().join("stderr.log")).expect("log file");
         let mut child = command
             .stdin(Stdio::null())
@@ -217,6 +242,21 @@ impl Server {
             assert!(Instant::now() < deadline, "the server did not exit");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// CPU time the server has used so far (user and system), in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("stat");
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .expect("stat format")
+            .1
+            .split(' ')
+            .collect();
+        // utime and stime are fields 14 and 15 of the whole line, 12 and 13 here.
+        let ticks = |index: usize| fields[index].parse::<u64>().expect("a number");
+        ticks(11) + ticks(12)
     }
 
     /// What the server wrote to stderr so far.

@@ -98,6 +98,77 @@ fn the_epoll_fallback_serves_the_same() {
     assert_eq!(echo.read().unwrap(), Message::binary(vec![5u8; 300_000]));
 }
 
+/// Sends an upgrade request with a valid token; true if 101 comes back within `wait`.
+fn upgraded_within(stream: &mut std::net::TcpStream, wait: Duration) -> bool {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    let mut answer = [0u8; 256];
+    match stream.read(&mut answer) {
+        Ok(read) => {
+            let answer = String::from_utf8_lossy(&answer[..read]);
+            assert!(answer.starts_with("HTTP/1.1 101 "), "{answer:?}");
+            true
+        }
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            false
+        }
+        Err(error) => panic!("{error}"),
+    }
+}
+
+#[test]
+fn running_out_of_descriptors_pauses_accepting_and_recovers() {
+    let server = Server::start_with(Options::default().file_limit(48));
+    let request = switchboard_tests::upgrade_request(
+        "/ws",
+        &format!(
+            "Authorization: Bearer {}\r\n",
+            switchboard_tests::token("alice")
+        ),
+    );
+    let mut served = Vec::new();
+    let mut pending = None;
+    for _ in 0..64 {
+        let mut stream = tcp(server.ws_addr);
+        stream.write_all(request.as_bytes()).unwrap();
+        if upgraded_within(&mut stream, Duration::from_millis(500)) {
+            served.push(stream);
+        } else {
+            pending = Some(stream);
+            break;
+        }
+    }
+    let mut pending = pending.expect("the descriptor limit was reached");
+    assert!(
+        served.len() >= 5,
+        "only {} connections served",
+        served.len()
+    );
+
+    // While it cannot accept, the server waits between tries instead of spinning: over
+    // half a second it uses a small fraction of a second of CPU.
+    let before = server.cpu_ticks();
+    assert!(!upgraded_within(&mut pending, Duration::from_millis(500)));
+    let spent = server.cpu_ticks() - before;
+    assert!(spent < 15, "{spent} ticks of CPU while out of descriptors");
+    assert!(
+        server.stderr().contains("accept failed, pausing"),
+        "{}",
+        server.stderr()
+    );
+
+    // Once connections close, the waiting one is accepted and served.
+    served.truncate(served.len() - 5);
+    assert!(upgraded_within(
+        &mut pending,
+        switchboard_tests::READ_TIMEOUT
+    ));
+}
+
 fn start_fails(options: Options, expected: &str) {
     let data_dir = tempfile::tempdir().unwrap();
     let mut command =
