@@ -5,12 +5,18 @@ mod auth;
 mod codec;
 mod config;
 mod conn;
-#[allow(dead_code, reason = "the shard loop and the HTTP API that use it land next")]
+#[allow(
+    dead_code,
+    reason = "the shard loop and the HTTP API that use it land next"
+)]
 mod control;
 mod http;
 mod io;
 mod listen;
-#[allow(dead_code, reason = "the shard loop and the HTTP API that use it land next")]
+#[allow(
+    dead_code,
+    reason = "the shard loop and the HTTP API that use it land next"
+)]
 mod metrics;
 mod pool;
 mod readiness;
