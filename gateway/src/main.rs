@@ -12,6 +12,7 @@ mod conn;
 mod control;
 mod http;
 mod io;
+mod journal;
 mod listen;
 #[allow(
     dead_code,

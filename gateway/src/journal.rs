@@ -1,0 +1,1550 @@
+//! The write-ahead log's files for one shard: segment files under `<data_dir>/shard-<id>/`,
+//! group commits with the fsync policy of the configured durability, recovery after a crash,
+//! and the deletion of segments that a checkpoint made unnecessary. The router decides what
+//! goes in the log and numbers it; this module only puts its bytes on disk (see
+//! docs/router.md, "The WAL").
+//!
+//! A shard loop uses it like this, each turn: for every `Output::Append { lsn, record }`,
+//! `journal.append(lsn, &record)` (calling `write_pending` first whenever `is_full`), then
+//! `journal.commit().await`, then `Input::Durable { lsn: commit.durable }` to the router.
+//!
+//! Commits use `monoio::fs::File` (`write_all_at`, `sync_data`). On the io_uring driver those
+//! are io_uring write and fsync(DATASYNC) operations, so the shard thread keeps serving
+//! sockets while the disk works. On the legacy (epoll) driver monoio runs them as plain
+//! `pwrite`/`fdatasync` calls on the shard thread, which then waits for the disk. Opening,
+//! recovery, creating a segment and deleting old ones use `std::fs`: they happen once per
+//! start, once per `segment_bytes_max` of log, and once per checkpoint.
+//!
+//! Segments are not preallocated: a segment grows by its writes, so a crash leaves at most
+//! one torn record at its end, which recovery truncates.
+
+#![allow(
+    dead_code,
+    reason = "the shard loop that drives the journal lands separately"
+)]
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use monoio::buf::IoBuf as _;
+use router::ShardId;
+use router::wal::{
+    Lsn, Record, SEGMENT_HEADER_BYTES, SegmentError, SegmentHeader, encode_record,
+    encode_segment_header, scan_segment,
+};
+
+pub use crate::config::Durability;
+
+/// The name of the file in the data directory that records the shard count.
+const LAYOUT_FILE: &str = "layout";
+/// Segment file names: the first lsn as 20 decimal digits (every `u64` fits), then this.
+const SEGMENT_SUFFIX: &str = ".wal";
+const SEGMENT_NAME_DIGITS: usize = 20;
+const MIB: u64 = 1 << 20;
+
+/// How the journal lays out and syncs its files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalConfig {
+    /// A segment that reached this size gets no more records: the next one starts a new
+    /// segment. Segments thus hold at most this plus one record.
+    pub segment_bytes_max: u64,
+    /// When a commit counts as durable.
+    pub durability: Durability,
+    /// With `Durability::Batch`, the most time between two fdatasyncs while records are
+    /// being committed: what a power cut may lose.
+    pub batch_interval_ms: u64,
+    /// A checkpoint is worth it once the log since the last one is larger than twice that
+    /// checkpoint plus this.
+    pub checkpoint_slack_bytes: u64,
+    /// Encoded records waiting for a write. `append` refuses (as a programming error) to
+    /// start a record while this many are waiting; `is_full` tells the caller to
+    /// `write_pending` first. One record may pass the bound by up to its own size.
+    pub pending_bytes_max: usize,
+}
+
+impl JournalConfig {
+    pub const DEFAULT: JournalConfig = JournalConfig {
+        segment_bytes_max: 64 * MIB,
+        durability: Durability::Fsync,
+        batch_interval_ms: 10,
+        checkpoint_slack_bytes: 64 * MIB,
+        pending_bytes_max: 4 << 20,
+    };
+
+    fn check(&self) -> anyhow::Result<()> {
+        // Smaller segments would hold no record but still cost a file each.
+        let header_bytes = SEGMENT_HEADER_BYTES as u64;
+        if self.segment_bytes_max <= header_bytes {
+            anyhow::bail!("segment_bytes_max must be above {header_bytes}");
+        }
+        if self.pending_bytes_max == 0 {
+            anyhow::bail!("pending_bytes_max must be above 0");
+        }
+        Ok(())
+    }
+}
+
+impl Default for JournalConfig {
+    fn default() -> JournalConfig {
+        JournalConfig::DEFAULT
+    }
+}
+
+/// What a commit made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Commit {
+    /// Every record up to and including this lsn is durable in the sense of the configured
+    /// durability: fsynced (`Fsync`), or written to the page cache (`Batch`, `None`).
+    pub durable: Lsn,
+    /// Microseconds this commit spent in fdatasync, if it made any (the fsync latency
+    /// metric).
+    pub sync_micros: Option<u64>,
+}
+
+/// Faults that tests can plant in the storage path: the next operation at that point fails.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The next write returns an error and writes nothing.
+    WriteFails,
+    /// The next write puts only the first half of its bytes in the file, then returns an
+    /// error: a crash in the middle of a write.
+    WriteHalf,
+    /// The next fdatasync returns an error.
+    SyncFails,
+}
+
+/// A segment file on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Segment {
+    first_lsn: Lsn,
+    /// Bytes written to it, header included.
+    bytes: u64,
+}
+
+/// A point in the pending buffer where a new segment starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Roll {
+    offset: usize,
+    first_lsn: Lsn,
+}
+
+/// The log of one shard.
+pub struct Journal {
+    dir: PathBuf,
+    shard_id: ShardId,
+    config: JournalConfig,
+    /// The segment files, oldest first. The last one is `file`, the one written to.
+    segments: VecDeque<Segment>,
+    file: monoio::fs::File,
+    /// Sum of `segments[..].bytes`.
+    disk_bytes: u64,
+    /// Encoded records not yet written, with the points where new segments start in it.
+    pending: Vec<u8>,
+    rolls: Vec<Roll>,
+    /// The segment the next appended record goes to, as it will be once `pending` is
+    /// written: its first lsn and its size.
+    tail_first_lsn: Lsn,
+    tail_bytes: u64,
+    last_appended: Lsn,
+    /// Written to a file (at least in the page cache).
+    last_written: Lsn,
+    /// Reported by a commit.
+    last_committed: Lsn,
+    /// fdatasynced.
+    last_synced: Lsn,
+    last_sync_at: Instant,
+    /// Time spent in fdatasync since the last commit reported it.
+    unreported_sync_micros: Option<u64>,
+    /// Bytes appended since the last `CheckpointBegin` (the whole log if none).
+    since_checkpoint_bytes: u64,
+    /// Bytes of the last complete checkpoint, `CheckpointBegin` to `CheckpointEnd`.
+    checkpoint_bytes: u64,
+    /// A `CheckpointBegin` was appended and its `CheckpointEnd` not yet: its lsn, and
+    /// `since_checkpoint_bytes` is its size so far.
+    checkpoint_open: Option<Lsn>,
+    /// A `CheckpointEnd` was appended: the lsn its checkpoint began at. Once a commit has
+    /// synced it, the segments before that lsn are deleted.
+    checkpoint_end: Option<Lsn>,
+    /// Set while a commit (or write) is under way and left set if it fails or its future is
+    /// dropped: what reached the file is then unknown (and after a failed fsync, the page
+    /// cache may have dropped the data), so nothing more may be reported durable. The
+    /// shard must stop and recover from the files.
+    broken: bool,
+    #[cfg(test)]
+    fault: Option<Fault>,
+}
+
+impl fmt::Debug for Journal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Journal")
+            .field("dir", &self.dir)
+            .field("segments", &self.segments)
+            .field("last_appended", &self.last_appended)
+            .field("last_written", &self.last_written)
+            .field("last_synced", &self.last_synced)
+            .field("pending_bytes", &self.pending.len())
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Journal {
+    /// Opens (creating if needed) `<data_dir>/shard-<id>/` and recovers it: scans the
+    /// segments in lsn order, truncates the first torn one at its last valid record and
+    /// deletes every segment after it (their records cannot follow the gap), likewise ends
+    /// the log at a segment that does not start right after the one before it, finishes the
+    /// deletion of segments that a durable checkpoint made unnecessary, fsyncs the kept
+    /// segments and the directory, and returns the records for `RouterShard::recover`.
+    ///
+    /// A newest segment no longer than a header whose header does not verify (a crash while
+    /// it was created) is deleted. Any other segment that cannot be read is corruption, and
+    /// the error names the file. Must run inside the shard's monoio runtime.
+    pub fn open(
+        data_dir: &Path,
+        shard_id: ShardId,
+        config: JournalConfig,
+    ) -> anyhow::Result<(Journal, Vec<(Lsn, Record)>)> {
+        config.check()?;
+        let dir = data_dir.join(format!("shard-{shard_id}"));
+        create_dir_durably(&dir)?;
+        let recovered = recover(&dir, shard_id)?;
+        let Recovered {
+            mut segments,
+            mut records,
+            checkpoint,
+        } = recovered;
+
+        // The checkpoint that ends the recovered log is durable (everything recovered is):
+        // the segments before it may be gone already, or not if the process stopped between
+        // the commit and the deletion.
+        let mut checkpoint_bytes = 0;
+        if let Some(begin) = checkpoint {
+            checkpoint_bytes = encoded_bytes(&records, begin);
+            if let Some(kept_from) = segments.iter().position(|s| s.first_lsn == begin) {
+                for segment in segments.drain(..kept_from) {
+                    let path = segment_path(&dir, segment.first_lsn);
+                    fs::remove_file(&path)
+                        .with_context(|| format!("cannot delete {}", path.display()))?;
+                }
+                let first_kept = records.partition_point(|(lsn, _)| *lsn < begin);
+                records.drain(..first_kept);
+            }
+        }
+
+        // Records recovered from the page cache after a killed process were never fsynced
+        // in the Batch and None modes; the router counts them as durable from now on.
+        for segment in segments.iter().take(segments.len().saturating_sub(1)) {
+            let path = segment_path(&dir, segment.first_lsn);
+            fs::File::open(&path)
+                .and_then(|file| file.sync_data())
+                .with_context(|| format!("cannot fsync {}", path.display()))?;
+        }
+        let file = match segments.last() {
+            Some(last) => {
+                let path = segment_path(&dir, last.first_lsn);
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|file| file.sync_data().map(|()| file))
+                    .with_context(|| format!("cannot open {}", path.display()))?;
+                sync_dir(&dir)?;
+                file
+            }
+            None => {
+                let (file, segment) = create_segment(&dir, shard_id, Lsn(1))?;
+                segments.push(segment);
+                file
+            }
+        };
+        let file = monoio::fs::File::from_std(file)
+            .with_context(|| format!("cannot use the log files in {}", dir.display()))?;
+
+        let tail = *segments.last().expect("a segment was kept or created");
+        let last_lsn = match records.last() {
+            Some((lsn, _)) => *lsn,
+            None => {
+                // Only a brand new log has no records; a log whose older segments were
+                // deleted starts with its checkpoint.
+                if tail.first_lsn != Lsn(1) || segments.len() != 1 {
+                    anyhow::bail!(
+                        "{}: the log starts at lsn {} but holds no record: the checkpoint it \
+                         began with is lost; the log is corrupt",
+                        dir.display(),
+                        segments[0].first_lsn.0
+                    );
+                }
+                Lsn(0)
+            }
+        };
+        assert!(
+            tail.first_lsn <= last_lsn.next(),
+            "the newest segment starts at or before the next lsn"
+        );
+        let disk_bytes = segments.iter().map(|s| s.bytes).sum();
+        let journal = Journal {
+            dir,
+            shard_id,
+            config,
+            segments: segments.into(),
+            file,
+            disk_bytes,
+            pending: Vec::new(),
+            rolls: Vec::new(),
+            tail_first_lsn: tail.first_lsn,
+            tail_bytes: tail.bytes,
+            last_appended: last_lsn,
+            last_written: last_lsn,
+            last_committed: last_lsn,
+            last_synced: last_lsn,
+            last_sync_at: Instant::now(),
+            unreported_sync_micros: None,
+            since_checkpoint_bytes: disk_bytes,
+            checkpoint_bytes,
+            checkpoint_open: None,
+            checkpoint_end: None,
+            broken: false,
+            #[cfg(test)]
+            fault: None,
+        };
+        Ok((journal, records))
+    }
+
+    /// Encodes a record into the pending buffer. A `CheckpointBegin` starts a new segment,
+    /// and so does a record that would go into a segment that reached `segment_bytes_max`.
+    ///
+    /// Panics if `lsn` is not the next one, or if the pending buffer is full (the caller
+    /// checks `is_full` and calls `write_pending`). A broken journal drops the record: it
+    /// can never be reported durable.
+    pub fn append(&mut self, lsn: Lsn, record: &Record) {
+        assert_eq!(
+            lsn,
+            self.last_appended.next(),
+            "appended lsns are consecutive"
+        );
+        assert!(
+            !self.is_full(),
+            "append to a full pending buffer: call write_pending first"
+        );
+        self.last_appended = lsn;
+        if self.broken {
+            return;
+        }
+        let starts_checkpoint = matches!(record, Record::CheckpointBegin { .. });
+        let tail_is_empty = self.tail_first_lsn == lsn;
+        if !tail_is_empty && (starts_checkpoint || self.tail_bytes >= self.config.segment_bytes_max)
+        {
+            self.rolls.push(Roll {
+                offset: self.pending.len(),
+                first_lsn: lsn,
+            });
+            self.tail_first_lsn = lsn;
+            self.tail_bytes = SEGMENT_HEADER_BYTES as u64;
+        }
+        let before = self.pending.len();
+        encode_record(record, lsn, &mut self.pending);
+        let record_bytes = (self.pending.len() - before) as u64;
+        self.tail_bytes += record_bytes;
+        match record {
+            Record::CheckpointBegin { .. } => {
+                self.checkpoint_open = Some(lsn);
+                self.since_checkpoint_bytes = record_bytes;
+            }
+            Record::CheckpointEnd { begin } => {
+                self.since_checkpoint_bytes += record_bytes;
+                if self.checkpoint_open.take() == Some(*begin) {
+                    self.checkpoint_bytes = self.since_checkpoint_bytes;
+                }
+                self.checkpoint_end = Some(*begin);
+            }
+            _ => self.since_checkpoint_bytes += record_bytes,
+        }
+    }
+
+    /// Whether `append` must wait for `write_pending` (or `commit`).
+    pub fn is_full(&self) -> bool {
+        self.pending.len() >= self.config.pending_bytes_max
+    }
+
+    /// Writes the pending records without syncing or reporting them: for a turn that
+    /// appends more than `pending_bytes_max` (a checkpoint copies all live state in one
+    /// router step). The next `commit` reports them.
+    pub async fn write_pending(&mut self) -> io::Result<()> {
+        self.usable()?;
+        self.broken = true;
+        self.write_pending_inner().await?;
+        self.broken = false;
+        Ok(())
+    }
+
+    /// Writes everything pending, then syncs according to the durability, and reports what
+    /// is durable: `Fsync` fdatasyncs every commit; `Batch` fdatasyncs if
+    /// `batch_interval_ms` passed since the last one and reports the records as soon as they
+    /// are in the page cache (a killed process loses nothing, a power cut may lose the last
+    /// interval); `None` never fdatasyncs. A commit that holds a `CheckpointEnd` always
+    /// fdatasyncs and then deletes the segments before that checkpoint.
+    ///
+    /// `Ok(None)` if nothing was appended since the last commit. An error leaves the journal
+    /// broken: nothing is reported durable any more, and the shard must restart to recover.
+    /// The future must run to completion: dropping it midway also breaks the journal.
+    pub async fn commit(&mut self) -> io::Result<Option<Commit>> {
+        self.usable()?;
+        if self.last_committed == self.last_appended {
+            return Ok(None);
+        }
+        self.broken = true;
+        self.write_pending_inner().await?;
+        let checkpoint_done = self.checkpoint_end.take();
+        let sync = checkpoint_done.is_some()
+            || match self.config.durability {
+                Durability::Fsync => true,
+                Durability::Batch => self.batch_interval_passed(),
+                Durability::None => false,
+            };
+        if sync && self.last_synced < self.last_written {
+            let micros = self.sync().await?;
+            self.count_sync(micros);
+        }
+        if let Some(begin) = checkpoint_done {
+            self.delete_segments_before(begin);
+        }
+        assert_eq!(self.last_written, self.last_appended);
+        assert!(self.last_committed < self.last_written);
+        self.last_committed = self.last_written;
+        self.broken = false;
+        Ok(Some(Commit {
+            durable: self.last_committed,
+            sync_micros: self.unreported_sync_micros.take(),
+        }))
+    }
+
+    /// With `Durability::Batch`, fdatasyncs committed records once `batch_interval_ms` has
+    /// passed since the last fdatasync, so that a quiet shard's last records reach the disk
+    /// too. The shard loop calls it on its timer tick; a power cut then loses at most the
+    /// longer of the interval and the tick. Returns the microseconds spent, if it synced.
+    pub async fn sync_if_due(&mut self) -> io::Result<Option<u64>> {
+        self.usable()?;
+        let due = self.config.durability == Durability::Batch
+            && self.last_synced < self.last_written
+            && self.batch_interval_passed();
+        if !due {
+            return Ok(None);
+        }
+        self.broken = true;
+        let micros = self.sync().await?;
+        self.broken = false;
+        Ok(Some(micros))
+    }
+
+    /// Whether the log has grown enough since the last checkpoint that one is worth it: past
+    /// twice the size of the last checkpoint plus `checkpoint_slack_bytes`. Never while a
+    /// checkpoint is waiting for its commit.
+    pub fn wants_checkpoint(&self) -> bool {
+        self.checkpoint_open.is_none()
+            && self.checkpoint_end.is_none()
+            && self.since_checkpoint_bytes
+                > self
+                    .checkpoint_bytes
+                    .saturating_mul(2)
+                    .saturating_add(self.config.checkpoint_slack_bytes)
+    }
+
+    /// The lsn of the last appended record (0 for an empty log).
+    pub fn last_lsn(&self) -> Lsn {
+        self.last_appended
+    }
+
+    /// The lsn of the last record a commit reported.
+    pub fn committed_lsn(&self) -> Lsn {
+        self.last_committed
+    }
+
+    /// Bytes of the segment files.
+    pub fn bytes_on_disk(&self) -> u64 {
+        self.disk_bytes
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Whether a failed or abandoned commit broke the journal.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Plants a fault: the next operation at that point fails.
+    #[cfg(test)]
+    pub fn inject(&mut self, fault: Fault) {
+        self.fault = Some(fault);
+    }
+
+    fn usable(&self) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::other(
+                "an earlier write or fsync of the log failed: restart the shard to recover",
+            ));
+        }
+        Ok(())
+    }
+
+    fn batch_interval_passed(&self) -> bool {
+        self.last_sync_at.elapsed() >= Duration::from_millis(self.config.batch_interval_ms)
+    }
+
+    /// Writes `pending` to the segments, one write per segment, creating the new ones.
+    async fn write_pending_inner(&mut self) -> io::Result<()> {
+        let mut pending = std::mem::take(&mut self.pending);
+        let rolls = std::mem::take(&mut self.rolls);
+        let mut start = 0;
+        for roll in &rolls {
+            pending = self.write(pending, start, roll.offset).await?;
+            // The segment is complete: sync it before records go to the next one, so that
+            // a power cut cannot tear it while later segments survive. `None` skips this
+            // unless a checkpoint is on its way, whose old segments are deleted once it is
+            // synced.
+            let checkpointing = self.checkpoint_open.is_some() || self.checkpoint_end.is_some();
+            if self.config.durability != Durability::None || checkpointing {
+                let micros = self.sync().await?;
+                self.count_sync(micros);
+            }
+            let (file, segment) = create_segment(&self.dir, self.shard_id, roll.first_lsn)
+                .map_err(|error| io::Error::other(format!("{error:#}")))?;
+            self.file = monoio::fs::File::from_std(file)?;
+            self.segments.push_back(segment);
+            self.disk_bytes += segment.bytes;
+            start = roll.offset;
+        }
+        let end = pending.len();
+        pending = self.write(pending, start, end).await?;
+        debug_assert_eq!(self.segments.back().map(|s| s.bytes), Some(self.tail_bytes));
+        pending.clear();
+        self.pending = pending;
+        self.last_written = self.last_appended;
+        Ok(())
+    }
+
+    /// Writes `buffer[start..end]` at the end of the newest segment.
+    async fn write(&mut self, buffer: Vec<u8>, start: usize, end: usize) -> io::Result<Vec<u8>> {
+        if start == end {
+            return Ok(buffer);
+        }
+        let offset = self.segments.back().expect("a segment is open").bytes;
+        #[cfg(test)]
+        let end = match self
+            .fault
+            .take_if(|fault| matches!(fault, Fault::WriteFails | Fault::WriteHalf))
+        {
+            Some(Fault::WriteFails) => return Err(io::Error::other("injected write fault")),
+            Some(_) => {
+                let half = start + (end - start) / 2;
+                let (result, _) = self
+                    .file
+                    .write_all_at(buffer.slice(start..half), offset)
+                    .await;
+                result?;
+                return Err(io::Error::other("injected half write"));
+            }
+            None => end,
+        };
+        let (result, slice) = self
+            .file
+            .write_all_at(buffer.slice(start..end), offset)
+            .await;
+        result?;
+        let written = (end - start) as u64;
+        self.segments.back_mut().expect("a segment is open").bytes += written;
+        self.disk_bytes += written;
+        Ok(slice.into_inner())
+    }
+
+    /// Adds an fdatasync's time to what the next commit reports.
+    fn count_sync(&mut self, micros: u64) {
+        let total = self
+            .unreported_sync_micros
+            .unwrap_or(0)
+            .saturating_add(micros);
+        self.unreported_sync_micros = Some(total);
+    }
+
+    /// fdatasyncs the newest segment (older ones were synced when they were completed).
+    async fn sync(&mut self) -> io::Result<u64> {
+        #[cfg(test)]
+        if self
+            .fault
+            .take_if(|fault| *fault == Fault::SyncFails)
+            .is_some()
+        {
+            return Err(io::Error::other("injected fsync fault"));
+        }
+        let started = Instant::now();
+        self.file.sync_data().await?;
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_synced = self.last_written;
+        self.last_sync_at = Instant::now();
+        Ok(micros)
+    }
+
+    /// Deletes the segments before the one that starts at `begin`, once the checkpoint that
+    /// began there is synced. A failure here loses nothing (the records are durable and
+    /// replaying old ones is harmless), so it is logged and the next checkpoint tries again.
+    fn delete_segments_before(&mut self, begin: Lsn) {
+        if !self.segments.iter().any(|s| s.first_lsn == begin) {
+            tracing::warn!(
+                shard = self.shard_id,
+                lsn = begin.0,
+                "a checkpoint ended without a segment of its own; keeping older segments"
+            );
+            return;
+        }
+        let mut deleted = false;
+        while let Some(&oldest) = self.segments.front()
+            && oldest.first_lsn < begin
+        {
+            let path = segment_path(&self.dir, oldest.first_lsn);
+            if let Err(error) = fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), %error, "cannot delete an old log segment");
+                break;
+            }
+            self.segments.pop_front();
+            self.disk_bytes -= oldest.bytes;
+            deleted = true;
+        }
+        if deleted && let Err(error) = sync_dir(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %format!("{error:#}"), "cannot fsync the log directory");
+        }
+    }
+}
+
+/// What recovery kept.
+#[derive(Debug)]
+struct Recovered {
+    segments: Vec<Segment>,
+    records: Vec<(Lsn, Record)>,
+    /// The begin lsn of the last complete checkpoint in `records`.
+    checkpoint: Option<Lsn>,
+}
+
+/// Scans the segments of `dir` in lsn order and repairs the end of the log.
+fn recover(dir: &Path, shard_id: ShardId) -> anyhow::Result<Recovered> {
+    let found = list_segments(dir)?;
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut records: Vec<(Lsn, Record)> = Vec::new();
+    // Segments past the end of the log: deleted once the end is repaired.
+    let mut doomed: Vec<PathBuf> = Vec::new();
+    let mut next_lsn: Option<Lsn> = None;
+    for (index, (name_lsn, path)) in found.iter().enumerate() {
+        if !doomed.is_empty() {
+            doomed.push(path.clone());
+            continue;
+        }
+        let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let newest = index + 1 == found.len();
+        let scan = match scan_segment(&bytes) {
+            Ok(scan) => scan,
+            Err(error)
+                if newest
+                    && bytes.len() <= SEGMENT_HEADER_BYTES
+                    && !matches!(error, SegmentError::UnsupportedVersion(_)) =>
+            {
+                tracing::warn!(
+                    path = %path.display(),
+                    %error,
+                    "deleting a log segment whose creation a crash interrupted"
+                );
+                doomed.push(path.clone());
+                continue;
+            }
+            Err(error) => anyhow::bail!(
+                "{}: {error}; the log is corrupt (only the newest segment may have a torn header)",
+                path.display()
+            ),
+        };
+        if scan.header.shard != shard_id {
+            anyhow::bail!(
+                "{}: the segment belongs to shard {}, not {shard_id}",
+                path.display(),
+                scan.header.shard
+            );
+        }
+        let first_lsn = scan.header.first_lsn;
+        if first_lsn != *name_lsn {
+            anyhow::bail!(
+                "{}: the segment's header says it starts at lsn {}; the log is corrupt",
+                path.display(),
+                first_lsn.0
+            );
+        }
+        if let Some(next) = next_lsn
+            && first_lsn != next
+        {
+            if first_lsn < next {
+                anyhow::bail!(
+                    "{}: the segment starts at lsn {} but the one before it ends at lsn {}; \
+                     the log is corrupt",
+                    path.display(),
+                    first_lsn.0,
+                    next.0 - 1
+                );
+            }
+            // The previous segment lost its last records (not synced before a power cut)
+            // while this one was created: what follows the gap cannot be applied.
+            tracing::warn!(
+                path = %path.display(),
+                expected = next.0,
+                "the log has a gap before this segment; deleting it and every later one"
+            );
+            doomed.push(path.clone());
+            continue;
+        }
+        next_lsn = Some(Lsn(first_lsn.0 + scan.records.len() as u64));
+        records.extend(scan.records);
+        segments.push(Segment {
+            first_lsn,
+            bytes: scan.valid_bytes as u64,
+        });
+        if scan.torn {
+            tracing::warn!(
+                path = %path.display(),
+                valid_bytes = scan.valid_bytes,
+                file_bytes = bytes.len(),
+                "truncating a torn log segment after its last valid record"
+            );
+            fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|file| {
+                    file.set_len(scan.valid_bytes as u64)?;
+                    file.sync_all()
+                })
+                .with_context(|| format!("cannot truncate {}", path.display()))?;
+            // Everything after this segment follows a gap.
+            for (_, later) in &found[index + 1..] {
+                doomed.push(later.clone());
+            }
+            break;
+        }
+    }
+    if !doomed.is_empty() {
+        for path in &doomed {
+            tracing::warn!(path = %path.display(), "deleting a log segment past the end of the log");
+            fs::remove_file(path).with_context(|| format!("cannot delete {}", path.display()))?;
+        }
+        sync_dir(dir)?;
+    }
+    let checkpoint = records.iter().rev().find_map(|(_, record)| match record {
+        Record::CheckpointEnd { begin } => Some(*begin),
+        _ => None,
+    });
+    Ok(Recovered {
+        segments,
+        records,
+        checkpoint,
+    })
+}
+
+/// The segment files of `dir`, in lsn order. Other files are left alone.
+fn list_segments(dir: &Path) -> anyhow::Result<Vec<(Lsn, PathBuf)>> {
+    let mut found = Vec::new();
+    let entries = fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let name = entry.file_name();
+        let Some(lsn) = name.to_str().and_then(parse_segment_name) else {
+            tracing::warn!(path = %entry.path().display(), "ignoring a file that is not a log segment");
+            continue;
+        };
+        found.push((lsn, entry.path()));
+    }
+    found.sort_by_key(|(lsn, _)| *lsn);
+    Ok(found)
+}
+
+fn parse_segment_name(name: &str) -> Option<Lsn> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != SEGMENT_NAME_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|lsn| *lsn > 0).map(Lsn)
+}
+
+fn segment_path(dir: &Path, first_lsn: Lsn) -> PathBuf {
+    dir.join(format!(
+        "{:0width$}{SEGMENT_SUFFIX}",
+        first_lsn.0,
+        width = SEGMENT_NAME_DIGITS
+    ))
+}
+
+/// Creates a segment: the file with its header, fsynced, and its name in the directory,
+/// fsynced, before any record goes in it. A crash before the end leaves a newest segment
+/// with at most a torn header, which recovery deletes.
+fn create_segment(
+    dir: &Path,
+    shard_id: ShardId,
+    first_lsn: Lsn,
+) -> anyhow::Result<(fs::File, Segment)> {
+    use std::io::Write as _;
+    let path = segment_path(dir, first_lsn);
+    let mut header = Vec::with_capacity(SEGMENT_HEADER_BYTES);
+    encode_segment_header(
+        &SegmentHeader {
+            shard: shard_id,
+            first_lsn,
+        },
+        &mut header,
+    );
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .and_then(|mut file| {
+            file.write_all(&header)?;
+            file.sync_data()?;
+            Ok(file)
+        })
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    sync_dir(dir)?;
+    let segment = Segment {
+        first_lsn,
+        bytes: header.len() as u64,
+    };
+    Ok((file, segment))
+}
+
+/// The bytes that `records` from `begin` to the next `CheckpointEnd` take in the log.
+fn encoded_bytes(records: &[(Lsn, Record)], begin: Lsn) -> u64 {
+    let first = records.partition_point(|(lsn, _)| *lsn < begin);
+    let mut scratch = Vec::new();
+    let mut total = 0;
+    for (lsn, record) in &records[first..] {
+        scratch.clear();
+        encode_record(record, *lsn, &mut scratch);
+        total += scratch.len() as u64;
+        if matches!(record, Record::CheckpointEnd { .. }) {
+            break;
+        }
+    }
+    total
+}
+
+/// Creates `dir` if it is missing, and makes its name durable in the parent.
+fn create_dir_durably(dir: &Path) -> anyhow::Result<()> {
+    match fs::create_dir(dir) {
+        Ok(()) => {
+            let parent = dir.parent().unwrap_or(Path::new("."));
+            sync_dir(parent)
+        }
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => {
+            Err(error).with_context(|| format!("cannot create directory {}", dir.display()))
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .with_context(|| format!("cannot fsync directory {}", dir.display()))
+}
+
+/// Checks that the data directory was written with `n_shards` shards, and records the count
+/// on the first start. Users are assigned to shards by a hash of their id modulo the count,
+/// so a log read with another count would put users on shards that do not hold their state.
+/// A directory without the file but with `shard-<id>` directories (every shard makes its own
+/// at start) was written by as many shards as the highest id plus one.
+pub fn check_layout(data_dir: &Path, n_shards: u16) -> anyhow::Result<()> {
+    let path = data_dir.join(LAYOUT_FILE);
+    let written = match fs::read_to_string(&path) {
+        Ok(text) => Some(parse_layout(&text).with_context(|| {
+            format!(
+                "{} is not a layout file (expected one line: shards N)",
+                path.display()
+            )
+        })?),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => shard_dirs_count(data_dir)?,
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot read {}", path.display()));
+        }
+    };
+    if let Some(written) = written
+        && written != n_shards
+    {
+        anyhow::bail!(
+            "the data directory was written by {written} shards; start with --shards {written}"
+        );
+    }
+    if path.exists() {
+        return Ok(());
+    }
+    // Written under another name and renamed, so that a crash never leaves a half-written
+    // layout file.
+    let temporary = data_dir.join(format!("{LAYOUT_FILE}.tmp"));
+    fs::write(&temporary, format!("shards {n_shards}\n"))
+        .and_then(|()| fs::File::open(&temporary)?.sync_all())
+        .and_then(|()| fs::rename(&temporary, &path))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    sync_dir(data_dir)
+}
+
+fn parse_layout(text: &str) -> anyhow::Result<u16> {
+    let count = text
+        .strip_suffix('\n')
+        .and_then(|line| line.strip_prefix("shards "))
+        .context("no shards line")?;
+    let count: u16 = count.parse().context("bad shard count")?;
+    anyhow::ensure!(count > 0, "a shard count of 0");
+    Ok(count)
+}
+
+/// The highest `shard-<id>` directory's id plus one, if there is one.
+fn shard_dirs_count(data_dir: &Path) -> anyhow::Result<Option<u16>> {
+    let mut count: Option<u16> = None;
+    let entries =
+        fs::read_dir(data_dir).with_context(|| format!("cannot list {}", data_dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", data_dir.display()))?;
+        let name = entry.file_name();
+        let Some(id) = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("shard-"))
+            .and_then(|id| id.parse::<u16>().ok())
+        else {
+            continue;
+        };
+        let n = id.checked_add(1).context("a shard id of 65535")?;
+        count = Some(count.map_or(n, |c| c.max(n)));
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use router::wal::StoredMessage;
+    use wire::{MessageId, UserId};
+
+    use super::*;
+
+    /// Runs a test on the legacy driver, and again on io_uring where the kernel has it.
+    fn on_each_driver<F, Fut>(test: F)
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("a legacy runtime")
+            .block_on(test());
+        if monoio::utils::detect_uring() {
+            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .enable_timer()
+                .build()
+                .expect("an io_uring runtime")
+                .block_on(test());
+        }
+    }
+
+    fn user(name: &str) -> UserId {
+        UserId::parse(name).unwrap()
+    }
+
+    fn message(n: u64) -> Record {
+        Record::Message(StoredMessage {
+            id: MessageId(n << 22),
+            from: user("alice"),
+            to: user("bob"),
+            client_msg_id: n,
+            content: format!("message number {n}"),
+            media: None,
+            timestamp_ms: 1_700_000_000_000 + n,
+        })
+    }
+
+    fn messages(lsns: std::ops::RangeInclusive<u64>) -> Vec<(Lsn, Record)> {
+        lsns.map(|n| (Lsn(n), message(n))).collect()
+    }
+
+    fn config(durability: Durability) -> JournalConfig {
+        JournalConfig {
+            durability,
+            ..JournalConfig::DEFAULT
+        }
+    }
+
+    /// About four message records per segment.
+    fn small_segments() -> JournalConfig {
+        JournalConfig {
+            segment_bytes_max: 256,
+            ..JournalConfig::DEFAULT
+        }
+    }
+
+    fn open(dir: &Path, config: JournalConfig) -> (Journal, Vec<(Lsn, Record)>) {
+        Journal::open(dir, 0, config).expect("the journal opens")
+    }
+
+    fn append_all(journal: &mut Journal, records: &[(Lsn, Record)]) {
+        for (lsn, record) in records {
+            journal.append(*lsn, record);
+        }
+    }
+
+    /// Appends the records and commits them in one turn.
+    async fn commit_all(journal: &mut Journal, records: &[(Lsn, Record)]) -> Commit {
+        append_all(journal, records);
+        journal
+            .commit()
+            .await
+            .expect("the commit succeeds")
+            .expect("something was pending")
+    }
+
+    /// The segment files of shard 0: (first lsn, length), in lsn order.
+    fn segment_files(data_dir: &Path) -> Vec<(u64, u64)> {
+        let dir = data_dir.join("shard-0");
+        let mut files: Vec<(u64, u64)> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                let name = entry.file_name().into_string().unwrap();
+                let lsn = parse_segment_name(&name).expect("only segments in the directory");
+                (lsn.0, entry.metadata().unwrap().len())
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn path_of(data_dir: &Path, first_lsn: u64) -> PathBuf {
+        segment_path(&data_dir.join("shard-0"), Lsn(first_lsn))
+    }
+
+    fn scan_file(data_dir: &Path, first_lsn: u64) -> router::wal::Scan {
+        scan_segment(&fs::read(path_of(data_dir, first_lsn)).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn recovers_what_was_committed_and_continues_its_lsns() {
+        on_each_driver(|| async {
+            let data = tempfile::tempdir().unwrap();
+            let (mut journal, recovered) = open(data.path(), config(Durability::Fsync));
+            assert!(recovered.is_empty());
+            assert_eq!(journal.last_lsn(), Lsn(0));
+            let first = messages(1..=10);
+            let commit = commit_all(&mut journal, &first).await;
+            assert_eq!(commit.durable, Lsn(10));
+            drop(journal);
+
+            let (mut journal, recovered) = open(data.path(), config(Durability::Fsync));
+            assert_eq!(recovered, first);
+            assert_eq!(journal.last_lsn(), Lsn(10));
+            assert_eq!(journal.committed_lsn(), Lsn(10));
+            let second = messages(11..=15);
+            assert_eq!(commit_all(&mut journal, &second).await.durable, Lsn(15));
+            let on_disk: u64 = segment_files(data.path()).iter().map(|(_, len)| len).sum();
+            assert_eq!(journal.bytes_on_disk(), on_disk);
+            drop(journal);
+
+            let (journal, recovered) = open(data.path(), config(Durability::Fsync));
+            assert_eq!(recovered, messages(1..=15));
+            assert_eq!(journal.last_lsn(), Lsn(15));
+        });
+    }
+
+    #[test]
+    #[should_panic(expected = "appended lsns are consecutive")]
+    fn append_refuses_an_lsn_out_of_sequence() {
+        on_each_driver(|| async {
+            let data = tempfile::tempdir().unwrap();
+            let (mut journal, _) = open(data.path(), JournalConfig::DEFAULT);
+            commit_all(&mut journal, &messages(1..=3)).await;
+            journal.append(Lsn(5), &message(5));
+        });
+    }
+
+    #[test]
+    fn truncates_a_partial_last_record() {
+        on_each_driver(|| async {
+            let data = tempfile::tempdir().unwrap();
+            let (mut journal, _) = open(data.path(), JournalConfig::DEFAULT);
+            commit_all(&mut journal, &messages(1..=10)).await;
+            drop(journal);
+            let path = path_of(data.path(), 1);
+            let full = fs::metadata(&path).unwrap().len();
+            let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
+            file.set_len(full - 5).unwrap();
+
+            let (mut journal, recovered) = open(data.path(), JournalConfig::DEFAULT);
+            assert_eq!(recovered, messages(1..=9));
+            assert_eq!(journal.last_lsn(), Lsn(9));
+            let scan = scan_file(data.path(), 1);
+            assert!(!scan.torn);
+            assert_eq!(fs::metadata(&path).unwrap().len(), scan.valid_bytes as u64);
+            // The lost record's lsn is used again, by whatever the router appends next.
+            let replacement = vec![(Lsn(10), message(100))];
+            commit_all(&mut journal, &replacement).await;
+            drop(journal);
+
+            let (_, recovered) = open(data.path(), JournalConfig::DEFAULT);
+            let mut expected = messages(1..=9);
+            expected.extend(replacement);
+            assert_eq!(recovered, expected);
+        });
+    }
+
+    #[test]
+    fn truncates_garbage_after_the_last_record() {
+        on_each_driver(|| async {
+            let data = tempfile::tempdir().unwrap();
+            let (mut journal, _) = open(data.path(), JournalConfig::DEFAULT);
+            commit_all(&mut journal, &messages(1..=10)).await;
+            drop(journal);
+            let path = path_of(data.path(), 1);
+            let full = fs::metadata(&path).unwrap().len();
+            let mut bytes = fs::read(&path).unwrap();
+            bytes.extend_from_slice(&[0xab; 37]);
+            fs::write(&path, &bytes).unwrap();
+
+            let (_, recovered) = open(data.path(), JournalConfig::DEFAULT);
+            assert_eq!(recovered, messages(1..=10));
+            assert_eq!(fs::metadata(&path).unwrap().len(), full);
+        });
+    }
+
+    #[test]
+    fn a_flipped_bit_ends_the_log_and_deletes_later_segments() {
+        on_each_driver(|| async {
+            let data = tempfile::tempdir().unwrap();
+            let (mut journal, _) = open(data.path(), small_segments());
+            commit_all(&mut journal, &messages(1..=20)).await;
+            drop(journal);
+            let files = segment_files(data.path());
+            assert!(files.len() >= 4, "{files:?}");
+            // A bit in the payload of the second segment's last record.
+            let (second, second_len) = files[1];
+            let last_in_second = scan_file(data.path(), second).records.last().unwrap().0;
+            let path = path_of(data.path(), second);
+            let mut bytes = fs::read(&path).unwrap();
+            bytes[second_len as usize - 3] ^= 0x10;
+            fs::write(&path, &bytes).unwrap();
+
+            let (mut journal, recovered) = open(data.path(), small_segments());
+            assert_eq!(recovered, messages(1..=last_in_second.0 - 1));
+            let kept = segment_files(data.path());
+            assert_eq!(kept.len(), 2, "later segments are deleted: {kept:?}");
+            assert_eq!(kept[0], files[0]);
+            assert!(!scan_file(data.path(), second).torn);
+            // The log goes on from the record before the flipped one.
+            let next = journal.last_lsn().next();
+            commit_all(&mut journal, &[(next, message(500))]).await;
+            drop(journal);
+            let (_, recovered) = open(data.path(), small_segments());
+            assert_eq!(recovered.len() as u64, next.0);
+            assert_eq!(recovered.last().unwrap(), &(next, message(500)));
+        });
+    }
+
+    #[test]
+    fn a_gap_between_segments_ends_the_log() {
+        on_each_driver(|| async {
+            let data = tempfile::tempdir().unwrap();
+            let (mut journal, _) = open(data.path(), small_segments());
+            commit_all(&mut journal, &messages(1..=12)).await;
+            drop(journal);
+            let files = segment_files(data.path());
+            assert!(files.len() >= 3, "{files:?}");
+            // The first segment loses its last record cleanly, at a record boundary: a power
+            // cut after the next segment was created but before this one was synced.
+            let path = path_of(data.path(), 1);
+            let bytes = fs::read(&path).unwrap();
+            let shorter = scan_segment(&bytes[..bytes.len() - 1]).unwrap();
+            fs::write(&path, &bytes[..shorter.valid_bytes]).unwrap();
+
+            let (journal, recovered) = open(data.path(), small_segments());
+            assert_eq!(recovered, shorter.records);
+            assert_eq!(segment_files(data.path()).len(), 1);
+            assert_eq!(journal.last_lsn(), shorter.records.last().unwrap().0);
+        });
+    }
+
+    #[test]
+    fn deletes_a_newest_segment_whose_creation_was_torn() {
+        on_each_driver(|| async {
+            for torn_header in [&[][..], &b"SWBWAL01\x01\x00"[..], &[0; 24][..]] {
+                let data = tempfile::tempdir().unwrap();
+                let (mut journal, _) = open(data.path(), JournalConfig::DEFAULT);
+                commit_all(&mut journal, &messages(1..=5)).await;
+                drop(journal);
+                fs::write(path_of(data.path(), 6), torn_header).unwrap();
+
+                let (mut journal, recovered) = open(data.path(), JournalConfig::DEFAULT);
+                assert_eq!(recovered, messages(1..=5));
+                assert_eq!(segment_files(data.path()).len(), 1);
+                commit_all(&mut journal, &messages(6..=6)).await;
+            }
+        });
+    }
+
+    #[test]
+    fn refuses_a_bad_header_in_an_older_segment() {
+        on_each_driver(|| async {
+            let data = tempfile::tempdir().unwrap();
+            let (mut journal, _) = open(data.path(), small_segments());
+            commit_all(&mut journal, &messages(1..=12)).await;
+            drop(journal);
+            let path = path_of(data.path(), 1);
+            let mut bytes = fs::read(&path).unwrap();
+            bytes[14] ^= 1; // the first lsn: the header checksum no longer matches
+            fs::write(&path, &bytes).unwrap();
+
+            let error = Journal::open(data.path(), 0, small_segments()).unwrap_err();
+            let text = format!("{error:#}");
+            assert!(text.contains("00000000000000000001.wal"), "{text}");
+            assert!(text.contains("checksum"), "{text}");
+        });
+    }
+
+    #[test]
+    fn refuses_another_shards_segments() {
+        on_each_driver(|| async {
+            let data = tempfile::tempdir().unwrap();
+            let (mut journal, _) = open(data.path(), JournalConfig::DEFAULT);
+            commit_all(&mut journal, &messages(1..=2)).await;
+            drop(journal);
+            fs::rename(data.path().join("shard-0"), data.path().join("shard-1")).unwrap();
+            let error = Journal::open(data.path(), 1, JournalConfig::DEFAULT).unwrap_err();
+            assert!(
+                format!("{error:#}").contains("belongs to shard 0"),
+                "{error:#}"
+            );
+        });
+    }
+
+    #[test]
+    fn rolls_to_a_new_segment_at_segment_bytes_max() {
+        on_each_driver(|| async {
+            let data = tempfile::tempdir().unwrap();
+            let config = small_segments();
+            let (mut journal, _) = open(data.path(), config);
+            // One turn that fills several segments, then one record per turn.
+            commit_all(&mut journal, &messages(1..=10)).await;
+            for n in 11..=20 {
+                commit_all(&mut journal, &messages(n..=n)).await;
+            }
+            let files = segment_files(data.path());
+            assert!(files.len() >= 5, "{files:?}");
+            assert_eq!(journal.segment_count(), files.len());
+            let on_disk: u64 = files.iter().map(|(_, len)| len).sum();
+            assert_eq!(journal.bytes_on_disk(), on_disk);
+            let mut record = Vec::new();
+            encode_record(&message(20), Lsn(20), &mut record);
+            let mut next = 1;
+            for (index, &(first_lsn, len)) in files.iter().enumerate() {
+                assert_eq!(first_lsn, next, "segments follow each other");
+                let scan = scan_file(data.path(), first_lsn);
+                assert!(!scan.torn);
+                assert!(len < config.segment_bytes_max + record.len() as u64);
+                if index + 1 < files.len() {
+                    assert!(len >= config.segment_bytes_max, "rolled early: {files:?}");
+                }
+                next = first_lsn + scan.records.len() as u64;
+            }
+            assert_eq!(next, 21);
+            drop(journal);
+
+            let (_, recovered) = open(data.path(), config);
+            assert_eq!(recovered, messages(1..=20));
+        });
+    }
+
+    /// The checkpoint the router would append after messages 1..=12 if message 12 were the
+    /// only one still undelivered.
+    fn checkpoint_at(begin: u64) -> Vec<(Lsn, Record)> {
+        vec![
+            (
+                Lsn(begin),
+                Record::CheckpointBegin {
+                    last_message_id: Some(MessageId(12 << 22)),
+                },
+            ),
+            (Lsn(begin + 1), message(12)),
+            (Lsn(begin + 2), Record::CheckpointEnd { begin: Lsn(begin) }),
+        ]
+    }
+
+    #[test]
+    fn a_checkpoint_deletes_older_segments_and_recovery_starts_there() {
+        on_each_driver(|| async {
+            let data = tempfile::tempdir().unwrap();
+            // Even without fsyncs, older segments go only once the checkpoint is synced.
+            let config = JournalConfig {
+                durability: Durability::None,
+                checkpoint_slack_bytes: 500,
+                ..small_segments()
+            };
+            let (mut journal, _) = open(data.path(), config);
+            commit_all(&mut journal, &messages(1..=12)).await;
+            assert!(segment_files(data.path()).len() >= 3);
+            assert!(journal.wants_checkpoint());
+
+            let checkpoint = checkpoint_at(13);
+            append_all(&mut journal, &checkpoint);
+            assert!(!journal.wants_checkpoint(), "a checkpoint is on its way");
+            let commit = journal.commit().await.unwrap().unwrap();
+            assert_eq!(commit.durable, Lsn(15));
+            assert!(commit.sync_micros.is_some(), "the checkpoint was synced");
+            let files = segment_files(data.path());
+            assert_eq!(files.iter().map(|f| f.0).collect::<Vec<_>>(), vec![13]);
+            assert_eq!(journal.bytes_on_disk(), files[0].1);
+            assert!(!journal.wants_checkpoint());
+            let checkpoint_bytes = journal.checkpoint_bytes;
+            assert_eq!(checkpoint_bytes, files[0].1 - SEGMENT_HEADER_BYTES as u64);
+            drop(journal);
+
+            let (mut journal, recovered) = open(data.path(), config);
+            assert_eq!(recovered, checkpoint);
+            assert_eq!(journal.checkpoint_bytes, checkpoint_bytes);
+            assert!(!journal.wants_checkpoint());
+            // The log grows past twice the checkpoint plus the slack.
+            let more = messages(16..=26);
+            commit_all(&mut journal, &more).await;
+            assert!(journal.wants_checkpoint());
+            drop(journal);
+
+            let (_, recovered) = open(data.path(), config);
+            let mut expected = checkpoint;
+            expected.extend(more);
+            assert_eq!(recovered, expected);
+        });
+    }
+
+    #[test]
+    fn recovery_finishes_a_checkpoint_whose_old_segments_survived() {
+        on_each_driver(|| async {
+            let data = tempfile::tempdir().unwrap();
+            let (mut journal, _) = open(data.path(), small_segments());
+            commit_all(&mut journal, &messages(1..=12)).await;
+            let old: Vec<(PathBuf, Vec<u8>)> = segment_files(data.path())
+                .iter()
+                .map(|&(lsn, _)| {
+                    let path = path_of(data.path(), lsn);
+                    let bytes = fs::read(&path).unwrap();
+                    (path, bytes)
+                })
+                .collect();
+            commit_all(&mut journal, &checkpoint_at(13)).await;
+            drop(journal);
+            // The process stopped between the commit and the deletion.
+            for (path, bytes) in &old {
+                fs::write(path, bytes).unwrap();
+            }
+
+            let (_, recovered) = open(data.path(), small_segments());
+            assert_eq!(recovered, checkpoint_at(13));
+            let files = segment_files(data.path());
+            assert_eq!(files.iter().map(|f| f.0).collect::<Vec<_>>(), vec![13]);
+        });
+    }
+
+    #[test]
+    fn each_durability_reports_what_it_promises() {
+        on_each_driver(|| async {
+            let cases = [
+                (config(Durability::Fsync), true),
+                (
+                    JournalConfig {
+                        batch_interval_ms: 0,
+                        ..config(Durability::Batch)
+                    },
+                    true,
+                ),
+                (
+                    JournalConfig {
+                        batch_interval_ms: 3_600_000,
+                        ..config(Durability::Batch)
+                    },
+                    false,
+                ),
+                (config(Durability::None), false),
+            ];
+            for (config, syncs) in cases {
+                let data = tempfile::tempdir().unwrap();
+                let (mut journal, _) = open(data.path(), config);
+                assert_eq!(journal.commit().await.unwrap(), None, "nothing pending");
+                let commit = commit_all(&mut journal, &messages(1..=3)).await;
+                assert_eq!(commit.durable, Lsn(3), "{config:?}");
+                assert_eq!(commit.sync_micros.is_some(), syncs, "{config:?}");
+                assert_eq!(journal.commit().await.unwrap(), None, "nothing pending");
+                // Only a batch journal with unsynced records syncs later, once its interval
+                // has passed.
+                assert_eq!(journal.sync_if_due().await.unwrap(), None, "{config:?}");
+                journal.config.batch_interval_ms = 0;
+                let late = journal.sync_if_due().await.unwrap();
+                let unsynced_batch = config.durability == Durability::Batch && !syncs;
+                assert_eq!(late.is_some(), unsynced_batch, "{config:?}");
+                assert_eq!(journal.sync_if_due().await.unwrap(), None, "{config:?}");
+                drop(journal);
+                // A process that stops loses nothing the page cache holds.
+                let (_, recovered) = open(data.path(), config);
+                assert_eq!(recovered, messages(1..=3));
+            }
+        });
+    }
+
+    #[test]
+    fn a_failed_write_reports_no_durability() {
+        on_each_driver(|| async {
+            for fault in [Fault::WriteFails, Fault::SyncFails] {
+                let data = tempfile::tempdir().unwrap();
+                let (mut journal, _) = open(data.path(), JournalConfig::DEFAULT);
+                commit_all(&mut journal, &messages(1..=5)).await;
+                append_all(&mut journal, &messages(6..=8));
+                journal.inject(fault);
+                assert!(journal.commit().await.is_err(), "{fault:?}");
+                assert!(journal.is_broken());
+                assert_eq!(journal.committed_lsn(), Lsn(5));
+                // Nothing is reported durable any more, even once the disk works again.
+                append_all(&mut journal, &messages(9..=9));
+                assert!(journal.commit().await.is_err(), "{fault:?}");
+                assert!(journal.write_pending().await.is_err());
+                assert!(journal.sync_if_due().await.is_err());
+                drop(journal);
+
+                let (_, recovered) = open(data.path(), JournalConfig::DEFAULT);
+                let expected = match fault {
+                    Fault::WriteFails => messages(1..=5),
+                    // The records reached the page cache, only their fsync failed.
+                    _ => messages(1..=8),
+                };
+                assert_eq!(recovered, expected, "{fault:?}");
+            }
+        });
+    }
+
+    #[test]
+    fn recovery_truncates_a_half_write() {
+        on_each_driver(|| async {
+            let data = tempfile::tempdir().unwrap();
+            let (mut journal, _) = open(data.path(), JournalConfig::DEFAULT);
+            commit_all(&mut journal, &messages(1..=5)).await;
+            let committed_bytes = journal.bytes_on_disk();
+            append_all(&mut journal, &messages(6..=10));
+            journal.inject(Fault::WriteHalf);
+            assert!(journal.commit().await.is_err());
+            drop(journal);
+            let half_written = segment_files(data.path())[0].1;
+            assert!(half_written > committed_bytes);
+
+            let (mut journal, recovered) = open(data.path(), JournalConfig::DEFAULT);
+            // Whole records of the first half survive; the torn one goes.
+            assert!(
+                recovered.len() >= 5 && recovered.len() < 10,
+                "{recovered:?}"
+            );
+            assert_eq!(recovered, messages(1..=recovered.len() as u64));
+            let length = segment_files(data.path())[0].1;
+            assert!(length < half_written);
+            assert_eq!(length as usize, scan_file(data.path(), 1).valid_bytes);
+            let next = journal.last_lsn().next();
+            commit_all(&mut journal, &messages(next.0..=10)).await;
+            drop(journal);
+            let (_, recovered) = open(data.path(), JournalConfig::DEFAULT);
+            assert_eq!(recovered, messages(1..=10));
+        });
+    }
+
+    #[test]
+    fn a_turn_larger_than_the_pending_buffer_writes_early() {
+        on_each_driver(|| async {
+            let data = tempfile::tempdir().unwrap();
+            let config = JournalConfig {
+                pending_bytes_max: 100,
+                ..small_segments()
+            };
+            let (mut journal, _) = open(data.path(), config);
+            let records = messages(1..=12);
+            let mut early_writes = 0;
+            for (lsn, record) in &records {
+                if journal.is_full() {
+                    journal.write_pending().await.unwrap();
+                    early_writes += 1;
+                }
+                journal.append(*lsn, record);
+                assert!(journal.pending.len() < config.pending_bytes_max + 100);
+            }
+            assert!(early_writes >= 5);
+            assert_eq!(journal.committed_lsn(), Lsn(0), "written is not committed");
+            let commit = journal.commit().await.unwrap().unwrap();
+            assert_eq!(commit.durable, Lsn(12));
+            drop(journal);
+            let (_, recovered) = open(data.path(), config);
+            assert_eq!(recovered, records);
+        });
+    }
+
+    #[test]
+    #[should_panic(expected = "call write_pending first")]
+    fn append_refuses_to_pass_the_pending_bound() {
+        on_each_driver(|| async {
+            let data = tempfile::tempdir().unwrap();
+            let config = JournalConfig {
+                pending_bytes_max: 100,
+                ..JournalConfig::DEFAULT
+            };
+            let (mut journal, _) = open(data.path(), config);
+            append_all(&mut journal, &messages(1..=3));
+        });
+    }
+
+    #[test]
+    fn the_layout_file_pins_the_shard_count() {
+        let data = tempfile::tempdir().unwrap();
+        check_layout(data.path(), 4).unwrap();
+        assert_eq!(
+            fs::read_to_string(data.path().join("layout")).unwrap(),
+            "shards 4\n"
+        );
+        check_layout(data.path(), 4).unwrap();
+        let error = check_layout(data.path(), 2).unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            "the data directory was written by 4 shards; start with --shards 4"
+        );
+
+        fs::write(data.path().join("layout"), "four\n").unwrap();
+        let error = format!("{:#}", check_layout(data.path(), 4).unwrap_err());
+        assert!(error.contains("is not a layout file"), "{error}");
+    }
+
+    #[test]
+    fn a_data_directory_without_layout_is_judged_by_its_shard_directories() {
+        let data = tempfile::tempdir().unwrap();
+        for id in 0..3 {
+            fs::create_dir(data.path().join(format!("shard-{id}"))).unwrap();
+        }
+        let error = check_layout(data.path(), 2).unwrap_err();
+        assert_eq!(
+            format!("{error:#}"),
+            "the data directory was written by 3 shards; start with --shards 3"
+        );
+        assert!(!data.path().join("layout").exists());
+        check_layout(data.path(), 3).unwrap();
+        assert_eq!(
+            fs::read_to_string(data.path().join("layout")).unwrap(),
+            "shards 3\n"
+        );
+    }
+}
