@@ -1,11 +1,165 @@
-//! The load generator: many authenticated connections, open-loop scenarios, latency histograms and reports. It arrives with the loadgen issue; until then it only says so.
+//! The load generator: many authenticated WebSocket connections, open-loop scenarios, latency
+//! histograms and reports. See the README beside this crate for its use.
+//!
+//! Exit status: 0 for a clean run, 1 when the run failed (a message lost, a connection that
+//! could not be opened or was dropped, a message never acknowledged, refused or reordered),
+//! 2 when it could not run at all.
 
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser as _;
 use mimalloc::MiMalloc;
+
+mod cli;
+mod conn;
+mod engine;
+mod fleet;
+mod metrics;
+mod monitor;
+mod report;
+mod scenario;
+mod svg;
+mod sys;
+
+use cli::{Cli, Command, ScenarioArgs};
+use engine::Plan;
+use monitor::{Monitor, SoloControl};
+use report::Report;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
 
-fn main() {
-    eprintln!("switchboard-loadgen: no scenarios yet");
-    std::process::exit(2);
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Idle(args) => run(ScenarioArgs::Idle(args)),
+        Command::Pairs(args) => run(ScenarioArgs::Pairs(args)),
+        Command::Worker => fleet::worker_main().map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("switchboard-loadgen: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A run name unique enough to keep two runs' users apart on one server.
+fn default_run_name() -> String {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    format!(
+        "{:06x}{:04x}",
+        seconds & 0xff_ffff,
+        std::process::id() & 0xffff
+    )
+}
+
+/// Longest run name: the user id `lg-<run>-<n>` must stay within 64 bytes.
+const RUN_NAME_BYTES_MAX: usize = 32;
+
+fn check_run_name(run: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !run.is_empty()
+            && run.len() <= RUN_NAME_BYTES_MAX
+            && run
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"_.@-".contains(&byte)),
+        "--run is 1 to {RUN_NAME_BYTES_MAX} characters of A-Z a-z 0-9 _ . @ -"
+    );
+    Ok(())
+}
+
+fn run(mut args: ScenarioArgs) -> anyhow::Result<ExitCode> {
+    let common = args.common_mut();
+    let jwt_secret = std::mem::take(&mut common.jwt_secret);
+    anyhow::ensure!(
+        !jwt_secret.is_empty(),
+        "give the server's secret with --jwt-secret or SWITCHBOARD_JWT_SECRET"
+    );
+    anyhow::ensure!(common.procs >= 1, "--procs is at least 1");
+    let run = common.run.clone().unwrap_or_else(default_run_name);
+    check_run_name(&run)?;
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = common.threads.unwrap_or(cores).max(1);
+    // Fail early on a URL that cannot work, before any process starts.
+    conn::Target::resolve(&common.url)?;
+
+    let plan = Plan {
+        args,
+        jwt_secret,
+        run,
+        threads,
+        procs: 0,
+    };
+    let plan = Plan {
+        procs: plan.args.common().procs,
+        ..plan
+    };
+    let scenario = scenario::build(&plan.args)?;
+    let common = plan.args.common();
+    let mut monitor = Monitor::new(scenario.conns(), common.server_pid, common.quiet);
+    let outcome = if plan.procs == 1 {
+        engine::run_process(
+            &plan,
+            Arc::clone(&scenario),
+            0,
+            &mut SoloControl {
+                monitor: &mut monitor,
+            },
+        )?
+    } else {
+        fleet::run_fleet(&plan, Arc::clone(&scenario), &mut monitor)?
+    };
+    monitor.finish();
+
+    let rss = common
+        .server_pid
+        .map(|pid| (pid, monitor.rss, monitor.rss_errors.clone()));
+    let report = Report::build(&plan, scenario.as_ref(), &outcome, rss);
+    print!("{}", report.markdown(&plan));
+    if let Some(path) = &common.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &common.svg {
+        let title = format!(
+            "switchboard-loadgen {} ({} connections)",
+            scenario.name(),
+            scenario.conns()
+        );
+        let plot = svg::render(
+            &title,
+            &report::plotted(scenario.as_ref(), &outcome.metrics),
+        );
+        std::fs::write(path, plot).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if report.ok {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for failure in &report.failures {
+            eprintln!("switchboard-loadgen: FAILED: {failure}");
+        }
+        Ok(ExitCode::from(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_names() {
+        assert!(check_run_name(&default_run_name()).is_ok());
+        assert!(check_run_name("bench-1").is_ok());
+        assert!(check_run_name("").is_err());
+        assert!(check_run_name("a b").is_err());
+        assert!(check_run_name("g:1").is_err());
+        assert!(check_run_name(&"x".repeat(RUN_NAME_BYTES_MAX + 1)).is_err());
+    }
 }

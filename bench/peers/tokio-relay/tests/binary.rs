@@ -1,0 +1,176 @@
+//! The `tokio-relay` binary end to end: it names its real port, authenticates, relays a
+//! message with its acknowledgement and receipt, refuses a bad token, and stops on SIGTERM.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tungstenite::client::IntoClientRequest as _;
+use tungstenite::http::HeaderValue;
+use tungstenite::{Message, WebSocket};
+
+const SECRET: &str = "relay-test-secret";
+
+/// Longest wait for any one message.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The relay process, killed if the test fails before stopping it.
+struct Relay(Child);
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn token(user: &str, secret: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": user, "exp": now + 600}),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn connect(url: &str, bearer: Option<&str>) -> Result<WebSocket<TcpStream>, tungstenite::Error> {
+    let mut request = url.into_client_request().unwrap();
+    if let Some(token) = bearer {
+        request.headers_mut().insert(
+            "authorization",
+            HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+        );
+    }
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static("switchboard.v1.json"),
+    );
+    let host = request.uri().authority().unwrap().as_str().to_owned();
+    let stream = TcpStream::connect(host).unwrap();
+    stream.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    match tungstenite::client::client(request, stream) {
+        Ok((ws, response)) => {
+            assert_eq!(
+                response.headers()["sec-websocket-protocol"],
+                "switchboard.v1.json"
+            );
+            Ok(ws)
+        }
+        Err(tungstenite::HandshakeError::Failure(error)) => Err(error),
+        Err(tungstenite::HandshakeError::Interrupted(_)) => panic!("a blocking handshake"),
+    }
+}
+
+fn receive(ws: &mut WebSocket<TcpStream>) -> Value {
+    loop {
+        match ws.read().expect("a message within the timeout") {
+            Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn send(ws: &mut WebSocket<TcpStream>, value: Value) {
+    ws.send(Message::text(value.to_string())).unwrap();
+}
+
+#[test]
+fn relays_a_message_its_acknowledgement_and_its_receipt() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokio-relay"))
+        .args(["--listen", "127.0.0.1:0", "--threads", "2"])
+        .env("SWITCHBOARD_JWT_SECRET", SECRET)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let relay = Relay(child);
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("not a listening line: {line:?}"))
+        .to_owned();
+    assert!(
+        url.starts_with("ws://127.0.0.1:") && url.ends_with("/ws"),
+        "{url}"
+    );
+    assert!(!url.contains(":0/"), "the line names the real port: {url}");
+
+    let mut alice = connect(&url, Some(&token("alice", SECRET))).unwrap();
+    let mut bob = connect(&format!("{url}?token={}", token("bob", SECRET)), None).unwrap();
+
+    send(
+        &mut alice,
+        json!({"type": "send_message", "client_msg_id": 7, "to": "bob", "content": "hi"}),
+    );
+    let received = receive(&mut alice);
+    assert_eq!(received["type"], "message_received");
+    assert_eq!(received["client_msg_id"], 7);
+    let message_id = received["message_id"].as_str().unwrap().to_owned();
+    assert!(message_id.parse::<u64>().is_ok(), "{received}");
+    assert!(received["timestamp"].is_u64());
+
+    let incoming = receive(&mut bob);
+    assert_eq!(incoming["type"], "incoming_message");
+    assert_eq!(incoming["message_id"], message_id.as_str());
+    assert_eq!(incoming["from"], "alice");
+    assert_eq!(incoming["to"], "bob");
+    assert_eq!(incoming["content"], "hi");
+
+    send(
+        &mut bob,
+        json!({"type": "message_delivered", "message_ids": [message_id]}),
+    );
+    let receipt = receive(&mut alice);
+    assert_eq!(receipt["type"], "message_delivered");
+    assert_eq!(receipt["message_id"], message_id.as_str());
+    assert_eq!(receipt["by"], "bob");
+
+    // Ids increase.
+    send(
+        &mut alice,
+        json!({"type": "send_message", "client_msg_id": 8, "to": "bob", "content": "again"}),
+    );
+    let second = receive(&mut alice);
+    assert!(
+        second["message_id"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > message_id.parse::<u64>().unwrap()
+    );
+
+    // A message it does not speak is answered with an error and the connection stays.
+    send(&mut alice, json!({"type": "hello"}));
+    let error = receive(&mut alice);
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["code"], "bad_request");
+
+    match connect(&url, Some(&token("mallory", "another-secret"))) {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
+        other => panic!("a bad token was not refused: {other:?}"),
+    }
+    match connect(&url, None) {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 401),
+        other => panic!("no token was not refused: {other:?}"),
+    }
+
+    let mut relay = relay;
+    // SAFETY: kill has no memory effects; it signals the relay process this test started,
+    // which is not reaped yet.
+    let signalled = unsafe { libc::kill(relay.0.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(signalled, 0);
+    let status = relay.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+}

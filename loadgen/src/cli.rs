@@ -1,0 +1,298 @@
+//! The command line: one subcommand per scenario, each with the flags every scenario shares.
+//!
+//! The parsed arguments are also what a parent process hands to its worker processes (as one
+//! JSON line on their stdin), so every struct here is serde as well as clap.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchboard-loadgen",
+    version,
+    about = "Drives a Switchboard server (or any server speaking the same protocol subset) through real WebSockets and reports latencies and correctness counters"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Open N authenticated connections, hold them idle, report the connect rate and the
+    /// server's memory per connection.
+    Idle(IdleArgs),
+    /// N users in N/2 pairs; each sender sends to its peer at a fixed total rate (open loop),
+    /// each receiver acknowledges delivery.
+    Pairs(PairsArgs),
+    /// Internal: a worker process of a `--procs` run. Reads its orders on stdin.
+    #[command(hide = true)]
+    Worker,
+}
+
+/// What a run does: the scenario and its own flags.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "scenario", rename_all = "snake_case")]
+pub enum ScenarioArgs {
+    Idle(IdleArgs),
+    Pairs(PairsArgs),
+}
+
+impl ScenarioArgs {
+    pub fn common(&self) -> &CommonArgs {
+        match self {
+            ScenarioArgs::Idle(args) => &args.common,
+            ScenarioArgs::Pairs(args) => &args.common,
+        }
+    }
+
+    pub fn common_mut(&mut self) -> &mut CommonArgs {
+        match self {
+            ScenarioArgs::Idle(args) => &mut args.common,
+            ScenarioArgs::Pairs(args) => &mut args.common,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// `switchboard.v1.json`: text frames, one JSON object each.
+    Json,
+}
+
+/// Flags every scenario takes.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct CommonArgs {
+    /// WebSocket URL of the server.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+
+    /// HS256 secret the server verifies tokens with.
+    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    #[serde(skip)]
+    pub jwt_secret: String,
+
+    /// Lifetime of the minted tokens.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub token_ttl: Duration,
+
+    /// Connections to open (one user each, named lg-<run>-<n>).
+    #[arg(long, default_value_t = 1000)]
+    pub conns: usize,
+
+    /// Run name, part of every user id; default: derived from the clock and the process id.
+    #[arg(long)]
+    pub run: Option<String>,
+
+    /// Wire encoding.
+    #[arg(long, value_enum, default_value = "json")]
+    pub encoding: Encoding,
+
+    /// Worker threads in all, each with its own single-threaded runtime; default: one per core.
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Worker processes; each takes a share of the connections (one process may hold at most
+    /// its open-file limit of sockets).
+    #[arg(long, default_value_t = 1)]
+    pub procs: usize,
+
+    /// Spread connections over the source addresses 127.0.0.1 .. 127.0.0.N (N > 1 needs a
+    /// loopback server), for more than one source address's worth of ports.
+    #[arg(long, default_value_t = 1)]
+    pub source_ips: u8,
+
+    /// Upgrades in flight at once per worker thread.
+    #[arg(long, default_value_t = 64)]
+    pub connect_concurrency: usize,
+
+    /// Give up on a connection whose TCP connect and upgrade take longer than this.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub connect_timeout: Duration,
+
+    /// Process id of the server, to report its resident memory before and after.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+
+    /// Write the full report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+
+    /// Write a latency-percentile plot as SVG to this file.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+
+    /// No progress output, only the summary.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: CommonArgs,
+
+    /// How long to hold the connections open once all are open.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub hold: Duration,
+}
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct PairsArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: CommonArgs,
+
+    /// Messages per second, all senders together, sent on schedule whatever the replies.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+
+    /// Measured time, after the warmup.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub duration: Duration,
+
+    /// Time sent at the start and not counted in the latencies.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub warmup: Duration,
+
+    /// Longest wait at the end for outstanding acknowledgements, deliveries and receipts.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub drain: Duration,
+
+    /// Pad each message's content to this many characters (the server's default limit is
+    /// 1000).
+    #[arg(long, default_value_t = 0)]
+    pub content_chars: usize,
+}
+
+/// Writes a duration the way [`parse_duration`] reads it back.
+pub fn format_duration(duration: Duration) -> String {
+    if duration.subsec_nanos() == 0 {
+        format!("{}s", duration.as_secs())
+    } else if duration.subsec_nanos().is_multiple_of(1_000_000) {
+        format!("{}ms", duration.as_millis())
+    } else {
+        format!("{}s", duration.as_secs_f64())
+    }
+}
+
+/// Durations in the JSON forms of the arguments (the report, a worker's orders) are text such
+/// as `10s` or `250ms`, as on the command line.
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&super::format_duration(*duration))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `250ms`, `10s`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 500ms, 10s, 5m or 1h"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{text:?}: the unit is one of ms, s, m, h")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|error| format!("{text:?}: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expected: Result<Duration, ()>) {
+        assert_eq!(parse_duration(input).map_err(|_| ()), expected, "{input}");
+    }
+
+    #[test]
+    fn durations() {
+        check("10s", Ok(Duration::from_secs(10)));
+        check("10", Ok(Duration::from_secs(10)));
+        check("250ms", Ok(Duration::from_millis(250)));
+        check("1.5s", Ok(Duration::from_millis(1500)));
+        check("5m", Ok(Duration::from_secs(300)));
+        check("1h", Ok(Duration::from_secs(3600)));
+        check("0s", Ok(Duration::ZERO));
+        check("", Err(()));
+        check("s", Err(()));
+        check("10d", Err(()));
+        check("-1s", Err(()));
+        check("ten", Err(()));
+    }
+
+    #[test]
+    fn durations_print_as_they_parse() {
+        for text in ["10s", "250ms", "0s", "1.5s", "3600s"] {
+            let duration = parse_duration(text).unwrap();
+            assert_eq!(parse_duration(&format_duration(duration)), Ok(duration));
+        }
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_secs(2)), "2s");
+    }
+
+    #[test]
+    fn arguments_round_trip_through_json_without_the_secret() {
+        let cli = Cli::try_parse_from([
+            "switchboard-loadgen",
+            "pairs",
+            "--jwt-secret",
+            "s3cret",
+            "--conns",
+            "10",
+            "--warmup",
+            "250ms",
+        ])
+        .unwrap();
+        let Command::Pairs(args) = cli.command else {
+            panic!("not pairs")
+        };
+        let json = serde_json::to_value(ScenarioArgs::Pairs(args)).unwrap();
+        assert_eq!(json["scenario"], "pairs");
+        assert_eq!(json["conns"], 10);
+        assert_eq!(json["warmup"], "250ms");
+        assert_eq!(json["duration"], "10s");
+        assert!(json.get("jwt_secret").is_none());
+        assert!(!json.to_string().contains("s3cret"));
+        let back: ScenarioArgs = serde_json::from_value(json).unwrap();
+        let ScenarioArgs::Pairs(back) = back else {
+            panic!("not pairs")
+        };
+        assert_eq!(back.warmup, Duration::from_millis(250));
+        assert_eq!(back.common.conns, 10);
+        assert_eq!(back.common.jwt_secret, "");
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,414 @@
+//! One client connection: the server address, the tokens, the TCP connect from a chosen source
+//! address, the upgrade with `switchboard.v1.json`, and the JSON messages a scenario writes
+//! and reads.
+//!
+//! The JSON here is written and read independently of the server's own codec (the `wire`
+//! crate), so that a fault in that codec shows up as a failed run instead of being mirrored
+//! by the client.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs as _};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::{Deserialize, Deserializer, Serialize};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::sys;
+
+/// The JSON subprotocol.
+pub const SUBPROTOCOL_JSON: &str = "switchboard.v1.json";
+
+/// Largest message accepted from the server: a full `history` page is several hundred KiB.
+pub const SERVER_MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Bytes a connection reads at a time; it grows only for a larger message.
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// Bytes queued by `feed` before they are written without waiting for a flush.
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
+/// The most message ids one `message_delivered` carries (the protocol's list bound).
+pub const DELIVERED_IDS_MAX: usize = 1000;
+
+pub type WsStream = WebSocketStream<TcpStream>;
+
+/// Where to connect: the URL as given and the socket address it resolves to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: String,
+    pub addr: SocketAddr,
+}
+
+impl Target {
+    pub fn resolve(url: &str) -> anyhow::Result<Target> {
+        let uri: Uri = url
+            .parse()
+            .with_context(|| format!("{url:?} is not a URL"))?;
+        anyhow::ensure!(
+            uri.scheme_str() == Some("ws"),
+            "{url}: only ws:// URLs are supported"
+        );
+        let host = uri.host().context("the URL names no host")?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(80);
+        let addrs: Vec<SocketAddr> = (host, port)
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve {host}"))?
+            .collect();
+        let addr = addrs
+            .iter()
+            .find(|addr| addr.is_ipv4())
+            .or(addrs.first())
+            .copied()
+            .with_context(|| format!("{host} has no address"))?;
+        Ok(Target {
+            url: url.to_owned(),
+            addr,
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    sub: &'a str,
+    exp: u64,
+    iat: u64,
+}
+
+/// Signs the tokens of the run's users with the server's secret.
+pub struct TokenMinter {
+    key: EncodingKey,
+    header: Header,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for TokenMinter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key is secret and stays out of logs.
+        f.debug_struct("TokenMinter")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenMinter {
+    pub fn new(secret: &[u8], ttl: Duration) -> TokenMinter {
+        TokenMinter {
+            key: EncodingKey::from_secret(secret),
+            header: Header::new(Algorithm::HS256),
+            ttl,
+        }
+    }
+
+    pub fn mint(&self, user: &str) -> anyhow::Result<String> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        let claims = Claims {
+            sub: user,
+            exp: now.saturating_add(self.ttl.as_secs().max(1)),
+            iat: now,
+        };
+        jsonwebtoken::encode(&self.header, &claims, &self.key).context("cannot sign a token")
+    }
+}
+
+/// The user id of connection `index` in run `run`.
+pub fn user_id(run: &str, index: usize) -> String {
+    format!("lg-{run}-{index}")
+}
+
+/// The source address of connection `index` when spreading over `source_ips` addresses.
+pub fn source_ip(index: usize, source_ips: u8) -> Option<Ipv4Addr> {
+    if source_ips <= 1 {
+        return None;
+    }
+    let host = 1 + (index % usize::from(source_ips)) as u8;
+    Some(Ipv4Addr::new(127, 0, 0, host))
+}
+
+fn websocket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_message_size(Some(SERVER_MESSAGE_BYTES_MAX))
+        .max_frame_size(Some(SERVER_MESSAGE_BYTES_MAX))
+}
+
+/// Opens one authenticated connection: TCP from `source` (if any), then the upgrade.
+pub async fn open(
+    target: &Target,
+    token: &str,
+    source: Option<Ipv4Addr>,
+) -> anyhow::Result<WsStream> {
+    let socket = match target.addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(source) = source {
+        sys::set_bind_address_no_port(&socket).context("IP_BIND_ADDRESS_NO_PORT")?;
+        socket
+            .bind(SocketAddr::new(IpAddr::V4(source), 0))
+            .with_context(|| format!("cannot bind to {source}"))?;
+    }
+    let stream = socket
+        .connect(target.addr)
+        .await
+        .with_context(|| format!("cannot connect to {}", target.addr))?;
+    stream.set_nodelay(true)?;
+    let mut request = target.url.as_str().into_client_request()?;
+    let headers = request.headers_mut();
+    headers.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}"))?,
+    );
+    headers.insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static(SUBPROTOCOL_JSON),
+    );
+    let (ws, _response) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(websocket_config()))
+            .await
+            .context("the upgrade failed")?;
+    Ok(ws)
+}
+
+/// `send_message` to a user.
+pub fn encode_send_message(client_msg_id: u64, to: &str, content: &str) -> String {
+    let to = serde_json::to_string(to).expect("a string serializes");
+    let content = serde_json::to_string(content).expect("a string serializes");
+    format!(
+        r#"{{"type":"send_message","client_msg_id":{client_msg_id},"to":{to},"content":{content}}}"#
+    )
+}
+
+/// `message_delivered` for up to [`DELIVERED_IDS_MAX`] message ids.
+pub fn encode_message_delivered(message_ids: &[u64]) -> String {
+    debug_assert!(!message_ids.is_empty() && message_ids.len() <= DELIVERED_IDS_MAX);
+    let mut text = String::with_capacity(48 + message_ids.len() * 22);
+    text.push_str(r#"{"type":"message_delivered","message_ids":["#);
+    for (n, id) in message_ids.iter().enumerate() {
+        if n > 0 {
+            text.push(',');
+        }
+        let _ = write!(text, "\"{id}\"");
+    }
+    text.push_str("]}");
+    text
+}
+
+/// The server messages the scenarios act on; everything else is [`ServerMessage::Other`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum ServerMessage<'a> {
+    MessageReceived {
+        client_msg_id: u64,
+        message_id: u64,
+    },
+    IncomingMessage {
+        message_id: u64,
+        from: Cow<'a, str>,
+        content: Cow<'a, str>,
+    },
+    MessageDelivered {
+        message_id: u64,
+    },
+    Error {
+        code: Cow<'a, str>,
+        message: Cow<'a, str>,
+        client_msg_id: Option<u64>,
+    },
+    Other {
+        kind: Cow<'a, str>,
+    },
+}
+
+/// A 64-bit integer written as a JSON number or a decimal string, as the protocol allows.
+struct Integer(u64);
+
+impl<'de> Deserialize<'de> for Integer {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Integer, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Integer;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an unsigned integer or a decimal string")
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Integer, E> {
+                Ok(Integer(value))
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Integer, E> {
+                if value.is_empty() || !value.bytes().all(|byte| byte.is_ascii_digit()) {
+                    return Err(E::custom(format!("{value:?} is not a decimal integer")));
+                }
+                value.parse().map(Integer).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawServerMessage<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    client_msg_id: Option<Integer>,
+    message_id: Option<Integer>,
+    #[serde(borrow)]
+    from: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    code: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    message: Option<Cow<'a, str>>,
+}
+
+/// Reads one server message; the error says what is wrong with it.
+pub fn decode_server_message(text: &str) -> Result<ServerMessage<'_>, String> {
+    let raw: RawServerMessage<'_> = serde_json::from_str(text)
+        .map_err(|error| format!("unreadable server message: {error}"))?;
+    let need = |field: Option<Integer>, name: &str| {
+        field
+            .map(|integer| integer.0)
+            .ok_or_else(|| format!("{} without {name}", raw.kind))
+    };
+    Ok(match &*raw.kind {
+        "message_received" => ServerMessage::MessageReceived {
+            client_msg_id: need(raw.client_msg_id, "client_msg_id")?,
+            message_id: need(raw.message_id, "message_id")?,
+        },
+        "incoming_message" => ServerMessage::IncomingMessage {
+            message_id: need(raw.message_id, "message_id")?,
+            from: raw.from.ok_or("incoming_message without from")?,
+            content: raw.content.unwrap_or_default(),
+        },
+        "message_delivered" => ServerMessage::MessageDelivered {
+            message_id: need(raw.message_id, "message_id")?,
+        },
+        "error" => ServerMessage::Error {
+            code: raw.code.unwrap_or_default(),
+            message: raw.message.unwrap_or_default(),
+            client_msg_id: raw.client_msg_id.map(|integer| integer.0),
+        },
+        _ => ServerMessage::Other { kind: raw.kind },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expected: Result<ServerMessage<'_>, ()>) {
+        assert_eq!(
+            decode_server_message(input).map_err(|_| ()),
+            expected,
+            "{input}"
+        );
+    }
+
+    #[test]
+    fn server_messages() {
+        check(
+            r#"{"type":"message_received","client_msg_id":1,"message_id":"7213509893634048001","timestamp":1767225600000}"#,
+            Ok(ServerMessage::MessageReceived {
+                client_msg_id: 1,
+                message_id: 7213509893634048001,
+            }),
+        );
+        check(
+            r#"{"type":"incoming_message","message_id":"7","from":"alice","to":"bob","content":"t=5 s=1","timestamp":1}"#,
+            Ok(ServerMessage::IncomingMessage {
+                message_id: 7,
+                from: "alice".into(),
+                content: "t=5 s=1".into(),
+            }),
+        );
+        check(
+            r#"{"type":"message_delivered","message_id":"18446744073709551615","by":"bob","timestamp":1}"#,
+            Ok(ServerMessage::MessageDelivered {
+                message_id: u64::MAX,
+            }),
+        );
+        check(
+            r#"{"type":"error","code":"too_large","message":"content is longer","client_msg_id":7}"#,
+            Ok(ServerMessage::Error {
+                code: "too_large".into(),
+                message: "content is longer".into(),
+                client_msg_id: Some(7),
+            }),
+        );
+        check(
+            r#"{"type":"presence","user":"bob","online":true,"last_seen":null}"#,
+            Ok(ServerMessage::Other {
+                kind: "presence".into(),
+            }),
+        );
+        check(r#"{"type":"message_received","client_msg_id":1}"#, Err(()));
+        check(
+            r#"{"type":"message_received","client_msg_id":1,"message_id":"+1"}"#,
+            Err(()),
+        );
+        check(
+            r#"{"type":"message_received","client_msg_id":1,"message_id":"18446744073709551616"}"#,
+            Err(()),
+        );
+        check(r#"{"type":"incoming_message","message_id":"1"}"#, Err(()));
+        check("[1]", Err(()));
+        check("{", Err(()));
+    }
+
+    #[test]
+    fn client_messages() {
+        assert_eq!(
+            encode_send_message(3, "lg-r-1", "t=1 s=2"),
+            r#"{"type":"send_message","client_msg_id":3,"to":"lg-r-1","content":"t=1 s=2"}"#
+        );
+        assert_eq!(
+            encode_send_message(3, "b", "say \"hi\""),
+            r#"{"type":"send_message","client_msg_id":3,"to":"b","content":"say \"hi\""}"#
+        );
+        assert_eq!(
+            encode_message_delivered(&[1, 18446744073709551615]),
+            r#"{"type":"message_delivered","message_ids":["1","18446744073709551615"]}"#
+        );
+    }
+
+    #[test]
+    fn source_addresses_spread() {
+        assert_eq!(source_ip(5, 1), None);
+        assert_eq!(source_ip(0, 3), Some(Ipv4Addr::new(127, 0, 0, 1)));
+        assert_eq!(source_ip(4, 3), Some(Ipv4Addr::new(127, 0, 0, 2)));
+        assert_eq!(source_ip(254, 255), Some(Ipv4Addr::new(127, 0, 0, 255)));
+    }
+
+    #[test]
+    fn targets() {
+        let target = Target::resolve("ws://127.0.0.1:8090/ws").unwrap();
+        assert_eq!(target.addr, "127.0.0.1:8090".parse().unwrap());
+        assert!(Target::resolve("wss://127.0.0.1/ws").is_err());
+        assert!(Target::resolve("not a url").is_err());
+    }
+
+    #[test]
+    fn tokens_verify_with_the_same_secret() {
+        let token = TokenMinter::new(b"s3cret", Duration::from_secs(60))
+            .mint("lg-x-1")
+            .unwrap();
+        let mut validation = jsonwebtoken::Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let data = jsonwebtoken::decode::<serde_json::Value>(
+            &token,
+            &jsonwebtoken::DecodingKey::from_secret(b"s3cret"),
+            &validation,
+        )
+        .unwrap();
+        assert_eq!(data.claims["sub"], "lg-x-1");
+    }
+}

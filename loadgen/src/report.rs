@@ -1,0 +1,483 @@
+//! The report of a run: built from what every process measured, written as JSON (`--json`)
+//! and summarized in markdown on stdout. The JSON schema is described in the README.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{ScenarioArgs, format_duration};
+use crate::engine::{Outcome, Plan};
+use crate::metrics::{CounterSnapshot, Metrics};
+use crate::monitor::RssReadings;
+use crate::scenario::Scenario;
+
+/// Names the shape of the JSON report; it changes when a field changes meaning or goes away.
+pub const SCHEMA: &str = "switchboard-loadgen/report/1";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub schema: String,
+    pub scenario: String,
+    /// No failure: nothing lost, every connection opened and stayed open, every message
+    /// acknowledged, delivered in order.
+    pub ok: bool,
+    pub failures: Vec<String>,
+    /// The command line (without the secret) and the values it resolved to.
+    pub config: serde_json::Value,
+    pub connect: ConnectReport,
+    pub counters: CounterSnapshot,
+    /// Latency percentiles in milliseconds, by metric.
+    pub latency_ms: BTreeMap<String, LatencyReport>,
+    /// Mean events per second over the measured seconds, by series.
+    pub throughput_per_second: BTreeMap<String, f64>,
+    pub series: SeriesReport,
+    /// Present when `--server-pid` was given.
+    pub server: Option<ServerReport>,
+    pub error_samples: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectReport {
+    pub conns: usize,
+    pub opened: u64,
+    pub failed: u64,
+    /// From the first connect to the last open connection.
+    pub seconds: f64,
+    pub per_second: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatencyReport {
+    pub description: String,
+    pub count: u64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p99_9: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SeriesReport {
+    pub interval_ms: u64,
+    /// The first and the last-plus-one second of the measured window (after the warmup).
+    pub measured_from_second: usize,
+    pub measured_until_second: usize,
+    /// Events per second from the start of the load, by series, all of one length.
+    pub counts: BTreeMap<String, Vec<u64>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerReport {
+    pub pid: u32,
+    /// Before the first connection.
+    pub rss_before_bytes: Option<u64>,
+    /// Once every connection is open.
+    pub rss_connected_bytes: Option<u64>,
+    /// At the end of the run, every connection still open.
+    pub rss_after_bytes: Option<u64>,
+    /// (after - before) / opened connections.
+    pub rss_per_conn_bytes: Option<f64>,
+    pub errors: Vec<String>,
+}
+
+fn latency_report(description: &str, histogram: &hdrhistogram::Histogram<u64>) -> LatencyReport {
+    let ms = |micros: u64| micros as f64 / 1000.0;
+    let empty = histogram.is_empty();
+    let at = |quantile: f64| {
+        if empty {
+            0.0
+        } else {
+            ms(histogram.value_at_quantile(quantile))
+        }
+    };
+    LatencyReport {
+        description: description.to_owned(),
+        count: histogram.len(),
+        mean: if empty {
+            0.0
+        } else {
+            histogram.mean() / 1000.0
+        },
+        p50: at(0.5),
+        p90: at(0.9),
+        p99: at(0.99),
+        p99_9: at(0.999),
+        max: if empty { 0.0 } else { ms(histogram.max()) },
+    }
+}
+
+/// Why a run failed, from its counters; empty when it did not.
+pub fn failures(counters: &CounterSnapshot, conns: usize, drain: Option<&str>) -> Vec<String> {
+    let mut failures = Vec::new();
+    if counters.lost > 0 {
+        failures.push(format!(
+            "LOST {} message(s): acknowledged by the server but never delivered{}",
+            counters.lost,
+            drain.map_or(String::new(), |drain| format!(" within the {drain} drain"))
+        ));
+    }
+    if counters.connect_errors > 0 {
+        failures.push(format!(
+            "{} of {conns} connection(s) could not be opened",
+            counters.connect_errors
+        ));
+    }
+    if counters.conns_dropped > 0 {
+        failures.push(format!(
+            "{} connection(s) failed or were closed by the server during the run",
+            counters.conns_dropped
+        ));
+    }
+    if counters.unacknowledged > 0 {
+        failures.push(format!(
+            "{} message(s) sent but never acknowledged",
+            counters.unacknowledged
+        ));
+    }
+    if counters.rejected > 0 {
+        failures.push(format!(
+            "{} message(s) refused by the server with an error",
+            counters.rejected
+        ));
+    }
+    if counters.reordered > 0 {
+        failures.push(format!(
+            "{} message(s) delivered out of order",
+            counters.reordered
+        ));
+    }
+    failures
+}
+
+impl Report {
+    pub fn build(
+        plan: &Plan,
+        scenario: &dyn Scenario,
+        outcome: &Outcome,
+        rss: Option<(u32, RssReadings, Vec<String>)>,
+    ) -> Report {
+        let conns = scenario.conns();
+        let counters = outcome.counters;
+        let mut latency_ms = BTreeMap::new();
+        let described = [("connect", "TCP connect and WebSocket upgrade")]
+            .into_iter()
+            .chain(scenario.latencies().iter().copied());
+        for (name, description) in described {
+            if let Some(histogram) = outcome.metrics.histograms.get(name) {
+                latency_ms.insert(name.to_owned(), latency_report(description, histogram));
+            }
+        }
+
+        let timeline = scenario.timeline();
+        let measured_from_second = timeline.warmup.as_secs() as usize;
+        let measured_until_second = (timeline.warmup + timeline.run).as_secs() as usize;
+        let length = outcome
+            .metrics
+            .series
+            .values()
+            .map(Vec::len)
+            .max()
+            .unwrap_or(0);
+        let mut counts = BTreeMap::new();
+        let mut throughput_per_second = BTreeMap::new();
+        for (name, series) in &outcome.metrics.series {
+            let mut series = series.clone();
+            series.resize(length, 0);
+            let window = measured_from_second.min(length)..measured_until_second.min(length);
+            let seconds = measured_until_second - measured_from_second;
+            let in_window: u64 = series[window].iter().sum();
+            throughput_per_second.insert(
+                name.clone(),
+                if seconds > 0 {
+                    in_window as f64 / seconds as f64
+                } else {
+                    0.0
+                },
+            );
+            counts.insert(name.clone(), series);
+        }
+
+        let drain = match &plan.args {
+            ScenarioArgs::Pairs(args) => Some(format_duration(args.drain)),
+            ScenarioArgs::Idle(_) => None,
+        };
+        let failures = failures(&counters, conns, drain.as_deref());
+
+        let mut config = serde_json::to_value(&plan.args).unwrap_or_default();
+        if let Some(object) = config.as_object_mut() {
+            object.insert("run".into(), plan.run.clone().into());
+            object.insert("threads".into(), plan.workers_total().into());
+            object.insert("procs".into(), plan.procs.into());
+        }
+
+        let server = rss.map(|(pid, readings, errors)| ServerReport {
+            pid,
+            rss_before_bytes: readings.before,
+            rss_connected_bytes: readings.connected,
+            rss_after_bytes: readings.after,
+            rss_per_conn_bytes: match (readings.before, readings.after) {
+                (Some(before), Some(after)) if counters.conns_opened > 0 => {
+                    Some((after as f64 - before as f64) / counters.conns_opened as f64)
+                }
+                _ => None,
+            },
+            errors,
+        });
+
+        let connect_seconds = outcome.connect.seconds();
+        Report {
+            schema: SCHEMA.to_owned(),
+            scenario: scenario.name().to_owned(),
+            ok: failures.is_empty(),
+            failures,
+            config,
+            connect: ConnectReport {
+                conns,
+                opened: counters.conns_opened,
+                failed: counters.connect_errors,
+                seconds: connect_seconds,
+                per_second: if connect_seconds > 0.0 {
+                    counters.conns_opened as f64 / connect_seconds
+                } else {
+                    0.0
+                },
+            },
+            counters,
+            latency_ms,
+            throughput_per_second,
+            series: SeriesReport {
+                interval_ms: 1000,
+                measured_from_second,
+                measured_until_second,
+                counts,
+            },
+            server,
+            error_samples: outcome.metrics.error_samples.clone(),
+        }
+    }
+
+    /// The summary printed at the end of a run.
+    pub fn markdown(&self, plan: &Plan) -> String {
+        let mut out = String::new();
+        let common = plan.args.common();
+        let _ = writeln!(
+            out,
+            "## switchboard-loadgen {}: {}\n",
+            self.scenario,
+            if self.ok { "ok" } else { "FAILED" }
+        );
+        let _ = writeln!(
+            out,
+            "- target {}, run `{}`, {} connections on {} thread(s) in {} process(es), {} source address(es)",
+            common.url,
+            plan.run,
+            common.conns,
+            plan.workers_total(),
+            plan.procs,
+            common.source_ips.max(1)
+        );
+        match &plan.args {
+            ScenarioArgs::Idle(args) => {
+                let _ = writeln!(out, "- held idle for {}", format_duration(args.hold));
+            }
+            ScenarioArgs::Pairs(args) => {
+                let _ = writeln!(
+                    out,
+                    "- {} pairs, {} messages/s in all (open loop), {} measured after {} of warmup, drain up to {}",
+                    common.conns / 2,
+                    args.rate,
+                    format_duration(args.duration),
+                    format_duration(args.warmup),
+                    format_duration(args.drain)
+                );
+            }
+        }
+
+        let _ = writeln!(out, "\n### Connections\n");
+        let _ = writeln!(
+            out,
+            "| opened | failed | dropped | seconds | opened per second |\n|---:|---:|---:|---:|---:|"
+        );
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.3} | {:.0} |",
+            self.connect.opened,
+            self.connect.failed,
+            self.counters.conns_dropped,
+            self.connect.seconds,
+            self.connect.per_second
+        );
+
+        if self.counters.sent > 0 || self.scenario != "idle" {
+            let c = &self.counters;
+            let _ = writeln!(out, "\n### Counters\n");
+            let _ = writeln!(
+                out,
+                "| sent | acknowledged | delivered | receipts | duplicates | lost | unacknowledged | rejected | reordered | server errors | unexpected |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c.sent,
+                c.acknowledged,
+                c.delivered,
+                c.receipts,
+                c.duplicates,
+                c.lost,
+                c.unacknowledged,
+                c.rejected,
+                c.reordered,
+                c.server_errors,
+                c.unexpected_frames
+            );
+        }
+
+        let _ = writeln!(out, "\n### Latency (ms)\n");
+        let _ = writeln!(
+            out,
+            "| metric | count | mean | p50 | p90 | p99 | p99.9 | max | what |\n|---|---:|---:|---:|---:|---:|---:|---:|---|"
+        );
+        for (name, latency) in &self.latency_ms {
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
+                latency.count,
+                latency.mean,
+                latency.p50,
+                latency.p90,
+                latency.p99,
+                latency.p99_9,
+                latency.max,
+                latency.description
+            );
+        }
+
+        if !self.throughput_per_second.is_empty() {
+            let _ = writeln!(out, "\n### Throughput (mean per measured second)\n");
+            let names: Vec<&String> = self.throughput_per_second.keys().collect();
+            let _ = writeln!(
+                out,
+                "| {} |\n|{}",
+                names
+                    .iter()
+                    .map(|name| name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+                "---:|".repeat(names.len())
+            );
+            let _ = writeln!(
+                out,
+                "| {} |",
+                self.throughput_per_second
+                    .values()
+                    .map(|value| format!("{value:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            );
+        }
+
+        if let Some(server) = &self.server {
+            let mib = |bytes: Option<u64>| {
+                bytes.map_or("?".to_owned(), |bytes| {
+                    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+                })
+            };
+            let _ = writeln!(out, "\n### Server memory (pid {})\n", server.pid);
+            let _ = writeln!(
+                out,
+                "| RSS before | all connected | at the end | growth per connection |\n|---:|---:|---:|---:|"
+            );
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                mib(server.rss_before_bytes),
+                mib(server.rss_connected_bytes),
+                mib(server.rss_after_bytes),
+                server
+                    .rss_per_conn_bytes
+                    .map_or("?".to_owned(), |bytes| format!("{bytes:.0} B"))
+            );
+            for error in &server.errors {
+                let _ = writeln!(out, "\n{error}");
+            }
+        }
+
+        if !self.error_samples.is_empty() {
+            let _ = writeln!(out, "\n### Error samples\n");
+            for sample in &self.error_samples {
+                let _ = writeln!(out, "- {sample}");
+            }
+        }
+        if !self.failures.is_empty() {
+            let _ = writeln!(out, "\n### Failures\n");
+            for failure in &self.failures {
+                let _ = writeln!(out, "- {failure}");
+            }
+        }
+        out
+    }
+}
+
+/// The histograms of a run, for the plot.
+pub fn plotted<'a>(
+    scenario: &dyn Scenario,
+    metrics: &'a Metrics,
+) -> Vec<(&'static str, &'a hdrhistogram::Histogram<u64>)> {
+    scenario
+        .latencies()
+        .iter()
+        .map(|(name, _)| *name)
+        .chain(["connect"])
+        .filter_map(|name| {
+            metrics
+                .histograms
+                .get(name)
+                .filter(|histogram| !histogram.is_empty())
+                .map(|histogram| (name, histogram))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clean_run_has_no_failures() {
+        let counters = CounterSnapshot {
+            conns_opened: 4,
+            sent: 10,
+            acknowledged: 10,
+            delivered: 10,
+            receipts: 10,
+            ..CounterSnapshot::default()
+        };
+        assert!(failures(&counters, 4, Some("5s")).is_empty());
+    }
+
+    #[test]
+    fn each_fault_is_named() {
+        let counters = CounterSnapshot {
+            lost: 2,
+            connect_errors: 1,
+            conns_dropped: 1,
+            unacknowledged: 3,
+            rejected: 1,
+            reordered: 1,
+            ..CounterSnapshot::default()
+        };
+        let failures = failures(&counters, 4, Some("5s"));
+        assert_eq!(failures.len(), 6);
+        assert!(failures[0].starts_with("LOST 2 message(s)"));
+        assert!(failures[0].ends_with("within the 5s drain"));
+        // Duplicates are allowed by at-least-once delivery: counted, not a failure.
+        let duplicates = CounterSnapshot {
+            duplicates: 5,
+            ..CounterSnapshot::default()
+        };
+        assert!(super::failures(&duplicates, 4, None).is_empty());
+    }
+}

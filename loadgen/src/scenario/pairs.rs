@@ -1,0 +1,689 @@
+//! `pairs`: N users in N/2 pairs. In each pair the first user sends to the second on a fixed
+//! schedule, and the second answers `message_delivered` for what it receives.
+//!
+//! The load is open loop: the k-th send of a sender is intended at a fixed instant, whatever
+//! the server answered so far, and every latency is measured from that intended instant, so a
+//! server (or a client) that stalls is charged for every send the stall delayed instead of one
+//! (no coordinated omission). Senders are spread evenly over the send interval.
+//!
+//! Latencies: `ack` (intended send to `message_received`), `delivery` (intended send to
+//! `incoming_message` at the receiver, from the send time carried in the content as
+//! `t=<nanos> s=<seq>`) and `receipt` (intended send to the `message_delivered` receipt at the
+//! sender); and `send_lag`, how late the load generator itself wrote each send, which shows
+//! when it is the bottleneck. Both ends of a pair live on one thread, so matching what was acknowledged with
+//! what was delivered needs no locks.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{Clock, Keep, Scenario, Timeline, Unit, UnitContext, UnitFuture};
+use crate::cli::PairsArgs;
+use crate::conn::{
+    DELIVERED_IDS_MAX, ServerMessage, WsStream, decode_server_message, encode_message_delivered,
+    encode_send_message,
+};
+use crate::metrics::Counters;
+use crate::sys;
+
+/// Largest content the padding may reach: the server's default limit.
+const CONTENT_CHARS_MAX: usize = 1000;
+
+/// How early a sender wakes before its next intended send. The runtime's timer has a
+/// resolution of one millisecond and rounds up, so a sender that slept until the intended
+/// instant would start every send up to a millisecond late and add that to every latency.
+/// Waking this much early and sending what is due within it keeps sends within about half a
+/// millisecond of their time either way; a send that leaves early is measured from when it
+/// left, a late one from its intended time.
+const TIMER_SLACK_NANOS: u64 = 1_000_000;
+
+/// How often the drain looks whether everything outstanding has arrived.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+
+#[derive(Debug)]
+pub struct Pairs {
+    conns: usize,
+    timeline: Timeline,
+    /// Nanoseconds between two sends of one sender.
+    send_interval_nanos: f64,
+    content_chars: usize,
+}
+
+impl Pairs {
+    pub fn new(args: &PairsArgs) -> anyhow::Result<Pairs> {
+        let conns = args.common.conns;
+        anyhow::ensure!(
+            conns >= 2 && conns.is_multiple_of(2),
+            "--conns must be even and at least 2 for pairs, got {conns}"
+        );
+        anyhow::ensure!(
+            args.rate.is_finite() && args.rate > 0.0,
+            "--rate must be a positive number of messages per second"
+        );
+        anyhow::ensure!(
+            args.content_chars <= CONTENT_CHARS_MAX,
+            "--content-chars is at most {CONTENT_CHARS_MAX}"
+        );
+        let pairs = (conns / 2) as f64;
+        Ok(Pairs {
+            conns,
+            timeline: Timeline {
+                warmup: args.warmup,
+                run: args.duration,
+                drain: args.drain,
+            },
+            send_interval_nanos: pairs * 1e9 / args.rate,
+            content_chars: args.content_chars,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Acknowledged {
+    intended: u64,
+    receipt: bool,
+}
+
+/// What one pair has sent, had acknowledged, delivered and receipted.
+#[derive(Debug, Default)]
+struct PairState {
+    /// `client_msg_id` to intended send time, until acknowledged.
+    pending: HashMap<u64, u64>,
+    /// Acknowledged messages by message id.
+    acknowledged: HashMap<u64, Acknowledged>,
+    /// Receipts that came before the acknowledgement of their message.
+    early_receipts: HashSet<u64>,
+    /// Every message id the receiver got.
+    delivered: HashSet<u64>,
+    /// The largest message id delivered so far, for the order check.
+    delivered_id_max: u64,
+    /// Messages both acknowledged and delivered.
+    matched: usize,
+    receipts: usize,
+    /// A connection of the pair failed: nothing more will arrive.
+    broken: bool,
+}
+
+impl PairState {
+    fn settled(&self) -> bool {
+        self.broken
+            || (self.pending.is_empty()
+                && self.matched == self.acknowledged.len()
+                && self.receipts == self.acknowledged.len())
+    }
+}
+
+type Sink = SplitSink<WsStream, Message>;
+type Stream = SplitStream<WsStream>;
+
+impl Scenario for Pairs {
+    fn name(&self) -> &'static str {
+        "pairs"
+    }
+
+    fn conns(&self) -> usize {
+        self.conns
+    }
+
+    fn unit_conns(&self) -> usize {
+        2
+    }
+
+    fn timeline(&self) -> Timeline {
+        self.timeline
+    }
+
+    fn latencies(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            ("ack", "intended send to message_received"),
+            (
+                "delivery",
+                "intended send to incoming_message at the receiver",
+            ),
+            (
+                "receipt",
+                "intended send to the message_delivered receipt at the sender",
+            ),
+            (
+                "send_lag",
+                "intended send to its write (the load generator's own lag)",
+            ),
+        ]
+    }
+
+    fn series(&self) -> &'static [&'static str] {
+        &["sent", "acknowledged", "delivered"]
+    }
+
+    fn drive(&self, unit: Unit, context: UnitContext) -> UnitFuture {
+        let pairs = self.conns / 2;
+        // Pair k starts k/pairs of an interval after the start, so sends are spread evenly.
+        let offset_nanos = unit.index as f64 * self.send_interval_nanos / pairs as f64;
+        let interval_nanos = self.send_interval_nanos;
+        let content_chars = self.content_chars;
+        Box::pin(async move {
+            let mut conns = unit.conns.into_iter();
+            let (Some(sender), Some(receiver)) = (conns.next(), conns.next()) else {
+                return Vec::new();
+            };
+            let receiver_user = receiver.user.clone();
+            let (mut sender_sink, mut sender_stream) = sender.ws.split();
+            let (mut receiver_sink, mut receiver_stream) = receiver.ws.split();
+            let state = Rc::new(RefCell::new(PairState::default()));
+            let to_confirm = Rc::new(RefCell::new(Vec::<u64>::new()));
+            let confirm_wanted = Rc::new(Notify::new());
+            let clock = context.clock;
+
+            let schedule = Schedule {
+                clock,
+                offset_nanos,
+                interval_nanos,
+            };
+            let send = async {
+                send_on_schedule(
+                    &mut sender_sink,
+                    &schedule,
+                    &receiver_user,
+                    content_chars,
+                    &state,
+                    &context,
+                )
+                .await;
+                drain(&state, clock).await;
+            };
+            let listen = async {
+                tokio::join!(
+                    read_sender(&mut sender_stream, &state, &context),
+                    read_receiver(
+                        &mut receiver_stream,
+                        &state,
+                        &context,
+                        &to_confirm,
+                        &confirm_wanted
+                    ),
+                    confirm_deliveries(
+                        &mut receiver_sink,
+                        &to_confirm,
+                        &confirm_wanted,
+                        &state,
+                        &context
+                    ),
+                );
+            };
+            tokio::select! {
+                () = send => {}
+                () = listen => {}
+                () = sys::sleep_until_nanos(clock.drain_until) => {}
+            }
+
+            let state = state.borrow();
+            let lost = state
+                .acknowledged
+                .keys()
+                .filter(|id| !state.delivered.contains(id))
+                .count();
+            Counters::add(&context.counters.lost, lost as u64);
+            Counters::add(&context.counters.unacknowledged, state.pending.len() as u64);
+            let keep: Keep = vec![
+                Box::new(sender_sink),
+                Box::new(sender_stream),
+                Box::new(receiver_sink),
+                Box::new(receiver_stream),
+            ];
+            keep
+        })
+    }
+}
+
+/// The intended send instants of one sender.
+struct Schedule {
+    clock: Clock,
+    offset_nanos: f64,
+    interval_nanos: f64,
+}
+
+impl Schedule {
+    /// The intended instant of send number `seq` (from 0), or `None` once past the run.
+    fn intended(&self, seq: u64) -> Option<u64> {
+        let nanos =
+            self.clock.start + (self.offset_nanos + seq as f64 * self.interval_nanos) as u64;
+        (nanos < self.clock.measure_until).then_some(nanos)
+    }
+}
+
+/// The content of send `seq` intended at `intended`, padded to `content_chars`.
+fn content(intended: u64, seq: u64, content_chars: usize) -> String {
+    let mut text = format!("t={intended} s={seq}");
+    if text.len() < content_chars {
+        text.push(' ');
+        while text.len() < content_chars {
+            text.push('x');
+        }
+    }
+    text
+}
+
+/// The intended send time carried in a content written by [`content`].
+fn intended_of(content: &str) -> Option<u64> {
+    content.strip_prefix("t=")?.split(' ').next()?.parse().ok()
+}
+
+fn fail(state: &RefCell<PairState>, context: &UnitContext, what: String) {
+    let mut state = state.borrow_mut();
+    if !state.broken {
+        state.broken = true;
+        Counters::add(&context.counters.conns_dropped, 1);
+        context.metrics.borrow_mut().error_sample(what);
+    }
+}
+
+async fn send_on_schedule(
+    sink: &mut Sink,
+    schedule: &Schedule,
+    to: &str,
+    content_chars: usize,
+    state: &RefCell<PairState>,
+    context: &UnitContext,
+) {
+    let mut seq = 0u64;
+    while let Some(next) = schedule.intended(seq) {
+        sys::sleep_until_nanos(next.saturating_sub(TIMER_SLACK_NANOS)).await;
+        let now = sys::now_nanos();
+        // Every send that is due goes out now, in one flush: a late timer or a slow write
+        // delays sends but never skips them, and their latency counts from their intended time.
+        while let Some(intended) = schedule
+            .intended(seq)
+            .filter(|&intended| intended <= now + TIMER_SLACK_NANOS)
+        {
+            seq += 1;
+            let client_msg_id = seq;
+            // A send a little ahead of its time is measured from when it really left, a late
+            // one from when it should have left.
+            let sent_at = intended.min(now);
+            state.borrow_mut().pending.insert(client_msg_id, sent_at);
+            let text =
+                encode_send_message(client_msg_id, to, &content(sent_at, seq, content_chars));
+            Counters::add(&context.counters.sent, 1);
+            {
+                let mut metrics = context.metrics.borrow_mut();
+                metrics.count_in_second("sent", context.clock.second_of(now));
+                if context.clock.is_measured(sent_at) {
+                    metrics.record_latency("send_lag", now.saturating_sub(intended));
+                }
+            }
+            if let Err(error) = sink.feed(Message::text(text)).await {
+                return fail(state, context, format!("sender write failed: {error}"));
+            }
+        }
+        if let Err(error) = sink.flush().await {
+            return fail(state, context, format!("sender write failed: {error}"));
+        }
+    }
+}
+
+/// Waits until everything sent is acknowledged, delivered and receipted, or the pair broke.
+async fn drain(state: &RefCell<PairState>, clock: Clock) {
+    while !state.borrow().settled() && sys::now_nanos() < clock.drain_until {
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
+/// Counts a frame that is not a text frame, or a close, on either connection. Returns false
+/// when the connection is over.
+fn other_frame(
+    frame: &Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    who: &str,
+    state: &RefCell<PairState>,
+    context: &UnitContext,
+) -> bool {
+    match frame {
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => true,
+        Some(Ok(Message::Binary(_))) => {
+            Counters::add(&context.counters.unexpected_frames, 1);
+            true
+        }
+        Some(Ok(Message::Text(_))) => true,
+        Some(Ok(Message::Close(frame))) => {
+            fail(
+                state,
+                context,
+                format!("{who}: closed by the server: {frame:?}"),
+            );
+            false
+        }
+        Some(Err(error)) => {
+            fail(state, context, format!("{who}: {error}"));
+            false
+        }
+        None => {
+            fail(state, context, format!("{who}: connection ended"));
+            false
+        }
+    }
+}
+
+fn on_server_error(message: &ServerMessage<'_>, state: &RefCell<PairState>, context: &UnitContext) {
+    if let ServerMessage::Error {
+        code,
+        message,
+        client_msg_id,
+    } = message
+    {
+        Counters::add(&context.counters.server_errors, 1);
+        if let Some(client_msg_id) = client_msg_id
+            && state.borrow_mut().pending.remove(client_msg_id).is_some()
+        {
+            Counters::add(&context.counters.rejected, 1);
+        }
+        context
+            .metrics
+            .borrow_mut()
+            .error_sample(format!("server error {code}: {message}"));
+    }
+}
+
+fn unexpected(context: &UnitContext, what: String) {
+    Counters::add(&context.counters.unexpected_frames, 1);
+    context.metrics.borrow_mut().error_sample(what);
+}
+
+async fn read_sender(stream: &mut Stream, state: &RefCell<PairState>, context: &UnitContext) {
+    loop {
+        let frame = stream.next().await;
+        let now = sys::now_nanos();
+        let text = match frame {
+            Some(Ok(Message::Text(text))) => text,
+            other if other_frame(&other, "sender", state, context) => continue,
+            _ => return,
+        };
+        let text = text.as_str();
+        let message = match decode_server_message(text) {
+            Ok(message) => message,
+            Err(error) => {
+                unexpected(context, error);
+                continue;
+            }
+        };
+        match message {
+            ServerMessage::MessageReceived {
+                client_msg_id,
+                message_id,
+            } => {
+                let mut state = state.borrow_mut();
+                let Some(intended) = state.pending.remove(&client_msg_id) else {
+                    drop(state);
+                    unexpected(
+                        context,
+                        format!("message_received for unknown client_msg_id {client_msg_id}"),
+                    );
+                    continue;
+                };
+                let receipt = state.early_receipts.remove(&message_id);
+                if state
+                    .acknowledged
+                    .insert(message_id, Acknowledged { intended, receipt })
+                    .is_some()
+                {
+                    drop(state);
+                    unexpected(
+                        context,
+                        format!("message id {message_id} acknowledged twice"),
+                    );
+                    continue;
+                }
+                if state.delivered.contains(&message_id) {
+                    state.matched += 1;
+                }
+                if receipt {
+                    state.receipts += 1;
+                }
+                drop(state);
+                Counters::add(&context.counters.acknowledged, 1);
+                let mut metrics = context.metrics.borrow_mut();
+                metrics.count_in_second("acknowledged", context.clock.second_of(now));
+                if context.clock.is_measured(intended) {
+                    metrics.record_latency("ack", now.saturating_sub(intended));
+                    if receipt {
+                        metrics.record_latency("receipt", now.saturating_sub(intended));
+                    }
+                }
+                if receipt {
+                    Counters::add(&context.counters.receipts, 1);
+                }
+            }
+            ServerMessage::MessageDelivered { message_id } => {
+                let mut state = state.borrow_mut();
+                match state.acknowledged.get_mut(&message_id) {
+                    Some(acknowledged) if !acknowledged.receipt => {
+                        acknowledged.receipt = true;
+                        let intended = acknowledged.intended;
+                        state.receipts += 1;
+                        drop(state);
+                        Counters::add(&context.counters.receipts, 1);
+                        if context.clock.is_measured(intended) {
+                            context
+                                .metrics
+                                .borrow_mut()
+                                .record_latency("receipt", now.saturating_sub(intended));
+                        }
+                    }
+                    // A repeated receipt (the protocol sends one to every connection of the
+                    // sender, and may repeat it) changes nothing.
+                    Some(_) => {}
+                    None => {
+                        state.early_receipts.insert(message_id);
+                    }
+                }
+            }
+            ServerMessage::Error { .. } => on_server_error(&message, state, context),
+            ServerMessage::IncomingMessage { .. } | ServerMessage::Other { .. } => {
+                unexpected(context, format!("sender got {text}"));
+            }
+        }
+    }
+}
+
+async fn read_receiver(
+    stream: &mut Stream,
+    state: &RefCell<PairState>,
+    context: &UnitContext,
+    to_confirm: &RefCell<Vec<u64>>,
+    confirm_wanted: &Notify,
+) {
+    loop {
+        let frame = stream.next().await;
+        let now = sys::now_nanos();
+        let text = match frame {
+            Some(Ok(Message::Text(text))) => text,
+            other if other_frame(&other, "receiver", state, context) => continue,
+            _ => return,
+        };
+        let text = text.as_str();
+        let message = match decode_server_message(text) {
+            Ok(message) => message,
+            Err(error) => {
+                unexpected(context, error);
+                continue;
+            }
+        };
+        match message {
+            ServerMessage::IncomingMessage {
+                message_id,
+                content,
+                ..
+            } => {
+                // Every copy is confirmed, so that a server that redelivers stops.
+                to_confirm.borrow_mut().push(message_id);
+                confirm_wanted.notify_one();
+                let mut state = state.borrow_mut();
+                if !state.delivered.insert(message_id) {
+                    drop(state);
+                    Counters::add(&context.counters.duplicates, 1);
+                    continue;
+                }
+                if message_id < state.delivered_id_max {
+                    Counters::add(&context.counters.reordered, 1);
+                }
+                state.delivered_id_max = state.delivered_id_max.max(message_id);
+                if state.acknowledged.contains_key(&message_id) {
+                    state.matched += 1;
+                }
+                drop(state);
+                Counters::add(&context.counters.delivered, 1);
+                let mut metrics = context.metrics.borrow_mut();
+                metrics.count_in_second("delivered", context.clock.second_of(now));
+                match intended_of(&content) {
+                    Some(intended) if context.clock.is_measured(intended) => {
+                        metrics.record_latency("delivery", now.saturating_sub(intended));
+                    }
+                    Some(_) => {}
+                    None => {
+                        drop(metrics);
+                        unexpected(
+                            context,
+                            format!("content without a send time: {content:.40}"),
+                        );
+                    }
+                }
+            }
+            ServerMessage::Error { .. } => on_server_error(&message, state, context),
+            ServerMessage::MessageReceived { .. }
+            | ServerMessage::MessageDelivered { .. }
+            | ServerMessage::Other { .. } => {
+                unexpected(context, format!("receiver got {text}"));
+            }
+        }
+    }
+}
+
+/// Answers `message_delivered` for what the receiver got, in batches of what has piled up
+/// while the previous batch was written.
+async fn confirm_deliveries(
+    sink: &mut Sink,
+    to_confirm: &RefCell<Vec<u64>>,
+    confirm_wanted: &Notify,
+    state: &RefCell<PairState>,
+    context: &UnitContext,
+) {
+    loop {
+        confirm_wanted.notified().await;
+        loop {
+            let batch: Vec<u64> = {
+                let mut ids = to_confirm.borrow_mut();
+                let n = ids.len().min(DELIVERED_IDS_MAX);
+                ids.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                break;
+            }
+            if let Err(error) = sink
+                .feed(Message::text(encode_message_delivered(&batch)))
+                .await
+            {
+                return fail(state, context, format!("receiver write failed: {error}"));
+            }
+        }
+        if let Err(error) = sink.flush().await {
+            return fail(state, context, format!("receiver write failed: {error}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contents_carry_their_send_time() {
+        assert_eq!(content(123, 4, 0), "t=123 s=4");
+        let padded = content(123, 4, 40);
+        assert_eq!(padded.len(), 40);
+        assert_eq!(intended_of(&padded), Some(123));
+        assert_eq!(intended_of("t=9 s=1"), Some(9));
+        assert_eq!(intended_of("hello"), None);
+        assert_eq!(intended_of("t=x s=1"), None);
+    }
+
+    #[test]
+    fn the_schedule_is_open_loop_and_ends_with_the_run() {
+        let clock = Clock::new(
+            1_000,
+            Timeline {
+                warmup: Duration::from_secs(1),
+                run: Duration::from_secs(1),
+                drain: Duration::ZERO,
+            },
+        );
+        let schedule = Schedule {
+            clock,
+            offset_nanos: 250.0,
+            interval_nanos: 500_000_000.0,
+        };
+        assert_eq!(schedule.intended(0), Some(1_250));
+        assert_eq!(schedule.intended(1), Some(500_001_250));
+        assert_eq!(schedule.intended(3), Some(1_500_001_250));
+        assert_eq!(schedule.intended(4), None);
+    }
+
+    #[test]
+    fn a_pair_settles_when_everything_is_matched() {
+        let mut state = PairState::default();
+        assert!(state.settled());
+        state.pending.insert(1, 0);
+        assert!(!state.settled());
+        state.pending.clear();
+        state.acknowledged.insert(
+            7,
+            Acknowledged {
+                intended: 0,
+                receipt: false,
+            },
+        );
+        assert!(!state.settled());
+        state.matched = 1;
+        assert!(!state.settled());
+        state.receipts = 1;
+        assert!(state.settled());
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let args = |conns, rate| PairsArgs {
+            common: crate::cli::CommonArgs {
+                url: String::new(),
+                jwt_secret: String::new(),
+                token_ttl: Duration::from_secs(60),
+                conns,
+                run: None,
+                encoding: crate::cli::Encoding::Json,
+                threads: None,
+                procs: 1,
+                source_ips: 1,
+                connect_concurrency: 1,
+                connect_timeout: Duration::from_secs(1),
+                server_pid: None,
+                json: None,
+                svg: None,
+                quiet: false,
+            },
+            rate,
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            drain: Duration::ZERO,
+            content_chars: 0,
+        };
+        assert!(Pairs::new(&args(3, 10.0)).is_err());
+        assert!(Pairs::new(&args(0, 10.0)).is_err());
+        assert!(Pairs::new(&args(4, 0.0)).is_err());
+        assert!(Pairs::new(&args(4, f64::NAN)).is_err());
+        let pairs = Pairs::new(&args(100, 2000.0)).unwrap();
+        // 50 senders sharing 2,000 messages per second: one every 25 ms each.
+        assert_eq!(pairs.send_interval_nanos, 25_000_000.0);
+    }
+}
