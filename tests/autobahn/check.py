@@ -20,15 +20,6 @@ from kosoku._report import write_reports
 PASSING = {"OK", "INFORMATIONAL"}
 COMPRESSION_PREFIXES = ("12.", "13.")
 
-# Cases allowed to be NON-STRICT, with the reason. 6.4.3 and 6.4.4 send one text frame in
-# chunks, the invalid UTF-8 in a middle chunk, and want the connection failed before the
-# frame ends; wire::frame validates UTF-8 once a whole frame has arrived. Empty this when it
-# validates the payload of an incomplete text frame as bytes arrive.
-NON_STRICT_ALLOWED = {
-    "6.4.3": "UTF-8 checked per whole frame, not per chunk",
-    "6.4.4": "UTF-8 checked per whole frame, not per chunk",
-}
-
 
 def label(verdict) -> str:
     return getattr(verdict, "value", str(verdict))
@@ -39,8 +30,6 @@ def acceptable(result) -> bool:
     close = label(result.behavior_close)
     if result.case_id.startswith(COMPRESSION_PREFIXES) and behavior == "UNIMPLEMENTED":
         return close in PASSING | {"UNIMPLEMENTED"}
-    if behavior == "NON-STRICT" and result.case_id in NON_STRICT_ALLOWED:
-        return close in PASSING
     return behavior in PASSING and close in PASSING
 
 
@@ -55,9 +44,6 @@ async def main(url: str, report_dir: str) -> int:
     write_reports(results, report_dir)
     counts = Counter(label(result.behavior) for result in results)
     bad = [result for result in results if not acceptable(result)]
-    for result in results:
-        if result.case_id in NON_STRICT_ALLOWED and label(result.behavior) == "NON-STRICT":
-            print(f"  {result.case_id}: NON-STRICT, allowed: {NON_STRICT_ALLOWED[result.case_id]}")
     for result in bad:
         print(
             f"  {result.case_id}: behavior={label(result.behavior)}"

@@ -26,10 +26,16 @@
 //! The payloads handed out share the read buffer's memory, so the buffer's space is only
 //! reused (by [`BytesMut::reserve`]) once those payloads are dropped.
 //!
-//! UTF-8 is checked frame by frame: a text fragment with bytes that can never become valid
-//! fails as soon as that fragment is complete, whatever follows it; a code point cut by a
-//! fragment boundary is carried over to the next fragment, and one still incomplete when the
-//! message ends fails then. A frame whose payload is still arriving is not looked at yet.
+//! UTF-8 is checked as bytes arrive: text bytes that can never become valid fail as soon as
+//! they are in the buffer, even in a frame whose payload has not all arrived, whatever
+//! follows them; a code point cut by a fragment boundary (or by the end of what has arrived)
+//! is carried over, and one still incomplete when the message ends fails then. To check the
+//! payload of an incomplete text frame, [`MessageDecoder`] unmasks the bytes that have
+//! arrived in place and remembers how far it got, so that every byte is unmasked and checked
+//! once however the frame is cut; a frame that is whole when first seen takes the plain path
+//! (split, unmask, check). This is why, between calls, the caller may only append to the
+//! buffer: it must not change, drop or re-send bytes already in it, nor hand the buffer to
+//! another decoder while [`MessageDecoder::in_message`] is true.
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -432,11 +438,29 @@ fn parse_header(
 #[derive(Debug, Clone)]
 pub struct FrameDecoder {
     config: FrameConfig,
+    /// Payload bytes of the incomplete frame at the front of the buffer that are already
+    /// unmasked in place, so that they are not unmasked twice; 0 when none are. Only
+    /// [`MessageDecoder`] unmasks an incomplete frame (to check its text as it arrives).
+    unmasked_bytes: usize,
+}
+
+/// What the front of the buffer holds, as [`FrameDecoder::decode_step`] found it.
+#[derive(Debug)]
+enum Step {
+    /// A whole frame, now split off the buffer and unmasked.
+    Frame(Frame),
+    /// A valid header whose payload has not all arrived; the buffer is untouched.
+    Incomplete(Header),
+    /// Not even the whole header; the buffer is untouched.
+    NoHeader,
 }
 
 impl FrameDecoder {
     pub fn new(config: FrameConfig) -> FrameDecoder {
-        FrameDecoder { config }
+        FrameDecoder {
+            config,
+            unmasked_bytes: 0,
+        }
     }
 
     pub fn config(&self) -> &FrameConfig {
@@ -446,38 +470,76 @@ impl FrameDecoder {
     /// Takes the next whole frame off the front of `buf`, or returns `Ok(None)` and leaves
     /// `buf` untouched if the frame has not fully arrived yet.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        self.decode_within(buf, usize::MAX, 0)
+        match self.decode_step(buf, usize::MAX, 0)? {
+            Step::Frame(frame) => Ok(Some(frame)),
+            Step::Incomplete(_) | Step::NoHeader => Ok(None),
+        }
     }
 
     /// [`FrameDecoder::decode`], with a data frame's payload also bounded by
-    /// `message_bytes_max`, counting the `continued_bytes` that a continuation adds to.
-    fn decode_within(
+    /// `message_bytes_max`, counting the `continued_bytes` that a continuation adds to, and
+    /// with the header of an incomplete frame handed back.
+    fn decode_step(
         &mut self,
         buf: &mut BytesMut,
         message_bytes_max: usize,
         continued_bytes: usize,
-    ) -> Result<Option<Frame>, FrameError> {
+    ) -> Result<Step, FrameError> {
         let limit = self.config.frame_bytes_max;
+        // The header bytes are never unmasked, so a frame whose payload was partly unmasked
+        // parses to the same header on every call.
         let Some(header) = parse_header(buf, limit, message_bytes_max, continued_bytes)? else {
-            return Ok(None);
+            assert_eq!(self.unmasked_bytes, 0);
+            return Ok(Step::NoHeader);
         };
         // Saturating: with a limit near `usize::MAX` the sum could overflow, and a frame that
         // large can never be complete anyway.
         let frame_len = header.header_len.saturating_add(header.payload_len);
         if buf.len() < frame_len {
-            return Ok(None);
+            // The caller only appends, so what was unmasked is still there.
+            assert!(self.unmasked_bytes < header.payload_len);
+            assert!(buf.len() >= header.header_len + self.unmasked_bytes);
+            return Ok(Step::Incomplete(header));
         }
         let buf_len_before = buf.len();
         buf.advance(header.header_len);
         let mut payload = buf.split_to(header.payload_len);
-        apply_mask(&mut payload, header.mask, 0);
+        if self.unmasked_bytes == 0 {
+            apply_mask(&mut payload, header.mask, 0);
+        } else {
+            self.unmask_rest(&mut payload, header.mask);
+        }
         assert_eq!(buf.len(), buf_len_before - frame_len);
         assert!(payload.len() <= self.config.frame_bytes_max);
-        Ok(Some(Frame {
+        Ok(Step::Frame(Frame {
             opcode: header.opcode,
             fin: header.fin,
             payload: payload.freeze(),
         }))
+    }
+
+    /// Unmasks the bytes of a payload, now whole, that were not unmasked while it arrived.
+    /// Out of line, so that the frames that arrive whole keep the short path.
+    #[cold]
+    #[inline(never)]
+    fn unmask_rest(&mut self, payload: &mut [u8], mask: [u8; 4]) {
+        let unmasked_bytes = std::mem::take(&mut self.unmasked_bytes);
+        assert!(unmasked_bytes > 0 && unmasked_bytes < payload.len());
+        apply_mask(&mut payload[unmasked_bytes..], mask, unmasked_bytes);
+    }
+
+    /// Unmasks in place the payload bytes of the incomplete frame at the front of `buf` that
+    /// arrived since the last call, and returns them. `header` is that frame's header, as
+    /// [`Step::Incomplete`] gave it for this same `buf`.
+    fn unmask_arrived<'buf>(&mut self, buf: &'buf mut BytesMut, header: &Header) -> &'buf [u8] {
+        let payload_start = header.header_len;
+        let arrived_bytes = buf.len() - payload_start;
+        assert!(arrived_bytes < header.payload_len);
+        assert!(arrived_bytes >= self.unmasked_bytes);
+        let fresh = &mut buf[payload_start + self.unmasked_bytes..];
+        apply_mask(fresh, header.mask, self.unmasked_bytes);
+        self.unmasked_bytes = arrived_bytes;
+        fresh
     }
 }
 
@@ -535,6 +597,31 @@ fn utf8_width(lead: u8) -> usize {
     }
 }
 
+/// How far the payload of a text frame was checked while it was still arriving: its first
+/// `bytes` bytes (more than 0), after which the validator is in state `utf8`.
+#[derive(Debug, Clone, Copy)]
+struct CheckedPrefix {
+    bytes: usize,
+    utf8: Utf8Validator,
+}
+
+/// The validator to go on with for `payload`, and the bytes of `payload` it has yet to see:
+/// `start` and all of them if nothing was checked while the frame arrived, else the state
+/// that check left and the bytes after those it covered.
+fn resume(
+    start: Utf8Validator,
+    payload: &[u8],
+    checked: Option<CheckedPrefix>,
+) -> (Utf8Validator, &[u8]) {
+    match checked {
+        None => (start, payload),
+        Some(prefix) => {
+            assert!(prefix.bytes > 0 && prefix.bytes < payload.len());
+            (prefix.utf8, &payload[prefix.bytes..])
+        }
+    }
+}
+
 /// The fragments of a data message received so far.
 #[derive(Debug)]
 enum Fragments {
@@ -581,6 +668,19 @@ impl MessageAssembler {
     /// Takes the next frame; returns a message once one is complete, and `Ok(None)` for a
     /// fragment that does not end its message.
     pub fn push(&mut self, frame: Frame) -> Result<Option<Message>, FrameError> {
+        self.push_checked(frame, None)
+    }
+
+    /// [`MessageAssembler::push`] for a frame whose text was partly checked as it arrived:
+    /// `checked` says how far, so those bytes are not checked again. It is only given for a
+    /// text frame that begins a message, or a continuation of a text message. Inlined, so
+    /// that [`MessageAssembler::push`] (with `None`) keeps none of the code for a prefix.
+    #[inline(always)]
+    fn push_checked(
+        &mut self,
+        frame: Frame,
+        checked: Option<CheckedPrefix>,
+    ) -> Result<Option<Message>, FrameError> {
         let Frame {
             opcode,
             fin,
@@ -596,16 +696,28 @@ impl MessageAssembler {
                 }
                 self.check_bytes(payload.len(), 0)?;
                 let text = opcode == OpCode::Text;
+                assert!(text || checked.is_none());
                 if fin {
-                    if text {
-                        std::str::from_utf8(&payload).map_err(|_| FrameError::InvalidUtf8)?;
-                        return Ok(Some(Message::Text(payload)));
+                    if !text {
+                        return Ok(Some(Message::Binary(payload)));
                     }
-                    return Ok(Some(Message::Binary(payload)));
+                    if checked.is_none() {
+                        // The frame arrived whole: one pass of the standard validator.
+                        std::str::from_utf8(&payload).map_err(|_| FrameError::InvalidUtf8)?;
+                    } else {
+                        let (mut utf8, rest) = resume(Utf8Validator::default(), &payload, checked);
+                        utf8.feed(rest)?;
+                        if !utf8.is_complete() {
+                            return Err(FrameError::InvalidUtf8);
+                        }
+                    }
+                    return Ok(Some(Message::Text(payload)));
                 }
                 let mut utf8 = Utf8Validator::default();
                 if text {
-                    utf8.feed(&payload)?;
+                    let rest;
+                    (utf8, rest) = resume(utf8, &payload, checked);
+                    utf8.feed(rest)?;
                 }
                 self.partial = Some(PartialMessage {
                     text,
@@ -621,8 +733,11 @@ impl MessageAssembler {
                 };
                 self.check_bytes(payload.len(), partial.bytes)?;
                 let partial = self.partial.as_mut().expect("checked above");
+                assert!(partial.text || checked.is_none());
                 if partial.text {
-                    partial.utf8.feed(&payload)?;
+                    let (mut utf8, rest) = resume(partial.utf8, &payload, checked);
+                    utf8.feed(rest)?;
+                    partial.utf8 = utf8;
                 }
                 partial.bytes += payload.len();
                 append_fragment(&mut partial.fragments, payload, partial.bytes);
@@ -693,11 +808,15 @@ fn parse_close(payload: Bytes) -> Result<Message, FrameError> {
 }
 
 /// A [`FrameDecoder`] and a [`MessageAssembler`] together: client bytes in, messages out.
-/// See the module documentation.
+/// It also checks the text of a frame that has not fully arrived. See the module
+/// documentation.
 #[derive(Debug)]
 pub struct MessageDecoder {
     frames: FrameDecoder,
     assembler: MessageAssembler,
+    /// How far the text of the incomplete frame at the front of the buffer has been checked;
+    /// those bytes are the ones `frames` has unmasked in place.
+    checked: Option<CheckedPrefix>,
 }
 
 impl MessageDecoder {
@@ -705,30 +824,83 @@ impl MessageDecoder {
         MessageDecoder {
             frames: FrameDecoder::new(config),
             assembler: MessageAssembler::new(&config),
+            checked: None,
         }
     }
 
     /// Takes frames off the front of `buf` until a message is complete, or returns `Ok(None)`
-    /// once `buf` holds no whole frame (the fragments taken so far are kept).
+    /// once `buf` holds no whole frame (the fragments taken so far are kept). The text of a
+    /// frame still arriving is checked as far as it has arrived, so invalid UTF-8 fails as
+    /// soon as it is in `buf`.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Message>, FrameError> {
         loop {
             let message_bytes_max = self.assembler.message_bytes_max;
             let continued_bytes = self.assembler.message_bytes();
-            let frame = self
+            let step = self
                 .frames
-                .decode_within(buf, message_bytes_max, continued_bytes)?;
-            let Some(frame) = frame else {
-                return Ok(None);
+                .decode_step(buf, message_bytes_max, continued_bytes)?;
+            let frame = match step {
+                Step::Frame(frame) => frame,
+                Step::Incomplete(header) => {
+                    self.check_arrived(buf, &header)?;
+                    return Ok(None);
+                }
+                Step::NoHeader => return Ok(None),
             };
-            if let Some(message) = self.assembler.push(frame)? {
+            let message = match self.checked {
+                None => self.assembler.push(frame)?,
+                Some(_) => self.push_checked_frame(frame)?,
+            };
+            if let Some(message) = message {
                 return Ok(Some(message));
             }
         }
     }
 
-    /// Whether a fragmented data message has begun and not yet ended.
+    /// Hands the assembler a frame whose text was partly checked while it arrived. Out of
+    /// line, so that the frames that arrive whole keep the short path.
+    #[cold]
+    #[inline(never)]
+    fn push_checked_frame(&mut self, frame: Frame) -> Result<Option<Message>, FrameError> {
+        let prefix = self.checked.take().expect("called with a checked prefix");
+        assert!(prefix.bytes > 0 && prefix.bytes < frame.payload.len());
+        self.assembler.push_checked(frame, Some(prefix))
+    }
+
+    /// Checks the UTF-8 of the payload bytes of an incomplete frame that arrived since the
+    /// last call, if the frame is text that the assembler will take: a text frame that
+    /// begins a message, or a continuation of a text message. Any other frame is left
+    /// masked, and its errors wait for the whole frame, as they did before.
+    #[inline(never)]
+    fn check_arrived(&mut self, buf: &mut BytesMut, header: &Header) -> Result<(), FrameError> {
+        assert_eq!(
+            self.checked.map_or(0, |prefix| prefix.bytes),
+            self.frames.unmasked_bytes
+        );
+        let start = match (header.opcode, &self.assembler.partial) {
+            (OpCode::Text, None) => Utf8Validator::default(),
+            (OpCode::Continuation, Some(partial)) if partial.text => partial.utf8,
+            _ => return Ok(()),
+        };
+        let mut utf8 = self.checked.map_or(start, |prefix| prefix.utf8);
+        let fresh = self.frames.unmask_arrived(buf, header);
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        utf8.feed(fresh)?;
+        self.checked = Some(CheckedPrefix {
+            bytes: self.frames.unmasked_bytes,
+            utf8,
+        });
+        Ok(())
+    }
+
+    /// Whether the decoder holds state that the next call needs: a fragmented data message
+    /// that has begun and not yet ended, or the progress made on the text of a frame still
+    /// arriving (whose checked bytes are unmasked in the buffer). When this is false, the
+    /// decoder can be dropped and a new one made for the same buffer.
     pub fn in_message(&self) -> bool {
-        self.assembler.in_message()
+        self.assembler.in_message() || self.checked.is_some()
     }
 }
 
@@ -937,6 +1109,24 @@ mod tests {
         ))))
     }
 
+    /// `buf` with the first `unmasked_bytes` payload bytes of the frame at its front masked
+    /// again: what it held before the decoder unmasked them in place.
+    fn remasked(buf: &[u8], unmasked_bytes: usize) -> Vec<u8> {
+        let mut out = buf.to_vec();
+        if unmasked_bytes > 0 {
+            let header = parse_header(buf, usize::MAX, usize::MAX, 0)
+                .expect("a valid header")
+                .expect("a whole header");
+            let payload_start = header.header_len;
+            apply_mask(
+                &mut out[payload_start..payload_start + unmasked_bytes],
+                header.mask,
+                0,
+            );
+        }
+        out
+    }
+
     fn check(input: &[u8], expected: &[Result<Message, FrameError>]) {
         check_with(FrameConfig::DEFAULT, input, expected);
     }
@@ -966,15 +1156,17 @@ mod tests {
         let mut decoder = MessageDecoder::new(config);
         let mut buf = BytesMut::new();
         let mut got = Vec::new();
-        'feed: for &byte in input {
+        'feed: for (fed_bytes, &byte) in (1..).zip(input) {
             buf.extend_from_slice(&[byte]);
             loop {
-                let before = buf.clone();
                 match decoder.decode(&mut buf) {
                     Ok(Some(message)) => got.push(Ok(message)),
                     Ok(None) => {
-                        // "Need more" keeps the bytes of an incomplete frame.
-                        assert!(before.ends_with(&buf));
+                        // "Need more" keeps the bytes of an incomplete frame, as they came
+                        // except for text unmasked in place, which is masked again to compare.
+                        let kept = &input[fed_bytes - buf.len()..fed_bytes];
+                        let unmasked_bytes = decoder.frames.unmasked_bytes;
+                        assert_eq!(remasked(&buf, unmasked_bytes), kept);
                         break;
                     }
                     Err(error) => {
@@ -1310,15 +1502,7 @@ mod tests {
     fn invalid_utf8_fails_at_the_fragment_that_has_it() {
         // Each input is only the first fragment of a message: the error must not wait for
         // the end of the message.
-        for bad in [
-            &b"\xFF"[..],
-            b"ok\xC0\x80",       // overlong
-            b"\xED\xA0\x80",     // surrogate
-            b"ok\xED\xA0",       // a surrogate's beginning, cut at the fragment's end
-            b"\xF4\x90\x80\x80", // past U+10FFFF
-            b"ok\xF5",           // never a lead byte
-            b"\xE2\x82\xE2\x82", // a code point broken off by another
-        ] {
+        for bad in INVALID_UTF8 {
             check(&frame(TEXT, bad), &[Err(FrameError::InvalidUtf8)]);
             check(&frame(FIN | TEXT, bad), &[Err(FrameError::InvalidUtf8)]);
         }
@@ -1337,6 +1521,156 @@ mod tests {
             ]),
             &[Err(FrameError::InvalidUtf8)],
         );
+    }
+
+    /// Byte strings that no bytes after them can make valid UTF-8.
+    const INVALID_UTF8: [&[u8]; 7] = [
+        b"\xFF",
+        b"ok\xC0\x80",       // overlong
+        b"\xED\xA0\x80",     // surrogate
+        b"ok\xED\xA0",       // a surrogate's beginning, cut at the fragment's end
+        b"\xF4\x90\x80\x80", // past U+10FFFF
+        b"ok\xF5",           // never a lead byte
+        b"\xE2\x82\xE2\x82", // a code point broken off by another
+    ];
+
+    /// `input` up to the end of the first occurrence of `needle` in it.
+    fn up_to(input: &[u8], needle: &[u8]) -> Vec<u8> {
+        let at = input
+            .windows(needle.len())
+            .position(|window| window == needle)
+            .expect("needle in input");
+        input[..at + needle.len()].to_vec()
+    }
+
+    #[test]
+    fn invalid_utf8_fails_before_its_frame_ends() {
+        // Each input is a text frame cut right after its invalid bytes: the rest of its
+        // payload never arrives, and the error must not wait for it. The check is on the
+        // unmasked input, so the cut is found there and applied to the masked frame.
+        let large = FrameConfig {
+            frame_bytes_max: 1 << 17,
+            message_bytes_max: 1 << 17,
+        };
+        // 7-bit, 16-bit and 64-bit length forms.
+        for tail_bytes in [10, 300, 70_000] {
+            let tail = "ü".repeat(tail_bytes / 2);
+            for bad in INVALID_UTF8 {
+                let payload = cat(&[b"h\xC3\xA9llo ", bad, tail.as_bytes()]);
+                let cut = |input: Vec<u8>| {
+                    let clear = up_to(&payload, bad).len();
+                    input[..input.len() - payload.len() + clear].to_vec()
+                };
+                for first in [FIN | TEXT, TEXT] {
+                    check_with(
+                        large,
+                        &cut(frame(first, &payload)),
+                        &[Err(FrameError::InvalidUtf8)],
+                    );
+                }
+                // The same in a continuation of a text message, after a ping, with the
+                // validator carrying a code point over from the first fragment.
+                let input = cat(&[
+                    &frame(TEXT, b"first \xC3"),
+                    &frame(FIN | PING, b"p"),
+                    &cut(frame(CONTINUATION, &cat(&[b"\xA9", &payload]))),
+                ]);
+                check_with(
+                    large,
+                    &input,
+                    &[Ok(Message::Ping("p".into())), Err(FrameError::InvalidUtf8)],
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn text_cut_anywhere_is_not_an_error() {
+        // Every prefix of valid text, whatever code point the end of what has arrived cuts:
+        // no error, and the message once its last byte is in.
+        let first = frame(TEXT, "a€".as_bytes());
+        let ping = frame(FIN | PING, b"p");
+        let last = frame(FIN | CONTINUATION, "😀é b".as_bytes());
+        let input = cat(&[&first, &ping, &last]);
+        let ping_end = first.len() + ping.len();
+        for end in 0..=input.len() {
+            let mut expected = Vec::new();
+            if end >= ping_end {
+                expected.push(Ok(Message::Ping("p".into())));
+            }
+            if end == input.len() {
+                expected.push(text("a€😀é b"));
+            }
+            check(&input[..end], &expected);
+        }
+        let long = "€😀é ".repeat(20); // 160 bytes: the 16-bit length form
+        let input = frame(FIN | TEXT, long.as_bytes());
+        for end in 0..input.len() {
+            check(&input[..end], &[]);
+        }
+        check(&input, &[text(&long)]);
+    }
+
+    #[test]
+    fn only_text_the_assembler_takes_is_checked_while_arriving() {
+        for bad in INVALID_UTF8 {
+            let payload = cat(&[bad, b"and more"]);
+            let cases: [(Vec<u8>, Result<Message, FrameError>); 4] = [
+                // Binary messages are never checked, whole or not.
+                (frame(FIN | BINARY, &payload), binary(&payload)),
+                (
+                    cat(&[&frame(BINARY, b"a"), &frame(FIN | CONTINUATION, &payload)]),
+                    binary(&cat(&[b"a", &payload])),
+                ),
+                // A frame out of sequence fails for that once it is whole, as before.
+                (
+                    cat(&[&frame(TEXT, b"a"), &frame(FIN | TEXT, &payload)]),
+                    Err(FrameError::ExpectedContinuation),
+                ),
+                (
+                    frame(FIN | CONTINUATION, &payload),
+                    Err(FrameError::UnexpectedContinuation),
+                ),
+            ];
+            for (input, whole) in cases {
+                check(&input[..input.len() - 1], &[]);
+                check(&input, &[whole]);
+            }
+        }
+    }
+
+    #[test]
+    fn text_checked_while_arriving_is_unmasked_once_and_not_copied() {
+        let payload = "ünïcödé ".repeat(20); // 220 bytes: the 16-bit length form
+        let input = frame(FIN | TEXT, payload.as_bytes());
+        let header_len = input.len() - payload.len();
+        for chunk_bytes in [1, 3, 7, 64] {
+            let mut decoder = MessageDecoder::new(FrameConfig::DEFAULT);
+            // Room for the whole frame, so that appending never moves the bytes.
+            let mut buf = BytesMut::with_capacity(input.len());
+            let payload_start = buf.as_ptr().wrapping_add(header_len);
+            let mut chunks = input.chunks(chunk_bytes).peekable();
+            while let Some(chunk) = chunks.next() {
+                buf.extend_from_slice(chunk);
+                let decoded = decoder.decode(&mut buf).unwrap();
+                if chunks.peek().is_some() {
+                    assert_eq!(decoded, None);
+                    // The progress is kept: what has arrived is unmasked and checked.
+                    let arrived_bytes = buf.len().saturating_sub(header_len);
+                    assert_eq!(decoder.frames.unmasked_bytes, arrived_bytes);
+                    assert_eq!(decoder.in_message(), arrived_bytes > 0);
+                    continue;
+                }
+                let Some(Message::Text(text)) = decoded else {
+                    panic!("expected text, got {decoded:?}");
+                };
+                assert_eq!(text, payload.as_bytes());
+                assert_eq!(text.as_ptr(), payload_start);
+                assert!(buf.is_empty());
+                assert!(!decoder.in_message());
+                assert_eq!(decoder.frames.unmasked_bytes, 0);
+            }
+        }
     }
 
     #[test]
