@@ -3,7 +3,6 @@
 //! frame alone or many back to back, and the unmasking loop on its own.
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -118,16 +117,9 @@ fn mask(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .measurement_time(Duration::from_secs(3))
-        .warm_up_time(Duration::from_secs(1))
-        .sample_size(30)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = switchboard_bench::config();
     targets = decode, decode_back_to_back, mask
 }
 criterion_main!(benches);

@@ -3,7 +3,6 @@
 //! carries it to the recipient.
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use wire::json::{decode_client, encode_server};
@@ -58,16 +57,9 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .measurement_time(Duration::from_secs(3))
-        .warm_up_time(Duration::from_secs(1))
-        .sample_size(30)
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = switchboard_bench::config();
     targets = decode, encode
 }
 criterion_main!(benches);
