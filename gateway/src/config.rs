@@ -194,6 +194,12 @@ pub struct Limits {
     pub flatbuffer_tables_max: usize,
     /// A user is offline when no heartbeat arrived for this long.
     pub presence_ttl_ms: u64,
+    /// Control-plane requests (health checks) waiting in one shard's inbox.
+    pub control_requests_max: usize,
+    /// Time the HTTP API waits for a shard's answer before answering 503.
+    pub control_timeout_ms: u64,
+    /// Bytes of an HTTP request body; larger ones are refused with 413.
+    pub http_body_bytes_max: usize,
 }
 
 impl Default for Limits {
@@ -222,6 +228,9 @@ impl Default for Limits {
             flatbuffer_depth_max: wire.flatbuffer_depth_max,
             flatbuffer_tables_max: wire.flatbuffer_tables_max,
             presence_ttl_ms: 60_000,
+            control_requests_max: 64,
+            control_timeout_ms: 1_000,
+            http_body_bytes_max: 64 * 1024,
         }
     }
 }
@@ -286,6 +295,9 @@ impl Limits {
             ("accept_backoff_ms", self.accept_backoff_ms),
             ("content_chars_max", self.content_chars_max as u64),
             ("presence_ttl_ms", self.presence_ttl_ms),
+            ("control_requests_max", self.control_requests_max as u64),
+            ("control_timeout_ms", self.control_timeout_ms),
+            ("http_body_bytes_max", self.http_body_bytes_max as u64),
         ];
         for (name, value) in positive {
             if value == 0 {

@@ -30,6 +30,7 @@ use wire::{ClientMessage, UserId};
 
 use crate::codec;
 use crate::io::{self, Progress};
+use crate::metrics::ShardMetrics;
 use crate::readiness::Readiness;
 use crate::shard::{OutFrame, Shard};
 use crate::sink::ConnId;
@@ -410,6 +411,7 @@ impl Session<'_> {
     }
 
     fn on_data(&mut self, opcode: OpCode, payload: Bytes) -> Next {
+        ShardMetrics::add(&self.shard.metrics.frames_in, 1);
         match (self.route, &self.user) {
             (Route::Echo, _) => self.queue(OutFrame::new(opcode, payload)),
             (Route::Messages, Some(user)) => {
@@ -419,8 +421,12 @@ impl Session<'_> {
                     Err(error) => Some((error.error.code(), error.to_string(), error.correlation)),
                 };
                 match refused {
-                    None => Next::Open,
+                    None => {
+                        ShardMetrics::add(&self.shard.metrics.messages_in, 1);
+                        Next::Open
+                    }
                     Some((code, text, correlation)) => {
+                        ShardMetrics::add(&self.shard.metrics.errors, 1);
                         let error = codec::error_message(
                             code,
                             &text,

@@ -1,15 +1,14 @@
 //! Requests from the control plane (the HTTP thread) to the shards, and their answers.
 //!
 //! Each shard has one bounded [`ControlInbox`]; the HTTP thread holds the matching
-//! [`ControlSender`]s. A shard drains its inbox at least once per loop turn and once per
-//! router tick, so an answer takes at most one tick (100 ms) on an idle shard. The control
+//! [`ControlSender`]s. A shard drains its inbox every 100 ms, so an answer takes at most
+//! that long. (A user's status joins these requests once the router runs in the shards.) The control
 //! plane is never on the message path: a full inbox answers the HTTP request 503 rather
 //! than waiting.
 
 use std::sync::mpsc;
 
 use tokio::sync::oneshot;
-use wire::UserId;
 
 /// What a shard says when asked whether it is alive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,23 +17,10 @@ pub struct ShardHealth {
     pub connections: u64,
 }
 
-/// The presence of one user, as `GET /v1/user/{user_id}/status` answers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserStatus {
-    pub online: bool,
-    /// Unix ms of the user's last own action; `None` when never seen since the start.
-    pub last_active_ms: Option<u64>,
-}
-
 #[derive(Debug)]
 pub enum ControlRequest {
     /// Answer at once: the answer proves that the shard's loop turns.
     Health { reply: oneshot::Sender<ShardHealth> },
-    /// The presence of a user that this shard owns (`router::owner_shard`).
-    UserStatus {
-        user: UserId,
-        reply: oneshot::Sender<UserStatus>,
-    },
 }
 
 /// The HTTP thread's end of one shard's control inbox.

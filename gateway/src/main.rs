@@ -118,8 +118,21 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     // Before any thread starts, so that every thread inherits the mask and the signals wait
     // for the main thread's sigwait.
     let signals = signals::block_shutdown_signals()?;
-    http::start(http_listener)?;
-    let (mut shards, driver) = shard::start(&config, &auth, listeners, driver)?;
+    // Per shard: the inbox through which the HTTP thread asks it things, and its counters.
+    let mut plane = http::ControlPlane {
+        shards: Vec::with_capacity(listeners.len()),
+        control_timeout_ms: config.limits.control_timeout_ms,
+        http_body_bytes_max: config.limits.http_body_bytes_max,
+    };
+    let mut shard_control = Vec::with_capacity(listeners.len());
+    for _ in 0..listeners.len() {
+        let (sender, inbox) = control::channel(config.limits.control_requests_max);
+        let shard_metrics = Arc::new(metrics::ShardMetrics::default());
+        plane.shards.push((sender, Arc::clone(&shard_metrics)));
+        shard_control.push((inbox, shard_metrics));
+    }
+    http::start(http_listener, plane)?;
+    let (mut shards, driver) = shard::start(&config, &auth, listeners, shard_control, driver)?;
     if config.echo {
         tracing::info!("echo route on at ws://{ws_addr}{}", config::ECHO_PATH);
     }

@@ -91,13 +91,13 @@ pub fn render(shards: &[&ShardMetrics], out: &mut String) {
         (
             "switchboard_frames_in_total",
             "counter",
-            "WebSocket data frames received.",
+            "WebSocket data messages received.",
             |m| &m.frames_in,
         ),
         (
             "switchboard_frames_out_total",
             "counter",
-            "WebSocket data frames sent.",
+            "WebSocket frames sent (data and control).",
             |m| &m.frames_out,
         ),
         (

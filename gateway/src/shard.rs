@@ -25,7 +25,9 @@ use wire::handshake::HandshakeConfig;
 use crate::auth::Authenticator;
 use crate::codec::Encoders;
 use crate::config::{Config, ECHO_PATH, WS_PATH};
+use crate::control::{ControlInbox, ControlRequest, ShardHealth};
 use crate::io;
+use crate::metrics::ShardMetrics;
 use crate::pool::{BufferPool, Slots};
 use crate::readiness::{self, Readiness};
 use crate::sink::{Sink, Unrouted};
@@ -162,6 +164,8 @@ pub struct Shard {
     /// Fired when the shard is shutting down and its last connection is gone.
     pub drained: Signal,
     pub sink: Box<dyn Sink>,
+    /// This shard's counters, read by the HTTP thread.
+    pub metrics: Arc<ShardMetrics>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -174,7 +178,12 @@ impl std::fmt::Debug for Shard {
 }
 
 impl Shard {
-    pub fn new(shard_id: u16, config: Arc<Config>, auth: Arc<Authenticator>) -> Shard {
+    pub fn new(
+        shard_id: u16,
+        config: Arc<Config>,
+        auth: Arc<Authenticator>,
+        metrics: Arc<ShardMetrics>,
+    ) -> Shard {
         let limits = &config.limits;
         let handshake = HandshakeConfig {
             request_bytes_max: limits.handshake_request_bytes_max,
@@ -202,6 +211,7 @@ impl Shard {
             shutting_down: Signal::default(),
             drained: Signal::default(),
             sink: Box::new(Unrouted),
+            metrics,
             auth,
             config,
         }
@@ -215,12 +225,15 @@ impl Shard {
             generation,
             ..ConnSlot::default()
         });
+        ShardMetrics::add(&self.metrics.connections_accepted, 1);
+        ShardMetrics::set(&self.metrics.connections, self.conns.borrow().len() as u64);
         (slot, generation)
     }
 
     pub fn remove(&self, slot: u32) {
         let mut conns = self.conns.borrow_mut();
         conns.remove(slot).expect("a connection is removed once");
+        ShardMetrics::set(&self.metrics.connections, conns.len() as u64);
         if conns.len() == 0 && self.shutting_down.fired() {
             self.drained.fire();
         }
@@ -357,13 +370,16 @@ impl Shard {
             };
             // Drop what went out whole; remember how far into the next frame we got.
             let mut remaining = conn.front_written + written;
+            let mut frames_sent = 0;
             while let Some(front) = conn.outbound.front() {
                 if remaining < front.len() {
                     break;
                 }
                 remaining -= front.len();
                 conn.outbound.pop_front();
+                frames_sent += 1;
             }
+            ShardMetrics::add(&self.metrics.frames_out, frames_sent);
             conn.front_written = remaining;
         }
     }
@@ -391,12 +407,18 @@ pub fn start(
     config: &Arc<Config>,
     auth: &Arc<Authenticator>,
     listeners: Vec<std::net::TcpListener>,
+    control: Vec<(ControlInbox, Arc<ShardMetrics>)>,
     driver: DriverKind,
 ) -> anyhow::Result<(Vec<ShardHandle>, DriverKind)> {
+    assert_eq!(
+        listeners.len(),
+        control.len(),
+        "one control inbox per shard"
+    );
     let cpus = allowed_cpus();
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<DriverKind>>();
     let mut handles = Vec::with_capacity(listeners.len());
-    for (index, listener) in listeners.into_iter().enumerate() {
+    for (index, (listener, (inbox, metrics))) in listeners.into_iter().zip(control).enumerate() {
         let shard_id = u16::try_from(index).context("too many shards")?;
         let (wake_main, wake_shard) = StdUnixStream::pair().context("socketpair")?;
         wake_shard.set_nonblocking(true)?;
@@ -410,8 +432,8 @@ pub fn start(
                 if let Some(cpu) = cpu {
                     pin_to_cpu(shard_id, cpu);
                 }
-                let shard = Shard::new(shard_id, config, auth);
-                run(shard, listener, wake_shard, driver, ready);
+                let shard = Shard::new(shard_id, config, auth, metrics);
+                run(shard, listener, wake_shard, inbox, driver, ready);
             })
             .context("cannot start a shard thread")?;
         handles.push(ShardHandle {
@@ -437,6 +459,7 @@ fn run(
     shard: Shard,
     listener: std::net::TcpListener,
     wake: StdUnixStream,
+    inbox: ControlInbox,
     driver: DriverKind,
     ready: mpsc::Sender<anyhow::Result<DriverKind>>,
 ) {
@@ -451,6 +474,7 @@ fn run(
                     Rc::new(shard),
                     listener,
                     wake,
+                    inbox,
                     DriverKind::IoUring,
                     ready,
                 ));
@@ -469,6 +493,7 @@ fn run(
             Rc::new(shard),
             listener,
             wake,
+            inbox,
             DriverKind::Epoll,
             ready,
         )),
@@ -482,6 +507,7 @@ async fn shard_main(
     shard: Rc<Shard>,
     listener: std::net::TcpListener,
     wake: StdUnixStream,
+    inbox: ControlInbox,
     driver: DriverKind,
     ready: mpsc::Sender<anyhow::Result<DriverKind>>,
 ) {
@@ -505,6 +531,7 @@ async fn shard_main(
         let _ = wake.readable(false).await;
         watcher.shutting_down.fire();
     });
+    monoio::spawn(answer_control(Rc::clone(&shard), inbox));
 
     accept_loop(&shard, &listener).await;
     // Closing the listener stops the kernel queueing connections for this shard.
@@ -521,6 +548,33 @@ async fn shard_main(
             left,
             "connections still open at shutdown"
         );
+    }
+}
+
+/// How often a shard looks at its control inbox: the longest an HTTP request waits for an
+/// idle shard's answer.
+const CONTROL_POLL_MS: u64 = 100;
+
+/// Answers the control plane's requests until the shard shuts down. Polling on a timer keeps
+/// the control plane off the connections' path: no wake-up crosses threads for it.
+async fn answer_control(shard: Rc<Shard>, inbox: ControlInbox) {
+    let period = Duration::from_millis(CONTROL_POLL_MS);
+    loop {
+        while let Some(request) = inbox.try_next() {
+            match request {
+                ControlRequest::Health { reply } => {
+                    // The asker may have given up (timeout); nothing to do then.
+                    let _ = reply.send(ShardHealth {
+                        shard_id: shard.shard_id,
+                        connections: shard.conns.borrow().len() as u64,
+                    });
+                }
+            }
+        }
+        monoio::select! {
+            () = monoio::time::sleep(period) => {},
+            () = shard.shutting_down.wait() => return,
+        }
     }
 }
 
