@@ -18,7 +18,7 @@ fi
 bin=${SWITCHBOARD_BIN:-}
 if [ -z "$bin" ]; then
   cargo build --quiet -p switchboard --bin switchboard
-  bin=target/debug/switchboard
+  bin=${CARGO_TARGET_DIR:-target}/debug/switchboard
 fi
 
 work=$(mktemp -d)
