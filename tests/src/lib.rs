@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tungstenite::client::IntoClientRequest as _;
 use tungstenite::http::HeaderValue;
@@ -232,16 +232,34 @@ impl Server {
         assert_eq!(result, 0, "kill failed");
     }
 
-    /// Waits for the server to exit, at most `WAIT`.
+    /// Waits for the server to exit, at most `WAIT`: a pidfd becomes readable when the
+    /// process exits, so the wait is on that event, not on a polling loop.
     pub fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the server did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let pid = libc::pid_t::try_from(self.pid()).expect("a pid fits pid_t");
+        // SAFETY: pidfd_open takes a pid and flags, no pointers; the pid is our own child,
+        // not yet reaped, so it cannot name another process.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        assert!(
+            pidfd >= 0,
+            "pidfd_open failed: {}",
+            std::io::Error::last_os_error()
+        );
+        let pidfd = libc::c_int::try_from(pidfd).expect("a descriptor fits c_int");
+        let mut poll = libc::pollfd {
+            fd: pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let timeout_ms = libc::c_int::try_from(WAIT.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd that lives across the call.
+        let ready = unsafe { libc::poll(&mut poll, 1, timeout_ms) };
+        // SAFETY: pidfd is ours and closed once.
+        unsafe { libc::close(pidfd) };
+        assert!(ready > 0, "the server did not exit within {WAIT:?}");
+        self.child
+            .try_wait()
+            .expect("try_wait")
+            .expect("the pidfd said the server exited")
     }
 
     /// CPU time the server has used so far (user and system), in clock ticks.
