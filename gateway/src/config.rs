@@ -168,7 +168,8 @@ pub struct Limits {
     pub token_bytes_max: usize,
     /// Open connections (handshaking or upgraded) per shard.
     pub connections_per_shard_max: usize,
-    /// Frames queued for sending on one connection; a connection over it is closed (1008).
+    /// Frames queued for sending on one connection. A connection over it is too slow for
+    /// its messages and is closed with 1013; what it did not acknowledge stays in the inbox.
     pub outbound_frames_max: usize,
     /// Bytes of one pooled read buffer.
     pub read_buffer_bytes: usize,
@@ -200,11 +201,68 @@ pub struct Limits {
     pub control_timeout_ms: u64,
     /// Bytes of an HTTP request body; larger ones are refused with 413.
     pub http_body_bytes_max: usize,
+
+    // The mesh and the router loop.
+    /// Envelopes one ring between two shards holds; also the length of a shard's queue
+    /// toward one router past which its connections stop reading (backpressure), and half
+    /// the length past which client messages are refused with `overloaded`.
+    pub ring_envelopes_max: usize,
+    /// Envelopes a router loop takes from one ring (and from its own connections) per turn.
+    pub mesh_batch_envelopes_max: usize,
+    /// Period of the router's timers: presence expiry, receipt retries, batch fsync,
+    /// checkpoints, control-plane answers and gauges.
+    pub router_tick_ms: u64,
+
+    // The router (docs/router.md, "Bounds").
+    /// Users with any state on one shard.
+    pub users_max: usize,
+    /// Connections attached at once for one user.
+    pub conns_per_user_max: usize,
+    /// Undelivered messages for one recipient.
+    pub inbox_messages_max: usize,
+    /// Undelivered messages held by one shard.
+    pub stored_messages_max: usize,
+    /// Remembered `(sender, client_msg_id)` pairs per shard.
+    pub dedup_entries_max: usize,
+    /// How long a `client_msg_id` is remembered.
+    pub dedup_window_ms: u64,
+    /// Outputs of one shard waiting for the log to become durable.
+    pub pending_outputs_max: usize,
+    /// Presence subscriptions held by one shard.
+    pub subscriptions_max: usize,
+    /// Delivered, unread messages whose sender a later read must find, per shard.
+    pub read_index_entries_max: usize,
+    /// Receipts stored on a shard and not yet taken by the sender's owner shard.
+    pub receipts_outstanding_max: usize,
+    /// Time before a receipt forwarded between shards is forwarded again.
+    pub receipt_retry_ms: u64,
+    /// Receipts kept for one offline sender.
+    pub receipts_queued_per_user_max: usize,
+    /// Receipts remembered to drop a forwarded receipt that arrives twice, per shard.
+    pub receipt_dedup_entries_max: usize,
+    /// Users whose activity one shard forwarded to their owner in the current interval.
+    pub activity_users_max: usize,
+    /// Activity of a user seen on a shard that does not own them is forwarded at most once
+    /// per this interval.
+    pub activity_interval_ms: u64,
+
+    // The write-ahead log.
+    /// Bytes of one segment file before the next record starts a new one.
+    pub wal_segment_bytes_max: u64,
+    /// With `durability = "batch"`, the most time between two fdatasyncs.
+    pub wal_batch_interval_ms: u64,
+    /// A checkpoint is taken once the log since the last one is larger than twice that
+    /// checkpoint plus this.
+    pub wal_checkpoint_slack_bytes: u64,
+    /// Encoded records waiting for one write.
+    pub wal_pending_bytes_max: usize,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
         let wire = wire::Limits::DEFAULT;
+        let router = router::Config::DEFAULT;
+        let journal = crate::journal::JournalConfig::DEFAULT;
         Limits {
             frame_bytes_max: 64 * 1024,
             message_bytes_max: 64 * 1024,
@@ -231,6 +289,28 @@ impl Default for Limits {
             control_requests_max: 64,
             control_timeout_ms: 1_000,
             http_body_bytes_max: 64 * 1024,
+            ring_envelopes_max: 4096,
+            mesh_batch_envelopes_max: 1024,
+            router_tick_ms: 100,
+            users_max: router.users_max,
+            conns_per_user_max: router.conns_per_user_max,
+            inbox_messages_max: router.inbox_messages_max,
+            stored_messages_max: router.stored_messages_max,
+            dedup_entries_max: router.dedup_entries_max,
+            dedup_window_ms: router.dedup_window_ms,
+            pending_outputs_max: router.pending_outputs_max,
+            subscriptions_max: router.subscriptions_max,
+            read_index_entries_max: router.read_index_entries_max,
+            receipts_outstanding_max: router.receipts_outstanding_max,
+            receipt_retry_ms: router.receipt_retry_ms,
+            receipts_queued_per_user_max: router.receipts_queued_per_user_max,
+            receipt_dedup_entries_max: router.receipt_dedup_entries_max,
+            activity_users_max: router.activity_users_max,
+            activity_interval_ms: router.activity_interval_ms,
+            wal_segment_bytes_max: journal.segment_bytes_max,
+            wal_batch_interval_ms: journal.batch_interval_ms,
+            wal_checkpoint_slack_bytes: journal.checkpoint_slack_bytes,
+            wal_pending_bytes_max: journal.pending_bytes_max,
         }
     }
 }
@@ -248,6 +328,28 @@ impl Limits {
             envelope_bytes_max: self.message_bytes_max,
             flatbuffer_depth_max: self.flatbuffer_depth_max,
             flatbuffer_tables_max: self.flatbuffer_tables_max,
+        }
+    }
+
+    /// The bounds and timers of the router shards.
+    pub fn router(&self) -> router::Config {
+        router::Config {
+            users_max: self.users_max,
+            conns_per_user_max: self.conns_per_user_max,
+            inbox_messages_max: self.inbox_messages_max,
+            stored_messages_max: self.stored_messages_max,
+            dedup_entries_max: self.dedup_entries_max,
+            dedup_window_ms: self.dedup_window_ms,
+            presence_ttl_ms: self.presence_ttl_ms,
+            pending_outputs_max: self.pending_outputs_max,
+            subscriptions_max: self.subscriptions_max,
+            read_index_entries_max: self.read_index_entries_max,
+            receipts_outstanding_max: self.receipts_outstanding_max,
+            receipt_retry_ms: self.receipt_retry_ms,
+            receipts_queued_per_user_max: self.receipts_queued_per_user_max,
+            receipt_dedup_entries_max: self.receipt_dedup_entries_max,
+            activity_users_max: self.activity_users_max,
+            activity_interval_ms: self.activity_interval_ms,
         }
     }
 
@@ -298,11 +400,48 @@ impl Limits {
             ("control_requests_max", self.control_requests_max as u64),
             ("control_timeout_ms", self.control_timeout_ms),
             ("http_body_bytes_max", self.http_body_bytes_max as u64),
+            ("ring_envelopes_max", self.ring_envelopes_max as u64),
+            ("mesh_batch_envelopes_max", self.mesh_batch_envelopes_max as u64),
+            ("router_tick_ms", self.router_tick_ms),
+            ("users_max", self.users_max as u64),
+            ("conns_per_user_max", self.conns_per_user_max as u64),
+            ("inbox_messages_max", self.inbox_messages_max as u64),
+            ("stored_messages_max", self.stored_messages_max as u64),
+            ("dedup_entries_max", self.dedup_entries_max as u64),
+            ("dedup_window_ms", self.dedup_window_ms),
+            ("subscriptions_max", self.subscriptions_max as u64),
+            ("read_index_entries_max", self.read_index_entries_max as u64),
+            (
+                "receipts_outstanding_max",
+                self.receipts_outstanding_max as u64,
+            ),
+            ("receipt_retry_ms", self.receipt_retry_ms),
+            (
+                "receipts_queued_per_user_max",
+                self.receipts_queued_per_user_max as u64,
+            ),
+            (
+                "receipt_dedup_entries_max",
+                self.receipt_dedup_entries_max as u64,
+            ),
+            ("activity_users_max", self.activity_users_max as u64),
+            ("activity_interval_ms", self.activity_interval_ms),
+            ("wal_batch_interval_ms", self.wal_batch_interval_ms),
+            ("wal_pending_bytes_max", self.wal_pending_bytes_max as u64),
         ];
         for (name, value) in positive {
             if value == 0 {
                 bail!("limit {name} must be greater than 0");
             }
+        }
+        if self.pending_outputs_max < 2 {
+            bail!("limit pending_outputs_max must be at least 2");
+        }
+        if self.wal_segment_bytes_max <= router::wal::SEGMENT_HEADER_BYTES as u64 {
+            bail!(
+                "limit wal_segment_bytes_max must be above {}",
+                router::wal::SEGMENT_HEADER_BYTES
+            );
         }
         // A frame of the echo route must fit its message, and the same on /ws: a frame larger
         // than a whole message could never be accepted.

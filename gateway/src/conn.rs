@@ -7,12 +7,15 @@
 //! small task and its slot in the shard.
 //!
 //! Routes: `/ws` (a valid JWT is required) decodes each message in the connection's
-//! encoding and hands the valid ones to the shard's [`crate::sink::Sink`]; a malformed or
-//! invalid one is answered with an `error` and the connection stays open. `/echo` (only
+//! encoding and hands the valid ones to the shard's [`crate::sink::Link`], which queues
+//! them for the router shard that owns what they name; a malformed or invalid one is
+//! answered with an `error` and the connection stays open. While the link is congested the
+//! connection does not read its socket. The router's messages for the connection arrive as
+//! frames in its slot's outbound queue, with a wake-up (`mail`). `/echo` (only
 //! with `--echo`, no auth) sends each data message back as it came.
 //!
 //! Closing: a close from the client is answered with the same code and the socket is closed.
-//! When the server closes (a protocol error, shutdown, a full outbound queue) it sends its
+//! When the server closes (a protocol error, shutdown, a full outbound queue: 1013) it sends its
 //! close frame, ends its side of the stream (FIN), and reads and discards what still comes
 //! until the client closes or `close_timeout_ms` passes.
 
@@ -32,8 +35,9 @@ use crate::codec;
 use crate::io::{self, Progress};
 use crate::metrics::ShardMetrics;
 use crate::readiness::Readiness;
-use crate::shard::{OutFrame, Shard};
-use crate::sink::ConnId;
+use crate::shard::{CLOSE_TRY_AGAIN_LATER, OutFrame, Shard};
+use crate::sink::ShardSet;
+use router::ConnId;
 
 /// Reads a connection may do in one turn before it lets the others run.
 const READS_PER_TURN_MAX: usize = 16;
@@ -68,7 +72,7 @@ pub async fn serve(shard: Rc<Shard>, stream: Readiness, slot: u32, generation: u
         stream: &stream,
         fd: stream.fd(),
         conn: ConnId {
-            shard_id: shard.shard_id,
+            shard: shard.shard_id,
             slot,
             generation,
         },
@@ -78,6 +82,7 @@ pub async fn serve(shard: Rc<Shard>, stream: Readiness, slot: u32, generation: u
         decoder: None,
         leftover: upgraded.leftover,
         frames_failed: false,
+        subscribed: ShardSet::default(),
     };
     session.run().await;
 }
@@ -253,12 +258,15 @@ struct Session<'a> {
     leftover: Option<BytesMut>,
     /// A frame broke the protocol: the decoder's state is not to be used again.
     frames_failed: bool,
+    /// The shards this connection's presence subscriptions went to.
+    subscribed: ShardSet,
 }
 
 impl Session<'_> {
     async fn run(&mut self) {
+        self.shard.set_encoding(self.conn.slot, self.encoding);
         if let Some(user) = &self.user {
-            self.shard.sink.connected(self.conn, user);
+            self.shard.link.connected(self.conn, user);
         }
         let mut next = if self.leftover.is_some() {
             self.read_frames(false)
@@ -280,10 +288,17 @@ impl Session<'_> {
                     break;
                 }
             }
-            next = match wait_event(shard, slot, stream).await {
+            let event = if shard.link.congested() {
+                // Backpressure: the queues toward the routers are full, so this connection
+                // leaves its bytes in the socket until they have room.
+                Box::pin(wait_room(shard, slot)).await
+            } else {
+                wait_event(shard, slot, stream).await
+            };
+            next = match event {
                 Event::Readable => self.read_frames(true),
                 Event::Mail => match shard.take_close_request(slot) {
-                    Some(code) => Next::Close(code, "server shutting down"),
+                    Some(code) => Next::Close(code, close_request_reason(code)),
                     None => Next::Open,
                 },
                 Event::Failed => Next::Gone,
@@ -294,7 +309,9 @@ impl Session<'_> {
             self.give_back(buffer);
         }
         if let Some(user) = &self.user {
-            self.shard.sink.disconnected(self.conn, user);
+            self.shard
+                .link
+                .disconnected(self.conn, user, self.subscribed);
         }
     }
 
@@ -345,7 +362,9 @@ impl Session<'_> {
             }
             // Answers pile up while we read; write them before reading more, so the queue
             // stays short and a client that does not read gets no more answers.
-            if self.shard.queued_frames(self.conn.slot) >= FRAMES_BEFORE_FLUSH {
+            if self.shard.queued_frames(self.conn.slot) >= FRAMES_BEFORE_FLUSH
+                || self.shard.link.congested()
+            {
                 break;
             }
         }
@@ -414,10 +433,10 @@ impl Session<'_> {
         ShardMetrics::add(&self.shard.metrics.frames_in, 1);
         match (self.route, &self.user) {
             (Route::Echo, _) => self.queue(OutFrame::new(opcode, payload)),
-            (Route::Messages, Some(user)) => {
+            (Route::Messages, Some(_)) => {
                 let limits = &self.shard.wire_limits;
                 let refused = match codec::decode_client(self.encoding, opcode, payload, limits) {
-                    Ok(message) => self.submit(user, message),
+                    Ok(message) => self.submit(message),
                     Err(error) => Some((error.error.code(), error.to_string(), error.correlation)),
                 };
                 match refused {
@@ -447,12 +466,16 @@ impl Session<'_> {
     }
 
     fn submit(
-        &self,
-        user: &UserId,
+        &mut self,
         message: ClientMessage,
     ) -> Option<(wire::ErrorCode, String, wire::Correlation)> {
         let correlation = message.correlation();
-        match self.shard.sink.submit(self.conn, user, message) {
+        let user = self.user.as_ref().expect("/ws connections are authenticated");
+        match self
+            .shard
+            .link
+            .submit(self.conn, user, message, &mut self.subscribed)
+        {
             Ok(()) => None,
             Err(error) => Some((error.code(), error.to_string(), correlation)),
         }
@@ -461,7 +484,7 @@ impl Session<'_> {
     fn queue(&self, frame: OutFrame) -> Next {
         match self.shard.push(self.conn.slot, frame, false) {
             Ok(()) => Next::Open,
-            Err(_full) => Next::Close(CLOSE_POLICY_VIOLATION, "outbound queue full"),
+            Err(_full) => Next::Close(CLOSE_TRY_AGAIN_LATER, "outbound queue full"),
         }
     }
 
@@ -536,8 +559,22 @@ impl Session<'_> {
 /// Frames queued by one connection's reads before it stops reading to write them.
 const FRAMES_BEFORE_FLUSH: usize = 32;
 
-/// Close code: the endpoint received something that violates its policy (RFC 6455 7.4.1).
-const CLOSE_POLICY_VIOLATION: u16 = 1008;
+/// The reason sent with a close the shard asked for.
+fn close_request_reason(code: u16) -> &'static str {
+    match code {
+        CLOSE_TRY_AGAIN_LATER => "too slow: undelivered messages wait for the next connection",
+        _ => "server shutting down",
+    }
+}
+
+/// Waits, without reading the socket, until the link has room again or the shard has mail
+/// for the connection (a close request).
+async fn wait_room(shard: &Shard, slot: u32) -> Event {
+    monoio::select! {
+        () = shard.link.room.wait() => Event::Mail,
+        () = shard.mail(slot) => Event::Mail,
+    }
+}
 
 fn close_reason(error: &frame::FrameError) -> &'static str {
     match error.close_code() {

@@ -2,9 +2,8 @@
 //!
 //! Each shard has one bounded [`ControlInbox`]; the HTTP thread holds the matching
 //! [`ControlSender`]s. A shard drains its inbox every 100 ms, so an answer takes at most
-//! that long. (A user's status joins these requests once the router runs in the shards.) The control
-//! plane is never on the message path: a full inbox answers the HTTP request 503 rather
-//! than waiting.
+//! that long (the router loop answers on its tick). The control plane is never on the
+//! message path: a full inbox answers the HTTP request 503 rather than waiting.
 
 use std::sync::mpsc;
 
@@ -17,10 +16,22 @@ pub struct ShardHealth {
     pub connections: u64,
 }
 
+/// A user's presence, as their owner shard sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserStatus {
+    pub online: bool,
+    pub last_seen_ms: Option<u64>,
+}
+
 #[derive(Debug)]
 pub enum ControlRequest {
     /// Answer at once: the answer proves that the shard's loop turns.
     Health { reply: oneshot::Sender<ShardHealth> },
+    /// The presence of a user this shard owns.
+    Status {
+        user: wire::UserId,
+        reply: oneshot::Sender<UserStatus>,
+    },
 }
 
 /// The HTTP thread's end of one shard's control inbox.

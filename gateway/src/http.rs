@@ -1,9 +1,11 @@
-//! The HTTP control plane: `GET /healthz` and `GET /metrics` on `--http-listen`.
+//! The HTTP control plane on `--http-listen`: `GET /healthz`, `GET /metrics` and
+//! `GET /v1/user/{user_id}/status`.
 //!
 //! It runs on its own thread with a small tokio runtime and axum, apart from the shards: it
 //! is never on the message path. It reads the shards' metrics directly (relaxed atomics) and
 //! asks each shard for its health through the shard's bounded control inbox, waiting at most
-//! `control_timeout_ms` for the answer. Errors are JSON, `{"status":"failed","code":...,
+//! `control_timeout_ms` for the answer; a user's status is asked of the shard that owns
+//! the user. Routes under `/v1/` need `Authorization: Bearer <jwt>`. Errors are JSON, `{"status":"failed","code":...,
 //! "message":...}`, with the status that fits the code.
 
 use std::sync::Arc;
@@ -11,13 +13,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::oneshot;
 use wire::ErrorCode;
 
+use crate::auth::Authenticator;
 use crate::control::{ControlRequest, ControlSender};
 use crate::metrics::{self, ShardMetrics};
 
@@ -27,6 +30,8 @@ pub struct ControlPlane {
     pub shards: Vec<(ControlSender, Arc<ShardMetrics>)>,
     pub control_timeout_ms: u64,
     pub http_body_bytes_max: usize,
+    /// Verifies the bearer tokens of the `/v1/` routes.
+    pub auth: Arc<Authenticator>,
 }
 
 /// Serves the API on `listener` from a thread of its own until the process exits.
@@ -63,6 +68,7 @@ fn router(plane: ControlPlane) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/v1/user/{user_id}/status", get(user_status))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_bytes_max))
@@ -136,4 +142,56 @@ async fn metrics(State(plane): State<Arc<ControlPlane>>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// The user a request's `Authorization: Bearer <jwt>` authenticates, or the 401 answer.
+fn authenticate(plane: &ControlPlane, headers: &HeaderMap) -> Result<wire::UserId, Response> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    plane
+        .auth
+        .verify(token)
+        .map_err(|error| failure(ErrorCode::Unauthorized, &error.to_string()))
+}
+
+/// `{"online": bool, "last_active_time": ms | null}` of any user, asked of their owner
+/// shard. A user the server never saw is offline with `null`.
+async fn user_status(
+    State(plane): State<Arc<ControlPlane>>,
+    headers: HeaderMap,
+    Path(user_id): Path<String>,
+) -> Response {
+    if let Err(response) = authenticate(&plane, &headers) {
+        return response;
+    }
+    let user = match wire::UserId::parse(&user_id) {
+        Ok(user) => user,
+        Err(error) => return failure(ErrorCode::BadRequest, &format!("bad user id: {error}")),
+    };
+    let owner = router::owner_shard(&user, plane.shards.len() as u16);
+    let (sender, _) = &plane.shards[usize::from(owner)];
+    let (reply, answer) = oneshot::channel();
+    if let Err(error) = sender.send(ControlRequest::Status { user, reply }) {
+        return failure(
+            ErrorCode::Overloaded,
+            &format!("shard {owner} did not answer: {error}"),
+        );
+    }
+    let timeout = Duration::from_millis(plane.control_timeout_ms);
+    match tokio::time::timeout(timeout, answer).await {
+        Ok(Ok(status)) => {
+            let body = serde_json::json!({
+                "online": status.online,
+                "last_active_time": status.last_seen_ms,
+            });
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
+        _ => failure(
+            ErrorCode::Overloaded,
+            &format!("shard {owner} did not answer"),
+        ),
+    }
 }

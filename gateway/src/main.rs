@@ -5,22 +5,16 @@ mod auth;
 mod codec;
 mod config;
 mod conn;
-#[allow(
-    dead_code,
-    reason = "the shard loop and the HTTP API that use it land next"
-)]
 mod control;
 mod http;
 mod io;
 mod journal;
 mod listen;
-#[allow(
-    dead_code,
-    reason = "the shard loop and the HTTP API that use it land next"
-)]
+mod mesh;
 mod metrics;
 mod pool;
 mod readiness;
+mod router_loop;
 mod shard;
 mod signals;
 mod sink;
@@ -99,6 +93,13 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(Config::resolve(args)?);
     check_data_dir(&config.data_dir)?;
+    let n_shards = u16::try_from(config.shards)
+        .ok()
+        .filter(|n| *n <= router::ids::SHARDS_MAX)
+        .ok_or_else(|| {
+            anyhow::anyhow!("--shards {} is more than {}", config.shards, router::ids::SHARDS_MAX)
+        })?;
+    journal::check_layout(&config.data_dir, n_shards)?;
     let secret = auth::load_secret(&config.secret)?;
     let auth = Arc::new(Authenticator::new(&secret));
     let (driver, why) = shard::choose_driver()?;
@@ -122,6 +123,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let mut plane = http::ControlPlane {
         shards: Vec::with_capacity(listeners.len()),
         control_timeout_ms: config.limits.control_timeout_ms,
+        auth: Arc::clone(&auth),
         http_body_bytes_max: config.limits.http_body_bytes_max,
     };
     let mut shard_control = Vec::with_capacity(listeners.len());

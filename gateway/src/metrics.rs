@@ -51,12 +51,17 @@ pub struct ShardMetrics {
     pub acks: AtomicU64,
     /// Counter: `error` answers sent.
     pub errors: AtomicU64,
+    /// Counter: connections closed with 1013 for not reading their messages.
+    pub slow_consumers: AtomicU64,
     /// Gauge: undelivered messages in the inboxes this shard owns.
     pub inbox_messages: AtomicU64,
     /// Gauge: envelopes waiting in the rings into this shard.
     pub ring_occupancy: AtomicU64,
     /// Counter: bytes appended to this shard's write-ahead log.
     pub wal_bytes: AtomicU64,
+    /// Gauge: bytes of this shard's segment files, and their number.
+    pub wal_disk_bytes: AtomicU64,
+    pub wal_segments: AtomicU64,
     /// fdatasync latency of the write-ahead log.
     pub wal_fsync: Histogram,
 }
@@ -75,7 +80,25 @@ impl ShardMetrics {
 /// one sample per shard with a `shard` label.
 pub fn render(shards: &[&ShardMetrics], out: &mut String) {
     type Field = fn(&ShardMetrics) -> &AtomicU64;
-    let series: [(&str, &str, &str, Field); 11] = [
+    let series: [(&str, &str, &str, Field); 14] = [
+        (
+            "switchboard_wal_disk_bytes",
+            "gauge",
+            "Bytes of the write-ahead log's segment files.",
+            |m| &m.wal_disk_bytes,
+        ),
+        (
+            "switchboard_wal_segments",
+            "gauge",
+            "Segment files of the write-ahead log.",
+            |m| &m.wal_segments,
+        ),
+        (
+            "switchboard_slow_consumers_total",
+            "counter",
+            "Connections closed with 1013 because they did not read their messages.",
+            |m| &m.slow_consumers,
+        ),
         (
             "switchboard_connections",
             "gauge",

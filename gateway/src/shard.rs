@@ -2,9 +2,13 @@
 //! io_uring is not allowed), its own `SO_REUSEPORT` listener and its own connections.
 //!
 //! A shard's state lives in one [`Shard`] behind an `Rc`, touched only by its thread: no
-//! locks and no atomics on the hot path. The main thread talks to a shard only at start
-//! (the shard reports that it is ready, or why it failed) and at shutdown (one byte on a
-//! socket pair wakes the shard, which then closes its connections with 1001).
+//! locks and no atomics on the hot path. Each shard runs two kinds of task: one per
+//! connection (`conn.rs`), and one router loop (`router_loop.rs`) that owns the shard's
+//! router and write-ahead log. Shards talk to each other only through the mesh of rings
+//! (`mesh.rs`). The main thread talks to a shard only at start (the shard recovers its log
+//! and reports that it is ready, or why it failed) and at shutdown (one byte on a socket
+//! pair wakes the shard, which stops accepting, commits its log, then closes its
+//! connections with 1001).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -25,12 +29,15 @@ use wire::handshake::HandshakeConfig;
 use crate::auth::Authenticator;
 use crate::codec::Encoders;
 use crate::config::{Config, ECHO_PATH, WS_PATH};
-use crate::control::{ControlInbox, ControlRequest, ShardHealth};
+use crate::control::ControlInbox;
 use crate::io;
+use crate::journal::{Journal, JournalConfig};
+use crate::mesh::ShardMesh;
 use crate::metrics::ShardMetrics;
 use crate::pool::{BufferPool, Slots};
 use crate::readiness::{self, Readiness};
-use crate::sink::{Sink, Unrouted};
+use crate::router_loop::{self, RouterLoop};
+use crate::sink::Link;
 
 /// The event loop a shard runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,8 +146,11 @@ pub struct ConnSlot {
     pub outbound: VecDeque<OutFrame>,
     /// Bytes of the front frame already written.
     pub front_written: usize,
-    /// A close code the shard asks the connection to close with (1001 at shutdown).
+    /// A close code the shard asks the connection to close with (1001 at shutdown, 1013
+    /// for a consumer too slow to take its messages).
     pub close_request: Option<u16>,
+    /// The connection speaks flatbuffers (else JSON); set once the upgrade chose.
+    pub flatbuffers: bool,
 }
 
 /// Why a frame could not be queued.
@@ -163,7 +173,8 @@ pub struct Shard {
     pub shutting_down: Signal,
     /// Fired when the shard is shutting down and its last connection is gone.
     pub drained: Signal,
-    pub sink: Box<dyn Sink>,
+    /// The queues toward the router halves of this and the other shards.
+    pub link: Link,
     /// This shard's counters, read by the HTTP thread.
     pub metrics: Arc<ShardMetrics>,
 }
@@ -180,6 +191,7 @@ impl std::fmt::Debug for Shard {
 impl Shard {
     pub fn new(
         shard_id: u16,
+        n_shards: u16,
         config: Arc<Config>,
         auth: Arc<Authenticator>,
         metrics: Arc<ShardMetrics>,
@@ -210,7 +222,7 @@ impl Shard {
             next_generation: Cell::new(0),
             shutting_down: Signal::default(),
             drained: Signal::default(),
-            sink: Box::new(Unrouted),
+            link: Link::new(shard_id, n_shards, limits.ring_envelopes_max),
             metrics,
             auth,
             config,
@@ -259,23 +271,48 @@ impl Shard {
         }
     }
 
-    /// Queues a frame for the connection `conn` names, if it is still open: a connection
-    /// that closed may have left its slot to another, which the generation tells apart.
-    #[expect(dead_code, reason = "the router integration delivers through it")]
-    pub fn deliver(&self, conn: crate::sink::ConnId, frame: OutFrame) -> Result<(), QueueFull> {
-        assert_eq!(
-            conn.shard_id, self.shard_id,
-            "delivered on the owning shard"
-        );
-        let current = self
-            .conns
-            .borrow_mut()
-            .get_mut(conn.slot)
-            .is_some_and(|slot| slot.generation == conn.generation);
-        if !current {
-            return Ok(());
+    /// Sets the encoding of a connection's data frames, once its upgrade chose one.
+    pub fn set_encoding(&self, slot: u32, encoding: wire::handshake::Encoding) {
+        let mut conns = self.conns.borrow_mut();
+        let conn = conns.get_mut(slot).expect("a live connection");
+        conn.flatbuffers = encoding == wire::handshake::Encoding::Flatbuffers;
+    }
+
+    /// Encodes a message from the router in the encoding of the connection `conn` names and
+    /// queues it, if that connection is still open: one that closed may have left its slot
+    /// to another, which the generation tells apart. A connection whose queue is full is a
+    /// consumer too slow for its messages: it is closed with 1013, and what it did not
+    /// acknowledge stays in its user's inbox for the next connection.
+    pub fn deliver(&self, conn: router::ConnId, message: &wire::ServerMessage) {
+        assert_eq!(conn.shard, self.shard_id, "delivered on the owning shard");
+        let mut conns = self.conns.borrow_mut();
+        let Some(slot) = conns.get_mut(conn.slot) else {
+            return;
+        };
+        if slot.generation != conn.generation || slot.close_request.is_some() {
+            return;
         }
-        self.push(conn.slot, frame, false)
+        if slot.outbound.len() >= self.config.limits.outbound_frames_max {
+            slot.close_request = Some(CLOSE_TRY_AGAIN_LATER);
+            Self::notify(slot);
+            ShardMetrics::add(&self.metrics.slow_consumers, 1);
+            return;
+        }
+        let encoding = if slot.flatbuffers {
+            wire::handshake::Encoding::Flatbuffers
+        } else {
+            wire::handshake::Encoding::Json
+        };
+        let payload = self.encoders.borrow_mut().encode(encoding, message);
+        slot.outbound.push_back(OutFrame::new(
+            crate::codec::data_opcode(encoding),
+            payload,
+        ));
+        Self::notify(slot);
+        ShardMetrics::add(&self.metrics.messages_out, 1);
+        if router_loop::is_ack(message) {
+            ShardMetrics::add(&self.metrics.acks, 1);
+        }
     }
 
     pub fn has_outbound(&self, slot: u32) -> bool {
@@ -385,6 +422,10 @@ impl Shard {
     }
 }
 
+/// Close code 1013, "try again later": the server closes a connection that does not read
+/// its messages fast enough.
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+
 /// Handles for the main thread: one per shard.
 #[derive(Debug)]
 pub struct ShardHandle {
@@ -416,9 +457,13 @@ pub fn start(
         "one control inbox per shard"
     );
     let cpus = allowed_cpus();
+    let n_shards = u16::try_from(listeners.len()).context("too many shards")?;
+    let meshes = crate::mesh::build(listeners.len(), config.limits.ring_envelopes_max)
+        .context("cannot make the rings between shards")?;
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<DriverKind>>();
     let mut handles = Vec::with_capacity(listeners.len());
-    for (index, (listener, (inbox, metrics))) in listeners.into_iter().zip(control).enumerate() {
+    let parts = listeners.into_iter().zip(control).zip(meshes);
+    for (index, ((listener, (inbox, metrics)), mesh)) in parts.enumerate() {
         let shard_id = u16::try_from(index).context("too many shards")?;
         let (wake_main, wake_shard) = StdUnixStream::pair().context("socketpair")?;
         wake_shard.set_nonblocking(true)?;
@@ -432,8 +477,14 @@ pub fn start(
                 if let Some(cpu) = cpu {
                     pin_to_cpu(shard_id, cpu);
                 }
-                let shard = Shard::new(shard_id, config, auth, metrics);
-                run(shard, listener, wake_shard, inbox, driver, ready);
+                let shard = Shard::new(shard_id, n_shards, config, auth, metrics);
+                let parts = ShardParts {
+                    listener,
+                    wake: wake_shard,
+                    inbox,
+                    mesh,
+                };
+                run(shard, parts, driver, ready);
             })
             .context("cannot start a shard thread")?;
         handles.push(ShardHandle {
@@ -453,13 +504,19 @@ pub fn start(
     Ok((handles, used))
 }
 
+/// What a shard thread is handed besides its state.
+struct ShardParts {
+    listener: std::net::TcpListener,
+    wake: StdUnixStream,
+    inbox: ControlInbox,
+    mesh: ShardMesh,
+}
+
 /// Builds the shard's runtime on `driver`, falling back to epoll if io_uring cannot be set
 /// up (a locked-memory limit, a seccomp filter), and runs the shard until shutdown.
 fn run(
     shard: Shard,
-    listener: std::net::TcpListener,
-    wake: StdUnixStream,
-    inbox: ControlInbox,
+    parts: ShardParts,
     driver: DriverKind,
     ready: mpsc::Sender<anyhow::Result<DriverKind>>,
 ) {
@@ -472,9 +529,7 @@ fn run(
             Ok(mut runtime) => {
                 runtime.block_on(shard_main(
                     Rc::new(shard),
-                    listener,
-                    wake,
-                    inbox,
+                    parts,
                     DriverKind::IoUring,
                     ready,
                 ));
@@ -491,9 +546,7 @@ fn run(
     {
         Ok(mut runtime) => runtime.block_on(shard_main(
             Rc::new(shard),
-            listener,
-            wake,
-            inbox,
+            parts,
             DriverKind::Epoll,
             ready,
         )),
@@ -503,14 +556,47 @@ fn run(
     }
 }
 
+/// Opens and recovers the shard's log and rebuilds its router from it.
+fn recover(shard: &Shard) -> anyhow::Result<(Journal, router::RouterShard)> {
+    let config = &shard.config;
+    let limits = &config.limits;
+    let journal_config = JournalConfig {
+        segment_bytes_max: limits.wal_segment_bytes_max,
+        durability: config.durability,
+        batch_interval_ms: limits.wal_batch_interval_ms,
+        checkpoint_slack_bytes: limits.wal_checkpoint_slack_bytes,
+        pending_bytes_max: limits.wal_pending_bytes_max,
+    };
+    let (journal, records) = Journal::open(&config.data_dir, shard.shard_id, journal_config)?;
+    let n_records = records.len();
+    let router = router::RouterShard::recover(
+        limits.router(),
+        shard.shard_id,
+        shard.link.n_shards(),
+        records,
+    );
+    let stats = router.stats();
+    tracing::info!(
+        shard = shard.shard_id,
+        records = n_records,
+        undelivered = stats.stored_messages,
+        "log recovered"
+    );
+    Ok((journal, router))
+}
+
 async fn shard_main(
     shard: Rc<Shard>,
-    listener: std::net::TcpListener,
-    wake: StdUnixStream,
-    inbox: ControlInbox,
+    parts: ShardParts,
     driver: DriverKind,
     ready: mpsc::Sender<anyhow::Result<DriverKind>>,
 ) {
+    let ShardParts {
+        listener,
+        wake,
+        inbox,
+        mesh,
+    } = parts;
     let registered = Readiness::new(listener.into())
         .and_then(|listener| Ok((listener, monoio::net::UnixStream::from_std(wake)?)));
     let (listener, wake) = match registered {
@@ -522,8 +608,20 @@ async fn shard_main(
             return;
         }
     };
+    let (journal, router) = match recover(&shard) {
+        Ok(recovered) => recovered,
+        Err(error) => {
+            let _ = ready.send(Err(error.context(format!("shard {}", shard.shard_id))));
+            return;
+        }
+    };
     let _ = ready.send(Ok(driver));
     drop(ready);
+
+    let stop_router = Rc::new(Signal::default());
+    let router_flushed = Rc::new(Signal::default());
+    let router_loop = RouterLoop::new(Rc::clone(&shard), router, journal, mesh, inbox);
+    monoio::spawn(router_loop.run(Rc::clone(&stop_router), Rc::clone(&router_flushed)));
 
     let watcher = Rc::clone(&shard);
     monoio::spawn(async move {
@@ -531,11 +629,14 @@ async fn shard_main(
         let _ = wake.readable(false).await;
         watcher.shutting_down.fire();
     });
-    monoio::spawn(answer_control(Rc::clone(&shard), inbox));
 
     accept_loop(&shard, &listener).await;
     // Closing the listener stops the kernel queueing connections for this shard.
     drop(listener);
+    // The log is committed and its acknowledgements queued before the connections close,
+    // so a client sees the answers to what the server took in.
+    stop_router.fire();
+    router_flushed.wait().await;
     shard.close_all(wire::frame::CLOSE_GOING_AWAY);
     let close_timeout = Duration::from_millis(shard.config.limits.close_timeout_ms);
     if monoio::time::timeout(close_timeout, shard.drained.wait())
@@ -548,33 +649,6 @@ async fn shard_main(
             left,
             "connections still open at shutdown"
         );
-    }
-}
-
-/// How often a shard looks at its control inbox: the longest an HTTP request waits for an
-/// idle shard's answer.
-const CONTROL_POLL_MS: u64 = 100;
-
-/// Answers the control plane's requests until the shard shuts down. Polling on a timer keeps
-/// the control plane off the connections' path: no wake-up crosses threads for it.
-async fn answer_control(shard: Rc<Shard>, inbox: ControlInbox) {
-    let period = Duration::from_millis(CONTROL_POLL_MS);
-    loop {
-        while let Some(request) = inbox.try_next() {
-            match request {
-                ControlRequest::Health { reply } => {
-                    // The asker may have given up (timeout); nothing to do then.
-                    let _ = reply.send(ShardHealth {
-                        shard_id: shard.shard_id,
-                        connections: shard.conns.borrow().len() as u64,
-                    });
-                }
-            }
-        }
-        monoio::select! {
-            () = monoio::time::sleep(period) => {},
-            () = shard.shutting_down.wait() => return,
-        }
     }
 }
 

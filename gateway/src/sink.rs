@@ -1,28 +1,33 @@
-//! Where a connection hands the valid messages of its user: the seam between the gateway
-//! half of a shard and the router.
+//! Where a connection hands the valid messages of its user to the router: the seam between
+//! the gateway half of a shard and the router halves of every shard.
 //!
-//! The router integration implements [`Sink`]; until it does, the shard's sink is
-//! [`Unrouted`], which takes every message and does nothing with it, so a valid message gets
-//! no answer yet. The gateway itself answers what it can decide alone: malformed or invalid
-//! messages (`error` with `bad_request` / `too_large`) and the WebSocket control frames.
+//! [`Link::submit`] asks `router::route` which shard(s) a message goes to and queues it:
+//! for this shard's own router in `local`, for another shard in that shard's outbox, which
+//! the router loop moves into the ring to that shard once per turn (so one doorbell rings
+//! per batch, not per message). The queues are bounded by `ring_envelopes_max`:
+//! - past it the link is *congested*, and connections stop reading their sockets until the
+//!   router loop has moved the queues on (backpressure reaches the clients' TCP windows);
+//! - a read already under way can still add a few messages; past twice the bound a message
+//!   is refused with `overloaded` instead of queued.
+//!
+//! Attach, detach and close notices are never refused: each connection makes at most one of
+//! each per shard, so they are bounded by the connection limit, and losing one would leave
+//! the router believing in a connection that is gone.
 
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::task::{Poll, Waker};
+
+use router::{ConnId, Input, Route, ShardId};
 use wire::{ClientMessage, UserId};
 
-/// Names one connection of one shard: the shard's slot key and a generation, so that a
-/// message for a connection that closed never reaches the one that took its slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnId {
-    pub shard_id: u16,
-    pub slot: u32,
-    pub generation: u32,
-}
+use crate::mesh::Envelope;
 
-/// Why a sink did not take a message; the connection answers the client with the matching
-/// `error` code.
+/// Why the link did not take a message; the connection answers the client with the
+/// matching `error` code.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SinkError {
     /// The path to the owning shard is full: the client may retry (`overloaded`).
-    #[expect(dead_code, reason = "the router integration's sink returns it")]
     #[error("the server is overloaded, try again")]
     Overloaded,
 }
@@ -35,32 +40,361 @@ impl SinkError {
     }
 }
 
-/// Takes the decoded, validated messages of authenticated users, in the order each
-/// connection received them. Called on the shard's own thread; it must not block.
-pub trait Sink {
-    /// A connection of `user` was upgraded on /ws.
-    fn connected(&self, conn: ConnId, user: &UserId);
-    /// One message from `user` on `conn`.
-    fn submit(&self, conn: ConnId, user: &UserId, message: ClientMessage) -> Result<(), SinkError>;
-    /// The connection is gone (closed by either side, or by shutdown).
-    fn disconnected(&self, conn: ConnId, user: &UserId);
+/// The shards a connection's `presence_subscribe`s went to: they get `Input::Closed` when
+/// it closes. Shards past 63 are not tracked one by one: a connection that subscribed
+/// through one of them notifies every shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShardSet {
+    bits: u64,
+    all: bool,
 }
 
-/// The sink of a build without the router: it accepts everything and routes nothing.
+impl ShardSet {
+    pub fn insert(&mut self, shard: ShardId) {
+        if shard < 64 {
+            self.bits |= 1 << shard;
+        } else {
+            self.all = true;
+        }
+    }
+
+    pub fn contains(&self, shard: ShardId) -> bool {
+        self.all || (shard < 64 && self.bits & (1 << shard) != 0)
+    }
+}
+
+/// Wakes one task (the router loop) from tasks of the same thread.
 #[derive(Debug, Default)]
-pub struct Unrouted;
+pub struct Wakeup {
+    set: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
 
-impl Sink for Unrouted {
-    fn connected(&self, conn: ConnId, user: &UserId) {
-        tracing::debug!(?conn, %user, "connected");
+impl Wakeup {
+    pub fn wake(&self) {
+        self.set.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
     }
 
-    fn submit(&self, conn: ConnId, user: &UserId, message: ClientMessage) -> Result<(), SinkError> {
-        tracing::debug!(?conn, %user, kind = message.type_name(), "not routed: no router in this build");
-        Ok(())
+    /// Completes once `wake` was called since the last completion.
+    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.set.replace(false) {
+                return Poll::Ready(());
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+}
+
+/// Tasks of one thread waiting for the same event, each woken once per `notify_all`.
+#[derive(Debug, Default)]
+pub struct Notify {
+    generation: Cell<u64>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Notify {
+    pub fn notify_all(&self) {
+        self.generation.set(self.generation.get().wrapping_add(1));
+        for waker in self.waiters.take() {
+            waker.wake();
+        }
     }
 
-    fn disconnected(&self, conn: ConnId, user: &UserId) {
-        tracing::debug!(?conn, %user, "disconnected");
+    /// Completes at the next `notify_all`.
+    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
+        let start = self.generation.get();
+        std::future::poll_fn(move |cx| {
+            if self.generation.get() != start {
+                return Poll::Ready(());
+            }
+            let mut waiters = self.waiters.borrow_mut();
+            if !waiters.iter().any(|waker| waker.will_wake(cx.waker())) {
+                waiters.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+    }
+}
+
+/// A shard's queues toward the router halves, filled by its connections and its own
+/// router, emptied by its router loop.
+#[derive(Debug)]
+pub struct Link {
+    shard_id: ShardId,
+    n_shards: u16,
+    /// Inputs for this shard's own router.
+    local: RefCell<VecDeque<Input>>,
+    /// `outboxes[j]`: envelopes for shard `j`, waiting for room in the ring to it.
+    outboxes: RefCell<Vec<VecDeque<Envelope>>>,
+    /// `ring_envelopes_max`: past it, connections stop reading.
+    queue_soft_max: usize,
+    /// Past it, client messages are refused.
+    queue_hard_max: usize,
+    /// Wakes the router loop when something was queued.
+    pub router_wake: Wakeup,
+    /// Wakes connections that stopped reading once the queues are short again.
+    pub room: Notify,
+}
+
+impl Link {
+    pub fn new(shard_id: ShardId, n_shards: u16, ring_envelopes_max: usize) -> Link {
+        assert!(shard_id < n_shards && ring_envelopes_max > 0);
+        Link {
+            shard_id,
+            n_shards,
+            local: RefCell::new(VecDeque::new()),
+            outboxes: RefCell::new((0..n_shards).map(|_| VecDeque::new()).collect()),
+            queue_soft_max: ring_envelopes_max,
+            queue_hard_max: ring_envelopes_max.saturating_mul(2),
+            router_wake: Wakeup::default(),
+            room: Notify::default(),
+        }
+    }
+
+    pub fn n_shards(&self) -> u16 {
+        self.n_shards
+    }
+
+    /// A connection of `user` was upgraded on /ws.
+    pub fn connected(&self, conn: ConnId, user: &UserId) {
+        let owner = router::owner_shard(user, self.n_shards);
+        self.send_input(
+            owner,
+            Input::Attach {
+                conn,
+                user: user.clone(),
+            },
+        );
+    }
+
+    /// The connection is gone (closed by either side, or by shutdown): its user's owner gets
+    /// `Detach`, and every other shard it subscribed through gets `Closed`.
+    pub fn disconnected(&self, conn: ConnId, user: &UserId, subscribed: ShardSet) {
+        let owner = router::owner_shard(user, self.n_shards);
+        self.send_input(
+            owner,
+            Input::Detach {
+                conn,
+                user: user.clone(),
+            },
+        );
+        for shard in 0..self.n_shards {
+            if shard != owner && subscribed.contains(shard) {
+                self.send_input(shard, Input::Closed { conn });
+            }
+        }
+    }
+
+    /// One message from `user` on `conn`, in the order the connection received them.
+    pub fn submit(
+        &self,
+        conn: ConnId,
+        user: &UserId,
+        message: ClientMessage,
+        subscribed: &mut ShardSet,
+    ) -> Result<(), SinkError> {
+        let subscribes = matches!(message, ClientMessage::PresenceSubscribe { .. });
+        match router::route(user, &message, self.n_shards) {
+            Route::Nowhere => Ok(()),
+            Route::One(shard) => {
+                if self.queued_for(shard) >= self.queue_hard_max {
+                    return Err(SinkError::Overloaded);
+                }
+                if subscribes {
+                    subscribed.insert(shard);
+                }
+                let user = user.clone();
+                self.send_input(
+                    shard,
+                    Input::Client {
+                        conn,
+                        user,
+                        message,
+                    },
+                );
+                Ok(())
+            }
+            Route::Split(parts) => {
+                // All or nothing: a client that is told `overloaded` retries the whole.
+                if parts
+                    .iter()
+                    .any(|(shard, _)| self.queued_for(*shard) >= self.queue_hard_max)
+                {
+                    return Err(SinkError::Overloaded);
+                }
+                for (shard, message) in parts {
+                    if subscribes {
+                        subscribed.insert(shard);
+                    }
+                    let user = user.clone();
+                    self.send_input(
+                        shard,
+                        Input::Client {
+                            conn,
+                            user,
+                            message,
+                        },
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Queues an input for the router of `shard`.
+    pub fn send_input(&self, shard: ShardId, input: Input) {
+        if shard == self.shard_id {
+            self.local.borrow_mut().push_back(input);
+        } else {
+            self.send(shard, Envelope::Router(input));
+        }
+        self.router_wake.wake();
+    }
+
+    /// Queues an envelope for another shard; the router loop moves it into the ring.
+    pub fn send(&self, shard: ShardId, envelope: Envelope) {
+        assert_ne!(shard, self.shard_id, "a shard's own inputs go to `local`");
+        self.outboxes.borrow_mut()[usize::from(shard)].push_back(envelope);
+    }
+
+    fn queued_for(&self, shard: ShardId) -> usize {
+        if shard == self.shard_id {
+            self.local.borrow().len()
+        } else {
+            self.outboxes.borrow()[usize::from(shard)].len()
+        }
+    }
+
+    /// Whether connections should stop reading: some queue is past `ring_envelopes_max`.
+    pub fn congested(&self) -> bool {
+        self.local.borrow().len() >= self.queue_soft_max
+            || self
+                .outboxes
+                .borrow()
+                .iter()
+                .any(|outbox| outbox.len() >= self.queue_soft_max)
+    }
+
+    /// Takes up to `max` inputs for this shard's own router, oldest first.
+    pub fn take_local(&self, max: usize, into: &mut Vec<Input>) {
+        let mut local = self.local.borrow_mut();
+        let n = local.len().min(max);
+        into.extend(local.drain(..n));
+    }
+
+    pub fn has_local(&self) -> bool {
+        !self.local.borrow().is_empty()
+    }
+
+    /// Moves what fits of each outbox into the ring to its shard. Returns the shards that
+    /// got envelopes (to ring their doorbells) as a set, and whether anything is left over.
+    pub fn flush(&self, rings: &mut [Option<rtrb::Producer<Envelope>>]) -> (ShardSet, bool) {
+        let mut rung = ShardSet::default();
+        let mut left = false;
+        let mut outboxes = self.outboxes.borrow_mut();
+        for (shard, outbox) in outboxes.iter_mut().enumerate() {
+            if outbox.is_empty() {
+                continue;
+            }
+            let ring = rings[shard].as_mut().expect("a ring to every other shard");
+            let n = outbox.len().min(ring.slots());
+            if n > 0 {
+                let chunk = ring.write_chunk_uninit(n).expect("n slots are free");
+                let written = chunk.fill_from_iter(outbox.drain(..n));
+                assert_eq!(written, n);
+                rung.insert(shard as ShardId);
+            }
+            left |= !outbox.is_empty();
+        }
+        (rung, left)
+    }
+
+    /// Envelopes waiting in outboxes and inputs waiting locally.
+    pub fn queued(&self) -> usize {
+        self.local.borrow().len() + self.outboxes.borrow().iter().map(VecDeque::len).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str) -> UserId {
+        UserId::parse(name).unwrap()
+    }
+
+    fn conn(slot: u32) -> ConnId {
+        ConnId {
+            shard: 0,
+            slot,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn shard_sets_track_each_shard_and_fall_back_to_all() {
+        let mut set = ShardSet::default();
+        assert!(!set.contains(0));
+        set.insert(3);
+        assert!(set.contains(3) && !set.contains(2) && !set.contains(100));
+        set.insert(200);
+        assert!(set.contains(2) && set.contains(100));
+    }
+
+    #[test]
+    fn messages_queue_by_owner_and_a_full_queue_refuses_them() {
+        let link = Link::new(0, 2, 2);
+        let alice = user("alice");
+        let mut subscribed = ShardSet::default();
+        let heartbeat = || ClientMessage::Heartbeat;
+        let owner = router::owner_shard(&alice, 2);
+        for _ in 0..4 {
+            link.submit(conn(1), &alice, heartbeat(), &mut subscribed)
+                .unwrap();
+        }
+        assert!(link.congested());
+        assert_eq!(
+            link.submit(conn(1), &alice, heartbeat(), &mut subscribed),
+            Err(SinkError::Overloaded)
+        );
+        // Notices are never refused.
+        link.disconnected(conn(1), &alice, subscribed);
+        assert_eq!(link.queued(), 5);
+        if owner == 0 {
+            let mut inputs = Vec::new();
+            link.take_local(10, &mut inputs);
+            assert_eq!(inputs.len(), 5);
+            assert!(matches!(inputs[4], Input::Detach { .. }));
+        } else {
+            let (producer, mut consumer) = rtrb::RingBuffer::new(4);
+            let mut rings = vec![None, Some(producer)];
+            let (rung, left) = link.flush(&mut rings);
+            assert!(rung.contains(1) && left, "four fit, one waits");
+            assert!(!link.congested());
+            assert!(matches!(consumer.pop(), Ok(Envelope::Router(Input::Client { .. }))));
+        }
+    }
+
+    #[test]
+    fn notify_wakes_every_waiter_once() {
+        use std::future::Future as _;
+        let notify = Notify::default();
+        let mut cx = std::task::Context::from_waker(Waker::noop());
+        let mut first = Box::pin(notify.wait());
+        assert_eq!(first.as_mut().poll(&mut cx), Poll::Pending);
+        notify.notify_all();
+        assert_eq!(first.as_mut().poll(&mut cx), Poll::Ready(()));
+        let mut second = Box::pin(notify.wait());
+        assert_eq!(second.as_mut().poll(&mut cx), Poll::Pending);
+        let wakeup = Wakeup::default();
+        let mut woken = Box::pin(wakeup.wait());
+        assert_eq!(woken.as_mut().poll(&mut cx), Poll::Pending);
+        wakeup.wake();
+        assert_eq!(woken.as_mut().poll(&mut cx), Poll::Ready(()));
     }
 }

@@ -458,3 +458,71 @@ pub fn upgrade_request(target: &str, extra_headers: &str) -> String {
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
     )
 }
+
+/// Sends one JSON message in a text frame.
+pub fn send_json(client: &mut Client, message: &serde_json::Value) {
+    client
+        .send(Message::text(message.to_string()))
+        .expect("message sent");
+}
+
+/// The next data message, parsed as JSON (pings and pongs are skipped).
+pub fn recv_json(client: &mut Client) -> serde_json::Value {
+    match next_message(client) {
+        Message::Text(text) => serde_json::from_str(&text).expect("the server sends JSON"),
+        other => panic!("expected a JSON text frame, got {other:?}"),
+    }
+}
+
+/// Reads messages until one of type `kind` arrives and returns it; the others read on the
+/// way are returned too, in order, so a test can check what came before.
+pub fn recv_type(client: &mut Client, kind: &str) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let mut before = Vec::new();
+    loop {
+        let message = recv_json(client);
+        if message["type"] == kind {
+            return (message, before);
+        }
+        before.push(message);
+    }
+}
+
+/// Whether nothing but pings arrives within `quiet`: for checking that something is *not*
+/// sent, after the event that would have sent it has certainly been handled (the caller
+/// first waits for an answer that the server sends after it).
+pub fn nothing_within(client: &mut Client, quiet: Duration) -> Option<Message> {
+    client
+        .get_mut()
+        .set_read_timeout(Some(quiet))
+        .expect("timeout");
+    let result = loop {
+        match client.read() {
+            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+            Ok(message) => break Some(message),
+            Err(tungstenite::Error::Io(error))
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break None;
+            }
+            Err(error) => panic!("reading: {error}"),
+        }
+    };
+    client
+        .get_mut()
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .expect("timeout");
+    result
+}
+
+/// A `send_message` from the connection's user to `to`.
+pub fn send_message(client_msg_id: u64, to: &str, content: &str) -> serde_json::Value {
+    serde_json::json!({
+        "type": "send_message",
+        "client_msg_id": client_msg_id,
+        "to": to,
+        "content": content,
+    })
+}

@@ -1,0 +1,318 @@
+//! The router half of a shard at run time: the task that feeds the shard's
+//! [`router::RouterShard`] from its connections and its rings, carries out the router's
+//! outputs, and makes one group commit of the write-ahead log per turn.
+//!
+//! One turn:
+//! 1. take the inputs this shard's connections queued, and up to `mesh_batch_envelopes_max`
+//!    envelopes from each ring into this shard, and step the router with each (an envelope
+//!    for a connection is delivered at once);
+//! 2. carry out the outputs: appends go to the journal, sends to a connection of this shard
+//!    are encoded and queued on it, everything for another shard goes to its outbox;
+//! 3. if anything was appended, commit (one fdatasync with `fsync` durability) and step the
+//!    router with `Durable`, which releases the acknowledgements the commit made true;
+//! 4. move the outboxes into the rings and ring the doorbells of the shards that got
+//!    something.
+//!
+//! While the commit runs (an io_uring fsync on that driver), the connection tasks keep
+//! reading and queueing; what they queued is the next turn's batch. Every
+//! `router_tick_ms` the router gets `Tick` (presence expiry, receipt retries), the journal
+//! syncs a due batch, a checkpoint is taken when the log has grown enough, the control
+//! plane's questions are answered and the gauges are set. With nothing to do the task sleeps
+//! until a connection queues something, a doorbell rings or the next tick.
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use monoio::time::Instant;
+use router::{Input, Output, RouterShard};
+use wire::ServerMessage;
+
+use crate::control::{ControlInbox, ControlRequest, ShardHealth, UserStatus};
+use crate::journal::Journal;
+use crate::mesh::{Envelope, ShardMesh};
+use crate::metrics::ShardMetrics;
+use crate::readiness::Readiness;
+use crate::shard::{Shard, Signal};
+
+/// The router half of one shard.
+pub struct RouterLoop {
+    shard: Rc<Shard>,
+    router: RouterShard,
+    journal: Journal,
+    mesh: ShardMesh,
+    control: ControlInbox,
+    inputs: Vec<Input>,
+    outputs: Vec<Output>,
+    batch_max: usize,
+    tick: Duration,
+}
+
+impl std::fmt::Debug for RouterLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterLoop")
+            .field("shard", &self.shard.shard_id)
+            .field("journal", &self.journal)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Wall-clock Unix milliseconds: the router's `now_ms`. A clock before 1970 reads as 0;
+/// the router copes with any steps of it.
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+impl RouterLoop {
+    pub fn new(
+        shard: Rc<Shard>,
+        router: RouterShard,
+        journal: Journal,
+        mesh: ShardMesh,
+        control: ControlInbox,
+    ) -> RouterLoop {
+        let limits = &shard.config.limits;
+        let batch_max = limits.mesh_batch_envelopes_max;
+        let tick = Duration::from_millis(limits.router_tick_ms);
+        RouterLoop {
+            shard,
+            router,
+            journal,
+            mesh,
+            control,
+            inputs: Vec::with_capacity(batch_max),
+            outputs: Vec::new(),
+            batch_max,
+            tick,
+        }
+    }
+
+    /// Runs until `stop` fires, then makes a last turn (so that what was queued is
+    /// committed and acknowledged) and fires `flushed`.
+    pub async fn run(mut self, stop: Rc<Signal>, flushed: Rc<Signal>) {
+        let doorbell = Arc::clone(&self.mesh.doorbells[usize::from(self.shard.shard_id)]);
+        let registered = duplicate(doorbell.fd()).and_then(Readiness::new);
+        let bell = match registered {
+            Ok(bell) => bell,
+            Err(error) => fatal(self.shard.shard_id, "cannot watch the doorbell", &error),
+        };
+        let mut next_tick = Instant::now();
+        loop {
+            let worked = self.turn().await;
+            if stop.fired() {
+                // A last turn picks up what came in during this one.
+                self.turn().await;
+                break;
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.on_tick().await;
+                next_tick = now + self.tick;
+                continue;
+            }
+            if worked {
+                continue;
+            }
+            doorbell.prepare_sleep();
+            if self.has_incoming() || self.shard.link.has_local() {
+                doorbell.woke();
+                continue;
+            }
+            // Outboxes that did not fit their rings wait for the other shard to drain them:
+            // look again soon rather than at the next tick.
+            let wait = if self.shard.link.queued() > 0 {
+                Duration::from_millis(1)
+            } else {
+                next_tick.saturating_duration_since(now)
+            };
+            monoio::select! {
+                () = self.shard.link.router_wake.wait() => {},
+                _ = bell.readable() => {},
+                () = monoio::time::sleep(wait) => {},
+                () = stop.wait() => {},
+            }
+            doorbell.woke();
+        }
+        flushed.fire();
+    }
+
+    fn has_incoming(&self) -> bool {
+        self.mesh
+            .incoming
+            .iter()
+            .flatten()
+            .any(|ring| !ring.is_empty())
+    }
+
+    /// One turn; returns whether it found any work.
+    async fn turn(&mut self) -> bool {
+        let now_ms = wall_ms();
+        let mut worked = false;
+        self.shard.link.take_local(self.batch_max, &mut self.inputs);
+        for input in self.inputs.drain(..) {
+            worked = true;
+            self.router.step(now_ms, input, &mut self.outputs);
+        }
+        for index in 0..self.mesh.incoming.len() {
+            let Some(ring) = self.mesh.incoming[index].as_mut() else {
+                continue;
+            };
+            let n = ring.slots().min(self.batch_max);
+            if n == 0 {
+                continue;
+            }
+            worked = true;
+            let chunk = ring.read_chunk(n).expect("n envelopes are there");
+            for envelope in chunk {
+                match envelope {
+                    Envelope::Router(input) => self.router.step(now_ms, input, &mut self.outputs),
+                    Envelope::Deliver { conn, message } => self.shard.deliver(conn, &message),
+                }
+            }
+        }
+        self.carry_out().await;
+        if self.journal.last_lsn() > self.journal.committed_lsn() {
+            worked = true;
+            self.commit(now_ms).await;
+        }
+        self.flush_outboxes();
+        worked
+    }
+
+    /// Makes everything appended durable and tells the router.
+    async fn commit(&mut self, now_ms: u64) {
+        match self.journal.commit().await {
+            Ok(Some(commit)) => {
+                if let Some(micros) = commit.sync_micros {
+                    self.shard.metrics.wal_fsync.record_micros(micros);
+                }
+                self.router.step(
+                    now_ms,
+                    Input::Durable {
+                        lsn: commit.durable,
+                    },
+                    &mut self.outputs,
+                );
+                self.carry_out().await;
+            }
+            Ok(None) => {}
+            Err(error) => fatal(self.shard.shard_id, "the write-ahead log failed", &error),
+        }
+    }
+
+    async fn carry_out(&mut self) {
+        let mut outputs = std::mem::take(&mut self.outputs);
+        let shard_id = self.shard.shard_id;
+        for output in outputs.drain(..) {
+            match output {
+                Output::Append { lsn, record } => {
+                    if self.journal.is_full()
+                        && let Err(error) = self.journal.write_pending().await
+                    {
+                        fatal(shard_id, "the write-ahead log failed", &error);
+                    }
+                    self.journal.append(lsn, &record);
+                }
+                Output::Send { conn, message } if conn.shard == shard_id => {
+                    self.shard.deliver(conn, &message);
+                }
+                Output::Send { conn, message } => {
+                    self.shard
+                        .link
+                        .send(conn.shard, Envelope::Deliver { conn, message });
+                }
+                Output::Peer { shard, message } => {
+                    self.shard
+                        .link
+                        .send(shard, Envelope::Router(Input::Peer(message)));
+                }
+            }
+        }
+        // Keep the allocation for the next turn.
+        self.outputs = outputs;
+        ShardMetrics::set(&self.shard.metrics.wal_bytes, self.journal.appended_bytes());
+    }
+
+    fn flush_outboxes(&mut self) {
+        let (rung, _left) = self.shard.link.flush(&mut self.mesh.outgoing);
+        for (shard, doorbell) in self.mesh.doorbells.iter().enumerate() {
+            if rung.contains(shard as u16) && shard != usize::from(self.shard.shard_id) {
+                doorbell.ring();
+            }
+        }
+        if !self.shard.link.congested() {
+            self.shard.link.room.notify_all();
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        let now_ms = wall_ms();
+        self.router.step(now_ms, Input::Tick, &mut self.outputs);
+        if self.journal.wants_checkpoint() {
+            self.router.step(now_ms, Input::Checkpoint, &mut self.outputs);
+        }
+        self.carry_out().await;
+        match self.journal.sync_if_due().await {
+            Ok(Some(micros)) => self.shard.metrics.wal_fsync.record_micros(micros),
+            Ok(None) => {}
+            Err(error) => fatal(self.shard.shard_id, "the write-ahead log failed", &error),
+        }
+        self.answer_control();
+        let stats = self.router.stats();
+        let metrics = &self.shard.metrics;
+        ShardMetrics::set(&metrics.inbox_messages, stats.stored_messages as u64);
+        ShardMetrics::set(&metrics.wal_disk_bytes, self.journal.bytes_on_disk());
+        ShardMetrics::set(&metrics.wal_segments, self.journal.segment_count() as u64);
+        let waiting: usize = self.mesh.incoming.iter().flatten().map(|r| r.slots()).sum();
+        ShardMetrics::set(
+            &metrics.ring_occupancy,
+            (waiting + self.shard.link.queued()) as u64,
+        );
+    }
+
+    /// Answers the control plane. Its questions wait at most one tick, and none of them
+    /// costs a wake-up across threads.
+    fn answer_control(&mut self) {
+        while let Some(request) = self.control.try_next() {
+            match request {
+                ControlRequest::Health { reply } => {
+                    // The asker may have given up (timeout); nothing to do then.
+                    let _ = reply.send(ShardHealth {
+                        shard_id: self.shard.shard_id,
+                        connections: self.shard.conns.borrow().len() as u64,
+                    });
+                }
+                ControlRequest::Status { user, reply } => {
+                    let presence = self.router.presence(&user);
+                    let _ = reply.send(UserStatus {
+                        online: presence.online,
+                        last_seen_ms: presence.last_seen_ms,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// A second descriptor for the same eventfd, for the event loop to own and poll.
+fn duplicate(fd: std::os::fd::RawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: the doorbell owns `fd` and outlives this call; we only duplicate it.
+    unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()
+}
+
+/// The log could not be written or synced: what reached the disk is unknown, so nothing
+/// more may be acknowledged. The process exits and the next start recovers from the files;
+/// every message acknowledged so far is in them.
+fn fatal(shard_id: u16, what: &str, error: &dyn std::fmt::Display) -> ! {
+    tracing::error!(shard = shard_id, %error, "{what}: exiting so that a restart recovers the log");
+    eprintln!("switchboard: error: shard {shard_id}: {what}: {error}");
+    std::process::exit(1);
+}
+
+/// A server message as the metrics count it.
+pub fn is_ack(message: &ServerMessage) -> bool {
+    matches!(message, ServerMessage::MessageReceived { .. })
+}
