@@ -401,7 +401,10 @@ impl Limits {
             ("control_timeout_ms", self.control_timeout_ms),
             ("http_body_bytes_max", self.http_body_bytes_max as u64),
             ("ring_envelopes_max", self.ring_envelopes_max as u64),
-            ("mesh_batch_envelopes_max", self.mesh_batch_envelopes_max as u64),
+            (
+                "mesh_batch_envelopes_max",
+                self.mesh_batch_envelopes_max as u64,
+            ),
             ("router_tick_ms", self.router_tick_ms),
             ("users_max", self.users_max as u64),
             ("conns_per_user_max", self.conns_per_user_max as u64),

@@ -273,10 +273,10 @@ impl Session<'_> {
         } else {
             Next::Open
         };
-        let (shard, stream, slot, fd) = (self.shard, self.stream, self.conn.slot, self.fd);
+        let (shard, stream, slot) = (self.shard, self.stream, self.conn.slot);
         while next == Next::Open {
             if shard.has_outbound(slot) {
-                next = match shard.write_queued(slot, fd) {
+                next = match shard.write_queued(slot) {
                     Ok(true) => Next::Open,
                     Ok(false) => match Box::pin(self.flush()).await {
                         Ok(()) => Next::Open,
@@ -470,7 +470,10 @@ impl Session<'_> {
         message: ClientMessage,
     ) -> Option<(wire::ErrorCode, String, wire::Correlation)> {
         let correlation = message.correlation();
-        let user = self.user.as_ref().expect("/ws connections are authenticated");
+        let user = self
+            .user
+            .as_ref()
+            .expect("/ws connections are authenticated");
         match self
             .shard
             .link
@@ -490,7 +493,7 @@ impl Session<'_> {
 
     /// Writes everything queued, waiting for the socket as needed.
     async fn flush(&self) -> std::io::Result<()> {
-        while !self.shard.write_queued(self.conn.slot, self.fd)? {
+        while !self.shard.write_queued(self.conn.slot)? {
             self.stream.writable().await?;
         }
         Ok(())

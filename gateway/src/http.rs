@@ -145,16 +145,16 @@ async fn metrics(State(plane): State<Arc<ControlPlane>>) -> Response {
 }
 
 /// The user a request's `Authorization: Bearer <jwt>` authenticates, or the 401 answer.
-fn authenticate(plane: &ControlPlane, headers: &HeaderMap) -> Result<wire::UserId, Response> {
+fn authenticate(
+    plane: &ControlPlane,
+    headers: &HeaderMap,
+) -> Result<wire::UserId, crate::auth::AuthError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim);
-    plane
-        .auth
-        .verify(token)
-        .map_err(|error| failure(ErrorCode::Unauthorized, &error.to_string()))
+    plane.auth.verify(token)
 }
 
 /// `{"online": bool, "last_active_time": ms | null}` of any user, asked of their owner
@@ -164,8 +164,8 @@ async fn user_status(
     headers: HeaderMap,
     Path(user_id): Path<String>,
 ) -> Response {
-    if let Err(response) = authenticate(&plane, &headers) {
-        return response;
+    if let Err(error) = authenticate(&plane, &headers) {
+        return failure(ErrorCode::Unauthorized, &error.to_string());
     }
     let user = match wire::UserId::parse(&user_id) {
         Ok(user) => user,

@@ -484,11 +484,6 @@ impl Journal {
         self.broken
     }
 
-    #[cfg(test)]
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Plants a fault: the next operation at that point fails.
     #[cfg(test)]
     pub fn inject(&mut self, fault: Fault) {

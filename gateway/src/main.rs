@@ -97,7 +97,11 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .ok()
         .filter(|n| *n <= router::ids::SHARDS_MAX)
         .ok_or_else(|| {
-            anyhow::anyhow!("--shards {} is more than {}", config.shards, router::ids::SHARDS_MAX)
+            anyhow::anyhow!(
+                "--shards {} is more than {}",
+                config.shards,
+                router::ids::SHARDS_MAX
+            )
         })?;
     journal::check_layout(&config.data_dir, n_shards)?;
     let secret = auth::load_secret(&config.secret)?;

@@ -252,7 +252,8 @@ impl RouterLoop {
         let now_ms = wall_ms();
         self.router.step(now_ms, Input::Tick, &mut self.outputs);
         if self.journal.wants_checkpoint() {
-            self.router.step(now_ms, Input::Checkpoint, &mut self.outputs);
+            self.router
+                .step(now_ms, Input::Checkpoint, &mut self.outputs);
         }
         self.carry_out().await;
         match self.journal.sync_if_due().await {

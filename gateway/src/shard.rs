@@ -151,6 +151,9 @@ pub struct ConnSlot {
     pub close_request: Option<u16>,
     /// The connection speaks flatbuffers (else JSON); set once the upgrade chose.
     pub flatbuffers: bool,
+    /// The socket, so that a full queue can be written out from any task of the shard
+    /// before the connection is judged too slow.
+    pub fd: std::os::fd::RawFd,
 }
 
 /// Why a frame could not be queued.
@@ -230,11 +233,12 @@ impl Shard {
     }
 
     /// Registers a new connection; its slot lives until [`Shard::remove`].
-    pub fn register(&self) -> (u32, u32) {
+    pub fn register(&self, fd: std::os::fd::RawFd) -> (u32, u32) {
         let generation = self.next_generation.get().wrapping_add(1);
         self.next_generation.set(generation);
         let slot = self.conns.borrow_mut().insert(ConnSlot {
             generation,
+            fd,
             ..ConnSlot::default()
         });
         ShardMetrics::add(&self.metrics.connections_accepted, 1);
@@ -256,12 +260,25 @@ impl Shard {
     pub fn push(&self, slot: u32, frame: OutFrame, control: bool) -> Result<(), QueueFull> {
         let mut conns = self.conns.borrow_mut();
         let conn = conns.get_mut(slot).expect("pushing to a live connection");
-        if !control && conn.outbound.len() >= self.config.limits.outbound_frames_max {
+        if !control && !self.has_room(conn) {
             return Err(QueueFull);
         }
         conn.outbound.push_back(frame);
         Self::notify(conn);
         Ok(())
+    }
+
+    /// Whether one more frame fits the connection's queue. A full queue is first written
+    /// to the socket (its task may not have had its turn since the frames came): only a
+    /// queue that stays full while the socket takes nothing more means a slow consumer.
+    fn has_room(&self, conn: &mut ConnSlot) -> bool {
+        let max = self.config.limits.outbound_frames_max;
+        if conn.outbound.len() < max {
+            return true;
+        }
+        // An error is the connection task's to find and handle; here it only means no room.
+        let _ = write_slot(conn, &self.metrics);
+        conn.outbound.len() < max
     }
 
     fn notify(conn: &mut ConnSlot) {
@@ -292,7 +309,7 @@ impl Shard {
         if slot.generation != conn.generation || slot.close_request.is_some() {
             return;
         }
-        if slot.outbound.len() >= self.config.limits.outbound_frames_max {
+        if !self.has_room(slot) {
             slot.close_request = Some(CLOSE_TRY_AGAIN_LATER);
             Self::notify(slot);
             ShardMetrics::add(&self.metrics.slow_consumers, 1);
@@ -304,10 +321,8 @@ impl Shard {
             wire::handshake::Encoding::Json
         };
         let payload = self.encoders.borrow_mut().encode(encoding, message);
-        slot.outbound.push_back(OutFrame::new(
-            crate::codec::data_opcode(encoding),
-            payload,
-        ));
+        slot.outbound
+            .push_back(OutFrame::new(crate::codec::data_opcode(encoding), payload));
         Self::notify(slot);
         ShardMetrics::add(&self.metrics.messages_out, 1);
         if router_loop::is_ack(message) {
@@ -377,11 +392,20 @@ impl Shard {
 
     /// Writes what is queued for `slot` without blocking. Returns whether the queue is now
     /// empty; `Ok(false)` means the socket is full and the caller waits until writable.
-    pub fn write_queued(&self, slot: u32, fd: std::os::fd::RawFd) -> std::io::Result<bool> {
-        /// Frames per `sendmsg`; each is two slices, and the kernel takes up to 1024.
-        const FRAMES_PER_WRITE_MAX: usize = 64;
+    pub fn write_queued(&self, slot: u32) -> std::io::Result<bool> {
         let mut conns = self.conns.borrow_mut();
         let conn = conns.get_mut(slot).expect("writing a live connection");
+        write_slot(conn, &self.metrics)
+    }
+}
+
+/// Writes what is queued for a connection without blocking, several frames per `sendmsg`.
+/// Returns whether the queue is now empty.
+fn write_slot(conn: &mut ConnSlot, metrics: &ShardMetrics) -> std::io::Result<bool> {
+    /// Frames per `sendmsg`; each is two slices, and the kernel takes up to 1024.
+    const FRAMES_PER_WRITE_MAX: usize = 64;
+    let fd = conn.fd;
+    {
         loop {
             if conn.outbound.is_empty() {
                 return Ok(true);
@@ -416,7 +440,7 @@ impl Shard {
                 conn.outbound.pop_front();
                 frames_sent += 1;
             }
-            ShardMetrics::add(&self.metrics.frames_out, frames_sent);
+            ShardMetrics::add(&metrics.frames_out, frames_sent);
             conn.front_written = remaining;
         }
     }
@@ -544,12 +568,9 @@ fn run(
         .enable_timer()
         .build()
     {
-        Ok(mut runtime) => runtime.block_on(shard_main(
-            Rc::new(shard),
-            parts,
-            DriverKind::Epoll,
-            ready,
-        )),
+        Ok(mut runtime) => {
+            runtime.block_on(shard_main(Rc::new(shard), parts, DriverKind::Epoll, ready))
+        }
         Err(error) => {
             let _ = ready.send(Err(anyhow::anyhow!("cannot start an event loop: {error}")));
         }
@@ -707,7 +728,7 @@ fn admit(shard: &Rc<Shard>, fd: OwnedFd) {
             return;
         }
     };
-    let (slot, generation) = shard.register();
+    let (slot, generation) = shard.register(socket.fd());
     monoio::spawn(crate::conn::serve(
         Rc::clone(shard),
         socket,

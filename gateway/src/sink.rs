@@ -316,7 +316,13 @@ impl Link {
 
     /// Envelopes waiting in outboxes and inputs waiting locally.
     pub fn queued(&self) -> usize {
-        self.local.borrow().len() + self.outboxes.borrow().iter().map(VecDeque::len).sum::<usize>()
+        self.local.borrow().len()
+            + self
+                .outboxes
+                .borrow()
+                .iter()
+                .map(VecDeque::len)
+                .sum::<usize>()
     }
 }
 
@@ -376,7 +382,10 @@ mod tests {
             let (rung, left) = link.flush(&mut rings);
             assert!(rung.contains(1) && left, "four fit, one waits");
             assert!(!link.congested());
-            assert!(matches!(consumer.pop(), Ok(Envelope::Router(Input::Client { .. }))));
+            assert!(matches!(
+                consumer.pop(),
+                Ok(Envelope::Router(Input::Client { .. }))
+            ));
         }
     }
 

@@ -96,6 +96,16 @@ fn the_epoll_fallback_serves_the_same() {
         switchboard_tests::connect_with(server.ws_addr, &server.url("/echo"), &[], None).unwrap();
     echo.send(Message::binary(vec![5u8; 300_000])).unwrap();
     assert_eq!(echo.read().unwrap(), Message::binary(vec![5u8; 300_000]));
+    // Messages go through the router and the log on this driver too.
+    let mut bob = connect(&server, "bob");
+    switchboard_tests::send_json(
+        &mut client,
+        &switchboard_tests::send_message(1, "bob", "over epoll"),
+    );
+    let (ack, _) = switchboard_tests::recv_type(&mut client, "message_received");
+    let (incoming, _) = switchboard_tests::recv_type(&mut bob, "incoming_message");
+    assert_eq!(incoming["message_id"], ack["message_id"]);
+    assert_eq!(incoming["content"], "over epoll");
 }
 
 /// Sends an upgrade request with a valid token; true if 101 comes back within `wait`.

@@ -31,7 +31,10 @@ fn id_of(message: &Value) -> u64 {
 /// A round trip through the server on `client`: a `presence_subscribe` is answered at
 /// once, after everything the server had for the client before it.
 fn barrier(client: &mut Client) -> Vec<Value> {
-    send_json(client, &json!({"type": "presence_subscribe", "users": ["barrier.user"]}));
+    send_json(
+        client,
+        &json!({"type": "presence_subscribe", "users": ["barrier.user"]}),
+    );
     let (presence, before) = recv_type(client, "presence");
     assert_eq!(presence["user"], "barrier.user");
     before
@@ -54,13 +57,19 @@ fn a_message_is_acknowledged_delivered_and_its_receipts_come_back() {
     assert_eq!(incoming["content"], "hello bob");
     assert_eq!(incoming["timestamp"], ack["timestamp"]);
 
-    send_json(&mut bob, &json!({"type": "message_delivered", "message_ids": [ack["message_id"]]}));
+    send_json(
+        &mut bob,
+        &json!({"type": "message_delivered", "message_ids": [ack["message_id"]]}),
+    );
     let delivered = recv_json(&mut alice);
     assert_eq!(delivered["type"], "message_delivered");
     assert_eq!(id_of(&delivered), message_id);
     assert_eq!(delivered["by"], "bob");
 
-    send_json(&mut bob, &json!({"type": "message_read", "message_ids": [ack["message_id"]]}));
+    send_json(
+        &mut bob,
+        &json!({"type": "message_read", "message_ids": [ack["message_id"]]}),
+    );
     let read = recv_json(&mut alice);
     assert_eq!(read["type"], "message_read");
     assert_eq!(id_of(&read), message_id);
@@ -76,7 +85,12 @@ fn every_connection_of_the_recipient_gets_the_message_and_the_sender_gets_receip
     let mut bob_laptop = connect(&server, "bob");
     // The attach of each connection is in its owner's queue before its first message, but
     // the four connections' owners may differ: a round trip makes sure all are attached.
-    for client in [&mut alice_phone, &mut alice_laptop, &mut bob_phone, &mut bob_laptop] {
+    for client in [
+        &mut alice_phone,
+        &mut alice_laptop,
+        &mut bob_phone,
+        &mut bob_laptop,
+    ] {
         barrier(client);
     }
     let ack = send_and_ack(&mut alice_phone, 7, "bob", "to both devices");
@@ -152,7 +166,10 @@ fn a_retried_client_msg_id_gets_the_same_id_and_is_delivered_once() {
     let incoming = recv_json(&mut bob);
     assert_eq!(incoming["message_id"], first["message_id"]);
     let incoming = recv_json(&mut bob);
-    assert_eq!(incoming["message_id"], other["message_id"], "the retry was not delivered");
+    assert_eq!(
+        incoming["message_id"], other["message_id"],
+        "the retry was not delivered"
+    );
 }
 
 #[test]
@@ -173,7 +190,10 @@ fn messages_of_one_pair_arrive_in_acknowledgement_order() {
         assert_eq!(ack["client_msg_id"], n, "acknowledged in the order sent");
         acked.push(id_of(&ack));
     }
-    assert!(acked.windows(2).all(|pair| pair[0] < pair[1]), "ids increase");
+    assert!(
+        acked.windows(2).all(|pair| pair[0] < pair[1]),
+        "ids increase"
+    );
     for (n, id) in acked.iter().enumerate() {
         let incoming = recv_json(&mut bob);
         assert_eq!(id_of(&incoming), *id);
@@ -212,7 +232,10 @@ fn receipts_wait_for_an_offline_sender() {
 fn presence_is_pushed_to_subscribers_and_typing_is_forwarded() {
     let server = Server::start();
     let mut alice = connect(&server, "alice");
-    send_json(&mut alice, &json!({"type": "presence_subscribe", "users": ["gina"]}));
+    send_json(
+        &mut alice,
+        &json!({"type": "presence_subscribe", "users": ["gina"]}),
+    );
     let presence = recv_json(&mut alice);
     assert_eq!(presence["type"], "presence");
     assert_eq!(presence["user"], "gina");
@@ -238,7 +261,10 @@ fn presence_is_pushed_to_subscribers_and_typing_is_forwarded() {
     assert!(offline["last_seen"].as_u64().is_some());
 
     // Unsubscribed: gina's next connection is not pushed.
-    send_json(&mut alice, &json!({"type": "presence_unsubscribe", "users": ["gina"]}));
+    send_json(
+        &mut alice,
+        &json!({"type": "presence_unsubscribe", "users": ["gina"]}),
+    );
     barrier(&mut alice);
     let mut gina = connect(&server, "gina");
     barrier(&mut gina);
@@ -248,10 +274,14 @@ fn presence_is_pushed_to_subscribers_and_typing_is_forwarded() {
 #[test]
 fn presence_expires_without_heartbeats() {
     let server = Server::start_with(
-        switchboard_tests::Options::default().config_file("[limits]\npresence_ttl_ms = 300\nrouter_tick_ms = 20\n"),
+        switchboard_tests::Options::default()
+            .config_file("[limits]\npresence_ttl_ms = 300\nrouter_tick_ms = 20\n"),
     );
     let mut alice = connect(&server, "alice");
-    send_json(&mut alice, &json!({"type": "presence_subscribe", "users": ["hank"]}));
+    send_json(
+        &mut alice,
+        &json!({"type": "presence_subscribe", "users": ["hank"]}),
+    );
     assert_eq!(recv_json(&mut alice)["online"], false);
     let mut hank = connect(&server, "hank");
     assert_eq!(recv_json(&mut alice)["online"], true);
@@ -291,7 +321,10 @@ fn a_message_to_a_group_or_a_history_request_is_refused_for_now() {
     assert_eq!(error["type"], "error");
     assert_eq!(error["code"], "bad_request");
     assert_eq!(error["client_msg_id"], 9);
-    send_json(&mut alice, &json!({"type": "history", "req_id": 3, "with": "bob"}));
+    send_json(
+        &mut alice,
+        &json!({"type": "history", "req_id": 3, "with": "bob"}),
+    );
     let error = recv_json(&mut alice);
     assert_eq!(error["code"], "bad_request");
     assert_eq!(error["req_id"], 3);
@@ -307,7 +340,10 @@ fn acknowledging_someone_elses_message_does_nothing() {
         &mut mallory,
         &json!({"type": "message_delivered", "message_ids": [ack["message_id"]]}),
     );
-    assert!(barrier(&mut mallory).is_empty(), "no error that would tell the id exists");
+    assert!(
+        barrier(&mut mallory).is_empty(),
+        "no error that would tell the id exists"
+    );
     assert!(nothing_within(&mut alice, Duration::from_millis(200)).is_none());
     let mut ivan = connect(&server, "ivan");
     assert_eq!(recv_json(&mut ivan)["message_id"], ack["message_id"]);
@@ -331,7 +367,10 @@ fn the_status_route_reports_presence_to_an_authenticated_caller() {
     };
     let answer = status("judy", Some(&token));
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert_eq!(body(&answer), json!({"online": false, "last_active_time": null}));
+    assert_eq!(
+        body(&answer),
+        json!({"online": false, "last_active_time": null})
+    );
 
     let mut judy = connect(&server, "judy");
     barrier(&mut judy);
