@@ -403,7 +403,14 @@ impl Session<'_> {
                 }
             };
             let next = match message {
-                Message::Ping(payload) => self.queue(OutFrame::new(OpCode::Pong, payload)),
+                Message::Ping(payload) => {
+                    // On /ws a ping keeps presence alive like a heartbeat (protocol.md). A
+                    // full queue toward the router only skips this refresh.
+                    if self.route == Route::Messages {
+                        let _ = self.submit(ClientMessage::Heartbeat);
+                    }
+                    self.queue(OutFrame::new(OpCode::Pong, payload))
+                }
                 Message::Pong(_) => Next::Open,
                 Message::Close(close) => {
                     let payload = match close {

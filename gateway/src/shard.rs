@@ -408,6 +408,11 @@ fn write_slot(conn: &mut ConnSlot, metrics: &ShardMetrics) -> std::io::Result<bo
     {
         loop {
             if conn.outbound.is_empty() {
+                // An idle connection keeps no queue memory: a drained queue gives its
+                // buffer back (the next burst allocates one again).
+                if conn.outbound.capacity() > 0 {
+                    conn.outbound = VecDeque::new();
+                }
                 return Ok(true);
             }
             let mut slices = [std::io::IoSlice::new(&[]); 2 * FRAMES_PER_WRITE_MAX];

@@ -199,24 +199,27 @@ impl Link {
         subscribed: &mut ShardSet,
     ) -> Result<(), SinkError> {
         let subscribes = matches!(message, ClientMessage::PresenceSubscribe { .. });
+        let mut enqueue = |shard: ShardId, message: ClientMessage| {
+            if subscribes {
+                subscribed.insert(shard);
+            }
+            let user = user.clone();
+            self.send_input(
+                shard,
+                Input::Client {
+                    conn,
+                    user,
+                    message,
+                },
+            );
+        };
         match router::route(user, &message, self.n_shards) {
             Route::Nowhere => Ok(()),
             Route::One(shard) => {
                 if self.queued_for(shard) >= self.queue_hard_max {
                     return Err(SinkError::Overloaded);
                 }
-                if subscribes {
-                    subscribed.insert(shard);
-                }
-                let user = user.clone();
-                self.send_input(
-                    shard,
-                    Input::Client {
-                        conn,
-                        user,
-                        message,
-                    },
-                );
+                enqueue(shard, message);
                 Ok(())
             }
             Route::Split(parts) => {
@@ -228,18 +231,7 @@ impl Link {
                     return Err(SinkError::Overloaded);
                 }
                 for (shard, message) in parts {
-                    if subscribes {
-                        subscribed.insert(shard);
-                    }
-                    let user = user.clone();
-                    self.send_input(
-                        shard,
-                        Input::Client {
-                            conn,
-                            user,
-                            message,
-                        },
-                    );
+                    enqueue(shard, message);
                 }
                 Ok(())
             }

@@ -221,7 +221,9 @@ pub struct RouterShard {
     /// it, so a clock stepping back does not keep a silent user online.
     wall_last_ms: Option<u64>,
     mono_ms: u64,
-    users: HashMap<UserId, User>,
+    /// Boxed: the table grows by powers of two and is up to half empty, so its buckets hold
+    /// a key and a pointer, and each user record is allocated once at its own size.
+    users: HashMap<UserId, Box<User>>,
     /// Users with only a `last_seen`, by it: the first to forget when `users_max` is hit.
     idle_users: BTreeSet<(u64, UserId)>,
     messages: BTreeMap<MessageId, Stored>,
@@ -405,6 +407,10 @@ impl RouterShard {
                 self.settle(&user);
                 let refusal = Refusal::TooManyConnections.message(Correlation::None);
                 return send(outputs, conn, refusal);
+            }
+            // Most users have one connection: room for exactly one, grown only for more.
+            if state.conns.capacity() == 0 {
+                state.conns.reserve_exact(1);
             }
             state.conns.push(conn);
         }
@@ -976,6 +982,7 @@ impl RouterShard {
             .users
             .iter()
             .filter(|(_, state)| !state.queued_receipts.is_empty())
+            .map(|(user, state)| (user, &**state))
             .collect();
         queued.sort_by(|a, b| a.0.cmp(b.0));
         for (user, state) in queued {
@@ -1206,7 +1213,7 @@ impl RouterShard {
                 return false;
             }
         }
-        self.users.insert(user.clone(), User::default());
+        self.users.insert(user.clone(), Box::default());
         true
     }
 

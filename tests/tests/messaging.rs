@@ -292,6 +292,11 @@ fn presence_expires_without_heartbeats() {
     // A heartbeat brings him back.
     send_json(&mut hank, &json!({"type": "heartbeat"}));
     assert_eq!(recv_json(&mut alice)["online"], true);
+    assert_eq!(recv_json(&mut alice)["online"], false);
+    // So does a WebSocket ping.
+    hank.send(tungstenite::Message::Ping(b"still here".to_vec().into()))
+        .unwrap();
+    assert_eq!(recv_json(&mut alice)["online"], true);
 }
 
 #[test]
