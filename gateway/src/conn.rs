@@ -19,8 +19,6 @@
 //! close frame, ends its side of the stream (FIN), and reads and discards what still comes
 //! until the client closes or `close_timeout_ms` passes.
 
-use std::future::Future as _;
-use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
@@ -36,7 +34,6 @@ use crate::io::{self, Progress};
 use crate::metrics::ShardMetrics;
 use crate::readiness::Readiness;
 use crate::shard::{CLOSE_TRY_AGAIN_LATER, OutFrame, Shard};
-use crate::sink::ShardSet;
 use router::ConnId;
 
 /// Reads a connection may do in one turn before it lets the others run.
@@ -70,7 +67,6 @@ pub async fn serve(shard: Rc<Shard>, stream: Readiness, slot: u32, generation: u
     let mut session = Session {
         shard,
         stream: &stream,
-        fd: stream.fd(),
         conn: ConnId {
             shard: shard.shard_id,
             slot,
@@ -82,7 +78,6 @@ pub async fn serve(shard: Rc<Shard>, stream: Readiness, slot: u32, generation: u
         decoder: None,
         leftover: upgraded.leftover,
         frames_failed: false,
-        subscribed: ShardSet::default(),
     };
     session.run().await;
 }
@@ -216,7 +211,7 @@ enum Next {
     /// The socket failed: nothing more can be sent.
     Gone,
     /// The server closes with this code and reason.
-    Close(u16, &'static str),
+    Close(u16),
 }
 
 /// What woke an idle connection.
@@ -226,27 +221,50 @@ enum Event {
     Failed,
 }
 
-/// Waits until the socket is readable or the shard left mail for the connection. Written
-/// out by hand rather than with `select!`, because its size is the idle connection's.
-async fn wait_event(shard: &Shard, slot: u32, stream: &Readiness) -> Event {
-    let mut readable = std::pin::pin!(stream.readable());
-    std::future::poll_fn(|cx| {
-        if shard.take_mail(slot, cx.waker()) {
+/// Waits until the socket is readable or the shard left mail for the connection. A future
+/// written out by hand rather than an `async fn` or `select!`: its size is most of an idle
+/// connection's, and an `async fn` would keep its arguments beside the readiness future.
+fn wait_event<'a>(
+    shard: &'a Shard,
+    slot: u32,
+    stream: &'a Readiness,
+) -> WaitEvent<'a, impl Future<Output = std::io::Result<()>> + 'a> {
+    WaitEvent {
+        shard,
+        slot,
+        readable: stream.readable(),
+    }
+}
+
+struct WaitEvent<'a, R> {
+    shard: &'a Shard,
+    slot: u32,
+    readable: R,
+}
+
+impl<R: Future<Output = std::io::Result<()>>> Future for WaitEvent<'_, R> {
+    type Output = Event;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Event> {
+        // SAFETY: `readable` is structurally pinned: it is never moved out of `self`, which
+        // stays pinned until dropped; the other fields are plain references and numbers.
+        let this = unsafe { self.get_unchecked_mut() };
+        if this.shard.take_mail(this.slot, cx.waker()) {
             return Poll::Ready(Event::Mail);
         }
-        match readable.as_mut().poll(cx) {
+        // SAFETY: see above: `readable` is only ever used pinned in place.
+        let readable = unsafe { std::pin::Pin::new_unchecked(&mut this.readable) };
+        match readable.poll(cx) {
             Poll::Ready(Ok(())) => Poll::Ready(Event::Readable),
             Poll::Ready(Err(_)) => Poll::Ready(Event::Failed),
             Poll::Pending => Poll::Pending,
         }
-    })
-    .await
+    }
 }
 
 struct Session<'a> {
     shard: &'a Shard,
     stream: &'a Readiness,
-    fd: RawFd,
     conn: ConnId,
     route: Route,
     encoding: Encoding,
@@ -258,8 +276,6 @@ struct Session<'a> {
     leftover: Option<BytesMut>,
     /// A frame broke the protocol: the decoder's state is not to be used again.
     frames_failed: bool,
-    /// The shards this connection's presence subscriptions went to.
-    subscribed: ShardSet,
 }
 
 impl Session<'_> {
@@ -273,8 +289,8 @@ impl Session<'_> {
         } else {
             Next::Open
         };
-        let (shard, stream, slot) = (self.shard, self.stream, self.conn.slot);
         while next == Next::Open {
+            let (shard, slot) = (self.shard, self.conn.slot);
             if shard.has_outbound(slot) {
                 next = match shard.write_queued(slot) {
                     Ok(true) => Next::Open,
@@ -293,12 +309,12 @@ impl Session<'_> {
                 // leaves its bytes in the socket until they have room.
                 Box::pin(wait_room(shard, slot)).await
             } else {
-                wait_event(shard, slot, stream).await
+                wait_event(shard, slot, self.stream).await
             };
             next = match event {
                 Event::Readable => self.read_frames(true),
                 Event::Mail => match shard.take_close_request(slot) {
-                    Some(code) => Next::Close(code, close_request_reason(code)),
+                    Some(code) => Next::Close(code),
                     None => Next::Open,
                 },
                 Event::Failed => Next::Gone,
@@ -311,13 +327,13 @@ impl Session<'_> {
         if let Some(user) = &self.user {
             self.shard
                 .link
-                .disconnected(self.conn, user, self.subscribed);
+                .disconnected(self.conn, user, self.shard.subscribed(self.conn.slot));
         }
     }
 
     async fn finish(&mut self, next: Next) {
         match next {
-            Next::Close(code, reason) => self.close(code, reason).await,
+            Next::Close(code) => self.close(code, close_reason(code)).await,
             // The answer to the client's close is queued: send it, then drop the socket.
             Next::Done => {
                 let close_timeout =
@@ -355,7 +371,7 @@ impl Session<'_> {
             if buf.capacity() - buf.len() < self.shard.pool.buffer_bytes() / 4 {
                 buf.reserve(self.shard.pool.buffer_bytes());
             }
-            match io::recv_into(self.fd, &mut buf) {
+            match io::recv_into(self.stream.fd(), &mut buf) {
                 Ok(Progress::Bytes(0)) | Err(_) => next = Next::Done,
                 Ok(Progress::WouldBlock) => break,
                 Ok(Progress::Bytes(_)) => next = self.handle_frames(&mut buf),
@@ -399,7 +415,7 @@ impl Session<'_> {
                     tracing::debug!(shard = self.shard.shard_id, %error, "closing on a bad frame");
                     self.frames_failed = true;
                     buf.clear();
-                    return Next::Close(error.close_code(), close_reason(&error));
+                    return Next::Close(error.close_code());
                 }
             };
             let next = match message {
@@ -481,11 +497,15 @@ impl Session<'_> {
             .user
             .as_ref()
             .expect("/ws connections are authenticated");
-        match self
+        // The shards its subscriptions went to live in the connection's slot, not in this
+        // task: an idle connection's task is its largest cost.
+        let mut subscribed = self.shard.subscribed(self.conn.slot);
+        let submitted = self
             .shard
             .link
-            .submit(self.conn, user, message, &mut self.subscribed)
-        {
+            .submit(self.conn, user, message, &mut subscribed);
+        self.shard.set_subscribed(self.conn.slot, subscribed);
+        match submitted {
             Ok(()) => None,
             Err(error) => Some((error.code(), error.to_string(), correlation)),
         }
@@ -494,7 +514,7 @@ impl Session<'_> {
     fn queue(&self, frame: OutFrame) -> Next {
         match self.shard.push(self.conn.slot, frame, false) {
             Ok(()) => Next::Open,
-            Err(_full) => Next::Close(CLOSE_TRY_AGAIN_LATER, "outbound queue full"),
+            Err(_full) => Next::Close(CLOSE_TRY_AGAIN_LATER),
         }
     }
 
@@ -520,7 +540,7 @@ impl Session<'_> {
         {
             return;
         }
-        io::shutdown_write(self.fd);
+        io::shutdown_write(self.stream.fd());
         // The client answers our close and then closes its side; until then what arrives is
         // read and dropped, so that closing does not reset the connection under our close.
         let _ = monoio::time::timeout_at(deadline, self.drain(decoder_ok)).await;
@@ -556,7 +576,7 @@ impl Session<'_> {
             if self.stream.readable().await.is_err() {
                 break;
             }
-            match io::recv_into(self.fd, &mut buf) {
+            match io::recv_into(self.stream.fd(), &mut buf) {
                 Ok(Progress::Bytes(0)) | Err(_) => break,
                 Ok(Progress::WouldBlock | Progress::Bytes(_)) => {}
             }
@@ -569,14 +589,6 @@ impl Session<'_> {
 /// Frames queued by one connection's reads before it stops reading to write them.
 const FRAMES_BEFORE_FLUSH: usize = 32;
 
-/// The reason sent with a close the shard asked for.
-fn close_request_reason(code: u16) -> &'static str {
-    match code {
-        CLOSE_TRY_AGAIN_LATER => "too slow: undelivered messages wait for the next connection",
-        _ => "server shutting down",
-    }
-}
-
 /// Waits, without reading the socket, until the link has room again or the shard has mail
 /// for the connection (a close request).
 async fn wait_room(shard: &Shard, slot: u32) -> Event {
@@ -586,10 +598,14 @@ async fn wait_room(shard: &Shard, slot: u32) -> Event {
     }
 }
 
-fn close_reason(error: &frame::FrameError) -> &'static str {
-    match error.close_code() {
+/// The reason sent with the server's close. Derived from the code, so that the session's
+/// state (the larger part of an idle connection) carries only the code.
+fn close_reason(code: u16) -> &'static str {
+    match code {
         frame::CLOSE_TOO_BIG => "message too big",
         frame::CLOSE_INVALID_DATA => "invalid UTF-8",
+        frame::CLOSE_GOING_AWAY => "server shutting down",
+        CLOSE_TRY_AGAIN_LATER => "too slow: undelivered messages wait for the next connection",
         _ => "protocol error",
     }
 }

@@ -42,11 +42,10 @@ impl SinkError {
 
 /// The shards a connection's `presence_subscribe`s went to: they get `Input::Closed` when
 /// it closes. Shards past 63 are not tracked one by one: a connection that subscribed
-/// through one of them notifies every shard.
+/// through one of them marks every shard (all bits set), and all are notified.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ShardSet {
     bits: u64,
-    all: bool,
 }
 
 impl ShardSet {
@@ -54,12 +53,12 @@ impl ShardSet {
         if shard < 64 {
             self.bits |= 1 << shard;
         } else {
-            self.all = true;
+            self.bits = u64::MAX;
         }
     }
 
     pub fn contains(&self, shard: ShardId) -> bool {
-        self.all || (shard < 64 && self.bits & (1 << shard) != 0)
+        self.bits == u64::MAX || (shard < 64 && self.bits & (1 << shard) != 0)
     }
 }
 

@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
+use smallvec::SmallVec;
+
 use wire::{
     ClientMessage, Correlation, ErrorCode, ErrorMessage, IncomingMessage, MessageId, Receipt,
     SendMessage, ServerMessage, Target, UserId,
@@ -145,19 +147,57 @@ pub struct Stats {
     pub subscriptions: usize,
 }
 
+/// An optional count of milliseconds in 8 bytes instead of `Option<u64>`'s 16: `u64::MAX`
+/// stands for none. Wall-clock times are below 2^42 (the id's millisecond field) and
+/// monotonic deadlines start from 0, so neither reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OptionMs(u64);
+
+impl Default for OptionMs {
+    fn default() -> OptionMs {
+        OptionMs(u64::MAX)
+    }
+}
+
+impl OptionMs {
+    fn get(self) -> Option<u64> {
+        (self.0 != u64::MAX).then_some(self.0)
+    }
+
+    fn take(&mut self) -> Option<u64> {
+        std::mem::take(self).get()
+    }
+
+    fn replace(&mut self, ms: u64) -> Option<u64> {
+        assert_ne!(ms, u64::MAX, "a time in milliseconds");
+        std::mem::replace(self, OptionMs(ms)).get()
+    }
+
+    fn is_some(self) -> bool {
+        self.get().is_some()
+    }
+
+    fn is_none(self) -> bool {
+        self.get().is_none()
+    }
+}
+
+/// A user's state on its owner shard. Each attached user has one, so it is kept small: the
+/// connection list holds one connection without an allocation, and optional times take 8
+/// bytes each.
 #[derive(Debug, Default)]
 struct User {
-    conns: Vec<ConnId>,
+    conns: SmallVec<[ConnId; 1]>,
     /// Undelivered messages for this user, in id order (which is acknowledgement order).
     inbox: BTreeSet<MessageId>,
     /// Receipts for messages this user sent, kept while they have no connection.
     queued_receipts: BTreeMap<(MessageId, ReceiptKind), Receipt>,
-    last_seen_ms: Option<u64>,
+    last_seen_ms: OptionMs,
     /// While online: the monotonic time at which they go offline without a new action.
-    alive_until_mono_ms: Option<u64>,
+    alive_until_mono_ms: OptionMs,
     online: bool,
     /// Set while the user is in `idle_users` under this `last_seen_ms`.
-    idle_key: Option<u64>,
+    idle_key: OptionMs,
 }
 
 impl User {
@@ -335,7 +375,7 @@ impl RouterShard {
         match self.users.get(user) {
             Some(state) => Presence {
                 online: state.online,
-                last_seen_ms: state.last_seen_ms,
+                last_seen_ms: state.last_seen_ms.get(),
             },
             None => Presence {
                 online: false,
@@ -408,10 +448,6 @@ impl RouterShard {
                 let refusal = Refusal::TooManyConnections.message(Correlation::None);
                 return send(outputs, conn, refusal);
             }
-            // Most users have one connection: room for exactly one, grown only for more.
-            if state.conns.capacity() == 0 {
-                state.conns.reserve_exact(1);
-            }
             state.conns.push(conn);
         }
         // Undelivered messages, in id order. One that is not durable yet goes out to all
@@ -464,7 +500,7 @@ impl RouterShard {
         }
         let deadline = self.mono_ms + self.config.presence_ttl_ms;
         let state = self.users.get_mut(user).expect("touched");
-        state.last_seen_ms = Some(now_ms);
+        state.last_seen_ms.replace(now_ms);
         let mut came_online = false;
         if !state.conns.is_empty() {
             if let Some(old) = state.alive_until_mono_ms.replace(deadline) {
@@ -914,7 +950,7 @@ impl RouterShard {
             }
             let (_, user) = self.presence_deadlines.pop_first().expect("first exists");
             let state = self.users.get_mut(&user).expect("a deadline has a user");
-            state.alive_until_mono_ms = None;
+            state.alive_until_mono_ms = OptionMs::default();
             assert!(state.online);
             state.online = false;
             self.notify_presence(&user, outputs);
@@ -1230,13 +1266,13 @@ impl RouterShard {
             return;
         }
         assert!(!state.online && state.alive_until_mono_ms.is_none());
-        match state.last_seen_ms {
+        match state.last_seen_ms.get() {
             None => {
                 assert!(state.idle_key.is_none());
                 self.users.remove(user);
             }
             Some(last_seen) => {
-                if state.idle_key != Some(last_seen) {
+                if state.idle_key.get() != Some(last_seen) {
                     if let Some(key) = state.idle_key.replace(last_seen) {
                         self.idle_users.remove(&(key, user.clone()));
                     }
