@@ -222,6 +222,9 @@ pub struct Limits {
     pub inbox_messages_max: usize,
     /// Undelivered messages held by one shard.
     pub stored_messages_max: usize,
+    /// Bytes of undelivered message bodies one shard keeps in memory; past it the oldest
+    /// are read back from the log when sent.
+    pub inbox_body_bytes_max: usize,
     /// Remembered `(sender, client_msg_id)` pairs per shard.
     pub dedup_entries_max: usize,
     /// How long a `client_msg_id` is remembered.
@@ -296,6 +299,7 @@ impl Default for Limits {
             conns_per_user_max: router.conns_per_user_max,
             inbox_messages_max: router.inbox_messages_max,
             stored_messages_max: router.stored_messages_max,
+            inbox_body_bytes_max: router.inbox_body_bytes_max,
             dedup_entries_max: router.dedup_entries_max,
             dedup_window_ms: router.dedup_window_ms,
             pending_outputs_max: router.pending_outputs_max,
@@ -338,6 +342,7 @@ impl Limits {
             conns_per_user_max: self.conns_per_user_max,
             inbox_messages_max: self.inbox_messages_max,
             stored_messages_max: self.stored_messages_max,
+            inbox_body_bytes_max: self.inbox_body_bytes_max,
             dedup_entries_max: self.dedup_entries_max,
             dedup_window_ms: self.dedup_window_ms,
             presence_ttl_ms: self.presence_ttl_ms,

@@ -29,8 +29,8 @@ use anyhow::Context as _;
 use monoio::buf::IoBuf as _;
 use router::ShardId;
 use router::wal::{
-    Lsn, Record, SEGMENT_HEADER_BYTES, SegmentError, SegmentHeader, encode_record,
-    encode_segment_header, scan_segment,
+    Lsn, RECORD_HEADER_BYTES, Record, SEGMENT_HEADER_BYTES, SegmentError, SegmentHeader,
+    decode_record, encode_record, encode_segment_header, framed_len, scan_segment,
 };
 
 pub use crate::config::Durability;
@@ -162,6 +162,13 @@ pub struct Journal {
     checkpoint_bytes: u64,
     /// Bytes of every record appended since the journal was opened (a metric).
     appended_bytes: u64,
+    /// Where each record of the log starts in its segment, by lsn from `offsets_first`:
+    /// how `read_record` finds one (8 bytes per record of the live log, which compaction
+    /// bounds).
+    offsets: VecDeque<u64>,
+    offsets_first: Lsn,
+    /// The segment `read_record` last read from, kept open for the next read.
+    reader: Option<(Lsn, monoio::fs::File)>,
     /// A `CheckpointBegin` was appended and its `CheckpointEnd` not yet: its lsn, and
     /// `since_checkpoint_bytes` is its size so far.
     checkpoint_open: Option<Lsn>,
@@ -284,6 +291,8 @@ impl Journal {
             "the newest segment starts at or before the next lsn"
         );
         let disk_bytes = segments.iter().map(|s| s.bytes).sum();
+        let offsets = record_offsets(&segments, &records);
+        let offsets_first = segments[0].first_lsn;
         let journal = Journal {
             dir,
             shard_id,
@@ -304,6 +313,9 @@ impl Journal {
             since_checkpoint_bytes: disk_bytes,
             checkpoint_bytes,
             appended_bytes: 0,
+            offsets,
+            offsets_first,
+            reader: None,
             checkpoint_open: None,
             checkpoint_end: None,
             broken: false,
@@ -331,6 +343,8 @@ impl Journal {
         );
         self.last_appended = lsn;
         if self.broken {
+            // Keeps the index aligned; the journal will never be read or written again.
+            self.offsets.push_back(0);
             return;
         }
         let starts_checkpoint = matches!(record, Record::CheckpointBegin { .. });
@@ -344,6 +358,7 @@ impl Journal {
             self.tail_first_lsn = lsn;
             self.tail_bytes = SEGMENT_HEADER_BYTES as u64;
         }
+        self.offsets.push_back(self.tail_bytes);
         let before = self.pending.len();
         encode_record(record, lsn, &mut self.pending);
         let record_bytes = (self.pending.len() - before) as u64;
@@ -438,6 +453,46 @@ impl Journal {
         let micros = self.sync().await?;
         self.broken = false;
         Ok(Some(micros))
+    }
+
+    /// Reads back the record at `lsn`, for a message whose body the router dropped from
+    /// memory. A record still in the pending buffer is written first (not synced: the
+    /// read only needs it in the file). An error names what went wrong; the journal stays
+    /// usable unless writing the pending records failed.
+    pub async fn read_record(&mut self, lsn: Lsn) -> io::Result<Record> {
+        self.usable()?;
+        let index = lsn
+            .0
+            .checked_sub(self.offsets_first.0)
+            .filter(|_| lsn <= self.last_appended)
+            .ok_or_else(|| io::Error::other(format!("lsn {} is not in the log", lsn.0)))?;
+        if lsn > self.last_written {
+            self.write_pending().await?;
+        }
+        let offset = self.offsets[index as usize];
+        let segment = self.segments[self.segments.partition_point(|s| s.first_lsn <= lsn) - 1];
+        if self
+            .reader
+            .as_ref()
+            .is_none_or(|(first, _)| *first != segment.first_lsn)
+        {
+            let path = segment_path(&self.dir, segment.first_lsn);
+            let file = fs::File::open(&path)?;
+            self.reader = Some((segment.first_lsn, monoio::fs::File::from_std(file)?));
+        }
+        let (_, file) = self.reader.as_ref().expect("opened");
+        let (read, header) = file
+            .read_exact_at(vec![0u8; RECORD_HEADER_BYTES], offset)
+            .await;
+        read?;
+        let corrupt = || io::Error::other(format!("the record at lsn {} is unreadable", lsn.0));
+        let framed = framed_len(&header).ok_or_else(corrupt)?;
+        let (read, bytes) = file.read_exact_at(vec![0u8; framed], offset).await;
+        read?;
+        match decode_record(&bytes) {
+            Some((found, record, _)) if found == lsn => Ok(record),
+            _ => Err(corrupt()),
+        }
     }
 
     /// Whether the log has grown enough since the last checkpoint that one is worth it: past
@@ -621,10 +676,48 @@ impl Journal {
             self.disk_bytes -= oldest.bytes;
             deleted = true;
         }
+        let first_kept = self
+            .segments
+            .front()
+            .expect("the checkpoint's segment")
+            .first_lsn;
+        while self.offsets_first < first_kept {
+            self.offsets.pop_front();
+            self.offsets_first = self.offsets_first.next();
+        }
+        if self
+            .reader
+            .as_ref()
+            .is_some_and(|(first, _)| *first < first_kept)
+        {
+            self.reader = None;
+        }
         if deleted && let Err(error) = sync_dir(&self.dir) {
             tracing::warn!(dir = %self.dir.display(), error = %format!("{error:#}"), "cannot fsync the log directory");
         }
     }
+}
+
+/// The offset in its segment of every recovered record, in lsn order, for `read_record`.
+fn record_offsets(segments: &[Segment], records: &[(Lsn, Record)]) -> VecDeque<u64> {
+    let mut offsets = VecDeque::with_capacity(records.len());
+    let mut scratch = Vec::new();
+    let mut segment = 0;
+    let mut offset = SEGMENT_HEADER_BYTES as u64;
+    for (lsn, record) in records {
+        while segments
+            .get(segment + 1)
+            .is_some_and(|next| next.first_lsn <= *lsn)
+        {
+            segment += 1;
+            offset = SEGMENT_HEADER_BYTES as u64;
+        }
+        offsets.push_back(offset);
+        scratch.clear();
+        encode_record(record, *lsn, &mut scratch);
+        offset += scratch.len() as u64;
+    }
+    offsets
 }
 
 /// What recovery kept.
@@ -1284,6 +1377,46 @@ mod tests {
             (Lsn(begin + 1), message(12)),
             (Lsn(begin + 2), Record::CheckpointEnd { begin: Lsn(begin) }),
         ]
+    }
+
+    #[test]
+    fn records_are_read_back_pending_written_recovered_and_after_a_checkpoint() {
+        on_each_driver(|| async {
+            let data = tempfile::tempdir().unwrap();
+            let config = JournalConfig {
+                checkpoint_slack_bytes: 500,
+                ..small_segments()
+            };
+            let (mut journal, _) = open(data.path(), config);
+            commit_all(&mut journal, &messages(1..=12)).await;
+            assert!(
+                segment_files(data.path()).len() >= 3,
+                "records in several segments"
+            );
+            // Pending (appended, not yet written) and written records alike.
+            journal.append(Lsn(13), &message(13));
+            for n in [13, 1, 5, 12, 2] {
+                assert_eq!(journal.read_record(Lsn(n)).await.unwrap(), message(n));
+            }
+            assert!(journal.read_record(Lsn(14)).await.is_err(), "past the end");
+            assert!(journal.read_record(Lsn(0)).await.is_err());
+            journal.commit().await.unwrap();
+            drop(journal);
+
+            // Recovery rebuilds the index.
+            let (mut journal, _) = open(data.path(), config);
+            for n in [13, 7, 1] {
+                assert_eq!(journal.read_record(Lsn(n)).await.unwrap(), message(n));
+            }
+            // A checkpoint deletes the old segments: their records are gone, the copy stays.
+            let checkpoint = checkpoint_at(14);
+            append_all(&mut journal, &checkpoint);
+            journal.commit().await.unwrap();
+            assert!(journal.read_record(Lsn(12)).await.is_err());
+            assert_eq!(journal.read_record(Lsn(15)).await.unwrap(), message(12));
+            journal.append(Lsn(17), &message(17));
+            assert_eq!(journal.read_record(Lsn(17)).await.unwrap(), message(17));
+        });
     }
 
     #[test]

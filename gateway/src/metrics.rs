@@ -53,6 +53,12 @@ pub struct ShardMetrics {
     pub errors: AtomicU64,
     /// Counter: connections closed with 1013 for not reading their messages.
     pub slow_consumers: AtomicU64,
+    /// Gauge: undelivered messages whose body is on disk only.
+    pub spilled_messages: AtomicU64,
+    /// Counter: message bodies read back from the log to be sent.
+    pub bodies_read: AtomicU64,
+    /// Counter: checkpoints appended to the log (each lets older segments go).
+    pub checkpoints: AtomicU64,
     /// Gauge: undelivered messages in the inboxes this shard owns.
     pub inbox_messages: AtomicU64,
     /// Gauge: envelopes waiting in the rings into this shard.
@@ -80,7 +86,25 @@ impl ShardMetrics {
 /// one sample per shard with a `shard` label.
 pub fn render(shards: &[&ShardMetrics], out: &mut String) {
     type Field = fn(&ShardMetrics) -> &AtomicU64;
-    let series: [(&str, &str, &str, Field); 14] = [
+    let series: [(&str, &str, &str, Field); 17] = [
+        (
+            "switchboard_checkpoints_total",
+            "counter",
+            "Checkpoints appended to the write-ahead log.",
+            |m| &m.checkpoints,
+        ),
+        (
+            "switchboard_spilled_messages",
+            "gauge",
+            "Undelivered messages whose body is on disk only (past inbox_body_bytes_max).",
+            |m| &m.spilled_messages,
+        ),
+        (
+            "switchboard_bodies_read_total",
+            "counter",
+            "Message bodies read back from the write-ahead log to be sent.",
+            |m| &m.bodies_read,
+        ),
         (
             "switchboard_wal_disk_bytes",
             "gauge",

@@ -229,6 +229,46 @@ impl RouterLoop {
                         .link
                         .send(shard, Envelope::Router(Input::Peer(message)));
                 }
+                Output::SendStored {
+                    conn,
+                    message_id,
+                    lsn,
+                } => {
+                    // A body that cannot be read is not sent now; it stays in the inbox,
+                    // and the next connection asks for it again.
+                    let message = match self.journal.read_record(lsn).await {
+                        Ok(record) => router::incoming_of(&record, message_id),
+                        Err(error) => {
+                            tracing::error!(shard = shard_id, lsn = lsn.0, %error, "cannot read a message back from the log");
+                            None
+                        }
+                    };
+                    let Some(message) = message else {
+                        continue;
+                    };
+                    ShardMetrics::add(&self.shard.metrics.bodies_read, 1);
+                    if conn.shard == shard_id {
+                        self.shard.deliver(conn, &message);
+                    } else {
+                        self.shard
+                            .link
+                            .send(conn.shard, Envelope::Deliver { conn, message });
+                    }
+                }
+                Output::AppendCopy { lsn, from } => {
+                    // A checkpoint that cannot copy a message would lose it when the old
+                    // segments go: stop, and recover from the files as they are.
+                    let record = match self.journal.read_record(from).await {
+                        Ok(record) => record,
+                        Err(error) => fatal(shard_id, "cannot copy a record of the log", &error),
+                    };
+                    if self.journal.is_full()
+                        && let Err(error) = self.journal.write_pending().await
+                    {
+                        fatal(shard_id, "the write-ahead log failed", &error);
+                    }
+                    self.journal.append(lsn, &record);
+                }
             }
         }
         // Keep the allocation for the next turn.
@@ -254,6 +294,7 @@ impl RouterLoop {
         if self.journal.wants_checkpoint() {
             self.router
                 .step(now_ms, Input::Checkpoint, &mut self.outputs);
+            ShardMetrics::add(&self.shard.metrics.checkpoints, 1);
         }
         self.carry_out().await;
         match self.journal.sync_if_due().await {
@@ -270,6 +311,7 @@ impl RouterLoop {
         let stats = self.router.stats();
         let metrics = &self.shard.metrics;
         ShardMetrics::set(&metrics.inbox_messages, stats.stored_messages as u64);
+        ShardMetrics::set(&metrics.spilled_messages, stats.spilled_messages as u64);
         ShardMetrics::set(&metrics.wal_disk_bytes, self.journal.bytes_on_disk());
         ShardMetrics::set(&metrics.wal_segments, self.journal.segment_count() as u64);
         let waiting: usize = self.mesh.incoming.iter().flatten().map(|r| r.slots()).sum();

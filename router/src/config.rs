@@ -17,6 +17,10 @@ pub struct Config {
     pub inbox_messages_max: usize,
     /// Undelivered messages held by the shard, all recipients together.
     pub stored_messages_max: usize,
+    /// Bytes of undelivered message bodies (content and media fields) kept in memory. Past
+    /// it the oldest bodies are dropped from memory and read back from the log when they
+    /// are sent; memory keeps each message's ids and addressing.
+    pub inbox_body_bytes_max: usize,
     /// Remembered `(sender, client_msg_id)` pairs. When full, the oldest is forgotten even
     /// inside the window: the dedup window is `dedup_window_ms` or this many messages,
     /// whichever is shorter.
@@ -60,6 +64,7 @@ impl Config {
         conns_per_user_max: 16,
         inbox_messages_max: 10_000,
         stored_messages_max: 1_000_000,
+        inbox_body_bytes_max: 64 << 20,
         dedup_entries_max: 1_000_000,
         dedup_window_ms: 24 * 60 * 60 * 1000,
         presence_ttl_ms: 60_000,

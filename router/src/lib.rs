@@ -15,8 +15,8 @@ mod tests;
 pub use config::Config;
 pub use ids::{ConnId, IdGenerator, ShardId, owner_shard, shard_of};
 pub use route::{Route, route};
-pub use shard::{Input, Output, PeerMessage, Presence, Refusal, RouterShard, Stats};
+pub use shard::{Input, Output, PeerMessage, Presence, Refusal, RouterShard, Stats, incoming_of};
 pub use wal::{
-    Lsn, ReceiptItem, ReceiptKind, Record, Scan, SegmentHeader, StoredMessage, encode_record,
-    encode_segment_header, scan_segment,
+    Lsn, ReceiptItem, ReceiptKind, Record, Scan, SegmentHeader, StoredMessage, decode_record,
+    encode_record, encode_segment_header, framed_len, scan_segment,
 };

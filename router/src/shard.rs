@@ -67,6 +67,18 @@ pub enum Output {
         shard: ShardId,
         message: PeerMessage,
     },
+    /// Send to a connection the `incoming_message` of message `message_id`, whose body is
+    /// no longer in memory: it is the `Record::Message` at `lsn` of this shard's log
+    /// (`incoming_of` makes the message from it). In order with the other outputs.
+    SendStored {
+        conn: ConnId,
+        message_id: MessageId,
+        lsn: Lsn,
+    },
+    /// Append, as record `lsn`, a copy of the record at `from` of this shard's log: a
+    /// checkpoint copying forward a message whose body is on disk only. Lsns of `Append`
+    /// and `AppendCopy` together are consecutive.
+    AppendCopy { lsn: Lsn, from: Lsn },
 }
 
 /// Between router shards.
@@ -145,6 +157,10 @@ pub struct Stats {
     pub receipts_outstanding: usize,
     pub pending_outputs: usize,
     pub subscriptions: usize,
+    /// Bytes of message bodies held in memory.
+    pub body_bytes: usize,
+    /// Undelivered messages whose body is on disk only.
+    pub spilled_messages: usize,
 }
 
 /// An optional count of milliseconds in 8 bytes instead of `Option<u64>`'s 16: `u64::MAX`
@@ -208,10 +224,24 @@ impl User {
 
 #[derive(Debug)]
 struct Stored {
+    /// With `content` and `media` emptied while `spilled`.
     message: StoredMessage,
     /// The record that made the message true: nothing about it goes out before this lsn
     /// is durable.
     lsn: Lsn,
+    /// The newest record in the log that holds the whole message (a checkpoint's copy
+    /// replaces the original, whose segment may be deleted).
+    body_lsn: Lsn,
+    /// The body was dropped from memory; it is read back from `body_lsn` when sent.
+    spilled: bool,
+}
+
+/// Bytes a message body holds in memory, for the `inbox_body_bytes_max` budget.
+fn body_bytes(message: &StoredMessage) -> usize {
+    let media = message.media.as_ref().map_or(0, |media| {
+        media.hash.len() + media.mime.len() + media.name.as_ref().map_or(0, String::len)
+    });
+    message.content.len() + media
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -267,6 +297,10 @@ pub struct RouterShard {
     /// Users with only a `last_seen`, by it: the first to forget when `users_max` is hit.
     idle_users: BTreeSet<(u64, UserId)>,
     messages: BTreeMap<MessageId, Stored>,
+    /// The messages whose body is in memory, oldest first: the first to spill.
+    resident: BTreeSet<MessageId>,
+    /// Sum of `body_bytes` over `resident`.
+    body_bytes: usize,
     dedup: HashMap<(UserId, u64), DedupEntry>,
     /// The dedup entries by message id, which is time order: expiry and eviction order.
     dedup_order: BTreeMap<MessageId, (UserId, u64)>,
@@ -307,6 +341,8 @@ impl RouterShard {
             users: HashMap::new(),
             idle_users: BTreeSet::new(),
             messages: BTreeMap::new(),
+            resident: BTreeSet::new(),
+            body_bytes: 0,
             dedup: HashMap::new(),
             dedup_order: BTreeMap::new(),
             read_index: BTreeMap::new(),
@@ -401,6 +437,8 @@ impl RouterShard {
             receipts_outstanding: self.outstanding.len(),
             pending_outputs: self.pending.len(),
             subscriptions: self.subscriptions_count,
+            body_bytes: self.body_bytes,
+            spilled_messages: self.messages.len() - self.resident.len(),
         }
     }
 
@@ -455,7 +493,7 @@ impl RouterShard {
         for id in &state.inbox {
             let stored = &self.messages[id];
             if stored.lsn <= self.durable_lsn {
-                send(outputs, conn, incoming(&stored.message));
+                send_stored(outputs, conn, stored);
             }
         }
         let queued = std::mem::take(&mut state.queued_receipts);
@@ -929,7 +967,7 @@ impl RouterShard {
                 };
                 if let Some(state) = self.users.get(&stored.message.to) {
                     for conn in &state.conns {
-                        send(outputs, *conn, incoming(&stored.message));
+                        send_stored(outputs, *conn, stored);
                     }
                 }
             }
@@ -982,10 +1020,23 @@ impl RouterShard {
     fn checkpoint(&mut self, outputs: &mut Vec<Output>) {
         let last_message_id = self.ids.last();
         let begin = self.append(Record::CheckpointBegin { last_message_id }, outputs);
-        let mut records = Vec::new();
-        for stored in self.messages.values() {
-            records.push(Record::Message(stored.message.clone()));
+        // Messages first, each from memory or copied from the log, and from now on read
+        // from its copy: the segments before `begin` go once the checkpoint is durable.
+        let ids: Vec<MessageId> = self.messages.keys().copied().collect();
+        for id in ids {
+            let stored = &self.messages[&id];
+            if stored.spilled {
+                let from = stored.body_lsn;
+                let lsn = self.last_lsn.next();
+                self.last_lsn = lsn;
+                outputs.push(Output::AppendCopy { lsn, from });
+                self.messages.get_mut(&id).expect("listed").body_lsn = lsn;
+            } else {
+                // `apply` moves `body_lsn` to the copy.
+                self.append(Record::Message(stored.message.clone()), outputs);
+            }
         }
+        let mut records = Vec::new();
         for (id, (from, client_msg_id)) in &self.dedup_order {
             if !self.messages.contains_key(id) {
                 let entry = self.dedup[&(from.clone(), *client_msg_id)];
@@ -1056,7 +1107,10 @@ impl RouterShard {
             Record::Message(message) => {
                 assert_eq!(shard_of(message.id), self.shard_id);
                 self.ids.observe(message.id);
-                if !self.messages.contains_key(&message.id) {
+                if let Some(stored) = self.messages.get_mut(&message.id) {
+                    // A checkpoint's copy: the newest record is the one to read it from.
+                    stored.body_lsn = lsn;
+                } else {
                     self.touch(&message.to, true);
                     let state = self.users.get_mut(&message.to).expect("touched");
                     state.inbox.insert(message.id);
@@ -1064,8 +1118,13 @@ impl RouterShard {
                     let stored = Stored {
                         message: message.clone(),
                         lsn,
+                        body_lsn: lsn,
+                        spilled: false,
                     };
+                    self.body_bytes += body_bytes(&stored.message);
+                    self.resident.insert(message.id);
                     self.messages.insert(message.id, stored);
+                    self.spill();
                 }
                 let entry = DedupEntry {
                     message_id: message.id,
@@ -1193,11 +1252,35 @@ impl RouterShard {
         if stored.message.to != *by {
             return;
         }
+        if self.resident.remove(&id) {
+            self.body_bytes -= body_bytes(&stored.message);
+        }
         self.messages.remove(&id);
         if let Some(state) = self.users.get_mut(by) {
             state.inbox.remove(&id);
             self.settle(by);
         }
+    }
+
+    /// Drops the bodies of the oldest messages from memory while the bodies held pass
+    /// `inbox_body_bytes_max`. Their records stay in the log, where a send reads them.
+    fn spill(&mut self) {
+        while self.body_bytes > self.config.inbox_body_bytes_max {
+            let Some(id) = self.resident.pop_first() else {
+                break;
+            };
+            let stored = self
+                .messages
+                .get_mut(&id)
+                .expect("resident messages are stored");
+            assert!(!stored.spilled);
+            self.body_bytes -= body_bytes(&stored.message);
+            stored.message.content = String::new();
+            stored.message.media = None;
+            stored.spilled = true;
+        }
+        // Every body holds at least a character of content or a media hash.
+        assert_eq!(self.resident.is_empty(), self.body_bytes == 0);
     }
 
     fn remember_dedup(&mut self, from: UserId, client_msg_id: u64, entry: DedupEntry) {
@@ -1292,6 +1375,29 @@ fn item(message_id: MessageId, sender: UserId, kind: ReceiptKind) -> ReceiptItem
         message_id,
         sender,
         kind,
+    }
+}
+
+/// The `incoming_message` of a stored message: from memory, or from its record in the log.
+fn send_stored(outputs: &mut Vec<Output>, conn: ConnId, stored: &Stored) {
+    if stored.spilled {
+        outputs.push(Output::SendStored {
+            conn,
+            message_id: stored.message.id,
+            lsn: stored.body_lsn,
+        });
+    } else {
+        send(outputs, conn, incoming(&stored.message));
+    }
+}
+
+/// The `incoming_message` that `Output::SendStored` asks for, made from the record the
+/// shell read at its lsn; `None` if that record is not message `message_id` (a shell that
+/// read the wrong place).
+pub fn incoming_of(record: &Record, message_id: MessageId) -> Option<ServerMessage> {
+    match record {
+        Record::Message(message) if message.id == message_id => Some(incoming(message)),
+        _ => None,
     }
 }
 

@@ -1179,3 +1179,105 @@ fn a_checkpoint_alone_recovers_the_same_state() {
     let kinds: Vec<&str> = sends(&outputs).iter().map(|(_, m)| m.type_name()).collect();
     assert_eq!(kinds, vec!["message_delivered", "message_read"]);
 }
+
+#[test]
+fn bodies_past_the_budget_are_sent_and_checkpointed_from_the_log() {
+    // "message N" is 9 bytes: the budget holds two bodies.
+    let mut h = Harness::new(Config {
+        inbox_body_bytes_max: 18,
+        ..Config::DEFAULT
+    });
+    let (alice, bob) = (user("alice"), user("bob"));
+    let ids: Vec<MessageId> = (1..=4).map(|n| h.send(conn(1), &alice, &bob, n)).collect();
+    let stats = h.shard.stats();
+    assert_eq!((stats.spilled_messages, stats.body_bytes), (2, 18));
+    // Where each message's record is, as the shell's log holds it.
+    let lsn_of = |h: &Harness, id: MessageId| {
+        h.log
+            .iter()
+            .rev()
+            .find(|(_, record)| matches!(record, Record::Message(m) if m.id == id))
+            .map(|(lsn, _)| *lsn)
+            .unwrap()
+    };
+    let outputs = h.attach(conn(2), &bob);
+    let expected: Vec<Output> = ids[..2]
+        .iter()
+        .map(|id| Output::SendStored {
+            conn: conn(2),
+            message_id: *id,
+            lsn: lsn_of(&h, *id),
+        })
+        .collect();
+    assert_eq!(
+        outputs[..2],
+        expected[..],
+        "the oldest two come from the log, in order"
+    );
+    assert_eq!(incoming_ids(&outputs[2..], conn(2)), ids[2..]);
+    // The shell turns the record into the same message that memory would have given.
+    let record = &h
+        .log
+        .iter()
+        .find(|(lsn, _)| *lsn == lsn_of(&h, ids[0]))
+        .unwrap()
+        .1;
+    let ServerMessage::IncomingMessage(first) = crate::incoming_of(record, ids[0]).unwrap() else {
+        panic!("an incoming message");
+    };
+    assert_eq!(first.content, "message 1");
+    assert!(crate::incoming_of(record, ids[1]).is_none(), "another id");
+
+    // A checkpoint copies the spilled ones from the log and the others from memory; after
+    // it, their bodies are read from the copies.
+    let old = lsn_of(&h, ids[0]);
+    let outputs = h.step(Input::Checkpoint);
+    let copies: Vec<(Lsn, Lsn)> = outputs
+        .iter()
+        .filter_map(|output| match output {
+            Output::AppendCopy { lsn, from } => Some((*lsn, *from)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(copies.len(), 2);
+    assert_eq!(copies[0].1, old);
+    let lsns: Vec<Lsn> = outputs
+        .iter()
+        .filter_map(|output| match output {
+            Output::Append { lsn, .. } | Output::AppendCopy { lsn, .. } => Some(*lsn),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        lsns.windows(2).all(|w| w[1] == w[0].next()),
+        "one lsn sequence"
+    );
+    h.sync();
+    let outputs = h.attach(conn(3), &bob);
+    assert_eq!(
+        outputs[0],
+        Output::SendStored {
+            conn: conn(3),
+            message_id: ids[0],
+            lsn: copies[0].0,
+        }
+    );
+    // Delivered: the spilled message leaves the shard like any other.
+    h.client(
+        conn(3),
+        &bob,
+        ClientMessage::MessageDelivered {
+            message_ids: ids.clone(),
+        },
+    );
+    h.sync();
+    let stats = h.shard.stats();
+    assert_eq!(
+        (
+            stats.stored_messages,
+            stats.spilled_messages,
+            stats.body_bytes
+        ),
+        (0, 0, 0)
+    );
+}

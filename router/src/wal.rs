@@ -302,6 +302,23 @@ fn decode_framed(bytes: &[u8]) -> Framed {
     }
 }
 
+/// Reads the one record at the front of `bytes` (a shell reading back a record it wrote, at
+/// an offset it kept): its lsn, the record and its framed length. `None` if the bytes do
+/// not start with a whole, valid record. Never panics on any input.
+pub fn decode_record(bytes: &[u8]) -> Option<(Lsn, Record, usize)> {
+    match decode_framed(bytes) {
+        Framed::Record { lsn, record, bytes } => Some((lsn, record, bytes)),
+        Framed::End => None,
+    }
+}
+
+/// The framed length of the record whose 16-byte header starts `header`, if the header's
+/// payload length is possible: how many bytes to read for `decode_record`.
+pub fn framed_len(header: &[u8]) -> Option<usize> {
+    let len = u32::from_le_bytes(header.get(..4)?.try_into().ok()?) as usize;
+    (len > 0 && len <= PAYLOAD_BYTES_MAX).then_some(RECORD_HEADER_BYTES + len)
+}
+
 /// What a segment holds, up to its first torn or corrupt record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scan {
@@ -660,6 +677,27 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_record_is_read_back_alone_at_its_offset() {
+        let mut bytes = Vec::new();
+        let first = Record::ReceiptsFlushed {
+            user: UserId::parse("alice").unwrap(),
+        };
+        let second = Record::CheckpointEnd { begin: Lsn(3) };
+        encode_record(&first, Lsn(7), &mut bytes);
+        let offset = bytes.len();
+        encode_record(&second, Lsn(8), &mut bytes);
+        assert_eq!(framed_len(&bytes[offset..]), Some(bytes.len() - offset));
+        assert_eq!(
+            decode_record(&bytes[offset..]),
+            Some((Lsn(8), second, bytes.len() - offset))
+        );
+        assert_eq!(decode_record(&bytes[..offset]).map(|r| r.0), Some(Lsn(7)));
+        assert_eq!(decode_record(&bytes[..offset - 1]), None, "a cut record");
+        assert_eq!(framed_len(&[0, 0, 0, 0]), None);
+        assert_eq!(framed_len(&[1]), None);
+    }
 
     fn user(name: &str) -> UserId {
         UserId::parse(name).unwrap()

@@ -60,6 +60,17 @@ struct Segment {
     first_lsn: Lsn,
     bytes: Vec<u8>,
     synced_bytes: usize,
+    /// Where each record starts, by lsn from `first_lsn`: how a shell finds a record to
+    /// read back.
+    offsets: Vec<usize>,
+}
+
+impl Segment {
+    /// Forgets the offsets of records that a truncation cut away.
+    fn trim_offsets(&mut self) {
+        let len = self.bytes.len();
+        self.offsets.retain(|offset| *offset < len);
+    }
 }
 
 /// A shard's log as the shell keeps it: segments of real record bytes.
@@ -102,6 +113,7 @@ impl Wal {
             first_lsn,
             synced_bytes: bytes.len(),
             bytes,
+            offsets: Vec::new(),
         });
     }
 
@@ -111,11 +123,35 @@ impl Wal {
             self.roll(lsn);
         }
         let segment = self.segments.last_mut().expect("a segment");
+        assert_eq!(
+            segment.first_lsn.0 + segment.offsets.len() as u64,
+            lsn.0,
+            "offsets follow the records"
+        );
+        segment.offsets.push(segment.bytes.len());
         encode_record(record, lsn, &mut segment.bytes);
         if let Record::CheckpointEnd { begin } = record {
             self.compaction = Some((lsn, *begin));
         }
         self.last_lsn = lsn;
+    }
+
+    /// The record at `lsn`, as a shell reads it back for `SendStored` and `AppendCopy`.
+    fn read(&self, lsn: Lsn) -> Record {
+        let segment = self
+            .segments
+            .iter()
+            .rev()
+            .find(|segment| segment.first_lsn <= lsn)
+            .expect("the segment holding the record is kept");
+        let offset = usize::try_from(lsn.0 - segment.first_lsn.0)
+            .ok()
+            .and_then(|index| segment.offsets.get(index))
+            .unwrap_or_else(|| panic!("the router asked for lsn {lsn:?}, which the log lacks"));
+        let (found, record, _) =
+            router::decode_record(&segment.bytes[*offset..]).expect("a written record");
+        assert_eq!(found, lsn);
+        record
     }
 
     /// An fsync starts: it will make durable what is written now, and only that.
@@ -157,6 +193,7 @@ impl Wal {
         let lost = rng.index(records_bytes / 3 + 1);
         segment.synced_bytes -= lost;
         segment.bytes.truncate(segment.synced_bytes);
+        segment.trim_offsets();
     }
 
     fn crash(&mut self, rng: &mut Rng) -> Vec<(Lsn, Record)> {
@@ -190,6 +227,8 @@ impl Wal {
             }
             segment.bytes.truncate(scan.valid_bytes);
             segment.synced_bytes = scan.valid_bytes;
+            segment.trim_offsets();
+            assert_eq!(segment.offsets.len(), scan.records.len());
             expected = Some(Lsn(scan.header.first_lsn.0 + scan.records.len() as u64));
             records.extend(scan.records);
             kept += 1;
@@ -254,6 +293,8 @@ struct Counts {
     torn_tails: u64,
     checkpoints: u64,
     compactions: u64,
+    /// Messages sent from their record in the log, their body spilled from memory.
+    spilled_sends: u64,
     clock_jumps: u64,
     drains: u64,
     queue_max: u64,
@@ -334,6 +375,9 @@ impl Sim {
             inbox_messages_max: 40,
             pending_outputs_max: 64,
             dedup_window_ms: 365 * 24 * 3600 * 1000,
+            // A few bodies' worth: most undelivered messages live on the simulated disk only,
+            // the newest in memory, so both ways of sending them run.
+            inbox_body_bytes_max: 40,
             ..Config::DEFAULT
         };
         let users: Vec<UserId> = (0..N_USERS)
@@ -475,6 +519,26 @@ impl Sim {
                 self.index_record(shard, lsn, &record);
             }
             Output::Send { conn, message } => self.deliver_to_client(conn, message),
+            Output::SendStored {
+                conn,
+                message_id,
+                lsn,
+            } => {
+                let record = self.wals[shard].read(lsn);
+                let message = router::incoming_of(&record, message_id)
+                    .unwrap_or_else(|| panic!("lsn {lsn:?} is not message {message_id:?}"));
+                self.counts.spilled_sends += 1;
+                self.deliver_to_client(conn, message);
+            }
+            Output::AppendCopy { lsn, from } => {
+                let record = self.wals[shard].read(from);
+                assert!(
+                    matches!(record, Record::Message(_)),
+                    "only messages are copied"
+                );
+                self.wals[shard].append(lsn, &record);
+                self.index_record(shard, lsn, &record);
+            }
             Output::Peer { shard: to, message } => {
                 assert_ne!(to as usize, shard, "a shard handles its own peer messages");
                 self.queues[to as usize].push_back(Input::Peer(message));
@@ -1120,6 +1184,7 @@ fn simulation() {
                 counts.clock_jumps > 0 && counts.dedup_answers > 0,
                 "{counts:?}"
             );
+            assert!(counts.spilled_sends > 0, "{counts:?}");
             // Retries did not swamp the rings.
             assert!(counts.queue_max < 1000, "{counts:?}");
         }

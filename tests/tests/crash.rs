@@ -117,3 +117,108 @@ fn sigkill_in_a_send_burst_loses_no_acknowledged_message() {
     }
     send_json(&mut bob, &json!({"type": "heartbeat"}));
 }
+
+/// The sum over shards of a metric in `/metrics`.
+fn metric_sum(server: &Server, name: &str) -> u64 {
+    let answer = switchboard_tests::raw_exchange(
+        server.http_addr,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    answer
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn a_big_inbox_is_read_back_from_the_log_after_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    // Room for a handful of bodies in memory: the rest of the inbox lives in the log only.
+    let options = || {
+        Options::default()
+            .data_dir(data.path())
+            .config_file("[limits]\ninbox_body_bytes_max = 300\n")
+    };
+    let body = |n: u64| format!("message {n} of a big inbox, with some words to make it long");
+    let mut acked = Vec::new();
+    {
+        let mut server = Server::start_with(options());
+        let mut alice = connect(&server, "alice");
+        for n in 0..60 {
+            send_json(&mut alice, &send_message(n, "zoe", &body(n)));
+        }
+        for _ in 0..60 {
+            let (ack, _) = recv_type(&mut alice, "message_received");
+            acked.push(id_of(&ack));
+        }
+        server.signal(libc::SIGKILL);
+        server.wait_exit();
+    }
+    let server = Server::start_with(options());
+    let mut zoe = connect(&server, "zoe");
+    for (n, id) in acked.iter().enumerate() {
+        let incoming = recv_json(&mut zoe);
+        assert_eq!(id_of(&incoming), *id);
+        assert_eq!(incoming["content"], body(n as u64).as_str());
+        assert_eq!(incoming["from"], "alice");
+    }
+    assert!(
+        metric_sum(&server, "switchboard_bodies_read_total") >= 50,
+        "most bodies came from the log"
+    );
+}
+
+#[test]
+fn a_checkpoint_copies_spilled_messages_forward_and_drops_old_segments() {
+    let data = tempfile::tempdir().unwrap();
+    let options = || {
+        Options::default().data_dir(data.path()).config_file(
+            "[limits]\ninbox_body_bytes_max = 300\nwal_checkpoint_slack_bytes = 4096\n\
+             wal_segment_bytes_max = 8192\nrouter_tick_ms = 10\n",
+        )
+    };
+    let body = |n: u64| format!("message {n}, kept across a checkpoint and a crash");
+    let mut server = Server::start_with(options());
+    let mut alice = connect(&server, "alice");
+    let mut acked = Vec::new();
+    for n in 0..100 {
+        send_json(&mut alice, &send_message(n, "yuri", &body(n)));
+    }
+    for _ in 0..100 {
+        let (ack, _) = recv_type(&mut alice, "message_received");
+        acked.push(id_of(&ack));
+    }
+    // The log (about 11 KB) has passed the slack: the next tick of yuri's shard takes a
+    // checkpoint, and once it is durable the segments before it are deleted. Wait for that,
+    // for at most the test's wait.
+    let first_segment_gone = || {
+        (0..2).any(|shard| {
+            let dir = data.path().join(format!("shard-{shard}"));
+            !dir.join(format!("{:020}.wal", 1)).exists()
+        })
+    };
+    let deadline = std::time::Instant::now() + switchboard_tests::WAIT;
+    while !first_segment_gone() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no segment was deleted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(metric_sum(&server, "switchboard_checkpoints_total") >= 1);
+    let check_inbox = |server: &Server| {
+        let mut yuri = connect(server, "yuri");
+        for (n, id) in acked.iter().enumerate() {
+            let incoming = recv_json(&mut yuri);
+            assert_eq!(id_of(&incoming), *id);
+            assert_eq!(incoming["content"], body(n as u64).as_str());
+        }
+    };
+    check_inbox(&server);
+    // Killed after the checkpoint: recovery starts from it, the copies hold every body.
+    server.signal(libc::SIGKILL);
+    server.wait_exit();
+    let server = Server::start_with(options());
+    check_inbox(&server);
+}
