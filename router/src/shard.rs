@@ -204,10 +204,8 @@ impl OptionMs {
 #[derive(Debug, Default)]
 struct User {
     conns: SmallVec<[ConnId; 1]>,
-    /// Undelivered messages for this user, in id order (which is acknowledgement order).
-    inbox: BTreeSet<MessageId>,
-    /// Receipts for messages this user sent, kept while they have no connection.
-    queued_receipts: BTreeMap<(MessageId, ReceiptKind), Receipt>,
+    /// The undelivered messages and queued receipts; allocated only while there are some.
+    mail: Option<Box<Mail>>,
     last_seen_ms: OptionMs,
     /// While online: the monotonic time at which they go offline without a new action.
     alive_until_mono_ms: OptionMs,
@@ -216,9 +214,43 @@ struct User {
     idle_key: OptionMs,
 }
 
+#[derive(Debug, Default)]
+struct Mail {
+    /// Undelivered messages for this user, in id order (which is acknowledgement order).
+    inbox: BTreeSet<MessageId>,
+    /// Receipts for messages this user sent, kept while they have no connection.
+    queued_receipts: BTreeMap<(MessageId, ReceiptKind), Receipt>,
+}
+
+static NO_MAIL: Mail = Mail {
+    inbox: BTreeSet::new(),
+    queued_receipts: BTreeMap::new(),
+};
+
 impl User {
     fn is_idle(&self) -> bool {
-        self.conns.is_empty() && self.inbox.is_empty() && self.queued_receipts.is_empty()
+        self.conns.is_empty()
+            && self.mail().inbox.is_empty()
+            && self.mail().queued_receipts.is_empty()
+    }
+
+    fn mail(&self) -> &Mail {
+        self.mail.as_deref().unwrap_or(&NO_MAIL)
+    }
+
+    fn mail_mut(&mut self) -> &mut Mail {
+        self.mail.get_or_insert_default()
+    }
+
+    /// Frees the mail once it holds nothing.
+    fn tidy(&mut self) {
+        if self
+            .mail
+            .as_ref()
+            .is_some_and(|mail| mail.inbox.is_empty() && mail.queued_receipts.is_empty())
+        {
+            self.mail = None;
+        }
     }
 }
 
@@ -425,7 +457,7 @@ impl RouterShard {
         self.users
             .get(user)
             .into_iter()
-            .flat_map(|state| state.inbox.iter().copied())
+            .flat_map(|state| state.mail().inbox.iter().copied())
     }
 
     pub fn stats(&self) -> Stats {
@@ -490,13 +522,17 @@ impl RouterShard {
         }
         // Undelivered messages, in id order. One that is not durable yet goes out to all
         // the user's connections when it becomes durable, this one included.
-        for id in &state.inbox {
+        for id in &state.mail().inbox {
             let stored = &self.messages[id];
             if stored.lsn <= self.durable_lsn {
                 send_stored(outputs, conn, stored);
             }
         }
-        let queued = std::mem::take(&mut state.queued_receipts);
+        let queued = state
+            .mail
+            .as_mut()
+            .map(|mail| std::mem::take(&mut mail.queued_receipts))
+            .unwrap_or_default();
         self.settle(&user);
         self.activity(now_ms, &user, outputs);
         if !queued.is_empty() {
@@ -740,7 +776,7 @@ impl RouterShard {
         if !self.touch(&to, false) {
             return send(outputs, conn, Refusal::Busy.message(correlation));
         }
-        if self.users[&to].inbox.len() >= self.config.inbox_messages_max {
+        if self.users[&to].mail().inbox.len() >= self.config.inbox_messages_max {
             self.settle(&to);
             return send(outputs, conn, Refusal::InboxFull.message(correlation));
         }
@@ -1068,12 +1104,12 @@ impl RouterShard {
         let mut queued: Vec<(&UserId, &User)> = self
             .users
             .iter()
-            .filter(|(_, state)| !state.queued_receipts.is_empty())
+            .filter(|(_, state)| !state.mail().queued_receipts.is_empty())
             .map(|(user, state)| (user, &**state))
             .collect();
         queued.sort_by(|a, b| a.0.cmp(b.0));
         for (user, state) in queued {
-            for ((_, kind), receipt) in &state.queued_receipts {
+            for ((_, kind), receipt) in &state.mail().queued_receipts {
                 records.push(Record::ReceiptQueued {
                     user: user.clone(),
                     kind: *kind,
@@ -1113,7 +1149,7 @@ impl RouterShard {
                 } else {
                     self.touch(&message.to, true);
                     let state = self.users.get_mut(&message.to).expect("touched");
-                    state.inbox.insert(message.id);
+                    state.mail_mut().inbox.insert(message.id);
                     self.settle(&message.to);
                     let stored = Stored {
                         message: message.clone(),
@@ -1177,22 +1213,19 @@ impl RouterShard {
             } => {
                 self.touch(user, true);
                 let state = self.users.get_mut(user).expect("touched");
-                state
-                    .queued_receipts
-                    .insert((receipt.message_id, *kind), receipt.clone());
-                while state.queued_receipts.len() > self.config.receipts_queued_per_user_max {
-                    state.queued_receipts.pop_first();
+                let queued = &mut state.mail_mut().queued_receipts;
+                queued.insert((receipt.message_id, *kind), receipt.clone());
+                while queued.len() > self.config.receipts_queued_per_user_max {
+                    queued.pop_first();
                 }
                 self.settle(user);
                 self.remember_receipt((receipt.message_id, *kind), lsn);
             }
             Record::ReceiptsFlushed { user } => {
                 if self.touch(user, true) {
-                    self.users
-                        .get_mut(user)
-                        .expect("touched")
-                        .queued_receipts
-                        .clear();
+                    if let Some(mail) = &mut self.users.get_mut(user).expect("touched").mail {
+                        mail.queued_receipts.clear();
+                    }
                     self.settle(user);
                 }
             }
@@ -1257,7 +1290,9 @@ impl RouterShard {
         }
         self.messages.remove(&id);
         if let Some(state) = self.users.get_mut(by) {
-            state.inbox.remove(&id);
+            if let Some(mail) = &mut state.mail {
+                mail.inbox.remove(&id);
+            }
             self.settle(by);
         }
     }
@@ -1342,6 +1377,7 @@ impl RouterShard {
         let Some(state) = self.users.get_mut(user) else {
             return;
         };
+        state.tidy();
         if !state.is_idle() {
             if let Some(key) = state.idle_key.take() {
                 self.idle_users.remove(&(key, user.clone()));
