@@ -169,6 +169,24 @@ fn a_bad_message_gets_an_error_and_the_connection_stays_open() {
     client.send(Message::binary(vec![1, 2, 3])).unwrap();
     assert_eq!(json_of(next_message(&mut client))["code"], "bad_request");
 
+    // An unknown type, and a message from a client that names another sender.
+    client
+        .send(Message::text(r#"{"type":"launch_rockets","count":3}"#))
+        .unwrap();
+    assert_eq!(json_of(next_message(&mut client))["code"], "bad_request");
+
+    // After all of it, this client and the others are served as usual.
+    let mut bob = connect(&server, "bob");
+    client
+        .send(Message::text(
+            r#"{"type":"send_message","client_msg_id":44,"to":"bob","content":"fine"}"#,
+        ))
+        .unwrap();
+    let ack = json_of(next_message(&mut client));
+    assert_eq!(ack["type"], "message_received");
+    let incoming = json_of(next_message(&mut bob));
+    assert_eq!(incoming["message_id"], ack["message_id"]);
+
     // Still open: a ping is answered.
     client
         .send(Message::Ping(b"still".to_vec().into()))
