@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""The side-by-side comparison: one command builds switchboard, the load generator and the
+comparison peers, runs the same loadgen scenarios against each in one run on this machine,
+prints a table of each peer's figures with its ratio to switchboard, and writes the table,
+the machine and every command to bench/results/.
+
+Peers: switchboard with durability `fsync` and `none`, the Bun relay (bench/peers/bun-relay)
+and the tokio-tungstenite relay (bench/peers/tokio-relay). Each is measured with:
+- `idle`: N authenticated idle connections, user memory per connection (RSS growth / N);
+- `pairs` at a ladder of offered rates: the highest rate it sustains (everything
+  acknowledged and delivered, nothing lost or refused, ack p99 under --p99-limit-ms), and
+  at half of switchboard's sustained rate, the p50 and p99 of `message_received` and of
+  delivery for every peer.
+
+Usage: bench/compare.py [--quick] [--rates 10000,20000,...] [--idle-conns N]
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "compare-secret"
+RELEASE = ROOT / "target" / "release"
+
+
+def run(cmd, **kwargs):
+    print("+ " + " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
+    return subprocess.run(cmd, check=True, **kwargs)
+
+
+class Peer:
+    """A server under test, started on an ephemeral port and stopped when done."""
+
+    def __init__(self, name, cmd, env=None, cwd=None):
+        self.name = name
+        self.cmd = [str(c) for c in cmd]
+        self.env = dict(os.environ, **(env or {}))
+        self.cwd = cwd
+        self.proc = None
+        self.url = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            self.cmd,
+            env=self.env,
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            found = re.search(r"ws://([0-9.:]+)/ws", line)
+            if found:
+                self.url = f"ws://{found.group(1)}/ws"
+                return self
+        self.stop()
+        raise RuntimeError(f"{self.name} did not print its listening line")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def loadgen(args, report):
+    """Runs the load generator and returns its JSON report (also on a failed run)."""
+    cmd = [RELEASE / "switchboard-loadgen", *args, "--jwt-secret", SECRET, "--quiet",
+           "--json", report]
+    print("+ " + " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
+    subprocess.run([str(c) for c in cmd], stdout=subprocess.DEVNULL, timeout=600)
+    with open(report) as f:
+        return json.load(f)
+
+
+def peers(data_dir):
+    switchboard = RELEASE / "switchboard"
+    common = ["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+              "--jwt-secret", SECRET]
+    bun = ROOT / "bench/peers/bun-relay/node_modules/.bin/bun"
+    return [
+        ("switchboard fsync", lambda: Peer(
+            "switchboard fsync",
+            [switchboard, *common, "--durability", "fsync", "--data-dir", data_dir / "fsync"],
+            env={"RUST_LOG": "warn"})),
+        ("switchboard none", lambda: Peer(
+            "switchboard none",
+            [switchboard, *common, "--durability", "none", "--data-dir", data_dir / "none"],
+            env={"RUST_LOG": "warn"})),
+        ("bun relay", lambda: Peer(
+            "bun relay",
+            [bun, "relay.js", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET],
+            cwd=ROOT / "bench/peers/bun-relay")),
+        ("tokio relay", lambda: Peer(
+            "tokio relay",
+            [RELEASE / "tokio-relay", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET])),
+    ]
+
+
+def sustained(report, p99_limit_ms):
+    c = report["counters"]
+    ack = report["latency_ms"]["ack"]
+    ok = (report["ok"] and c["lost"] == 0 and c["rejected"] == 0
+          and c["unacknowledged"] == 0 and ack.get("p99") is not None
+          and ack["p99"] <= p99_limit_ms)
+    return ok
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer connections and shorter runs (a smoke test of the script)")
+    parser.add_argument("--rates", default="10000,20000,30000,40000,50000,60000,80000")
+    parser.add_argument("--conns", type=int, default=1000, help="pairs connections")
+    parser.add_argument("--idle-conns", type=int, default=19000)
+    parser.add_argument("--duration", default="5s")
+    parser.add_argument("--p99-limit-ms", type=float, default=50.0,
+                        help="a rate counts as sustained while ack p99 stays under this")
+    args = parser.parse_args()
+    if args.quick:
+        args.rates, args.idle_conns, args.duration, args.conns = "2000,4000", 500, "2s", 100
+    rates = [int(r) for r in args.rates.split(",")]
+
+    run(["cargo", "build", "--release", "-p", "switchboard", "-p", "switchboard-loadgen",
+         "-p", "tokio-relay"], cwd=ROOT)
+    run([ROOT / ".ci/setup-tools"], cwd=ROOT, stdout=subprocess.DEVNULL)
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    work = Path(tempfile.mkdtemp(prefix="compare-"))
+    results = {}
+    for name, make in peers(work):
+        print(f"\n== {name}", flush=True)
+        figures = {"name": name, "ladder": []}
+        peer = make().start()
+        try:
+            idle = loadgen(["idle", "--url", peer.url, "--conns", args.idle_conns,
+                            "--procs", 2, "--source-ips", 4, "--server-pid", peer.proc.pid,
+                            "--hold", "3s"], work / "idle.json")
+            server = idle.get("server") or {}
+            figures["idle_bytes_per_conn"] = server.get("rss_per_conn_bytes")
+        finally:
+            peer.stop()
+        peer = make().start()
+        try:
+            best = None
+            for rate in rates:
+                report = loadgen(["pairs", "--url", peer.url, "--conns", args.conns,
+                                  "--rate", rate, "--duration", args.duration,
+                                  "--warmup", "1s"], work / f"pairs-{rate}.json")
+                step = {
+                    "rate": rate,
+                    "acknowledged_per_s": report["throughput_per_second"]["acknowledged"],
+                    "ack_p50": report["latency_ms"]["ack"].get("p50"),
+                    "ack_p99": report["latency_ms"]["ack"].get("p99"),
+                    "lost": report["counters"]["lost"],
+                    "rejected": report["counters"]["rejected"],
+                    "sustained": sustained(report, args.p99_limit_ms),
+                }
+                figures["ladder"].append(step)
+                print(f"   {rate}/s offered: {step}", flush=True)
+                if step["sustained"]:
+                    best = step
+                else:
+                    break
+            figures["max"] = best
+        finally:
+            peer.stop()
+        results[name] = figures
+
+    # Latency at half of switchboard's (durability none) sustained rate, for every peer.
+    reference = results["switchboard none"].get("max")
+    half = max(1000, int(reference["rate"] / 2)) if reference else rates[0]
+    for name, make in peers(work):
+        peer = make().start()
+        try:
+            report = loadgen(["pairs", "--url", peer.url, "--conns", args.conns, "--rate", half,
+                              "--duration", args.duration, "--warmup", "1s"],
+                             work / "half.json")
+            latency = report["latency_ms"]
+            results[name]["half"] = {
+                "rate": half,
+                "ack_p50": latency["ack"].get("p50"), "ack_p99": latency["ack"].get("p99"),
+                "delivery_p50": latency["delivery"].get("p50"),
+                "delivery_p99": latency["delivery"].get("p99"),
+                "lost": report["counters"]["lost"],
+            }
+        finally:
+            peer.stop()
+
+    write_results(results, args, started)
+
+
+def fmt(value, digits=0):
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def write_results(results, args, started):
+    ref = results["switchboard none"]
+    ref_rate = (ref.get("max") or {}).get("rate")
+    lines = [
+        f"# Side-by-side run, {started:%Y-%m-%d %H:%M} UTC",
+        "",
+        f"Machine: {platform.node()}, {platform.machine()}, {os.cpu_count()} cores, "
+        f"{platform.system()} {platform.release()}. Server and load generator share the "
+        "machine.",
+        "",
+        "Command: `bench/compare.py " + " ".join(sys.argv[1:]) + "`; pairs: "
+        f"{args.conns} connections, {args.duration} measured after 1s of warmup, ladder "
+        f"{args.rates} msg/s, sustained = nothing lost or refused and ack p99 <= "
+        f"{args.p99_limit_ms} ms; idle: {args.idle_conns} connections over 2 processes.",
+        "",
+        "| peer | idle bytes/conn | sustained msg/s | ratio to switchboard none | ack p99 there (ms) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, figures in results.items():
+        best = figures.get("max") or {}
+        rate = best.get("rate")
+        ratio = (ref_rate / rate) if (ref_rate and rate) else None
+        lines.append(
+            f"| {name} | {fmt(figures.get('idle_bytes_per_conn'))} | {fmt(rate)} | "
+            f"{fmt(ratio, 2) + 'x' if ratio else 'n/a'} | {fmt(best.get('ack_p99'), 2)} |")
+    lines += ["", "Ratio: switchboard none's sustained rate divided by the peer's.", ""]
+    half = next(iter(results.values())).get("half", {}).get("rate")
+    lines += [
+        f"Latency at {fmt(half)} msg/s (half of switchboard none's sustained rate), ms:",
+        "",
+        "| peer | ack p50 | ack p99 | delivery p50 | delivery p99 | lost |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, figures in results.items():
+        h = figures.get("half", {})
+        lines.append(f"| {name} | {fmt(h.get('ack_p50'), 2)} | {fmt(h.get('ack_p99'), 2)} | "
+                     f"{fmt(h.get('delivery_p50'), 2)} | {fmt(h.get('delivery_p99'), 2)} | "
+                     f"{fmt(h.get('lost'))} |")
+    lines += ["", "Every rung of the ladder:", ""]
+    for name, figures in results.items():
+        for step in figures["ladder"]:
+            lines.append(f"- {name}: offered {fmt(step['rate'])}/s, acknowledged "
+                         f"{fmt(step['acknowledged_per_s'])}/s, ack p50 {fmt(step['ack_p50'], 2)} "
+                         f"p99 {fmt(step['ack_p99'], 2)} ms, lost {step['lost']}, "
+                         f"refused {step['rejected']}")
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"{started:%Y-%m-%d-%H%M}.md"
+    path.write_text(text)
+    (out / f"{started:%Y-%m-%d-%H%M}.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
