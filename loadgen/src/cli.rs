@@ -28,6 +28,12 @@ pub enum Command {
     /// N users in N/2 pairs; each sender sends to its peer at a fixed total rate (open loop),
     /// each receiver acknowledges delivery.
     Pairs(PairsArgs),
+    /// `pairs` with a spike: the rate runs at --spike-factor times --rate for --spike, and the
+    /// report shows how the latencies recover.
+    Storm(StormArgs),
+    /// `pairs` whose receivers disconnect and reconnect all the time; what was sent while a
+    /// receiver was away comes from its inbox when it is back.
+    Churn(ChurnArgs),
     /// Internal: a worker process of a `--procs` run. Reads its orders on stdin.
     #[command(hide = true)]
     Worker,
@@ -39,6 +45,8 @@ pub enum Command {
 pub enum ScenarioArgs {
     Idle(IdleArgs),
     Pairs(PairsArgs),
+    Storm(StormArgs),
+    Churn(ChurnArgs),
 }
 
 impl ScenarioArgs {
@@ -46,6 +54,8 @@ impl ScenarioArgs {
         match self {
             ScenarioArgs::Idle(args) => &args.common,
             ScenarioArgs::Pairs(args) => &args.common,
+            ScenarioArgs::Storm(args) => &args.pairs.common,
+            ScenarioArgs::Churn(args) => &args.pairs.common,
         }
     }
 
@@ -53,6 +63,18 @@ impl ScenarioArgs {
         match self {
             ScenarioArgs::Idle(args) => &mut args.common,
             ScenarioArgs::Pairs(args) => &mut args.common,
+            ScenarioArgs::Storm(args) => &mut args.pairs.common,
+            ScenarioArgs::Churn(args) => &mut args.pairs.common,
+        }
+    }
+
+    /// The flags of the pairs load, for the scenarios that run one.
+    pub fn pairs(&self) -> Option<&PairsArgs> {
+        match self {
+            ScenarioArgs::Idle(_) => None,
+            ScenarioArgs::Pairs(args) => Some(args),
+            ScenarioArgs::Storm(args) => Some(&args.pairs),
+            ScenarioArgs::Churn(args) => Some(&args.pairs),
         }
     }
 }
@@ -176,6 +198,49 @@ pub struct PairsArgs {
     pub content_chars: usize,
 }
 
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct StormArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub pairs: PairsArgs,
+
+    /// When the spike starts, from the start of the measured time (after the warmup).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub spike_at: Duration,
+
+    /// How long the spike lasts; it ends within the measured time.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub spike: Duration,
+
+    /// The rate during the spike, as a multiple of --rate (at least 1).
+    #[arg(long, default_value_t = 10.0)]
+    pub spike_factor: f64,
+}
+
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct ChurnArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub pairs: PairsArgs,
+
+    /// Mean life of a receiver's connection: each lives a random 0.5 to 1.5 times this, then
+    /// the receiver closes it.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub conn_lifetime: Duration,
+
+    /// How long a receiver stays away before it connects again.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub offline: Duration,
+
+    /// Seed of the connection lifetimes: the same seed gives the same lifetimes.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
 /// Writes a duration the way [`parse_duration`] reads it back.
 pub fn format_duration(duration: Duration) -> String {
     if duration.subsec_nanos() == 0 {
@@ -288,6 +353,63 @@ mod tests {
         assert_eq!(back.warmup, Duration::from_millis(250));
         assert_eq!(back.common.conns, 10);
         assert_eq!(back.common.jwt_secret, "");
+    }
+
+    #[test]
+    fn storm_and_churn_take_the_pairs_flags_and_their_own() {
+        let cli = Cli::try_parse_from([
+            "switchboard-loadgen",
+            "storm",
+            "--jwt-secret",
+            "s",
+            "--conns",
+            "10",
+            "--rate",
+            "50",
+            "--spike",
+            "1s",
+        ])
+        .unwrap();
+        let Command::Storm(args) = cli.command else {
+            panic!("not storm")
+        };
+        assert_eq!(args.pairs.common.conns, 10);
+        assert_eq!(args.pairs.rate, 50.0);
+        assert_eq!(args.spike, Duration::from_secs(1));
+        assert_eq!(args.spike_at, Duration::from_secs(2));
+        assert_eq!(args.spike_factor, 10.0);
+        let json = serde_json::to_value(ScenarioArgs::Storm(args)).unwrap();
+        assert_eq!(json["scenario"], "storm");
+        assert_eq!(json["rate"], 50.0);
+        assert_eq!(json["spike"], "1s");
+        assert_eq!(json["spike_at"], "2s");
+        let back: ScenarioArgs = serde_json::from_value(json).unwrap();
+        assert_eq!(back.common().conns, 10);
+
+        let cli = Cli::try_parse_from([
+            "switchboard-loadgen",
+            "churn",
+            "--jwt-secret",
+            "s",
+            "--offline",
+            "50ms",
+            "--seed",
+            "7",
+        ])
+        .unwrap();
+        let Command::Churn(args) = cli.command else {
+            panic!("not churn")
+        };
+        assert_eq!(args.conn_lifetime, Duration::from_secs(2));
+        assert_eq!(args.offline, Duration::from_millis(50));
+        assert_eq!(args.seed, 7);
+        assert_eq!(args.pairs.drain, Duration::from_secs(5));
+        let json = serde_json::to_value(ScenarioArgs::Churn(args)).unwrap();
+        assert_eq!(json["scenario"], "churn");
+        assert_eq!(json["conn_lifetime"], "2s");
+        assert_eq!(json["offline"], "50ms");
+        let back: ScenarioArgs = serde_json::from_value(json).unwrap();
+        assert_eq!(back.pairs().unwrap().warmup, Duration::from_secs(2));
     }
 
     #[test]

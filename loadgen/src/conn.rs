@@ -120,6 +120,29 @@ impl TokenMinter {
     }
 }
 
+/// Everything opening a connection of the run takes: shared by the worker threads of a
+/// process, and handed to the units of a scenario that reconnects.
+#[derive(Debug)]
+pub struct Connector {
+    pub target: Target,
+    pub minter: TokenMinter,
+    /// Spread connections over this many source addresses (see [`source_ip`]).
+    pub source_ips: u8,
+    /// The longest a TCP connect and upgrade may take.
+    pub timeout: Duration,
+}
+
+impl Connector {
+    /// Opens the connection of `user`, connection `index` of the run, with a fresh token.
+    pub async fn open(&self, index: usize, user: &str) -> anyhow::Result<WsStream> {
+        let token = self.minter.mint(user)?;
+        let source = source_ip(index, self.source_ips);
+        tokio::time::timeout(self.timeout, open(&self.target, &token, source))
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out after {:?}", self.timeout))?
+    }
+}
+
 /// The user id of connection `index` in run `run`.
 pub fn user_id(run: &str, index: usize) -> String {
     format!("lg-{run}-{index}")

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::cli::ScenarioArgs;
-use crate::conn::{self, Target, TokenMinter};
+use crate::conn::{self, Connector, Target, TokenMinter};
 use crate::metrics::{CounterSnapshot, Counters, Metrics};
 use crate::scenario::{Clock, Conn, Keep, Scenario, Unit, UnitContext};
 use crate::sys;
@@ -154,8 +154,7 @@ impl Drop for ExitNotice {
 
 struct Worker {
     scenario: Arc<dyn Scenario>,
-    target: Arc<Target>,
-    minter: Arc<TokenMinter>,
+    connector: Arc<Connector>,
     run: Arc<str>,
     units: Vec<usize>,
     counters: Arc<Counters>,
@@ -163,8 +162,6 @@ struct Worker {
     go: watch::Receiver<Option<u64>>,
     release: watch::Receiver<bool>,
     connect_concurrency: usize,
-    connect_timeout: Duration,
-    source_ips: u8,
 }
 
 /// Runs this process's part of the run.
@@ -190,11 +187,12 @@ pub fn run_process(
         "this process would hold {conns_here} connections but may open only {open_files_max} files: use --procs"
     );
 
-    let target = Arc::new(Target::resolve(&common.url)?);
-    let minter = Arc::new(TokenMinter::new(
-        plan.jwt_secret.as_bytes(),
-        common.token_ttl,
-    ));
+    let connector = Arc::new(Connector {
+        target: Target::resolve(&common.url)?,
+        minter: TokenMinter::new(plan.jwt_secret.as_bytes(), common.token_ttl),
+        source_ips: common.source_ips,
+        timeout: common.connect_timeout,
+    });
     let run: Arc<str> = plan.run.as_str().into();
     let counters = Arc::new(Counters::default());
     let (events_tx, events) = mpsc::channel();
@@ -205,8 +203,7 @@ pub fn run_process(
     for (thread_index, units) in units.into_iter().enumerate() {
         let worker = Worker {
             scenario: Arc::clone(&scenario),
-            target: Arc::clone(&target),
-            minter: Arc::clone(&minter),
+            connector: Arc::clone(&connector),
             run: Arc::clone(&run),
             units,
             counters: Arc::clone(&counters),
@@ -214,8 +211,6 @@ pub fn run_process(
             go: go.clone(),
             release: release.clone(),
             connect_concurrency: common.connect_concurrency.max(1),
-            connect_timeout: common.connect_timeout,
-            source_ips: common.source_ips,
         };
         let thread = std::thread::Builder::new()
             .name(format!("loadgen-{proc_index}-{thread_index}"))
@@ -331,6 +326,9 @@ impl Worker {
             for name in self.scenario.series() {
                 metrics.declare_series(name);
             }
+            for name in self.scenario.latency_series() {
+                metrics.declare_latency_series(name);
+            }
         }
         let units = self.open_units(&metrics).await;
         self.events
@@ -347,6 +345,7 @@ impl Worker {
             clock: Clock::new(start, self.scenario.timeline()),
             metrics: Rc::clone(&metrics),
             counters: Arc::clone(&self.counters),
+            connector: Arc::clone(&self.connector),
         };
         let tasks: Vec<_> = units
             .into_iter()
@@ -399,18 +398,7 @@ impl Worker {
     async fn open(&self, index: usize, metrics: &Rc<std::cell::RefCell<Metrics>>) -> Option<Conn> {
         let user = conn::user_id(&self.run, index);
         let started = sys::now_nanos();
-        let result = async {
-            let token = self.minter.mint(&user)?;
-            let source = conn::source_ip(index, self.source_ips);
-            tokio::time::timeout(
-                self.connect_timeout,
-                conn::open(&self.target, &token, source),
-            )
-            .await
-            .map_err(|_| anyhow::anyhow!("timed out after {:?}", self.connect_timeout))?
-        }
-        .await;
-        match result {
+        match self.connector.open(index, &user).await {
             Ok(ws) => {
                 Counters::add(&self.counters.conns_opened, 1);
                 metrics

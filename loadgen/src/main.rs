@@ -36,6 +36,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Idle(args) => run(ScenarioArgs::Idle(args)),
         Command::Pairs(args) => run(ScenarioArgs::Pairs(args)),
+        Command::Storm(args) => run(ScenarioArgs::Storm(args)),
+        Command::Churn(args) => run(ScenarioArgs::Churn(args)),
         Command::Worker => fleet::worker_main().map(|()| ExitCode::SUCCESS),
     };
     match result {

@@ -1,6 +1,7 @@
 //! What a run measures: correctness counters (shared atomics, read live for progress),
-//! latency histograms and per-second series (owned by one worker thread each, merged at the
-//! end, and shipped between processes in the HdrHistogram V2 format).
+//! latency histograms, per-second series of counts and of latencies (owned by one worker
+//! thread each, merged at the end, and shipped between processes in the HdrHistogram V2
+//! format).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +17,10 @@ pub const LATENCY_US_MAX: u64 = 3_600_000_000;
 
 /// Significant decimal digits kept by the histograms.
 const HISTOGRAM_SIGNIFICANT_DIGITS: u8 = 3;
+
+/// Significant decimal digits kept by the per-second histograms: a percentile per second
+/// needs no more than 1%, and a run keeps one histogram per second and metric.
+const SECOND_HISTOGRAM_SIGNIFICANT_DIGITS: u8 = 2;
 
 /// Seconds a per-second series may span; events past it are not binned.
 pub const SERIES_SECONDS_MAX: usize = 24 * 3600;
@@ -81,6 +86,10 @@ counters! {
     server_errors,
     /// Frames the scenario did not expect (binary frames, unknown types, unreadable JSON).
     unexpected_frames,
+    /// Connections a scenario closed on purpose and opened again (`churn`).
+    reconnects,
+    /// Connections a scenario could not open again (`churn`).
+    reconnect_errors,
 }
 
 impl Counters {
@@ -96,6 +105,9 @@ pub struct Metrics {
     pub histograms: BTreeMap<String, Histogram<u64>>,
     /// Events per second since the start of the run, by series name.
     pub series: BTreeMap<String, Vec<u64>>,
+    /// Latencies in microseconds by the second of the run their message was meant to be
+    /// sent in, for the metrics a scenario follows over time, by metric name.
+    pub latency_series: BTreeMap<String, Vec<Histogram<u64>>>,
     /// The first few error messages seen.
     pub error_samples: Vec<String>,
 }
@@ -103,6 +115,12 @@ pub struct Metrics {
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_US_MAX, HISTOGRAM_SIGNIFICANT_DIGITS)
         .expect("the histogram bounds are valid")
+}
+
+/// A per-second histogram: it grows with the largest value recorded instead of covering an
+/// hour from the start, since a run holds one per second and metric.
+fn new_second_histogram() -> Histogram<u64> {
+    Histogram::new(SECOND_HISTOGRAM_SIGNIFICANT_DIGITS).expect("the precision is valid")
 }
 
 impl Metrics {
@@ -145,6 +163,30 @@ impl Metrics {
         self.series.entry(name.to_owned()).or_default();
     }
 
+    /// Keeps a per-second series of latency `name` from now on (see
+    /// [`Metrics::record_latency_in_second`]).
+    pub fn declare_latency_series(&mut self, name: &str) {
+        self.latency_series.entry(name.to_owned()).or_default();
+    }
+
+    /// Records a latency of `nanos` nanoseconds in the second `second` of the series of
+    /// latency `name`, if that series was declared; the run's histogram is
+    /// [`Metrics::record_latency`]'s.
+    pub fn record_latency_in_second(&mut self, name: &str, second: usize, nanos: u64) {
+        if second >= SERIES_SECONDS_MAX {
+            return;
+        }
+        let Some(series) = self.latency_series.get_mut(name) else {
+            return;
+        };
+        if series.len() <= second {
+            series.resize_with(second + 1, new_second_histogram);
+        }
+        let micros = (nanos / 1000).min(LATENCY_US_MAX);
+        // The histogram resizes itself for any value up to the clamp above.
+        let _ = series[second].record(micros);
+    }
+
     pub fn error_sample(&mut self, text: String) {
         if self.error_samples.len() < ERROR_SAMPLES_MAX {
             self.error_samples.push(text);
@@ -171,6 +213,17 @@ impl Metrics {
                 *slot += count;
             }
         }
+        for (name, series) in other.latency_series {
+            let mine = self.latency_series.entry(name.clone()).or_default();
+            if mine.len() < series.len() {
+                mine.resize_with(series.len(), new_second_histogram);
+            }
+            for (second, (slot, histogram)) in mine.iter_mut().zip(series).enumerate() {
+                slot.add(&histogram).map_err(|error| {
+                    anyhow::anyhow!("cannot merge second {second} of {name}: {error:?}")
+                })?;
+            }
+        }
         for sample in other.error_samples {
             self.error_sample(sample);
         }
@@ -179,40 +232,66 @@ impl Metrics {
 
     /// The form that crosses from a worker process to its parent.
     pub fn to_wire(&self) -> anyhow::Result<WireMetrics> {
-        let mut histograms = BTreeMap::new();
         let mut serializer = V2Serializer::new();
-        for (name, histogram) in &self.histograms {
+        let mut encode = |name: &str, histogram: &Histogram<u64>| {
             let mut bytes = Vec::new();
             serializer
                 .serialize(histogram, &mut bytes)
                 .map_err(|error| anyhow::anyhow!("cannot serialize {name}: {error:?}"))?;
-            histograms.insert(
-                name.clone(),
-                base64::engine::general_purpose::STANDARD.encode(bytes),
-            );
+            anyhow::Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+        };
+        let mut histograms = BTreeMap::new();
+        for (name, histogram) in &self.histograms {
+            histograms.insert(name.clone(), encode(name, histogram)?);
+        }
+        let mut latency_series = BTreeMap::new();
+        for (name, series) in &self.latency_series {
+            let encoded = series
+                .iter()
+                .map(|histogram| encode(name, histogram))
+                .collect::<anyhow::Result<Vec<String>>>()?;
+            latency_series.insert(name.clone(), encoded);
         }
         Ok(WireMetrics {
             histograms,
             series: self.series.clone(),
+            latency_series,
             error_samples: self.error_samples.clone(),
         })
     }
 
     pub fn from_wire(wire: WireMetrics) -> anyhow::Result<Metrics> {
-        let mut histograms = BTreeMap::new();
         let mut deserializer = Deserializer::new();
-        for (name, text) in wire.histograms {
+        let mut decode = |name: &str, text: String| {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(text)
                 .with_context(|| format!("histogram {name} is not base64"))?;
             let histogram: Histogram<u64> = deserializer
                 .deserialize(&mut bytes.as_slice())
                 .map_err(|error| anyhow::anyhow!("cannot read histogram {name}: {error:?}"))?;
+            anyhow::Ok(histogram)
+        };
+        let mut histograms = BTreeMap::new();
+        for (name, text) in wire.histograms {
+            let histogram = decode(&name, text)?;
             histograms.insert(name, histogram);
+        }
+        let mut latency_series = BTreeMap::new();
+        for (name, texts) in wire.latency_series {
+            let mut series = Vec::with_capacity(texts.len());
+            for text in texts {
+                let mut histogram = decode(&name, text)?;
+                // A deserialized histogram has fixed bounds; merging a larger second into it
+                // must grow it as the worker's own did.
+                histogram.auto(true);
+                series.push(histogram);
+            }
+            latency_series.insert(name, series);
         }
         Ok(Metrics {
             histograms,
             series: wire.series,
+            latency_series,
             error_samples: wire.error_samples,
         })
     }
@@ -223,6 +302,8 @@ impl Metrics {
 pub struct WireMetrics {
     pub histograms: BTreeMap<String, String>,
     pub series: BTreeMap<String, Vec<u64>>,
+    #[serde(default)]
+    pub latency_series: BTreeMap<String, Vec<String>>,
     pub error_samples: Vec<String>,
 }
 
@@ -238,7 +319,14 @@ mod tests {
         }
         first.count_in_second("sent", 2);
         first.error_sample("boom".into());
+        first.declare_latency_series("ack");
+        first.record_latency_in_second("ack", 1, 2_000_000);
         let mut second = Metrics::default();
+        second.declare_latency_series("ack");
+        second.record_latency_in_second("ack", 1, 4_000_000);
+        second.record_latency_in_second("ack", 3, 90_000_000_000);
+        // Not declared: not kept.
+        second.record_latency_in_second("delivery", 0, 1_000);
         second.record_latency("ack", 5_000_000);
         second.record_latency("delivery", 7_000);
         second.count_in_second("sent", 0);
@@ -256,6 +344,16 @@ mod tests {
         assert!(ack.value_at_quantile(0.5).abs_diff(500) <= 1);
         assert_eq!(first.histograms["delivery"].len(), 1);
         assert_eq!(first.series["sent"], vec![1, 0, 2]);
+        let ack_seconds = &first.latency_series["ack"];
+        assert_eq!(
+            ack_seconds.iter().map(Histogram::len).collect::<Vec<_>>(),
+            vec![0, 2, 0, 1]
+        );
+        assert!(ack_seconds[1].max().abs_diff(4_000) <= 40);
+        // 90 s in the last second: the per-second histograms grow past their first bounds,
+        // also once they crossed the wire.
+        assert!(ack_seconds[3].max().abs_diff(90_000_000) <= 900_000);
+        assert!(!first.latency_series.contains_key("delivery"));
         assert_eq!(first.error_samples, vec!["boom".to_owned()]);
     }
 

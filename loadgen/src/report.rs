@@ -11,6 +11,7 @@ use crate::engine::{Outcome, Plan};
 use crate::metrics::{CounterSnapshot, Metrics};
 use crate::monitor::RssReadings;
 use crate::scenario::Scenario;
+use crate::scenario::storm::{self, Spike};
 
 /// Names the shape of the JSON report; it changes when a field changes meaning or goes away.
 pub const SCHEMA: &str = "switchboard-loadgen/report/1";
@@ -32,6 +33,18 @@ pub struct Report {
     /// Mean events per second over the measured seconds, by series.
     pub throughput_per_second: BTreeMap<String, f64>,
     pub series: SeriesReport,
+    /// `storm`: when the spike was and the ack latency before it; absent for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spike: Option<SpikeReport>,
+    /// `storm`: seconds from the end of the spike until the per-second ack p99 was back
+    /// within [`storm::RECOVERED_WITHIN`] times its median before the spike, null when it was
+    /// not before the end of the load; absent for the others.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "present_or_null"
+    )]
+    pub recovery: Option<Option<f64>>,
     /// Present when `--server-pid` was given.
     pub server: Option<ServerReport>,
     pub error_samples: Vec<String>,
@@ -67,6 +80,43 @@ pub struct SeriesReport {
     pub measured_until_second: usize,
     /// Events per second from the start of the load, by series, all of one length.
     pub counts: BTreeMap<String, Vec<u64>>,
+    /// p99 in milliseconds of the latencies a scenario keeps per second (`storm`: `ack` and
+    /// `delivery`), by the second of the intended send, null for a second without one; as
+    /// long as `counts`. Absent when the scenario keeps none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub p99_ms: BTreeMap<String, Vec<Option<f64>>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpikeReport {
+    /// The spike, in seconds from the start of the load as `series`.
+    pub from_second: f64,
+    pub until_second: f64,
+    /// Messages per second over all senders outside the spike and in it.
+    pub base_rate: f64,
+    pub rate: f64,
+    /// The median of the per-second ack p99 before the spike, null when there was none.
+    pub baseline_ack_p99_ms: Option<f64>,
+    /// The per-second ack p99 has recovered once it is back under this.
+    pub recovered_under_ms: Option<f64>,
+}
+
+/// A field that is absent (`None`), or present and possibly null (`Some(None)`).
+mod present_or_null {
+    use serde::{Deserialize as _, Deserializer, Serialize as _, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<Option<f64>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        value.flatten().serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Option<f64>>, D::Error> {
+        Option::<f64>::deserialize(deserializer).map(Some)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,7 +199,23 @@ pub fn failures(counters: &CounterSnapshot, conns: usize, drain: Option<&str>) -
             counters.reordered
         ));
     }
+    if counters.reconnect_errors > 0 {
+        failures.push(format!("{} reconnect(s) failed", counters.reconnect_errors));
+    }
     failures
+}
+
+/// The p99 in milliseconds of each second's histogram, `None` for an empty one, padded to
+/// `length` seconds.
+fn p99_per_second(series: &[hdrhistogram::Histogram<u64>], length: usize) -> Vec<Option<f64>> {
+    let mut p99: Vec<Option<f64>> = series
+        .iter()
+        .map(|histogram| {
+            (!histogram.is_empty()).then(|| histogram.value_at_quantile(0.99) as f64 / 1000.0)
+        })
+        .collect();
+    p99.resize(length.max(p99.len()), None);
+    p99
 }
 
 impl Report {
@@ -179,6 +245,7 @@ impl Report {
             .series
             .values()
             .map(Vec::len)
+            .chain(outcome.metrics.latency_series.values().map(Vec::len))
             .max()
             .unwrap_or(0);
         let mut counts = BTreeMap::new();
@@ -199,11 +266,36 @@ impl Report {
             );
             counts.insert(name.clone(), series);
         }
+        let p99_ms: BTreeMap<String, Vec<Option<f64>>> = outcome
+            .metrics
+            .latency_series
+            .iter()
+            .map(|(name, series)| (name.clone(), p99_per_second(series, length)))
+            .collect();
 
-        let drain = match &plan.args {
-            ScenarioArgs::Pairs(args) => Some(format_duration(args.drain)),
-            ScenarioArgs::Idle(_) => None,
+        let (spike, recovery) = match &plan.args {
+            ScenarioArgs::Storm(args) => match Spike::of(args) {
+                Ok(spike) => {
+                    let recovery = spike.recovery(p99_ms.get("ack").map_or(&[], Vec::as_slice));
+                    let report = SpikeReport {
+                        from_second: spike.from_second,
+                        until_second: spike.until_second,
+                        base_rate: spike.base_rate,
+                        rate: spike.rate,
+                        baseline_ack_p99_ms: recovery.baseline_ms,
+                        recovered_under_ms: recovery
+                            .baseline_ms
+                            .map(|baseline| baseline * storm::RECOVERED_WITHIN),
+                    };
+                    (Some(report), Some(recovery.seconds))
+                }
+                // The scenario was built from the same flags, so this does not happen.
+                Err(_) => (None, None),
+            },
+            _ => (None, None),
         };
+
+        let drain = plan.args.pairs().map(|args| format_duration(args.drain));
         let failures = failures(&counters, conns, drain.as_deref());
 
         let mut config = serde_json::to_value(&plan.args).unwrap_or_default();
@@ -253,7 +345,10 @@ impl Report {
                 measured_from_second,
                 measured_until_second,
                 counts,
+                p99_ms,
             },
+            spike,
+            recovery,
             server,
             error_samples: outcome.metrics.error_samples.clone(),
         }
@@ -292,6 +387,36 @@ impl Report {
                     format_duration(args.duration),
                     format_duration(args.warmup),
                     format_duration(args.drain)
+                );
+            }
+            ScenarioArgs::Storm(args) => {
+                let pairs = &args.pairs;
+                let _ = writeln!(
+                    out,
+                    "- {} pairs, {} messages/s in all (open loop), {} times that for {} from {} into the measured time; {} measured after {} of warmup, drain up to {}",
+                    common.conns / 2,
+                    pairs.rate,
+                    args.spike_factor,
+                    format_duration(args.spike),
+                    format_duration(args.spike_at),
+                    format_duration(pairs.duration),
+                    format_duration(pairs.warmup),
+                    format_duration(pairs.drain)
+                );
+            }
+            ScenarioArgs::Churn(args) => {
+                let pairs = &args.pairs;
+                let _ = writeln!(
+                    out,
+                    "- {} pairs, {} messages/s in all (open loop); receivers reconnect after a lifetime of 0.5 to 1.5 times {} and {} away (seed {}); {} measured after {} of warmup, drain up to {}",
+                    common.conns / 2,
+                    pairs.rate,
+                    format_duration(args.conn_lifetime),
+                    format_duration(args.offline),
+                    args.seed,
+                    format_duration(pairs.duration),
+                    format_duration(pairs.warmup),
+                    format_duration(pairs.drain)
                 );
             }
         }
@@ -333,6 +458,13 @@ impl Report {
                 c.server_errors,
                 c.unexpected_frames
             );
+            if self.scenario == "churn" || c.reconnects > 0 || c.reconnect_errors > 0 {
+                let _ = writeln!(
+                    out,
+                    "\n| reconnects | reconnect errors |\n|---:|---:|\n| {} | {} |",
+                    c.reconnects, c.reconnect_errors
+                );
+            }
         }
 
         let _ = writeln!(out, "\n### Latency (ms)\n");
@@ -379,6 +511,8 @@ impl Report {
             );
         }
 
+        self.spike_markdown(&mut out);
+
         if let Some(server) = &self.server {
             let mib = |bytes: Option<u64>| {
                 bytes.map_or("?".to_owned(), |bytes| {
@@ -418,6 +552,73 @@ impl Report {
             }
         }
         out
+    }
+}
+
+impl Report {
+    /// `storm`'s section: the spike, the recovery and the seconds of the run.
+    fn spike_markdown(&self, out: &mut String) {
+        let Some(spike) = &self.spike else {
+            return;
+        };
+        let ms = |value: Option<f64>| value.map_or("-".to_owned(), |value| format!("{value:.3}"));
+        let _ = writeln!(out, "\n### Spike and recovery\n");
+        let _ = writeln!(
+            out,
+            "- spike from {:.1}s to {:.1}s of the load at {} messages/s ({} outside it)",
+            spike.from_second, spike.until_second, spike.rate, spike.base_rate
+        );
+        let recovery = match self.recovery.flatten() {
+            Some(seconds) => format!("back {seconds:.1}s after the spike"),
+            None => "not back before the end of the load".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "- recovery: the per-second ack p99 was {recovery} (within {}x of its median before the spike, {} ms: under {} ms)",
+            storm::RECOVERED_WITHIN,
+            ms(spike.baseline_ack_p99_ms),
+            ms(spike.recovered_under_ms)
+        );
+        let count = |name: &str, second: usize| {
+            self.series
+                .counts
+                .get(name)
+                .and_then(|counts| counts.get(second))
+                .map_or("-".to_owned(), u64::to_string)
+        };
+        let p99 = |name: &str, second: usize| {
+            ms(self
+                .series
+                .p99_ms
+                .get(name)
+                .and_then(|p99| p99.get(second).copied().flatten()))
+        };
+        let _ = writeln!(
+            out,
+            "\n| second | | sent | acknowledged | delivered | ack p99 (ms) | delivery p99 (ms) |\n|---:|---|---:|---:|---:|---:|---:|"
+        );
+        let seconds = self.series.counts.values().map(Vec::len).max().unwrap_or(0);
+        for second in 0..seconds {
+            let start = second as f64;
+            let phase = if start + 1.0 <= self.series.measured_from_second as f64 {
+                "warmup"
+            } else if start < spike.until_second && start + 1.0 > spike.from_second {
+                "spike"
+            } else if second >= self.series.measured_until_second {
+                "drain"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "| {second} | {phase} | {} | {} | {} | {} | {} |",
+                count("sent", second),
+                count("acknowledged", second),
+                count("delivered", second),
+                p99("ack", second),
+                p99("delivery", second)
+            );
+        }
     }
 }
 

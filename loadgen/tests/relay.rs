@@ -268,3 +268,143 @@ fn a_wrong_secret_fails_the_run_with_exit_code_1() {
     let samples = report["error_samples"].to_string();
     assert!(samples.contains("401"), "{samples}");
 }
+
+fn series(report: &Value, name: &str) -> Vec<u64> {
+    report["series"]["counts"][name]
+        .as_array()
+        .unwrap_or_else(|| panic!("no series {name} in {report}"))
+        .iter()
+        .map(|count| count.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_storm_spikes_the_rate_and_reports_the_recovery() {
+    let relay = start_relay();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("storm.json");
+    let output = loadgen(&[
+        "storm",
+        "--url",
+        &relay.url(),
+        "--conns",
+        "40",
+        "--rate",
+        "500",
+        "--warmup",
+        "1s",
+        "--duration",
+        "3s",
+        "--spike-at",
+        "1s",
+        "--spike",
+        "1s",
+        "--spike-factor",
+        "4",
+        "--drain",
+        "10s",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let report = report(&json);
+    assert_eq!(report["scenario"], "storm");
+    assert_eq!(report["config"]["spike"], "1s");
+    // 500 per second for the warmup and the first measured second, 2,000 for the spike,
+    // 500 for the last second: the schedule fixes the count.
+    assert_clean_pairs(&report, 500 + 500 + 2000 + 500);
+
+    // The spike is the third second of the load: its sends stand out. Sends leave up to a
+    // millisecond early, so a second may lend one to the one before.
+    let sent = series(&report, "sent");
+    assert!(sent.len() >= 4, "{sent:?}");
+    assert!(
+        sent[2] > 3 * sent[1] && sent[2] > 3 * sent[3],
+        "no spike in {sent:?}"
+    );
+    assert_eq!(report["spike"]["from_second"], 2.0);
+    assert_eq!(report["spike"]["until_second"], 3.0);
+    assert_eq!(report["spike"]["rate"], 2000.0);
+
+    // The per-second p99 series line up with the counts and have a value for every second
+    // with sends.
+    for metric in ["ack", "delivery"] {
+        let p99 = report["series"]["p99_ms"][metric]
+            .as_array()
+            .unwrap_or_else(|| panic!("no p99 series {metric} in {report}"));
+        assert_eq!(p99.len(), sent.len(), "{metric}: {p99:?}");
+        for (second, value) in p99.iter().enumerate().take(4) {
+            assert!(
+                value.as_f64().is_some_and(|ms| ms > 0.0),
+                "{metric} second {second}: {p99:?}"
+            );
+        }
+    }
+    // Recovery is a number of seconds, or null when the latency did not come back: both are
+    // possible on a shared machine, but the field is there.
+    let recovery = &report["recovery"];
+    assert!(
+        recovery.is_null() || recovery.as_f64().is_some_and(|seconds| seconds >= 0.0),
+        "{report}"
+    );
+    assert!(report["spike"]["baseline_ack_p99_ms"].as_f64().unwrap() > 0.0);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("### Spike and recovery"), "{stdout}");
+    assert!(stdout.contains("- recovery: "), "{stdout}");
+}
+
+#[test]
+fn churn_reconnects_receivers_against_a_relay_without_inboxes() {
+    let relay = start_relay();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("churn.json");
+    let output = loadgen(&[
+        "churn",
+        "--url",
+        &relay.url(),
+        "--conns",
+        "20",
+        "--rate",
+        "200",
+        "--warmup",
+        "0s",
+        "--duration",
+        "2s",
+        "--conn-lifetime",
+        "400ms",
+        "--offline",
+        "100ms",
+        // The relay drops what is sent to a receiver while it is away, so the drain runs out.
+        "--drain",
+        "1s",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    // The relay keeps no inbox: losing messages is its failure, and the load generator says
+    // so with exit status 1. It runs through either way.
+    let code = output.status.code();
+    assert!(code == Some(0) || code == Some(1), "{}", describe(&output));
+    let report = report(&json);
+    assert_eq!(report["scenario"], "churn");
+    assert_eq!(report["config"]["conn_lifetime"], "400ms");
+    let reconnects = counter(&report, "reconnects");
+    assert!(reconnects > 0, "{report}");
+    assert_eq!(counter(&report, "reconnect_errors"), 0, "{report}");
+    let reconnect_series: u64 = series(&report, "reconnects").iter().sum();
+    assert_eq!(reconnect_series, reconnects);
+    // 10 senders, one send every 50 ms each, for 2 s, every one acknowledged.
+    let sent = counter(&report, "sent");
+    assert_eq!(sent, 400, "{report}");
+    assert_eq!(counter(&report, "acknowledged"), sent);
+    assert_eq!(counter(&report, "unacknowledged"), 0);
+    assert_eq!(counter(&report, "conns_dropped"), 0);
+    assert_eq!(counter(&report, "reordered"), 0);
+    // Whatever was acknowledged was delivered or lost, and a loss fails the run.
+    let lost = counter(&report, "lost");
+    assert_eq!(counter(&report, "delivered") + lost, sent, "{report}");
+    assert_eq!(code == Some(0), lost == 0, "{}", describe(&output));
+    if lost > 0 {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("FAILED: LOST"), "{stderr}");
+    }
+}

@@ -6,9 +6,14 @@
 //! receipts are matched with each other, such as a pair or a group, are kept on one thread so
 //! that the matching needs no locks), how long it runs, and drives one unit.
 //!
-//! Adding a scenario (`storm`, `churn`, a group fan-out) means a module here, a variant of
+//! Adding a scenario (a group fan-out, say) means a module here, a variant of
 //! [`crate::cli::ScenarioArgs`] with its subcommand, and an arm in [`build`]; the engine does
 //! not change.
+//!
+//! - `idle` holds connections open.
+//! - `pairs` sends from one user to another at a fixed rate ([`rate`] gives the send times).
+//! - `storm` is `pairs` with a spike in the rate, and follows the latencies per second.
+//! - `churn` is `pairs` whose receivers disconnect and reconnect all the time.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -20,11 +25,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cli::ScenarioArgs;
-use crate::conn::WsStream;
+use crate::conn::{Connector, WsStream};
 use crate::metrics::{Counters, Metrics};
 
+mod churn;
 mod idle;
 mod pairs;
+mod rate;
+pub mod storm;
 
 /// The phases of a run after every connection is open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +105,8 @@ pub struct UnitContext {
     pub clock: Clock,
     pub metrics: Rc<RefCell<Metrics>>,
     pub counters: Arc<Counters>,
+    /// Opens connections of the run, for a scenario that reconnects.
+    pub connector: Arc<Connector>,
 }
 
 /// Whatever a unit hands back to stay alive (its connections, or their halves) until the
@@ -119,6 +129,11 @@ pub trait Scenario: Debug + Send + Sync {
     fn latencies(&self) -> &'static [(&'static str, &'static str)];
     /// The per-second series it counts.
     fn series(&self) -> &'static [&'static str];
+    /// The latencies (of [`Scenario::latencies`]) it also keeps per second, for percentiles
+    /// over time.
+    fn latency_series(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// Runs one unit from `context.clock.start` until it is done, at the latest at
     /// `context.clock.drain_until`.
     fn drive(&self, unit: Unit, context: UnitContext) -> UnitFuture;
@@ -129,6 +144,8 @@ pub fn build(args: &ScenarioArgs) -> anyhow::Result<Arc<dyn Scenario>> {
     Ok(match args {
         ScenarioArgs::Idle(args) => Arc::new(idle::Idle::new(args)?),
         ScenarioArgs::Pairs(args) => Arc::new(pairs::Pairs::new(args)?),
+        ScenarioArgs::Storm(args) => Arc::new(storm::build(args)?),
+        ScenarioArgs::Churn(args) => Arc::new(churn::Churn::new(args)?),
     })
 }
 

@@ -4,18 +4,25 @@
 //! The load is open loop: the k-th send of a sender is intended at a fixed instant, whatever
 //! the server answered so far, and every latency is measured from that intended instant, so a
 //! server (or a client) that stalls is charged for every send the stall delayed instead of one
-//! (no coordinated omission). Senders are spread evenly over the send interval.
+//! (no coordinated omission). Senders are spread evenly over the send interval. The send
+//! times come from a [`RateSchedule`]: one rate throughout here, a spike in `storm`.
 //!
 //! Latencies: `ack` (intended send to `message_received`), `delivery` (intended send to
 //! `incoming_message` at the receiver, from the send time carried in the content as
 //! `t=<nanos> s=<seq>`) and `receipt` (intended send to the `message_delivered` receipt at the
 //! sender); and `send_lag`, how late the load generator itself wrote each send, which shows
-//! when it is the bottleneck. Both ends of a pair live on one thread, so matching what was acknowledged with
-//! what was delivered needs no locks.
+//! when it is the bottleneck. Both ends of a pair live on one thread, so matching what was
+//! acknowledged with what was delivered needs no locks.
+//!
+//! The pieces of a pair (the sender's schedule and reader, the receiver's reader and its
+//! confirmations, the drain, the final count) are shared with `storm`, which is this load
+//! with another rate, and `churn`, which runs the receiver over connection after
+//! connection.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
@@ -23,13 +30,14 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::rate::{RateSchedule, SendTimes};
 use super::{Clock, Keep, Scenario, Timeline, Unit, UnitContext, UnitFuture};
 use crate::cli::PairsArgs;
 use crate::conn::{
     DELIVERED_IDS_MAX, ServerMessage, WsStream, decode_server_message, encode_message_delivered,
     encode_send_message,
 };
-use crate::metrics::Counters;
+use crate::metrics::{Counters, Metrics};
 use crate::sys;
 
 /// Largest content the padding may reach: the server's default limit.
@@ -46,40 +54,89 @@ const TIMER_SLACK_NANOS: u64 = 1_000_000;
 /// How often the drain looks whether everything outstanding has arrived.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
 
+// The latencies of a pair's messages, with their descriptions, one by one for the scenarios
+// that report them beside others.
+pub(super) const ACK: (&str, &str) = ("ack", "intended send to message_received");
+const DELIVERY: (&str, &str) = (
+    "delivery",
+    "intended send to incoming_message at the receiver",
+);
+pub(super) const RECEIPT: (&str, &str) = (
+    "receipt",
+    "intended send to the message_delivered receipt at the sender",
+);
+pub(super) const SEND_LAG: (&str, &str) = (
+    "send_lag",
+    "intended send to its write (the load generator's own lag)",
+);
+
+/// The latencies of `pairs` and `storm`, in the order of the report.
+const LATENCIES: &[(&str, &str)] = &[ACK, DELIVERY, RECEIPT, SEND_LAG];
+
+/// The per-second series of `pairs` and `storm`.
+const SERIES: &[&str] = &["sent", "acknowledged", "delivered"];
+
 #[derive(Debug)]
 pub struct Pairs {
+    name: &'static str,
     conns: usize,
     timeline: Timeline,
-    /// Nanoseconds between two sends of one sender.
-    send_interval_nanos: f64,
+    rate: Arc<RateSchedule>,
     content_chars: usize,
+    latency_series: &'static [&'static str],
+}
+
+/// Refuses flags the pairs load cannot run with.
+pub(super) fn check_args(args: &PairsArgs, scenario: &str) -> anyhow::Result<()> {
+    let conns = args.common.conns;
+    anyhow::ensure!(
+        conns >= 2 && conns.is_multiple_of(2),
+        "--conns must be even and at least 2 for {scenario}, got {conns}"
+    );
+    anyhow::ensure!(
+        args.rate.is_finite() && args.rate > 0.0,
+        "--rate must be a positive number of messages per second"
+    );
+    anyhow::ensure!(
+        args.content_chars <= CONTENT_CHARS_MAX,
+        "--content-chars is at most {CONTENT_CHARS_MAX}"
+    );
+    Ok(())
+}
+
+/// The phases of the pairs load of `args`.
+pub(super) fn timeline(args: &PairsArgs) -> Timeline {
+    Timeline {
+        warmup: args.warmup,
+        run: args.duration,
+        drain: args.drain,
+    }
 }
 
 impl Pairs {
+    /// `pairs`: one rate throughout.
     pub fn new(args: &PairsArgs) -> anyhow::Result<Pairs> {
-        let conns = args.common.conns;
-        anyhow::ensure!(
-            conns >= 2 && conns.is_multiple_of(2),
-            "--conns must be even and at least 2 for pairs, got {conns}"
-        );
-        anyhow::ensure!(
-            args.rate.is_finite() && args.rate > 0.0,
-            "--rate must be a positive number of messages per second"
-        );
-        anyhow::ensure!(
-            args.content_chars <= CONTENT_CHARS_MAX,
-            "--content-chars is at most {CONTENT_CHARS_MAX}"
-        );
-        let pairs = (conns / 2) as f64;
+        check_args(args, "pairs")?;
+        Pairs::with_rate("pairs", args, RateSchedule::constant(args.rate), &[])
+    }
+
+    /// The pairs load of `args` sent at `rate` (instead of `--rate` throughout), as scenario
+    /// `name`, keeping the latencies `latency_series` per second as well. Callers check the
+    /// flags with [`check_args`] before they make `rate` from them.
+    pub(super) fn with_rate(
+        name: &'static str,
+        args: &PairsArgs,
+        rate: RateSchedule,
+        latency_series: &'static [&'static str],
+    ) -> anyhow::Result<Pairs> {
+        check_args(args, name)?;
         Ok(Pairs {
-            conns,
-            timeline: Timeline {
-                warmup: args.warmup,
-                run: args.duration,
-                drain: args.drain,
-            },
-            send_interval_nanos: pairs * 1e9 / args.rate,
+            name,
+            conns: args.common.conns,
+            timeline: timeline(args),
+            rate: Arc::new(rate),
             content_chars: args.content_chars,
+            latency_series,
         })
     }
 }
@@ -92,7 +149,7 @@ struct Acknowledged {
 
 /// What one pair has sent, had acknowledged, delivered and receipted.
 #[derive(Debug, Default)]
-struct PairState {
+pub(super) struct PairState {
     /// `client_msg_id` to intended send time, until acknowledged.
     pending: HashMap<u64, u64>,
     /// Acknowledged messages by message id.
@@ -119,12 +176,12 @@ impl PairState {
     }
 }
 
-type Sink = SplitSink<WsStream, Message>;
-type Stream = SplitStream<WsStream>;
+pub(super) type Sink = SplitSink<WsStream, Message>;
+pub(super) type Stream = SplitStream<WsStream>;
 
 impl Scenario for Pairs {
     fn name(&self) -> &'static str {
-        "pairs"
+        self.name
     }
 
     fn conns(&self) -> usize {
@@ -140,32 +197,25 @@ impl Scenario for Pairs {
     }
 
     fn latencies(&self) -> &'static [(&'static str, &'static str)] {
-        &[
-            ("ack", "intended send to message_received"),
-            (
-                "delivery",
-                "intended send to incoming_message at the receiver",
-            ),
-            (
-                "receipt",
-                "intended send to the message_delivered receipt at the sender",
-            ),
-            (
-                "send_lag",
-                "intended send to its write (the load generator's own lag)",
-            ),
-        ]
+        LATENCIES
     }
 
     fn series(&self) -> &'static [&'static str] {
-        &["sent", "acknowledged", "delivered"]
+        SERIES
+    }
+
+    fn latency_series(&self) -> &'static [&'static str] {
+        self.latency_series
     }
 
     fn drive(&self, unit: Unit, context: UnitContext) -> UnitFuture {
-        let pairs = self.conns / 2;
-        // Pair k starts k/pairs of an interval after the start, so sends are spread evenly.
-        let offset_nanos = unit.index as f64 * self.send_interval_nanos / pairs as f64;
-        let interval_nanos = self.send_interval_nanos;
+        // Pair k is sender k of the pairs, so sends are spread evenly.
+        let times = SendTimes::new(
+            context.clock,
+            Arc::clone(&self.rate),
+            unit.index,
+            self.conns / 2,
+        );
         let content_chars = self.content_chars;
         Box::pin(async move {
             let mut conns = unit.conns.into_iter();
@@ -180,15 +230,10 @@ impl Scenario for Pairs {
             let confirm_wanted = Rc::new(Notify::new());
             let clock = context.clock;
 
-            let schedule = Schedule {
-                clock,
-                offset_nanos,
-                interval_nanos,
-            };
             let send = async {
                 send_on_schedule(
                     &mut sender_sink,
-                    &schedule,
+                    &times,
                     &receiver_user,
                     content_chars,
                     &state,
@@ -222,14 +267,7 @@ impl Scenario for Pairs {
                 () = sys::sleep_until_nanos(clock.drain_until) => {}
             }
 
-            let state = state.borrow();
-            let lost = state
-                .acknowledged
-                .keys()
-                .filter(|id| !state.delivered.contains(id))
-                .count();
-            Counters::add(&context.counters.lost, lost as u64);
-            Counters::add(&context.counters.unacknowledged, state.pending.len() as u64);
+            count_outstanding(&state.borrow(), &context);
             let keep: Keep = vec![
                 Box::new(sender_sink),
                 Box::new(sender_stream),
@@ -241,20 +279,28 @@ impl Scenario for Pairs {
     }
 }
 
-/// The intended send instants of one sender.
-struct Schedule {
-    clock: Clock,
-    offset_nanos: f64,
-    interval_nanos: f64,
+/// Counts what a pair never got by the end of its run: acknowledged messages never delivered
+/// (`lost`) and sends never acknowledged.
+pub(super) fn count_outstanding(state: &PairState, context: &UnitContext) {
+    let lost = state
+        .acknowledged
+        .keys()
+        .filter(|id| !state.delivered.contains(id))
+        .count();
+    Counters::add(&context.counters.lost, lost as u64);
+    Counters::add(&context.counters.unacknowledged, state.pending.len() as u64);
 }
 
-impl Schedule {
-    /// The intended instant of send number `seq` (from 0), or `None` once past the run.
-    fn intended(&self, seq: u64) -> Option<u64> {
-        let nanos =
-            self.clock.start + (self.offset_nanos + seq as f64 * self.interval_nanos) as u64;
-        (nanos < self.clock.measure_until).then_some(nanos)
+/// Records latency `name` of a message meant to be sent at `intended` that got somewhere at
+/// `now`: in the run's histogram when its send was measured, and in the histogram of its send
+/// second (warmup included, like the per-second counts) when the scenario keeps `name` per
+/// second.
+fn record_latency(metrics: &mut Metrics, clock: &Clock, name: &str, intended: u64, now: u64) {
+    let nanos = now.saturating_sub(intended);
+    if clock.is_measured(intended) {
+        metrics.record_latency(name, nanos);
     }
+    metrics.record_latency_in_second(name, clock.second_of(intended), nanos);
 }
 
 /// The content of send `seq` intended at `intended`, padded to `content_chars`.
@@ -274,7 +320,7 @@ fn intended_of(content: &str) -> Option<u64> {
     content.strip_prefix("t=")?.split(' ').next()?.parse().ok()
 }
 
-fn fail(state: &RefCell<PairState>, context: &UnitContext, what: String) {
+pub(super) fn fail(state: &RefCell<PairState>, context: &UnitContext, what: String) {
     let mut state = state.borrow_mut();
     if !state.broken {
         state.broken = true;
@@ -283,9 +329,9 @@ fn fail(state: &RefCell<PairState>, context: &UnitContext, what: String) {
     }
 }
 
-async fn send_on_schedule(
+pub(super) async fn send_on_schedule(
     sink: &mut Sink,
-    schedule: &Schedule,
+    schedule: &SendTimes,
     to: &str,
     content_chars: usize,
     state: &RefCell<PairState>,
@@ -334,7 +380,7 @@ async fn send_on_schedule(
 }
 
 /// Waits until everything sent is acknowledged, delivered and receipted, or the pair broke.
-async fn drain(state: &RefCell<PairState>, clock: Clock) {
+pub(super) async fn drain(state: &RefCell<PairState>, clock: Clock) {
     while !state.borrow().settled() && sys::now_nanos() < clock.drain_until {
         tokio::time::sleep(DRAIN_POLL).await;
     }
@@ -399,7 +445,12 @@ fn unexpected(context: &UnitContext, what: String) {
     context.metrics.borrow_mut().error_sample(what);
 }
 
-async fn read_sender(stream: &mut Stream, state: &RefCell<PairState>, context: &UnitContext) {
+/// Reads the sender's connection until it ends: acknowledgements and receipts.
+pub(super) async fn read_sender(
+    stream: &mut Stream,
+    state: &RefCell<PairState>,
+    context: &UnitContext,
+) {
     loop {
         let frame = stream.next().await;
         let now = sys::now_nanos();
@@ -453,13 +504,9 @@ async fn read_sender(stream: &mut Stream, state: &RefCell<PairState>, context: &
                 Counters::add(&context.counters.acknowledged, 1);
                 let mut metrics = context.metrics.borrow_mut();
                 metrics.count_in_second("acknowledged", context.clock.second_of(now));
-                if context.clock.is_measured(intended) {
-                    metrics.record_latency("ack", now.saturating_sub(intended));
-                    if receipt {
-                        metrics.record_latency("receipt", now.saturating_sub(intended));
-                    }
-                }
+                record_latency(&mut metrics, &context.clock, "ack", intended, now);
                 if receipt {
+                    record_latency(&mut metrics, &context.clock, "receipt", intended, now);
                     Counters::add(&context.counters.receipts, 1);
                 }
             }
@@ -472,12 +519,13 @@ async fn read_sender(stream: &mut Stream, state: &RefCell<PairState>, context: &
                         state.receipts += 1;
                         drop(state);
                         Counters::add(&context.counters.receipts, 1);
-                        if context.clock.is_measured(intended) {
-                            context
-                                .metrics
-                                .borrow_mut()
-                                .record_latency("receipt", now.saturating_sub(intended));
-                        }
+                        record_latency(
+                            &mut context.metrics.borrow_mut(),
+                            &context.clock,
+                            "receipt",
+                            intended,
+                            now,
+                        );
                     }
                     // A repeated receipt (the protocol sends one to every connection of the
                     // sender, and may repeat it) changes nothing.
@@ -495,7 +543,8 @@ async fn read_sender(stream: &mut Stream, state: &RefCell<PairState>, context: &
     }
 }
 
-async fn read_receiver(
+/// Reads the receiver's connection until it ends: deliveries, each queued for confirmation.
+pub(super) async fn read_receiver(
     stream: &mut Stream,
     state: &RefCell<PairState>,
     context: &UnitContext,
@@ -545,10 +594,9 @@ async fn read_receiver(
                 let mut metrics = context.metrics.borrow_mut();
                 metrics.count_in_second("delivered", context.clock.second_of(now));
                 match intended_of(&content) {
-                    Some(intended) if context.clock.is_measured(intended) => {
-                        metrics.record_latency("delivery", now.saturating_sub(intended));
+                    Some(intended) => {
+                        record_latency(&mut metrics, &context.clock, "delivery", intended, now);
                     }
-                    Some(_) => {}
                     None => {
                         drop(metrics);
                         unexpected(
@@ -570,7 +618,7 @@ async fn read_receiver(
 
 /// Answers `message_delivered` for what the receiver got, in batches of what has piled up
 /// while the previous batch was written.
-async fn confirm_deliveries(
+pub(super) async fn confirm_deliveries(
     sink: &mut Sink,
     to_confirm: &RefCell<Vec<u64>>,
     confirm_wanted: &Notify,
@@ -601,6 +649,35 @@ async fn confirm_deliveries(
     }
 }
 
+/// The flags of a pairs load of `conns` connections at `rate`, for the scenarios' tests.
+#[cfg(test)]
+pub(super) fn test_args(conns: usize, rate: f64) -> PairsArgs {
+    PairsArgs {
+        common: crate::cli::CommonArgs {
+            url: String::new(),
+            jwt_secret: String::new(),
+            token_ttl: Duration::from_secs(60),
+            conns,
+            run: None,
+            encoding: crate::cli::Encoding::Json,
+            threads: None,
+            procs: 1,
+            source_ips: 1,
+            connect_concurrency: 1,
+            connect_timeout: Duration::from_secs(1),
+            server_pid: None,
+            json: None,
+            svg: None,
+            quiet: false,
+        },
+        rate,
+        duration: Duration::from_secs(1),
+        warmup: Duration::ZERO,
+        drain: Duration::ZERO,
+        content_chars: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -614,27 +691,6 @@ mod tests {
         assert_eq!(intended_of("t=9 s=1"), Some(9));
         assert_eq!(intended_of("hello"), None);
         assert_eq!(intended_of("t=x s=1"), None);
-    }
-
-    #[test]
-    fn the_schedule_is_open_loop_and_ends_with_the_run() {
-        let clock = Clock::new(
-            1_000,
-            Timeline {
-                warmup: Duration::from_secs(1),
-                run: Duration::from_secs(1),
-                drain: Duration::ZERO,
-            },
-        );
-        let schedule = Schedule {
-            clock,
-            offset_nanos: 250.0,
-            interval_nanos: 500_000_000.0,
-        };
-        assert_eq!(schedule.intended(0), Some(1_250));
-        assert_eq!(schedule.intended(1), Some(500_001_250));
-        assert_eq!(schedule.intended(3), Some(1_500_001_250));
-        assert_eq!(schedule.intended(4), None);
     }
 
     #[test]
@@ -660,36 +716,14 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused() {
-        let args = |conns, rate| PairsArgs {
-            common: crate::cli::CommonArgs {
-                url: String::new(),
-                jwt_secret: String::new(),
-                token_ttl: Duration::from_secs(60),
-                conns,
-                run: None,
-                encoding: crate::cli::Encoding::Json,
-                threads: None,
-                procs: 1,
-                source_ips: 1,
-                connect_concurrency: 1,
-                connect_timeout: Duration::from_secs(1),
-                server_pid: None,
-                json: None,
-                svg: None,
-                quiet: false,
-            },
-            rate,
-            duration: Duration::from_secs(1),
-            warmup: Duration::ZERO,
-            drain: Duration::ZERO,
-            content_chars: 0,
-        };
+        let args = test_args;
         assert!(Pairs::new(&args(3, 10.0)).is_err());
         assert!(Pairs::new(&args(0, 10.0)).is_err());
         assert!(Pairs::new(&args(4, 0.0)).is_err());
         assert!(Pairs::new(&args(4, f64::NAN)).is_err());
         let pairs = Pairs::new(&args(100, 2000.0)).unwrap();
-        // 50 senders sharing 2,000 messages per second: one every 25 ms each.
-        assert_eq!(pairs.send_interval_nanos, 25_000_000.0);
+        assert_eq!(pairs.name(), "pairs");
+        assert_eq!(*pairs.rate, RateSchedule::constant(2000.0));
+        assert!(pairs.latency_series().is_empty());
     }
 }

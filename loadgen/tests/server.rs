@@ -1,0 +1,308 @@
+//! End-to-end runs of the load generator binary against the real Switchboard server, for
+//! what only a server with inboxes can show: `churn`, whose receivers come back to find what
+//! was sent while they were away. Each test starts the `switchboard` binary on ephemeral
+//! ports with a fresh data directory and kills it when it ends, passed or not. Every wait is
+//! bounded.
+//!
+//! Finding the binary: Cargo hands a package's tests only that package's own binaries, so the
+//! first test that needs the server runs `cargo build -p switchboard --bin switchboard` into
+//! the load generator's target directory (a no-op when the binary is fresh) and takes it from
+//! there. `SWITCHBOARD_BIN` names another binary to test instead.
+
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{OnceLock, mpsc};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const SECRET: &str = "loadgen-server-test-secret";
+
+/// Longest the build of the server may take.
+const BUILD_TIME_LIMIT: Duration = Duration::from_secs(900);
+
+/// Longest the server may take to print its listening line.
+const START_TIME_LIMIT: Duration = Duration::from_secs(30);
+
+/// Longest a run of the load generator may take before the test kills it and fails.
+const RUN_TIME_LIMIT: Duration = Duration::from_secs(90);
+
+/// Waits for `child` for at most `limit`, killing it past that. Returns its output (what was
+/// piped) and whether it had to be killed.
+fn wait_bounded(child: Child, limit: Duration) -> (Output, bool) {
+    let pid = child.id();
+    let (finished, finished_rx) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished_rx.recv_timeout(limit).is_err() {
+            // The child is not reaped yet (the caller is still waiting on it), so its pid is
+            // still its own.
+            // SAFETY: kill has no memory effects; it signals the process we started.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            return true;
+        }
+        false
+    });
+    let output = child.wait_with_output().expect("the child ran");
+    let _ = finished.send(());
+    let killed = watchdog.join().unwrap();
+    (output, killed)
+}
+
+fn describe(output: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The `switchboard` binary (see the module's documentation). Tests run on several
+/// threads: the first to need it finds or builds it, the others wait for that.
+fn server_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Some(path) = std::env::var_os("SWITCHBOARD_BIN") {
+            return PathBuf::from(path);
+        }
+        // target/<profile>/switchboard-loadgen
+        let profile_dir = Path::new(env!("CARGO_BIN_EXE_switchboard-loadgen"))
+            .parent()
+            .expect("the load generator lives in target/<profile>");
+        let binary = profile_dir.join("switchboard");
+        // Always asked of cargo (a no-op when the binary is fresh), so a stale binary left
+        // by an older build is never what is tested.
+        let target_dir = profile_dir.parent().expect("target/<profile>");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "switchboard",
+                "--bin",
+                "switchboard",
+            ])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if profile_dir
+            .file_name()
+            .is_some_and(|name| name == "release")
+        {
+            build.arg("--release");
+        }
+        let child = build.spawn().expect("cargo runs");
+        let (output, killed) = wait_bounded(child, BUILD_TIME_LIMIT);
+        assert!(
+            !killed,
+            "cargo build -p switchboard took longer than {BUILD_TIME_LIMIT:?}"
+        );
+        assert!(
+            output.status.success(),
+            "cargo build -p switchboard failed: {}",
+            describe(&output)
+        );
+        assert!(binary.exists(), "{} is missing", binary.display());
+        binary
+    })
+}
+
+/// A running server on ephemeral ports, killed when dropped.
+struct Server {
+    child: Child,
+    ws_addr: SocketAddr,
+    /// Holds the data and the server's stderr.
+    data_dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let data_dir = tempfile::tempdir().expect("a temporary directory");
+        let stderr = std::fs::File::create(data_dir.path().join("stderr.log")).expect("log file");
+        let mut child = Command::new(server_binary())
+            .env("SWITCHBOARD_JWT_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--shards",
+                "2",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("switchboard starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (line_tx, line_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let read = reader.read_line(&mut line);
+            let _ = line_tx.send(read.ok().filter(|&n| n > 0).map(|_| line));
+            // Keep reading, so that the server never blocks on a full pipe.
+            let mut rest = Vec::new();
+            let _ = reader.read_to_end(&mut rest);
+        });
+        // Dropped (killed) on any panic below.
+        let mut server = Server {
+            child,
+            ws_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir,
+        };
+        let line = line_rx.recv_timeout(START_TIME_LIMIT).ok().flatten();
+        let Some(line) = line else {
+            panic!(
+                "no listening line within {START_TIME_LIMIT:?}; stderr: {}",
+                server.stderr()
+            );
+        };
+        server.ws_addr = parse_listening_line(&line)
+            .unwrap_or_else(|| panic!("unreadable listening line {line:?}"));
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/ws", self.ws_addr)
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("stderr.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The WebSocket address of `switchboard listening on ws://ADDR/ws (http ADDR), ...`.
+fn parse_listening_line(line: &str) -> Option<SocketAddr> {
+    let rest = line.strip_prefix("switchboard listening on ws://")?;
+    let (ws, _) = rest.split_once("/ws ")?;
+    ws.parse().ok()
+}
+
+/// Runs the load generator with `args` (the secret comes from the environment, as a script
+/// would give it) and returns its output.
+fn loadgen(args: &[&str]) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_switchboard-loadgen"))
+        .args(args)
+        .env("SWITCHBOARD_JWT_SECRET", SECRET)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the load generator starts");
+    let (output, killed) = wait_bounded(child, RUN_TIME_LIMIT);
+    assert!(
+        !killed,
+        "the load generator did not finish within {RUN_TIME_LIMIT:?}"
+    );
+    output
+}
+
+fn report(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).expect("the JSON report was written");
+    serde_json::from_str(&text).expect("the JSON report parses")
+}
+
+fn counter(report: &Value, name: &str) -> u64 {
+    report["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in {report}"))
+}
+
+#[test]
+fn listening_lines() {
+    assert_eq!(
+        parse_listening_line(
+            "switchboard listening on ws://127.0.0.1:8080/ws (http 127.0.0.1:8081), 2 shards\n"
+        ),
+        Some("127.0.0.1:8080".parse().unwrap())
+    );
+    assert_eq!(
+        parse_listening_line("listening on ws://127.0.0.1:1/ws"),
+        None
+    );
+}
+
+#[test]
+fn churn_loses_nothing_when_the_inbox_redelivers() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("churn.json");
+    let output = loadgen(&[
+        "churn",
+        "--url",
+        &server.url(),
+        "--conns",
+        "40",
+        "--rate",
+        "400",
+        "--warmup",
+        "500ms",
+        "--duration",
+        "3s",
+        "--conn-lifetime",
+        "500ms",
+        "--offline",
+        "100ms",
+        "--drain",
+        "10s",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}\nserver stderr:\n{}",
+        describe(&output),
+        server.stderr()
+    );
+    let report = report(&json);
+    assert_eq!(report["scenario"], "churn");
+    assert_eq!(report["ok"], true);
+    // 20 senders, one send every 50 ms each, for 3.5 s.
+    let sent = counter(&report, "sent");
+    assert_eq!(sent, 1400, "{report}");
+    assert_eq!(counter(&report, "lost"), 0, "{report}");
+    assert_eq!(counter(&report, "acknowledged"), sent);
+    assert_eq!(counter(&report, "unacknowledged"), 0);
+    assert_eq!(counter(&report, "rejected"), 0);
+    // Each message once, in order per pair; copies from the inbox are duplicates, allowed.
+    assert_eq!(counter(&report, "delivered"), sent);
+    assert_eq!(counter(&report, "reordered"), 0);
+    assert_eq!(counter(&report, "receipts"), sent);
+    assert_eq!(counter(&report, "conns_dropped"), 0);
+    // Every receiver comes back several times in 3.5 s of 0.25 to 0.75 s lifetimes.
+    let reconnects = counter(&report, "reconnects");
+    assert!(reconnects >= 20, "{report}");
+    assert_eq!(counter(&report, "reconnect_errors"), 0);
+    let reconnect_series: u64 = report["series"]["counts"]["reconnects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|count| count.as_u64().unwrap())
+        .sum();
+    assert_eq!(reconnect_series, reconnects);
+    assert!(report["latency_ms"]["reconnect"]["count"].as_u64().unwrap() > 0);
+    assert!(report["latency_ms"]["delivery"]["count"].as_u64().unwrap() > 0);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("| reconnects | reconnect errors |"),
+        "{stdout}"
+    );
+}
