@@ -81,6 +81,14 @@ class Peer:
                 self.proc.wait()
 
 
+def cpu_seconds(pid):
+    """User and system CPU time a process has used, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(") ", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def loadgen(args, report):
     """Runs the load generator and returns its JSON report (also on a failed run)."""
     cmd = [RELEASE / "switchboard-loadgen", *args, "--jwt-secret", SECRET, "--quiet",
@@ -191,16 +199,23 @@ def main():
     for name, make in peers(work):
         peer = make().start()
         try:
+            cpu_before = cpu_seconds(peer.proc.pid)
             report = loadgen(["pairs", "--url", peer.url, "--conns", args.conns, "--rate", half,
                               "--duration", args.duration, "--warmup", "1s"],
                              work / "half.json")
+            cpu = cpu_seconds(peer.proc.pid) - cpu_before
             latency = report["latency_ms"]
+            acknowledged = report["counters"]["acknowledged"]
             results[name]["half"] = {
                 "rate": half,
                 "ack_p50": latency["ack"].get("p50"), "ack_p99": latency["ack"].get("p99"),
                 "delivery_p50": latency["delivery"].get("p50"),
                 "delivery_p99": latency["delivery"].get("p99"),
                 "lost": report["counters"]["lost"],
+                # The server's CPU time over the whole run (connect, warmup, load, drain) per
+                # message: what each message costs the server, whoever else shares the cores.
+                "cpu_us_per_message": cpu * 1e6 / acknowledged if acknowledged else None,
+                "send_lag_p99": latency["send_lag"].get("p99"),
             }
         finally:
             peer.stop()
@@ -244,14 +259,23 @@ def write_results(results, args, started):
     lines += [
         f"Latency at {fmt(half)} msg/s (half of switchboard none's sustained rate), ms:",
         "",
-        "| peer | ack p50 | ack p99 | delivery p50 | delivery p99 | lost |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| peer | ack p50 | ack p99 | delivery p50 | delivery p99 | lost | server CPU µs per message | ratio to switchboard none | loadgen send lag p99 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    ref_cpu = ref.get("half", {}).get("cpu_us_per_message")
     for name, figures in results.items():
         h = figures.get("half", {})
+        cpu = h.get("cpu_us_per_message")
+        cpu_ratio = (cpu / ref_cpu) if (cpu and ref_cpu) else None
         lines.append(f"| {name} | {fmt(h.get('ack_p50'), 2)} | {fmt(h.get('ack_p99'), 2)} | "
                      f"{fmt(h.get('delivery_p50'), 2)} | {fmt(h.get('delivery_p99'), 2)} | "
-                     f"{fmt(h.get('lost'))} |")
+                     f"{fmt(h.get('lost'))} | {fmt(cpu, 1)} | "
+                     f"{fmt(cpu_ratio, 2) + 'x' if cpu_ratio else 'n/a'} | "
+                     f"{fmt(h.get('send_lag_p99'), 2)} |")
+    lines += ["", "CPU ratio: the peer's server CPU per message divided by switchboard none's "
+              "(above 1: the peer spends more per message). The load generator's send lag is "
+              "its own delay in sending: when it grows, the client, not the server, limits "
+              "the run."]
     lines += ["", "Every rung of the ladder:", ""]
     for name, figures in results.items():
         for step in figures["ladder"]:
