@@ -2,9 +2,12 @@
 //! bun-relay`), a separate process started by each test (installing `bun` from npm first
 //! when it is missing) and killed when the test ends, passed or not. Every wait is bounded.
 
+mod common;
+use common::{counter, describe, loadgen, report, wait_bounded};
+
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{OnceLock, mpsc};
 use std::time::Duration;
 
@@ -21,41 +24,8 @@ const START_TIME_LIMIT: Duration = Duration::from_secs(30);
 /// Longest the relay may take to exit after SIGTERM.
 const STOP_TIME_LIMIT: Duration = Duration::from_secs(10);
 
-/// Longest a run of the load generator may take before the test kills it and fails.
-const RUN_TIME_LIMIT: Duration = Duration::from_secs(90);
-
 fn relay_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/peers/bun-relay")
-}
-
-/// Waits for `child` for at most `limit`, killing it past that. Returns its output (what was
-/// piped) and whether it had to be killed.
-fn wait_bounded(child: Child, limit: Duration) -> (Output, bool) {
-    let pid = child.id();
-    let (finished, finished_rx) = mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if finished_rx.recv_timeout(limit).is_err() {
-            // The child is not reaped yet (the caller is still waiting on it), so its pid is
-            // still its own.
-            // SAFETY: kill has no memory effects; it signals the process we started.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            return true;
-        }
-        false
-    });
-    let output = child.wait_with_output().expect("the child ran");
-    let _ = finished.send(());
-    let killed = watchdog.join().unwrap();
-    (output, killed)
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 /// Whether `bun --version` runs: a `bun` installed without its postinstall script is a
@@ -198,60 +168,33 @@ impl Drop for BunRelay {
     }
 }
 
-/// Runs the load generator with `args` (the secret comes from the environment, as a script
-/// would give it) and returns its output.
-fn loadgen(args: &[&str]) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_switchboard-loadgen"))
-        .args(args)
-        .env("SWITCHBOARD_JWT_SECRET", SECRET)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the load generator starts");
-    let (output, killed) = wait_bounded(child, RUN_TIME_LIMIT);
-    assert!(
-        !killed,
-        "the load generator did not finish within {RUN_TIME_LIMIT:?}\n{}",
-        describe(&output)
-    );
-    output
-}
-
-fn report(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).expect("the JSON report was written");
-    serde_json::from_str(&text).expect("the JSON report parses")
-}
-
-fn counter(report: &Value, name: &str) -> u64 {
-    report["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name} in {report}"))
-}
-
 #[test]
 fn pairs_against_the_bun_relay_lose_nothing() {
     let relay = BunRelay::start();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("pairs.json");
-    let output = loadgen(&[
-        "pairs",
-        "--url",
-        relay.url(),
-        "--conns",
-        "100",
-        "--rate",
-        "2000",
-        "--duration",
-        "2s",
-        "--warmup",
-        "500ms",
-        "--drain",
-        "10s",
-        "--threads",
-        "2",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let output = loadgen(
+        SECRET,
+        &[
+            "pairs",
+            "--url",
+            relay.url(),
+            "--conns",
+            "100",
+            "--rate",
+            "2000",
+            "--duration",
+            "2s",
+            "--warmup",
+            "500ms",
+            "--drain",
+            "10s",
+            "--threads",
+            "2",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
     assert!(output.status.success(), "{}", describe(&output));
     let report = report(&json);
     assert_eq!(report["scenario"], "pairs");
@@ -292,19 +235,22 @@ fn the_bun_relay_refuses_a_wrong_secret() {
     let relay = BunRelay::start();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("refused.json");
-    let output = loadgen(&[
-        "idle",
-        "--url",
-        relay.url(),
-        "--jwt-secret",
-        "not-the-secret",
-        "--conns",
-        "4",
-        "--hold",
-        "0s",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let output = loadgen(
+        SECRET,
+        &[
+            "idle",
+            "--url",
+            relay.url(),
+            "--jwt-secret",
+            "not-the-secret",
+            "--conns",
+            "4",
+            "--hold",
+            "0s",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
     assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
     let report = report(&json);
     assert_eq!(report["ok"], false);

@@ -2,18 +2,13 @@
 //! tokio-relay`), which each test starts on its own thread inside the test process and stops
 //! when it ends. Every run of the binary is bounded by a watchdog.
 
-use std::path::Path;
-use std::process::{Command, Output};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
+use common::{counter, describe, loadgen, report};
 
 use serde_json::Value;
 use tokio_relay::{BackgroundRelay, RelayConfig};
 
 const SECRET: &str = "loadgen-test-secret";
-
-/// Longest a run of the binary may take before the test kills it and fails.
-const RUN_TIME_LIMIT: Duration = Duration::from_secs(90);
 
 fn start_relay() -> BackgroundRelay {
     BackgroundRelay::start(
@@ -22,58 +17,6 @@ fn start_relay() -> BackgroundRelay {
         2,
     )
     .expect("the relay starts")
-}
-
-/// Runs the load generator with `args` (the secret comes from the environment, as a script
-/// would give it) and returns its output.
-fn loadgen(args: &[&str]) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_switchboard-loadgen"))
-        .args(args)
-        .env("SWITCHBOARD_JWT_SECRET", SECRET)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the load generator starts");
-    let pid = child.id();
-    let (finished, finished_rx) = mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if finished_rx.recv_timeout(RUN_TIME_LIMIT).is_err() {
-            // The child is not reaped yet (we are still waiting on it), so its pid is still
-            // its own.
-            // SAFETY: kill has no memory effects; it signals the process we started.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            return true;
-        }
-        false
-    });
-    let output = child.wait_with_output().expect("the load generator ran");
-    let _ = finished.send(());
-    let killed = watchdog.join().unwrap();
-    assert!(
-        !killed,
-        "the load generator did not finish within {RUN_TIME_LIMIT:?}"
-    );
-    output
-}
-
-fn report(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).expect("the JSON report was written");
-    serde_json::from_str(&text).expect("the JSON report parses")
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn counter(report: &Value, name: &str) -> u64 {
-    report["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name} in {report}"))
 }
 
 /// The counters of a run that lost nothing: everything sent was acknowledged, delivered once,
@@ -124,21 +67,24 @@ fn idle_holds_200_connections_and_reads_the_server_memory() {
     let json = dir.path().join("idle.json");
     // The relay lives in this process, so its memory is this process's.
     let pid = std::process::id().to_string();
-    let output = loadgen(&[
-        "idle",
-        "--url",
-        &relay.url(),
-        "--conns",
-        "200",
-        "--hold",
-        "1s",
-        "--threads",
-        "2",
-        "--server-pid",
-        &pid,
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let output = loadgen(
+        SECRET,
+        &[
+            "idle",
+            "--url",
+            &relay.url(),
+            "--conns",
+            "200",
+            "--hold",
+            "1s",
+            "--threads",
+            "2",
+            "--server-pid",
+            &pid,
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
     assert!(output.status.success(), "{}", describe(&output));
     let report = report(&json);
     assert_eq!(report["schema"], "switchboard-loadgen/report/1");
@@ -169,25 +115,28 @@ fn pairs_at_2000_per_second_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("pairs.json");
     let svg = dir.path().join("pairs.svg");
-    let output = loadgen(&[
-        "pairs",
-        "--url",
-        &relay.url(),
-        "--conns",
-        "100",
-        "--rate",
-        "2000",
-        "--duration",
-        "3s",
-        "--warmup",
-        "500ms",
-        "--drain",
-        "10s",
-        "--json",
-        json.to_str().unwrap(),
-        "--svg",
-        svg.to_str().unwrap(),
-    ]);
+    let output = loadgen(
+        SECRET,
+        &[
+            "pairs",
+            "--url",
+            &relay.url(),
+            "--conns",
+            "100",
+            "--rate",
+            "2000",
+            "--duration",
+            "3s",
+            "--warmup",
+            "500ms",
+            "--drain",
+            "10s",
+            "--json",
+            json.to_str().unwrap(),
+            "--svg",
+            svg.to_str().unwrap(),
+        ],
+    );
     assert!(output.status.success(), "{}", describe(&output));
     let report = report(&json);
     assert_eq!(report["scenario"], "pairs");
@@ -208,27 +157,30 @@ fn worker_processes_report_back_and_merge() {
     let relay = start_relay();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("procs.json");
-    let output = loadgen(&[
-        "pairs",
-        "--url",
-        &relay.url(),
-        "--conns",
-        "40",
-        "--rate",
-        "400",
-        "--duration",
-        "1s",
-        "--warmup",
-        "0s",
-        "--drain",
-        "10s",
-        "--procs",
-        "2",
-        "--threads",
-        "2",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let output = loadgen(
+        SECRET,
+        &[
+            "pairs",
+            "--url",
+            &relay.url(),
+            "--conns",
+            "40",
+            "--rate",
+            "400",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--drain",
+            "10s",
+            "--procs",
+            "2",
+            "--threads",
+            "2",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
     assert!(output.status.success(), "{}", describe(&output));
     let report = report(&json);
     // 20 senders, one send every 50 ms each, for 1 s.
@@ -243,19 +195,22 @@ fn a_wrong_secret_fails_the_run_with_exit_code_1() {
     let relay = start_relay();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("refused.json");
-    let output = loadgen(&[
-        "idle",
-        "--url",
-        &relay.url(),
-        "--jwt-secret",
-        "not-the-secret",
-        "--conns",
-        "4",
-        "--hold",
-        "0s",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let output = loadgen(
+        SECRET,
+        &[
+            "idle",
+            "--url",
+            &relay.url(),
+            "--jwt-secret",
+            "not-the-secret",
+            "--conns",
+            "4",
+            "--hold",
+            "0s",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
     assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
     let report = report(&json);
     assert_eq!(report["ok"], false);
@@ -283,29 +238,32 @@ fn a_storm_spikes_the_rate_and_reports_the_recovery() {
     let relay = start_relay();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("storm.json");
-    let output = loadgen(&[
-        "storm",
-        "--url",
-        &relay.url(),
-        "--conns",
-        "40",
-        "--rate",
-        "500",
-        "--warmup",
-        "1s",
-        "--duration",
-        "3s",
-        "--spike-at",
-        "1s",
-        "--spike",
-        "1s",
-        "--spike-factor",
-        "4",
-        "--drain",
-        "10s",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let output = loadgen(
+        SECRET,
+        &[
+            "storm",
+            "--url",
+            &relay.url(),
+            "--conns",
+            "40",
+            "--rate",
+            "500",
+            "--warmup",
+            "1s",
+            "--duration",
+            "3s",
+            "--spike-at",
+            "1s",
+            "--spike",
+            "1s",
+            "--spike-factor",
+            "4",
+            "--drain",
+            "10s",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
     assert!(output.status.success(), "{}", describe(&output));
     let report = report(&json);
     assert_eq!(report["scenario"], "storm");
@@ -358,28 +316,31 @@ fn churn_reconnects_receivers_against_a_relay_without_inboxes() {
     let relay = start_relay();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("churn.json");
-    let output = loadgen(&[
-        "churn",
-        "--url",
-        &relay.url(),
-        "--conns",
-        "20",
-        "--rate",
-        "200",
-        "--warmup",
-        "0s",
-        "--duration",
-        "2s",
-        "--conn-lifetime",
-        "400ms",
-        "--offline",
-        "100ms",
-        // The relay drops what is sent to a receiver while it is away, so the drain runs out.
-        "--drain",
-        "1s",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let output = loadgen(
+        SECRET,
+        &[
+            "churn",
+            "--url",
+            &relay.url(),
+            "--conns",
+            "20",
+            "--rate",
+            "200",
+            "--warmup",
+            "0s",
+            "--duration",
+            "2s",
+            "--conn-lifetime",
+            "400ms",
+            "--offline",
+            "100ms",
+            // The relay drops what is sent to a receiver while it is away, so the drain runs out.
+            "--drain",
+            "1s",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
     // The relay keeps no inbox: losing messages is its failure, and the load generator says
     // so with exit status 1. It runs through either way.
     let code = output.status.code();

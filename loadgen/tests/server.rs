@@ -9,14 +9,15 @@
 //! the load generator's target directory (a no-op when the binary is fresh) and takes it from
 //! there. `SWITCHBOARD_BIN` names another binary to test instead.
 
+mod common;
+use common::{counter, describe, loadgen, report, wait_bounded};
+
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{OnceLock, mpsc};
 use std::time::Duration;
-
-use serde_json::Value;
 
 const SECRET: &str = "loadgen-server-test-secret";
 
@@ -25,39 +26,6 @@ const BUILD_TIME_LIMIT: Duration = Duration::from_secs(900);
 
 /// Longest the server may take to print its listening line.
 const START_TIME_LIMIT: Duration = Duration::from_secs(30);
-
-/// Longest a run of the load generator may take before the test kills it and fails.
-const RUN_TIME_LIMIT: Duration = Duration::from_secs(90);
-
-/// Waits for `child` for at most `limit`, killing it past that. Returns its output (what was
-/// piped) and whether it had to be killed.
-fn wait_bounded(child: Child, limit: Duration) -> (Output, bool) {
-    let pid = child.id();
-    let (finished, finished_rx) = mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if finished_rx.recv_timeout(limit).is_err() {
-            // The child is not reaped yet (the caller is still waiting on it), so its pid is
-            // still its own.
-            // SAFETY: kill has no memory effects; it signals the process we started.
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            return true;
-        }
-        false
-    });
-    let output = child.wait_with_output().expect("the child ran");
-    let _ = finished.send(());
-    let killed = watchdog.join().unwrap();
-    (output, killed)
-}
-
-fn describe(output: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// The `switchboard` binary (see the module's documentation). Tests run on several
 /// threads: the first to need it finds or builds it, the others wait for that.
@@ -196,36 +164,6 @@ fn parse_listening_line(line: &str) -> Option<SocketAddr> {
     ws.parse().ok()
 }
 
-/// Runs the load generator with `args` (the secret comes from the environment, as a script
-/// would give it) and returns its output.
-fn loadgen(args: &[&str]) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_switchboard-loadgen"))
-        .args(args)
-        .env("SWITCHBOARD_JWT_SECRET", SECRET)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the load generator starts");
-    let (output, killed) = wait_bounded(child, RUN_TIME_LIMIT);
-    assert!(
-        !killed,
-        "the load generator did not finish within {RUN_TIME_LIMIT:?}"
-    );
-    output
-}
-
-fn report(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).expect("the JSON report was written");
-    serde_json::from_str(&text).expect("the JSON report parses")
-}
-
-fn counter(report: &Value, name: &str) -> u64 {
-    report["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name} in {report}"))
-}
-
 #[test]
 fn listening_lines() {
     assert_eq!(
@@ -245,27 +183,30 @@ fn churn_loses_nothing_when_the_inbox_redelivers() {
     let server = Server::start();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("churn.json");
-    let output = loadgen(&[
-        "churn",
-        "--url",
-        &server.url(),
-        "--conns",
-        "40",
-        "--rate",
-        "400",
-        "--warmup",
-        "500ms",
-        "--duration",
-        "3s",
-        "--conn-lifetime",
-        "500ms",
-        "--offline",
-        "100ms",
-        "--drain",
-        "10s",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let output = loadgen(
+        SECRET,
+        &[
+            "churn",
+            "--url",
+            &server.url(),
+            "--conns",
+            "40",
+            "--rate",
+            "400",
+            "--warmup",
+            "500ms",
+            "--duration",
+            "3s",
+            "--conn-lifetime",
+            "500ms",
+            "--offline",
+            "100ms",
+            "--drain",
+            "10s",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
     assert!(
         output.status.success(),
         "{}\nserver stderr:\n{}",

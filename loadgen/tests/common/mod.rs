@@ -1,0 +1,75 @@
+//! What the load generator's end-to-end tests share: running the binary under a watchdog,
+//! waiting for any child process with a bound, and reading the JSON report.
+
+#![allow(dead_code, reason = "each test file uses its own part of the helpers")]
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Longest a run of the load generator may take before the test kills it and fails.
+pub const RUN_TIME_LIMIT: Duration = Duration::from_secs(90);
+
+/// Waits for `child` for at most `limit`, killing it past that. Returns its output (what was
+/// piped) and whether it had to be killed.
+pub fn wait_bounded(child: Child, limit: Duration) -> (Output, bool) {
+    let pid = child.id();
+    let (finished, finished_rx) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished_rx.recv_timeout(limit).is_err() {
+            // The child is not reaped yet (the caller is still waiting on it), so its pid is
+            // still its own.
+            // SAFETY: kill has no memory effects; it signals the process we started.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            return true;
+        }
+        false
+    });
+    let output = child.wait_with_output().expect("the child ran");
+    let _ = finished.send(());
+    let killed = watchdog.join().unwrap();
+    (output, killed)
+}
+
+pub fn describe(output: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Runs the load generator with `args`, the secret in the environment as a script would give
+/// it, and returns its output; fails the test if it runs past `RUN_TIME_LIMIT`.
+pub fn loadgen(secret: &str, args: &[&str]) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_switchboard-loadgen"))
+        .args(args)
+        .env("SWITCHBOARD_JWT_SECRET", secret)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the load generator starts");
+    let (output, killed) = wait_bounded(child, RUN_TIME_LIMIT);
+    assert!(
+        !killed,
+        "the load generator did not finish within {RUN_TIME_LIMIT:?}\n{}",
+        describe(&output)
+    );
+    output
+}
+
+pub fn report(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).expect("the JSON report was written");
+    serde_json::from_str(&text).expect("the JSON report parses")
+}
+
+pub fn counter(report: &Value, name: &str) -> u64 {
+    report["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name} in {report}"))
+}
