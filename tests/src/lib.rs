@@ -526,3 +526,16 @@ pub fn send_message(client_msg_id: u64, to: &str, content: &str) -> serde_json::
         "content": content,
     })
 }
+
+/// The sum over shards of a metric in the server's `/metrics`.
+pub fn metric_sum(server: &Server, name: &str) -> u64 {
+    let answer = raw_exchange(
+        server.http_addr,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    answer
+        .lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}

@@ -118,19 +118,6 @@ fn sigkill_in_a_send_burst_loses_no_acknowledged_message() {
     send_json(&mut bob, &json!({"type": "heartbeat"}));
 }
 
-/// The sum over shards of a metric in `/metrics`.
-fn metric_sum(server: &Server, name: &str) -> u64 {
-    let answer = switchboard_tests::raw_exchange(
-        server.http_addr,
-        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    );
-    answer
-        .lines()
-        .filter(|line| line.starts_with(&format!("{name}{{")))
-        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
-}
-
 #[test]
 fn a_big_inbox_is_read_back_from_the_log_after_a_restart() {
     let data = tempfile::tempdir().unwrap();
@@ -164,7 +151,7 @@ fn a_big_inbox_is_read_back_from_the_log_after_a_restart() {
         assert_eq!(incoming["from"], "alice");
     }
     assert!(
-        metric_sum(&server, "switchboard_bodies_read_total") >= 50,
+        switchboard_tests::metric_sum(&server, "switchboard_bodies_read_total") >= 50,
         "most bodies came from the log"
     );
 }
@@ -206,7 +193,7 @@ fn a_checkpoint_copies_spilled_messages_forward_and_drops_old_segments() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert!(metric_sum(&server, "switchboard_checkpoints_total") >= 1);
+    assert!(switchboard_tests::metric_sum(&server, "switchboard_checkpoints_total") >= 1);
     let check_inbox = |server: &Server| {
         let mut yuri = connect(server, "yuri");
         for (n, id) in acked.iter().enumerate() {
