@@ -4,13 +4,17 @@ comparison peers, runs the same loadgen scenarios against each in one run on thi
 prints a table of each peer's figures with its ratio to switchboard, and writes the table,
 the machine and every command to bench/results/.
 
-Peers: switchboard with durability `fsync` and `none`, the Bun relay (bench/peers/bun-relay)
-and the tokio-tungstenite relay (bench/peers/tokio-relay). Each is measured with:
+Peers: switchboard with durability `fsync` and `none`, the Bun relay (bench/peers/bun-relay),
+the tokio-tungstenite relay (bench/peers/tokio-relay) and the limit (bench/peers/uring-echo),
+a bare io_uring echo of the same frames with no routing: the machine's ceiling for this
+traffic. Each is measured with:
 - `idle`: N authenticated idle connections, user memory per connection (RSS growth / N);
 - `pairs` at a ladder of offered rates: the highest rate it sustains (everything
   acknowledged and delivered, nothing lost or refused, ack p99 under --p99-limit-ms), and
   at half of switchboard's sustained rate, the p50 and p99 of `message_received` and of
-  delivery for every peer.
+  delivery for every peer. The limit is measured with `echo` instead of `pairs` (the same
+  frames at the same rates, each echoed back to its sender): its `ack` is the echo, and it
+  has no delivery.
 
 Usage: bench/compare.py [--quick] [--rates 10000,20000,...] [--idle-conns N]
 """
@@ -99,7 +103,16 @@ def loadgen(args, report):
         return json.load(f)
 
 
+# The scenario each peer is measured with, and where its report keeps the round trip and
+# its throughput: `echo` counts its echoes as `acknowledged` and names its latency `echo`.
+PAIRS = {"scenario": "pairs", "latency": "ack", "throughput": "acknowledged"}
+ECHO = {"scenario": "echo", "latency": "echo", "throughput": "echoed"}
+
+LIMIT = "limit (io_uring echo)"
+
+
 def peers(data_dir):
+    """(name, how to start it, how to load it) for every peer, in the order of the tables."""
     switchboard = RELEASE / "switchboard"
     common = ["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
               "--jwt-secret", SECRET]
@@ -108,24 +121,27 @@ def peers(data_dir):
         ("switchboard fsync", lambda: Peer(
             "switchboard fsync",
             [switchboard, *common, "--durability", "fsync", "--data-dir", data_dir / "fsync"],
-            env={"RUST_LOG": "warn"})),
+            env={"RUST_LOG": "warn"}), PAIRS),
         ("switchboard none", lambda: Peer(
             "switchboard none",
             [switchboard, *common, "--durability", "none", "--data-dir", data_dir / "none"],
-            env={"RUST_LOG": "warn"})),
+            env={"RUST_LOG": "warn"}), PAIRS),
         ("bun relay", lambda: Peer(
             "bun relay",
             [bun, "relay.js", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET],
-            cwd=ROOT / "bench/peers/bun-relay")),
+            cwd=ROOT / "bench/peers/bun-relay"), PAIRS),
         ("tokio relay", lambda: Peer(
             "tokio relay",
-            [RELEASE / "tokio-relay", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET])),
+            [RELEASE / "tokio-relay", "--listen", "127.0.0.1:0", "--jwt-secret", SECRET]),
+         PAIRS),
+        # No secret: the echo checks that a token is there, not what it says.
+        (LIMIT, lambda: Peer(LIMIT, [RELEASE / "uring-echo", "--listen", "127.0.0.1:0"]), ECHO),
     ]
 
 
-def sustained(report, p99_limit_ms):
+def sustained(report, p99_limit_ms, load=PAIRS):
     c = report["counters"]
-    ack = report["latency_ms"]["ack"]
+    ack = report["latency_ms"].get(load["latency"], {})
     ok = (report["ok"] and c["lost"] == 0 and c["rejected"] == 0
           and c["unacknowledged"] == 0 and ack.get("p99") is not None
           and ack["p99"] <= p99_limit_ms)
@@ -148,13 +164,13 @@ def main():
     rates = [int(r) for r in args.rates.split(",")]
 
     run(["cargo", "build", "--release", "-p", "switchboard", "-p", "switchboard-loadgen",
-         "-p", "tokio-relay"], cwd=ROOT)
+         "-p", "tokio-relay", "-p", "uring-echo"], cwd=ROOT)
     run([ROOT / ".ci/setup-tools"], cwd=ROOT, stdout=subprocess.DEVNULL)
 
     started = datetime.datetime.now(datetime.timezone.utc)
     work = Path(tempfile.mkdtemp(prefix="compare-"))
     results = {}
-    for name, make in peers(work):
+    for name, make, load in peers(work):
         print(f"\n== {name}", flush=True)
         figures = {"name": name, "ladder": []}
         peer = make().start()
@@ -170,17 +186,18 @@ def main():
         try:
             best = None
             for rate in rates:
-                report = loadgen(["pairs", "--url", peer.url, "--conns", args.conns,
+                report = loadgen([load["scenario"], "--url", peer.url, "--conns", args.conns,
                                   "--rate", rate, "--duration", args.duration,
-                                  "--warmup", "1s"], work / f"pairs-{rate}.json")
+                                  "--warmup", "1s"], work / f"{load['scenario']}-{rate}.json")
+                latency = report["latency_ms"].get(load["latency"], {})
                 step = {
                     "rate": rate,
-                    "acknowledged_per_s": report["throughput_per_second"]["acknowledged"],
-                    "ack_p50": report["latency_ms"]["ack"].get("p50"),
-                    "ack_p99": report["latency_ms"]["ack"].get("p99"),
+                    "acknowledged_per_s": report["throughput_per_second"].get(load["throughput"]),
+                    "ack_p50": latency.get("p50"),
+                    "ack_p99": latency.get("p99"),
                     "lost": report["counters"]["lost"],
                     "rejected": report["counters"]["rejected"],
-                    "sustained": sustained(report, args.p99_limit_ms),
+                    "sustained": sustained(report, args.p99_limit_ms, load),
                 }
                 figures["ladder"].append(step)
                 print(f"   {rate}/s offered: {step}", flush=True)
@@ -196,21 +213,23 @@ def main():
     # Latency at half of switchboard's (durability none) sustained rate, for every peer.
     reference = results["switchboard none"].get("max")
     half = max(1000, int(reference["rate"] / 2)) if reference else rates[0]
-    for name, make in peers(work):
+    for name, make, load in peers(work):
         peer = make().start()
         try:
             cpu_before = cpu_seconds(peer.proc.pid)
-            report = loadgen(["pairs", "--url", peer.url, "--conns", args.conns, "--rate", half,
-                              "--duration", args.duration, "--warmup", "1s"],
+            report = loadgen([load["scenario"], "--url", peer.url, "--conns", args.conns,
+                              "--rate", half, "--duration", args.duration, "--warmup", "1s"],
                              work / "half.json")
             cpu = cpu_seconds(peer.proc.pid) - cpu_before
             latency = report["latency_ms"]
+            round_trip = latency.get(load["latency"], {})
+            # For the echo, the echoes: it counts them as acknowledged.
             acknowledged = report["counters"]["acknowledged"]
             results[name]["half"] = {
                 "rate": half,
-                "ack_p50": latency["ack"].get("p50"), "ack_p99": latency["ack"].get("p99"),
-                "delivery_p50": latency["delivery"].get("p50"),
-                "delivery_p99": latency["delivery"].get("p99"),
+                "ack_p50": round_trip.get("p50"), "ack_p99": round_trip.get("p99"),
+                "delivery_p50": latency.get("delivery", {}).get("p50"),
+                "delivery_p99": latency.get("delivery", {}).get("p99"),
                 "lost": report["counters"]["lost"],
                 # The server's CPU time over the whole run (connect, warmup, load, drain) per
                 # message: what each message costs the server, whoever else shares the cores.
@@ -242,7 +261,8 @@ def write_results(results, args, started):
         "Command: `bench/compare.py " + " ".join(sys.argv[1:]) + "`; pairs: "
         f"{args.conns} connections, {args.duration} measured after 1s of warmup, ladder "
         f"{args.rates} msg/s, sustained = nothing lost or refused and ack p99 <= "
-        f"{args.p99_limit_ms} ms; idle: {args.idle_conns} connections over 2 processes.",
+        f"{args.p99_limit_ms} ms; the limit: `echo` with the same flags; idle: "
+        f"{args.idle_conns} connections over 2 processes.",
         "",
         "| peer | idle bytes/conn | sustained msg/s | ratio to switchboard none | ack p99 there (ms) |",
         "|---|---:|---:|---:|---:|",
@@ -254,7 +274,32 @@ def write_results(results, args, started):
         lines.append(
             f"| {name} | {fmt(figures.get('idle_bytes_per_conn'))} | {fmt(rate)} | "
             f"{fmt(ratio, 2) + 'x' if ratio else 'n/a'} | {fmt(best.get('ack_p99'), 2)} |")
-    lines += ["", "Ratio: switchboard none's sustained rate divided by the peer's.", ""]
+    lines += ["", "Ratio: switchboard none's sustained rate divided by the peer's. The limit "
+              "peer is a bare io_uring echo of the same frames (the `echo` scenario: each "
+              "`send_message` sent back to its sender, no routing, no acknowledgement, no "
+              "delivery to another connection), the machine's ceiling for this traffic; its "
+              "ack is the echo.", ""]
+    limit_best = (results.get(LIMIT, {}).get("max") or {}).get("rate")
+    if ref_rate and limit_best:
+        # A peer that sustained the top rung might have sustained more: its true rate is
+        # only known to be at least that.
+        top = max(int(r) for r in args.rates.split(","))
+        fraction = ref_rate / limit_best
+        if ref_rate == top and limit_best == top:
+            caveat = (" (both sustained the top of the ladder, so this says nothing: widen "
+                      "--rates)")
+        elif ref_rate == top:
+            caveat = ", at least: switchboard none sustained the top of the ladder"
+        elif limit_best == top:
+            caveat = ", at most: the limit sustained the top of the ladder"
+        else:
+            caveat = ""
+        lines += [
+            f"Switchboard none sustains {fraction:.2f} ({fraction:.0%}) of the limit's "
+            f"sustained rate: {fmt(ref_rate)} of {fmt(limit_best)} msg/s{caveat}.", ""]
+    else:
+        lines += [f"Switchboard none's fraction of the limit: n/a (sustained: switchboard "
+                  f"none {fmt(ref_rate)}, limit {fmt(limit_best)} msg/s).", ""]
     half = next(iter(results.values())).get("half", {}).get("rate")
     lines += [
         f"Latency at {fmt(half)} msg/s (half of switchboard none's sustained rate), ms:",
@@ -275,7 +320,8 @@ def write_results(results, args, started):
     lines += ["", "CPU ratio: the peer's server CPU per message divided by switchboard none's "
               "(above 1: the peer spends more per message). The load generator's send lag is "
               "its own delay in sending: when it grows, the client, not the server, limits "
-              "the run."]
+              "the run. The limit's ack is its echo and its CPU is per echoed message; it has "
+              "no delivery."]
     lines += ["", "Every rung of the ladder:", ""]
     for name, figures in results.items():
         for step in figures["ladder"]:

@@ -34,6 +34,9 @@ pub enum Command {
     /// `pairs` whose receivers disconnect and reconnect all the time; what was sent while a
     /// receiver was away comes from its inbox when it is back.
     Churn(ChurnArgs),
+    /// N connections sending what `pairs` sends, at a fixed total rate (open loop), to a
+    /// server that echoes every frame (bench/peers/uring-echo); the echo is the round trip.
+    Echo(EchoArgs),
     /// Internal: a worker process of a `--procs` run. Reads its orders on stdin.
     #[command(hide = true)]
     Worker,
@@ -47,6 +50,7 @@ pub enum ScenarioArgs {
     Pairs(PairsArgs),
     Storm(StormArgs),
     Churn(ChurnArgs),
+    Echo(EchoArgs),
 }
 
 impl ScenarioArgs {
@@ -56,6 +60,7 @@ impl ScenarioArgs {
             ScenarioArgs::Pairs(args) => &args.common,
             ScenarioArgs::Storm(args) => &args.pairs.common,
             ScenarioArgs::Churn(args) => &args.pairs.common,
+            ScenarioArgs::Echo(args) => &args.pairs.common,
         }
     }
 
@@ -65,16 +70,18 @@ impl ScenarioArgs {
             ScenarioArgs::Pairs(args) => &mut args.common,
             ScenarioArgs::Storm(args) => &mut args.pairs.common,
             ScenarioArgs::Churn(args) => &mut args.pairs.common,
+            ScenarioArgs::Echo(args) => &mut args.pairs.common,
         }
     }
 
-    /// The flags of the pairs load, for the scenarios that run one.
+    /// The flags of the pairs load, for the scenarios that run one or take its flags (`echo`).
     pub fn pairs(&self) -> Option<&PairsArgs> {
         match self {
             ScenarioArgs::Idle(_) => None,
             ScenarioArgs::Pairs(args) => Some(args),
             ScenarioArgs::Storm(args) => Some(&args.pairs),
             ScenarioArgs::Churn(args) => Some(&args.pairs),
+            ScenarioArgs::Echo(args) => Some(&args.pairs),
         }
     }
 }
@@ -239,6 +246,15 @@ pub struct ChurnArgs {
     /// Seed of the connection lifetimes: the same seed gives the same lifetimes.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+}
+
+/// `echo` takes the flags of `pairs` and no more: its frames, rate and phases are those of a
+/// pairs run, so that the two compare.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct EchoArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub pairs: PairsArgs,
 }
 
 /// Writes a duration the way [`parse_duration`] reads it back.
@@ -410,6 +426,33 @@ mod tests {
         assert_eq!(json["offline"], "50ms");
         let back: ScenarioArgs = serde_json::from_value(json).unwrap();
         assert_eq!(back.pairs().unwrap().warmup, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn echo_takes_the_pairs_flags() {
+        let cli = Cli::try_parse_from([
+            "switchboard-loadgen",
+            "echo",
+            "--jwt-secret",
+            "s",
+            "--conns",
+            "3",
+            "--rate",
+            "2000",
+            "--duration",
+            "2s",
+        ])
+        .unwrap();
+        let Command::Echo(args) = cli.command else {
+            panic!("not echo")
+        };
+        assert_eq!(args.pairs.common.conns, 3);
+        assert_eq!(args.pairs.rate, 2000.0);
+        let json = serde_json::to_value(ScenarioArgs::Echo(args)).unwrap();
+        assert_eq!(json["scenario"], "echo");
+        assert_eq!(json["duration"], "2s");
+        let back: ScenarioArgs = serde_json::from_value(json).unwrap();
+        assert_eq!(back.pairs().unwrap().drain, Duration::from_secs(5));
     }
 
     #[test]

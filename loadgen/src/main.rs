@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Command::Pairs(args) => run(ScenarioArgs::Pairs(args)),
         Command::Storm(args) => run(ScenarioArgs::Storm(args)),
         Command::Churn(args) => run(ScenarioArgs::Churn(args)),
+        Command::Echo(args) => run(ScenarioArgs::Echo(args)),
         Command::Worker => fleet::worker_main().map(|()| ExitCode::SUCCESS),
     };
     match result {

@@ -160,11 +160,17 @@ fn latency_report(description: &str, histogram: &hdrhistogram::Histogram<u64>) -
 }
 
 /// Why a run failed, from its counters; empty when it did not.
-pub fn failures(counters: &CounterSnapshot, conns: usize, drain: Option<&str>) -> Vec<String> {
+/// `lost_means` is what the scenario's `lost` counts ([`Scenario::lost_means`]).
+pub fn failures(
+    counters: &CounterSnapshot,
+    conns: usize,
+    drain: Option<&str>,
+    lost_means: &str,
+) -> Vec<String> {
     let mut failures = Vec::new();
     if counters.lost > 0 {
         failures.push(format!(
-            "LOST {} message(s): acknowledged by the server but never delivered{}",
+            "LOST {} message(s): {lost_means}{}",
             counters.lost,
             drain.map_or(String::new(), |drain| format!(" within the {drain} drain"))
         ));
@@ -296,7 +302,7 @@ impl Report {
         };
 
         let drain = plan.args.pairs().map(|args| format_duration(args.drain));
-        let failures = failures(&counters, conns, drain.as_deref());
+        let failures = failures(&counters, conns, drain.as_deref(), scenario.lost_means());
 
         let mut config = serde_json::to_value(&plan.args).unwrap_or_default();
         if let Some(object) = config.as_object_mut() {
@@ -414,6 +420,18 @@ impl Report {
                     format_duration(args.conn_lifetime),
                     format_duration(args.offline),
                     args.seed,
+                    format_duration(pairs.duration),
+                    format_duration(pairs.warmup),
+                    format_duration(pairs.drain)
+                );
+            }
+            ScenarioArgs::Echo(args) => {
+                let pairs = &args.pairs;
+                let _ = writeln!(
+                    out,
+                    "- {} connections echoing, {} messages/s in all (open loop), {} measured after {} of warmup, drain up to {}; an echo counts as acknowledged",
+                    common.conns,
+                    pairs.rate,
                     format_duration(pairs.duration),
                     format_duration(pairs.warmup),
                     format_duration(pairs.drain)
@@ -656,7 +674,7 @@ mod tests {
             receipts: 10,
             ..CounterSnapshot::default()
         };
-        assert!(failures(&counters, 4, Some("5s")).is_empty());
+        assert!(failures(&counters, 4, Some("5s"), "acknowledged but never delivered").is_empty());
     }
 
     #[test]
@@ -670,15 +688,15 @@ mod tests {
             reordered: 1,
             ..CounterSnapshot::default()
         };
-        let failures = failures(&counters, 4, Some("5s"));
+        let failures = failures(&counters, 4, Some("5s"), "sent but never echoed");
         assert_eq!(failures.len(), 6);
-        assert!(failures[0].starts_with("LOST 2 message(s)"));
+        assert!(failures[0].starts_with("LOST 2 message(s): sent but never echoed"));
         assert!(failures[0].ends_with("within the 5s drain"));
         // Duplicates are allowed by at-least-once delivery: counted, not a failure.
         let duplicates = CounterSnapshot {
             duplicates: 5,
             ..CounterSnapshot::default()
         };
-        assert!(super::failures(&duplicates, 4, None).is_empty());
+        assert!(super::failures(&duplicates, 4, None, "never delivered").is_empty());
     }
 }

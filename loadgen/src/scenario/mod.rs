@@ -14,6 +14,8 @@
 //! - `pairs` sends from one user to another at a fixed rate ([`rate`] gives the send times).
 //! - `storm` is `pairs` with a spike in the rate, and follows the latencies per second.
 //! - `churn` is `pairs` whose receivers disconnect and reconnect all the time.
+//! - `echo` sends what `pairs` sends to a server that sends it back: the ceiling to hold
+//!   `pairs` against.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -29,6 +31,7 @@ use crate::conn::{Connector, WsStream};
 use crate::metrics::{Counters, Metrics};
 
 mod churn;
+mod echo;
 mod idle;
 mod pairs;
 mod rate;
@@ -134,6 +137,10 @@ pub trait Scenario: Debug + Send + Sync {
     fn latency_series(&self) -> &'static [&'static str] {
         &[]
     }
+    /// What its `lost` counter counts, for the failure it reports.
+    fn lost_means(&self) -> &'static str {
+        "acknowledged by the server but never delivered"
+    }
     /// Runs one unit from `context.clock.start` until it is done, at the latest at
     /// `context.clock.drain_until`.
     fn drive(&self, unit: Unit, context: UnitContext) -> UnitFuture;
@@ -146,6 +153,7 @@ pub fn build(args: &ScenarioArgs) -> anyhow::Result<Arc<dyn Scenario>> {
         ScenarioArgs::Pairs(args) => Arc::new(pairs::Pairs::new(args)?),
         ScenarioArgs::Storm(args) => Arc::new(storm::build(args)?),
         ScenarioArgs::Churn(args) => Arc::new(churn::Churn::new(args)?),
+        ScenarioArgs::Echo(args) => Arc::new(echo::Echo::new(args)?),
     })
 }
 

@@ -16,8 +16,8 @@
 //!
 //! The pieces of a pair (the sender's schedule and reader, the receiver's reader and its
 //! confirmations, the drain, the final count) are shared with `storm`, which is this load
-//! with another rate, and `churn`, which runs the receiver over connection after
-//! connection.
+//! with another rate, `churn`, which runs the receiver over connection after connection,
+//! and `echo`, which sends the same frames to a server that sends them back.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -41,7 +41,7 @@ use crate::metrics::{Counters, Metrics};
 use crate::sys;
 
 /// Largest content the padding may reach: the server's default limit.
-const CONTENT_CHARS_MAX: usize = 1000;
+pub(super) const CONTENT_CHARS_MAX: usize = 1000;
 
 /// How early a sender wakes before its next intended send. The runtime's timer has a
 /// resolution of one millisecond and rounds up, so a sender that slept until the intended
@@ -150,8 +150,8 @@ struct Acknowledged {
 /// What one pair has sent, had acknowledged, delivered and receipted.
 #[derive(Debug, Default)]
 pub(super) struct PairState {
-    /// `client_msg_id` to intended send time, until acknowledged.
-    pending: HashMap<u64, u64>,
+    /// `client_msg_id` to intended send time, until acknowledged (`echo`: until echoed).
+    pub(super) pending: HashMap<u64, u64>,
     /// Acknowledged messages by message id.
     acknowledged: HashMap<u64, Acknowledged>,
     /// Receipts that came before the acknowledgement of their message.
@@ -295,7 +295,13 @@ pub(super) fn count_outstanding(state: &PairState, context: &UnitContext) {
 /// `now`: in the run's histogram when its send was measured, and in the histogram of its send
 /// second (warmup included, like the per-second counts) when the scenario keeps `name` per
 /// second.
-fn record_latency(metrics: &mut Metrics, clock: &Clock, name: &str, intended: u64, now: u64) {
+pub(super) fn record_latency(
+    metrics: &mut Metrics,
+    clock: &Clock,
+    name: &str,
+    intended: u64,
+    now: u64,
+) {
     let nanos = now.saturating_sub(intended);
     if clock.is_measured(intended) {
         metrics.record_latency(name, nanos);
@@ -304,7 +310,7 @@ fn record_latency(metrics: &mut Metrics, clock: &Clock, name: &str, intended: u6
 }
 
 /// The content of send `seq` intended at `intended`, padded to `content_chars`.
-fn content(intended: u64, seq: u64, content_chars: usize) -> String {
+pub(super) fn content(intended: u64, seq: u64, content_chars: usize) -> String {
     let mut text = format!("t={intended} s={seq}");
     if text.len() < content_chars {
         text.push(' ');
@@ -316,7 +322,7 @@ fn content(intended: u64, seq: u64, content_chars: usize) -> String {
 }
 
 /// The intended send time carried in a content written by [`content`].
-fn intended_of(content: &str) -> Option<u64> {
+pub(super) fn intended_of(content: &str) -> Option<u64> {
     content.strip_prefix("t=")?.split(' ').next()?.parse().ok()
 }
 
@@ -388,7 +394,7 @@ pub(super) async fn drain(state: &RefCell<PairState>, clock: Clock) {
 
 /// Counts a frame that is not a text frame, or a close, on either connection. Returns false
 /// when the connection is over.
-fn other_frame(
+pub(super) fn other_frame(
     frame: &Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
     who: &str,
     state: &RefCell<PairState>,
@@ -440,7 +446,7 @@ fn on_server_error(message: &ServerMessage<'_>, state: &RefCell<PairState>, cont
     }
 }
 
-fn unexpected(context: &UnitContext, what: String) {
+pub(super) fn unexpected(context: &UnitContext, what: String) {
     Counters::add(&context.counters.unexpected_frames, 1);
     context.metrics.borrow_mut().error_sample(what);
 }
