@@ -8,7 +8,7 @@
 //! there, as `tests/server.rs` does for the server. `URING_ECHO_BIN` names another binary.
 
 mod common;
-use common::{counter, describe, loadgen, report, wait_bounded};
+use common::{counter, describe, loadgen, report};
 
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
@@ -22,9 +22,6 @@ use tokio_relay::{BackgroundRelay, RelayConfig};
 /// The echo verifies no token; the load generator mints them all the same.
 const SECRET: &str = "loadgen-echo-test-secret";
 
-/// Longest the build of the echo may take.
-const BUILD_TIME_LIMIT: Duration = Duration::from_secs(900);
-
 /// Longest the echo may take to print its listening line.
 const START_TIME_LIMIT: Duration = Duration::from_secs(30);
 
@@ -32,51 +29,9 @@ const START_TIME_LIMIT: Duration = Duration::from_secs(30);
 /// builds it; the others wait for that.
 fn echo_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        if let Some(path) = std::env::var_os("URING_ECHO_BIN") {
-            return PathBuf::from(path);
-        }
-        // target/<profile>/switchboard-loadgen
-        let profile_dir = Path::new(env!("CARGO_BIN_EXE_switchboard-loadgen"))
-            .parent()
-            .expect("the load generator lives in target/<profile>");
-        let target_dir = profile_dir.parent().expect("target/<profile>");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "uring-echo",
-                "--bin",
-                "uring-echo",
-            ])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if profile_dir
-            .file_name()
-            .is_some_and(|name| name == "release")
-        {
-            build.arg("--release");
-        }
-        let child = build.spawn().expect("cargo runs");
-        let (output, killed) = wait_bounded(child, BUILD_TIME_LIMIT);
-        assert!(
-            !killed,
-            "cargo build -p uring-echo took longer than {BUILD_TIME_LIMIT:?}"
-        );
-        assert!(
-            output.status.success(),
-            "cargo build -p uring-echo failed: {}",
-            describe(&output)
-        );
-        let binary = profile_dir.join("uring-echo");
-        assert!(binary.exists(), "{} is missing", binary.display());
-        binary
+    BINARY.get_or_init(|| match std::env::var_os("URING_ECHO_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => common::build_binary("uring-echo", "uring-echo"),
     })
 }
 

@@ -10,7 +10,7 @@
 //! there. `SWITCHBOARD_BIN` names another binary to test instead.
 
 mod common;
-use common::{counter, describe, loadgen, report, wait_bounded};
+use common::{counter, describe, loadgen, report};
 
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::SocketAddr;
@@ -21,9 +21,6 @@ use std::time::Duration;
 
 const SECRET: &str = "loadgen-server-test-secret";
 
-/// Longest the build of the server may take.
-const BUILD_TIME_LIMIT: Duration = Duration::from_secs(900);
-
 /// Longest the server may take to print its listening line.
 const START_TIME_LIMIT: Duration = Duration::from_secs(30);
 
@@ -31,53 +28,9 @@ const START_TIME_LIMIT: Duration = Duration::from_secs(30);
 /// threads: the first to need it finds or builds it, the others wait for that.
 fn server_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        if let Some(path) = std::env::var_os("SWITCHBOARD_BIN") {
-            return PathBuf::from(path);
-        }
-        // target/<profile>/switchboard-loadgen
-        let profile_dir = Path::new(env!("CARGO_BIN_EXE_switchboard-loadgen"))
-            .parent()
-            .expect("the load generator lives in target/<profile>");
-        let binary = profile_dir.join("switchboard");
-        // Always asked of cargo (a no-op when the binary is fresh), so a stale binary left
-        // by an older build is never what is tested.
-        let target_dir = profile_dir.parent().expect("target/<profile>");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "switchboard",
-                "--bin",
-                "switchboard",
-            ])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if profile_dir
-            .file_name()
-            .is_some_and(|name| name == "release")
-        {
-            build.arg("--release");
-        }
-        let child = build.spawn().expect("cargo runs");
-        let (output, killed) = wait_bounded(child, BUILD_TIME_LIMIT);
-        assert!(
-            !killed,
-            "cargo build -p switchboard took longer than {BUILD_TIME_LIMIT:?}"
-        );
-        assert!(
-            output.status.success(),
-            "cargo build -p switchboard failed: {}",
-            describe(&output)
-        );
-        assert!(binary.exists(), "{} is missing", binary.display());
-        binary
+    BINARY.get_or_init(|| match std::env::var_os("SWITCHBOARD_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => common::build_binary("switchboard", "switchboard"),
     })
 }
 

@@ -3,7 +3,7 @@
 
 #![allow(dead_code, reason = "each test file uses its own part of the helpers")]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -12,6 +12,49 @@ use serde_json::Value;
 
 /// Longest a run of the load generator may take before the test kills it and fails.
 pub const RUN_TIME_LIMIT: Duration = Duration::from_secs(90);
+
+/// Longest `cargo build` of another binary of the workspace may take.
+pub const BUILD_TIME_LIMIT: Duration = Duration::from_secs(900);
+
+/// Builds binary `bin` of workspace package `package` into the load generator's own target
+/// directory and profile, and returns its path. Always asked of cargo (a no-op when the
+/// binary is fresh), so a stale binary from an older build is never what is tested.
+pub fn build_binary(package: &str, bin: &str) -> PathBuf {
+    // target/<profile>/switchboard-loadgen
+    let profile_dir = Path::new(env!("CARGO_BIN_EXE_switchboard-loadgen"))
+        .parent()
+        .expect("the load generator lives in target/<profile>");
+    let target_dir = profile_dir.parent().expect("target/<profile>");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if profile_dir
+        .file_name()
+        .is_some_and(|name| name == "release")
+    {
+        build.arg("--release");
+    }
+    let child = build.spawn().expect("cargo runs");
+    let (output, killed) = wait_bounded(child, BUILD_TIME_LIMIT);
+    assert!(
+        !killed,
+        "cargo build -p {package} took longer than {BUILD_TIME_LIMIT:?}"
+    );
+    assert!(
+        output.status.success(),
+        "cargo build -p {package} failed: {}",
+        describe(&output)
+    );
+    let binary = profile_dir.join(bin);
+    assert!(binary.exists(), "{} is missing", binary.display());
+    binary
+}
 
 /// Waits for `child` for at most `limit`, killing it past that. Returns its output (what was
 /// piped) and whether it had to be killed.
