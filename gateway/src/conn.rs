@@ -497,16 +497,15 @@ impl Session<'_> {
             .user
             .as_ref()
             .expect("/ws connections are authenticated");
-        // The shards its subscriptions went to live in the connection's slot, not in this
-        // task: an idle connection's task is its largest cost.
-        let mut subscribed = self.shard.subscribed(self.conn.slot);
-        let submitted = self
-            .shard
-            .link
-            .submit(self.conn, user, message, &mut subscribed);
-        self.shard.set_subscribed(self.conn.slot, subscribed);
-        match submitted {
-            Ok(()) => None,
+        match self.shard.link.submit(self.conn, user, message) {
+            Ok(subscribed) => {
+                // Kept in the connection's slot, not in this task (an idle connection's
+                // task is its largest cost), and touched only by a presence_subscribe.
+                if !subscribed.is_empty() {
+                    self.shard.add_subscribed(self.conn.slot, subscribed);
+                }
+                None
+            }
             Err(error) => Some((error.code(), error.to_string(), correlation)),
         }
     }

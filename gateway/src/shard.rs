@@ -36,7 +36,7 @@ use crate::mesh::ShardMesh;
 use crate::metrics::ShardMetrics;
 use crate::pool::{BufferPool, Slots};
 use crate::readiness::{self, Readiness};
-use crate::router_loop::{self, RouterLoop};
+use crate::router_loop::RouterLoop;
 use crate::sink::{Link, ShardSet};
 
 /// The event loop a shard runs on.
@@ -192,8 +192,8 @@ pub struct ConnSlot {
     /// A close code the shard asks the connection to close with (1001 at shutdown, 1013
     /// for a consumer too slow to take its messages).
     pub close_request: Option<u16>,
-    /// The connection speaks flatbuffers (else JSON); set once the upgrade chose.
-    pub flatbuffers: bool,
+    /// The encoding of its data frames, set once the upgrade chose it (JSON until then).
+    pub encoding: Option<wire::handshake::Encoding>,
     /// The socket, so that a full queue can be written out from any task of the shard
     /// before the connection is judged too slow.
     pub fd: std::os::fd::RawFd,
@@ -340,9 +340,10 @@ impl Shard {
             .map_or_else(ShardSet::default, |conn| conn.subscribed)
     }
 
-    pub fn set_subscribed(&self, slot: u32, subscribed: ShardSet) {
+    /// Adds to the shards a connection's presence subscriptions went to.
+    pub fn add_subscribed(&self, slot: u32, subscribed: ShardSet) {
         if let Some(conn) = self.conns.borrow_mut().get_mut(slot) {
-            conn.subscribed = subscribed;
+            conn.subscribed = conn.subscribed.union(subscribed);
         }
     }
 
@@ -350,7 +351,7 @@ impl Shard {
     pub fn set_encoding(&self, slot: u32, encoding: wire::handshake::Encoding) {
         let mut conns = self.conns.borrow_mut();
         let conn = conns.get_mut(slot).expect("a live connection");
-        conn.flatbuffers = encoding == wire::handshake::Encoding::Flatbuffers;
+        conn.encoding = Some(encoding);
     }
 
     /// Encodes a message from the router in the encoding of the connection `conn` names and
@@ -373,17 +374,13 @@ impl Shard {
             ShardMetrics::add(&self.metrics.slow_consumers, 1);
             return;
         }
-        let encoding = if slot.flatbuffers {
-            wire::handshake::Encoding::Flatbuffers
-        } else {
-            wire::handshake::Encoding::Json
-        };
+        let encoding = slot.encoding.unwrap_or(wire::handshake::Encoding::Json);
         let payload = self.encoders.borrow_mut().encode(encoding, message);
         slot.outbound
             .push_back(OutFrame::new(crate::codec::data_opcode(encoding), payload));
         Self::notify(slot);
         ShardMetrics::add(&self.metrics.messages_out, 1);
-        if router_loop::is_ack(message) {
+        if matches!(message, wire::ServerMessage::MessageReceived { .. }) {
             ShardMetrics::add(&self.metrics.acks, 1);
         }
     }

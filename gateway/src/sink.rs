@@ -60,6 +60,16 @@ impl ShardSet {
     pub fn contains(&self, shard: ShardId) -> bool {
         self.bits == u64::MAX || (shard < 64 && self.bits & (1 << shard) != 0)
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.bits == 0
+    }
+
+    pub fn union(self, other: ShardSet) -> ShardSet {
+        ShardSet {
+            bits: self.bits | other.bits,
+        }
+    }
 }
 
 /// Wakes one task (the router loop) from tasks of the same thread.
@@ -190,14 +200,16 @@ impl Link {
     }
 
     /// One message from `user` on `conn`, in the order the connection received them.
+    /// Returns the shards a `presence_subscribe` went to (empty for any other message),
+    /// which the connection remembers for `disconnected`.
     pub fn submit(
         &self,
         conn: ConnId,
         user: &UserId,
         message: ClientMessage,
-        subscribed: &mut ShardSet,
-    ) -> Result<(), SinkError> {
+    ) -> Result<ShardSet, SinkError> {
         let subscribes = matches!(message, ClientMessage::PresenceSubscribe { .. });
+        let mut subscribed = ShardSet::default();
         let mut enqueue = |shard: ShardId, message: ClientMessage| {
             if subscribes {
                 subscribed.insert(shard);
@@ -213,13 +225,12 @@ impl Link {
             );
         };
         match router::route(user, &message, self.n_shards) {
-            Route::Nowhere => Ok(()),
+            Route::Nowhere => {}
             Route::One(shard) => {
                 if self.queued_for(shard) >= self.queue_hard_max {
                     return Err(SinkError::Overloaded);
                 }
                 enqueue(shard, message);
-                Ok(())
             }
             Route::Split(parts) => {
                 // All or nothing: a client that is told `overloaded` retries the whole.
@@ -232,9 +243,9 @@ impl Link {
                 for (shard, message) in parts {
                     enqueue(shard, message);
                 }
-                Ok(())
             }
         }
+        Ok(subscribed)
     }
 
     /// Queues an input for the router of `shard`.
@@ -347,20 +358,19 @@ mod tests {
     fn messages_queue_by_owner_and_a_full_queue_refuses_them() {
         let link = Link::new(0, 2, 2);
         let alice = user("alice");
-        let mut subscribed = ShardSet::default();
         let heartbeat = || ClientMessage::Heartbeat;
         let owner = router::owner_shard(&alice, 2);
         for _ in 0..4 {
-            link.submit(conn(1), &alice, heartbeat(), &mut subscribed)
-                .unwrap();
+            let subscribed = link.submit(conn(1), &alice, heartbeat()).unwrap();
+            assert!(subscribed.is_empty());
         }
         assert!(link.congested());
         assert_eq!(
-            link.submit(conn(1), &alice, heartbeat(), &mut subscribed),
+            link.submit(conn(1), &alice, heartbeat()),
             Err(SinkError::Overloaded)
         );
         // Notices are never refused.
-        link.disconnected(conn(1), &alice, subscribed);
+        link.disconnected(conn(1), &alice, ShardSet::default());
         assert_eq!(link.queued(), 5);
         if owner == 0 {
             let mut inputs = Vec::new();
@@ -378,6 +388,20 @@ mod tests {
                 Ok(Envelope::Router(Input::Client { .. }))
             ));
         }
+    }
+
+    #[test]
+    fn a_subscribe_reports_the_shards_it_went_to() {
+        let link = Link::new(0, 4, 16);
+        let users = vec![user("bob"), user("carol"), user("dave")];
+        let owners: Vec<ShardId> = users.iter().map(|u| router::owner_shard(u, 4)).collect();
+        let message = ClientMessage::PresenceSubscribe { users };
+        let subscribed = link.submit(conn(1), &user("alice"), message).unwrap();
+        for shard in 0..4 {
+            assert_eq!(subscribed.contains(shard), owners.contains(&shard));
+        }
+        let other = link.submit(conn(1), &user("alice"), ClientMessage::Heartbeat);
+        assert!(other.unwrap().is_empty());
     }
 
     #[test]
