@@ -208,22 +208,8 @@ impl RouterLoop {
         let shard_id = self.shard.shard_id;
         for output in outputs.drain(..) {
             match output {
-                Output::Append { lsn, record } => {
-                    if self.journal.is_full()
-                        && let Err(error) = self.journal.write_pending().await
-                    {
-                        fatal(shard_id, "the write-ahead log failed", &error);
-                    }
-                    self.journal.append(lsn, &record);
-                }
-                Output::Send { conn, message } if conn.shard == shard_id => {
-                    self.shard.deliver(conn, &message);
-                }
-                Output::Send { conn, message } => {
-                    self.shard
-                        .link
-                        .send(conn.shard, Envelope::Deliver { conn, message });
-                }
+                Output::Append { lsn, record } => self.append(lsn, &record).await,
+                Output::Send { conn, message } => self.send(conn, message),
                 Output::Peer { shard, message } => {
                     self.shard
                         .link
@@ -247,13 +233,7 @@ impl RouterLoop {
                         continue;
                     };
                     ShardMetrics::add(&self.shard.metrics.bodies_read, 1);
-                    if conn.shard == shard_id {
-                        self.shard.deliver(conn, &message);
-                    } else {
-                        self.shard
-                            .link
-                            .send(conn.shard, Envelope::Deliver { conn, message });
-                    }
+                    self.send(conn, message);
                 }
                 Output::AppendCopy { lsn, from } => {
                     // A checkpoint that cannot copy a message would lose it when the old
@@ -262,18 +242,35 @@ impl RouterLoop {
                         Ok(record) => record,
                         Err(error) => fatal(shard_id, "cannot copy a record of the log", &error),
                     };
-                    if self.journal.is_full()
-                        && let Err(error) = self.journal.write_pending().await
-                    {
-                        fatal(shard_id, "the write-ahead log failed", &error);
-                    }
-                    self.journal.append(lsn, &record);
+                    self.append(lsn, &record).await;
                 }
             }
         }
         // Keep the allocation for the next turn.
         self.outputs = outputs;
         ShardMetrics::set(&self.shard.metrics.wal_bytes, self.journal.appended_bytes());
+    }
+
+    /// Appends a record, writing the pending ones out first when the buffer is full.
+    async fn append(&mut self, lsn: router::Lsn, record: &router::Record) {
+        if self.journal.is_full()
+            && let Err(error) = self.journal.write_pending().await
+        {
+            fatal(self.shard.shard_id, "the write-ahead log failed", &error);
+        }
+        self.journal.append(lsn, record);
+    }
+
+    /// A message for a connection: queued on it when it is this shard's, else handed to the
+    /// outbox toward its shard.
+    fn send(&self, conn: router::ConnId, message: ServerMessage) {
+        if conn.shard == self.shard.shard_id {
+            self.shard.deliver(conn, &message);
+        } else {
+            self.shard
+                .link
+                .send(conn.shard, Envelope::Deliver { conn, message });
+        }
     }
 
     fn flush_outboxes(&mut self) {
@@ -358,9 +355,4 @@ fn fatal(shard_id: u16, what: &str, error: &dyn std::fmt::Display) -> ! {
     tracing::error!(shard = shard_id, %error, "{what}: exiting so that a restart recovers the log");
     eprintln!("switchboard: error: shard {shard_id}: {what}: {error}");
     std::process::exit(1);
-}
-
-/// A server message as the metrics count it.
-pub fn is_ack(message: &ServerMessage) -> bool {
-    matches!(message, ServerMessage::MessageReceived { .. })
 }
