@@ -4,6 +4,8 @@
 //! retry of an acknowledged `client_msg_id` gets the id it got before the crash.
 
 use std::collections::{BTreeMap, HashSet};
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use switchboard_tests::{
@@ -185,14 +187,10 @@ fn a_checkpoint_copies_spilled_messages_forward_and_drops_old_segments() {
             !dir.join(format!("{:020}.wal", 1)).exists()
         })
     };
-    let deadline = std::time::Instant::now() + switchboard_tests::WAIT;
-    while !first_segment_gone() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no segment was deleted"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let dirs: Vec<PathBuf> = (0..2)
+        .map(|shard| data.path().join(format!("shard-{shard}")))
+        .collect();
+    wait_for_deletion(&dirs, first_segment_gone);
     assert!(switchboard_tests::metric_sum(&server, "switchboard_checkpoints_total") >= 1);
     let check_inbox = |server: &Server| {
         let mut yuri = connect(server, "yuri");
@@ -208,4 +206,37 @@ fn a_checkpoint_copies_spilled_messages_forward_and_drops_old_segments() {
     server.wait_exit();
     let server = Server::start_with(options());
     check_inbox(&server);
+}
+
+/// Waits until `gone()` holds, checking it after every file deletion in `dirs` (inotify
+/// events, not a timer), for at most the test's wait.
+fn wait_for_deletion(dirs: &[PathBuf], gone: impl Fn() -> bool) {
+    // SAFETY: inotify_init1 takes flags only; a non-negative result is a new descriptor.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    assert!(fd >= 0, "inotify: {}", std::io::Error::last_os_error());
+    for dir in dirs {
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `path` is a NUL-terminated string that outlives the call.
+        let watch = unsafe { libc::inotify_add_watch(fd, path.as_ptr(), libc::IN_DELETE) };
+        assert!(watch >= 0, "inotify_add_watch {}", dir.display());
+    }
+    // Watches first, then the check: a deletion after the check is an event poll sees.
+    let deadline = std::time::Instant::now() + switchboard_tests::WAIT;
+    while !gone() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "no segment was deleted within the wait");
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let timeout_ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd that lives across the call.
+        unsafe { libc::poll(&mut poll, 1, timeout_ms) };
+        let mut events = [0u8; 4096];
+        // SAFETY: a non-blocking read into our own buffer of that length.
+        unsafe { libc::read(fd, events.as_mut_ptr().cast(), events.len()) };
+    }
+    // SAFETY: the descriptor is ours and closed once.
+    unsafe { libc::close(fd) };
 }
