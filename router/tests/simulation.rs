@@ -119,7 +119,11 @@ impl Wal {
 
     fn append(&mut self, lsn: Lsn, record: &Record) {
         assert_eq!(lsn, self.last_lsn.next(), "lsns are consecutive");
-        if let Record::CheckpointBegin { .. } = record {
+        // As the shell's journal: a checkpoint starts a new segment unless the newest one
+        // holds no records yet (a crash can leave one with only its header), whose name is
+        // already this lsn.
+        let tail_is_empty = self.segments.last().is_some_and(|s| s.offsets.is_empty());
+        if matches!(record, Record::CheckpointBegin { .. }) && !tail_is_empty {
             self.roll(lsn);
         }
         let segment = self.segments.last_mut().expect("a segment");
