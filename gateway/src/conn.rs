@@ -223,38 +223,28 @@ enum Event {
 
 /// Waits until the socket is readable or the shard left mail for the connection. A future
 /// written out by hand rather than an `async fn` or `select!`: its size is most of an idle
-/// connection's, and an `async fn` would keep its arguments beside the readiness future.
-fn wait_event<'a>(
-    shard: &'a Shard,
-    slot: u32,
-    stream: &'a Readiness,
-) -> WaitEvent<'a, impl Future<Output = std::io::Result<()>> + 'a> {
-    WaitEvent {
-        shard,
-        slot,
-        readable: stream.readable(),
-    }
+/// connection's. The readiness future lives in the session's loop and outlasts a wait that
+/// ends with mail: dropping it would cancel the poll on the socket, and arming it again costs
+/// the kernel twice for every message the connection is sent.
+struct WaitEvent<'s, 'a, 'r, R> {
+    session: &'s Session<'a>,
+    readable: std::pin::Pin<&'r mut R>,
 }
 
-struct WaitEvent<'a, R> {
-    shard: &'a Shard,
-    slot: u32,
-    readable: R,
-}
-
-impl<R: Future<Output = std::io::Result<()>>> Future for WaitEvent<'_, R> {
+impl<R: Future<Output = std::io::Result<()>>> Future for WaitEvent<'_, '_, '_, R> {
     type Output = Event;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Event> {
-        // SAFETY: `readable` is structurally pinned: it is never moved out of `self`, which
-        // stays pinned until dropped; the other fields are plain references and numbers.
-        let this = unsafe { self.get_unchecked_mut() };
-        if this.shard.take_mail(this.slot, cx.waker()) {
+        // The fields are a reference and a pinned reference: both `Unpin`.
+        let this = self.get_mut();
+        if this
+            .session
+            .shard
+            .take_mail(this.session.conn.slot, cx.waker())
+        {
             return Poll::Ready(Event::Mail);
         }
-        // SAFETY: see above: `readable` is only ever used pinned in place.
-        let readable = unsafe { std::pin::Pin::new_unchecked(&mut this.readable) };
-        match readable.poll(cx) {
+        match this.readable.as_mut().poll(cx) {
             Poll::Ready(Ok(())) => Poll::Ready(Event::Readable),
             Poll::Ready(Err(_)) => Poll::Ready(Event::Failed),
             Poll::Pending => Poll::Pending,
@@ -284,6 +274,9 @@ impl Session<'_> {
         if let Some(user) = &self.user {
             self.shard.link.connected(self.conn, user);
         }
+        // Kept until it fires (see `WaitEvent`). A new one does nothing until first polled,
+        // so the poll is armed only after the reads that follow readiness.
+        let mut readable = std::pin::pin!(self.stream.readable());
         let mut next = if self.leftover.is_some() {
             self.read_frames(false)
         } else {
@@ -309,11 +302,18 @@ impl Session<'_> {
                 // leaves its bytes in the socket until they have room.
                 Box::pin(wait_room(shard, slot)).await
             } else {
-                wait_event(shard, slot, self.stream).await
+                WaitEvent {
+                    session: self,
+                    readable: readable.as_mut(),
+                }
+                .await
             };
+            if matches!(event, Event::Readable) {
+                readable.set(self.stream.readable());
+            }
             next = match event {
                 Event::Readable => self.read_frames(true),
-                Event::Mail => match shard.take_close_request(slot) {
+                Event::Mail => match self.shard.take_close_request(self.conn.slot) {
                     Some(code) => Next::Close(code),
                     None => Next::Open,
                 },
@@ -371,10 +371,19 @@ impl Session<'_> {
             if buf.capacity() - buf.len() < self.shard.pool.buffer_bytes() / 4 {
                 buf.reserve(self.shard.pool.buffer_bytes());
             }
+            let spare = buf.capacity() - buf.len();
             match io::recv_into(self.stream.fd(), &mut buf) {
                 Ok(Progress::Bytes(0)) | Err(_) => next = Next::Done,
                 Ok(Progress::WouldBlock) => break,
-                Ok(Progress::Bytes(_)) => next = self.handle_frames(&mut buf),
+                Ok(Progress::Bytes(read)) => {
+                    next = self.handle_frames(&mut buf);
+                    // A stream socket that gave less than was asked for had no more: the
+                    // next recv would only say so (EAGAIN). Bytes that come later make the
+                    // socket readable again, and readiness is checked when it is armed.
+                    if read < spare {
+                        break;
+                    }
+                }
             }
             // Answers pile up while we read; write them before reading more, so the queue
             // stays short and a client that does not read gets no more answers.

@@ -29,10 +29,12 @@ impl Readiness {
     }
 
     /// Completes once the socket has bytes to read, a connection to accept, or an end.
-    pub async fn readable(&self) -> io::Result<()> {
+    ///
+    /// monoio's future itself, not one wrapped around it: an idle connection holds one.
+    pub fn readable(&self) -> impl Future<Output = io::Result<()>> + '_ {
         // Not relaxed: on epoll, readiness is confirmed with poll(2), because our own reads
         // bypass monoio and it cannot know that they drained the socket.
-        self.0.readable(false).await
+        self.0.readable(false)
     }
 
     /// Completes once the socket can take more bytes.
