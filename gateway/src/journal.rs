@@ -8,10 +8,12 @@
 //! `journal.append(lsn, &record)` (calling `write_pending` first whenever `is_full`), then
 //! `journal.commit().await`, then `Input::Durable { lsn: commit.durable }` to the router.
 //!
-//! Commits use `monoio::fs::File` (`write_all_at`, `sync_data`). On the io_uring driver those
-//! are io_uring write and fsync(DATASYNC) operations, so the shard thread keeps serving
-//! sockets while the disk works. On the legacy (epoll) driver monoio runs them as plain
-//! `pwrite`/`fdatasync` calls on the shard thread, which then waits for the disk. Opening,
+//! A commit writes with `pwrite` on the shard thread: that only copies into the page cache,
+//! and ext4 cannot do it as a non-blocking io_uring write, which io_uring would hand to a
+//! kernel worker thread at the price of two context switches per commit. The fdatasync,
+//! which waits for the disk, is `monoio::fs::File::sync_data`: an io_uring operation on that
+//! driver, so the shard thread keeps serving sockets meanwhile; on the legacy (epoll) driver
+//! a plain `fdatasync` on the shard thread, which then waits for the disk. Opening,
 //! recovery, creating a segment and deleting old ones use `std::fs`: they happen once per
 //! start, once per `segment_bytes_max` of log, and once per checkpoint.
 //!
@@ -26,7 +28,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use monoio::buf::IoBuf as _;
 use router::ShardId;
 use router::wal::{
     Lsn, RECORD_HEADER_BYTES, Record, SEGMENT_HEADER_BYTES, SegmentError, SegmentHeader,
@@ -564,7 +565,7 @@ impl Journal {
         let rolls = std::mem::take(&mut self.rolls);
         let mut start = 0;
         for roll in &rolls {
-            pending = self.write(pending, start, roll.offset).await?;
+            self.write(&pending[start..roll.offset])?;
             // The segment is complete: sync it before records go to the next one, so that
             // a power cut cannot tear it while later segments survive. `None` skips this
             // unless a checkpoint is on its way, whose old segments are deleted once it is
@@ -582,7 +583,7 @@ impl Journal {
             start = roll.offset;
         }
         let end = pending.len();
-        pending = self.write(pending, start, end).await?;
+        self.write(&pending[start..end])?;
         debug_assert_eq!(self.segments.back().map(|s| s.bytes), Some(self.tail_bytes));
         pending.clear();
         self.pending = pending;
@@ -590,38 +591,29 @@ impl Journal {
         Ok(())
     }
 
-    /// Writes `buffer[start..end]` at the end of the newest segment.
-    async fn write(&mut self, buffer: Vec<u8>, start: usize, end: usize) -> io::Result<Vec<u8>> {
-        if start == end {
-            return Ok(buffer);
+    /// Writes `bytes` at the end of the newest segment.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
         }
         let offset = self.segments.back().expect("a segment is open").bytes;
         #[cfg(test)]
-        let end = match self
+        match self
             .fault
             .take_if(|fault| matches!(fault, Fault::WriteFails | Fault::WriteHalf))
         {
             Some(Fault::WriteFails) => return Err(io::Error::other("injected write fault")),
             Some(_) => {
-                let half = start + (end - start) / 2;
-                let (result, _) = self
-                    .file
-                    .write_all_at(buffer.slice(start..half), offset)
-                    .await;
-                result?;
+                write_all_at(&self.file, &bytes[..bytes.len() / 2], offset)?;
                 return Err(io::Error::other("injected half write"));
             }
-            None => end,
-        };
-        let (result, slice) = self
-            .file
-            .write_all_at(buffer.slice(start..end), offset)
-            .await;
-        result?;
-        let written = (end - start) as u64;
+            None => {}
+        }
+        write_all_at(&self.file, bytes, offset)?;
+        let written = bytes.len() as u64;
         self.segments.back_mut().expect("a segment is open").bytes += written;
         self.disk_bytes += written;
-        Ok(slice.into_inner())
+        Ok(())
     }
 
     /// Adds an fdatasync's time to what the next commit reports.
@@ -696,6 +688,20 @@ impl Journal {
             tracing::warn!(dir = %self.dir.display(), error = %format!("{error:#}"), "cannot fsync the log directory");
         }
     }
+}
+
+/// Writes `bytes` at `offset` with `pwrite` on the shard thread. A log write only copies into
+/// the page cache, which takes microseconds; as an io_uring operation on ext4 (which cannot
+/// do buffered writes without blocking) it would be handed to a kernel worker thread, and the
+/// hand-off and the wake-up back cost more than the copy. Only fdatasync, which waits for the
+/// disk, stays an asynchronous operation.
+fn write_all_at(file: &monoio::fs::File, bytes: &[u8], offset: u64) -> io::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    use std::os::unix::fs::FileExt as _;
+    // SAFETY: the descriptor belongs to `file`, which outlives this call; the `std` file
+    // only borrows it (`ManuallyDrop` keeps it from closing the descriptor).
+    let borrowed = std::mem::ManuallyDrop::new(unsafe { fs::File::from_raw_fd(file.as_raw_fd()) });
+    borrowed.write_all_at(bytes, offset)
 }
 
 /// The offset in its segment of every recovered record, in lsn order, for `read_record`.
