@@ -77,13 +77,19 @@ impl Doorbell {
         fence(Ordering::SeqCst);
     }
 
-    /// The receiver woke (or decided not to sleep): clears the flag and the eventfd.
-    pub fn woke(&self) {
-        self.sleeping.store(false, Ordering::Relaxed);
-        let mut count: u64 = 0;
-        // SAFETY: we read 8 bytes into a live u64 from our own non-blocking eventfd; when
-        // the counter is zero it fails with EAGAIN, which is fine.
-        unsafe { libc::read(self.fd(), (&raw mut count).cast(), 8) };
+    /// The receiver woke (or decided not to sleep): clears the flag, and the eventfd if a
+    /// sender rang it or the eventfd's readiness is what woke the receiver (`bell_fired`).
+    /// A wake-up for another reason costs no syscall. A sender that cleared the flag may
+    /// write the eventfd only after this read; then the eventfd stays readable, wakes the
+    /// next sleep at once, and that wake-up (`bell_fired`) clears it.
+    pub fn woke(&self, bell_fired: bool) {
+        let rung = !self.sleeping.swap(false, Ordering::AcqRel);
+        if rung || bell_fired {
+            let mut count: u64 = 0;
+            // SAFETY: we read 8 bytes into a live u64 from our own non-blocking eventfd;
+            // when the counter is zero it fails with EAGAIN, which is fine.
+            unsafe { libc::read(self.fd(), (&raw mut count).cast(), 8) };
+        }
     }
 }
 
@@ -163,8 +169,17 @@ mod tests {
         bell.ring();
         assert!(!pending(&bell), "rung once per sleep");
         bell.prepare_sleep();
-        bell.woke();
+        bell.woke(true);
         bell.ring();
         assert!(!pending(&bell));
+        // Woken by something else after a sender rang: the eventfd is cleared all the same.
+        bell.prepare_sleep();
+        bell.ring();
+        bell.woke(false);
+        assert!(!pending(&bell), "a rung doorbell is cleared on waking");
+        bell.prepare_sleep();
+        bell.woke(false);
+        bell.ring();
+        assert!(!pending(&bell), "an awake shard is not rung");
     }
 }

@@ -99,6 +99,9 @@ impl RouterLoop {
             Ok(bell) => bell,
             Err(error) => fatal(self.shard.shard_id, "cannot watch the doorbell", &error),
         };
+        // Kept armed across sleeps that something else ends: dropping it would cancel the
+        // poll on the eventfd, and every sleep would arm a new one.
+        let mut bell_ready = std::pin::pin!(bell.readable());
         let mut next_tick = Instant::now();
         loop {
             let worked = self.turn().await;
@@ -118,7 +121,7 @@ impl RouterLoop {
             }
             doorbell.prepare_sleep();
             if self.has_incoming() || self.shard.link.has_local() {
-                doorbell.woke();
+                doorbell.woke(false);
                 continue;
             }
             // Outboxes that did not fit their rings wait for the other shard to drain them:
@@ -128,13 +131,16 @@ impl RouterLoop {
             } else {
                 next_tick.saturating_duration_since(now)
             };
-            monoio::select! {
-                () = self.shard.link.router_wake.wait() => {},
-                _ = bell.readable() => {},
-                () = monoio::time::sleep(wait) => {},
-                () = stop.wait() => {},
+            let bell_fired = monoio::select! {
+                () = self.shard.link.router_wake.wait() => false,
+                _ = bell_ready.as_mut() => true,
+                () = monoio::time::sleep(wait) => false,
+                () = stop.wait() => false,
+            };
+            if bell_fired {
+                bell_ready.set(bell.readable());
             }
-            doorbell.woke();
+            doorbell.woke(bell_fired);
         }
         flushed.fire();
     }
