@@ -14,7 +14,13 @@ traffic. Each is measured with:
   at half of switchboard's sustained rate, the p50 and p99 of `message_received` and of
   delivery for every peer. The limit is measured with `echo` instead of `pairs` (the same
   frames at the same rates, each echoed back to its sender): its `ack` is the echo, and it
-  has no delivery.
+  has no delivery;
+- `storm` at a fifth of switchboard's sustained rate with a 10x spike (twice what switchboard
+  sustains) for 3 s: the ack p99 before, the worst second of the spike, and the seconds the
+  ack p99 takes to come back after it. The limit has no storm (it is an echo);
+- `churn` at the same rate as the latency run, receivers closing and coming back all the
+  time: for switchboard only, because the relays keep no inbox and drop what comes for a
+  user who is away, so their `lost` would say nothing about them.
 
 Usage: bench/compare.py [--quick] [--rates 10000,20000,...] [--idle-conns N]
 """
@@ -159,8 +165,11 @@ def main():
     parser.add_argument("--p99-limit-ms", type=float, default=50.0,
                         help="a rate counts as sustained while ack p99 stays under this")
     args = parser.parse_args()
+    # The storm's measured time and its spike (which starts 2 s in).
+    args.storm_duration, args.storm_spike = "10s", "3s"
     if args.quick:
         args.rates, args.idle_conns, args.duration, args.conns = "2000,4000", 500, "2s", 100
+        args.storm_duration, args.storm_spike = "5s", "2s"
     rates = [int(r) for r in args.rates.split(",")]
 
     run(["cargo", "build", "--release", "-p", "switchboard", "-p", "switchboard-loadgen",
@@ -235,6 +244,59 @@ def main():
                 # message: what each message costs the server, whoever else shares the cores.
                 "cpu_us_per_message": cpu * 1e6 / acknowledged if acknowledged else None,
                 "send_lag_p99": latency["send_lag"].get("p99"),
+            }
+        finally:
+            peer.stop()
+
+    # A storm: the pairs load at a fifth of switchboard's sustained rate, with a spike to
+    # twice that rate, and how each peer's latency recovers. The echo has no storm.
+    storm_rate = max(200, int(reference["rate"] / 5)) if reference else rates[0] // 5
+    for name, make, load in peers(work):
+        if load is not PAIRS:
+            continue
+        peer = make().start()
+        try:
+            report = loadgen(["storm", "--url", peer.url, "--conns", args.conns,
+                              "--rate", storm_rate, "--spike-factor", 10, "--spike-at", "2s",
+                              "--spike", args.storm_spike, "--duration", args.storm_duration,
+                              "--warmup", "1s"],
+                             work / "storm.json")
+            spike = report.get("spike") or {}
+            # The per-second series start at second 0, the warmup's first.
+            series = report["series"]["p99_ms"]["ack"]
+            during = [p for second, p in enumerate(series)
+                      if p is not None and spike.get("from_second", 0) <= second
+                      < spike.get("until_second", 0)]
+            c = report["counters"]
+            results[name]["storm"] = {
+                "rate": storm_rate, "spike_rate": spike.get("rate"),
+                "baseline_ack_p99": spike.get("baseline_ack_p99_ms"),
+                "spike_ack_p99_worst": max(during) if during else None,
+                "recovery_seconds": report.get("recovery"),
+                "acknowledged": c["acknowledged"], "sent": c["sent"], "lost": c["lost"],
+                "rejected": c["rejected"],
+            }
+        finally:
+            peer.stop()
+
+    # Churn: receivers leave and come back while messages flow; the inbox must drain.
+    for name, make, load in peers(work):
+        if not name.startswith("switchboard"):
+            continue
+        peer = make().start()
+        try:
+            report = loadgen(["churn", "--url", peer.url, "--conns", args.conns,
+                              "--rate", half, "--duration", args.duration, "--warmup", "1s"],
+                             work / "churn.json")
+            c = report["counters"]
+            latency = report["latency_ms"]
+            results[name]["churn"] = {
+                "rate": half, "reconnects": c["reconnects"], "delivered": c["delivered"],
+                "acknowledged": c["acknowledged"], "lost": c["lost"],
+                "duplicates": c["duplicates"], "reordered": c["reordered"],
+                "delivery_p50": latency.get("delivery", {}).get("p50"),
+                "delivery_p99": latency.get("delivery", {}).get("p99"),
+                "reconnect_p99": latency.get("reconnect", {}).get("p99"),
             }
         finally:
             peer.stop()
@@ -322,6 +384,50 @@ def write_results(results, args, started):
               "its own delay in sending: when it grows, the client, not the server, limits "
               "the run. The limit's ack is its echo and its CPU is per echoed message; it has "
               "no delivery."]
+    storm = next((f["storm"] for f in results.values() if "storm" in f), {})
+    lines += [
+        "",
+        f"Storm: {fmt(storm.get('rate'))} msg/s with a spike to {fmt(storm.get('spike_rate'))} "
+        f"msg/s for {args.storm_spike} from 2 s into {args.storm_duration} measured, ms:",
+        "",
+        "| peer | ack p99 before | worst ack p99 in the spike | seconds to recover | "
+        "acknowledged of sent | lost | refused |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, figures in results.items():
+        st = figures.get("storm")
+        if st is None:
+            lines.append(f"| {name} | n/a | n/a | n/a | n/a | n/a | n/a |")
+            continue
+        recovery = st.get("recovery_seconds")
+        lines.append(f"| {name} | {fmt(st.get('baseline_ack_p99'), 2)} | "
+                     f"{fmt(st.get('spike_ack_p99_worst'), 2)} | "
+                     f"{fmt(recovery, 0) if recovery is not None else 'not in the run'} | "
+                     f"{fmt(st['acknowledged'])} of {fmt(st['sent'])} | {fmt(st['lost'])} | "
+                     f"{fmt(st['rejected'])} |")
+    lines += ["", "Recovery: the seconds after the spike until the ack p99 of a second is back "
+              "under twice its level before the spike (0: at once). The limit is an echo and "
+              "has no storm."]
+    churn = next((f["churn"] for f in results.values() if "churn" in f), {})
+    lines += [
+        "",
+        f"Churn: {fmt(churn.get('rate'))} msg/s while receivers disconnect and reconnect, ms:",
+        "",
+        "| peer | reconnects | delivered of acknowledged | lost | duplicates | reordered | "
+        "delivery p50 | delivery p99 | reconnect p99 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, figures in results.items():
+        ch = figures.get("churn")
+        if ch is None:
+            continue
+        lines.append(f"| {name} | {fmt(ch['reconnects'])} | {fmt(ch['delivered'])} of "
+                     f"{fmt(ch['acknowledged'])} | {fmt(ch['lost'])} | {fmt(ch['duplicates'])} "
+                     f"| {fmt(ch['reordered'])} | {fmt(ch.get('delivery_p50'), 2)} | "
+                     f"{fmt(ch.get('delivery_p99'), 2)} | {fmt(ch.get('reconnect_p99'), 2)} |")
+    lines += ["", "Churn runs against switchboard only: the relays keep no inbox and drop "
+              "messages for a user who is away. Delivery latency includes the time a receiver "
+              "was away."]
     lines += ["", "Every rung of the ladder:", ""]
     for name, figures in results.items():
         for step in figures["ladder"]:
