@@ -13,7 +13,9 @@
 //! checks `sleeping` after its push and, if it was set, clears it and writes the eventfd.
 //! Both sides put a sequentially consistent fence between their store and their load, so at
 //! least one of them sees the other's (the receiver sees the envelope, or the sender sees
-//! that it must ring).
+//! that it must ring). On waking, the receiver clears `sleeping`; it reads the eventfd only
+//! if a sender had cleared the flag (and so wrote, or is about to write) or the eventfd's
+//! readiness is what woke it, so a wake-up for another reason costs no syscall.
 
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 use std::sync::Arc;
