@@ -29,10 +29,7 @@ const START_TIME_LIMIT: Duration = Duration::from_secs(30);
 /// builds it; the others wait for that.
 fn echo_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| match std::env::var_os("URING_ECHO_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => common::build_binary("uring-echo", "uring-echo"),
-    })
+    BINARY.get_or_init(|| common::binary("URING_ECHO_BIN", "uring-echo", "uring-echo"))
 }
 
 /// A running echo on an ephemeral port, killed when dropped.

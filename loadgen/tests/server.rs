@@ -28,10 +28,7 @@ const START_TIME_LIMIT: Duration = Duration::from_secs(30);
 /// threads: the first to need it finds or builds it, the others wait for that.
 fn server_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| match std::env::var_os("SWITCHBOARD_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => common::build_binary("switchboard", "switchboard"),
-    })
+    BINARY.get_or_init(|| common::binary("SWITCHBOARD_BIN", "switchboard", "switchboard"))
 }
 
 /// A running server on ephemeral ports, killed when dropped.

@@ -16,6 +16,15 @@ pub const RUN_TIME_LIMIT: Duration = Duration::from_secs(90);
 /// Longest `cargo build` of another binary of the workspace may take.
 pub const BUILD_TIME_LIMIT: Duration = Duration::from_secs(900);
 
+/// The binary named by the environment variable `path_env` if it is set (a prebuilt one),
+/// else `build_binary(package, bin)`.
+pub fn binary(path_env: &str, package: &str, bin: &str) -> PathBuf {
+    match std::env::var_os(path_env) {
+        Some(path) => PathBuf::from(path),
+        None => build_binary(package, bin),
+    }
+}
+
 /// Builds binary `bin` of workspace package `package` into the load generator's own target
 /// directory and profile, and returns its path. Always asked of cargo (a no-op when the
 /// binary is fresh), so a stale binary from an older build is never what is tested.
