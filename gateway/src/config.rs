@@ -259,6 +259,9 @@ pub struct Limits {
     pub wal_checkpoint_slack_bytes: u64,
     /// Encoded records waiting for one write.
     pub wal_pending_bytes_max: usize,
+    /// After a failed write or fsync of the log, the longest wait between two attempts to
+    /// rewrite it (the first comes one tick after the failure, then each wait doubles).
+    pub wal_retry_ms_max: u64,
 }
 
 impl Default for Limits {
@@ -315,6 +318,7 @@ impl Default for Limits {
             wal_batch_interval_ms: journal.batch_interval_ms,
             wal_checkpoint_slack_bytes: journal.checkpoint_slack_bytes,
             wal_pending_bytes_max: journal.pending_bytes_max,
+            wal_retry_ms_max: 5_000,
         }
     }
 }
@@ -411,6 +415,7 @@ impl Limits {
                 self.mesh_batch_envelopes_max as u64,
             ),
             ("router_tick_ms", self.router_tick_ms),
+            ("wal_retry_ms_max", self.wal_retry_ms_max),
             ("users_max", self.users_max as u64),
             ("conns_per_user_max", self.conns_per_user_max as u64),
             ("inbox_messages_max", self.inbox_messages_max as u64),

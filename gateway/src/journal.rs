@@ -102,18 +102,25 @@ pub struct Commit {
     pub sync_micros: Option<u64>,
 }
 
-/// Faults that tests can plant in the storage path: the next operation at that point fails.
+/// Faults that tests can plant in the journal's file layer (its writes and fdatasyncs, the
+/// two calls that can fail with ENOSPC or EIO): a one-shot fault fails the next operation at
+/// that point, a stuck one fails every one until `clear_faults`, as a full or failing disk
+/// would.
 #[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// The next write returns an error and writes nothing.
+    /// The write returns an error and writes nothing.
     WriteFails,
-    /// The next write puts only the first half of its bytes in the file, then returns an
-    /// error: a crash in the middle of a write.
+    /// The write puts only the first half of its bytes in the file, then returns an error:
+    /// a crash or a full disk in the middle of a write.
     WriteHalf,
-    /// The next fdatasync returns an error.
+    /// The fdatasync returns an error.
     SyncFails,
 }
+
+/// What a journal's failure says when a write or fsync was under way and its future was
+/// dropped before it finished: what reached the files is unknown.
+const ABANDONED: &str = "a write or fsync of the log was abandoned midway";
 
 /// A segment file on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +137,17 @@ struct Roll {
     first_lsn: Lsn,
 }
 
+/// The newest point of the log that the files hold as the durability promises: fsynced
+/// (`Fsync`, `Batch`), or written (`None`). Everything after it is still in `pending`, so
+/// that a failed write or fsync can be redone from memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SafePoint {
+    lsn: Lsn,
+    /// The segment that holds it (the newest one at that time), and its size there.
+    segment_first_lsn: Lsn,
+    segment_bytes: u64,
+}
+
 /// The log of one shard.
 pub struct Journal {
     dir: PathBuf,
@@ -140,9 +158,14 @@ pub struct Journal {
     file: monoio::fs::File,
     /// Sum of `segments[..].bytes`.
     disk_bytes: u64,
-    /// Encoded records not yet written, with the points where new segments start in it.
+    /// The encoded records after `safe.lsn`, with the points where new segments start in
+    /// it. The first `written` bytes are in the files (and the first `rolls_done` rolls
+    /// made); the rest waits for a write.
     pending: Vec<u8>,
+    written: usize,
     rolls: Vec<Roll>,
+    rolls_done: usize,
+    safe: SafePoint,
     /// The segment the next appended record goes to, as it will be once `pending` is
     /// written: its first lsn and its size.
     tail_first_lsn: Lsn,
@@ -176,13 +199,17 @@ pub struct Journal {
     /// A `CheckpointEnd` was appended: the lsn its checkpoint began at. Once a commit has
     /// synced it, the segments before that lsn are deleted.
     checkpoint_end: Option<Lsn>,
-    /// Set while a commit (or write) is under way and left set if it fails or its future is
-    /// dropped: what reached the file is then unknown (and after a failed fsync, the page
-    /// cache may have dropped the data), so nothing more may be reported durable. The
-    /// shard must stop and recover from the files.
-    broken: bool,
+    /// Set by a failed write or fsync (or a write whose future was dropped midway), with
+    /// what went wrong: what reached the files after `safe` is unknown, and after a failed
+    /// fsync the kernel may have dropped those pages while marking them clean, so a second
+    /// fsync could succeed without writing them (the PostgreSQL "fsyncgate" lesson).
+    /// Nothing more is written, synced or reported durable until `repair` has cut the
+    /// files back to `safe` and written everything after it again from `pending`.
+    failed: Option<String>,
     #[cfg(test)]
     fault: Option<Fault>,
+    #[cfg(test)]
+    stuck_fault: Option<Fault>,
 }
 
 impl fmt::Debug for Journal {
@@ -193,23 +220,26 @@ impl fmt::Debug for Journal {
             .field("last_appended", &self.last_appended)
             .field("last_written", &self.last_written)
             .field("last_synced", &self.last_synced)
+            .field("safe", &self.safe)
             .field("pending_bytes", &self.pending.len())
-            .field("broken", &self.broken)
+            .field("failed", &self.failed)
             .finish_non_exhaustive()
     }
 }
 
 impl Journal {
     /// Opens (creating if needed) `<data_dir>/shard-<id>/` and recovers it: scans the
-    /// segments in lsn order, truncates the first torn one at its last valid record and
-    /// deletes every segment after it (their records cannot follow the gap), likewise ends
-    /// the log at a segment that does not start right after the one before it, finishes the
-    /// deletion of segments that a durable checkpoint made unnecessary, fsyncs the kept
-    /// segments and the directory, and returns the records for `RouterShard::recover`.
+    /// segments in lsn order, truncates a torn tail of the newest segment at its last valid
+    /// record, finishes the deletion of segments that a durable checkpoint made
+    /// unnecessary, fsyncs the kept segments and the directory, and returns the records for
+    /// `RouterShard::recover`.
     ///
     /// A newest segment no longer than a header whose header does not verify (a crash while
-    /// it was created) is deleted. Any other segment that cannot be read is corruption, and
-    /// the error names the file. Must run inside the shard's monoio runtime.
+    /// it was created) is deleted. Anything else that cannot be read (a bad record with
+    /// valid records after it, a bad record in an older segment, a gap between segments)
+    /// is corruption: the error names the file and the way out (`switchboard wal check`,
+    /// `switchboard wal repair --truncate`), and nothing is changed. Must run inside the
+    /// shard's monoio runtime.
     pub fn open(
         data_dir: &Path,
         shard_id: ShardId,
@@ -302,7 +332,14 @@ impl Journal {
             file,
             disk_bytes,
             pending: Vec::new(),
+            written: 0,
             rolls: Vec::new(),
+            rolls_done: 0,
+            safe: SafePoint {
+                lsn: last_lsn,
+                segment_first_lsn: tail.first_lsn,
+                segment_bytes: tail.bytes,
+            },
             tail_first_lsn: tail.first_lsn,
             tail_bytes: tail.bytes,
             last_appended: last_lsn,
@@ -319,9 +356,11 @@ impl Journal {
             reader: None,
             checkpoint_open: None,
             checkpoint_end: None,
-            broken: false,
+            failed: None,
             #[cfg(test)]
             fault: None,
+            #[cfg(test)]
+            stuck_fault: None,
         };
         Ok((journal, records))
     }
@@ -330,8 +369,10 @@ impl Journal {
     /// and so does a record that would go into a segment that reached `segment_bytes_max`.
     ///
     /// Panics if `lsn` is not the next one, or if the pending buffer is full (the caller
-    /// checks `is_full` and calls `write_pending`). A broken journal drops the record: it
-    /// can never be reported durable.
+    /// checks `is_full` and calls `write_pending`) while the journal works. A failed
+    /// journal takes records past the bound: the router already counts them as appended,
+    /// and the caller stops taking inputs while `is_full` (so it passes the bound by at
+    /// most one turn's records).
     pub fn append(&mut self, lsn: Lsn, record: &Record) {
         assert_eq!(
             lsn,
@@ -339,15 +380,10 @@ impl Journal {
             "appended lsns are consecutive"
         );
         assert!(
-            !self.is_full(),
+            !self.is_full() || self.failed.is_some(),
             "append to a full pending buffer: call write_pending first"
         );
         self.last_appended = lsn;
-        if self.broken {
-            // Keeps the index aligned; the journal will never be read or written again.
-            self.offsets.push_back(0);
-            return;
-        }
         let starts_checkpoint = matches!(record, Record::CheckpointBegin { .. });
         let tail_is_empty = self.tail_first_lsn == lsn;
         if !tail_is_empty && (starts_checkpoint || self.tail_bytes >= self.config.segment_bytes_max)
@@ -381,57 +417,78 @@ impl Journal {
         }
     }
 
-    /// Whether `append` must wait for `write_pending` (or `commit`).
+    /// Whether `append` must wait for `write_pending` (or `commit`): the records not yet
+    /// written reached `pending_bytes_max`.
     pub fn is_full(&self) -> bool {
-        self.pending.len() >= self.config.pending_bytes_max
+        self.pending.len() - self.written >= self.config.pending_bytes_max
     }
 
-    /// Writes the pending records without syncing or reporting them: for a turn that
-    /// appends more than `pending_bytes_max` (a checkpoint copies all live state in one
-    /// router step). The next `commit` reports them.
+    /// Writes the pending records without reporting them: for a turn that appends more
+    /// than `pending_bytes_max` (a checkpoint copies all live state in one router step).
+    /// With `Fsync` and `Batch` it also fdatasyncs once `pending_bytes_max` written bytes
+    /// wait for one, so that the copy kept for a rewrite stays bounded. The next `commit`
+    /// reports them.
     pub async fn write_pending(&mut self) -> io::Result<()> {
         self.usable()?;
-        self.broken = true;
-        self.write_pending_inner().await?;
-        self.broken = false;
-        Ok(())
+        self.failed = Some(ABANDONED.to_owned());
+        let result = async {
+            self.write_unwritten().await?;
+            if self.config.durability != Durability::None
+                && self.written >= self.config.pending_bytes_max
+            {
+                let micros = self.sync().await?;
+                self.count_sync(micros);
+            }
+            Ok(())
+        };
+        let result = result.await;
+        self.settle_or_fail(result)
     }
 
     /// Writes everything pending, then syncs according to the durability, and reports what
     /// is durable: `Fsync` fdatasyncs every commit; `Batch` fdatasyncs if
-    /// `batch_interval_ms` passed since the last one and reports the records as soon as they
-    /// are in the page cache (a killed process loses nothing, a power cut may lose the last
-    /// interval); `None` never fdatasyncs. A commit that holds a `CheckpointEnd` always
-    /// fdatasyncs and then deletes the segments before that checkpoint.
+    /// `batch_interval_ms` passed since the last one (or `pending_bytes_max` written bytes
+    /// wait for one) and reports the records as soon as they are in the page cache (a
+    /// killed process loses nothing, a power cut may lose the last interval); `None` never
+    /// fdatasyncs. A commit that holds a `CheckpointEnd` always fdatasyncs and then deletes
+    /// the segments before that checkpoint.
     ///
     /// `Ok(None)` if nothing was appended since the last commit. An error leaves the journal
-    /// broken: nothing is reported durable any more, and the shard must restart to recover.
-    /// The future must run to completion: dropping it midway also breaks the journal.
+    /// failed: nothing is written or reported durable until `repair` succeeds. The future
+    /// must run to completion: dropping it midway also leaves the journal failed.
     pub async fn commit(&mut self) -> io::Result<Option<Commit>> {
         self.usable()?;
         if self.last_committed == self.last_appended {
             return Ok(None);
         }
-        self.broken = true;
-        self.write_pending_inner().await?;
-        let checkpoint_done = self.checkpoint_end.take();
-        let sync = checkpoint_done.is_some()
-            || match self.config.durability {
-                Durability::Fsync => true,
-                Durability::Batch => self.batch_interval_passed(),
-                Durability::None => false,
-            };
-        if sync && self.last_synced < self.last_written {
-            let micros = self.sync().await?;
-            self.count_sync(micros);
-        }
+        self.failed = Some(ABANDONED.to_owned());
+        let result = async {
+            self.write_unwritten().await?;
+            let checkpoint_done = self.checkpoint_end;
+            let sync = checkpoint_done.is_some()
+                || match self.config.durability {
+                    Durability::Fsync => true,
+                    Durability::Batch => {
+                        self.batch_interval_passed()
+                            || self.written >= self.config.pending_bytes_max
+                    }
+                    Durability::None => false,
+                };
+            if sync && self.last_synced < self.last_written {
+                let micros = self.sync().await?;
+                self.count_sync(micros);
+            }
+            Ok(checkpoint_done)
+        };
+        let checkpoint_done = result.await;
+        let checkpoint_done = self.settle_or_fail(checkpoint_done)?;
         if let Some(begin) = checkpoint_done {
+            self.checkpoint_end = None;
             self.delete_segments_before(begin);
         }
         assert_eq!(self.last_written, self.last_appended);
         assert!(self.last_committed < self.last_written);
         self.last_committed = self.last_written;
-        self.broken = false;
         Ok(Some(Commit {
             durable: self.last_committed,
             sync_micros: self.unreported_sync_micros.take(),
@@ -450,25 +507,55 @@ impl Journal {
         if !due {
             return Ok(None);
         }
-        self.broken = true;
-        let micros = self.sync().await?;
-        self.broken = false;
-        Ok(Some(micros))
+        self.failed = Some(ABANDONED.to_owned());
+        let result = self.sync().await;
+        self.settle_or_fail(result).map(Some)
+    }
+
+    /// After a failure: cuts the log back to the last safe point and writes everything
+    /// after it again from memory, then fdatasyncs. Segments made after the safe point are
+    /// deleted, the safe point's segment is truncated there (and that fsynced) and opened
+    /// anew; what follows goes in as new writes, never trusting pages that a failed fsync
+    /// may have dropped. On success the journal works again and the next `commit` reports
+    /// the rewritten records; on an error it stays failed, and the caller tries again
+    /// later. A journal that has not failed returns at once.
+    pub async fn repair(&mut self) -> io::Result<()> {
+        if self.failed.is_none() {
+            return Ok(());
+        }
+        let result = async {
+            self.cut_back_to_safe()?;
+            self.write_unwritten().await?;
+            if self.last_synced < self.last_written {
+                let micros = self.sync().await?;
+                self.count_sync(micros);
+            }
+            Ok(())
+        };
+        let result = result.await;
+        self.settle_or_fail(result)
     }
 
     /// Reads back the record at `lsn`, for a message whose body the router dropped from
-    /// memory. A record still in the pending buffer is written first (not synced: the
-    /// read only needs it in the file). An error names what went wrong; the journal stays
-    /// usable unless writing the pending records failed.
+    /// memory. A record after the safe point is decoded from the copy in memory (it may not
+    /// be in a file yet, or, after a failure, not reliably); older ones are read from their
+    /// segment. An error names what went wrong and leaves the journal as it was.
     pub async fn read_record(&mut self, lsn: Lsn) -> io::Result<Record> {
-        self.usable()?;
         let index = lsn
             .0
             .checked_sub(self.offsets_first.0)
             .filter(|_| lsn <= self.last_appended)
             .ok_or_else(|| io::Error::other(format!("lsn {} is not in the log", lsn.0)))?;
-        if lsn > self.last_written {
-            self.write_pending().await?;
+        let corrupt = || io::Error::other(format!("the record at lsn {} is unreadable", lsn.0));
+        if lsn > self.safe.lsn {
+            let mut rest = &self.pending[..];
+            while let Some((found, record, used)) = decode_record(rest) {
+                if found == lsn {
+                    return Ok(record);
+                }
+                rest = &rest[used..];
+            }
+            return Err(corrupt());
         }
         let offset = self.offsets[index as usize];
         let segment = self.segments[self.segments.partition_point(|s| s.first_lsn <= lsn) - 1];
@@ -486,7 +573,6 @@ impl Journal {
             .read_exact_at(vec![0u8; RECORD_HEADER_BYTES], offset)
             .await;
         read?;
-        let corrupt = || io::Error::other(format!("the record at lsn {} is unreadable", lsn.0));
         let framed = framed_len(&header).ok_or_else(corrupt)?;
         let (read, bytes) = file.read_exact_at(vec![0u8; framed], offset).await;
         read?;
@@ -498,9 +584,10 @@ impl Journal {
 
     /// Whether the log has grown enough since the last checkpoint that one is worth it: past
     /// twice the size of the last checkpoint plus `checkpoint_slack_bytes`. Never while a
-    /// checkpoint is waiting for its commit.
+    /// checkpoint is waiting for its commit, nor while the journal is failed.
     pub fn wants_checkpoint(&self) -> bool {
-        self.checkpoint_open.is_none()
+        self.failed.is_none()
+            && self.checkpoint_open.is_none()
             && self.checkpoint_end.is_none()
             && self.since_checkpoint_bytes
                 > self
@@ -534,10 +621,10 @@ impl Journal {
         self.segments.len()
     }
 
-    /// Whether a failed or abandoned commit broke the journal.
+    /// What the failure that stopped the journal was, while it is failed.
     #[cfg(test)]
-    pub fn is_broken(&self) -> bool {
-        self.broken
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
     }
 
     /// Plants a fault: the next operation at that point fails.
@@ -546,11 +633,32 @@ impl Journal {
         self.fault = Some(fault);
     }
 
+    /// Plants a fault that fails every operation at that point until `clear_faults`.
+    #[cfg(test)]
+    pub fn inject_until_cleared(&mut self, fault: Fault) {
+        self.stuck_fault = Some(fault);
+    }
+
+    #[cfg(test)]
+    pub fn clear_faults(&mut self) {
+        self.fault = None;
+        self.stuck_fault = None;
+    }
+
+    /// The planted fault that applies to an operation, if any.
+    #[cfg(test)]
+    fn fault_at(&mut self, applies: impl Fn(Fault) -> bool) -> Option<Fault> {
+        if let Some(fault) = self.fault.take_if(|fault| applies(*fault)) {
+            return Some(fault);
+        }
+        self.stuck_fault.filter(|fault| applies(*fault))
+    }
+
     fn usable(&self) -> io::Result<()> {
-        if self.broken {
-            return Err(io::Error::other(
-                "an earlier write or fsync of the log failed: restart the shard to recover",
-            ));
+        if let Some(failure) = &self.failed {
+            return Err(io::Error::other(format!(
+                "the log failed earlier ({failure}) and has not been rewritten yet"
+            )));
         }
         Ok(())
     }
@@ -559,13 +667,48 @@ impl Journal {
         self.last_sync_at.elapsed() >= Duration::from_millis(self.config.batch_interval_ms)
     }
 
-    /// Writes `pending` to the segments, one write per segment, creating the new ones.
-    async fn write_pending_inner(&mut self) -> io::Result<()> {
-        let mut pending = std::mem::take(&mut self.pending);
-        let rolls = std::mem::take(&mut self.rolls);
-        let mut start = 0;
-        for roll in &rolls {
-            self.write(&pending[start..roll.offset])?;
+    /// After an operation on the files: an error fails the journal; success moves the safe
+    /// point when everything appended is written (and, unless the durability is `None`,
+    /// fdatasynced), which drops the copy in memory.
+    fn settle_or_fail<T>(&mut self, result: io::Result<T>) -> io::Result<T> {
+        match &result {
+            Err(error) => self.failed = Some(error.to_string()),
+            Ok(_) => {
+                self.failed = None;
+                let all_written =
+                    self.written == self.pending.len() && self.last_written == self.last_appended;
+                let safe = all_written
+                    && (self.config.durability == Durability::None
+                        || self.last_synced == self.last_written);
+                if safe {
+                    let tail = *self.segments.back().expect("a segment is open");
+                    debug_assert_eq!(tail.first_lsn, self.tail_first_lsn);
+                    self.safe = SafePoint {
+                        lsn: self.last_written,
+                        segment_first_lsn: tail.first_lsn,
+                        segment_bytes: tail.bytes,
+                    };
+                    self.pending.clear();
+                    self.written = 0;
+                    self.rolls.clear();
+                    self.rolls_done = 0;
+                }
+            }
+        }
+        result
+    }
+
+    /// Writes the unwritten part of `pending` to the segments, one write per segment,
+    /// making the new ones at their rolls.
+    async fn write_unwritten(&mut self) -> io::Result<()> {
+        while self.written < self.pending.len() || self.rolls_done < self.rolls.len() {
+            let roll = self.rolls.get(self.rolls_done).copied();
+            let end = roll.map_or(self.pending.len(), |roll| roll.offset);
+            self.write(self.written, end)?;
+            self.written = end;
+            let Some(roll) = roll else {
+                break;
+            };
             // The segment is complete: sync it before records go to the next one, so that
             // a power cut cannot tear it while later segments survive. `None` skips this
             // unless a checkpoint is on its way, whose old segments are deleted once it is
@@ -580,37 +723,31 @@ impl Journal {
             self.file = monoio::fs::File::from_std(file)?;
             self.segments.push_back(segment);
             self.disk_bytes += segment.bytes;
-            start = roll.offset;
+            self.rolls_done += 1;
         }
-        let end = pending.len();
-        self.write(&pending[start..end])?;
         debug_assert_eq!(self.segments.back().map(|s| s.bytes), Some(self.tail_bytes));
-        pending.clear();
-        self.pending = pending;
         self.last_written = self.last_appended;
         Ok(())
     }
 
-    /// Writes `bytes` at the end of the newest segment.
-    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if bytes.is_empty() {
+    /// Writes `pending[start..end]` at the end of the newest segment.
+    fn write(&mut self, start: usize, end: usize) -> io::Result<()> {
+        if start == end {
             return Ok(());
         }
         let offset = self.segments.back().expect("a segment is open").bytes;
         #[cfg(test)]
-        match self
-            .fault
-            .take_if(|fault| matches!(fault, Fault::WriteFails | Fault::WriteHalf))
-        {
+        match self.fault_at(|fault| matches!(fault, Fault::WriteFails | Fault::WriteHalf)) {
             Some(Fault::WriteFails) => return Err(io::Error::other("injected write fault")),
             Some(_) => {
-                write_all_at(&self.file, &bytes[..bytes.len() / 2], offset)?;
+                let half = start + (end - start) / 2;
+                write_all_at(&self.file, &self.pending[start..half], offset)?;
                 return Err(io::Error::other("injected half write"));
             }
             None => {}
         }
-        write_all_at(&self.file, bytes, offset)?;
-        let written = bytes.len() as u64;
+        write_all_at(&self.file, &self.pending[start..end], offset)?;
+        let written = (end - start) as u64;
         self.segments.back_mut().expect("a segment is open").bytes += written;
         self.disk_bytes += written;
         Ok(())
@@ -628,11 +765,7 @@ impl Journal {
     /// fdatasyncs the newest segment (older ones were synced when they were completed).
     async fn sync(&mut self) -> io::Result<u64> {
         #[cfg(test)]
-        if self
-            .fault
-            .take_if(|fault| *fault == Fault::SyncFails)
-            .is_some()
-        {
+        if self.fault_at(|fault| fault == Fault::SyncFails).is_some() {
             return Err(io::Error::other("injected fsync fault"));
         }
         let started = Instant::now();
@@ -641,6 +774,46 @@ impl Journal {
         self.last_synced = self.last_written;
         self.last_sync_at = Instant::now();
         Ok(micros)
+    }
+
+    /// The first half of `repair`: deletes the segment files made after the safe point
+    /// (listed from the directory, so that one whose creation failed halfway goes too),
+    /// truncates the safe point's segment to its size there, fsyncs both, and opens that
+    /// segment again for the writes that follow.
+    fn cut_back_to_safe(&mut self) -> io::Result<()> {
+        let other = |error: anyhow::Error| io::Error::other(format!("{error:#}"));
+        self.reader = None;
+        let safe = self.safe;
+        for (first_lsn, path) in list_segments(&self.dir).map_err(other)? {
+            if first_lsn > safe.segment_first_lsn {
+                match fs::remove_file(&path) {
+                    Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+                    _ => {}
+                }
+            }
+        }
+        while self
+            .segments
+            .back()
+            .is_some_and(|last| last.first_lsn > safe.segment_first_lsn)
+        {
+            self.segments.pop_back();
+        }
+        let path = segment_path(&self.dir, safe.segment_first_lsn);
+        let file = fs::OpenOptions::new().write(true).open(&path)?;
+        file.set_len(safe.segment_bytes)?;
+        file.sync_all()?;
+        sync_dir(&self.dir).map_err(other)?;
+        self.file = monoio::fs::File::from_std(file)?;
+        let tail = self.segments.back_mut().expect("the safe point's segment");
+        debug_assert_eq!(tail.first_lsn, safe.segment_first_lsn);
+        tail.bytes = safe.segment_bytes;
+        self.disk_bytes = self.segments.iter().map(|s| s.bytes).sum();
+        self.written = 0;
+        self.rolls_done = 0;
+        self.last_written = safe.lsn;
+        self.last_synced = safe.lsn;
+        Ok(())
     }
 
     /// Deletes the segments before the one that starts at `begin`, once the checkpoint that
@@ -1545,32 +1718,70 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_write_reports_no_durability() {
+    fn a_failed_write_or_fsync_reports_nothing_until_the_log_is_rewritten() {
         on_each_driver(|| async {
-            for fault in [Fault::WriteFails, Fault::SyncFails] {
+            for fault in [Fault::WriteFails, Fault::WriteHalf, Fault::SyncFails] {
                 let data = tempfile::tempdir().unwrap();
                 let (mut journal, _) = open(data.path(), JournalConfig::DEFAULT);
                 commit_all(&mut journal, &messages(1..=5)).await;
                 append_all(&mut journal, &messages(6..=8));
-                journal.inject(fault);
+                journal.inject_until_cleared(fault);
                 assert!(journal.commit().await.is_err(), "{fault:?}");
-                assert!(journal.is_broken());
+                assert!(journal.failure().is_some());
                 assert_eq!(journal.committed_lsn(), Lsn(5));
-                // Nothing is reported durable any more, even once the disk works again.
+                // Records the router still appends wait in memory; nothing is written,
+                // synced or reported, and a rewrite fails while the disk does.
                 append_all(&mut journal, &messages(9..=9));
                 assert!(journal.commit().await.is_err(), "{fault:?}");
                 assert!(journal.write_pending().await.is_err());
                 assert!(journal.sync_if_due().await.is_err());
+                assert!(journal.repair().await.is_err(), "{fault:?}");
+                assert!(journal.failure().is_some());
+                assert!(!journal.wants_checkpoint());
+                // Reads go on: from the files before the failure, from memory after it.
+                assert_eq!(journal.read_record(Lsn(3)).await.unwrap(), message(3));
+                assert_eq!(journal.read_record(Lsn(7)).await.unwrap(), message(7));
+                assert_eq!(journal.read_record(Lsn(9)).await.unwrap(), message(9));
+
+                journal.clear_faults();
+                journal.repair().await.unwrap();
+                assert!(journal.failure().is_none());
+                let commit = journal.commit().await.unwrap().unwrap();
+                assert_eq!(commit.durable, Lsn(9), "{fault:?}");
+                commit_all(&mut journal, &messages(10..=10)).await;
+                assert_eq!(journal.read_record(Lsn(7)).await.unwrap(), message(7));
                 drop(journal);
 
+                // Each record once, in order: the rewrite replaced what the failed write
+                // or fsync left, it did not add to it.
                 let (_, recovered) = open(data.path(), JournalConfig::DEFAULT);
-                let expected = match fault {
-                    Fault::WriteFails => messages(1..=5),
-                    // The records reached the page cache, only their fsync failed.
-                    _ => messages(1..=8),
-                };
-                assert_eq!(recovered, expected, "{fault:?}");
+                assert_eq!(recovered, messages(1..=10), "{fault:?}");
             }
+        });
+    }
+
+    #[test]
+    fn a_rewrite_redoes_the_segments_a_failed_commit_made() {
+        on_each_driver(|| async {
+            let data = tempfile::tempdir().unwrap();
+            let config = small_segments();
+            let (mut journal, _) = open(data.path(), config);
+            commit_all(&mut journal, &messages(1..=2)).await;
+            let before = segment_files(data.path()).len();
+            // Enough for several rolls; the fsync that completes the first segment fails.
+            let records = messages(3..=14);
+            append_all(&mut journal, &records);
+            journal.inject(Fault::SyncFails);
+            assert!(journal.commit().await.is_err());
+            // A segment whose creation failed halfway: only its name made it.
+            let stray = segment_files(data.path()).last().unwrap().0 + 1;
+            fs::write(path_of(data.path(), stray), b"torn").unwrap();
+            journal.repair().await.unwrap();
+            assert_eq!(journal.commit().await.unwrap().unwrap().durable, Lsn(14));
+            assert!(segment_files(data.path()).len() > before);
+            drop(journal);
+            let (_, recovered) = open(data.path(), config);
+            assert_eq!(recovered, messages(1..=14));
         });
     }
 

@@ -68,6 +68,10 @@ pub struct ShardMetrics {
     /// Gauge: bytes of this shard's segment files, and their number.
     pub wal_disk_bytes: AtomicU64,
     pub wal_segments: AtomicU64,
+    /// Counter: failed writes, fsyncs and rewrites of the write-ahead log.
+    pub wal_errors: AtomicU64,
+    /// Gauge: 1 while the write-ahead log cannot be written (new messages are refused).
+    pub wal_failed: AtomicU64,
     /// fdatasync latency of the write-ahead log.
     pub wal_fsync: Histogram,
 }
@@ -86,7 +90,19 @@ impl ShardMetrics {
 /// one sample per shard with a `shard` label.
 pub fn render(shards: &[&ShardMetrics], out: &mut String) {
     type Field = fn(&ShardMetrics) -> &AtomicU64;
-    let series: [(&str, &str, &str, Field); 17] = [
+    let series: [(&str, &str, &str, Field); 19] = [
+        (
+            "switchboard_wal_errors_total",
+            "counter",
+            "Failed writes, fsyncs and rewrites of the write-ahead log.",
+            |m| &m.wal_errors,
+        ),
+        (
+            "switchboard_wal_failed",
+            "gauge",
+            "1 while the write-ahead log cannot be written and new messages are refused.",
+            |m| &m.wal_failed,
+        ),
         (
             "switchboard_checkpoints_total",
             "counter",

@@ -47,6 +47,10 @@ pub struct RouterLoop {
     outputs: Vec<Output>,
     batch_max: usize,
     tick: Duration,
+    /// While the log cannot be written: when to try the rewrite next, and the wait after
+    /// that one fails.
+    wal_retry: Option<(Instant, Duration)>,
+    wal_retry_max: Duration,
 }
 
 impl std::fmt::Debug for RouterLoop {
@@ -77,6 +81,7 @@ impl RouterLoop {
         let limits = &shard.config.limits;
         let batch_max = limits.mesh_batch_envelopes_max;
         let tick = Duration::from_millis(limits.router_tick_ms);
+        let wal_retry_max = Duration::from_millis(limits.wal_retry_ms_max);
         RouterLoop {
             shard,
             router,
@@ -87,6 +92,8 @@ impl RouterLoop {
             outputs: Vec::new(),
             batch_max,
             tick,
+            wal_retry: None,
+            wal_retry_max,
         }
     }
 
@@ -117,6 +124,14 @@ impl RouterLoop {
                 continue;
             }
             if worked {
+                continue;
+            }
+            if self.wal_retry.is_some() && self.journal.is_full() {
+                // Inputs wait for the log's rewrite, which the tick tries.
+                monoio::select! {
+                    () = monoio::time::sleep(next_tick.saturating_duration_since(now)) => {},
+                    () = stop.wait() => {},
+                }
                 continue;
             }
             doorbell.prepare_sleep();
@@ -157,6 +172,13 @@ impl RouterLoop {
     async fn turn(&mut self) -> bool {
         let now_ms = wall_ms();
         let mut worked = false;
+        if self.wal_retry.is_some() && self.journal.is_full() {
+            // The log cannot be written and the records the router appended meanwhile
+            // fill the journal's buffer: take no inputs until the rewrite works. The
+            // queues toward this shard fill and their connections stop reading.
+            self.flush_outboxes();
+            return false;
+        }
         self.shard.link.take_local(self.batch_max, &mut self.inputs);
         for input in self.inputs.drain(..) {
             worked = true;
@@ -180,7 +202,7 @@ impl RouterLoop {
             }
         }
         self.carry_out().await;
-        if self.journal.last_lsn() > self.journal.committed_lsn() {
+        if self.journal.last_lsn() > self.journal.committed_lsn() && self.wal_retry.is_none() {
             worked = true;
             self.commit(now_ms).await;
         }
@@ -205,7 +227,69 @@ impl RouterLoop {
                 self.carry_out().await;
             }
             Ok(None) => {}
-            Err(error) => fatal(self.shard.shard_id, "the write-ahead log failed", &error),
+            Err(error) => self.storage_failed(now_ms, "commit", &error).await,
+        }
+    }
+
+    /// A write or fsync of the log failed: nothing more is acknowledged until a rewrite
+    /// works. The router refuses new messages meanwhile and everything else goes on.
+    async fn storage_failed(&mut self, now_ms: u64, what: &str, error: &std::io::Error) {
+        let metrics = &self.shard.metrics;
+        ShardMetrics::add(&metrics.wal_errors, 1);
+        ShardMetrics::set(&metrics.wal_failed, 1);
+        if self.wal_retry.is_some() {
+            return;
+        }
+        tracing::error!(
+            shard = self.shard.shard_id,
+            what,
+            %error,
+            "the write-ahead log failed: refusing new messages with `overloaded` until it \
+             can be written again; the records it did not make durable are kept in memory \
+             and rewritten after cutting the log back to its last synced record"
+        );
+        self.wal_retry = Some((Instant::now() + self.tick, self.tick));
+        self.router.step(
+            now_ms,
+            Input::Storage { writable: false },
+            &mut self.outputs,
+        );
+        Box::pin(self.carry_out()).await;
+    }
+
+    /// While the log is failed, on the tick: tries the rewrite when its time has come, and
+    /// waits twice as long (up to `wal_retry_ms_max`) after each one that fails.
+    async fn retry_storage(&mut self, now_ms: u64) {
+        let Some((at, wait)) = self.wal_retry else {
+            return;
+        };
+        if Instant::now() < at {
+            return;
+        }
+        match self.journal.repair().await {
+            Ok(()) => {
+                tracing::warn!(
+                    shard = self.shard.shard_id,
+                    "the write-ahead log is written again: acknowledging messages"
+                );
+                self.wal_retry = None;
+                ShardMetrics::set(&self.shard.metrics.wal_failed, 0);
+                self.router
+                    .step(now_ms, Input::Storage { writable: true }, &mut self.outputs);
+                self.carry_out().await;
+                self.commit(now_ms).await;
+            }
+            Err(error) => {
+                ShardMetrics::add(&self.shard.metrics.wal_errors, 1);
+                let wait = (wait * 2).min(self.wal_retry_max);
+                tracing::warn!(
+                    shard = self.shard.shard_id,
+                    %error,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "the write-ahead log still cannot be written"
+                );
+                self.wal_retry = Some((Instant::now() + wait, wait));
+            }
         }
     }
 
@@ -260,9 +344,10 @@ impl RouterLoop {
     /// Appends a record, writing the pending ones out first when the buffer is full.
     async fn append(&mut self, lsn: router::Lsn, record: &router::Record) {
         if self.journal.is_full()
+            && self.wal_retry.is_none()
             && let Err(error) = self.journal.write_pending().await
         {
-            fatal(self.shard.shard_id, "the write-ahead log failed", &error);
+            Box::pin(self.storage_failed(wall_ms(), "write", &error)).await;
         }
         self.journal.append(lsn, record);
     }
@@ -300,10 +385,14 @@ impl RouterLoop {
             ShardMetrics::add(&self.shard.metrics.checkpoints, 1);
         }
         self.carry_out().await;
-        match self.journal.sync_if_due().await {
-            Ok(Some(micros)) => self.shard.metrics.wal_fsync.record_micros(micros),
-            Ok(None) => {}
-            Err(error) => fatal(self.shard.shard_id, "the write-ahead log failed", &error),
+        if self.wal_retry.is_some() {
+            self.retry_storage(now_ms).await;
+        } else {
+            match self.journal.sync_if_due().await {
+                Ok(Some(micros)) => self.shard.metrics.wal_fsync.record_micros(micros),
+                Ok(None) => {}
+                Err(error) => self.storage_failed(now_ms, "fsync", &error).await,
+            }
         }
         self.answer_control();
         // Hands the pages this thread's heap freed back to the OS. The allocator does so

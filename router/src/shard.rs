@@ -48,6 +48,13 @@ pub enum Input {
     /// every segment that holds only records before the `CheckpointBegin`. The shell
     /// starts a new segment just before the `CheckpointBegin` so that whole segments go.
     Checkpoint,
+    /// Whether the shell can write the log now. After a failed write or fsync the shell
+    /// says `writable: false`: new messages are refused (`overloaded`, with their
+    /// `client_msg_id`) rather than accepted into memory with no way to make them durable;
+    /// everything else goes on (deliveries, receipts, presence), and what the router
+    /// still appends waits in the shell's bounded buffer. Once the shell has rewritten the
+    /// log it says `writable: true`, then `Durable` for what the rewrite made durable.
+    Storage { writable: bool },
 }
 
 /// What the router asks the shell to do, in order.
@@ -118,6 +125,8 @@ pub enum Refusal {
     TooManyConnections,
     #[error("too many presence subscriptions")]
     TooManySubscriptions,
+    #[error("the server cannot write its log right now; retry later with the same client_msg_id")]
+    StorageUnavailable,
 }
 
 impl Refusal {
@@ -127,7 +136,8 @@ impl Refusal {
             Refusal::InboxFull
             | Refusal::Busy
             | Refusal::TooManyConnections
-            | Refusal::TooManySubscriptions => ErrorCode::Overloaded,
+            | Refusal::TooManySubscriptions
+            | Refusal::StorageUnavailable => ErrorCode::Overloaded,
         }
     }
 
@@ -352,6 +362,8 @@ pub struct RouterShard {
     pending: VecDeque<(Lsn, Pending)>,
     /// Peer messages addressed to this shard, handled before the step returns.
     local: VecDeque<PeerMessage>,
+    /// False while the shell cannot write the log (`Input::Storage`).
+    writable: bool,
 }
 
 impl RouterShard {
@@ -389,6 +401,7 @@ impl RouterShard {
             activity_interval: 0,
             pending: VecDeque::new(),
             local: VecDeque::new(),
+            writable: true,
         }
     }
 
@@ -491,6 +504,7 @@ impl RouterShard {
             Input::Durable { lsn } => self.durable(lsn, outputs),
             Input::Tick => self.tick(now_ms, outputs),
             Input::Checkpoint => self.checkpoint(outputs),
+            Input::Storage { writable } => self.writable = writable,
         }
         while let Some(message) = self.local.pop_front() {
             self.peer_message(now_ms, message, outputs);
@@ -769,6 +783,13 @@ impl RouterShard {
                 message: received,
             };
             return self.gate(entry.lsn, pending, outputs);
+        }
+        if !self.writable {
+            return send(
+                outputs,
+                conn,
+                Refusal::StorageUnavailable.message(correlation),
+            );
         }
         if self.pending_full(2) || self.messages.len() >= self.config.stored_messages_max {
             return send(outputs, conn, Refusal::Busy.message(correlation));

@@ -846,6 +846,46 @@ fn a_full_pending_queue_is_backpressure() {
 }
 
 #[test]
+fn an_unwritable_log_refuses_new_messages_and_acknowledges_what_it_holds_once_durable() {
+    let mut h = Harness::new(Config::DEFAULT);
+    let (alice, bob) = (user("alice"), user("bob"));
+    let bob_conn = conn(2);
+    h.attach(bob_conn, &bob);
+    // Accepted, then the commit failed: its answer waits for the rewrite.
+    let accepted = h.client(conn(1), &alice, send_to(&bob, 1));
+    assert_eq!(appends(&accepted).len(), 1);
+    assert!(sends(&accepted).is_empty());
+    assert!(h.step(Input::Storage { writable: false }).is_empty());
+    let refused = h.client(conn(1), &alice, send_to(&bob, 2));
+    assert!(appends(&refused).is_empty(), "nothing is stored");
+    assert_eq!(
+        sends(&refused),
+        vec![(
+            conn(1),
+            error(
+                ErrorCode::Overloaded,
+                "the server cannot write its log right now; retry later with the same \
+                 client_msg_id",
+                Correlation::ClientMsgId(2)
+            )
+        )]
+    );
+    // A retry of the accepted one is not refused: it waits for the same answer.
+    let retried = h.client(conn(1), &alice, send_to(&bob, 1));
+    assert!(sends(&retried).is_empty() && appends(&retried).is_empty());
+    assert!(h.step(Input::Storage { writable: true }).is_empty());
+    let released = h.sync();
+    let acks: Vec<_> = sends(&released)
+        .into_iter()
+        .filter(|(c, m)| *c == conn(1) && matches!(m, ServerMessage::MessageReceived { .. }))
+        .collect();
+    assert_eq!(acks.len(), 2, "the first send and its retry: {released:?}");
+    assert_eq!(incoming_ids(&released, bob_conn).len(), 1);
+    // The refused one, sent again, is accepted now.
+    h.send(conn(1), &alice, &bob, 2);
+}
+
+#[test]
 fn the_users_map_forgets_idle_users_first() {
     let config = Config {
         users_max: 2,
