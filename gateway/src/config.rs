@@ -177,6 +177,9 @@ pub struct Limits {
     pub read_buffers_pooled_max: usize,
     /// Pause of an accept loop after the process ran out of file descriptors.
     pub accept_backoff_ms: u64,
+    /// How long a start keeps retrying to bind an address that is in use, as one is for a
+    /// moment after a server on it was killed; then it fails. 0: no retry.
+    pub bind_retry_ms: u64,
     /// Characters of a message's `content`.
     pub content_chars_max: usize,
     /// Ids in one `message_delivered` / `message_read`.
@@ -280,6 +283,7 @@ impl Default for Limits {
             read_buffer_bytes: 16 * 1024,
             read_buffers_pooled_max: 64,
             accept_backoff_ms: 50,
+            bind_retry_ms: 5_000,
             content_chars_max: wire.content_chars_max,
             message_ids_max: wire.message_ids_max,
             presence_users_max: wire.presence_users_max,
@@ -653,6 +657,7 @@ mod tests {
         assert_eq!(config.limits.content_chars_max, 1000);
         assert_eq!(config.limits.presence_ttl_ms, 60_000);
         assert_eq!(config.limits.echo_message_bytes_max, 16 << 20);
+        assert_eq!(config.limits.bind_retry_ms, 5_000);
     }
 
     #[test]
