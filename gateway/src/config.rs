@@ -177,6 +177,9 @@ pub struct Limits {
     pub read_buffers_pooled_max: usize,
     /// Pause of an accept loop after the process ran out of file descriptors.
     pub accept_backoff_ms: u64,
+    /// How long a start keeps retrying to bind an address that is in use, as one is for a
+    /// moment after a server on it was killed; then it fails. 0: no retry.
+    pub bind_retry_ms: u64,
     /// Characters of a message's `content`.
     pub content_chars_max: usize,
     /// Ids in one `message_delivered` / `message_read`.
@@ -283,6 +286,7 @@ impl Default for Limits {
             read_buffer_bytes: 16 * 1024,
             read_buffers_pooled_max: 64,
             accept_backoff_ms: 50,
+            bind_retry_ms: 5_000,
             content_chars_max: wire.content_chars_max,
             message_ids_max: wire.message_ids_max,
             presence_users_max: wire.presence_users_max,
@@ -456,6 +460,7 @@ impl Limits {
                 router::wal::SEGMENT_HEADER_BYTES
             );
         }
+        self.check_log_record_caps()?;
         // A frame of the echo route must fit its message, and the same on /ws: a frame larger
         // than a whole message could never be accepted.
         if self.frame_bytes_max > self.message_bytes_max {
@@ -463,6 +468,39 @@ impl Limits {
                 "limit frame_bytes_max ({}) is larger than message_bytes_max ({})",
                 self.frame_bytes_max,
                 self.message_bytes_max
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Limits {
+    /// The limits that bound what a client's message puts in one log record, against the
+    /// log's caps on a record: a record over them could not be logged, so a legal config
+    /// must never let a client make one (the router refuses one anyway, as `too_large`).
+    fn check_log_record_caps(&self) -> anyhow::Result<()> {
+        use router::wal::{PAYLOAD_BYTES_MAX, RECEIPT_ITEMS_LOGGABLE_MAX};
+        // A character of content is up to 4 bytes of UTF-8.
+        let content_bytes_max = self.content_chars_max.saturating_mul(4);
+        let message_bytes =
+            router::wal::message_payload_bytes_max(content_bytes_max, self.media_text_bytes_max);
+        if message_bytes > PAYLOAD_BYTES_MAX {
+            bail!(
+                "limit content_chars_max ({}, up to {content_bytes_max} bytes of UTF-8) with \
+                 media_text_bytes_max ({}) makes a message's log record up to {message_bytes} \
+                 bytes, over the write-ahead log's PAYLOAD_BYTES_MAX of {PAYLOAD_BYTES_MAX}",
+                self.content_chars_max,
+                self.media_text_bytes_max
+            );
+        }
+        // A `message_read` logs two receipts (delivered, read) per id, in one record.
+        let receipts = self.message_ids_max.saturating_mul(2);
+        if receipts > RECEIPT_ITEMS_LOGGABLE_MAX {
+            bail!(
+                "limit message_ids_max ({}) lets one message_read log {receipts} receipts, \
+                 over the {RECEIPT_ITEMS_LOGGABLE_MAX} that one write-ahead log record holds \
+                 (RECEIPT_ITEMS_MAX, PAYLOAD_BYTES_MAX)",
+                self.message_ids_max
             );
         }
         Ok(())
@@ -658,6 +696,7 @@ mod tests {
         assert_eq!(config.limits.content_chars_max, 1000);
         assert_eq!(config.limits.presence_ttl_ms, 60_000);
         assert_eq!(config.limits.echo_message_bytes_max, 16 << 20);
+        assert_eq!(config.limits.bind_retry_ms, 5_000);
     }
 
     #[test]
@@ -751,6 +790,27 @@ mod tests {
                 .to_string()
                 .contains("cannot read config file")
         );
+    }
+
+    #[test]
+    fn limits_that_feed_a_log_record_are_tied_to_its_caps() {
+        let largest_ids = router::wal::RECEIPT_ITEMS_LOGGABLE_MAX / 2;
+        let config = with_file(&format!("[limits]\nmessage_ids_max = {largest_ids}\n"), &[]);
+        assert_eq!(config.unwrap().limits.message_ids_max, largest_ids);
+        let error = format!("[limits]\nmessage_ids_max = {}\n", largest_ids + 1);
+        check_bad_file(&error, "limit message_ids_max");
+        check_bad_file(&error, "RECEIPT_ITEMS_MAX");
+
+        // 4 bytes a character: a quarter of the cap is just over it with the fixed fields.
+        let chars = router::wal::PAYLOAD_BYTES_MAX / 4;
+        let error = format!("[limits]\ncontent_chars_max = {chars}\n");
+        check_bad_file(&error, "limit content_chars_max");
+        check_bad_file(&error, "PAYLOAD_BYTES_MAX");
+        let fits = format!("[limits]\ncontent_chars_max = {}\n", chars - 1024);
+        assert!(with_file(&fits, &[]).is_ok());
+        let error =
+            format!("[limits]\nmedia_text_bytes_max = {chars}\ncontent_chars_max = {chars}\n");
+        check_bad_file(&error, "media_text_bytes_max");
     }
 
     fn check_ttl(text: &str, expected: Option<u64>) {

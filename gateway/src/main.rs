@@ -10,6 +10,7 @@ mod http;
 mod io;
 mod journal;
 mod listen;
+mod lock;
 mod mesh;
 mod metrics;
 mod pool;
@@ -92,7 +93,6 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(Config::resolve(args)?);
-    check_data_dir(&config.data_dir)?;
     let n_shards = u16::try_from(config.shards)
         .ok()
         .filter(|n| *n <= router::ids::SHARDS_MAX)
@@ -103,22 +103,31 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
                 router::ids::SHARDS_MAX
             )
         })?;
+    // The lock comes before anything else touches the data directory, and lives as long as
+    // the server: a second server on the same directory stops here, having written nothing.
+    let _data_dir_lock = lock::lock_data_dir(&config.data_dir)?;
+    let (driver, why) = shard::choose_driver()?;
+
+    // Every socket is bound before anything starts, so a port in use fails the start; and
+    // before the data directory is written to, so that such a failed start leaves nothing
+    // behind but the lock file. Only the lock's holder gets here, so retrying an address
+    // still held by a killed predecessor cannot make two owners of one directory.
+    let retry_ms = config.limits.bind_retry_ms;
+    let listeners = listen::bind_shared(config.listen, config.shards, retry_ms)?;
+    let ws_addr = listeners[0].local_addr()?;
+    let http_listener = listen::bind_one(config.http_listen, retry_ms)?;
+    let http_addr = http_listener.local_addr()?;
+
+    check_data_dir(&config.data_dir)?;
     journal::check_layout(&config.data_dir, n_shards)?;
     let secret = auth::load_secret(&config.secret)?;
     let auth = Arc::new(Authenticator::new(&secret));
-    let (driver, why) = shard::choose_driver()?;
     tracing::info!(driver = driver.as_str(), why, "event loop driver");
     if config.durability == config::Durability::None {
         tracing::warn!(
             "durability none: acknowledged messages are NOT on disk; for benchmarks only"
         );
     }
-
-    // Every socket is bound before anything starts, so a port in use fails the start.
-    let listeners = listen::bind_shared(config.listen, config.shards)?;
-    let ws_addr = listeners[0].local_addr()?;
-    let http_listener = listen::bind_one(config.http_listen)?;
-    let http_addr = http_listener.local_addr()?;
 
     // Before any thread starts, so that every thread inherits the mask and the signals wait
     // for the main thread's sigwait.
@@ -170,11 +179,9 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Makes the data directory and checks that it is writable, so that a server that could
-/// never store a message does not start.
+/// Checks that the data directory (made with its lock) is writable, so that a server that
+/// could never store a message does not start.
 fn check_data_dir(data_dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let probe = data_dir.join(".write-test");
     std::fs::write(&probe, b"")
         .and_then(|()| std::fs::remove_file(&probe))

@@ -14,7 +14,9 @@ use wire::{
 
 use crate::config::Config;
 use crate::ids::{ConnId, IdGenerator, SHARDS_MAX, ShardId, ms_of, owner_shard, shard_of};
-use crate::wal::{Lsn, ReceiptItem, ReceiptKind, Record, StoredMessage};
+use crate::wal::{
+    Lsn, PAYLOAD_BYTES_MAX, ReceiptItem, ReceiptKind, Record, StoredMessage, message_payload_bytes,
+};
 
 /// What the shell hands the router.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,12 +129,22 @@ pub enum Refusal {
     TooManySubscriptions,
     #[error("the server cannot write its log right now; retry later with the same client_msg_id")]
     StorageUnavailable,
+    /// The request would make a log record over the log's caps. The limits checked at
+    /// start keep clients from getting here; this is the refusal if they do not.
+    #[error("the request is too large to store")]
+    TooLargeToStore,
+    /// The request would make a log record that breaks the log's rules.
+    #[error("the request cannot be stored")]
+    Unstorable,
 }
 
 impl Refusal {
     pub fn code(self) -> ErrorCode {
         match self {
-            Refusal::GroupsUnsupported | Refusal::HistoryUnsupported => ErrorCode::BadRequest,
+            Refusal::GroupsUnsupported | Refusal::HistoryUnsupported | Refusal::Unstorable => {
+                ErrorCode::BadRequest
+            }
+            Refusal::TooLargeToStore => ErrorCode::TooLarge,
             Refusal::InboxFull
             | Refusal::Busy
             | Refusal::TooManyConnections
@@ -171,6 +183,8 @@ pub struct Stats {
     pub body_bytes: usize,
     /// Undelivered messages whose body is on disk only.
     pub spilled_messages: usize,
+    /// Requests refused because their log record would break the log's rules or caps.
+    pub records_refused: u64,
 }
 
 /// An optional count of milliseconds in 8 bytes instead of `Option<u64>`'s 16: `u64::MAX`
@@ -343,6 +357,8 @@ pub struct RouterShard {
     resident: BTreeSet<MessageId>,
     /// Sum of `body_bytes` over `resident`.
     body_bytes: usize,
+    /// Requests refused by `Record::check` before they changed any state (`Stats`).
+    records_refused: u64,
     dedup: HashMap<(UserId, u64), DedupEntry>,
     /// The dedup entries by message id, which is time order: expiry and eviction order.
     dedup_order: BTreeMap<MessageId, (UserId, u64)>,
@@ -387,6 +403,7 @@ impl RouterShard {
             messages: BTreeMap::new(),
             resident: BTreeSet::new(),
             body_bytes: 0,
+            records_refused: 0,
             dedup: HashMap::new(),
             dedup_order: BTreeMap::new(),
             read_index: BTreeMap::new(),
@@ -484,6 +501,7 @@ impl RouterShard {
             subscriptions: self.subscriptions_count,
             body_bytes: self.body_bytes,
             spilled_messages: self.messages.len() - self.resident.len(),
+            records_refused: self.records_refused,
         }
     }
 
@@ -767,6 +785,15 @@ impl RouterShard {
             );
         };
         assert_eq!(owner_shard(&to, self.n_shards), self.shard_id);
+        // The record's rules, checked before anything changes: a message that could not be
+        // logged is refused, never half accepted.
+        let bytes = message_payload_bytes(&from, &to, &message.content, message.media.as_ref());
+        if bytes > PAYLOAD_BYTES_MAX {
+            return self.refuse(conn, Refusal::TooLargeToStore, correlation, outputs);
+        }
+        if message.content.is_empty() && message.media.is_none() {
+            return self.refuse(conn, Refusal::Unstorable, correlation, outputs);
+        }
         let key = (from, message.client_msg_id);
         if let Some(entry) = self.dedup.get(&key).copied() {
             // A retry: the same answer, never a second delivery.
@@ -878,6 +905,10 @@ impl RouterShard {
             timestamp_ms: now_ms,
             items,
         };
+        // Nothing has changed yet: the items were only looked up.
+        if record.check().is_err() {
+            return self.refuse(conn, Refusal::TooLargeToStore, Correlation::None, outputs);
+        }
         let lsn = self.append(record, outputs);
         self.gate(lsn, Pending::Forward(keys), outputs);
     }
@@ -1146,10 +1177,26 @@ impl RouterShard {
 
     // ---- The log ----
 
+    /// A request refused because of the record it would log: counted, and answered.
+    fn refuse(
+        &mut self,
+        conn: ConnId,
+        refusal: Refusal,
+        correlation: Correlation,
+        outputs: &mut Vec<Output>,
+    ) {
+        self.records_refused += 1;
+        send(outputs, conn, refusal.message(correlation));
+    }
+
+    /// Logs a record. Records from requests were checked before any state changed (and
+    /// refused if bad); the others are valid by construction, so this is an invariant.
     fn append(&mut self, record: Record, outputs: &mut Vec<Output>) -> Lsn {
-        if let Err(error) = record.check() {
-            panic!("appending an invalid record ({error}): {record:?}");
-        }
+        debug_assert!(
+            record.check().is_ok(),
+            "appending an invalid record ({:?}): {record:?}",
+            record.check()
+        );
         let lsn = self.last_lsn.next();
         self.apply(lsn, &record);
         self.last_lsn = lsn;

@@ -8,6 +8,7 @@
 //! A payload is a kind byte and its fields: integers little-endian, strings with a length
 //! prefix (one byte for user ids, four for free text).
 
+use wire::model::USER_ID_BYTES_MAX;
 use wire::{Media, MessageId, Receipt, UserId};
 
 use crate::ids::ShardId;
@@ -32,6 +33,53 @@ pub const RECORD_HEADER_BYTES: usize = 16;
 pub const PAYLOAD_BYTES_MAX: usize = 1 << 20;
 /// Items in one `Receipts` record, at most (two per id of a `message_read`).
 pub const RECEIPT_ITEMS_MAX: usize = 1 << 14;
+
+/// Bytes of one item of a `Receipts` record, at most: id, sender (length and bytes), kind.
+pub const RECEIPT_ITEM_BYTES_MAX: usize = 8 + 1 + USER_ID_BYTES_MAX + 1;
+/// Bytes of a `Receipts` record's payload before its items, at most: kind, `by`, time, count.
+const RECEIPTS_HEAD_BYTES_MAX: usize = 1 + 1 + USER_ID_BYTES_MAX + 8 + 4;
+/// Items a `Receipts` record can hold whatever its user ids: within [`RECEIPT_ITEMS_MAX`]
+/// and, with every id at its longest, within [`PAYLOAD_BYTES_MAX`]. The limits that make
+/// receipts (`message_ids_max`) are checked against this at start.
+pub const RECEIPT_ITEMS_LOGGABLE_MAX: usize = {
+    let fit = (PAYLOAD_BYTES_MAX - RECEIPTS_HEAD_BYTES_MAX) / RECEIPT_ITEM_BYTES_MAX;
+    if fit < RECEIPT_ITEMS_MAX {
+        fit
+    } else {
+        RECEIPT_ITEMS_MAX
+    }
+};
+
+/// Bytes of a `Message` record's payload besides its content and media, at most: kind, id,
+/// both users, client_msg_id, content length, media flag, timestamp.
+const MESSAGE_FIXED_BYTES_MAX: usize = 1 + 8 + 2 * (1 + USER_ID_BYTES_MAX) + 8 + 4 + 1 + 8;
+/// Bytes a media attachment adds to a `Message` record besides its three texts: their
+/// lengths, the size and the name flag.
+const MEDIA_FIXED_BYTES: usize = 4 + 4 + 8 + 1 + 4;
+
+/// The largest `Message` payload a message with at most `content_bytes_max` bytes of
+/// content and media texts (`mime`, `name`) of at most `media_text_bytes_max` bytes can
+/// make; the limits that bound a message are checked against [`PAYLOAD_BYTES_MAX`] with it.
+pub const fn message_payload_bytes_max(
+    content_bytes_max: usize,
+    media_text_bytes_max: usize,
+) -> usize {
+    MESSAGE_FIXED_BYTES_MAX
+        .saturating_add(content_bytes_max)
+        .saturating_add(MEDIA_FIXED_BYTES + Media::HASH_HEX_LEN)
+        .saturating_add(media_text_bytes_max.saturating_mul(2))
+}
+
+// The fixed-size records, checkpoints included, are far under the cap; so is a receipt
+// record for the most ids a `message_read` holds by default.
+const _: () = assert!(RECEIPT_ITEMS_LOGGABLE_MAX >= 2 * wire::Limits::DEFAULT.message_ids_max);
+const _: () = assert!(
+    message_payload_bytes_max(
+        4 * wire::Limits::DEFAULT.content_chars_max,
+        wire::Limits::DEFAULT.media_text_bytes_max
+    ) <= PAYLOAD_BYTES_MAX
+);
+const _: () = assert!(RECEIPT_ITEMS_LOGGABLE_MAX > 0 && RECEIPTS_HEAD_BYTES_MAX < 256);
 
 /// Which receipt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -148,9 +196,13 @@ const KIND_RECEIPT_OUTSTANDING: u8 = 9;
 const KIND_CHECKPOINT_END: u8 = 10;
 
 impl Record {
-    /// The rules every record keeps. Checked (as an assertion) before a record is encoded,
-    /// and (as a decode error) after one is decoded.
+    /// The rules every record keeps, its size included. The router checks a record made
+    /// from a client's request before it changes any state, and refuses the request if
+    /// this fails; encoding asserts it; decoding reports it as an error.
     pub fn check(&self) -> Result<(), DecodeError> {
+        if self.payload_bytes() > PAYLOAD_BYTES_MAX {
+            return Err(DecodeError("a record's payload is at most 1 MiB"));
+        }
         match self {
             Record::Message(message) => {
                 if message.content.is_empty() && message.media.is_none() {
@@ -177,6 +229,58 @@ impl Record {
         }
         Ok(())
     }
+}
+
+impl Record {
+    /// Bytes of the record's payload, as `encode_payload` writes it, without encoding it.
+    pub fn payload_bytes(&self) -> usize {
+        let user = |user: &UserId| 1 + user.as_str().len();
+        1 + match self {
+            Record::Message(message) => {
+                return message_payload_bytes(
+                    &message.from,
+                    &message.to,
+                    &message.content,
+                    message.media.as_ref(),
+                );
+            }
+            Record::Receipts { by, items, .. } => {
+                user(by)
+                    + 8
+                    + 4
+                    + items
+                        .iter()
+                        .map(|item| 8 + user(&item.sender) + 1)
+                        .sum::<usize>()
+            }
+            Record::ReceiptHandedOver { .. } => 8 + 1,
+            Record::ReceiptQueued {
+                user: to, receipt, ..
+            } => user(to) + 1 + 8 + user(&receipt.by) + 8,
+            Record::ReceiptsFlushed { user: to } => user(to),
+            Record::CheckpointBegin { last_message_id } => 1 + last_message_id.map_or(0, |_| 8),
+            Record::Dedup { from, .. } => user(from) + 8 + 8 + 8,
+            Record::ReadIndex { from, to, .. } => 8 + user(from) + user(to),
+            Record::ReceiptOutstanding { sender, by, .. } => 8 + 1 + user(sender) + user(by) + 8,
+            Record::CheckpointEnd { .. } => 8,
+        }
+    }
+}
+
+/// Bytes of the payload of a `Message` record for these fields: what a `send_message` would
+/// log, measured before the router hands out an id or touches any state for it.
+pub fn message_payload_bytes(
+    from: &UserId,
+    to: &UserId,
+    content: &str,
+    media: Option<&Media>,
+) -> usize {
+    let user = |user: &UserId| 1 + user.as_str().len();
+    let text = |text: &str| 4 + text.len();
+    let media = media.map_or(0, |media| {
+        text(&media.hash) + text(&media.mime) + 8 + 1 + media.name.as_deref().map_or(0, text)
+    });
+    1 + 8 + user(from) + user(to) + 8 + text(content) + 1 + media + 8
 }
 
 /// Why a payload or a segment header could not be decoded.
@@ -245,16 +349,25 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, SegmentError
 }
 
 /// Appends one framed record to `out`.
+///
+/// The record must pass [`Record::check`]: the router checks every record a request makes
+/// before it changes any state and refuses the request otherwise, and the records it makes
+/// by itself are valid by construction. So a failure here is a bug of this crate, not bad
+/// input; it stays an assertion in release builds too, because writing the record anyway
+/// would put a record in the log that recovery reads as the torn end of the log, losing
+/// every record after it.
 pub fn encode_record(record: &Record, lsn: Lsn, out: &mut Vec<u8>) {
     assert!(lsn.0 > 0);
     if let Err(error) = record.check() {
-        panic!("refusing to log an invalid record ({error}): {record:?}");
+        panic!("the router made an invalid record ({error}): {record:?}");
     }
     let start = out.len();
     out.extend_from_slice(&[0; 8]);
     out.extend_from_slice(&lsn.0.to_le_bytes());
     encode_payload(record, out);
     let payload_len = out.len() - start - RECORD_HEADER_BYTES;
+    // `check` bounded `payload_bytes`, which is what was just written.
+    debug_assert_eq!(payload_len, record.payload_bytes());
     assert!(payload_len > 0 && payload_len <= PAYLOAD_BYTES_MAX);
     let crc = crc32c::crc32c(&out[start + 8..]);
     out[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
@@ -809,6 +922,59 @@ mod tests {
             .map(|(i, record)| (Lsn(40 + i as u64), record))
             .collect();
         assert_eq!(scan.records, expected);
+    }
+
+    #[test]
+    fn payload_bytes_is_the_encoded_length() {
+        for (i, record) in samples().iter().enumerate() {
+            let mut bytes = Vec::new();
+            encode_record(record, Lsn(1 + i as u64), &mut bytes);
+            assert_eq!(
+                record.payload_bytes(),
+                bytes.len() - RECORD_HEADER_BYTES,
+                "{record:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_record_over_the_caps_fails_the_check() {
+        let long = user(&"u".repeat(USER_ID_BYTES_MAX));
+        let receipts = |n: usize| Record::Receipts {
+            by: long.clone(),
+            timestamp_ms: 1,
+            items: (0..n)
+                .map(|i| ReceiptItem {
+                    message_id: MessageId(i as u64 + 1),
+                    sender: long.clone(),
+                    kind: ReceiptKind::Read,
+                })
+                .collect(),
+        };
+        // The loggable bound is exact: one more item of the longest ids is over a cap.
+        let fits = receipts(RECEIPT_ITEMS_LOGGABLE_MAX);
+        assert_eq!(fits.check(), Ok(()));
+        let mut bytes = Vec::new();
+        encode_record(&fits, Lsn(1), &mut bytes);
+        assert!(decode_record(&bytes).is_some());
+        assert!(receipts(RECEIPT_ITEMS_LOGGABLE_MAX + 1).check().is_err());
+
+        let message = |content_bytes: usize| {
+            Record::Message(StoredMessage {
+                id: MessageId(1 << 40),
+                from: long.clone(),
+                to: long.clone(),
+                client_msg_id: 1,
+                content: "x".repeat(content_bytes),
+                media: None,
+                timestamp_ms: 1,
+            })
+        };
+        let largest = PAYLOAD_BYTES_MAX - message(0).payload_bytes();
+        assert_eq!(message(largest).check(), Ok(()));
+        assert!(message(largest + 1).check().is_err());
+        // The bound the start-up check uses covers the largest message it admits.
+        assert!(message_payload_bytes_max(largest, 0) >= message(largest).payload_bytes());
     }
 
     #[test]

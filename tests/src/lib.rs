@@ -88,6 +88,9 @@ pub struct Options {
     pub no_secret: bool,
     /// The server's limit on open file descriptors (RLIMIT_NOFILE).
     pub file_limit: Option<u64>,
+    /// The WebSocket and HTTP addresses to listen on, instead of ephemeral ports: for a
+    /// restart on the ports a killed server had.
+    pub listen: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl Options {
@@ -120,6 +123,21 @@ impl Options {
         self.file_limit = Some(limit);
         self
     }
+
+    pub fn listen(mut self, ws: SocketAddr, http: SocketAddr) -> Options {
+        self.listen = Some((ws, http));
+        self
+    }
+}
+
+/// Two local addresses whose ports were free a moment ago (bound to port 0 together, so
+/// they differ, then closed): for a server on fixed ports. Only a program that binds ports
+/// at random could take one before the test does.
+pub fn free_addrs() -> (SocketAddr, SocketAddr) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let (first, second) = (bind(), bind());
+    let addr = |listener: &std::net::TcpListener| listener.local_addr().expect("bound");
+    (addr(&first), addr(&second))
 }
 
 /// A running server on ephemeral ports, killed when dropped.
@@ -157,14 +175,11 @@ impl Server {
         if options.no_secret {
             command.env_remove("SWITCHBOARD_JWT_SECRET");
         }
-        command.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-        ]);
+        let (ws, http) = options.listen.map_or_else(
+            || ("127.0.0.1:0".to_owned(), "127.0.0.1:0".to_owned()),
+            |(ws, http)| (ws.to_string(), http.to_string()),
+        );
+        command.args(["--listen", &ws, "--http-listen", &http, "--shards", "2"]);
         if let Some(text) = &options.config_file {
             let path = data_dir.path().join("switchboard.toml");
             std::fs::write(&path, text).expect("config file written");

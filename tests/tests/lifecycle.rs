@@ -202,8 +202,12 @@ fn start_fails(options: Options, expected: &str) {
 fn start_up_errors_are_one_line_and_fail_the_start() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
+    // After its retries, which a short bound keeps short here.
     start_fails(
-        Options::default().arg("--listen").arg(&addr),
+        Options::default()
+            .arg("--listen")
+            .arg(&addr)
+            .config_file("[limits]\nbind_retry_ms = 100\n"),
         "Address already in use",
     );
     start_fails(
