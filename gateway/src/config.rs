@@ -44,6 +44,35 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print a token (JWT, HS256) for USER, signed with the server's secret.
     Token(TokenArgs),
+    /// Check or repair the write-ahead logs of a data directory, with no server running.
+    #[command(subcommand)]
+    Wal(WalCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WalCommand {
+    /// Read every shard's log and say what is in it and whether it is damaged; exits 1 if
+    /// any log is corrupt (a torn tail is not: the next start truncates it). Only reads.
+    Check(WalArgs),
+    /// Cut each damaged log at its first damage, dropping everything after it. Needs
+    /// --truncate, and the data directory's lock (no server may run on it).
+    Repair(WalRepairArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WalArgs {
+    /// The server's data directory.
+    #[arg(long, value_name = "DIR", default_value = DATA_DIR_DEFAULT)]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WalRepairArgs {
+    #[command(flatten)]
+    pub dir: WalArgs,
+    /// Cut each log at its first damage (the only repair there is).
+    #[arg(long)]
+    pub truncate: bool,
 }
 
 /// Where the signing secret comes from; shared by `serve` and `token`.
@@ -669,7 +698,7 @@ mod tests {
         match cli.command {
             Some(Command::Serve(serve)) => serve,
             None => cli.serve,
-            Some(Command::Token(_)) => panic!("not serve"),
+            Some(Command::Token(_) | Command::Wal(_)) => panic!("not serve"),
         }
     }
 

@@ -31,7 +31,8 @@ use anyhow::Context as _;
 use router::ShardId;
 use router::wal::{
     Lsn, RECORD_HEADER_BYTES, Record, SEGMENT_HEADER_BYTES, SegmentError, SegmentHeader,
-    decode_record, encode_record, encode_segment_header, framed_len, scan_segment,
+    decode_record, encode_record, encode_segment_header, find_record_after, framed_len,
+    scan_segment,
 };
 
 pub use crate::config::Durability;
@@ -908,21 +909,98 @@ struct Recovered {
     checkpoint: Option<Lsn>,
 }
 
-/// Scans the segments of `dir` in lsn order and repairs the end of the log.
-fn recover(dir: &Path, shard_id: ShardId) -> anyhow::Result<Recovered> {
-    let found = list_segments(dir)?;
+/// The first thing wrong with a shard's log, as `examine` finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Damage {
+    /// The newest segment ends in bytes that are not a whole, valid record, and no valid
+    /// record follows them: the tail of a write that a crash cut. Start truncates it; only
+    /// records that were never acknowledged are in it.
+    TornTail {
+        path: PathBuf,
+        valid_bytes: u64,
+        file_bytes: u64,
+    },
+    /// The newest segment is no longer than a header, and the header does not verify: a
+    /// crash while the segment was created. Start deletes it.
+    TornCreation { path: PathBuf },
+    /// Anything else: a damaged record with valid records after it, a damaged older
+    /// segment, a gap or an overlap between segments, a header that does not match. Start
+    /// refuses; `wal repair --truncate` cuts the log here: `path` is kept up to `keep_bytes`
+    /// (deleted when `None`), and every later segment is deleted.
+    Corrupt {
+        path: PathBuf,
+        keep_bytes: Option<u64>,
+        what: String,
+    },
+}
+
+/// A shard's log as read from its files, without changing them: its good prefix and the
+/// first damage after it.
+#[derive(Debug)]
+pub struct Examined {
+    /// The segment files in lsn order, with their sizes.
+    files: Vec<(Lsn, PathBuf, u64)>,
+    /// The segments of the good prefix (`files[..segments.len()]`), with their valid bytes.
+    segments: Vec<Segment>,
+    records: Vec<(Lsn, Record)>,
+    pub damage: Option<Damage>,
+}
+
+impl Examined {
+    /// The lsns of the good prefix.
+    pub fn lsns(&self) -> Option<(Lsn, Lsn)> {
+        Some((self.records.first()?.0, self.records.last()?.0))
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn file_bytes(&self) -> u64 {
+        self.files.iter().map(|(_, _, bytes)| bytes).sum()
+    }
+
+    /// Bytes a cut at the damage removes: the damaged segment's rest and every later file.
+    pub fn bytes_after_damage(&self) -> u64 {
+        let Some(damage) = &self.damage else {
+            return 0;
+        };
+        let (path, kept) = match damage {
+            Damage::TornTail {
+                path, valid_bytes, ..
+            } => (path, *valid_bytes),
+            Damage::TornCreation { path } => (path, 0),
+            Damage::Corrupt {
+                path, keep_bytes, ..
+            } => (path, keep_bytes.unwrap_or(0)),
+        };
+        let at = self.files.iter().position(|(_, p, _)| p == path);
+        at.map_or(0, |at| {
+            self.files[at..].iter().map(|(_, _, b)| b).sum::<u64>() - kept
+        })
+    }
+}
+
+/// Reads the segments of `dir` in lsn order up to the first damage. Reads only.
+pub fn examine(dir: &Path, shard_id: ShardId) -> anyhow::Result<Examined> {
+    let mut files = Vec::new();
     let mut segments: Vec<Segment> = Vec::new();
     let mut records: Vec<(Lsn, Record)> = Vec::new();
-    // Segments past the end of the log: deleted once the end is repaired.
-    let mut doomed: Vec<PathBuf> = Vec::new();
+    let mut damage = None;
+    let found = list_segments(dir)?;
     let mut next_lsn: Option<Lsn> = None;
     for (index, (name_lsn, path)) in found.iter().enumerate() {
-        if !doomed.is_empty() {
-            doomed.push(path.clone());
+        let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        files.push((*name_lsn, path.clone(), bytes.len() as u64));
+        if damage.is_some() {
             continue;
         }
-        let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
         let newest = index + 1 == found.len();
+        let corrupt = |keep_bytes: Option<u64>, what: String| Damage::Corrupt {
+            path: path.clone(),
+            keep_bytes,
+            what,
+        };
         let scan = match scan_segment(&bytes) {
             Ok(scan) => scan,
             Err(error)
@@ -930,100 +1008,204 @@ fn recover(dir: &Path, shard_id: ShardId) -> anyhow::Result<Recovered> {
                     && bytes.len() <= SEGMENT_HEADER_BYTES
                     && !matches!(error, SegmentError::UnsupportedVersion(_)) =>
             {
-                tracing::warn!(
-                    path = %path.display(),
-                    %error,
-                    "deleting a log segment whose creation a crash interrupted"
-                );
-                doomed.push(path.clone());
+                damage = Some(Damage::TornCreation { path: path.clone() });
                 continue;
             }
-            Err(error) => anyhow::bail!(
-                "{}: {error}; the log is corrupt (only the newest segment may have a torn header)",
-                path.display()
-            ),
+            Err(error) => {
+                let what = if newest {
+                    format!("its header is unreadable ({error})")
+                } else {
+                    format!("its header is unreadable ({error}), and it is not the newest segment")
+                };
+                damage = Some(corrupt(None, what));
+                continue;
+            }
         };
         if scan.header.shard != shard_id {
-            anyhow::bail!(
-                "{}: the segment belongs to shard {}, not {shard_id}",
-                path.display(),
+            let what = format!(
+                "the segment belongs to shard {}, not {shard_id}",
                 scan.header.shard
             );
+            damage = Some(corrupt(None, what));
+            continue;
         }
         let first_lsn = scan.header.first_lsn;
         if first_lsn != *name_lsn {
-            anyhow::bail!(
-                "{}: the segment's header says it starts at lsn {}; the log is corrupt",
-                path.display(),
-                first_lsn.0
-            );
+            let what = format!("the segment's header says it starts at lsn {}", first_lsn.0);
+            damage = Some(corrupt(None, what));
+            continue;
         }
         if let Some(next) = next_lsn
             && first_lsn != next
         {
-            if first_lsn < next {
-                anyhow::bail!(
-                    "{}: the segment starts at lsn {} but the one before it ends at lsn {}; \
-                     the log is corrupt",
-                    path.display(),
+            let what = if first_lsn < next {
+                format!(
+                    "the segment starts at lsn {} but the one before it ends at lsn {}",
                     first_lsn.0,
                     next.0 - 1
-                );
-            }
-            // The previous segment lost its last records (not synced before a power cut)
-            // while this one was created: what follows the gap cannot be applied.
-            tracing::warn!(
-                path = %path.display(),
-                expected = next.0,
-                "the log has a gap before this segment; deleting it and every later one"
-            );
-            doomed.push(path.clone());
+                )
+            } else {
+                format!(
+                    "the log has a gap: the segment before ends at lsn {}, this one starts \
+                     at lsn {}",
+                    next.0 - 1,
+                    first_lsn.0
+                )
+            };
+            damage = Some(corrupt(None, what));
             continue;
         }
-        next_lsn = Some(Lsn(first_lsn.0 + scan.records.len() as u64));
+        let last_lsn = Lsn(first_lsn.0 + scan.records.len() as u64 - 1);
+        next_lsn = Some(last_lsn.next());
         records.extend(scan.records);
         segments.push(Segment {
             first_lsn,
             bytes: scan.valid_bytes as u64,
         });
-        if scan.torn {
-            tracing::warn!(
-                path = %path.display(),
-                valid_bytes = scan.valid_bytes,
-                file_bytes = bytes.len(),
-                "truncating a torn log segment after its last valid record"
-            );
-            fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .and_then(|file| {
-                    file.set_len(scan.valid_bytes as u64)?;
-                    file.sync_all()
-                })
-                .with_context(|| format!("cannot truncate {}", path.display()))?;
-            // Everything after this segment follows a gap.
-            for (_, later) in &found[index + 1..] {
-                doomed.push(later.clone());
+        if !scan.torn {
+            continue;
+        }
+        let valid_bytes = scan.valid_bytes as u64;
+        let after = format!(
+            "the record after lsn {} (at byte {valid_bytes} of {}) is damaged",
+            last_lsn.0,
+            bytes.len()
+        );
+        damage = Some(if !newest {
+            corrupt(
+                Some(valid_bytes),
+                format!("{after}, and it is not the newest segment"),
+            )
+        } else if let Some((offset, lsn)) =
+            find_record_after(&bytes, scan.valid_bytes + 1, last_lsn)
+        {
+            corrupt(
+                Some(valid_bytes),
+                format!(
+                    "{after}, and a valid record follows it (lsn {} at byte {offset})",
+                    lsn.0
+                ),
+            )
+        } else {
+            Damage::TornTail {
+                path: path.clone(),
+                valid_bytes,
+                file_bytes: bytes.len() as u64,
             }
-            break;
-        }
+        });
     }
-    if !doomed.is_empty() {
-        for path in &doomed {
-            tracing::warn!(path = %path.display(), "deleting a log segment past the end of the log");
-            fs::remove_file(path).with_context(|| format!("cannot delete {}", path.display()))?;
-        }
-        sync_dir(dir)?;
-    }
-    let checkpoint = records.iter().rev().find_map(|(_, record)| match record {
-        Record::CheckpointEnd { begin } => Some(*begin),
-        _ => None,
-    });
-    Ok(Recovered {
+    Ok(Examined {
+        files,
         segments,
         records,
+        damage,
+    })
+}
+
+/// Scans the segments of `dir` in lsn order and repairs the end of the log: a torn tail is
+/// truncated and a torn creation deleted; any other damage stops the start, changing
+/// nothing, with a message that names the file and the way out.
+fn recover(dir: &Path, shard_id: ShardId) -> anyhow::Result<Recovered> {
+    let examined = examine(dir, shard_id)?;
+    match &examined.damage {
+        None => {}
+        Some(Damage::TornTail {
+            path,
+            valid_bytes,
+            file_bytes,
+        }) => {
+            tracing::warn!(
+                path = %path.display(),
+                valid_bytes,
+                file_bytes,
+                "truncating a torn log segment after its last valid record"
+            );
+            truncate(path, *valid_bytes)?;
+        }
+        Some(Damage::TornCreation { path }) => {
+            tracing::warn!(
+                path = %path.display(),
+                "deleting a log segment whose creation a crash interrupted"
+            );
+            fs::remove_file(path).with_context(|| format!("cannot delete {}", path.display()))?;
+            sync_dir(dir)?;
+        }
+        Some(Damage::Corrupt { path, what, .. }) => {
+            let data_dir = dir.parent().unwrap_or(Path::new("."));
+            anyhow::bail!(
+                "{}: {what}. The log is corrupt and starting would skip what follows, so \
+                 nothing was changed. `switchboard wal check --data-dir {}` shows the \
+                 damage; `switchboard wal repair --truncate --data-dir {}` cuts the log \
+                 there, dropping the {} bytes after it (restore {} from a backup instead if \
+                 you have one)",
+                path.display(),
+                data_dir.display(),
+                data_dir.display(),
+                examined.bytes_after_damage(),
+                dir.display()
+            );
+        }
+    }
+    let checkpoint = examined
+        .records
+        .iter()
+        .rev()
+        .find_map(|(_, record)| match record {
+            Record::CheckpointEnd { begin } => Some(*begin),
+            _ => None,
+        });
+    Ok(Recovered {
+        segments: examined.segments,
+        records: examined.records,
         checkpoint,
     })
+}
+
+/// Cuts the log of `dir` at its damage, for `wal repair --truncate`: the damaged segment is
+/// truncated to its valid bytes (or deleted) and every later segment deleted, each change
+/// fsynced. Returns the damage it cut, if there was any. The caller holds the data
+/// directory's lock.
+pub fn cut_at_damage(dir: &Path, shard_id: ShardId) -> anyhow::Result<Option<Damage>> {
+    let examined = examine(dir, shard_id)?;
+    let Some(damage) = examined.damage.clone() else {
+        return Ok(None);
+    };
+    let (path, keep) = match &damage {
+        Damage::TornTail {
+            path, valid_bytes, ..
+        } => (path, Some(*valid_bytes)),
+        Damage::TornCreation { path } => (path, None),
+        Damage::Corrupt {
+            path, keep_bytes, ..
+        } => (path, *keep_bytes),
+    };
+    let at = examined
+        .files
+        .iter()
+        .position(|(_, p, _)| p == path)
+        .expect("the damage is in a listed file");
+    for (_, later, _) in examined.files[at + 1..].iter().rev() {
+        fs::remove_file(later).with_context(|| format!("cannot delete {}", later.display()))?;
+    }
+    match keep {
+        Some(bytes) => truncate(path, bytes)?,
+        None => {
+            fs::remove_file(path).with_context(|| format!("cannot delete {}", path.display()))?
+        }
+    }
+    sync_dir(dir)?;
+    Ok(Some(damage))
+}
+
+fn truncate(path: &Path, bytes: u64) -> anyhow::Result<()> {
+    fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|file| {
+            file.set_len(bytes)?;
+            file.sync_all()
+        })
+        .with_context(|| format!("cannot truncate {}", path.display()))
 }
 
 /// The segment files of `dir`, in lsn order. Other files are left alone.
@@ -1398,7 +1580,7 @@ mod tests {
     }
 
     #[test]
-    fn a_flipped_bit_ends_the_log_and_deletes_later_segments() {
+    fn a_flipped_bit_in_an_older_segment_stops_the_start_until_the_log_is_cut() {
         on_each_driver(|| async {
             let data = tempfile::tempdir().unwrap();
             let (mut journal, _) = open(data.path(), small_segments());
@@ -1414,12 +1596,29 @@ mod tests {
             bytes[second_len as usize - 3] ^= 0x10;
             fs::write(&path, &bytes).unwrap();
 
-            let (mut journal, recovered) = open(data.path(), small_segments());
-            assert_eq!(recovered, messages(1..=last_in_second.0 - 1));
+            let error = Journal::open(data.path(), 0, small_segments()).unwrap_err();
+            let error = format!("{error:#}");
+            assert!(error.contains(&path.display().to_string()), "{error}");
+            assert!(error.contains("not the newest segment"), "{error}");
+            assert!(error.contains("wal repair --truncate"), "{error}");
+            assert_eq!(
+                segment_files(data.path()),
+                {
+                    let mut damaged = files.clone();
+                    damaged[1].1 = bytes.len() as u64;
+                    damaged
+                },
+                "nothing is changed"
+            );
+
+            let shard_dir = data.path().join("shard-0");
+            let cut = cut_at_damage(&shard_dir, 0).unwrap();
+            assert!(matches!(cut, Some(Damage::Corrupt { .. })), "{cut:?}");
             let kept = segment_files(data.path());
             assert_eq!(kept.len(), 2, "later segments are deleted: {kept:?}");
             assert_eq!(kept[0], files[0]);
-            assert!(!scan_file(data.path(), second).torn);
+            let (mut journal, recovered) = open(data.path(), small_segments());
+            assert_eq!(recovered, messages(1..=last_in_second.0 - 1));
             // The log goes on from the record before the flipped one.
             let next = journal.last_lsn().next();
             commit_all(&mut journal, &[(next, message(500))]).await;
@@ -1431,7 +1630,34 @@ mod tests {
     }
 
     #[test]
-    fn a_gap_between_segments_ends_the_log() {
+    fn a_damaged_record_with_valid_ones_after_it_is_corruption_not_a_torn_tail() {
+        on_each_driver(|| async {
+            let data = tempfile::tempdir().unwrap();
+            let (mut journal, _) = open(data.path(), JournalConfig::DEFAULT);
+            commit_all(&mut journal, &messages(1..=10)).await;
+            drop(journal);
+            let path = path_of(data.path(), 1);
+            let mut bytes = fs::read(&path).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x01;
+            fs::write(&path, &bytes).unwrap();
+            let shard_dir = data.path().join("shard-0");
+            let examined = examine(&shard_dir, 0).unwrap();
+            let Some(Damage::Corrupt { what, .. }) = &examined.damage else {
+                panic!("{:?}", examined.damage);
+            };
+            assert!(what.contains("a valid record follows it"), "{what}");
+            let error = format!(
+                "{:#}",
+                Journal::open(data.path(), 0, JournalConfig::DEFAULT).unwrap_err()
+            );
+            assert!(error.contains("corrupt"), "{error}");
+            assert_eq!(fs::read(&path).unwrap(), bytes, "nothing is changed");
+        });
+    }
+
+    #[test]
+    fn a_gap_between_segments_stops_the_start() {
         on_each_driver(|| async {
             let data = tempfile::tempdir().unwrap();
             let (mut journal, _) = open(data.path(), small_segments());
@@ -1439,13 +1665,21 @@ mod tests {
             drop(journal);
             let files = segment_files(data.path());
             assert!(files.len() >= 3, "{files:?}");
-            // The first segment loses its last record cleanly, at a record boundary: a power
-            // cut after the next segment was created but before this one was synced.
+            // The first segment loses its last record cleanly, at a record boundary: with
+            // `none` durability, a power cut after the next segment was created but before
+            // this one reached the disk.
             let path = path_of(data.path(), 1);
             let bytes = fs::read(&path).unwrap();
             let shorter = scan_segment(&bytes[..bytes.len() - 1]).unwrap();
             fs::write(&path, &bytes[..shorter.valid_bytes]).unwrap();
 
+            let error = format!(
+                "{:#}",
+                Journal::open(data.path(), 0, small_segments()).unwrap_err()
+            );
+            assert!(error.contains("the log has a gap"), "{error}");
+            assert_eq!(segment_files(data.path()).len(), files.len());
+            cut_at_damage(&data.path().join("shard-0"), 0).unwrap();
             let (journal, recovered) = open(data.path(), small_segments());
             assert_eq!(recovered, shorter.records);
             assert_eq!(segment_files(data.path()).len(), 1);

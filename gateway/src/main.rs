@@ -19,6 +19,7 @@ mod router_loop;
 mod shard;
 mod signals;
 mod sink;
+mod wal_tool;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -43,6 +44,10 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Some(Command::Token(args)) => token(&args),
         Some(Command::Serve(args)) => serve(&args),
+        Some(Command::Wal(config::WalCommand::Check(args))) => wal_tool::check(&args.data_dir),
+        Some(Command::Wal(config::WalCommand::Repair(args))) => {
+            wal_tool::repair(&args.dir.data_dir, args.truncate)
+        }
         None => serve(&cli.serve),
     };
     match outcome {

@@ -469,6 +469,19 @@ pub fn scan_segment(bytes: &[u8]) -> Result<Scan, SegmentError> {
     })
 }
 
+/// The first whole, valid record at or after `from` in `bytes` whose lsn is past `after`,
+/// trying every offset: a segment whose scan ended early but that holds such a record
+/// further on is damaged in the middle, not torn at its end, since a write that a crash
+/// cut leaves a prefix of itself and nothing valid after the cut. Returns its offset and
+/// lsn. Never panics on any input.
+pub fn find_record_after(bytes: &[u8], from: usize, after: Lsn) -> Option<(usize, Lsn)> {
+    let last_start = bytes.len().checked_sub(RECORD_HEADER_BYTES)?;
+    (from..=last_start).find_map(|offset| match decode_framed(&bytes[offset..]) {
+        Framed::Record { lsn, .. } if lsn > after => Some((offset, lsn)),
+        _ => None,
+    })
+}
+
 fn encode_payload(record: &Record, out: &mut Vec<u8>) {
     let mut w = Writer { out };
     match record {
@@ -790,6 +803,38 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_valid_record_after_damage_is_found_and_a_torn_tail_has_none() {
+        let header = SegmentHeader {
+            shard: 0,
+            first_lsn: Lsn(1),
+        };
+        let mut bytes = Vec::new();
+        encode_segment_header(&header, &mut bytes);
+        let mut ends = Vec::new();
+        for n in 1..=4 {
+            let record = Record::ReceiptsFlushed {
+                user: UserId::parse(&format!("user{n}")).unwrap(),
+            };
+            encode_record(&record, Lsn(n), &mut bytes);
+            ends.push(bytes.len());
+        }
+        // Damage inside the second record: the third and fourth are still there.
+        let mut damaged = bytes.clone();
+        damaged[ends[0] + RECORD_HEADER_BYTES] ^= 0xff;
+        let scan = scan_segment(&damaged).unwrap();
+        assert_eq!((scan.records.len(), scan.torn), (1, true));
+        assert_eq!(
+            find_record_after(&damaged, scan.valid_bytes + 1, Lsn(1)),
+            Some((ends[1], Lsn(3)))
+        );
+        // A write cut short: nothing valid after the cut.
+        let torn = &bytes[..ends[2] - 5];
+        let scan = scan_segment(torn).unwrap();
+        assert_eq!(find_record_after(torn, scan.valid_bytes + 1, Lsn(2)), None);
+        assert_eq!(find_record_after(&[], 0, Lsn(0)), None);
+    }
 
     #[test]
     fn a_record_is_read_back_alone_at_its_offset() {
