@@ -68,6 +68,8 @@ pub struct ShardMetrics {
     /// Gauge: bytes of this shard's segment files, and their number.
     pub wal_disk_bytes: AtomicU64,
     pub wal_segments: AtomicU64,
+    /// Counter: requests refused because their log record would break the log's caps.
+    pub records_refused: AtomicU64,
     /// Counter: failed writes, fsyncs and rewrites of the write-ahead log.
     pub wal_errors: AtomicU64,
     /// Gauge: 1 while the write-ahead log cannot be written (new messages are refused).
@@ -90,7 +92,13 @@ impl ShardMetrics {
 /// one sample per shard with a `shard` label.
 pub fn render(shards: &[&ShardMetrics], out: &mut String) {
     type Field = fn(&ShardMetrics) -> &AtomicU64;
-    let series: [(&str, &str, &str, Field); 19] = [
+    let series: [(&str, &str, &str, Field); 20] = [
+        (
+            "switchboard_records_refused_total",
+            "counter",
+            "Requests refused because their log record would pass the log's caps.",
+            |m| &m.records_refused,
+        ),
         (
             "switchboard_wal_errors_total",
             "counter",

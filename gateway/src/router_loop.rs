@@ -404,6 +404,7 @@ impl RouterLoop {
         let metrics = &self.shard.metrics;
         ShardMetrics::set(&metrics.inbox_messages, stats.stored_messages as u64);
         ShardMetrics::set(&metrics.spilled_messages, stats.spilled_messages as u64);
+        ShardMetrics::set(&metrics.records_refused, stats.records_refused);
         ShardMetrics::set(&metrics.wal_disk_bytes, self.journal.bytes_on_disk());
         ShardMetrics::set(&metrics.wal_segments, self.journal.segment_count() as u64);
         let waiting: usize = self.mesh.incoming.iter().flatten().map(|r| r.slots()).sum();
