@@ -96,8 +96,8 @@ async fn method_not_allowed() -> Response {
     response
 }
 
-/// 200 when every shard answers within `control_timeout_ms`, else 503 naming the first
-/// shard that did not.
+/// 200 when every shard answers within `control_timeout_ms` and can write its log, else
+/// 503 naming the first shard that did not or cannot.
 async fn healthz(State(plane): State<Arc<ControlPlane>>) -> Response {
     let timeout = Duration::from_millis(plane.control_timeout_ms);
     // Ask every shard first, then wait: the shards answer in parallel.
@@ -122,6 +122,20 @@ async fn healthz(State(plane): State<Arc<ControlPlane>>) -> Response {
                     &format!("shard {shard_id} did not answer"),
                 );
             }
+        }
+    }
+    // A shard that cannot write its log refuses every new message: not healthy, so that a
+    // load balancer sends clients elsewhere until the disk takes writes again.
+    for (shard_id, (_, shard_metrics)) in plane.shards.iter().enumerate() {
+        if shard_metrics
+            .wal_failed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            != 0
+        {
+            return failure(
+                ErrorCode::Overloaded,
+                &format!("shard {shard_id} cannot write its log; new messages are refused"),
+            );
         }
     }
     let body = serde_json::json!({

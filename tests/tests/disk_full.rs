@@ -14,13 +14,15 @@ use std::time::Instant;
 
 use serde_json::Value;
 use switchboard_tests::{
-    Client, Options, Server, WAIT, connect, metric_sum, recv_json, recv_type, send_json,
-    send_message,
+    Client, Options, Server, WAIT, connect, metric_sum, raw_exchange, recv_json, recv_type,
+    send_json, send_message,
 };
 
 /// Characters of each message: more than a page, so that each one needs a new page of the
 /// tmpfs and the first one after the filler fails for certain.
 const CONTENT_CHARS: usize = 5000;
+
+const HEALTHZ: &str = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
 
 /// A tmpfs mounted for the test, unmounted when dropped.
 struct Tmpfs {
@@ -140,11 +142,16 @@ fn a_full_disk_stops_acknowledgements_until_space_is_back_and_loses_nothing() {
     // The server keeps serving: the durable message reaches bob, and HTTP answers.
     assert_eq!(bob_gets(&server, 1), vec![content(1)]);
     assert!(metric_sum(&server, "switchboard_wal_errors_total") >= 1);
+    let health = raw_exchange(server.http_addr, HEALTHZ);
+    assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+    assert!(health.contains("cannot write its log"), "{health}");
 
     std::fs::remove_file(filler).unwrap();
     // The rewrite works on a later tick: the held message is acknowledged at last.
     ack_for(&mut alice, 2);
     wait_metric(&server, "switchboard_wal_failed", 0);
+    let health = raw_exchange(server.http_addr, HEALTHZ);
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     for id in 3..=5 {
         send_json(&mut alice, &send_message(id, "bob", &content(id)));
         ack_for(&mut alice, id);
