@@ -251,6 +251,9 @@ pub struct Limits {
     /// Activity of a user seen on a shard that does not own them is forwarded at most once
     /// per this interval.
     pub activity_interval_ms: u64,
+    /// Items each of the router's timers (presence expiry, receipt retries, dedup expiry)
+    /// handles per tick; the rest wait for the next tick.
+    pub tick_items_max: usize,
 
     // The write-ahead log.
     /// Bytes of one segment file before the next record starts a new one.
@@ -318,6 +321,7 @@ impl Default for Limits {
             receipt_dedup_entries_max: router.receipt_dedup_entries_max,
             activity_users_max: router.activity_users_max,
             activity_interval_ms: router.activity_interval_ms,
+            tick_items_max: router.tick_items_max,
             wal_segment_bytes_max: journal.segment_bytes_max,
             wal_batch_interval_ms: journal.batch_interval_ms,
             wal_checkpoint_slack_bytes: journal.checkpoint_slack_bytes,
@@ -363,6 +367,7 @@ impl Limits {
             receipt_dedup_entries_max: self.receipt_dedup_entries_max,
             activity_users_max: self.activity_users_max,
             activity_interval_ms: self.activity_interval_ms,
+            tick_items_max: self.tick_items_max,
         }
     }
 
@@ -414,6 +419,7 @@ impl Limits {
             ("control_timeout_ms", self.control_timeout_ms),
             ("http_body_bytes_max", self.http_body_bytes_max as u64),
             ("ring_envelopes_max", self.ring_envelopes_max as u64),
+            ("tick_items_max", self.tick_items_max as u64),
             (
                 "mesh_batch_envelopes_max",
                 self.mesh_batch_envelopes_max as u64,
