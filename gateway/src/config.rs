@@ -207,9 +207,13 @@ pub struct Limits {
 
     // The mesh and the router loop.
     /// Envelopes one ring between two shards holds; also the length of a shard's queue
-    /// toward one router past which its connections stop reading (backpressure), and half
-    /// the length past which client messages are refused with `overloaded`.
+    /// toward one router past which its connections stop reading (backpressure).
     pub ring_envelopes_max: usize,
+    /// Envelopes one shard's outbox toward one other shard (or its own router's queue)
+    /// holds before client messages for it are refused with `overloaded`, and past which
+    /// the router loop takes no new inputs until the outbox has drained into its ring. At
+    /// least `ring_envelopes_max`.
+    pub outbox_envelopes_max: usize,
     /// Envelopes a router loop takes from one ring (and from its own connections) per turn.
     pub mesh_batch_envelopes_max: usize,
     /// Period of the router's timers: presence expiry, receipt retries, batch fsync,
@@ -303,6 +307,7 @@ impl Default for Limits {
             control_timeout_ms: 1_000,
             http_body_bytes_max: 64 * 1024,
             ring_envelopes_max: 4096,
+            outbox_envelopes_max: 8192,
             mesh_batch_envelopes_max: 1024,
             router_tick_ms: 100,
             users_max: router.users_max,
@@ -456,6 +461,9 @@ impl Limits {
             if value == 0 {
                 bail!("limit {name} must be greater than 0");
             }
+        }
+        if self.outbox_envelopes_max < self.ring_envelopes_max {
+            bail!("limit outbox_envelopes_max must be at least ring_envelopes_max");
         }
         if self.pending_outputs_max < 2 {
             bail!("limit pending_outputs_max must be at least 2");
