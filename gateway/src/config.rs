@@ -236,9 +236,13 @@ pub struct Limits {
 
     // The mesh and the router loop.
     /// Envelopes one ring between two shards holds; also the length of a shard's queue
-    /// toward one router past which its connections stop reading (backpressure), and half
-    /// the length past which client messages are refused with `overloaded`.
+    /// toward one router past which its connections stop reading (backpressure).
     pub ring_envelopes_max: usize,
+    /// Envelopes one shard's outbox toward one other shard (or its own router's queue)
+    /// holds before client messages for it are refused with `overloaded`, and past which
+    /// the router loop takes no new inputs until the outbox has drained into its ring. At
+    /// least `ring_envelopes_max`.
+    pub outbox_envelopes_max: usize,
     /// Envelopes a router loop takes from one ring (and from its own connections) per turn.
     pub mesh_batch_envelopes_max: usize,
     /// Period of the router's timers: presence expiry, receipt retries, batch fsync,
@@ -280,6 +284,9 @@ pub struct Limits {
     /// Activity of a user seen on a shard that does not own them is forwarded at most once
     /// per this interval.
     pub activity_interval_ms: u64,
+    /// Items each of the router's timers (presence expiry, receipt retries, dedup expiry)
+    /// handles per tick; the rest wait for the next tick.
+    pub tick_items_max: usize,
 
     // The write-ahead log.
     /// Bytes of one segment file before the next record starts a new one.
@@ -329,6 +336,7 @@ impl Default for Limits {
             control_timeout_ms: 1_000,
             http_body_bytes_max: 64 * 1024,
             ring_envelopes_max: 4096,
+            outbox_envelopes_max: 8192,
             mesh_batch_envelopes_max: 1024,
             router_tick_ms: 100,
             users_max: router.users_max,
@@ -347,6 +355,7 @@ impl Default for Limits {
             receipt_dedup_entries_max: router.receipt_dedup_entries_max,
             activity_users_max: router.activity_users_max,
             activity_interval_ms: router.activity_interval_ms,
+            tick_items_max: router.tick_items_max,
             wal_segment_bytes_max: journal.segment_bytes_max,
             wal_batch_interval_ms: journal.batch_interval_ms,
             wal_checkpoint_slack_bytes: journal.checkpoint_slack_bytes,
@@ -392,6 +401,7 @@ impl Limits {
             receipt_dedup_entries_max: self.receipt_dedup_entries_max,
             activity_users_max: self.activity_users_max,
             activity_interval_ms: self.activity_interval_ms,
+            tick_items_max: self.tick_items_max,
         }
     }
 
@@ -443,6 +453,7 @@ impl Limits {
             ("control_timeout_ms", self.control_timeout_ms),
             ("http_body_bytes_max", self.http_body_bytes_max as u64),
             ("ring_envelopes_max", self.ring_envelopes_max as u64),
+            ("tick_items_max", self.tick_items_max as u64),
             (
                 "mesh_batch_envelopes_max",
                 self.mesh_batch_envelopes_max as u64,
@@ -479,6 +490,9 @@ impl Limits {
             if value == 0 {
                 bail!("limit {name} must be greater than 0");
             }
+        }
+        if self.outbox_envelopes_max < self.ring_envelopes_max {
+            bail!("limit outbox_envelopes_max must be at least ring_envelopes_max");
         }
         if self.pending_outputs_max < 2 {
             bail!("limit pending_outputs_max must be at least 2");

@@ -565,9 +565,13 @@ impl Journal {
             .as_ref()
             .is_none_or(|(first, _)| *first != segment.first_lsn)
         {
+            // monoio's open: on io_uring an `openat` operation, so the shard thread never
+            // waits for the directory lookup (the epoll driver has no asynchronous open and
+            // makes it a plain `open`, as it makes the fdatasync a blocking one). The file
+            // stays open for the next read of the same segment.
             let path = segment_path(&self.dir, segment.first_lsn);
-            let file = fs::File::open(&path)?;
-            self.reader = Some((segment.first_lsn, monoio::fs::File::from_std(file)?));
+            let file = monoio::fs::File::open(&path).await?;
+            self.reader = Some((segment.first_lsn, file));
         }
         let (_, file) = self.reader.as_ref().expect("opened");
         let (read, header) = file

@@ -53,6 +53,9 @@ pub struct ShardMetrics {
     pub errors: AtomicU64,
     /// Counter: connections closed with 1013 for not reading their messages.
     pub slow_consumers: AtomicU64,
+    /// Counter: router loop turns that took no new inputs because an outbox toward another
+    /// shard was at `outbox_envelopes_max`.
+    pub outbox_full_turns: AtomicU64,
     /// Gauge: undelivered messages whose body is on disk only.
     pub spilled_messages: AtomicU64,
     /// Counter: message bodies read back from the log to be sent.
@@ -92,7 +95,7 @@ impl ShardMetrics {
 /// one sample per shard with a `shard` label.
 pub fn render(shards: &[&ShardMetrics], out: &mut String) {
     type Field = fn(&ShardMetrics) -> &AtomicU64;
-    let series: [(&str, &str, &str, Field); 20] = [
+    let series: [(&str, &str, &str, Field); 21] = [
         (
             "switchboard_records_refused_total",
             "counter",
@@ -146,6 +149,12 @@ pub fn render(shards: &[&ShardMetrics], out: &mut String) {
             "counter",
             "Connections closed with 1013 because they did not read their messages.",
             |m| &m.slow_consumers,
+        ),
+        (
+            "switchboard_outbox_full_turns_total",
+            "counter",
+            "Router loop turns that took no new inputs because an outbox was full.",
+            |m| &m.outbox_full_turns,
         ),
         (
             "switchboard_connections",

@@ -13,6 +13,14 @@
 //! 4. move the outboxes into the rings and ring the doorbells of the shards that got
 //!    something.
 //!
+//! An output the router made is never dropped, so the outboxes are bounded by taking fewer
+//! inputs: while an outbox toward some shard is at `outbox_envelopes_max` the loop takes
+//! nothing from its connections' queue, steps no `Tick` or `Checkpoint`, and reads its
+//! rings only if every shard it waits for waits too (`ShardMesh::stalled`; two shards that
+//! stopped reading each other's rings would wait for ever). An outbox whose ring is full
+//! sets the ring's room flag, and the other shard rings this shard's doorbell when it has
+//! read a chunk of that ring (`mesh.rs`): no timer polls for room.
+//!
 //! While the commit runs (an io_uring fsync on that driver), the connection tasks keep
 //! reading and queueing; what they queued is the next turn's batch. Every
 //! `router_tick_ms` the router gets `Tick` (presence expiry, receipt retries), the journal
@@ -23,6 +31,7 @@
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use monoio::time::Instant;
@@ -134,18 +143,20 @@ impl RouterLoop {
                 }
                 continue;
             }
+            // The fence of `prepare_sleep` orders the room flags `flush_outboxes` set before
+            // this last look at the rings' free slots (see `mesh.rs`).
             doorbell.prepare_sleep();
-            if self.has_incoming() || self.shard.link.has_local() {
+            let admit = self.admission();
+            if (admit.rings && self.has_incoming())
+                || (admit.local && self.shard.link.has_local())
+                || self.shard.link.can_flush(&self.mesh.outgoing)
+            {
                 doorbell.woke(false);
                 continue;
             }
-            // Outboxes that did not fit their rings wait for the other shard to drain them:
-            // look again soon rather than at the next tick.
-            let wait = if self.shard.link.queued() > 0 {
-                Duration::from_millis(1)
-            } else {
-                next_tick.saturating_duration_since(now)
-            };
+            // Outboxes that did not fit their rings wait for the other shard's read of them
+            // to ring the doorbell; only the tick has a timer.
+            let wait = next_tick.saturating_duration_since(now);
             let bell_fired = monoio::select! {
                 () = self.shard.link.router_wake.wait() => false,
                 _ = bell_ready.as_mut() => true,
@@ -168,6 +179,28 @@ impl RouterLoop {
             .any(|ring| !ring.is_empty())
     }
 
+    /// What this turn may take, given the outboxes; publishes whether this shard waits for
+    /// room. The store of this shard's flag comes before the loads of the others' (both
+    /// sequentially consistent), so of two shards that start waiting for each other at
+    /// once, at least one sees the other's flag and keeps reading its rings.
+    fn admission(&self) -> Admission {
+        let full = self.shard.link.full_outboxes();
+        let stalled = &self.mesh.stalled;
+        stalled[usize::from(self.shard.shard_id)].store(!full.is_empty(), Ordering::SeqCst);
+        if full.is_empty() {
+            return Admission {
+                local: true,
+                rings: true,
+            };
+        }
+        Admission {
+            local: false,
+            rings: full
+                .iter()
+                .all(|&shard| stalled[usize::from(shard)].load(Ordering::SeqCst)),
+        }
+    }
+
     /// One turn; returns whether it found any work.
     async fn turn(&mut self) -> bool {
         let now_ms = wall_ms();
@@ -179,12 +212,20 @@ impl RouterLoop {
             self.flush_outboxes();
             return false;
         }
-        self.shard.link.take_local(self.batch_max, &mut self.inputs);
+        let admit = self.admission();
+        if admit.local {
+            self.shard.link.take_local(self.batch_max, &mut self.inputs);
+        } else {
+            ShardMetrics::add(&self.shard.metrics.outbox_full_turns, 1);
+        }
         for input in self.inputs.drain(..) {
             worked = true;
             self.router.step(now_ms, input, &mut self.outputs);
         }
         for index in 0..self.mesh.incoming.len() {
+            if !admit.rings {
+                break;
+            }
             let Some(ring) = self.mesh.incoming[index].as_mut() else {
                 continue;
             };
@@ -200,6 +241,11 @@ impl RouterLoop {
                     Envelope::Deliver { conn, message } => self.shard.deliver(conn, &message),
                 }
             }
+            // The chunk's slots are free now: a producer waiting for them is woken.
+            let room = self.mesh.incoming_room[index]
+                .as_ref()
+                .expect("a flag per ring");
+            room.room_made(&self.mesh.doorbells[index]);
         }
         self.carry_out().await;
         if self.journal.last_lsn() > self.journal.committed_lsn() && self.wal_retry.is_none() {
@@ -365,7 +411,11 @@ impl RouterLoop {
     }
 
     fn flush_outboxes(&mut self) {
-        let (rung, _left) = self.shard.link.flush(&mut self.mesh.outgoing);
+        let (rung, left) = self.shard.link.flush(&mut self.mesh.outgoing);
+        for shard in left {
+            let room = self.mesh.outgoing_room[usize::from(shard)].as_ref();
+            room.expect("a flag per ring").wait();
+        }
         for (shard, doorbell) in self.mesh.doorbells.iter().enumerate() {
             if rung.contains(shard as u16) && shard != usize::from(self.shard.shard_id) {
                 doorbell.ring();
@@ -378,8 +428,13 @@ impl RouterLoop {
 
     async fn on_tick(&mut self) {
         let now_ms = wall_ms();
-        self.router.step(now_ms, Input::Tick, &mut self.outputs);
-        if self.journal.wants_checkpoint() {
+        // A tick's timers and a checkpoint make outputs too: they wait while an outbox is
+        // full, like every other input.
+        let admit = self.admission().local;
+        if admit {
+            self.router.step(now_ms, Input::Tick, &mut self.outputs);
+        }
+        if admit && self.journal.wants_checkpoint() {
             self.router
                 .step(now_ms, Input::Checkpoint, &mut self.outputs);
             ShardMetrics::add(&self.shard.metrics.checkpoints, 1);
@@ -436,6 +491,15 @@ impl RouterLoop {
             }
         }
     }
+}
+
+/// What a turn may take from its inputs.
+#[derive(Debug, Clone, Copy)]
+struct Admission {
+    /// The connections' queue, and the tick's timers: new work.
+    local: bool,
+    /// The rings from the other shards.
+    rings: bool,
 }
 
 /// A second descriptor for the same eventfd, for the event loop to own and poll.

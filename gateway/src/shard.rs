@@ -270,7 +270,12 @@ impl Shard {
             next_generation: Cell::new(0),
             shutting_down: Signal::default(),
             drained: Signal::default(),
-            link: Link::new(shard_id, n_shards, limits.ring_envelopes_max),
+            link: Link::new(
+                shard_id,
+                n_shards,
+                limits.ring_envelopes_max,
+                limits.outbox_envelopes_max,
+            ),
             metrics,
             auth,
             config,

@@ -4,11 +4,17 @@
 //! [`Link::submit`] asks `router::route` which shard(s) a message goes to and queues it:
 //! for this shard's own router in `local`, for another shard in that shard's outbox, which
 //! the router loop moves into the ring to that shard once per turn (so one doorbell rings
-//! per batch, not per message). The queues are bounded by `ring_envelopes_max`:
-//! - past it the link is *congested*, and connections stop reading their sockets until the
-//!   router loop has moved the queues on (backpressure reaches the clients' TCP windows);
-//! - a read already under way can still add a few messages; past twice the bound a message
-//!   is refused with `overloaded` instead of queued.
+//! per batch, not per message). The queues are bounded:
+//! - past `ring_envelopes_max` the link is *congested*, and connections stop reading their
+//!   sockets until the router loop has moved the queues on (backpressure reaches the
+//!   clients' TCP windows);
+//! - a read already under way can still add a few messages; at `outbox_envelopes_max` a
+//!   client message is refused with `overloaded` instead of queued;
+//! - the router's own outputs for another shard (answers, deliveries, messages between
+//!   routers) are never refused, since the router promised them: instead the router loop
+//!   takes no new inputs while an outbox is at `outbox_envelopes_max`
+//!   ([`Link::full_outboxes`]), so an outbox passes its bound by at most the outputs of the
+//!   inputs the loop had already taken.
 //!
 //! Attach, detach and close notices are never refused: each connection makes at most one of
 //! each per shard, so they are bounded by the connection limit, and losing one would leave
@@ -142,7 +148,8 @@ pub struct Link {
     outboxes: RefCell<Vec<VecDeque<Envelope>>>,
     /// `ring_envelopes_max`: past it, connections stop reading.
     queue_soft_max: usize,
-    /// Past it, client messages are refused.
+    /// `outbox_envelopes_max`: past it, client messages are refused and the router loop
+    /// takes no new inputs.
     queue_hard_max: usize,
     /// Wakes the router loop when something was queued.
     pub router_wake: Wakeup,
@@ -151,15 +158,21 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(shard_id: ShardId, n_shards: u16, ring_envelopes_max: usize) -> Link {
+    pub fn new(
+        shard_id: ShardId,
+        n_shards: u16,
+        ring_envelopes_max: usize,
+        outbox_envelopes_max: usize,
+    ) -> Link {
         assert!(shard_id < n_shards && ring_envelopes_max > 0);
+        assert!(outbox_envelopes_max >= ring_envelopes_max);
         Link {
             shard_id,
             n_shards,
             local: RefCell::new(VecDeque::new()),
             outboxes: RefCell::new((0..n_shards).map(|_| VecDeque::new()).collect()),
             queue_soft_max: ring_envelopes_max,
-            queue_hard_max: ring_envelopes_max.saturating_mul(2),
+            queue_hard_max: outbox_envelopes_max,
             router_wake: Wakeup::default(),
             room: Notify::default(),
         }
@@ -258,7 +271,10 @@ impl Link {
         self.router_wake.wake();
     }
 
-    /// Queues an envelope for another shard; the router loop moves it into the ring.
+    /// Queues an envelope for another shard; the router loop moves it into the ring. Never
+    /// refuses: what comes here is a notice or an output the router promised. The bound is
+    /// kept upstream: `submit` refuses client messages at `outbox_envelopes_max`, and the
+    /// router loop takes no inputs while [`Link::full_outboxes`] names any shard.
     pub fn send(&self, shard: ShardId, envelope: Envelope) {
         assert_ne!(shard, self.shard_id, "a shard's own inputs go to `local`");
         self.outboxes.borrow_mut()[usize::from(shard)].push_back(envelope);
@@ -282,6 +298,23 @@ impl Link {
                 .any(|outbox| outbox.len() >= self.queue_soft_max)
     }
 
+    /// The shards whose outbox is at `outbox_envelopes_max` or past it: while there are
+    /// any, the router loop takes no new inputs, so it makes no more outputs for them.
+    pub fn full_outboxes(&self) -> Vec<ShardId> {
+        let outboxes = self.outboxes.borrow();
+        (0..self.n_shards)
+            .filter(|&shard| outboxes[usize::from(shard)].len() >= self.queue_hard_max)
+            .collect()
+    }
+
+    /// Whether some outbox holds envelopes and its ring has room for some now.
+    pub fn can_flush(&self, rings: &[Option<rtrb::Producer<Envelope>>]) -> bool {
+        let outboxes = self.outboxes.borrow();
+        outboxes.iter().zip(rings).any(|(outbox, ring)| {
+            !outbox.is_empty() && ring.as_ref().is_some_and(|ring| ring.slots() > 0)
+        })
+    }
+
     /// Takes up to `max` inputs for this shard's own router, oldest first.
     pub fn take_local(&self, max: usize, into: &mut Vec<Input>) {
         let mut local = self.local.borrow_mut();
@@ -294,10 +327,14 @@ impl Link {
     }
 
     /// Moves what fits of each outbox into the ring to its shard. Returns the shards that
-    /// got envelopes (to ring their doorbells) as a set, and whether anything is left over.
-    pub fn flush(&self, rings: &mut [Option<rtrb::Producer<Envelope>>]) -> (ShardSet, bool) {
+    /// got envelopes (to ring their doorbells) and the shards whose outbox did not fit its
+    /// ring (to wait for room in).
+    pub fn flush(
+        &self,
+        rings: &mut [Option<rtrb::Producer<Envelope>>],
+    ) -> (ShardSet, Vec<ShardId>) {
         let mut rung = ShardSet::default();
-        let mut left = false;
+        let mut left = Vec::new();
         let mut outboxes = self.outboxes.borrow_mut();
         for (shard, outbox) in outboxes.iter_mut().enumerate() {
             if outbox.is_empty() {
@@ -311,7 +348,9 @@ impl Link {
                 assert_eq!(written, n);
                 rung.insert(shard as ShardId);
             }
-            left |= !outbox.is_empty();
+            if !outbox.is_empty() {
+                left.push(shard as ShardId);
+            }
         }
         (rung, left)
     }
@@ -356,7 +395,7 @@ mod tests {
 
     #[test]
     fn messages_queue_by_owner_and_a_full_queue_refuses_them() {
-        let link = Link::new(0, 2, 2);
+        let link = Link::new(0, 2, 2, 4);
         let alice = user("alice");
         let heartbeat = || ClientMessage::Heartbeat;
         let owner = router::owner_shard(&alice, 2);
@@ -381,7 +420,7 @@ mod tests {
             let (producer, mut consumer) = rtrb::RingBuffer::new(4);
             let mut rings = vec![None, Some(producer)];
             let (rung, left) = link.flush(&mut rings);
-            assert!(rung.contains(1) && left, "four fit, one waits");
+            assert!(rung.contains(1) && left == [1], "four fit, one waits");
             assert!(!link.congested());
             assert!(matches!(
                 consumer.pop(),
@@ -391,8 +430,41 @@ mod tests {
     }
 
     #[test]
+    fn a_full_outbox_refuses_client_messages_and_names_itself_until_it_drains() {
+        let link = Link::new(0, 2, 2, 3);
+        let bob = (0..)
+            .map(|i| user(&format!("bob{i}")))
+            .find(|u| router::owner_shard(u, 2) == 1)
+            .unwrap();
+        for _ in 0..3 {
+            link.submit(conn(1), &bob, ClientMessage::Heartbeat)
+                .unwrap();
+        }
+        assert_eq!(link.full_outboxes(), [1]);
+        assert_eq!(
+            link.submit(conn(1), &bob, ClientMessage::Heartbeat),
+            Err(SinkError::Overloaded),
+            "no growth from clients past the bound"
+        );
+        // What the router promised is kept (the router loop stops taking inputs instead).
+        link.send(1, Envelope::Router(Input::Tick));
+        assert_eq!(link.queued(), 4);
+        let (producer, mut consumer) = rtrb::RingBuffer::new(2);
+        let mut rings = vec![None, Some(producer)];
+        assert!(link.can_flush(&rings));
+        let (rung, left) = link.flush(&mut rings);
+        assert!(rung.contains(1) && left == [1]);
+        assert!(link.full_outboxes().is_empty(), "two left, under the bound");
+        assert!(!link.can_flush(&rings), "the ring is full");
+        consumer.read_chunk(2).unwrap().commit_all();
+        assert!(link.can_flush(&rings));
+        let (_, left) = link.flush(&mut rings);
+        assert!(left.is_empty() && link.queued() == 0);
+    }
+
+    #[test]
     fn a_subscribe_reports_the_shards_it_went_to() {
-        let link = Link::new(0, 4, 16);
+        let link = Link::new(0, 4, 16, 32);
         let users = vec![user("bob"), user("carol"), user("dave")];
         let owners: Vec<ShardId> = users.iter().map(|u| router::owner_shard(u, 4)).collect();
         let message = ClientMessage::PresenceSubscribe { users };

@@ -56,6 +56,11 @@ pub struct Config {
     /// A user's own actions on a shard that does not own them are forwarded to the owner
     /// at most once per this interval.
     pub activity_interval_ms: u64,
+    /// Items each of the tick's timers handles in one `Tick`: users gone offline, receipts
+    /// forwarded again, dedup entries forgotten. What is due past it waits for the next
+    /// tick, so one tick's work (and its outputs) stays bounded after a clock jump or a
+    /// burst of connections that all fall silent at once.
+    pub tick_items_max: usize,
 }
 
 impl Config {
@@ -77,6 +82,7 @@ impl Config {
         receipt_dedup_entries_max: 100_000,
         activity_users_max: 100_000,
         activity_interval_ms: 1_000,
+        tick_items_max: 10_000,
     };
 }
 

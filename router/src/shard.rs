@@ -389,6 +389,10 @@ impl RouterShard {
         assert!(shard_id < n_shards);
         assert!(config.presence_ttl_ms > 0 && config.receipt_retry_ms > 0);
         assert!(config.activity_interval_ms > 0 && config.pending_outputs_max >= 2);
+        assert!(
+            config.tick_items_max > 0,
+            "a tick that handles nothing never catches up"
+        );
         RouterShard {
             config,
             shard_id,
@@ -1068,9 +1072,15 @@ impl RouterShard {
         }
     }
 
+    /// Each timer handles at most `tick_items_max` due items; the rest stay due, in order,
+    /// for the next tick.
     fn tick(&mut self, now_ms: u64, outputs: &mut Vec<Output>) {
+        let max = self.config.tick_items_max;
         // Users whose last action is older than the TTL go offline.
-        while let Some((deadline, _)) = self.presence_deadlines.first() {
+        for _ in 0..max {
+            let Some((deadline, _)) = self.presence_deadlines.first() else {
+                break;
+            };
             if *deadline > self.mono_ms {
                 break;
             }
@@ -1082,7 +1092,10 @@ impl RouterShard {
             self.notify_presence(&user, outputs);
         }
         // Receipts whose `ReceiptStored` did not come back are forwarded again.
-        while let Some((retry_at, _, _)) = self.retry_queue.first() {
+        for _ in 0..max {
+            let Some((retry_at, _, _)) = self.retry_queue.first() else {
+                break;
+            };
             if *retry_at > self.mono_ms {
                 break;
             }
@@ -1096,7 +1109,10 @@ impl RouterShard {
         // Dedup entries past the window are forgotten. The window is wall-clock time: the
         // ids carry the wall clock of their acknowledgement.
         let horizon = now_ms.saturating_sub(self.config.dedup_window_ms);
-        while let Some((id, _)) = self.dedup_order.first_key_value() {
+        for _ in 0..max {
+            let Some((id, _)) = self.dedup_order.first_key_value() else {
+                break;
+            };
             if ms_of(*id) >= horizon {
                 break;
             }

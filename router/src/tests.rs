@@ -1433,3 +1433,46 @@ fn a_read_of_more_receipts_than_one_record_holds_is_refused_and_changes_nothing(
         [Record::Receipts { items, .. }] if items.len() == 2 * (n - 1)
     ));
 }
+
+#[test]
+fn a_tick_handles_at_most_tick_items_max_of_each_timer_and_the_rest_next_tick() {
+    let config = Config {
+        presence_ttl_ms: 1000,
+        dedup_window_ms: 1000,
+        tick_items_max: 2,
+        ..Config::DEFAULT
+    };
+    let mut h = Harness::new(config);
+    let alice = user("alice");
+    let watcher = conn(100);
+    let users: Vec<UserId> = (0..5).map(|i| user(&format!("user{i}"))).collect();
+    h.client(
+        watcher,
+        &alice,
+        ClientMessage::PresenceSubscribe {
+            users: users.clone(),
+        },
+    );
+    for (slot, user) in users.iter().enumerate() {
+        h.attach(conn(slot as u32), user);
+        h.send(conn(slot as u32), user, &alice, 1);
+    }
+    assert_eq!(h.shard.stats().dedup_entries, 5);
+    // Everyone falls silent and every dedup entry leaves the window at the same tick.
+    h.now_ms += 1001;
+    let offline = |outputs: &[Output]| {
+        sends(outputs)
+            .into_iter()
+            .filter(|(to, message)| {
+                *to == watcher && matches!(message, ServerMessage::Presence { online: false, .. })
+            })
+            .count()
+    };
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let outputs = h.step(Input::Tick);
+        seen.push((offline(&outputs), h.shard.stats().dedup_entries));
+    }
+    assert_eq!(seen, vec![(2, 3), (2, 1), (1, 0)], "two per tick, in order");
+    assert!(users.iter().all(|user| !h.shard.presence(user).online));
+}
