@@ -8,7 +8,7 @@
 //! and target directory as the test binary itself, found from `std::env::current_exe`),
 //! which is a no-op when the binary is fresh, and takes the binary from that directory. So
 //! `cargo test -p switchboard-tests` alone always tests the current source. Setting
-//! `SWITCHBOARD_BIN` to a binary's path skips the build and tests that binary instead.
+//! `SWITCHBOARD_BIN` to a binary's path (absolute, or relative to the workspace root) skips the build and tests that binary instead.
 
 use std::io::{BufRead as _, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -37,7 +37,9 @@ pub fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         if let Some(path) = std::env::var_os("SWITCHBOARD_BIN") {
-            return PathBuf::from(path);
+            // Tests run in `tests/`; a relative path is meant from the workspace root.
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            return workspace.join(path);
         }
         let exe = std::env::current_exe().expect("the test binary's path");
         // target/<profile>/deps/<test binary>
