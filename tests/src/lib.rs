@@ -8,7 +8,8 @@
 //! and target directory as the test binary itself, found from `std::env::current_exe`),
 //! which is a no-op when the binary is fresh, and takes the binary from that directory. So
 //! `cargo test -p switchboard-tests` alone always tests the current source. Setting
-//! `SWITCHBOARD_BIN` to a binary's path (absolute, or relative to the workspace root) skips the build and tests that binary instead.
+//! `SWITCHBOARD_BIN` to a binary's path (absolute, or relative to the workspace root) skips
+//! the build and tests that binary instead.
 
 use std::io::{BufRead as _, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
