@@ -1368,7 +1368,19 @@ fn parse_layout(text: &str) -> anyhow::Result<u16> {
 
 /// The highest `shard-<id>` directory's id plus one, if there is one.
 fn shard_dirs_count(data_dir: &Path) -> anyhow::Result<Option<u16>> {
-    let mut count: Option<u16> = None;
+    let dirs = shard_dirs(data_dir)?;
+    let Some((highest, _)) = dirs.last() else {
+        return Ok(None);
+    };
+    highest
+        .checked_add(1)
+        .context("a shard id of 65535")
+        .map(Some)
+}
+
+/// The `shard-<id>` directories of `data_dir`, in id order.
+pub fn shard_dirs(data_dir: &Path) -> anyhow::Result<Vec<(u16, PathBuf)>> {
+    let mut dirs = Vec::new();
     let entries =
         fs::read_dir(data_dir).with_context(|| format!("cannot list {}", data_dir.display()))?;
     for entry in entries {
@@ -1381,10 +1393,10 @@ fn shard_dirs_count(data_dir: &Path) -> anyhow::Result<Option<u16>> {
         else {
             continue;
         };
-        let n = id.checked_add(1).context("a shard id of 65535")?;
-        count = Some(count.map_or(n, |c| c.max(n)));
+        dirs.push((id, entry.path()));
     }
-    Ok(count)
+    dirs.sort();
+    Ok(dirs)
 }
 
 #[cfg(test)]

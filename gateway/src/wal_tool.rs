@@ -8,8 +8,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
-
 use crate::journal::{self, Damage, Examined};
 
 /// The shard directories of `data_dir`, in id order.
@@ -17,23 +15,7 @@ fn shard_dirs(data_dir: &Path) -> anyhow::Result<Vec<(u16, PathBuf)>> {
     if !data_dir.is_dir() {
         anyhow::bail!("{} is not a data directory", data_dir.display());
     }
-    let mut dirs = Vec::new();
-    let entries = std::fs::read_dir(data_dir)
-        .with_context(|| format!("cannot list {}", data_dir.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot list {}", data_dir.display()))?;
-        let name = entry.file_name();
-        let Some(id) = name
-            .to_str()
-            .and_then(|name| name.strip_prefix("shard-"))
-            .and_then(|id| id.parse::<u16>().ok())
-        else {
-            continue;
-        };
-        dirs.push((id, entry.path()));
-    }
-    dirs.sort();
-    Ok(dirs)
+    journal::shard_dirs(data_dir)
 }
 
 /// One line about a shard's log.

@@ -535,6 +535,18 @@ pub fn nothing_within(client: &mut Client, quiet: Duration) -> Option<Message> {
     result
 }
 
+/// Connects as `user` and returns the `content` of the first `n` messages it receives, in
+/// order, acknowledging none (so that they stay in its inbox).
+pub fn contents_received(server: &Server, user: &str, n: usize) -> Vec<String> {
+    let mut client = connect(server, user);
+    (0..n)
+        .map(|_| {
+            let (message, _) = recv_type(&mut client, "incoming_message");
+            message["content"].as_str().expect("a content").to_owned()
+        })
+        .collect()
+}
+
 /// A `send_message` from the connection's user to `to`.
 pub fn send_message(client_msg_id: u64, to: &str, content: &str) -> serde_json::Value {
     serde_json::json!({

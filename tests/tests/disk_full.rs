@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 use switchboard_tests::{
-    Client, Options, Server, WAIT, connect, metric_sum, raw_exchange, recv_json, recv_type,
+    Client, Options, Server, WAIT, connect, contents_received, metric_sum, raw_exchange, recv_json,
     send_json, send_message,
 };
 
@@ -101,17 +101,6 @@ fn wait_metric(server: &Server, name: &str, value: u64) {
     }
 }
 
-/// The contents bob receives, in order, acknowledging none.
-fn bob_gets(server: &Server, n: usize) -> Vec<String> {
-    let mut bob = connect(server, "bob");
-    (0..n)
-        .map(|_| {
-            let (message, _) = recv_type(&mut bob, "incoming_message");
-            message["content"].as_str().unwrap().to_owned()
-        })
-        .collect()
-}
-
 #[test]
 fn a_full_disk_stops_acknowledgements_until_space_is_back_and_loses_nothing() {
     let Some(tmpfs) = Tmpfs::mount("1m") else {
@@ -140,7 +129,7 @@ fn a_full_disk_stops_acknowledgements_until_space_is_back_and_loses_nothing() {
         assert_eq!(answer["client_msg_id"], id, "{answer}");
     }
     // The server keeps serving: the durable message reaches bob, and HTTP answers.
-    assert_eq!(bob_gets(&server, 1), vec![content(1)]);
+    assert_eq!(contents_received(&server, "bob", 1), vec![content(1)]);
     assert!(metric_sum(&server, "switchboard_wal_errors_total") >= 1);
     let health = raw_exchange(server.http_addr, HEALTHZ);
     assert!(health.starts_with("HTTP/1.1 503"), "{health}");
@@ -157,13 +146,13 @@ fn a_full_disk_stops_acknowledgements_until_space_is_back_and_loses_nothing() {
         ack_for(&mut alice, id);
     }
     let all: Vec<String> = (1..=5).map(content).collect();
-    assert_eq!(bob_gets(&server, 5), all);
+    assert_eq!(contents_received(&server, "bob", 5), all);
 
     server.signal(libc::SIGKILL);
     assert!(!server.wait_exit().success());
     let server = Server::start_with(options());
     assert_eq!(
-        bob_gets(&server, 5),
+        contents_received(&server, "bob", 5),
         all,
         "after SIGKILL, each once, in order"
     );

@@ -7,7 +7,9 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use switchboard_tests::{Options, Server, connect, recv_type, send_json, send_message};
+use switchboard_tests::{
+    Options, Server, connect, contents_received, recv_type, send_json, send_message,
+};
 
 const MESSAGES: u64 = 60;
 
@@ -68,17 +70,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// What bob gets on connecting, in order, until `n` messages arrived.
-fn bob_gets(server: &Server, n: u64) -> Vec<String> {
-    let mut bob = connect(server, "bob");
-    (0..n)
-        .map(|_| {
-            let (message, _) = recv_type(&mut bob, "incoming_message");
-            message["content"].as_str().unwrap().to_owned()
-        })
-        .collect()
-}
-
 #[test]
 fn a_torn_tail_is_truncated_at_start_and_loses_nothing() {
     let data = data_dir_with_messages();
@@ -96,7 +87,7 @@ fn a_torn_tail_is_truncated_at_start_and_loses_nothing() {
 
     let server = Server::start_with(Options::default().data_dir(data.path()));
     let all: Vec<String> = (1..=MESSAGES).map(content).collect();
-    assert_eq!(bob_gets(&server, MESSAGES), all);
+    assert_eq!(contents_received(&server, "bob", MESSAGES as usize), all);
     let check = wal(data.path(), &["check"]);
     assert!(check.status.success(), "{check:?}");
     assert!(!text(&check.stdout).contains("torn"), "{check:?}");
