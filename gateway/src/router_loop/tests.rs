@@ -1,6 +1,7 @@
 //! Backpressure between shards, on real router loops: each loop under test runs on a thread
-//! of its own in a monoio runtime, as `shard::start` runs it, with tiny rings and outboxes, a
-//! journal in a temporary directory and no fsync. Where a test plays the other shard it uses
+//! of its own in a monoio runtime (epoll, and io_uring where the kernel offers it), as
+//! `shard::start` runs it, with tiny rings and outboxes, a journal in a temporary directory
+//! and no fsync. Where a test plays the other shard it uses
 //! that shard's real ends of the mesh: the rtrb consumer, the ring's room flag and the
 //! doorbell, in the order a router loop uses them.
 //!
