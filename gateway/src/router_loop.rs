@@ -516,3 +516,6 @@ fn fatal(shard_id: u16, what: &str, error: &dyn std::fmt::Display) -> ! {
     eprintln!("switchboard: error: shard {shard_id}: {what}: {error}");
     std::process::exit(1);
 }
+
+#[cfg(test)]
+mod tests;

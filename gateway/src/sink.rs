@@ -280,7 +280,9 @@ impl Link {
         self.outboxes.borrow_mut()[usize::from(shard)].push_back(envelope);
     }
 
-    fn queued_for(&self, shard: ShardId) -> usize {
+    /// Inputs queued for this shard's own router (`shard` is this one), or envelopes in the
+    /// outbox toward another shard.
+    pub fn queued_for(&self, shard: ShardId) -> usize {
         if shard == self.shard_id {
             self.local.borrow().len()
         } else {
