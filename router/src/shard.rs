@@ -572,6 +572,17 @@ impl RouterShard {
             .flat_map(|state| state.mail().inbox.iter().copied())
     }
 
+    /// The receipts kept for a user this shard owns until they connect, by message id.
+    pub fn queued_receipts(
+        &self,
+        user: &UserId,
+    ) -> impl Iterator<Item = (MessageId, ReceiptKind)> + '_ {
+        self.users
+            .get(user)
+            .into_iter()
+            .flat_map(|state| state.mail().queued_receipts.keys().copied())
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
             users: self.users.len(),
