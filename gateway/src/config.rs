@@ -287,6 +287,9 @@ pub struct Limits {
     /// Items each of the router's timers (presence expiry, receipt retries, dedup expiry)
     /// handles per tick; the rest wait for the next tick.
     pub tick_items_max: usize,
+    /// Records one step of a checkpoint appends (and items of state it visits); a
+    /// checkpoint of a large shard goes on over many loop turns, between other inputs.
+    pub checkpoint_items_per_step_max: usize,
 
     // The write-ahead log.
     /// Bytes of one segment file before the next record starts a new one.
@@ -356,6 +359,7 @@ impl Default for Limits {
             activity_users_max: router.activity_users_max,
             activity_interval_ms: router.activity_interval_ms,
             tick_items_max: router.tick_items_max,
+            checkpoint_items_per_step_max: router.checkpoint_items_per_step_max,
             wal_segment_bytes_max: journal.segment_bytes_max,
             wal_batch_interval_ms: journal.batch_interval_ms,
             wal_checkpoint_slack_bytes: journal.checkpoint_slack_bytes,
@@ -402,6 +406,7 @@ impl Limits {
             activity_users_max: self.activity_users_max,
             activity_interval_ms: self.activity_interval_ms,
             tick_items_max: self.tick_items_max,
+            checkpoint_items_per_step_max: self.checkpoint_items_per_step_max,
         }
     }
 
@@ -454,6 +459,10 @@ impl Limits {
             ("http_body_bytes_max", self.http_body_bytes_max as u64),
             ("ring_envelopes_max", self.ring_envelopes_max as u64),
             ("tick_items_max", self.tick_items_max as u64),
+            (
+                "checkpoint_items_per_step_max",
+                self.checkpoint_items_per_step_max as u64,
+            ),
             (
                 "mesh_batch_envelopes_max",
                 self.mesh_batch_envelopes_max as u64,

@@ -5,7 +5,8 @@
 //! One turn:
 //! 1. take the inputs this shard's connections queued, and up to `mesh_batch_envelopes_max`
 //!    envelopes from each ring into this shard, and step the router with each (an envelope
-//!    for a connection is delivered at once);
+//!    for a connection is delivered at once); then, while a checkpoint is in progress, one
+//!    more step of it (at most `checkpoint_items_per_step_max` records);
 //! 2. carry out the outputs: appends go to the journal, sends to a connection of this shard
 //!    are encoded and queued on it, everything for another shard goes to its outbox;
 //! 3. if anything was appended, commit (one fdatasync with `fsync` durability) and step the
@@ -24,7 +25,7 @@
 //! While the commit runs (an io_uring fsync on that driver), the connection tasks keep
 //! reading and queueing; what they queued is the next turn's batch. Every
 //! `router_tick_ms` the router gets `Tick` (presence expiry, receipt retries), the journal
-//! syncs a due batch, a checkpoint is taken when the log has grown enough, the control
+//! syncs a due batch, a checkpoint begins when the log has grown enough, the control
 //! plane's questions are answered and the gauges are set. With nothing to do the task sleeps
 //! until a connection queues something, a doorbell rings or the next tick.
 
@@ -221,6 +222,16 @@ impl RouterLoop {
         for input in self.inputs.drain(..) {
             worked = true;
             self.router.step(now_ms, input, &mut self.outputs);
+        }
+        // A checkpoint goes on once per turn rather than once per tick: under load it ends
+        // after as many turns as it has chunks instead of that many ticks, and the chunk
+        // bound keeps each step as short as a batch of inputs. It waits while the log is
+        // failed (its records would only fill the buffer kept for the rewrite) and, like
+        // other new work, while an outbox is full.
+        if admit.local && self.wal_retry.is_none() && self.router.checkpoint_in_progress() {
+            worked = true;
+            self.router
+                .step(now_ms, Input::Checkpoint, &mut self.outputs);
         }
         for index in 0..self.mesh.incoming.len() {
             if !admit.rings {
@@ -434,7 +445,8 @@ impl RouterLoop {
         if admit {
             self.router.step(now_ms, Input::Tick, &mut self.outputs);
         }
-        if admit && self.journal.wants_checkpoint() {
+        // Only its first step here: the turns go on with it.
+        if admit && !self.router.checkpoint_in_progress() && self.journal.wants_checkpoint() {
             self.router
                 .step(now_ms, Input::Checkpoint, &mut self.outputs);
             ShardMetrics::add(&self.shard.metrics.checkpoints, 1);

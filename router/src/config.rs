@@ -61,6 +61,12 @@ pub struct Config {
     /// tick, so one tick's work (and its outputs) stays bounded after a clock jump or a
     /// burst of connections that all fall silent at once.
     pub tick_items_max: usize,
+    /// Records one step of a checkpoint appends, `CheckpointBegin` and `CheckpointEnd`
+    /// included, and items of state it visits: a checkpoint of a large shard is spread over
+    /// many steps (the shell steps `Input::Checkpoint` again while
+    /// `checkpoint_in_progress`), so that no step stalls the shard or makes an output per
+    /// item of its whole state.
+    pub checkpoint_items_per_step_max: usize,
 }
 
 impl Config {
@@ -83,6 +89,7 @@ impl Config {
         activity_users_max: 100_000,
         activity_interval_ms: 1_000,
         tick_items_max: 10_000,
+        checkpoint_items_per_step_max: 4_096,
     };
 }
 

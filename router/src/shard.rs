@@ -4,6 +4,7 @@
 //! live path uses, so the state after a restart is the state the log describes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::Bound;
 
 use smallvec::SmallVec;
 
@@ -45,10 +46,13 @@ pub enum Input {
     /// Timers: presence expiry, receipt retries, dedup window. Called every tick (say every
     /// 100 ms); calling it more often is harmless.
     Tick,
-    /// Append a checkpoint: a copy of all live state, between `CheckpointBegin` and
-    /// `CheckpointEnd`. Once the `CheckpointEnd` record is durable, the shell may delete
-    /// every segment that holds only records before the `CheckpointBegin`. The shell
-    /// starts a new segment just before the `CheckpointBegin` so that whole segments go.
+    /// Start a checkpoint, or go on with the one in progress: a copy of all live state,
+    /// between `CheckpointBegin` and `CheckpointEnd`, at most
+    /// `checkpoint_items_per_step_max` records per step, with live records between the
+    /// steps. The shell steps it again while `checkpoint_in_progress()`. Once the
+    /// `CheckpointEnd` record is durable, the shell may delete every segment that holds
+    /// only records before the `CheckpointBegin`. The shell starts a new segment just
+    /// before the `CheckpointBegin` so that whole segments go.
     Checkpoint,
     /// Whether the shell can write the log now. After a failed write or fsync the shell
     /// says `writable: false`: new messages are refused (`overloaded`, with their
@@ -333,6 +337,65 @@ enum Pending {
     },
 }
 
+/// A checkpoint in progress: where its copy of the live state has got to.
+#[derive(Debug)]
+struct Checkpointing {
+    /// The lsn of its `CheckpointBegin`.
+    begin: Lsn,
+    /// The last message id at the begin; the copies of maps keyed by this shard's message
+    /// ids stop there.
+    last_id: Option<MessageId>,
+    phase: CheckpointPhase,
+}
+
+/// What a checkpoint copies next, in this order; each cursor is the last key copied.
+#[derive(Debug)]
+enum CheckpointPhase {
+    Messages {
+        after: Option<MessageId>,
+    },
+    /// Entries whose message left the inbox (the others are in the messages' copies).
+    Dedup {
+        after: Option<MessageId>,
+    },
+    ReadIndex {
+        after: Option<MessageId>,
+    },
+    Outstanding {
+        after: Option<(MessageId, ReceiptKind)>,
+    },
+    /// The users that had queued receipts when this phase began, in name order; within the
+    /// user at `next`, the last receipt copied and the last one to copy.
+    Queued {
+        users: Vec<UserId>,
+        next: usize,
+        after: Option<(MessageId, ReceiptKind)>,
+        until: Option<(MessageId, ReceiptKind)>,
+    },
+    End,
+}
+
+/// Up to `n` keys of `map` after `after` (from the first when `None`) and up to `until`
+/// included (none when `None`), in order.
+fn keys_between<K: Ord + Copy, V>(
+    map: &BTreeMap<K, V>,
+    after: Option<K>,
+    until: Option<K>,
+    n: usize,
+) -> Vec<K> {
+    let Some(until) = until else {
+        return Vec::new();
+    };
+    let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+    if after.is_some_and(|after| after >= until) {
+        return Vec::new();
+    }
+    map.range((start, Bound::Included(until)))
+        .take(n)
+        .map(|(key, _)| *key)
+        .collect()
+}
+
 /// One router shard: the users it owns and the messages stored for them.
 #[derive(Debug)]
 pub struct RouterShard {
@@ -380,6 +443,8 @@ pub struct RouterShard {
     local: VecDeque<PeerMessage>,
     /// False while the shell cannot write the log (`Input::Storage`).
     writable: bool,
+    /// The checkpoint whose `CheckpointBegin` is appended and `CheckpointEnd` not yet.
+    checkpoint: Option<Checkpointing>,
 }
 
 impl RouterShard {
@@ -392,6 +457,10 @@ impl RouterShard {
         assert!(
             config.tick_items_max > 0,
             "a tick that handles nothing never catches up"
+        );
+        assert!(
+            config.checkpoint_items_per_step_max > 0,
+            "a checkpoint step that copies nothing never ends"
         );
         RouterShard {
             config,
@@ -423,6 +492,7 @@ impl RouterShard {
             pending: VecDeque::new(),
             local: VecDeque::new(),
             writable: true,
+            checkpoint: None,
         }
     }
 
@@ -472,6 +542,14 @@ impl RouterShard {
         self.durable_lsn
     }
 
+    /// Whether a checkpoint has begun and not ended: the shell steps `Input::Checkpoint`
+    /// again to go on with it. A crash in the middle leaves a `CheckpointBegin` without its
+    /// `CheckpointEnd`, which deletes nothing; recovery replays the log as it is, and the
+    /// recovered shard has no checkpoint in progress.
+    pub fn checkpoint_in_progress(&self) -> bool {
+        self.checkpoint.is_some()
+    }
+
     /// The presence of a user this shard owns.
     pub fn presence(&self, user: &UserId) -> Presence {
         match self.users.get(user) {
@@ -492,6 +570,17 @@ impl RouterShard {
             .get(user)
             .into_iter()
             .flat_map(|state| state.mail().inbox.iter().copied())
+    }
+
+    /// The receipts kept for a user this shard owns until they connect, by message id.
+    pub fn queued_receipts(
+        &self,
+        user: &UserId,
+    ) -> impl Iterator<Item = (MessageId, ReceiptKind)> + '_ {
+        self.users
+            .get(user)
+            .into_iter()
+            .flat_map(|state| state.mail().queued_receipts.keys().copied())
     }
 
     pub fn stats(&self) -> Stats {
@@ -1121,74 +1210,216 @@ impl RouterShard {
         }
     }
 
+    /// One step of a checkpoint: starts one (appending `CheckpointBegin`) unless one is in
+    /// progress, then copies the next items of live state, and appends `CheckpointEnd`
+    /// once everything has been copied. A step appends at most
+    /// `checkpoint_items_per_step_max` records and visits at most that many items.
+    ///
+    /// Why a copy spread over steps is a checkpoint although live records come between its
+    /// chunks: recovery from a durable `CheckpointEnd` replays everything from the
+    /// `CheckpointBegin` on, copies and live records in log order, and applying records is
+    /// idempotent. An item made after the begin is in a live record after it. An item that
+    /// existed at the begin and still exists at the end is copied, as it is then, when the
+    /// cursor reaches it (each map is walked in key order and only grows by keys the
+    /// cursors need not visit, or visit again harmlessly); what changes it after its copy
+    /// is a live record after the copy. An item removed before the cursor reached it is
+    /// not copied, and the record that removed it does nothing on replay.
     fn checkpoint(&mut self, outputs: &mut Vec<Output>) {
-        let last_message_id = self.ids.last();
-        let begin = self.append(Record::CheckpointBegin { last_message_id }, outputs);
-        // Messages first, each from memory or copied from the log, and from now on read
-        // from its copy: the segments before `begin` go once the checkpoint is durable.
-        let ids: Vec<MessageId> = self.messages.keys().copied().collect();
-        for id in ids {
-            let stored = &self.messages[&id];
-            if stored.spilled {
-                let from = stored.body_lsn;
-                let lsn = self.last_lsn.next();
-                self.last_lsn = lsn;
-                outputs.push(Output::AppendCopy { lsn, from });
-                self.messages.get_mut(&id).expect("listed").body_lsn = lsn;
-            } else {
-                // `apply` moves `body_lsn` to the copy.
-                self.append(Record::Message(stored.message.clone()), outputs);
+        let mut budget = self.config.checkpoint_items_per_step_max;
+        let mut progress = match self.checkpoint.take() {
+            Some(progress) => progress,
+            None => {
+                // Every id stored from now on is above this one, and its record follows
+                // the begin: the cursors over ids stop here, so live traffic cannot keep
+                // a checkpoint from ending.
+                let last_id = self.ids.last();
+                let record = Record::CheckpointBegin {
+                    last_message_id: last_id,
+                };
+                let begin = self.append(record, outputs);
+                budget -= 1;
+                Checkpointing {
+                    begin,
+                    last_id,
+                    phase: CheckpointPhase::Messages { after: None },
+                }
             }
+        };
+        while budget > 0 {
+            let used = match &mut progress.phase {
+                CheckpointPhase::Messages { after } => {
+                    let ids = keys_between(&self.messages, *after, progress.last_id, budget);
+                    if ids.len() < budget {
+                        progress.phase = CheckpointPhase::Dedup { after: None };
+                    } else {
+                        *after = ids.last().copied();
+                    }
+                    for id in &ids {
+                        self.copy_message(*id, outputs);
+                    }
+                    ids.len()
+                }
+                CheckpointPhase::Dedup { after } => {
+                    let ids = keys_between(&self.dedup_order, *after, progress.last_id, budget);
+                    if ids.len() < budget {
+                        progress.phase = CheckpointPhase::ReadIndex { after: None };
+                    } else {
+                        *after = ids.last().copied();
+                    }
+                    for id in &ids {
+                        // A message still stored was copied in the phase before (it existed
+                        // then: messages never come back), and its copy holds the entry.
+                        if self.messages.contains_key(id) {
+                            continue;
+                        }
+                        let (from, client_msg_id) = self.dedup_order[id].clone();
+                        let entry = self.dedup[&(from.clone(), client_msg_id)];
+                        let record = Record::Dedup {
+                            from,
+                            client_msg_id,
+                            message_id: *id,
+                            timestamp_ms: entry.timestamp_ms,
+                        };
+                        self.append(record, outputs);
+                    }
+                    ids.len()
+                }
+                CheckpointPhase::ReadIndex { after } => {
+                    let ids = keys_between(&self.read_index, *after, progress.last_id, budget);
+                    if ids.len() < budget {
+                        progress.phase = CheckpointPhase::Outstanding { after: None };
+                    } else {
+                        *after = ids.last().copied();
+                    }
+                    for id in &ids {
+                        let (from, to) = self.read_index[id].clone();
+                        let record = Record::ReadIndex {
+                            message_id: *id,
+                            from,
+                            to,
+                        };
+                        self.append(record, outputs);
+                    }
+                    ids.len()
+                }
+                CheckpointPhase::Outstanding { after } => {
+                    // Receipts of this shard's messages: their ids are at most the last one.
+                    let until = progress.last_id.map(|id| (id, ReceiptKind::Read));
+                    let keys = keys_between(&self.outstanding, *after, until, budget);
+                    if keys.len() < budget {
+                        progress.phase = self.queued_phase();
+                    } else {
+                        *after = keys.last().copied();
+                    }
+                    for key in &keys {
+                        let outstanding = &self.outstanding[key];
+                        let record = Record::ReceiptOutstanding {
+                            message_id: key.0,
+                            kind: key.1,
+                            sender: outstanding.sender.clone(),
+                            by: outstanding.by.clone(),
+                            timestamp_ms: outstanding.timestamp_ms,
+                        };
+                        self.append(record, outputs);
+                    }
+                    keys.len()
+                }
+                CheckpointPhase::Queued {
+                    users,
+                    next,
+                    after,
+                    until,
+                } => {
+                    let Some(user) = users.get(*next) else {
+                        progress.phase = CheckpointPhase::End;
+                        continue;
+                    };
+                    let queued = self
+                        .users
+                        .get(user)
+                        .map(|state| &state.mail().queued_receipts);
+                    // Receipts queued for this user after the cursor reached them are in
+                    // live records: stop at the last one there was then.
+                    if until.is_none() {
+                        *until = queued.and_then(|q| q.last_key_value()).map(|(k, _)| *k);
+                    }
+                    let keys = match queued {
+                        Some(queued) => keys_between(queued, *after, *until, budget),
+                        None => Vec::new(),
+                    };
+                    let records: Vec<Record> = keys
+                        .iter()
+                        .map(|key| Record::ReceiptQueued {
+                            user: user.clone(),
+                            kind: key.1,
+                            receipt: queued.expect("keys came from it")[key].clone(),
+                        })
+                        .collect();
+                    if keys.len() < budget {
+                        *next += 1;
+                        *after = None;
+                        *until = None;
+                    } else {
+                        *after = keys.last().copied();
+                    }
+                    for record in records {
+                        self.append(record, outputs);
+                    }
+                    // A user with nothing left to copy still costs a visit, so that a step
+                    // over many of them stays bounded.
+                    keys.len().max(1)
+                }
+                CheckpointPhase::End => {
+                    self.append(
+                        Record::CheckpointEnd {
+                            begin: progress.begin,
+                        },
+                        outputs,
+                    );
+                    return;
+                }
+            };
+            budget -= used;
         }
-        let mut records = Vec::new();
-        for (id, (from, client_msg_id)) in &self.dedup_order {
-            if !self.messages.contains_key(id) {
-                let entry = self.dedup[&(from.clone(), *client_msg_id)];
-                records.push(Record::Dedup {
-                    from: from.clone(),
-                    client_msg_id: *client_msg_id,
-                    message_id: *id,
-                    timestamp_ms: entry.timestamp_ms,
-                });
-            }
+        self.checkpoint = Some(progress);
+    }
+
+    /// Copies a stored message forward: from memory, or from its record in the log. From
+    /// then on it is read from the copy, since the segments before the checkpoint's begin
+    /// are deleted once its end is durable.
+    fn copy_message(&mut self, id: MessageId, outputs: &mut Vec<Output>) {
+        let stored = &self.messages[&id];
+        if stored.spilled {
+            let from = stored.body_lsn;
+            let lsn = self.last_lsn.next();
+            self.last_lsn = lsn;
+            outputs.push(Output::AppendCopy { lsn, from });
+            self.messages.get_mut(&id).expect("stored").body_lsn = lsn;
+        } else {
+            // `apply` moves `body_lsn` to the copy.
+            self.append(Record::Message(stored.message.clone()), outputs);
         }
-        for (id, (from, to)) in &self.read_index {
-            records.push(Record::ReadIndex {
-                message_id: *id,
-                from: from.clone(),
-                to: to.clone(),
-            });
-        }
-        for ((id, kind), outstanding) in &self.outstanding {
-            records.push(Record::ReceiptOutstanding {
-                message_id: *id,
-                kind: *kind,
-                sender: outstanding.sender.clone(),
-                by: outstanding.by.clone(),
-                timestamp_ms: outstanding.timestamp_ms,
-            });
-        }
-        // Users in name order, so the checkpoint is the same on every run.
-        let mut queued: Vec<(&UserId, &User)> = self
+    }
+
+    /// The last phase of a checkpoint: the users with queued receipts now, in name order
+    /// so that the checkpoint is the same on every run. A user who has none now but still
+    /// has some at the end got them after the begin, in live records. This is the one
+    /// part of a checkpoint that walks a whole map in one step (the users map cannot hold
+    /// a cursor); it appends nothing and keeps only the names of users with receipts.
+    fn queued_phase(&self) -> CheckpointPhase {
+        let mut users: Vec<UserId> = self
             .users
             .iter()
             .filter(|(_, state)| !state.mail().queued_receipts.is_empty())
-            .map(|(user, state)| (user, &**state))
+            .map(|(user, _)| user.clone())
             .collect();
-        queued.sort_by(|a, b| a.0.cmp(b.0));
-        for (user, state) in queued {
-            for ((_, kind), receipt) in &state.mail().queued_receipts {
-                records.push(Record::ReceiptQueued {
-                    user: user.clone(),
-                    kind: *kind,
-                    receipt: receipt.clone(),
-                });
-            }
+        users.sort();
+        CheckpointPhase::Queued {
+            users,
+            next: 0,
+            after: None,
+            until: None,
         }
-        for record in records {
-            self.append(record, outputs);
-        }
-        self.append(Record::CheckpointEnd { begin }, outputs);
     }
 
     // ---- The log ----
@@ -1482,6 +1713,75 @@ impl RouterShard {
                     self.idle_users.insert((last_seen, user.clone()));
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+type ReceiptKey = (MessageId, ReceiptKind);
+
+/// The state a shard's log describes, without the lsns it came from: what recovery must
+/// rebuild and a checkpoint must carry over, for tests to compare. Bodies are left out
+/// (a spilled one is not in memory); the addressing of each message is in.
+#[cfg(test)]
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct LoggedState {
+    pub messages: Vec<(MessageId, UserId, UserId, u64, u64)>,
+    pub inboxes: BTreeMap<UserId, Vec<MessageId>>,
+    pub dedup: BTreeMap<(UserId, u64), (MessageId, u64)>,
+    pub read_index: BTreeMap<MessageId, (UserId, UserId)>,
+    pub outstanding: BTreeMap<(MessageId, ReceiptKind), (UserId, UserId, u64)>,
+    pub queued: BTreeMap<UserId, Vec<(ReceiptKey, Receipt)>>,
+    pub last_id: Option<MessageId>,
+}
+
+#[cfg(test)]
+impl RouterShard {
+    pub(crate) fn logged_state(&self) -> LoggedState {
+        let mut inboxes = BTreeMap::new();
+        let mut queued = BTreeMap::new();
+        for (user, state) in &self.users {
+            let mail = state.mail();
+            if !mail.inbox.is_empty() {
+                inboxes.insert(user.clone(), mail.inbox.iter().copied().collect());
+            }
+            if !mail.queued_receipts.is_empty() {
+                let receipts = mail.queued_receipts.iter();
+                queued.insert(
+                    user.clone(),
+                    receipts.map(|(k, r)| (*k, r.clone())).collect(),
+                );
+            }
+        }
+        LoggedState {
+            messages: self
+                .messages
+                .values()
+                .map(|s| {
+                    let m = &s.message;
+                    (
+                        m.id,
+                        m.from.clone(),
+                        m.to.clone(),
+                        m.client_msg_id,
+                        m.timestamp_ms,
+                    )
+                })
+                .collect(),
+            inboxes,
+            dedup: self
+                .dedup
+                .iter()
+                .map(|(key, entry)| (key.clone(), (entry.message_id, entry.timestamp_ms)))
+                .collect(),
+            read_index: self.read_index.clone(),
+            outstanding: self
+                .outstanding
+                .iter()
+                .map(|(key, o)| (*key, (o.sender.clone(), o.by.clone(), o.timestamp_ms)))
+                .collect(),
+            queued,
+            last_id: self.ids.last(),
         }
     }
 }

@@ -294,8 +294,13 @@ struct Counts {
     offline_checks: u64,
     overloaded: u64,
     crashes: u64,
+    /// Crashes while some shard had a checkpoint begun and not ended.
+    crashes_mid_checkpoint: u64,
     torn_tails: u64,
     checkpoints: u64,
+    /// Steps of checkpoints, and checkpoints that reached their end record.
+    checkpoint_steps: u64,
+    checkpoints_ended: u64,
     compactions: u64,
     /// Messages sent from their record in the log, their body spilled from memory.
     spilled_sends: u64,
@@ -327,6 +332,9 @@ struct Sim {
     live_conns: BTreeMap<ConnId, usize>,
     true_ms: u64,
     wall_ms: u64,
+    /// Every record each shard's log ever kept, compaction or not: recovery from the
+    /// compacted log must rebuild what recovery from all of it does.
+    histories: Vec<Vec<(Lsn, Record)>>,
     // What the logs say, to check durability: the lsn of each message's record and of
     // each receipt's record, per shard; `Lsn(0)` once a crash found it on disk (after a
     // checkpoint the record itself may be gone).
@@ -373,7 +381,11 @@ fn client_msg_id_of(content: &str) -> u64 {
 
 impl Sim {
     fn new(seed: u64, faults: Faults) -> Sim {
+        let mut rng = Rng(seed);
         let config = Config {
+            // A few records per step: checkpoints take many steps, with live traffic and
+            // crashes between them.
+            checkpoint_items_per_step_max: 1 + rng.index(8),
             presence_ttl_ms: PRESENCE_TTL_MS,
             receipt_retry_ms: 1_000,
             inbox_messages_max: 40,
@@ -399,13 +411,14 @@ impl Sim {
             }
         }
         Sim {
-            rng: Rng(seed),
+            rng,
             faults,
             shards: (0..N_SHARDS)
                 .map(|s| RouterShard::new(config.clone(), s, N_SHARDS))
                 .collect(),
             config,
             wals: (0..N_SHARDS).map(Wal::new).collect(),
+            histories: (0..N_SHARDS).map(|_| Vec::new()).collect(),
             queues: (0..N_SHARDS).map(|_| VecDeque::new()).collect(),
             users,
             devices,
@@ -449,6 +462,8 @@ impl Sim {
                     for _ in 0..1 + self.rng.below(4) {
                         self.deliver_one(shard);
                     }
+                    // As the gateway's loop: a turn goes on with a checkpoint in progress.
+                    self.continue_checkpoint(shard);
                 }
             }
             4500..7500 => self.client_action(),
@@ -463,8 +478,10 @@ impl Sim {
             9980..9990 => self.clock_jump(),
             9990..9995 => {
                 let shard = self.rng.index(N_SHARDS as usize);
-                self.counts.checkpoints += 1;
-                self.step(shard, Input::Checkpoint);
+                if !self.shards[shard].checkpoint_in_progress() {
+                    self.counts.checkpoints += 1;
+                    self.step(shard, Input::Checkpoint);
+                }
             }
             _ => {
                 if self.rng.chance(100) {
@@ -482,12 +499,35 @@ impl Sim {
 
     fn step(&mut self, shard: usize, input: Input) {
         self.observe_input(shard, &input);
+        let checkpoint = input == Input::Checkpoint;
         let mut outputs = std::mem::take(&mut self.outputs);
         self.shards[shard].step(self.wall_ms, input, &mut outputs);
+        if checkpoint {
+            self.counts.checkpoint_steps += 1;
+            let appended = outputs
+                .iter()
+                .filter(|o| matches!(o, Output::Append { .. } | Output::AppendCopy { .. }))
+                .count();
+            assert_eq!(appended, outputs.len(), "a checkpoint step only appends");
+            assert!(
+                appended <= self.config.checkpoint_items_per_step_max,
+                "a checkpoint step appended {appended} records"
+            );
+            if !self.shards[shard].checkpoint_in_progress() {
+                self.counts.checkpoints_ended += 1;
+            }
+        }
         for output in outputs.drain(..) {
             self.carry_out(shard, output);
         }
         self.outputs = outputs;
+    }
+
+    /// One more step of the checkpoint in progress, if there is one.
+    fn continue_checkpoint(&mut self, shard: usize) {
+        if self.shards[shard].checkpoint_in_progress() {
+            self.step(shard, Input::Checkpoint);
+        }
     }
 
     /// Tracks what the owner shard knows of presence, to check it.
@@ -521,6 +561,7 @@ impl Sim {
             Output::Append { lsn, record } => {
                 self.wals[shard].append(lsn, &record);
                 self.index_record(shard, lsn, &record);
+                self.histories[shard].push((lsn, record));
             }
             Output::Send { conn, message } => self.deliver_to_client(conn, message),
             Output::SendStored {
@@ -542,6 +583,7 @@ impl Sim {
                 );
                 self.wals[shard].append(lsn, &record);
                 self.index_record(shard, lsn, &record);
+                self.histories[shard].push((lsn, record));
             }
             Output::Peer { shard: to, message } => {
                 assert_ne!(to as usize, shard, "a shard handles its own peer messages");
@@ -617,6 +659,8 @@ impl Sim {
         for shard in 0..N_SHARDS as usize {
             self.step(shard, Input::Tick);
             self.check_presence(shard);
+            // The loop turns at least once per tick, with or without inputs.
+            self.continue_checkpoint(shard);
         }
     }
 
@@ -663,6 +707,9 @@ impl Sim {
     /// shard recovers from what its log kept.
     fn crash(&mut self) {
         self.counts.crashes += 1;
+        if self.shards.iter().any(RouterShard::checkpoint_in_progress) {
+            self.counts.crashes_mid_checkpoint += 1;
+        }
         for queue in &mut self.queues {
             queue.clear();
         }
@@ -713,9 +760,49 @@ impl Sim {
             let recovered =
                 RouterShard::recover(self.config.clone(), shard as ShardId, N_SHARDS, records);
             assert_eq!(recovered.last_lsn(), after);
+            self.histories[shard].retain(|(lsn, _)| *lsn <= after);
+            self.check_compaction_kept_everything(shard, &recovered);
             self.shards[shard] = recovered;
         }
         self.check_nothing_acknowledged_is_lost();
+    }
+
+    /// What a shard recovered from its compacted log is what it would have recovered from
+    /// every record it ever kept: checkpoints, finished or cut by the crash, lost nothing.
+    fn check_compaction_kept_everything(&self, shard: usize, recovered: &RouterShard) {
+        let whole = RouterShard::recover(
+            self.config.clone(),
+            shard as ShardId,
+            N_SHARDS,
+            self.histories[shard].iter().cloned(),
+        );
+        let sizes = |shard: &RouterShard| {
+            let stats = shard.stats();
+            (
+                stats.users,
+                stats.stored_messages,
+                stats.dedup_entries,
+                stats.read_index_entries,
+                stats.receipts_outstanding,
+            )
+        };
+        assert_eq!(
+            sizes(recovered),
+            sizes(&whole),
+            "shard {shard} after compaction"
+        );
+        for user in &self.users {
+            assert!(
+                recovered.inbox(user).eq(whole.inbox(user)),
+                "{user}'s inbox on shard {shard} after compaction"
+            );
+            assert!(
+                recovered
+                    .queued_receipts(user)
+                    .eq(whole.queued_receipts(user)),
+                "{user}'s queued receipts on shard {shard} after compaction"
+            );
+        }
     }
 
     /// Every acknowledged message is in its recipient's inbox, unless a durable receipt
@@ -1180,6 +1267,16 @@ fn simulation() {
                 "{counts:?}"
             );
             assert!(counts.crashes > 0 && counts.checkpoints > 0, "{counts:?}");
+            // Checkpoints took several steps, ended, compacted, and crashes cut some.
+            assert!(
+                counts.checkpoints_ended > 0 && counts.compactions > 0,
+                "{counts:?}"
+            );
+            assert!(
+                counts.checkpoint_steps > 2 * counts.checkpoints_ended,
+                "{counts:?}"
+            );
+            assert!(counts.crashes_mid_checkpoint > 0, "{counts:?}");
             assert!(
                 counts.offline_checks > 0 && counts.presence_pushes > 0,
                 "{counts:?}"
