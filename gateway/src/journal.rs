@@ -425,7 +425,7 @@ impl Journal {
     }
 
     /// Writes the pending records without reporting them: for a turn that appends more
-    /// than `pending_bytes_max` (a checkpoint copies all live state in one router step).
+    /// than `pending_bytes_max` (a checkpoint step, or a burst of inputs).
     /// With `Fsync` and `Batch` it also fdatasyncs once `pending_bytes_max` written bytes
     /// wait for one, so that the copy kept for a rewrite stays bounded. The next `commit`
     /// reports them.
