@@ -137,7 +137,6 @@ impl Inbox {
         tally: &mut Tally,
     ) -> Option<u64> {
         if message["type"] != "incoming_message" {
-            eprintln!("DBG other {message}");
             return None;
         }
         let id = id_of(message);
@@ -299,7 +298,6 @@ impl Run {
     /// is lost. Returns the connection for the burst.
     fn check_inbox(&mut self, server: &Server, to: usize) -> Client {
         let mut client = connect(server, &recipient(to));
-        let dbg_before = self.tally.duplicates_before_dedup;
         let inbox = &self.inboxes[to];
         let mut missing: HashSet<u64> = self
             .acked
@@ -328,11 +326,6 @@ impl Run {
                 missing.remove(&id);
             }
         }
-        eprintln!(
-            "DBG check {} dups {}",
-            to,
-            self.tally.duplicates_before_dedup - dbg_before
-        );
         if !missing.is_empty() {
             self.tally.lost += missing.len() as u64;
             let mut ids: Vec<_> = missing.iter().map(|id| (id, self.acked[id])).collect();
@@ -466,12 +459,7 @@ fn crash_loop(durability: &str, kills: usize, seed: u64) -> Tally {
         for answer in received.try_iter() {
             run.record(answer);
         }
-        eprintln!(
-            "DBG round {round} kill_after {kill_after} acked {}",
-            run.tally.acked
-        );
         for (to, handle) in readers {
-            eprintln!("DBG reader {to}");
             for message in handle.join().expect("a recipient thread") {
                 let inbox = &mut run.inboxes[to];
                 inbox.absorb(to, &message, &run.acked, &mut run.tally);
