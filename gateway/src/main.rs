@@ -4,6 +4,7 @@
 mod auth;
 mod codec;
 mod config;
+mod config_tool;
 mod conn;
 mod control;
 mod http;
@@ -48,6 +49,8 @@ fn main() -> ExitCode {
         Some(Command::Wal(config::WalCommand::Repair(args))) => {
             wal_tool::repair(&args.dir.data_dir, args.truncate)
         }
+        // Its own exit statuses: `config check` tells an unreadable file from an invalid one.
+        Some(Command::Config(command)) => return config_tool::run(&command),
         None => serve(&cli.serve),
     };
     match outcome {
