@@ -20,6 +20,7 @@ mod metrics;
 mod monitor;
 mod report;
 mod scenario;
+mod secret;
 mod svg;
 mod sys;
 
@@ -79,11 +80,7 @@ fn check_run_name(run: &str) -> anyhow::Result<()> {
 
 fn run(mut args: ScenarioArgs) -> anyhow::Result<ExitCode> {
     let common = args.common_mut();
-    let jwt_secret = std::mem::take(&mut common.jwt_secret);
-    anyhow::ensure!(
-        !jwt_secret.is_empty(),
-        "give the server's secret with --jwt-secret or SWITCHBOARD_JWT_SECRET"
-    );
+    let jwt_secret = secret::resolve(&common.secret, std::env::var_os(secret::SECRET_ENV))?;
     anyhow::ensure!(common.procs >= 1, "--procs is at least 1");
     let run = common.run.clone().unwrap_or_else(default_run_name);
     check_run_name(&run)?;
