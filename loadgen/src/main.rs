@@ -3,7 +3,8 @@
 //!
 //! Exit status: 0 for a clean run, 1 when the run failed (a message lost, a connection that
 //! could not be opened or was dropped, a message never acknowledged, refused or reordered),
-//! 2 when it could not run at all.
+//! 2 when it could not run at all: bad flags, no secret, or not one connection opened (an
+//! unreachable URL, a secret the server refuses).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -144,6 +145,22 @@ fn run(mut args: ScenarioArgs) -> anyhow::Result<ExitCode> {
     } else {
         for failure in &report.failures {
             eprintln!("switchboard-loadgen: FAILED: {failure}");
+        }
+        if report.connect.conns > 0 && report.connect.opened == 0 {
+            // Not one connection: nothing was measured, so the run did not happen, as with
+            // bad flags (exit 2), rather than failed under load (exit 1). The causes are all
+            // of the setup: nothing listening at --url, a secret the server does not take, a
+            // path that is no WebSocket. The report and summary above still say what came
+            // back, for a script that reads them either way.
+            let why = report
+                .error_samples
+                .first()
+                .map_or("no error was recorded", String::as_str);
+            eprintln!(
+                "switchboard-loadgen: could not open any connection to {}: {why}",
+                common.url
+            );
+            return Ok(ExitCode::from(2));
         }
         Ok(ExitCode::from(1))
     }
