@@ -37,9 +37,29 @@ pub enum Command {
     /// N connections sending what `pairs` sends, at a fixed total rate (open loop), to a
     /// server that echoes every frame (bench/peers/uring-echo); the echo is the round trip.
     Echo(EchoArgs),
+    /// Plot the side-by-side comparison's results (bench/compare.py's JSON) as SVG: the
+    /// throughput and ack p99 of every peer at every rung of the ladder.
+    Plot(PlotArgs),
     /// Internal: a worker process of a `--procs` run. Reads its orders on stdin.
     #[command(hide = true)]
     Worker,
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// The results JSON of bench/compare.py (bench/results/<date>-<time>.json).
+    pub results: PathBuf,
+
+    /// Write the plot to this file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: PathBuf,
+
+    /// The plot's title.
+    #[arg(
+        long,
+        default_value = "Side by side: throughput and ack p99 at each offered rate"
+    )]
+    pub title: String,
 }
 
 /// What a run does: the scenario and its own flags.

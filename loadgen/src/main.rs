@@ -19,6 +19,7 @@ mod engine;
 mod fleet;
 mod metrics;
 mod monitor;
+mod plot;
 mod report;
 mod scenario;
 mod secret;
@@ -41,6 +42,9 @@ fn main() -> ExitCode {
         Command::Storm(args) => run(ScenarioArgs::Storm(args)),
         Command::Churn(args) => run(ScenarioArgs::Churn(args)),
         Command::Echo(args) => run(ScenarioArgs::Echo(args)),
+        Command::Plot(args) => {
+            plot::plot_file(&args.results, &args.svg, &args.title).map(|()| ExitCode::SUCCESS)
+        }
         Command::Worker => fleet::worker_main().map(|()| ExitCode::SUCCESS),
     };
     match result {
@@ -134,7 +138,7 @@ fn run(mut args: ScenarioArgs) -> anyhow::Result<ExitCode> {
             scenario.name(),
             scenario.conns()
         );
-        let plot = svg::render(
+        let plot = svg::percentiles(
             &title,
             &report::plotted(scenario.as_ref(), &outcome.metrics),
         );
