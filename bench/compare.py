@@ -22,7 +22,12 @@ traffic. Each is measured with:
   time: for switchboard only, because the relays keep no inbox and drop what comes for a
   user who is away, so their `lost` would say nothing about them.
 
-Usage: bench/compare.py [--quick] [--rates 10000,20000,...] [--idle-conns N]
+It also draws the ladder (acknowledged msg/s and ack p99 at each offered rate, a line per
+peer) as an SVG beside the table, with `switchboard-loadgen plot`: the load generator's SVG
+writer, so that the project has one.
+
+Usage: bench/compare.py [--quick] [--no-build] [--peers bun,tokio,echo] [--dry-run]
+                        [--rates 10000,20000,...] [--idle-conns N]
 """
 
 import argparse
@@ -117,12 +122,26 @@ ECHO = {"scenario": "echo", "latency": "echo", "throughput": "echoed"}
 LIMIT = "limit (io_uring echo)"
 
 
-def peers(data_dir):
-    """(name, how to start it, how to load it) for every peer, in the order of the tables."""
+# The peers --peers picks from (switchboard always runs: it is what the others are compared
+# with), by the name given on the command line.
+OPTIONAL_PEERS = {"bun": "bun relay", "tokio": "tokio relay", "echo": LIMIT}
+
+BUN = ROOT / "bench/peers/bun-relay/node_modules/.bin/bun"
+
+
+def peers(data_dir, chosen):
+    """(name, how to start it, how to load it) for switchboard and every peer in `chosen` (the
+    keys of OPTIONAL_PEERS), in the order of the tables."""
+    picked = {OPTIONAL_PEERS[key] for key in chosen}
+    return [peer for peer in all_peers(data_dir)
+            if peer[0].startswith("switchboard") or peer[0] in picked]
+
+
+def all_peers(data_dir):
     switchboard = RELEASE / "switchboard"
     common = ["serve", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
               "--jwt-secret", SECRET]
-    bun = ROOT / "bench/peers/bun-relay/node_modules/.bin/bun"
+    bun = BUN
     return [
         ("switchboard fsync", lambda: Peer(
             "switchboard fsync",
@@ -154,7 +173,40 @@ def sustained(report, p99_limit_ms, load=PAIRS):
     return ok
 
 
-def main():
+def parse_peers(text):
+    """`bun,tokio,echo` (any subset, in any order; empty: switchboard alone) as a list."""
+    chosen = [key.strip() for key in text.split(",") if key.strip()]
+    unknown = [key for key in chosen if key not in OPTIONAL_PEERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown peer(s) {', '.join(unknown)}: pick from {','.join(OPTIONAL_PEERS)} "
+            "(switchboard always runs)")
+    return list(dict.fromkeys(chosen))
+
+
+def needs(chosen):
+    """What a run with the peers `chosen` needs: the cargo packages to build, the binaries
+    they leave in target/release, and whether bun (.ci/setup-tools) is wanted."""
+    packages = ["switchboard", "switchboard-loadgen"]
+    if "tokio" in chosen:
+        packages.append("tokio-relay")
+    if "echo" in chosen:
+        packages.append("uring-echo")
+    # Each package's binary has the package's name.
+    binaries = [RELEASE / package for package in packages]
+    return packages, binaries, "bun" in chosen
+
+
+def missing_tools(chosen):
+    """The files a --no-build run needs that are not there."""
+    _, binaries, bun = needs(chosen)
+    missing = [path for path in binaries if not os.access(path, os.X_OK)]
+    if bun and not os.access(BUN, os.X_OK):
+        missing.append(BUN)
+    return missing
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="fewer connections and shorter runs (a smoke test of the script)")
@@ -164,22 +216,67 @@ def main():
     parser.add_argument("--duration", default="5s")
     parser.add_argument("--p99-limit-ms", type=float, default=50.0,
                         help="a rate counts as sustained while ack p99 stays under this")
-    args = parser.parse_args()
+    parser.add_argument("--no-build", action="store_true",
+                        help="use the release binaries and bun already there: no cargo build, "
+                        "no .ci/setup-tools (stops if one is missing)")
+    parser.add_argument("--peers", type=parse_peers, default=list(OPTIONAL_PEERS),
+                        metavar="bun,tokio,echo",
+                        help="the peers beside switchboard (fsync and none, which always run): "
+                        "a comma-separated subset of bun, tokio, echo (the io_uring limit); "
+                        "empty for switchboard alone [default: all]")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what would be built and run, check the binaries with "
+                        "--no-build, and stop")
+    args = parser.parse_args(argv)
     # The storm's measured time and its spike (which starts 2 s in).
     args.storm_duration, args.storm_spike = "10s", "3s"
     if args.quick:
         args.rates, args.idle_conns, args.duration, args.conns = "2000,4000", 500, "2s", 100
         args.storm_duration, args.storm_spike = "5s", "2s"
-    rates = [int(r) for r in args.rates.split(",")]
+    try:
+        args.rate_list = [int(r) for r in args.rates.split(",")]
+    except ValueError:
+        parser.error(f"--rates {args.rates!r}: a comma-separated list of whole msg/s")
+    return args
 
-    run(["cargo", "build", "--release", "-p", "switchboard", "-p", "switchboard-loadgen",
-         "-p", "tokio-relay", "-p", "uring-echo"], cwd=ROOT)
-    run([ROOT / ".ci/setup-tools"], cwd=ROOT, stdout=subprocess.DEVNULL)
+
+def main():
+    args = parse_args()
+    rates = args.rate_list
+    packages, _, bun = needs(args.peers)
+    names = [name for name, _, _ in peers(Path("data"), args.peers)]
+    if args.no_build:
+        missing = missing_tools(args.peers)
+        if missing:
+            listed = "\n".join(f"  {path.relative_to(ROOT)}" for path in missing)
+            build = "cargo build --release " + " ".join(f"-p {p}" for p in packages)
+            print(f"compare.py: --no-build, but these are missing:\n{listed}\n"
+                  f"build them with `{build}`" + (" and `.ci/setup-tools`" if bun else "")
+                  + ", or run without --no-build", file=sys.stderr)
+            # 2, as for bad flags: nothing ran.
+            sys.exit(2)
+    if args.dry_run:
+        print("peers: " + ", ".join(names))
+        if args.no_build:
+            print("build: none (--no-build; every binary is there)")
+        else:
+            print("build: cargo build --release " + " ".join(f"-p {p}" for p in packages)
+                  + ("; .ci/setup-tools" if bun else ""))
+        print(f"ladder: {args.rates} msg/s over {args.conns} connections, {args.duration} "
+              f"each; idle: {args.idle_conns} connections")
+        return
+
+    if not args.no_build:
+        run(["cargo", "build", "--release", *[a for p in packages for a in ("-p", p)]],
+            cwd=ROOT)
+        # Only bun comes from setup-tools; the rest of what it installs is for the tests.
+        if bun:
+            run([ROOT / ".ci/setup-tools"], cwd=ROOT, stdout=subprocess.DEVNULL)
 
     started = datetime.datetime.now(datetime.timezone.utc)
     work = Path(tempfile.mkdtemp(prefix="compare-"))
     results = {}
-    for name, make, load in peers(work):
+    for name, make, load in peers(work, args.peers):
         print(f"\n== {name}", flush=True)
         figures = {"name": name, "ladder": []}
         peer = make().start()
@@ -222,7 +319,7 @@ def main():
     # Latency at half of switchboard's (durability none) sustained rate, for every peer.
     reference = results["switchboard none"].get("max")
     half = max(1000, int(reference["rate"] / 2)) if reference else rates[0]
-    for name, make, load in peers(work):
+    for name, make, load in peers(work, args.peers):
         peer = make().start()
         try:
             cpu_before = cpu_seconds(peer.proc.pid)
@@ -251,7 +348,7 @@ def main():
     # A storm: the pairs load at a fifth of switchboard's sustained rate, with a spike to
     # twice that rate, and how each peer's latency recovers. The echo has no storm.
     storm_rate = max(200, int(reference["rate"] / 5)) if reference else rates[0] // 5
-    for name, make, load in peers(work):
+    for name, make, load in peers(work, args.peers):
         if load is not PAIRS:
             continue
         peer = make().start()
@@ -280,7 +377,7 @@ def main():
             peer.stop()
 
     # Churn: receivers leave and come back while messages flow; the inbox must drain.
-    for name, make, load in peers(work):
+    for name, make, load in peers(work, args.peers):
         if not name.startswith("switchboard"):
             continue
         peer = make().start()
@@ -301,7 +398,7 @@ def main():
         finally:
             peer.stop()
 
-    write_results(results, args, started)
+    write_results(results, args, started, ROOT / "bench" / "results")
 
 
 def fmt(value, digits=0):
@@ -310,7 +407,20 @@ def fmt(value, digits=0):
     return f"{value:,.{digits}f}"
 
 
-def write_results(results, args, started):
+def plot(json_path, svg_path):
+    """Draws the ladder of the results at `json_path` into `svg_path` with the load
+    generator's SVG writer; True when it did. A plot that fails costs the run nothing: the
+    table and the figures are written already."""
+    cmd = [RELEASE / "switchboard-loadgen", "plot", json_path, "--svg", svg_path]
+    print("+ " + " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
+    done = subprocess.run([str(c) for c in cmd])
+    if done.returncode != 0:
+        print(f"compare.py: no plot (switchboard-loadgen plot exited {done.returncode})",
+              file=sys.stderr)
+    return done.returncode == 0
+
+
+def write_results(results, args, started, out):
     ref = results["switchboard none"]
     ref_rate = (ref.get("max") or {}).get("rate")
     lines = [
@@ -323,7 +433,8 @@ def write_results(results, args, started):
         "Command: `bench/compare.py " + " ".join(sys.argv[1:]) + "`; pairs: "
         f"{args.conns} connections, {args.duration} measured after 1s of warmup, ladder "
         f"{args.rates} msg/s, sustained = nothing lost or refused and ack p99 <= "
-        f"{args.p99_limit_ms} ms; the limit: `echo` with the same flags; idle: "
+        f"{args.p99_limit_ms} ms; " + ("the limit: `echo` with the same flags; "
+                                        if LIMIT in results else "") + "idle: "
         f"{args.idle_conns} connections over 2 processes.",
         "",
         "| peer | idle bytes/conn | sustained msg/s | ratio to switchboard none | ack p99 there (ms) |",
@@ -336,13 +447,15 @@ def write_results(results, args, started):
         lines.append(
             f"| {name} | {fmt(figures.get('idle_bytes_per_conn'))} | {fmt(rate)} | "
             f"{fmt(ratio, 2) + 'x' if ratio else 'n/a'} | {fmt(best.get('ack_p99'), 2)} |")
-    lines += ["", "Ratio: switchboard none's sustained rate divided by the peer's. The limit "
-              "peer is a bare io_uring echo of the same frames (the `echo` scenario: each "
-              "`send_message` sent back to its sender, no routing, no acknowledgement, no "
-              "delivery to another connection), the machine's ceiling for this traffic; its "
-              "ack is the echo.", ""]
+    lines += ["", "Ratio: switchboard none's sustained rate divided by the peer's." + (
+        " The limit peer is a bare io_uring echo of the same frames (the `echo` scenario: each "
+        "`send_message` sent back to its sender, no routing, no acknowledgement, no "
+        "delivery to another connection), the machine's ceiling for this traffic; its "
+        "ack is the echo." if LIMIT in results else ""), ""]
     limit_best = (results.get(LIMIT, {}).get("max") or {}).get("rate")
-    if ref_rate and limit_best:
+    if LIMIT not in results:
+        pass  # --peers left the limit out: nothing to compare with.
+    elif ref_rate and limit_best:
         # A peer that sustained the top rung might have sustained more: its true rate is
         # only known to be at least that.
         top = max(int(r) for r in args.rates.split(","))
@@ -435,14 +548,17 @@ def write_results(results, args, started):
                          f"{fmt(step['acknowledged_per_s'])}/s, ack p50 {fmt(step['ack_p50'], 2)} "
                          f"p99 {fmt(step['ack_p99'], 2)} ms, lost {step['lost']}, "
                          f"refused {step['rejected']}")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{started:%Y-%m-%d-%H%M}"
+    json_path, svg_path, path = out / f"{stem}.json", out / f"{stem}.svg", out / f"{stem}.md"
+    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    if plot(json_path, svg_path):
+        lines += ["", f"![Acknowledged msg/s and ack p99 at each rung, per peer]({svg_path.name})"]
     text = "\n".join(lines) + "\n"
     print("\n" + text)
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    path = out / f"{started:%Y-%m-%d-%H%M}.md"
     path.write_text(text)
-    (out / f"{started:%Y-%m-%d-%H%M}.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {path.relative_to(ROOT)}")
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    print(f"written to {shown}" + (f" and {svg_path.name}" if svg_path.exists() else ""))
 
 
 if __name__ == "__main__":

@@ -37,9 +37,29 @@ pub enum Command {
     /// N connections sending what `pairs` sends, at a fixed total rate (open loop), to a
     /// server that echoes every frame (bench/peers/uring-echo); the echo is the round trip.
     Echo(EchoArgs),
+    /// Plot the side-by-side comparison's results (bench/compare.py's JSON) as SVG: the
+    /// throughput and ack p99 of every peer at every rung of the ladder.
+    Plot(PlotArgs),
     /// Internal: a worker process of a `--procs` run. Reads its orders on stdin.
     #[command(hide = true)]
     Worker,
+}
+
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// The results JSON of bench/compare.py (bench/results/<date>-<time>.json).
+    pub results: PathBuf,
+
+    /// Write the plot to this file.
+    #[arg(long, value_name = "FILE")]
+    pub svg: PathBuf,
+
+    /// The plot's title.
+    #[arg(
+        long,
+        default_value = "Side by side: throughput and ack p99 at each offered rate"
+    )]
+    pub title: String,
 }
 
 /// What a run does: the scenario and its own flags.
@@ -100,10 +120,11 @@ pub struct CommonArgs {
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
 
-    /// HS256 secret the server verifies tokens with.
-    #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+    /// Where the server's secret comes from. Not in the JSON forms: a worker gets the secret
+    /// itself, and the report never holds it.
+    #[command(flatten)]
     #[serde(skip)]
-    pub jwt_secret: String,
+    pub secret: SecretArgs,
 
     /// Lifetime of the minted tokens.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
@@ -161,6 +182,30 @@ pub struct CommonArgs {
     #[arg(long)]
     pub quiet: bool,
 }
+
+/// The sources of the HS256 secret the server verifies tokens with, tried in this order:
+/// `--jwt-secret`, `--jwt-secret-file`, `SWITCHBOARD_JWT_SECRET`, `<data-dir>/jwt.secret`
+/// (the file the server writes in its data directory on its first start). The environment
+/// variable is read by [`crate::secret::resolve`], not by clap, so that a file named on the
+/// command line beats it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SecretArgs {
+    /// The server's HS256 secret; tokens are minted locally with it. Else --jwt-secret-file,
+    /// else env SWITCHBOARD_JWT_SECRET, else <data-dir>/jwt.secret.
+    #[arg(long, value_name = "SECRET")]
+    pub jwt_secret: Option<String>,
+
+    /// A file holding the secret (surrounding whitespace is ignored, as the server does).
+    #[arg(long, value_name = "FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// The server's data directory: its jwt.secret is the secret when nothing else names one.
+    #[arg(long, value_name = "DIR", default_value = DATA_DIR_DEFAULT)]
+    pub data_dir: PathBuf,
+}
+
+/// The server's default data directory, where it keeps `jwt.secret`.
+pub const DATA_DIR_DEFAULT: &str = "./data";
 
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct IdleArgs {
@@ -368,7 +413,7 @@ mod tests {
         };
         assert_eq!(back.warmup, Duration::from_millis(250));
         assert_eq!(back.common.conns, 10);
-        assert_eq!(back.common.jwt_secret, "");
+        assert_eq!(back.common.secret.jwt_secret, None);
     }
 
     #[test]
@@ -453,6 +498,20 @@ mod tests {
         assert_eq!(json["duration"], "2s");
         let back: ScenarioArgs = serde_json::from_value(json).unwrap();
         assert_eq!(back.pairs().unwrap().drain, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_defaults_are_the_servers() {
+        // No secret on the command line is no parse error: it is looked for at run time.
+        let cli = Cli::try_parse_from(["switchboard-loadgen", "pairs"]).unwrap();
+        let Command::Pairs(args) = cli.command else {
+            panic!("not pairs")
+        };
+        // The server's defaults: --listen 127.0.0.1:8080, --data-dir ./data.
+        assert_eq!(args.common.url, "ws://127.0.0.1:8080/ws");
+        assert_eq!(args.common.secret.data_dir, PathBuf::from("./data"));
+        assert_eq!(args.common.secret.jwt_secret, None);
+        assert_eq!(args.common.secret.jwt_secret_file, None);
     }
 
     #[test]

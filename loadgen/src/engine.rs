@@ -427,7 +427,7 @@ mod tests {
             args: ScenarioArgs::Idle(IdleArgs {
                 common: CommonArgs {
                     url: String::new(),
-                    jwt_secret: String::new(),
+                    secret: Default::default(),
                     token_ttl: Duration::from_secs(60),
                     conns: 10,
                     run: None,

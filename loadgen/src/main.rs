@@ -3,7 +3,8 @@
 //!
 //! Exit status: 0 for a clean run, 1 when the run failed (a message lost, a connection that
 //! could not be opened or was dropped, a message never acknowledged, refused or reordered),
-//! 2 when it could not run at all.
+//! 2 when it could not run at all: bad flags, no secret, or not one connection opened (an
+//! unreachable URL, a secret the server refuses).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,8 +19,10 @@ mod engine;
 mod fleet;
 mod metrics;
 mod monitor;
+mod plot;
 mod report;
 mod scenario;
+mod secret;
 mod svg;
 mod sys;
 
@@ -39,6 +42,9 @@ fn main() -> ExitCode {
         Command::Storm(args) => run(ScenarioArgs::Storm(args)),
         Command::Churn(args) => run(ScenarioArgs::Churn(args)),
         Command::Echo(args) => run(ScenarioArgs::Echo(args)),
+        Command::Plot(args) => {
+            plot::plot_file(&args.results, &args.svg, &args.title).map(|()| ExitCode::SUCCESS)
+        }
         Command::Worker => fleet::worker_main().map(|()| ExitCode::SUCCESS),
     };
     match result {
@@ -79,11 +85,7 @@ fn check_run_name(run: &str) -> anyhow::Result<()> {
 
 fn run(mut args: ScenarioArgs) -> anyhow::Result<ExitCode> {
     let common = args.common_mut();
-    let jwt_secret = std::mem::take(&mut common.jwt_secret);
-    anyhow::ensure!(
-        !jwt_secret.is_empty(),
-        "give the server's secret with --jwt-secret or SWITCHBOARD_JWT_SECRET"
-    );
+    let jwt_secret = secret::resolve(&common.secret, std::env::var_os(secret::SECRET_ENV))?;
     anyhow::ensure!(common.procs >= 1, "--procs is at least 1");
     let run = common.run.clone().unwrap_or_else(default_run_name);
     check_run_name(&run)?;
@@ -136,7 +138,7 @@ fn run(mut args: ScenarioArgs) -> anyhow::Result<ExitCode> {
             scenario.name(),
             scenario.conns()
         );
-        let plot = svg::render(
+        let plot = svg::percentiles(
             &title,
             &report::plotted(scenario.as_ref(), &outcome.metrics),
         );
@@ -147,6 +149,22 @@ fn run(mut args: ScenarioArgs) -> anyhow::Result<ExitCode> {
     } else {
         for failure in &report.failures {
             eprintln!("switchboard-loadgen: FAILED: {failure}");
+        }
+        if report.connect.conns > 0 && report.connect.opened == 0 {
+            // Not one connection: nothing was measured, so the run did not happen, as with
+            // bad flags (exit 2), rather than failed under load (exit 1). The causes are all
+            // of the setup: nothing listening at --url, a secret the server does not take, a
+            // path that is no WebSocket. The report and summary above still say what came
+            // back, for a script that reads them either way.
+            let why = report
+                .error_samples
+                .first()
+                .map_or("no error was recorded", String::as_str);
+            eprintln!(
+                "switchboard-loadgen: could not open any connection to {}: {why}",
+                common.url
+            );
+            return Ok(ExitCode::from(2));
         }
         Ok(ExitCode::from(1))
     }

@@ -251,7 +251,7 @@ fn the_bun_relay_refuses_a_wrong_secret() {
             json.to_str().unwrap(),
         ],
     );
-    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
     let report = report(&json);
     assert_eq!(report["ok"], false);
     assert_eq!(report["connect"]["failed"], 4);

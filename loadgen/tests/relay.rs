@@ -190,8 +190,10 @@ fn worker_processes_report_back_and_merge() {
     assert_eq!(report["latency_ms"]["ack"]["count"], 400);
 }
 
+/// Every upgrade refused: nothing was measured, so the run could not run at all (exit 2),
+/// and the report still says why.
 #[test]
-fn a_wrong_secret_fails_the_run_with_exit_code_1() {
+fn a_wrong_secret_opens_nothing_and_exits_2() {
     let relay = start_relay();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("refused.json");
@@ -211,13 +213,17 @@ fn a_wrong_secret_fails_the_run_with_exit_code_1() {
             json.to_str().unwrap(),
         ],
     );
-    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
     let report = report(&json);
     assert_eq!(report["ok"], false);
     assert_eq!(report["connect"]["failed"], 4);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("FAILED: 4 of 4 connection(s) could not be opened"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("could not open any connection to {}", relay.url())),
         "{stderr}"
     );
     let samples = report["error_samples"].to_string();

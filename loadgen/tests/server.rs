@@ -1,7 +1,9 @@
 //! End-to-end runs of the load generator binary against the real Switchboard server, for
 //! what only a server with inboxes can show: `churn`, whose receivers come back to find what
-//! was sent while they were away. Each test starts the `switchboard` binary on ephemeral
-//! ports with a fresh data directory and kills it when it ends, passed or not. Every wait is
+//! was sent while they were away; and for what only the server's own secret file can show:
+//! that the load generator finds the secret where the server keeps it. Each test starts the
+//! `switchboard` binary on ephemeral ports in a fresh working directory (its data directory
+//! is the default `./data` there) and kills it when it ends, passed or not. Every wait is
 //! bounded.
 //!
 //! Finding the binary: Cargo hands a package's tests only that package's own binaries, so the
@@ -10,7 +12,7 @@
 //! there. `SWITCHBOARD_BIN` names another binary to test instead.
 
 mod common;
-use common::{counter, describe, loadgen, report};
+use common::{counter, describe, loadgen, loadgen_command, report, run_loadgen};
 
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::SocketAddr;
@@ -35,16 +37,32 @@ fn server_binary() -> &'static Path {
 struct Server {
     child: Child,
     ws_addr: SocketAddr,
-    /// Holds the data and the server's stderr.
-    data_dir: tempfile::TempDir,
+    /// The server's working directory: its data directory is `data/` in it, the server's
+    /// default `./data`, and its stderr is `stderr.log`.
+    root: tempfile::TempDir,
 }
 
 impl Server {
+    /// A server whose secret is [`SECRET`], given in its environment.
     fn start() -> Server {
-        let data_dir = tempfile::tempdir().expect("a temporary directory");
-        let stderr = std::fs::File::create(data_dir.path().join("stderr.log")).expect("log file");
-        let mut child = Command::new(server_binary())
-            .env("SWITCHBOARD_JWT_SECRET", SECRET)
+        let mut command = Command::new(server_binary());
+        command.env("SWITCHBOARD_JWT_SECRET", SECRET);
+        Server::spawn(command)
+    }
+
+    /// A server given no secret and no data directory, as a newcomer starts it: it writes a
+    /// secret of its own into `./data/jwt.secret` of its working directory.
+    fn start_with_defaults() -> Server {
+        let mut command = Command::new(server_binary());
+        command.env_remove("SWITCHBOARD_JWT_SECRET");
+        Server::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Server {
+        let root = tempfile::tempdir().expect("a temporary directory");
+        let stderr = std::fs::File::create(root.path().join("stderr.log")).expect("log file");
+        let mut child = command
+            .current_dir(root.path())
             .env("RUST_LOG", "warn")
             .args([
                 "serve",
@@ -55,8 +73,6 @@ impl Server {
                 "--shards",
                 "2",
             ])
-            .arg("--data-dir")
-            .arg(data_dir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -77,7 +93,7 @@ impl Server {
         let mut server = Server {
             child,
             ws_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            data_dir,
+            root,
         };
         let line = line_rx.recv_timeout(START_TIME_LIMIT).ok().flatten();
         let Some(line) = line else {
@@ -96,7 +112,7 @@ impl Server {
     }
 
     fn stderr(&self) -> String {
-        std::fs::read_to_string(self.data_dir.path().join("stderr.log")).unwrap_or_default()
+        std::fs::read_to_string(self.root.path().join("stderr.log")).unwrap_or_default()
     }
 }
 
@@ -196,4 +212,74 @@ fn churn_loses_nothing_when_the_inbox_redelivers() {
         stdout.contains("| reconnects | reconnect errors |"),
         "{stdout}"
     );
+}
+
+/// A newcomer's run: the server started with no secret and no data directory writes a secret
+/// of its own to `./data/jwt.secret`; the load generator started in the same directory with
+/// no secret reads it from there, and every other way of naming that secret works too.
+#[test]
+fn the_secret_is_found_where_the_server_keeps_it() {
+    let server = Server::start_with_defaults();
+    let data_dir = server.root.path().join("data");
+    let secret_file = data_dir.join("jwt.secret");
+    assert!(
+        secret_file.exists(),
+        "the server wrote no {}; stderr: {}",
+        secret_file.display(),
+        server.stderr()
+    );
+    let url = server.url();
+    let idle = [
+        "idle", "--url", &url, "--conns", "4", "--hold", "0s", "--quiet",
+    ];
+    let with = |extra: &[&str]| {
+        let mut command = loadgen_command(&[&idle[..], extra].concat());
+        command.current_dir(server.root.path());
+        command
+    };
+    let expect_success = |command, how: &str| {
+        let output = run_loadgen(command);
+        assert!(
+            output.status.success(),
+            "{how}: {}\nserver stderr:\n{}",
+            describe(&output),
+            server.stderr()
+        );
+    };
+
+    // The default, ./data, from the server's working directory.
+    expect_success(with(&[]), "the default data directory");
+    // The same directory named, from anywhere.
+    let mut elsewhere = loadgen_command(&idle);
+    elsewhere.current_dir(std::env::temp_dir());
+    elsewhere.arg("--data-dir").arg(&data_dir);
+    expect_success(elsewhere, "--data-dir");
+    let mut file = with(&[]);
+    file.arg("--jwt-secret-file").arg(&secret_file);
+    expect_success(file, "--jwt-secret-file");
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    let mut env = with(&[]);
+    env.env("SWITCHBOARD_JWT_SECRET", secret.trim());
+    expect_success(env, "SWITCHBOARD_JWT_SECRET");
+
+    // A source earlier in the order beats the data directory's file even when it is wrong:
+    // the server refuses every upgrade, not one connection opens, and that is exit 2.
+    let mut flag = with(&["--jwt-secret", "not-the-servers"]);
+    flag.arg("--jwt-secret-file").arg(&secret_file);
+    let mut env = with(&[]);
+    env.env("SWITCHBOARD_JWT_SECRET", "not-the-servers");
+    for (command, how) in [(flag, "--jwt-secret"), (env, "SWITCHBOARD_JWT_SECRET")] {
+        let output = run_loadgen(command);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{how}: {}",
+            describe(&output)
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("could not open any connection to {url}")),
+            "{how}: {stderr}"
+        );
+    }
 }

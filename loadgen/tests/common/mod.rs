@@ -98,9 +98,23 @@ pub fn describe(output: &Output) -> String {
 /// Runs the load generator with `args`, the secret in the environment as a script would give
 /// it, and returns its output; fails the test if it runs past `RUN_TIME_LIMIT`.
 pub fn loadgen(secret: &str, args: &[&str]) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_switchboard-loadgen"))
-        .args(args)
-        .env("SWITCHBOARD_JWT_SECRET", secret)
+    let mut command = loadgen_command(args);
+    command.env("SWITCHBOARD_JWT_SECRET", secret);
+    run_loadgen(command)
+}
+
+/// The load generator with `args` and no secret in its environment (whatever the test's own
+/// environment holds), for a test to add its own.
+pub fn loadgen_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard-loadgen"));
+    command.args(args).env_remove("SWITCHBOARD_JWT_SECRET");
+    command
+}
+
+/// Runs `command` (from [`loadgen_command`]) and returns its output; fails the test if it runs
+/// past `RUN_TIME_LIMIT`.
+pub fn run_loadgen(mut command: Command) -> Output {
+    let child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
