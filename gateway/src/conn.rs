@@ -31,7 +31,7 @@ use wire::{ClientMessage, UserId};
 
 use crate::codec;
 use crate::io::{self, Progress};
-use crate::metrics::ShardMetrics;
+use crate::metrics::{CLOSED_IN_HANDSHAKE, ShardMetrics};
 use crate::readiness::Readiness;
 use crate::shard::{CLOSE_TRY_AGAIN_LATER, OutFrame, Shard};
 use router::ConnId;
@@ -62,8 +62,10 @@ pub async fn serve(shard: Rc<Shard>, stream: Readiness, slot: u32, generation: u
     let guard = SlotGuard { shard, slot };
     let shard = &guard.shard;
     let Some(upgraded) = Box::pin(handshake_within_deadline(shard, &stream, slot)).await else {
+        shard.metrics.closed(CLOSED_IN_HANDSHAKE);
         return;
     };
+    ShardMetrics::add(&shard.metrics.connections_opened, 1);
     let mut session = Session {
         shard,
         stream: &stream,
@@ -79,7 +81,8 @@ pub async fn serve(shard: Rc<Shard>, stream: Readiness, slot: u32, generation: u
         leftover: upgraded.leftover,
         frames_failed: false,
     };
-    session.run().await;
+    let code = session.run().await;
+    shard.metrics.closed(Some(code));
 }
 
 /// What the handshake leaves the session: the route and encoding chosen, the user it
@@ -156,6 +159,7 @@ async fn handshake(shard: &Shard, stream: &Readiness, slot: u32) -> Option<Upgra
                 Ok(user) => Some(user),
                 Err(error) => {
                     tracing::debug!(shard = shard.shard_id, %error, "upgrade unauthorized");
+                    shard.metrics.auth_failed(&error);
                     let answer =
                         wire::handshake::error_response(error.status(), &error.to_string());
                     refuse(stream, &answer).await;
@@ -206,8 +210,10 @@ async fn write_all(stream: &Readiness, mut bytes: &[u8]) -> std::io::Result<()> 
 enum Next {
     /// Keep going.
     Open,
-    /// The client closed the WebSocket (its close frame is answered) or the stream: done.
-    Done,
+    /// The client closed the WebSocket (its close frame is answered) or the stream: done,
+    /// with the client's close code (1005 for a close without one, 1006 for a stream that
+    /// ended without a close).
+    Done(u16),
     /// The socket failed: nothing more can be sent.
     Gone,
     /// The server closes with this code and reason.
@@ -268,8 +274,14 @@ struct Session<'a> {
     frames_failed: bool,
 }
 
+/// The code of a close frame that carried none (RFC 6455, 7.1.5).
+const CLOSE_NO_STATUS: u16 = 1005;
+/// The code of a connection that ended without a close frame (RFC 6455, 7.1.5).
+const CLOSE_ABNORMAL: u16 = 1006;
+
 impl Session<'_> {
-    async fn run(&mut self) {
+    /// Runs the session until it ends; returns its close code, for the metrics.
+    async fn run(&mut self) -> u16 {
         self.shard.set_encoding(self.conn.slot, self.encoding);
         if let Some(user) = &self.user {
             self.shard.link.connected(self.conn, user);
@@ -329,13 +341,17 @@ impl Session<'_> {
                 .link
                 .disconnected(self.conn, user, self.shard.subscribed(self.conn.slot));
         }
+        match next {
+            Next::Close(code) | Next::Done(code) => code,
+            Next::Gone | Next::Open => CLOSE_ABNORMAL,
+        }
     }
 
     async fn finish(&mut self, next: Next) {
         match next {
             Next::Close(code) => self.close(code, close_reason(code)).await,
             // The answer to the client's close is queued: send it, then drop the socket.
-            Next::Done => {
+            Next::Done(_) => {
                 let close_timeout =
                     Duration::from_millis(self.shard.config.limits.close_timeout_ms);
                 let _ = monoio::time::timeout(close_timeout, self.flush()).await;
@@ -373,7 +389,7 @@ impl Session<'_> {
             }
             let spare = buf.capacity() - buf.len();
             match io::recv_into(self.stream.fd(), &mut buf) {
-                Ok(Progress::Bytes(0)) | Err(_) => next = Next::Done,
+                Ok(Progress::Bytes(0)) | Err(_) => next = Next::Done(CLOSE_ABNORMAL),
                 Ok(Progress::WouldBlock) => break,
                 Ok(Progress::Bytes(read)) => {
                     next = self.handle_frames(&mut buf);
@@ -438,9 +454,9 @@ impl Session<'_> {
                 }
                 Message::Pong(_) => Next::Open,
                 Message::Close(close) => {
-                    let payload = match close {
-                        Some((code, _reason)) => frame::close_payload(code, ""),
-                        None => Bytes::new(),
+                    let (payload, code) = match close {
+                        Some((code, _reason)) => (frame::close_payload(code, ""), code),
+                        None => (Bytes::new(), CLOSE_NO_STATUS),
                     };
                     // Control frames may pass the queue bound, so this cannot fail.
                     let _ = self.shard.push(
@@ -449,7 +465,7 @@ impl Session<'_> {
                         true,
                     );
                     buf.clear();
-                    return Next::Done;
+                    return Next::Done(code);
                 }
                 Message::Text(payload) => self.on_data(OpCode::Text, payload),
                 Message::Binary(payload) => self.on_data(OpCode::Binary, payload),

@@ -1,10 +1,13 @@
-//! The HTTP control plane on `--http-listen`: `GET /healthz`, `GET /metrics` and
-//! `GET /v1/user/{user_id}/status`.
+//! The HTTP control plane on `--http-listen`: `GET /healthz`, `GET /readyz`, `GET /metrics`
+//! and `GET /v1/user/{user_id}/status`.
 //!
 //! It runs on its own thread with a small tokio runtime and axum, apart from the shards: it
 //! is never on the message path. It reads the shards' metrics directly (relaxed atomics) and
 //! asks each shard for its health through the shard's bounded control inbox, waiting at most
-//! `control_timeout_ms` for the answer; a user's status is asked of the shard that owns
+//! `control_timeout_ms` for the answer. `/healthz` says the shards are alive (their loops
+//! turn) and can write their logs; `/readyz` says, from the shards' gauges alone, whether
+//! every shard has recovered its log, accepts connections and can write its log, which is
+//! what a load balancer needs before it sends clients here. A user's status is asked of the shard that owns
 //! the user. Routes under `/v1/` need `Authorization: Bearer <jwt>`. Errors are JSON, `{"status":"failed","code":...,
 //! "message":...}`, with the status that fits the code.
 
@@ -22,7 +25,7 @@ use wire::ErrorCode;
 
 use crate::auth::Authenticator;
 use crate::control::{ControlRequest, ControlSender};
-use crate::metrics::{self, ShardMetrics};
+use crate::metrics::{Exposition, PlaneMetrics, ShardMetrics};
 
 /// What the handlers share: one control sender and one metrics block per shard.
 #[derive(Debug)]
@@ -63,16 +66,33 @@ pub fn start(listener: std::net::TcpListener, plane: ControlPlane) -> anyhow::Re
     Ok(())
 }
 
+/// What the handlers share: the plane, and the metrics it renders and counts.
+#[derive(Debug)]
+struct Api {
+    plane: ControlPlane,
+    exposition: Exposition,
+    metrics: Arc<PlaneMetrics>,
+}
+
 fn router(plane: ControlPlane) -> Router {
     let body_bytes_max = plane.http_body_bytes_max;
+    let metrics = Arc::new(PlaneMetrics::default());
+    let shards = plane.shards.iter().map(|(_, m)| Arc::clone(m)).collect();
+    let exposition = Exposition::new(shards, Arc::clone(&metrics));
+    let api = Api {
+        plane,
+        exposition,
+        metrics,
+    };
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .route("/v1/user/{user_id}/status", get(user_status))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_bytes_max))
-        .with_state(Arc::new(plane))
+        .with_state(Arc::new(api))
 }
 
 /// The JSON error body of every failed request.
@@ -98,7 +118,8 @@ async fn method_not_allowed() -> Response {
 
 /// 200 when every shard answers within `control_timeout_ms` and can write its log, else
 /// 503 naming the first shard that did not or cannot.
-async fn healthz(State(plane): State<Arc<ControlPlane>>) -> Response {
+async fn healthz(State(api): State<Arc<Api>>) -> Response {
+    let plane = &api.plane;
     let timeout = Duration::from_millis(plane.control_timeout_ms);
     // Ask every shard first, then wait: the shards answer in parallel.
     let mut answers = Vec::with_capacity(plane.shards.len());
@@ -127,11 +148,7 @@ async fn healthz(State(plane): State<Arc<ControlPlane>>) -> Response {
     // A shard that cannot write its log refuses every new message: not healthy, so that a
     // load balancer sends clients elsewhere until the disk takes writes again.
     for (shard_id, (_, shard_metrics)) in plane.shards.iter().enumerate() {
-        if shard_metrics
-            .wal_failed
-            .load(std::sync::atomic::Ordering::Relaxed)
-            != 0
-        {
+        if shard_metrics.wal_failed() {
             return failure(
                 ErrorCode::Overloaded,
                 &format!("shard {shard_id} cannot write its log; new messages are refused"),
@@ -146,45 +163,75 @@ async fn healthz(State(plane): State<Arc<ControlPlane>>) -> Response {
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
-async fn metrics(State(plane): State<Arc<ControlPlane>>) -> Response {
-    let shards: Vec<&ShardMetrics> = plane.shards.iter().map(|(_, m)| &**m).collect();
-    let mut text = String::with_capacity(4096);
-    metrics::render(&shards, &mut text);
+/// 200 when every shard has recovered its log, accepts connections and can write its log;
+/// else 503 naming the first shard that does not. It asks the shards nothing: their gauges
+/// say it, so that a probe answers at once even while a shard is busy recovering.
+async fn readyz(State(api): State<Arc<Api>>) -> Response {
+    let shards = &api.plane.shards;
+    if let Some(why) = not_ready(shards.iter().map(|(_, m)| &**m)) {
+        return failure(ErrorCode::Overloaded, &why);
+    }
+    let body = serde_json::json!({"status": "ready", "shards": shards.len()});
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// Why the server is not ready, naming the first shard that is not; `None` when all are.
+fn not_ready<'a>(shards: impl Iterator<Item = &'a ShardMetrics>) -> Option<String> {
+    shards.enumerate().find_map(|(shard_id, metrics)| {
+        if !metrics.is_accepting() {
+            Some(format!(
+                "shard {shard_id} is not accepting connections: it is recovering its log or shutting down"
+            ))
+        } else if metrics.wal_failed() {
+            Some(format!(
+                "shard {shard_id} cannot write its log; new messages are refused"
+            ))
+        } else {
+            None
+        }
+    })
+}
+
+async fn metrics_text(State(api): State<Arc<Api>>) -> Response {
+    let mut text = String::with_capacity(16 * 1024);
+    api.exposition.render(&mut text);
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         text,
     )
         .into_response()
 }
 
-/// The user a request's `Authorization: Bearer <jwt>` authenticates, or the 401 answer.
-fn authenticate(
-    plane: &ControlPlane,
-    headers: &HeaderMap,
-) -> Result<wire::UserId, crate::auth::AuthError> {
+/// The user a request's `Authorization: Bearer <jwt>` authenticates, or the 401 answer
+/// (counted by reason).
+fn authenticate(api: &Api, headers: &HeaderMap) -> Result<wire::UserId, crate::auth::AuthError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim);
-    plane.auth.verify(token)
+    api.plane.auth.verify(token).inspect_err(|error| {
+        let counter = &api.metrics.auth_failures[crate::metrics::auth_reason(error)];
+        ShardMetrics::add(counter, 1);
+    })
 }
 
 /// `{"online": bool, "last_active_time": ms | null}` of any user, asked of their owner
 /// shard. A user the server never saw is offline with `null`.
 async fn user_status(
-    State(plane): State<Arc<ControlPlane>>,
+    State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Path(user_id): Path<String>,
 ) -> Response {
-    if let Err(error) = authenticate(&plane, &headers) {
+    if let Err(error) = authenticate(&api, &headers) {
         return failure(ErrorCode::Unauthorized, &error.to_string());
     }
     let user = match wire::UserId::parse(&user_id) {
         Ok(user) => user,
         Err(error) => return failure(ErrorCode::BadRequest, &format!("bad user id: {error}")),
     };
+    let plane = &api.plane;
     let owner = router::owner_shard(&user, plane.shards.len() as u16);
     let (sender, _) = &plane.shards[usize::from(owner)];
     let (reply, answer) = oneshot::channel();

@@ -38,15 +38,20 @@ use std::sync::atomic::{AtomicBool, Ordering, fence};
 use router::{ConnId, Input};
 use wire::ServerMessage;
 
+use crate::metrics::Stamp;
+
 /// What travels between shards.
 #[derive(Debug)]
 pub enum Envelope {
     /// For the receiving shard's router half.
     Router(Input),
-    /// For a connection of the receiving shard's gateway half.
+    /// For a connection of the receiving shard's gateway half. `accepted`: when the
+    /// sending router loop took the message this acknowledges or delivers, for the
+    /// latency histograms (none for everything else).
     Deliver {
         conn: ConnId,
         message: ServerMessage,
+        accepted: Option<Stamp>,
     },
 }
 

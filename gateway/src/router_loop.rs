@@ -28,7 +28,16 @@
 //! syncs a due batch, a checkpoint begins when the log has grown enough, the control
 //! plane's questions are answered and the gauges are set. With nothing to do the task sleeps
 //! until a connection queues something, a doorbell rings or the next tick.
+//!
+//! Latency: each message record appended in a turn is stamped with the moment the turn
+//! took its inputs, kept until the record is durable, and that stamp goes with the
+//! message's `message_received` and live `incoming_message` to the shard of each
+//! connection, which records the time from it to the frame queued on the connection
+//! (`switchboard_ack_latency_seconds`, `switchboard_delivery_latency_seconds`). The time a
+//! message waited in a queue or ring before the turn took it is not in them: it shows as
+//! `switchboard_ring_occupancy`.
 
+use std::collections::VecDeque;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -42,7 +51,7 @@ use wire::ServerMessage;
 use crate::control::{ControlInbox, ControlRequest, ShardHealth, UserStatus};
 use crate::journal::Journal;
 use crate::mesh::{Envelope, ShardMesh};
-use crate::metrics::ShardMetrics;
+use crate::metrics::{ShardMetrics, Stamp};
 use crate::readiness::Readiness;
 use crate::shard::{Shard, Signal};
 
@@ -61,6 +70,11 @@ pub struct RouterLoop {
     /// that one fails.
     wal_retry: Option<(Instant, Duration)>,
     wal_retry_max: Duration,
+    /// While a turn carries out the outputs of the inputs it took: when it took them.
+    taken: Option<Stamp>,
+    /// The message records appended and not yet durable, with when their turn took them,
+    /// in log order (so also in message id order: the router hands out increasing ids).
+    accepted: VecDeque<(router::Lsn, wire::MessageId, Stamp)>,
 }
 
 impl std::fmt::Debug for RouterLoop {
@@ -104,6 +118,8 @@ impl RouterLoop {
             tick,
             wal_retry: None,
             wal_retry_max,
+            taken: None,
+            accepted: VecDeque::new(),
         }
     }
 
@@ -214,6 +230,7 @@ impl RouterLoop {
             return false;
         }
         let admit = self.admission();
+        let taken = Stamp::now();
         if admit.local {
             self.shard.link.take_local(self.batch_max, &mut self.inputs);
         } else {
@@ -249,7 +266,11 @@ impl RouterLoop {
             for envelope in chunk {
                 match envelope {
                     Envelope::Router(input) => self.router.step(now_ms, input, &mut self.outputs),
-                    Envelope::Deliver { conn, message } => self.shard.deliver(conn, &message),
+                    Envelope::Deliver {
+                        conn,
+                        message,
+                        accepted,
+                    } => self.shard.deliver(conn, &message, accepted),
                 }
             }
             // The chunk's slots are free now: a producer waiting for them is woken.
@@ -258,7 +279,9 @@ impl RouterLoop {
                 .expect("a flag per ring");
             room.room_made(&self.mesh.doorbells[index]);
         }
+        self.taken = Some(taken);
         self.carry_out().await;
+        self.taken = None;
         if self.journal.last_lsn() > self.journal.committed_lsn() && self.wal_retry.is_none() {
             worked = true;
             self.commit(now_ms).await;
@@ -282,6 +305,14 @@ impl RouterLoop {
                     &mut self.outputs,
                 );
                 self.carry_out().await;
+                // Their acknowledgements and deliveries went out just now.
+                while self
+                    .accepted
+                    .front()
+                    .is_some_and(|&(lsn, _, _)| lsn <= commit.durable)
+                {
+                    self.accepted.pop_front();
+                }
             }
             Ok(None) => {}
             Err(error) => self.storage_failed(now_ms, "commit", &error).await,
@@ -355,7 +386,12 @@ impl RouterLoop {
         let shard_id = self.shard.shard_id;
         for output in outputs.drain(..) {
             match output {
-                Output::Append { lsn, record } => self.append(lsn, &record).await,
+                Output::Append { lsn, record } => {
+                    if let (Some(taken), router::Record::Message(message)) = (self.taken, &record) {
+                        self.accepted.push_back((lsn, message.id, taken));
+                    }
+                    self.append(lsn, &record).await;
+                }
                 Output::Send { conn, message } => self.send(conn, message),
                 Output::Peer { shard, message } => {
                     self.shard
@@ -412,13 +448,33 @@ impl RouterLoop {
     /// A message for a connection: queued on it when it is this shard's, else handed to the
     /// outbox toward its shard.
     fn send(&self, conn: router::ConnId, message: ServerMessage) {
+        let accepted = self.accepted_at(&message);
         if conn.shard == self.shard.shard_id {
-            self.shard.deliver(conn, &message);
+            self.shard.deliver(conn, &message, accepted);
         } else {
-            self.shard
-                .link
-                .send(conn.shard, Envelope::Deliver { conn, message });
+            let envelope = Envelope::Deliver {
+                conn,
+                message,
+                accepted,
+            };
+            self.shard.link.send(conn.shard, envelope);
         }
+    }
+
+    /// When the turn that took the message an acknowledgement or a delivery is about was,
+    /// while its record waits to be durable. A message sent later from an inbox has none:
+    /// its wait was its recipient's absence, not the server's latency.
+    fn accepted_at(&self, message: &ServerMessage) -> Option<Stamp> {
+        let id = match message {
+            ServerMessage::MessageReceived { message_id, .. } => *message_id,
+            ServerMessage::IncomingMessage(incoming) => incoming.message_id,
+            _ => return None,
+        };
+        let index = self
+            .accepted
+            .binary_search_by_key(&id, |&(_, id, _)| id)
+            .ok()?;
+        Some(self.accepted[index].2)
     }
 
     fn flush_outboxes(&mut self) {

@@ -33,7 +33,7 @@ use crate::control::ControlInbox;
 use crate::io;
 use crate::journal::{Journal, JournalConfig};
 use crate::mesh::ShardMesh;
-use crate::metrics::ShardMetrics;
+use crate::metrics::{ShardMetrics, Stamp};
 use crate::pool::{BufferPool, Slots};
 use crate::readiness::{self, Readiness};
 use crate::router_loop::RouterLoop;
@@ -363,8 +363,14 @@ impl Shard {
     /// queues it, if that connection is still open: one that closed may have left its slot
     /// to another, which the generation tells apart. A connection whose queue is full is a
     /// consumer too slow for its messages: it is closed with 1013, and what it did not
-    /// acknowledge stays in its user's inbox for the next connection.
-    pub fn deliver(&self, conn: router::ConnId, message: &wire::ServerMessage) {
+    /// acknowledge stays in its user's inbox for the next connection. `accepted` (when the
+    /// owner's router loop took the message) times an acknowledgement or a delivery.
+    pub fn deliver(
+        &self,
+        conn: router::ConnId,
+        message: &wire::ServerMessage,
+        accepted: Option<Stamp>,
+    ) {
         assert_eq!(conn.shard, self.shard_id, "delivered on the owning shard");
         let mut conns = self.conns.borrow_mut();
         let Some(slot) = conns.get_mut(conn.slot) else {
@@ -385,8 +391,16 @@ impl Shard {
             .push_back(OutFrame::new(crate::codec::data_opcode(encoding), payload));
         Self::notify(slot);
         ShardMetrics::add(&self.metrics.messages_out, 1);
-        if matches!(message, wire::ServerMessage::MessageReceived { .. }) {
-            ShardMetrics::add(&self.metrics.acks, 1);
+        let latency = match message {
+            wire::ServerMessage::MessageReceived { .. } => {
+                ShardMetrics::add(&self.metrics.acks, 1);
+                Some(&self.metrics.ack_latency)
+            }
+            wire::ServerMessage::IncomingMessage(_) => Some(&self.metrics.delivery_latency),
+            _ => None,
+        };
+        if let (Some(histogram), Some(accepted)) = (latency, accepted) {
+            histogram.record_micros(accepted.elapsed_micros());
         }
     }
 
@@ -699,6 +713,10 @@ async fn shard_main(
             return;
         }
     };
+    // Ready for /readyz from here (the listener is registered and the log recovered) until
+    // the accept loop ends at shutdown; set before the main thread hears of it, so that
+    // /readyz says so once the server says it listens.
+    ShardMetrics::set(&shard.metrics.accepting, 1);
     let _ = ready.send(Ok(driver));
     drop(ready);
 
@@ -715,6 +733,7 @@ async fn shard_main(
     });
 
     accept_loop(&shard, &listener).await;
+    ShardMetrics::set(&shard.metrics.accepting, 0);
     // Closing the listener stops the kernel queueing connections for this shard.
     drop(listener);
     // The log is committed and its acknowledgements queued before the connections close,

@@ -11,6 +11,8 @@
 //! `SWITCHBOARD_BIN` to a binary's path (absolute, or relative to the workspace root) skips
 //! the build and tests that binary instead.
 
+pub mod openmetrics;
+
 use std::io::{BufRead as _, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

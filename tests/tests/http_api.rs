@@ -1,11 +1,18 @@
-//! The HTTP control plane: health, metrics and JSON errors on `--http-listen`.
+//! The HTTP control plane: health, readiness, metrics (parsed as a scraper would), the
+//! dashboard's queries and JSON errors on `--http-listen`.
 
+use std::collections::BTreeSet;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use switchboard_tests::{Server, connect};
+use switchboard_tests::{
+    SECRET, Server, connect, connect_with, now_secs, openmetrics, read_close, recv_type, send_json,
+    send_message, token_with,
+};
 use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
 
 /// One HTTP/1.1 request with `Connection: close`; the status and the body.
 fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
@@ -48,7 +55,7 @@ fn healthz_answers_when_every_shard_answers_and_counts_connections() {
 }
 
 #[test]
-fn metrics_are_prometheus_text_with_per_shard_samples() {
+fn metrics_are_openmetrics_text_with_per_shard_samples() {
     let server = Server::start();
     let mut client = connect(&server, "alice");
     client
@@ -59,33 +66,170 @@ fn metrics_are_prometheus_text_with_per_shard_samples() {
     let (status, head, body) = request(server.http_addr, "GET", "/metrics");
     assert_eq!(status, 200);
     assert!(
-        head.contains("content-type: text/plain; version=0.0.4"),
+        head.contains("content-type: application/openmetrics-text; version=1.0.0"),
         "{head}"
     );
-    let sum = |series: &str| -> u64 {
-        body.lines()
-            .filter(|line| line.starts_with(&format!("{series}{{shard=")))
-            .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-            .sum()
+    let metrics = openmetrics::parse(&body).unwrap_or_else(|error| panic!("{error}\n{body}"));
+    let sum = |series: &str| {
+        metrics
+            .sum(series, &[])
+            .unwrap_or_else(|| panic!("no {series}"))
     };
-    assert_eq!(sum("switchboard_connections"), 1, "{body}");
-    assert_eq!(sum("switchboard_connections_accepted_total"), 1);
-    assert_eq!(sum("switchboard_frames_in_total"), 1);
-    assert_eq!(sum("switchboard_errors_total"), 1);
+    assert_eq!(sum("switchboard_connections"), 1.0, "{body}");
+    assert_eq!(sum("switchboard_connections_accepted_total"), 1.0);
+    assert_eq!(sum("switchboard_frames_in_total"), 1.0);
+    assert_eq!(sum("switchboard_errors_total"), 1.0);
+    let fsync = [("shard", "1"), ("le", "+Inf")];
     assert!(
-        body.contains("switchboard_wal_fsync_seconds_bucket{shard=\"1\",le=\"+Inf\"}"),
-        "{body}"
+        metrics
+            .sum("switchboard_wal_fsync_seconds_bucket", &fsync)
+            .is_some()
     );
-    for line in body.lines().filter(|line| !line.starts_with('#')) {
-        let name = line.split(['{', ' ']).next().unwrap();
-        let base = ["_bucket", "_sum", "_count"]
-            .iter()
-            .fold(name, |name, suffix| name.trim_end_matches(suffix));
-        assert!(
-            body.contains(&format!("# TYPE {base} ")),
-            "no TYPE for {line}"
-        );
+    // One sample per shard for every per-shard family.
+    for (name, family) in &metrics.families {
+        if name.starts_with("switchboard_") && family.kind != openmetrics::Kind::Info {
+            let shards: BTreeSet<&str> = family
+                .samples
+                .iter()
+                .filter_map(|sample| sample.labels.get("shard").map(String::as_str))
+                .collect();
+            let per_shard = !name.starts_with("switchboard_http_");
+            let expected: BTreeSet<&str> = if per_shard {
+                ["0", "1"].into()
+            } else {
+                [].into()
+            };
+            assert_eq!(shards, expected, "{name}");
+        }
     }
+}
+
+/// Every series an operator graphs is there after a refused login, a message sent and
+/// acknowledged and a connection closed, with values that say so.
+#[test]
+fn metrics_count_logins_acks_deliveries_and_closes() {
+    let server = Server::start();
+    let (status, _, body) = request(server.http_addr, "GET", "/readyz");
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["status"], "ready");
+
+    // Refused logins: the counter is written before the 401 goes out.
+    let url = server.url("/ws");
+    assert_eq!(
+        connect_with(server.ws_addr, &url, &[], None).err(),
+        Some(401)
+    );
+    let expired = format!("Bearer {}", token_with("alice", now_secs() - 3600, SECRET));
+    let refused = connect_with(server.ws_addr, &url, &[("Authorization", &expired)], None);
+    assert_eq!(refused.err(), Some(401));
+    let (status, _, _) = request(server.http_addr, "GET", "/v1/user/alice/status");
+    assert_eq!(status, 401);
+
+    // A message acknowledged and delivered: both are timed before their frames are queued.
+    let mut alice = connect(&server, "alice");
+    let mut bob = connect(&server, "bob");
+    send_json(&mut alice, &send_message(1, "bob", "hello"));
+    recv_type(&mut alice, "message_received");
+    recv_type(&mut bob, "incoming_message");
+
+    // A close from the client: the server counts it before it drops the socket, so the
+    // end of the TCP stream comes after.
+    bob.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
+    .unwrap();
+    assert_eq!(read_close(&mut bob), Some(1000));
+    let mut rest = Vec::new();
+    let _ = bob.get_mut().read_to_end(&mut rest);
+
+    let (_, _, body) = request(server.http_addr, "GET", "/metrics");
+    let metrics = openmetrics::parse(&body).unwrap_or_else(|error| panic!("{error}\n{body}"));
+    let sum = |name: &str, labels: &[(&str, &str)]| {
+        metrics
+            .sum(name, labels)
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{body}"))
+    };
+    let auth = "switchboard_auth_failures_total";
+    assert_eq!(sum(auth, &[("reason", "missing")]), 1.0);
+    assert_eq!(sum(auth, &[("reason", "expired")]), 1.0);
+    assert_eq!(sum(auth, &[("reason", "bad_signature")]), 0.0);
+    let http_auth = "switchboard_http_auth_failures_total";
+    assert_eq!(sum(http_auth, &[("reason", "missing")]), 1.0);
+    assert_eq!(sum("switchboard_acks_total", &[]), 1.0);
+    assert_eq!(sum("switchboard_ack_latency_seconds_count", &[]), 1.0);
+    assert_eq!(sum("switchboard_delivery_latency_seconds_count", &[]), 1.0);
+    assert!(sum("switchboard_ack_latency_seconds_sum", &[]) >= 0.0);
+    assert_eq!(sum("switchboard_connections_opened_total", &[]), 2.0);
+    let closed = "switchboard_connections_closed_total";
+    assert_eq!(sum(closed, &[("code", "1000")]), 1.0);
+    assert_eq!(
+        sum("switchboard_connections", &[]),
+        1.0,
+        "alice is still open"
+    );
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(sum("switchboard_build_info", &[("version", version)]), 1.0);
+    assert_eq!(sum("switchboard_shard_accepting", &[]), 2.0);
+    assert_eq!(sum("switchboard_wal_failed", &[]), 0.0);
+    for gauge in ["switchboard_inbox_messages", "switchboard_wal_disk_bytes"] {
+        assert!(metrics.sum(gauge, &[("shard", "0")]).is_some(), "{gauge}");
+    }
+    assert!(sum("switchboard_wal_bytes_total", &[]) > 0.0);
+
+    // The process, as /proc/self says: this server's own numbers, not the test's.
+    assert!(sum("process_resident_memory_bytes", &[]) > 1_000_000.0);
+    assert!(sum("process_open_fds", &[]) >= 3.0);
+    assert!(sum("process_max_fds", &[]) >= sum("process_open_fds", &[]));
+    assert!(sum("process_cpu_seconds_total", &[]) >= 0.0);
+    let started = sum("process_start_time_seconds", &[]);
+    let now = now_secs() as f64;
+    assert!(
+        started <= now + 1.0 && started > now - 600.0,
+        "{started} vs {now}"
+    );
+    assert!(
+        sum("process_threads", &[]) >= 3.0,
+        "main, http and the shards"
+    );
+}
+
+/// The dashboard in docs/ graphs only series the server serves.
+#[test]
+fn the_grafana_dashboard_names_only_served_series() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/grafana-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let server = Server::start();
+    let (_, _, body) = request(server.http_addr, "GET", "/metrics");
+    let metrics = openmetrics::parse(&body).unwrap();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10);
+    let mut exprs = 0;
+    for panel in panels {
+        let title = panel["title"].as_str().expect("a title");
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("an expr");
+            exprs += 1;
+            let names = series_names(expr);
+            assert!(!names.is_empty(), "{title}: {expr}");
+            for name in names {
+                assert!(metrics.has_sample(name), "{title}: {name} is not served");
+            }
+        }
+    }
+    assert!(exprs >= panels.len());
+}
+
+/// The metric names in a PromQL expression: the words that start like ours.
+fn series_names(expr: &str) -> Vec<&str> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("switchboard_") || word.starts_with("process_"))
+        .collect()
 }
 
 #[test]

@@ -407,6 +407,7 @@ fn resume(mut stalled: Stalled) {
             Envelope::Deliver {
                 conn,
                 message: ServerMessage::IncomingMessage(message),
+                ..
             } => {
                 assert_eq!(*conn, stalled.bob_conn);
                 assert_eq!(message.content, format!("m{i}"), "in order");
