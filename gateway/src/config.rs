@@ -2,8 +2,8 @@
 //! file, the file beats the default.
 //!
 //! The TOML file uses the flags' names in snake_case at the top level (`listen`,
-//! `http_listen`, `data_dir`, `shards`, `durability`, `jwt_secret`, `echo`) and every limit in
-//! a `[limits]` table (`handshake_timeout_ms = 10000`, ...). Unknown keys are an error, so a
+//! `http_listen`, `data_dir`, `shards`, `durability`, `jwt_secret`, `jwt_secret_file`, `echo`)
+//! and every limit in a `[limits]` table (`handshake_timeout_ms = 10000`, ...). Unknown keys are an error, so a
 //! misspelt limit never silently keeps its default.
 
 use std::net::SocketAddr;
@@ -25,7 +25,8 @@ pub const ECHO_PATH: &str = "/echo";
     about = "A messaging server: WebSocket gateway shards, a router and a write-ahead log.",
     args_conflicts_with_subcommands = true,
     after_help = "Environment:\n  \
-        SWITCHBOARD_JWT_SECRET  the JWT signing secret, when --jwt-secret is not given\n  \
+        SWITCHBOARD_JWT_SECRET  the JWT signing secret, when neither --jwt-secret nor\n                          \
+        --jwt-secret-file is given\n  \
         SWITCHBOARD_DRIVER      event loop: auto (default: io_uring when the kernel offers it,\n                          \
         else epoll), epoll (force the fallback), io_uring (fail without it)\n  \
         RUST_LOG                log filter (default info); logs go to stderr"
@@ -81,15 +82,15 @@ pub struct SecretArgs {
     /// Directory of the server's data (the WAL, and `jwt.secret` when no secret is given).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// The JWT signing secret. Else `SWITCHBOARD_JWT_SECRET`, else the config file's
-    /// `jwt_secret`, else `<data-dir>/jwt.secret`, generated on first start.
-    #[arg(
-        long,
-        value_name = "SECRET",
-        env = "SWITCHBOARD_JWT_SECRET",
-        hide_env_values = true
-    )]
+    /// The JWT signing secret. Else --jwt-secret-file, else `SWITCHBOARD_JWT_SECRET`, else
+    /// the config file's `jwt_secret` or `jwt_secret_file`, else `<data-dir>/jwt.secret`,
+    /// which `serve` generates on first start (`token` never does).
+    #[arg(long, value_name = "SECRET")]
     pub jwt_secret: Option<String>,
+    /// A file holding the JWT signing secret (surrounding white space ignored), for a
+    /// secret kept outside the data directory; it is read, never written.
+    #[arg(long, value_name = "FILE", conflicts_with = "jwt_secret")]
+    pub jwt_secret_file: Option<PathBuf>,
     /// A TOML file with the same names in snake_case; flags beat it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -566,6 +567,7 @@ struct FileConfig {
     shards: Option<usize>,
     durability: Option<Durability>,
     jwt_secret: Option<String>,
+    jwt_secret_file: Option<PathBuf>,
     echo: Option<bool>,
     #[serde(default)]
     limits: Limits,
@@ -598,9 +600,15 @@ impl FileConfig {
 pub enum SecretSource {
     /// `--jwt-secret` or `SWITCHBOARD_JWT_SECRET`, or the file's `jwt_secret`.
     Given(String),
-    /// `<data-dir>/jwt.secret`, made on first start.
-    File(PathBuf),
+    /// `--jwt-secret-file`, or the config file's `jwt_secret_file`: read, never written.
+    GivenFile(PathBuf),
+    /// `<data-dir>/jwt.secret`, made by the first start of `serve`.
+    DataDir(PathBuf),
 }
+
+/// The environment variable that gives the secret when no flag does. Read here rather
+/// than by clap, so that `--jwt-secret-file` on the command line beats it.
+pub const SECRET_ENV: &str = "SWITCHBOARD_JWT_SECRET";
 
 /// The server's whole configuration after the merge.
 #[derive(Debug, Clone)]
@@ -629,7 +637,7 @@ impl Config {
     /// Merges flags, the file they name and the defaults.
     pub fn resolve(args: &ServeArgs) -> anyhow::Result<Config> {
         let file = FileConfig::load(args.secret.config.as_deref())?;
-        let (data_dir, secret) = resolve_secret(&args.secret, &file);
+        let (data_dir, secret) = resolve_secret(&args.secret, &file, secret_from_env())?;
         let mut limits = file.limits;
         limits.apply(&args.limits);
         limits.check()?;
@@ -662,20 +670,41 @@ impl Config {
 /// The data directory and the secret's source for `token`, which reads the same file.
 pub fn resolve_token_secret(args: &SecretArgs) -> anyhow::Result<(PathBuf, SecretSource)> {
     let file = FileConfig::load(args.config.as_deref())?;
-    Ok(resolve_secret(args, &file))
+    resolve_secret(args, &file, secret_from_env())
 }
 
-fn resolve_secret(args: &SecretArgs, file: &FileConfig) -> (PathBuf, SecretSource) {
+/// `SWITCHBOARD_JWT_SECRET`; set but empty counts as unset, as an unset variable is often
+/// written `NAME=` in unit files and shells.
+fn secret_from_env() -> Option<String> {
+    std::env::var(SECRET_ENV)
+        .ok()
+        .filter(|secret| !secret.is_empty())
+}
+
+/// The data directory and where the secret is: `--jwt-secret`, `--jwt-secret-file`, the
+/// environment, the config file's `jwt_secret` or `jwt_secret_file`, `<data-dir>/jwt.secret`,
+/// the first one given.
+fn resolve_secret(
+    args: &SecretArgs,
+    file: &FileConfig,
+    from_env: Option<String>,
+) -> anyhow::Result<(PathBuf, SecretSource)> {
     let data_dir = args
         .data_dir
         .clone()
         .or_else(|| file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT));
-    let secret = match args.jwt_secret.clone().or_else(|| file.jwt_secret.clone()) {
-        Some(secret) => SecretSource::Given(secret),
-        None => SecretSource::File(data_dir.join(SECRET_FILE_NAME)),
-    };
-    (data_dir, secret)
+    if file.jwt_secret.is_some() && file.jwt_secret_file.is_some() {
+        bail!("the config file sets both jwt_secret and jwt_secret_file: keep one");
+    }
+    let given = args.jwt_secret.clone().map(SecretSource::Given);
+    let secret = given
+        .or_else(|| args.jwt_secret_file.clone().map(SecretSource::GivenFile))
+        .or_else(|| from_env.map(SecretSource::Given))
+        .or_else(|| file.jwt_secret.clone().map(SecretSource::Given))
+        .or_else(|| file.jwt_secret_file.clone().map(SecretSource::GivenFile))
+        .unwrap_or_else(|| SecretSource::DataDir(data_dir.join(SECRET_FILE_NAME)));
+    Ok((data_dir, secret))
 }
 
 /// Parses a lifetime such as `30s`, `15m`, `24h` or `7d` into seconds.
@@ -805,8 +834,61 @@ mod tests {
         let config = with_file("", &["--data-dir", "/tmp/x"]).unwrap();
         assert_eq!(
             config.secret,
-            SecretSource::File(PathBuf::from("/tmp/x/jwt.secret"))
+            SecretSource::DataDir(PathBuf::from("/tmp/x/jwt.secret"))
         );
+    }
+
+    /// The secret `resolve_secret` finds for these flags, config file text and environment.
+    fn secret_of(
+        args: &[&str],
+        file: &str,
+        from_env: Option<&str>,
+    ) -> anyhow::Result<SecretSource> {
+        let serve = parse(args);
+        let file: FileConfig = toml::from_str(file).unwrap();
+        resolve_secret(&serve.secret, &file, from_env.map(str::to_owned)).map(|(_, secret)| secret)
+    }
+
+    #[test]
+    fn secret_file_and_environment_precedence() {
+        let given = |text: &str| SecretSource::Given(text.to_owned());
+        let file = |path: &str| SecretSource::GivenFile(PathBuf::from(path));
+        let flag_file = ["--jwt-secret-file", "/run/sb/secret"];
+        let check = |args: &[&str], file_text: &str, from_env, expected: SecretSource| {
+            let found = secret_of(args, file_text, from_env).unwrap();
+            assert_eq!(found, expected, "{args:?} {file_text:?} {from_env:?}");
+        };
+        // The flags beat the environment, which beats the config file.
+        check(&flag_file, "", Some("env"), file("/run/sb/secret"));
+        check(&["--jwt-secret", "flag"], "", Some("env"), given("flag"));
+        check(
+            &[],
+            "jwt_secret_file = \"/etc/sb\"",
+            Some("env"),
+            given("env"),
+        );
+        check(&[], "jwt_secret_file = \"/etc/sb\"", None, file("/etc/sb"));
+        check(
+            &flag_file,
+            "jwt_secret = \"in-file\"",
+            None,
+            file("/run/sb/secret"),
+        );
+        let in_data_dir = SecretSource::DataDir(PathBuf::from("/d/jwt.secret"));
+        check(&["--data-dir", "/d"], "", None, in_data_dir);
+
+        let both = secret_of(&[], "jwt_secret = \"a\"\njwt_secret_file = \"/b\"", None);
+        assert!(both.unwrap_err().to_string().contains("keep one"));
+        let both_flags = Cli::try_parse_from([
+            "switchboard",
+            "token",
+            "alice",
+            "--jwt-secret",
+            "a",
+            "--jwt-secret-file",
+            "/b",
+        ]);
+        assert!(both_flags.is_err(), "the two flags conflict");
     }
 
     fn check_bad_file(text: &str, expected: &str) {

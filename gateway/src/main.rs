@@ -1,5 +1,5 @@
 //! The `switchboard` binary: parses the command line, then runs the server (`serve`, the
-//! default) or prints a token (`token`).
+//! default), prints a token (`token`) or checks and repairs the logs (`wal`).
 
 mod auth;
 mod codec;
@@ -55,7 +55,12 @@ fn main() -> ExitCode {
         Err(error) => {
             // One line: the chain of causes joined, so that scripts can grep it.
             eprintln!("switchboard: error: {error:#}");
-            ExitCode::FAILURE
+            if error.downcast_ref::<auth::NoSecret>().is_some() {
+                // As for a usage error: nothing ran, the command needs something more.
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -90,7 +95,9 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
     let user = wire::UserId::parse(&args.user)
         .map_err(|error| anyhow::anyhow!("bad user id {:?}: {error}", args.user))?;
     let (_data_dir, source) = config::resolve_token_secret(&args.secret)?;
-    let secret = auth::load_secret(&source)?;
+    // Only read: a secret made here would not be the server's, and its tokens would be
+    // refused. Nothing is written to the data directory.
+    let secret = auth::read_secret(&source)?;
     let token = Authenticator::new(&secret).issue(&user, auth::now_secs(), args.ttl)?;
     println!("{token}");
     Ok(())
@@ -125,7 +132,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
 
     check_data_dir(&config.data_dir)?;
     journal::check_layout(&config.data_dir, n_shards)?;
-    let secret = auth::load_secret(&config.secret)?;
+    // After the binds and the layout check, so that a start that fails has made no secret.
+    let secret = auth::load_or_create_secret(&config.secret)?;
     let auth = Arc::new(Authenticator::new(&secret));
     tracing::info!(driver = driver.as_str(), why, "event loop driver");
     if config.durability == config::Durability::None {
