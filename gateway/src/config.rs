@@ -2,8 +2,8 @@
 //! file, the file beats the default.
 //!
 //! The TOML file uses the flags' names in snake_case at the top level (`listen`,
-//! `http_listen`, `data_dir`, `shards`, `durability`, `jwt_secret`, `jwt_secret_file`, `echo`)
-//! and every limit in a `[limits]` table (`handshake_timeout_ms = 10000`, ...). Unknown keys are an error, so a
+//! `http_listen`, `data_dir`, `shards`, `durability`, `jwt_secret`, `jwt_secret_file`, `echo`,
+//! `log_format`) and every limit in a `[limits]` table (`handshake_timeout_ms = 10000`, ...). Unknown keys are an error, so a
 //! misspelt limit never silently keeps its default.
 
 use std::net::SocketAddr;
@@ -113,6 +113,10 @@ pub struct ServeArgs {
     /// Serve the echo WebSocket at /echo (no auth), for conformance testing.
     #[arg(long)]
     pub echo: bool,
+    /// How log lines on stderr are written: `text` for people, `json` (one object a line)
+    /// for a log collector [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
     #[command(flatten)]
     pub secret: SecretArgs,
     #[command(flatten)]
@@ -163,6 +167,16 @@ pub enum Durability {
     Batch,
     /// No fsync at all: for benchmarks only.
     None,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text an event, for people.
+    Text,
+    /// One JSON object an event, its fields at the top level, for log collectors.
+    Json,
 }
 
 impl Durability {
@@ -569,6 +583,7 @@ struct FileConfig {
     jwt_secret: Option<String>,
     jwt_secret_file: Option<PathBuf>,
     echo: Option<bool>,
+    log_format: Option<LogFormat>,
     #[serde(default)]
     limits: Limits,
 }
@@ -619,6 +634,7 @@ pub struct Config {
     pub shards: usize,
     pub durability: Durability,
     pub echo: bool,
+    pub log_format: LogFormat,
     pub secret: SecretSource,
     pub limits: Limits,
 }
@@ -661,6 +677,10 @@ impl Config {
                 .or(file.durability)
                 .unwrap_or(Durability::Fsync),
             echo: args.echo || file.echo.unwrap_or(false),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
             secret,
             limits,
         })
@@ -889,6 +909,18 @@ mod tests {
             "/b",
         ]);
         assert!(both_flags.is_err(), "the two flags conflict");
+    }
+
+    #[test]
+    fn log_format_flag_beats_file_beats_text() {
+        assert_eq!(
+            Config::resolve(&parse(&[])).unwrap().log_format,
+            LogFormat::Text
+        );
+        let file = "log_format = \"json\"\n";
+        assert_eq!(with_file(file, &[]).unwrap().log_format, LogFormat::Json);
+        let flag = ["--log-format", "text"];
+        assert_eq!(with_file(file, &flag).unwrap().log_format, LogFormat::Text);
     }
 
     fn check_bad_file(text: &str, expected: &str) {

@@ -32,7 +32,7 @@ use clap::Parser as _;
 use mimalloc::MiMalloc;
 
 use crate::auth::Authenticator;
-use crate::config::{Cli, Command, Config, ServeArgs, TokenArgs};
+use crate::config::{Cli, Command, Config, LogFormat, ServeArgs, TokenArgs};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -40,7 +40,10 @@ static GLOBAL: MiMalloc = MiMalloc;
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
     let cli = Cli::parse();
-    init_logging();
+    // `serve` starts its logs once it knows their format, which its config file may set.
+    if !matches!(cli.command, None | Some(Command::Serve(_))) {
+        init_logging(LogFormat::Text);
+    }
     let outcome = match cli.command {
         Some(Command::Token(args)) => token(&args),
         Some(Command::Serve(args)) => serve(&args),
@@ -79,16 +82,20 @@ fn disable_transparent_huge_pages() {
 }
 
 /// Logs go to stderr, so that stdout carries only what scripts read (the listening line,
-/// a token). `RUST_LOG` filters them; the default is `info`.
-fn init_logging() {
+/// a token). `RUST_LOG` filters them; the default is `info`. `json` writes one object a
+/// line with the event's fields at its top level (`timestamp`, `level`, `message`, then
+/// the fields), which log collectors take without a parsing rule.
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 fn token(args: &TokenArgs) -> anyhow::Result<()> {
@@ -105,6 +112,7 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(Config::resolve(args)?);
+    init_logging(config.log_format);
     let n_shards = u16::try_from(config.shards)
         .ok()
         .filter(|n| *n <= router::ids::SHARDS_MAX)

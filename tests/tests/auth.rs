@@ -1,13 +1,16 @@
 //! Authentication of the upgrade: no valid token, no WebSocket and no socket kept; a valid
 //! one in the header or in the query; tokens from the `token` subcommand, which signs with
-//! the server's secret (generated, or in a `--jwt-secret-file`) and never makes one.
+//! the server's secret (generated, or in a `--jwt-secret-file`) and never makes one; refused
+//! logins logged with their reason and peer, never their token.
 
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Output;
 
 use switchboard_tests::{
-    Options, SECRET, Server, connect_with, now_secs, raw_exchange, token, token_with,
+    Options, SECRET, Server, connect_with, now_secs, raw_exchange, tcp, token, token_with,
     upgrade_request,
 };
 
@@ -173,4 +176,81 @@ fn a_secret_file_signs_tokens_that_a_server_started_with_it_accepts() {
     assert_eq!(upgrade_status(&server, &by_hand), Ok(()));
     // And no secret was generated in the data directory.
     assert!(!server.data_dir.path().join("jwt.secret").exists());
+}
+
+/// The JSON log lines of `server` whose `message` starts with `prefix`.
+fn log_lines(server: &Server, prefix: &str) -> Vec<serde_json::Value> {
+    server
+        .stderr()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{line:?}: {e}")))
+        .filter(|line: &serde_json::Value| {
+            line["message"]
+                .as_str()
+                .is_some_and(|message| message.starts_with(prefix))
+        })
+        .collect()
+}
+
+/// Sends `request` from a fresh connection and reads the whole answer; returns it with the
+/// connection's own address, which the server sees as the peer.
+fn exchange_from(addr: SocketAddr, request: &str) -> (String, SocketAddr) {
+    let mut stream = tcp(addr);
+    let local = stream.local_addr().expect("a local address");
+    stream.write_all(request.as_bytes()).expect("request sent");
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .expect("answered and closed");
+    (String::from_utf8_lossy(&answer).into_owned(), local)
+}
+
+#[test]
+fn refused_logins_are_logged_as_json_with_reason_and_peer_and_never_the_token() {
+    let options = Options::default()
+        .arg("--log-format")
+        .arg("json")
+        .env("RUST_LOG", "info");
+    let server = Server::start_with(options);
+    let forged = token_with("mallory", now_secs() + 3600, "not-the-secret");
+    let expired = token_with("mallory", now_secs() - 3600, SECRET);
+
+    // The log line is written before the answer is sent, so it is there once the answer is.
+    let header = format!("Authorization: Bearer {forged}\r\n");
+    let (answer, forged_peer) = exchange_from(server.ws_addr, &upgrade_request("/ws", &header));
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer:?}");
+    let target = format!("/ws?token={expired}");
+    let (answer, expired_peer) = exchange_from(server.ws_addr, &upgrade_request(&target, ""));
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer:?}");
+    let (answer, missing_peer) = exchange_from(server.ws_addr, &upgrade_request("/ws", ""));
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer:?}");
+    let request = format!(
+        "GET /v1/user/bob/status HTTP/1.1\r\nHost: localhost\r\n\
+         Authorization: Bearer {forged}\r\nConnection: close\r\n\r\n"
+    );
+    let (answer, http_peer) = exchange_from(server.http_addr, &request);
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer:?}");
+
+    let upgrades = log_lines(&server, "login refused: upgrade answered 401");
+    let found = |lines: &[serde_json::Value], peer: SocketAddr, reason: &str| {
+        let line = lines
+            .iter()
+            .find(|line| line["peer"] == peer.to_string().as_str())
+            .unwrap_or_else(|| panic!("no line for {peer} in {lines:?}"));
+        assert_eq!(line["level"], "INFO", "{line}");
+        assert_eq!(line["reason"], reason, "{line}");
+    };
+    found(&upgrades, forged_peer, "token signature does not match");
+    found(&upgrades, expired_peer, "token has expired");
+    let missing = "no token: send Authorization: Bearer <jwt> or ?token=<jwt>";
+    found(&upgrades, missing_peer, missing);
+    let http = log_lines(&server, "login refused: HTTP request answered 401");
+    found(&http, http_peer, "token signature does not match");
+
+    // No part of a token reaches the log: not the whole, nor its signature.
+    let log = server.stderr();
+    for token in [&forged, &expired] {
+        let signature = token.rsplit('.').next().expect("three parts");
+        assert!(!log.contains(signature), "a token in the log: {log}");
+    }
 }
