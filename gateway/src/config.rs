@@ -107,7 +107,8 @@ pub struct ServeArgs {
     /// Number of shards (threads, one per core) [default: the number of cores].
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
-    /// When a message counts as durable [default: fsync].
+    /// When a message is acknowledged, and what a SIGKILL or a power cut may lose
+    /// [default: fsync].
     #[arg(long, value_enum)]
     pub durability: Option<Durability>,
     /// Serve the echo WebSocket at /echo (no auth), for conformance testing.
@@ -157,15 +158,23 @@ pub struct TokenArgs {
     pub secret: SecretArgs,
 }
 
-/// When a message counts as durable.
+/// When a message is acknowledged (`message_received`), and what a crash may then lose.
+/// The same words are in docs/protocol.md ("Guarantees") and tuning.md ("Durability").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
-    /// Acknowledged once written and fsynced.
+    /// Acknowledged once the record is written and fdatasynced: nothing
+    /// acknowledged is lost to a SIGKILL or a power cut.
     Fsync,
-    /// fsync at most every few milliseconds; a crash may lose the last ones.
+    /// Acknowledged once the record is written to the page cache, fdatasynced at
+    /// most every `wal_batch_interval_ms` (10 ms): a SIGKILL loses nothing
+    /// acknowledged; a power cut may lose what was acknowledged in the last
+    /// interval (in the last `router_tick_ms`, 100 ms, on a shard that went quiet).
     Batch,
-    /// No fsync at all: for benchmarks only.
+    /// Acknowledged once the record is written to the page cache, never
+    /// fdatasynced: a SIGKILL loses nothing acknowledged (the page cache outlives
+    /// the process); a power cut may lose anything the kernel had not yet written
+    /// back. For benchmarks only.
     None,
 }
 
