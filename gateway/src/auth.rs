@@ -1,6 +1,6 @@
-//! Authentication: the JWT signing secret (given, or generated once and kept in
-//! `<data-dir>/jwt.secret`), issuing tokens for `switchboard token`, and verifying the token
-//! of an upgrade request.
+//! Authentication: the JWT signing secret (given, read from a file, or generated once by
+//! `serve` and kept in `<data-dir>/jwt.secret`), issuing tokens for `switchboard token`, which
+//! only ever reads the server's secret, and verifying the token of an upgrade request.
 //!
 //! Tokens are HS256 only: the algorithm is pinned, so a token that names another one (`none`,
 //! RS256 with the secret taken as a public key, ...) is refused before its signature is looked
@@ -10,7 +10,7 @@
 use std::fs::OpenOptions;
 use std::io::{ErrorKind, Write as _};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -132,14 +132,38 @@ pub fn now_secs() -> u64 {
         .map_or(0, |elapsed| elapsed.as_secs())
 }
 
-/// The secret's bytes: the given text, or the content of the secret file, made on first use.
-pub fn load_secret(source: &SecretSource) -> anyhow::Result<Vec<u8>> {
+/// `switchboard token` found no secret to sign with: it never makes one, since a token signed
+/// with a secret the server does not have would only be answered 401. `main` exits 2 on it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no secret: no {} and no --jwt-secret/--jwt-secret-file/SWITCHBOARD_JWT_SECRET; start the \
+     server once (it generates one) or pass the server's secret",
+    .0.display()
+)]
+pub struct NoSecret(pub PathBuf);
+
+/// The server's secret: the given text, the content of the given file, or the content of
+/// `<data-dir>/jwt.secret`, which is generated here when it does not exist yet.
+pub fn load_or_create_secret(source: &SecretSource) -> anyhow::Result<Vec<u8>> {
+    match source {
+        SecretSource::DataDir(path) => read_or_create_secret_file(path),
+        SecretSource::Given(_) | SecretSource::GivenFile(_) => read_secret(source),
+    }
+}
+
+/// The secret, as [`load_or_create_secret`] finds it, but never made: a missing
+/// `<data-dir>/jwt.secret` is [`NoSecret`], and nothing is written.
+pub fn read_secret(source: &SecretSource) -> anyhow::Result<Vec<u8>> {
     match source {
         SecretSource::Given(text) if text.is_empty() => {
             anyhow::bail!("the JWT secret is empty")
         }
         SecretSource::Given(text) => Ok(text.as_bytes().to_vec()),
-        SecretSource::File(path) => read_or_create_secret_file(path),
+        SecretSource::GivenFile(path) => read_secret_file(path),
+        SecretSource::DataDir(path) => match std::fs::symlink_metadata(path) {
+            Err(error) if error.kind() == ErrorKind::NotFound => Err(NoSecret(path.clone()).into()),
+            _ => read_secret_file(path),
+        },
     }
 }
 
@@ -166,18 +190,7 @@ fn read_or_create_secret_file(path: &Path) -> anyhow::Result<Vec<u8>> {
             tracing::info!(path = %path.display(), "generated a new JWT secret");
             Ok(hex.into_bytes())
         }
-        Err(error) if error.kind() == ErrorKind::AlreadyExists => {
-            let metadata = std::fs::metadata(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            if metadata.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(path = %path.display(), "the JWT secret file is readable by others: chmod 600 it");
-            }
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let secret = text.trim();
-            anyhow::ensure!(!secret.is_empty(), "{} is empty", path.display());
-            Ok(secret.as_bytes().to_vec())
-        }
+        Err(error) if error.kind() == ErrorKind::AlreadyExists => read_secret_file(path),
         Err(error) => Err(error).with_context(|| {
             format!(
                 "cannot create {} (is the data directory writable?)",
@@ -185,6 +198,24 @@ fn read_or_create_secret_file(path: &Path) -> anyhow::Result<Vec<u8>> {
             )
         }),
     }
+}
+
+/// The secret a file holds, white space around it dropped (an editor's final newline).
+fn read_secret_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let metadata = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the JWT secret file {}", path.display()))?;
+    if metadata.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), "the JWT secret file is readable by others: chmod 600 it");
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the JWT secret file {}", path.display()))?;
+    let secret = text.trim();
+    anyhow::ensure!(
+        !secret.is_empty(),
+        "the JWT secret file {} is empty",
+        path.display()
+    );
+    Ok(secret.as_bytes().to_vec())
 }
 
 #[cfg(test)]
@@ -298,27 +329,59 @@ mod tests {
     fn secret_file_is_created_private_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data").join("jwt.secret");
-        let source = SecretSource::File(path.clone());
-        let first = load_secret(&source).unwrap();
+        let source = SecretSource::DataDir(path.clone());
+        let first = load_or_create_secret(&source).unwrap();
         assert_eq!(first.len(), 2 * SECRET_RANDOM_BYTES);
         assert!(first.iter().all(|b| b.is_ascii_hexdigit()));
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let second = load_secret(&source).unwrap();
+        let second = load_or_create_secret(&source).unwrap();
         assert_eq!(first, second);
 
         let other_dir = tempfile::tempdir().unwrap();
-        let other = load_secret(&SecretSource::File(other_dir.path().join("jwt.secret")));
+        let other =
+            load_or_create_secret(&SecretSource::DataDir(other_dir.path().join("jwt.secret")));
         assert_ne!(other.unwrap(), first, "each new secret is random");
     }
 
     #[test]
     fn given_secret_wins_and_must_not_be_empty() {
         assert_eq!(
-            load_secret(&SecretSource::Given("s3cret".into())).unwrap(),
+            load_or_create_secret(&SecretSource::Given("s3cret".into())).unwrap(),
             b"s3cret"
         );
-        assert!(load_secret(&SecretSource::Given(String::new())).is_err());
+        assert!(load_or_create_secret(&SecretSource::Given(String::new())).is_err());
+    }
+
+    #[test]
+    fn reading_never_creates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join("jwt.secret");
+        let error = read_secret(&SecretSource::DataDir(path.clone())).unwrap_err();
+        assert!(error.downcast_ref::<NoSecret>().is_some(), "{error:#}");
+        assert!(error.to_string().contains(&path.display().to_string()));
+        assert!(!dir.path().join("data").exists(), "nothing is written");
+
+        let made = load_or_create_secret(&SecretSource::DataDir(path.clone())).unwrap();
+        assert_eq!(read_secret(&SecretSource::DataDir(path)).unwrap(), made);
+    }
+
+    #[test]
+    fn a_given_file_is_read_trimmed_and_never_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        let missing = load_or_create_secret(&SecretSource::GivenFile(path.clone()));
+        let error = format!("{:#}", missing.unwrap_err());
+        assert!(error.contains("cannot read the JWT secret file"), "{error}");
+        assert!(!path.exists(), "a given file is never made");
+
+        std::fs::write(&path, "  s3cret\n").unwrap();
+        let source = SecretSource::GivenFile(path.clone());
+        assert_eq!(load_or_create_secret(&source).unwrap(), b"s3cret");
+        assert_eq!(read_secret(&source).unwrap(), b"s3cret");
+        std::fs::write(&path, "\n").unwrap();
+        let empty = read_secret(&source).unwrap_err().to_string();
+        assert!(empty.contains("is empty"), "{empty}");
     }
 
     #[test]
@@ -326,8 +389,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("plain-file");
         std::fs::write(&file, b"x").unwrap();
-        let source = SecretSource::File(file.join("jwt.secret"));
-        let error = load_secret(&source).unwrap_err().to_string();
+        let source = SecretSource::DataDir(file.join("jwt.secret"));
+        let error = load_or_create_secret(&source).unwrap_err().to_string();
         assert!(error.contains("cannot create data directory"), "{error}");
     }
 }

@@ -2,10 +2,11 @@
 //! flag beats its `SWITCHBOARD_` variable, which beats the file, which beats the default.
 //!
 //! The TOML file uses the flags' names in snake_case at the top level (`listen`,
-//! `http_listen`, `data_dir`, `shards`, `durability`, `jwt_secret`, `echo`) and every limit in
-//! a `[limits]` table (`handshake_timeout_ms = 10000`, ...). Unknown keys are an error, so a
-//! misspelt limit never silently keeps its default. Every limit is declared once, in the
-//! `limits!` list below, and its field, flag, variable, docs and bounds all come from there.
+//! `http_listen`, `data_dir`, `shards`, `durability`, `jwt_secret`, `jwt_secret_file`, `echo`,
+//! `log_format`) and every limit in a `[limits]` table (`handshake_timeout_ms = 10000`, ...).
+//! Unknown keys are an error, so a misspelt limit never silently keeps its default. Every
+//! limit is declared once, in the `limits!` list below, and its field, flag, variable, docs
+//! and bounds all come from there.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -28,7 +29,8 @@ pub const ECHO_PATH: &str = "/echo";
     about = "A messaging server: WebSocket gateway shards, a router and a write-ahead log.",
     args_conflicts_with_subcommands = true,
     after_help = "Environment:\n  \
-        SWITCHBOARD_JWT_SECRET  the JWT signing secret, when --jwt-secret is not given\n  \
+        SWITCHBOARD_JWT_SECRET  the JWT signing secret, when neither --jwt-secret nor\n                          \
+        --jwt-secret-file is given\n  \
         SWITCHBOARD_DRIVER      event loop: auto (default: io_uring when the kernel offers it,\n                          \
         else epoll), epoll (force the fallback), io_uring (fail without it)\n  \
         RUST_LOG                log filter (default info); logs go to stderr\n\n\
@@ -115,15 +117,20 @@ pub struct SecretArgs {
     /// Directory of the server's data (the WAL, and `jwt.secret` when no secret is given).
     #[arg(long, value_name = "DIR", env = "SWITCHBOARD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// The JWT signing secret. Else `SWITCHBOARD_JWT_SECRET`, else the config file's
-    /// `jwt_secret`, else `<data-dir>/jwt.secret`, generated on first start.
+    /// The JWT signing secret. Else --jwt-secret-file, else `SWITCHBOARD_JWT_SECRET`, else
+    /// the config file's `jwt_secret` or `jwt_secret_file`, else `<data-dir>/jwt.secret`,
+    /// which `serve` generates on first start (`token` never does).
+    #[arg(long, value_name = "SECRET")]
+    pub jwt_secret: Option<String>,
+    /// A file holding the JWT signing secret (surrounding white space ignored), for a
+    /// secret kept outside the data directory; it is read, never written.
     #[arg(
         long,
-        value_name = "SECRET",
-        env = "SWITCHBOARD_JWT_SECRET",
-        hide_env_values = true
+        value_name = "FILE",
+        conflicts_with = "jwt_secret",
+        env = "SWITCHBOARD_JWT_SECRET_FILE"
     )]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret_file: Option<PathBuf>,
     /// A TOML file with the same names in snake_case; flags beat it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -141,13 +148,18 @@ pub struct ServeArgs {
     /// SWITCHBOARD_SHARDS]
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
-    /// When a message counts as durable [default: fsync] [env: SWITCHBOARD_DURABILITY]
+    /// When a message is acknowledged, and what a SIGKILL or a power cut may lose
+    /// [default: fsync] [env: SWITCHBOARD_DURABILITY].
     #[arg(long, value_enum)]
     pub durability: Option<Durability>,
     /// Serve the echo WebSocket at /echo (no auth), for conformance testing [env:
     /// SWITCHBOARD_ECHO=true].
     #[arg(long)]
     pub echo: bool,
+    /// How log lines on stderr are written: `text` for people, `json` (one object a line)
+    /// for a log collector [default: text].
+    #[arg(long, value_enum, env = "SWITCHBOARD_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
     #[command(flatten)]
     pub secret: SecretArgs,
     #[command(flatten)]
@@ -165,15 +177,23 @@ pub struct TokenArgs {
     pub secret: SecretArgs,
 }
 
-/// When a message counts as durable.
+/// When a message is acknowledged (`message_received`), and what a crash may then lose.
+/// The same words are in docs/protocol.md ("Guarantees") and tuning.md ("Durability").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
-    /// Acknowledged once written and fsynced.
+    /// Acknowledged once the record is written and fdatasynced: nothing
+    /// acknowledged is lost to a SIGKILL or a power cut.
     Fsync,
-    /// fsync at most every few milliseconds; a crash may lose the last ones.
+    /// Acknowledged once the record is written to the page cache, fdatasynced at
+    /// most every `wal_batch_interval_ms` (10 ms): a SIGKILL loses nothing
+    /// acknowledged; a power cut may lose what was acknowledged in the last
+    /// interval (in the last `router_tick_ms`, 100 ms, on a shard that went quiet).
     Batch,
-    /// No fsync at all: for benchmarks only.
+    /// Acknowledged once the record is written to the page cache, never
+    /// fdatasynced: a SIGKILL loses nothing acknowledged (the page cache outlives
+    /// the process); a power cut may lose anything the kernel had not yet written
+    /// back. For benchmarks only.
     None,
 }
 
@@ -185,6 +205,16 @@ impl std::str::FromStr for Durability {
         ValueEnum::from_str(text, false)
             .map_err(|_| format!("{text:?} is not one of fsync, batch, none"))
     }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of text an event, for people.
+    Text,
+    /// One JSON object an event, its fields at the top level, for log collectors.
+    Json,
 }
 
 impl Durability {
@@ -720,7 +750,9 @@ struct FileConfig {
     shards: Option<usize>,
     durability: Option<Durability>,
     jwt_secret: Option<String>,
+    jwt_secret_file: Option<PathBuf>,
     echo: Option<bool>,
+    log_format: Option<LogFormat>,
     #[serde(default)]
     limits: Limits,
 }
@@ -786,9 +818,15 @@ fn key_at(text: &str, at: usize) -> Option<String> {
 pub enum SecretSource {
     /// `--jwt-secret` or `SWITCHBOARD_JWT_SECRET`, or the file's `jwt_secret`.
     Given(String),
-    /// `<data-dir>/jwt.secret`, made on first start.
-    File(PathBuf),
+    /// `--jwt-secret-file`, or the config file's `jwt_secret_file`: read, never written.
+    GivenFile(PathBuf),
+    /// `<data-dir>/jwt.secret`, made by the first start of `serve`.
+    DataDir(PathBuf),
 }
+
+/// The environment variable that gives the secret when no flag does. Read here rather
+/// than by clap, so that `--jwt-secret-file` on the command line beats it.
+pub const SECRET_ENV: &str = "SWITCHBOARD_JWT_SECRET";
 
 /// The server's whole configuration after the merge.
 #[derive(Debug, Clone)]
@@ -799,6 +837,7 @@ pub struct Config {
     pub shards: usize,
     pub durability: Durability,
     pub echo: bool,
+    pub log_format: LogFormat,
     pub secret: SecretSource,
     pub limits: Limits,
 }
@@ -829,7 +868,7 @@ impl Config {
     fn merge(args: &ServeArgs, env: Env<'_>, file: FileConfig) -> anyhow::Result<Config> {
         // `data_dir` and `jwt_secret` read their variables through clap: any text is a
         // valid value, so there is no parse error whose variable clap would fail to name.
-        let (data_dir, secret) = resolve_secret(&args.secret, &file);
+        let (data_dir, secret) = resolve_secret(&args.secret, &file, secret_from_env())?;
         let mut limits = file.limits;
         limits.apply(&args.limits.clone().or(LimitArgs::from_env(env)?));
         limits.check()?;
@@ -862,6 +901,10 @@ impl Config {
                 .or(file.durability)
                 .unwrap_or(Durability::Fsync),
             echo,
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
             secret,
             limits,
         })
@@ -917,9 +960,11 @@ pub fn settings() -> Vec<Setting> {
         },
         Setting {
             key: "durability",
-            doc: "When a message counts as durable: \"fsync\" (written and fsynced), \"batch\" \
-                  (fsync at most every wal_batch_interval_ms; a crash may lose the last ones) \
-                  or \"none\" (no fsync: for benchmarks only).",
+            doc: "When a message is acknowledged: \"fsync\" (after write and fdatasync: \
+                  nothing acknowledged is lost to a SIGKILL or a power cut), \"batch\" (once in \
+                  the page cache, fdatasync at most every wal_batch_interval_ms: a SIGKILL loses \
+                  nothing acknowledged, a power cut may lose the last interval) or \"none\" \
+                  (never fdatasynced: for benchmarks only).",
             default: quoted(Durability::Fsync.as_str()),
             example: "",
         },
@@ -931,9 +976,23 @@ pub fn settings() -> Vec<Setting> {
             example: "\"change-me\"",
         },
         Setting {
+            key: "jwt_secret_file",
+            doc: "A file holding the JWT signing secret (surrounding whitespace ignored), \
+                  instead of jwt_secret.",
+            default: None,
+            example: "\"/etc/switchboard/jwt.secret\"",
+        },
+        Setting {
             key: "echo",
             doc: "Serve the echo WebSocket at /echo (no auth), for conformance testing.",
             default: Some("false".to_owned()),
+            example: "",
+        },
+        Setting {
+            key: "log_format",
+            doc: "How log lines are written to stderr: \"text\" for people or \"json\" (one \
+                  object an event) for log collectors.",
+            default: quoted("text"),
             example: "",
         },
     ]
@@ -1041,20 +1100,41 @@ fn limits_markdown() -> String {
 /// The data directory and the secret's source for `token`, which reads the same file.
 pub fn resolve_token_secret(args: &SecretArgs) -> anyhow::Result<(PathBuf, SecretSource)> {
     let file = FileConfig::load(args.config.as_deref())?;
-    Ok(resolve_secret(args, &file))
+    resolve_secret(args, &file, secret_from_env())
 }
 
-fn resolve_secret(args: &SecretArgs, file: &FileConfig) -> (PathBuf, SecretSource) {
+/// `SWITCHBOARD_JWT_SECRET`; set but empty counts as unset, as an unset variable is often
+/// written `NAME=` in unit files and shells.
+fn secret_from_env() -> Option<String> {
+    std::env::var(SECRET_ENV)
+        .ok()
+        .filter(|secret| !secret.is_empty())
+}
+
+/// The data directory and where the secret is: `--jwt-secret`, `--jwt-secret-file`, the
+/// environment, the config file's `jwt_secret` or `jwt_secret_file`, `<data-dir>/jwt.secret`,
+/// the first one given.
+fn resolve_secret(
+    args: &SecretArgs,
+    file: &FileConfig,
+    from_env: Option<String>,
+) -> anyhow::Result<(PathBuf, SecretSource)> {
     let data_dir = args
         .data_dir
         .clone()
         .or_else(|| file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from(DATA_DIR_DEFAULT));
-    let secret = match args.jwt_secret.clone().or_else(|| file.jwt_secret.clone()) {
-        Some(secret) => SecretSource::Given(secret),
-        None => SecretSource::File(data_dir.join(SECRET_FILE_NAME)),
-    };
-    (data_dir, secret)
+    if file.jwt_secret.is_some() && file.jwt_secret_file.is_some() {
+        bail!("the config file sets both jwt_secret and jwt_secret_file: keep one");
+    }
+    let given = args.jwt_secret.clone().map(SecretSource::Given);
+    let secret = given
+        .or_else(|| args.jwt_secret_file.clone().map(SecretSource::GivenFile))
+        .or_else(|| from_env.map(SecretSource::Given))
+        .or_else(|| file.jwt_secret.clone().map(SecretSource::Given))
+        .or_else(|| file.jwt_secret_file.clone().map(SecretSource::GivenFile))
+        .unwrap_or_else(|| SecretSource::DataDir(data_dir.join(SECRET_FILE_NAME)));
+    Ok((data_dir, secret))
 }
 
 /// Parses a lifetime such as `30s`, `15m`, `24h` or `7d` into seconds.
@@ -1195,8 +1275,73 @@ mod tests {
         let config = with_file("", &["--data-dir", "/tmp/x"]).unwrap();
         assert_eq!(
             config.secret,
-            SecretSource::File(PathBuf::from("/tmp/x/jwt.secret"))
+            SecretSource::DataDir(PathBuf::from("/tmp/x/jwt.secret"))
         );
+    }
+
+    /// The secret `resolve_secret` finds for these flags, config file text and environment.
+    fn secret_of(
+        args: &[&str],
+        file: &str,
+        from_env: Option<&str>,
+    ) -> anyhow::Result<SecretSource> {
+        let serve = parse(args);
+        let file: FileConfig = toml::from_str(file).unwrap();
+        resolve_secret(&serve.secret, &file, from_env.map(str::to_owned)).map(|(_, secret)| secret)
+    }
+
+    #[test]
+    fn secret_file_and_environment_precedence() {
+        let given = |text: &str| SecretSource::Given(text.to_owned());
+        let file = |path: &str| SecretSource::GivenFile(PathBuf::from(path));
+        let flag_file = ["--jwt-secret-file", "/run/sb/secret"];
+        let check = |args: &[&str], file_text: &str, from_env, expected: SecretSource| {
+            let found = secret_of(args, file_text, from_env).unwrap();
+            assert_eq!(found, expected, "{args:?} {file_text:?} {from_env:?}");
+        };
+        // The flags beat the environment, which beats the config file.
+        check(&flag_file, "", Some("env"), file("/run/sb/secret"));
+        check(&["--jwt-secret", "flag"], "", Some("env"), given("flag"));
+        check(
+            &[],
+            "jwt_secret_file = \"/etc/sb\"",
+            Some("env"),
+            given("env"),
+        );
+        check(&[], "jwt_secret_file = \"/etc/sb\"", None, file("/etc/sb"));
+        check(
+            &flag_file,
+            "jwt_secret = \"in-file\"",
+            None,
+            file("/run/sb/secret"),
+        );
+        let in_data_dir = SecretSource::DataDir(PathBuf::from("/d/jwt.secret"));
+        check(&["--data-dir", "/d"], "", None, in_data_dir);
+
+        let both = secret_of(&[], "jwt_secret = \"a\"\njwt_secret_file = \"/b\"", None);
+        assert!(both.unwrap_err().to_string().contains("keep one"));
+        let both_flags = Cli::try_parse_from([
+            "switchboard",
+            "token",
+            "alice",
+            "--jwt-secret",
+            "a",
+            "--jwt-secret-file",
+            "/b",
+        ]);
+        assert!(both_flags.is_err(), "the two flags conflict");
+    }
+
+    #[test]
+    fn log_format_flag_beats_file_beats_text() {
+        assert_eq!(
+            Config::resolve(&parse(&[])).unwrap().log_format,
+            LogFormat::Text
+        );
+        let file = "log_format = \"json\"\n";
+        assert_eq!(with_file(file, &[]).unwrap().log_format, LogFormat::Json);
+        let flag = ["--log-format", "text"];
+        assert_eq!(with_file(file, &flag).unwrap().log_format, LogFormat::Text);
     }
 
     fn check_bad_file(text: &str, expected: &str) {
@@ -1491,8 +1636,10 @@ mod tests {
         let uncommented = text
             .lines()
             .map(|line| {
+                // `jwt_secret_file` stays commented: the file may not set both secrets.
                 settings()
                     .iter()
+                    .filter(|s| s.key != "jwt_secret_file")
                     .find(|s| line.starts_with(&format!("# {} = ", s.key)))
                     .map_or(line, |_| &line[2..])
             })

@@ -158,7 +158,11 @@ async fn handshake(shard: &Shard, stream: &Readiness, slot: u32) -> Option<Upgra
             Route::Messages => match shard.auth.verify(request.take_token().as_deref()) {
                 Ok(user) => Some(user),
                 Err(error) => {
-                    tracing::debug!(shard = shard.shard_id, %error, "upgrade unauthorized");
+                    // At info, for an operator watching for guessed or stale tokens; the
+                    // reason names what failed, never the token itself.
+                    let peer =
+                        io::peer_addr(fd).map_or_else(|_| "unknown".into(), |a| a.to_string());
+                    tracing::info!(shard = shard.shard_id, peer = %peer, reason = %error, "login refused: upgrade answered 401");
                     shard.metrics.auth_failed(&error);
                     let answer =
                         wire::handshake::error_response(error.status(), &error.to_string());

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -57,7 +57,10 @@ pub fn start(listener: std::net::TcpListener, plane: ControlPlane) -> anyhow::Re
                         return;
                     }
                 };
-                if let Err(error) = axum::serve(listener, router(plane)).await {
+                // With the peer's address, for the log line of a refused login.
+                let service =
+                    router(plane).into_make_service_with_connect_info::<std::net::SocketAddr>();
+                if let Err(error) = axum::serve(listener, service).await {
                     tracing::error!(%error, "the HTTP API stopped");
                 }
             });
@@ -221,10 +224,12 @@ fn authenticate(api: &Api, headers: &HeaderMap) -> Result<wire::UserId, crate::a
 /// shard. A user the server never saw is offline with `null`.
 async fn user_status(
     State(api): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     Path(user_id): Path<String>,
 ) -> Response {
     if let Err(error) = authenticate(&api, &headers) {
+        tracing::info!(%peer, reason = %error, "login refused: HTTP request answered 401");
         return failure(ErrorCode::Unauthorized, &error.to_string());
     }
     let user = match wire::UserId::parse(&user_id) {

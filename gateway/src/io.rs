@@ -79,6 +79,17 @@ pub fn send_once(fd: RawFd, bytes: &[u8]) -> io::Result<Progress> {
     send_vectored(fd, &[io::IoSlice::new(bytes)])
 }
 
+/// The address of the socket's peer, asked of the kernel only when it is needed (a refused
+/// login's log line): accept does not keep it, so that an idle connection holds no copy.
+pub fn peer_addr(fd: RawFd) -> io::Result<std::net::SocketAddr> {
+    // SAFETY: `fd` is the caller's open socket, which outlives this borrow.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd)
+        .peer_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("the peer has no IP address"))
+}
+
 /// Says we will send nothing more (a TCP FIN after what is queued), while reading goes on.
 pub fn shutdown_write(fd: RawFd) {
     // SAFETY: shutdown takes no pointers; on a closed or broken socket it fails harmlessly,

@@ -1,5 +1,5 @@
 //! The `switchboard` binary: parses the command line, then runs the server (`serve`, the
-//! default) or prints a token (`token`).
+//! default), prints a token (`token`) or checks and repairs the logs (`wal`).
 
 mod auth;
 mod codec;
@@ -33,7 +33,7 @@ use clap::Parser as _;
 use mimalloc::MiMalloc;
 
 use crate::auth::Authenticator;
-use crate::config::{Cli, Command, Config, ServeArgs, TokenArgs};
+use crate::config::{Cli, Command, Config, LogFormat, ServeArgs, TokenArgs};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -41,7 +41,10 @@ static GLOBAL: MiMalloc = MiMalloc;
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
     let cli = Cli::parse();
-    init_logging();
+    // `serve` starts its logs once it knows their format, which its config file may set.
+    if !matches!(cli.command, None | Some(Command::Serve(_))) {
+        init_logging(LogFormat::Text);
+    }
     let outcome = match cli.command {
         Some(Command::Token(args)) => token(&args),
         Some(Command::Serve(args)) => serve(&args),
@@ -58,7 +61,12 @@ fn main() -> ExitCode {
         Err(error) => {
             // One line: the chain of causes joined, so that scripts can grep it.
             eprintln!("switchboard: error: {error:#}");
-            ExitCode::FAILURE
+            if error.downcast_ref::<auth::NoSecret>().is_some() {
+                // As for a usage error: nothing ran, the command needs something more.
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -77,23 +85,29 @@ fn disable_transparent_huge_pages() {
 }
 
 /// Logs go to stderr, so that stdout carries only what scripts read (the listening line,
-/// a token). `RUST_LOG` filters them; the default is `info`.
-fn init_logging() {
+/// a token). `RUST_LOG` filters them; the default is `info`. `json` writes one object a
+/// line with the event's fields at its top level (`timestamp`, `level`, `message`, then
+/// the fields), which log collectors take without a parsing rule.
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 fn token(args: &TokenArgs) -> anyhow::Result<()> {
     let user = wire::UserId::parse(&args.user)
         .map_err(|error| anyhow::anyhow!("bad user id {:?}: {error}", args.user))?;
     let (_data_dir, source) = config::resolve_token_secret(&args.secret)?;
-    let secret = auth::load_secret(&source)?;
+    // Only read: a secret made here would not be the server's, and its tokens would be
+    // refused. Nothing is written to the data directory.
+    let secret = auth::read_secret(&source)?;
     let token = Authenticator::new(&secret).issue(&user, auth::now_secs(), args.ttl)?;
     println!("{token}");
     Ok(())
@@ -101,6 +115,7 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
 
 fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(Config::resolve(args)?);
+    init_logging(config.log_format);
     let n_shards = u16::try_from(config.shards)
         .ok()
         .filter(|n| *n <= router::ids::SHARDS_MAX)
@@ -128,7 +143,8 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
 
     check_data_dir(&config.data_dir)?;
     journal::check_layout(&config.data_dir, n_shards)?;
-    let secret = auth::load_secret(&config.secret)?;
+    // After the binds and the layout check, so that a start that fails has made no secret.
+    let secret = auth::load_or_create_secret(&config.secret)?;
     let auth = Arc::new(Authenticator::new(&secret));
     tracing::info!(driver = driver.as_str(), why, "event loop driver");
     if config.durability == config::Durability::None {

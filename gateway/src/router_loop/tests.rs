@@ -26,7 +26,7 @@ use wire::{ClientMessage, SendMessage, ServerMessage, Target, UserId};
 
 use super::RouterLoop;
 use crate::auth::Authenticator;
-use crate::config::{Config, Durability, Limits, SecretSource};
+use crate::config::{Config, Durability, Limits, LogFormat, SecretSource};
 use crate::journal::{Journal, JournalConfig};
 use crate::mesh::{Doorbell, Envelope, ShardMesh};
 use crate::metrics::ShardMetrics;
@@ -64,6 +64,7 @@ fn config(data_dir: &Path, tick_ms: u64) -> Arc<Config> {
         shards: 2,
         durability: Durability::None,
         echo: false,
+        log_format: LogFormat::Text,
         secret: SecretSource::Given("backpressure".to_owned()),
         limits,
     })
