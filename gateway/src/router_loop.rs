@@ -75,6 +75,8 @@ pub struct RouterLoop {
     /// The message records appended and not yet durable, with when their turn took them,
     /// in log order (so also in message id order: the router hands out increasing ids).
     accepted: VecDeque<(router::Lsn, wire::MessageId, Stamp)>,
+    /// What this loop last stored in `mesh.stalled` for its shard.
+    published_stalled: bool,
 }
 
 impl std::fmt::Debug for RouterLoop {
@@ -120,6 +122,7 @@ impl RouterLoop {
             wal_retry_max,
             taken: None,
             accepted: VecDeque::new(),
+            published_stalled: false,
         }
     }
 
@@ -200,10 +203,18 @@ impl RouterLoop {
     /// room. The store of this shard's flag comes before the loads of the others' (both
     /// sequentially consistent), so of two shards that start waiting for each other at
     /// once, at least one sees the other's flag and keeps reading its rings.
-    fn admission(&self) -> Admission {
+    fn admission(&mut self) -> Admission {
         let full = self.shard.link.full_outboxes();
         let stalled = &self.mesh.stalled;
-        stalled[usize::from(self.shard.shard_id)].store(!full.is_empty(), Ordering::SeqCst);
+        // Published only when it changes: the flag's cache line is shared with every other
+        // shard, and a store on each turn would cost a fenced write per turn for nothing.
+        // A flag published earlier precedes the loads below in the SeqCst order just the same.
+        let stalled_now = !full.is_empty();
+        if self.published_stalled != stalled_now {
+            self.published_stalled = stalled_now;
+            stalled[usize::from(self.shard.shard_id)]
+                .store(self.published_stalled, Ordering::SeqCst);
+        }
         if full.is_empty() {
             return Admission {
                 local: true,
