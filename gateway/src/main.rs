@@ -2,25 +2,14 @@
 //! default), prints a token (`token`) or checks and repairs the logs (`wal`).
 
 mod auth;
-mod codec;
+mod cli;
 mod config;
-mod config_tool;
-mod conn;
 mod control;
-mod http;
-mod io;
-mod journal;
-mod listen;
-mod lock;
-mod mesh;
 mod metrics;
-mod pool;
-mod readiness;
-mod router_loop;
+mod net;
+mod session;
 mod shard;
-mod signals;
-mod sink;
-mod wal_tool;
+mod storage;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -48,12 +37,12 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Some(Command::Token(args)) => token(&args),
         Some(Command::Serve(args)) => serve(&args),
-        Some(Command::Wal(config::WalCommand::Check(args))) => wal_tool::check(&args.data_dir),
+        Some(Command::Wal(config::WalCommand::Check(args))) => cli::wal_tool::check(&args.data_dir),
         Some(Command::Wal(config::WalCommand::Repair(args))) => {
-            wal_tool::repair(&args.dir.data_dir, args.truncate)
+            cli::wal_tool::repair(&args.dir.data_dir, args.truncate)
         }
         // Its own exit statuses: `config check` tells an unreadable file from an invalid one.
-        Some(Command::Config(command)) => return config_tool::run(&command),
+        Some(Command::Config(command)) => return cli::config_tool::run(&command),
         None => serve(&cli.serve),
     };
     match outcome {
@@ -128,7 +117,7 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         })?;
     // The lock comes before anything else touches the data directory, and lives as long as
     // the server: a second server on the same directory stops here, having written nothing.
-    let _data_dir_lock = lock::lock_data_dir(&config.data_dir)?;
+    let _data_dir_lock = storage::lock::lock_data_dir(&config.data_dir)?;
     let (driver, why) = shard::choose_driver()?;
 
     // Every socket is bound before anything starts, so a port in use fails the start; and
@@ -136,13 +125,13 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     // behind but the lock file. Only the lock's holder gets here, so retrying an address
     // still held by a killed predecessor cannot make two owners of one directory.
     let retry_ms = config.limits.bind_retry_ms;
-    let listeners = listen::bind_shared(config.listen, config.shards, retry_ms)?;
+    let listeners = net::listen::bind_shared(config.listen, config.shards, retry_ms)?;
     let ws_addr = listeners[0].local_addr()?;
-    let http_listener = listen::bind_one(config.http_listen, retry_ms)?;
+    let http_listener = net::listen::bind_one(config.http_listen, retry_ms)?;
     let http_addr = http_listener.local_addr()?;
 
     check_data_dir(&config.data_dir)?;
-    journal::check_layout(&config.data_dir, n_shards)?;
+    storage::journal::check_layout(&config.data_dir, n_shards)?;
     // After the binds and the layout check, so that a start that fails has made no secret.
     let secret = auth::load_or_create_secret(&config.secret)?;
     let auth = Arc::new(Authenticator::new(&secret));
@@ -155,9 +144,9 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
 
     // Before any thread starts, so that every thread inherits the mask and the signals wait
     // for the main thread's sigwait.
-    let signals = signals::block_shutdown_signals()?;
+    let signals = cli::signals::block_shutdown_signals()?;
     // Per shard: the inbox through which the HTTP thread asks it things, and its counters.
-    let mut plane = http::ControlPlane {
+    let mut plane = control::http::ControlPlane {
         shards: Vec::with_capacity(listeners.len()),
         control_timeout_ms: config.limits.control_timeout_ms,
         auth: Arc::clone(&auth),
@@ -165,12 +154,12 @@ fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     };
     let mut shard_control = Vec::with_capacity(listeners.len());
     for _ in 0..listeners.len() {
-        let (sender, inbox) = control::channel(config.limits.control_requests_max);
+        let (sender, inbox) = shard::control_inbox::channel(config.limits.control_requests_max);
         let shard_metrics = Arc::new(metrics::ShardMetrics::default());
         plane.shards.push((sender, Arc::clone(&shard_metrics)));
         shard_control.push((inbox, shard_metrics));
     }
-    http::start(http_listener, plane)?;
+    control::http::start(http_listener, plane)?;
     let (mut shards, driver) = shard::start(&config, &auth, listeners, shard_control, driver)?;
     if config.echo {
         tracing::info!("echo route on at ws://{ws_addr}{}", config::ECHO_PATH);

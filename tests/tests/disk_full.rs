@@ -5,7 +5,7 @@
 //!
 //! Mounting a tmpfs needs CAP_SYS_ADMIN (CI runs as root). Where the mount is refused the
 //! test says so on stderr and checks nothing else; the fault-injection tests of
-//! `gateway/src/journal.rs` cover the same paths without a mount.
+//! `gateway/src/storage/journal.rs` cover the same paths without a mount.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

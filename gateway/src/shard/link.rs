@@ -20,14 +20,14 @@
 //! each per shard, so they are bounded by the connection limit, and losing one would leave
 //! the router believing in a connection that is gone.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::task::{Poll, Waker};
 
 use router::{ConnId, Input, Route, ShardId};
 use wire::{ClientMessage, UserId};
 
-use crate::mesh::Envelope;
+use crate::shard::mesh::Envelope;
+use crate::shard::signal::{Notify, Wakeup};
 
 /// Why the link did not take a message; the connection answers the client with the
 /// matching `error` code.
@@ -75,64 +75,6 @@ impl ShardSet {
         ShardSet {
             bits: self.bits | other.bits,
         }
-    }
-}
-
-/// Wakes one task (the router loop) from tasks of the same thread.
-#[derive(Debug, Default)]
-pub struct Wakeup {
-    set: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
-impl Wakeup {
-    pub fn wake(&self) {
-        self.set.set(true);
-        if let Some(waker) = self.waker.borrow_mut().take() {
-            waker.wake();
-        }
-    }
-
-    /// Completes once `wake` was called since the last completion.
-    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx| {
-            if self.set.replace(false) {
-                return Poll::Ready(());
-            }
-            *self.waker.borrow_mut() = Some(cx.waker().clone());
-            Poll::Pending
-        })
-    }
-}
-
-/// Tasks of one thread waiting for the same event, each woken once per `notify_all`.
-#[derive(Debug, Default)]
-pub struct Notify {
-    generation: Cell<u64>,
-    waiters: RefCell<Vec<Waker>>,
-}
-
-impl Notify {
-    pub fn notify_all(&self) {
-        self.generation.set(self.generation.get().wrapping_add(1));
-        for waker in self.waiters.take() {
-            waker.wake();
-        }
-    }
-
-    /// Completes at the next `notify_all`.
-    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
-        let start = self.generation.get();
-        std::future::poll_fn(move |cx| {
-            if self.generation.get() != start {
-                return Poll::Ready(());
-            }
-            let mut waiters = self.waiters.borrow_mut();
-            if !waiters.iter().any(|waker| waker.will_wake(cx.waker())) {
-                waiters.push(cx.waker().clone());
-            }
-            Poll::Pending
-        })
     }
 }
 
@@ -476,23 +418,5 @@ mod tests {
         }
         let other = link.submit(conn(1), &user("alice"), ClientMessage::Heartbeat);
         assert!(other.unwrap().is_empty());
-    }
-
-    #[test]
-    fn notify_wakes_every_waiter_once() {
-        use std::future::Future as _;
-        let notify = Notify::default();
-        let mut cx = std::task::Context::from_waker(Waker::noop());
-        let mut first = Box::pin(notify.wait());
-        assert_eq!(first.as_mut().poll(&mut cx), Poll::Pending);
-        notify.notify_all();
-        assert_eq!(first.as_mut().poll(&mut cx), Poll::Ready(()));
-        let mut second = Box::pin(notify.wait());
-        assert_eq!(second.as_mut().poll(&mut cx), Poll::Pending);
-        let wakeup = Wakeup::default();
-        let mut woken = Box::pin(wakeup.wait());
-        assert_eq!(woken.as_mut().poll(&mut cx), Poll::Pending);
-        wakeup.wake();
-        assert_eq!(woken.as_mut().poll(&mut cx), Poll::Ready(()));
     }
 }

@@ -1,5 +1,5 @@
 //! A socket registered with the shard's event loop only to learn when it is readable or
-//! writable; every read, write and accept is a direct non-blocking call (see `io.rs`).
+//! writable; every read, write and accept is a direct non-blocking call (see `net::io`).
 //!
 //! monoio's `TcpStream` would do, but it carries 72 bytes of cached addresses that no one
 //! here reads, and an idle connection's whole cost is counted in hundreds of bytes. Its

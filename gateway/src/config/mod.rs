@@ -337,7 +337,8 @@ macro_rules! limits {
 // written once.
 const WIRE: wire::Limits = wire::Limits::DEFAULT;
 const ROUTER: router::Config = router::Config::DEFAULT;
-const JOURNAL: crate::journal::JournalConfig = crate::journal::JournalConfig::DEFAULT;
+const JOURNAL: crate::storage::journal::JournalConfig =
+    crate::storage::journal::JournalConfig::DEFAULT;
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
 

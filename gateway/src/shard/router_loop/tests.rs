@@ -27,10 +27,10 @@ use wire::{ClientMessage, SendMessage, ServerMessage, Target, UserId};
 use super::RouterLoop;
 use crate::auth::Authenticator;
 use crate::config::{Config, Durability, Limits, LogFormat, SecretSource};
-use crate::journal::{Journal, JournalConfig};
-use crate::mesh::{Doorbell, Envelope, ShardMesh};
 use crate::metrics::ShardMetrics;
+use crate::shard::mesh::{Doorbell, Envelope, ShardMesh};
 use crate::shard::{Shard, Signal};
+use crate::storage::journal::{Journal, JournalConfig};
 
 /// Envelopes a ring holds.
 const RING: usize = 4;
@@ -136,7 +136,7 @@ impl ShardThread {
                         Journal::open(data_dir, shard_id, journal_config).expect("a new log");
                     let limits = shard.config.limits.router();
                     let router = RouterShard::recover(limits, shard_id, 2, records);
-                    let (_control, inbox) = crate::control::channel(4);
+                    let (_control, inbox) = crate::shard::control_inbox::channel(4);
                     setup(&shard);
                     start.wait();
                     let stop = Rc::new(Signal::default());
@@ -306,7 +306,7 @@ struct Stalled {
 fn stall(tick_ms: u64) -> Stalled {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let config = config(dir.path(), tick_ms);
-    let mut meshes = crate::mesh::build(2, RING).expect("the rings");
+    let mut meshes = crate::shard::mesh::build(2, RING).expect("the rings");
     let mut peer = Peer::new(1, meshes.pop().expect("shard 1's ends"));
     let mesh = meshes.pop().expect("shard 0's ends");
     let alice = user_of(0, "alice");
@@ -471,7 +471,7 @@ fn two_loops_waiting_for_each_other_keep_reading_their_rings() {
     const EACH: usize = OUTBOX + RING + 12;
     let dir = tempfile::tempdir().expect("a temporary directory");
     let config = config(dir.path(), NO_TICK_MS);
-    let mut meshes = crate::mesh::build(2, RING).expect("the rings");
+    let mut meshes = crate::shard::mesh::build(2, RING).expect("the rings");
     let stalled = Arc::clone(&meshes[0].stalled);
     let start = Arc::new(Barrier::new(2));
     let mut keep = Vec::new();

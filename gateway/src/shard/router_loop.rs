@@ -48,12 +48,13 @@ use monoio::time::Instant;
 use router::{Input, Output, RouterShard};
 use wire::ServerMessage;
 
-use crate::control::{ControlInbox, ControlRequest, ShardHealth, UserStatus};
-use crate::journal::Journal;
-use crate::mesh::{Envelope, ShardMesh};
 use crate::metrics::{ShardMetrics, Stamp};
-use crate::readiness::Readiness;
-use crate::shard::{Shard, Signal};
+use crate::net::readiness::Readiness;
+use crate::shard::control_inbox::{ControlInbox, ControlRequest, ShardHealth, UserStatus};
+use crate::shard::mesh::{Envelope, ShardMesh};
+use crate::shard::signal::Signal;
+use crate::shard::state::Shard;
+use crate::storage::journal::Journal;
 
 /// The router half of one shard.
 pub struct RouterLoop {

@@ -7,7 +7,7 @@
 //! small task and its slot in the shard.
 //!
 //! Routes: `/ws` (a valid JWT is required) decodes each message in the connection's
-//! encoding and hands the valid ones to the shard's [`crate::sink::Link`], which queues
+//! encoding and hands the valid ones to the shard's [`crate::shard::link::Link`], which queues
 //! them for the router shard that owns what they name; a malformed or invalid one is
 //! answered with an `error` and the connection stays open. While the link is congested the
 //! connection does not read its socket. The router's messages for the connection arrive as
@@ -29,11 +29,11 @@ use wire::frame::{self, Message, MessageDecoder, OpCode};
 use wire::handshake::{Encoding, Route, UpgradeRequest};
 use wire::{ClientMessage, UserId};
 
-use crate::codec;
-use crate::io::{self, Progress};
 use crate::metrics::{CLOSED_IN_HANDSHAKE, ShardMetrics};
-use crate::readiness::Readiness;
-use crate::shard::{CLOSE_TRY_AGAIN_LATER, OutFrame, Shard};
+use crate::net::io::{self, Progress};
+use crate::net::readiness::Readiness;
+use crate::session::codec;
+use crate::shard::state::{CLOSE_TRY_AGAIN_LATER, OutFrame, Shard};
 use router::ConnId;
 
 /// Reads a connection may do in one turn before it lets the others run.

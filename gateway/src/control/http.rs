@@ -24,8 +24,9 @@ use tokio::sync::oneshot;
 use wire::ErrorCode;
 
 use crate::auth::Authenticator;
-use crate::control::{ControlRequest, ControlSender};
-use crate::metrics::{Exposition, PlaneMetrics, ShardMetrics};
+use crate::control::openmetrics::Exposition;
+use crate::metrics::{PlaneMetrics, ShardMetrics};
+use crate::shard::control_inbox::{ControlRequest, ControlSender};
 
 /// What the handlers share: one control sender and one metrics block per shard.
 #[derive(Debug)]

@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::journal::{self, Damage, Examined};
+use crate::storage::journal::{self, Damage, Examined};
 
 /// The shard directories of `data_dir`, in id order.
 fn shard_dirs(data_dir: &Path) -> anyhow::Result<Vec<(u16, PathBuf)>> {
@@ -86,7 +86,7 @@ pub fn repair(data_dir: &Path, truncate: bool) -> anyhow::Result<()> {
         );
     }
     let dirs = shard_dirs(data_dir)?;
-    let _lock = crate::lock::lock_data_dir(data_dir)?;
+    let _lock = crate::storage::lock::lock_data_dir(data_dir)?;
     for (shard, dir) in &dirs {
         let before = journal::examine(dir, *shard)?;
         let dropped = before.bytes_after_damage();
