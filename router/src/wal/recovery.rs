@@ -9,7 +9,8 @@
 //! newest segment no longer than a header whose header does not verify is a torn creation
 //! (deleted). Anything else is corruption: the start stops and changes nothing.
 
-use super::log::{Command, Log, LogConfig, Segment};
+use super::config::LogConfig;
+use super::log::{Command, Log, Segment};
 use super::record::{
     Lsn, Record, SEGMENT_HEADER_BYTES, SegmentError, find_record_after, scan_segment,
 };

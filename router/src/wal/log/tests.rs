@@ -5,6 +5,7 @@
 use wire::{MessageId, UserId};
 
 use super::*;
+use crate::wal::{Durability, LogConfigError};
 use crate::wal::{Examiner, StoredMessage, recover};
 
 fn message(n: u64) -> Record {
