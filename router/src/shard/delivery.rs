@@ -1,0 +1,182 @@
+//! Messages from sender to recipient: `send_message` with its dedup of retries, the stored
+//! messages and the recipient's inbox, and the spill of bodies past `inbox_body_bytes_max`
+//! to the log.
+
+use wire::{Correlation, MessageId, SendMessage, ServerMessage, Target, UserId};
+
+use super::RouterShard;
+use super::gate::Pending;
+use super::io::{Output, Refusal, send};
+use crate::ids::{ConnId, ms_of, owner_shard};
+use crate::wal::{Lsn, PAYLOAD_BYTES_MAX, Record, StoredMessage, message_payload_bytes};
+
+#[derive(Debug)]
+pub(super) struct Stored {
+    /// With `content` and `media` emptied while `spilled`.
+    pub(super) message: StoredMessage,
+    /// The record that made the message true: nothing about it goes out before this lsn
+    /// is durable.
+    pub(super) lsn: Lsn,
+    /// The newest record in the log that holds the whole message (a checkpoint's copy
+    /// replaces the original, whose segment may be deleted).
+    pub(super) body_lsn: Lsn,
+    /// The body was dropped from memory; it is read back from `body_lsn` when sent.
+    pub(super) spilled: bool,
+}
+
+/// Bytes a message body holds in memory, for the `inbox_body_bytes_max` budget.
+pub(super) fn body_bytes(message: &StoredMessage) -> usize {
+    let media = message.media.as_ref().map_or(0, |media| {
+        media.hash.len() + media.mime.len() + media.name.as_ref().map_or(0, String::len)
+    });
+    message.content.len() + media
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DedupEntry {
+    pub(super) message_id: MessageId,
+    pub(super) timestamp_ms: u64,
+    pub(super) lsn: Lsn,
+}
+
+impl RouterShard {
+    pub(super) fn send_message(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        from: UserId,
+        message: SendMessage,
+        outputs: &mut Vec<Output>,
+    ) {
+        let correlation = Correlation::ClientMsgId(message.client_msg_id);
+        let Target::User(to) = message.to else {
+            return send(
+                outputs,
+                conn,
+                Refusal::GroupsUnsupported.message(correlation),
+            );
+        };
+        assert_eq!(owner_shard(&to, self.n_shards), self.shard_id);
+        // The record's rules, checked before anything changes: a message that could not be
+        // logged is refused, never half accepted.
+        let bytes = message_payload_bytes(&from, &to, &message.content, message.media.as_ref());
+        if bytes > PAYLOAD_BYTES_MAX {
+            return self.refuse(conn, Refusal::TooLargeToStore, correlation, outputs);
+        }
+        if message.content.is_empty() && message.media.is_none() {
+            return self.refuse(conn, Refusal::Unstorable, correlation, outputs);
+        }
+        let key = (from, message.client_msg_id);
+        if let Some(entry) = self.dedup.get(&key).copied() {
+            // A retry: the same answer, never a second delivery.
+            let received = ServerMessage::MessageReceived {
+                client_msg_id: message.client_msg_id,
+                message_id: entry.message_id,
+                timestamp_ms: entry.timestamp_ms,
+            };
+            if entry.lsn > self.durable_lsn && self.pending_full(1) {
+                return send(outputs, conn, Refusal::Busy.message(correlation));
+            }
+            let pending = Pending::Send {
+                conn,
+                message: received,
+            };
+            return self.gate(entry.lsn, pending, outputs);
+        }
+        if !self.writable {
+            return send(
+                outputs,
+                conn,
+                Refusal::StorageUnavailable.message(correlation),
+            );
+        }
+        if self.pending_full(2) || self.messages.len() >= self.config.stored_messages_max {
+            return send(outputs, conn, Refusal::Busy.message(correlation));
+        }
+        if !self.touch(&to, false) {
+            return send(outputs, conn, Refusal::Busy.message(correlation));
+        }
+        if self.users[&to].mail().inbox.len() >= self.config.inbox_messages_max {
+            self.settle(&to);
+            return send(outputs, conn, Refusal::InboxFull.message(correlation));
+        }
+        let id = self.ids.next(now_ms);
+        let (from, client_msg_id) = key;
+        let stored = StoredMessage {
+            id,
+            from,
+            to: to.clone(),
+            client_msg_id,
+            content: message.content,
+            media: message.media,
+            timestamp_ms: ms_of(id),
+        };
+        let received = ServerMessage::MessageReceived {
+            client_msg_id,
+            message_id: id,
+            timestamp_ms: stored.timestamp_ms,
+        };
+        let lsn = self.append(Record::Message(stored), outputs);
+        self.settle(&to);
+        let pending = Pending::Send {
+            conn,
+            message: received,
+        };
+        self.gate(lsn, pending, outputs);
+        self.gate(lsn, Pending::Deliver(id), outputs);
+    }
+
+    pub(super) fn remove_from_inbox(&mut self, id: MessageId, by: &UserId) {
+        let Some(stored) = self.messages.get(&id) else {
+            return;
+        };
+        if stored.message.to != *by {
+            return;
+        }
+        if self.resident.remove(&id) {
+            self.body_bytes -= body_bytes(&stored.message);
+        }
+        self.messages.remove(&id);
+        if let Some(state) = self.users.get_mut(by) {
+            if let Some(mail) = &mut state.mail {
+                mail.inbox.remove(&id);
+            }
+            self.settle(by);
+        }
+    }
+
+    /// Drops the bodies of the oldest messages from memory while the bodies held pass
+    /// `inbox_body_bytes_max`. Their records stay in the log, where a send reads them.
+    pub(super) fn spill(&mut self) {
+        while self.body_bytes > self.config.inbox_body_bytes_max {
+            let Some(id) = self.resident.pop_first() else {
+                break;
+            };
+            let stored = self
+                .messages
+                .get_mut(&id)
+                .expect("resident messages are stored");
+            assert!(!stored.spilled);
+            self.body_bytes -= body_bytes(&stored.message);
+            stored.message.content = String::new();
+            stored.message.media = None;
+            stored.spilled = true;
+        }
+        // Every body holds at least a character of content or a media hash.
+        assert_eq!(self.resident.is_empty(), self.body_bytes == 0);
+    }
+
+    pub(super) fn remember_dedup(&mut self, from: UserId, client_msg_id: u64, entry: DedupEntry) {
+        let key = (from, client_msg_id);
+        if self.dedup.contains_key(&key) {
+            return;
+        }
+        self.dedup_order.insert(entry.message_id, key.clone());
+        self.dedup.insert(key, entry);
+        while self.dedup.len() > self.config.dedup_entries_max {
+            let (_, oldest) = self.dedup_order.pop_first().expect("orders agree");
+            self.dedup.remove(&oldest);
+        }
+        assert_eq!(self.dedup.len(), self.dedup_order.len());
+    }
+}
