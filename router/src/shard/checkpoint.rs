@@ -70,6 +70,16 @@ fn keys_between<K: Ord + Copy, V>(
         .collect()
 }
 
+/// Moves a phase's cursor after a chunk of `keys`: returns true when the chunk was shorter
+/// than the budget, which means the phase has copied everything up to its bound.
+fn advance<K: Copy>(after: &mut Option<K>, keys: &[K], budget: usize) -> bool {
+    if keys.len() < budget {
+        return true;
+    }
+    *after = keys.last().copied();
+    false
+}
+
 impl RouterShard {
     /// One step of a checkpoint: starts one (appending `CheckpointBegin`) unless one is in
     /// progress, then copies the next items of live state, and appends `CheckpointEnd`
@@ -90,159 +100,220 @@ impl RouterShard {
         let mut progress = match self.checkpoint.take() {
             Some(progress) => progress,
             None => {
-                // Every id stored from now on is above this one, and its record follows
-                // the begin: the cursors over ids stop here, so live traffic cannot keep
-                // a checkpoint from ending.
-                let last_id = self.ids.last();
-                let record = Record::CheckpointBegin {
-                    last_message_id: last_id,
-                };
-                let begin = self.append(record, outputs);
                 budget -= 1;
-                Checkpointing {
-                    begin,
-                    last_id,
-                    phase: CheckpointPhase::Messages { after: None },
-                }
+                self.begin_checkpoint(outputs)
             }
         };
         while budget > 0 {
+            let last_id = progress.last_id;
             let used = match &mut progress.phase {
                 CheckpointPhase::Messages { after } => {
-                    let ids = keys_between(&self.messages, *after, progress.last_id, budget);
-                    if ids.len() < budget {
+                    let (used, done) = self.copy_messages(after, last_id, budget, outputs);
+                    if done {
                         progress.phase = CheckpointPhase::Dedup { after: None };
-                    } else {
-                        *after = ids.last().copied();
                     }
-                    for id in &ids {
-                        self.copy_message(*id, outputs);
-                    }
-                    ids.len()
+                    used
                 }
                 CheckpointPhase::Dedup { after } => {
-                    let ids = keys_between(&self.dedup_order, *after, progress.last_id, budget);
-                    if ids.len() < budget {
+                    let (used, done) = self.copy_dedup(after, last_id, budget, outputs);
+                    if done {
                         progress.phase = CheckpointPhase::ReadIndex { after: None };
-                    } else {
-                        *after = ids.last().copied();
                     }
-                    for id in &ids {
-                        // A message still stored was copied in the phase before (it existed
-                        // then: messages never come back), and its copy holds the entry.
-                        if self.messages.contains_key(id) {
-                            continue;
-                        }
-                        let (from, client_msg_id) = self.dedup_order[id].clone();
-                        let entry = self.dedup[&(from.clone(), client_msg_id)];
-                        let record = Record::Dedup {
-                            from,
-                            client_msg_id,
-                            message_id: *id,
-                            timestamp_ms: entry.timestamp_ms,
-                        };
-                        self.append(record, outputs);
-                    }
-                    ids.len()
+                    used
                 }
                 CheckpointPhase::ReadIndex { after } => {
-                    let ids = keys_between(&self.read_index, *after, progress.last_id, budget);
-                    if ids.len() < budget {
+                    let (used, done) = self.copy_read_index(after, last_id, budget, outputs);
+                    if done {
                         progress.phase = CheckpointPhase::Outstanding { after: None };
-                    } else {
-                        *after = ids.last().copied();
                     }
-                    for id in &ids {
-                        let (from, to) = self.read_index[id].clone();
-                        let record = Record::ReadIndex {
-                            message_id: *id,
-                            from,
-                            to,
-                        };
-                        self.append(record, outputs);
-                    }
-                    ids.len()
+                    used
                 }
                 CheckpointPhase::Outstanding { after } => {
-                    // Receipts of this shard's messages: their ids are at most the last one.
-                    let until = progress.last_id.map(|id| (id, ReceiptKind::Read));
-                    let keys = keys_between(&self.outstanding, *after, until, budget);
-                    if keys.len() < budget {
+                    let (used, done) = self.copy_outstanding(after, last_id, budget, outputs);
+                    if done {
                         progress.phase = self.queued_phase();
-                    } else {
-                        *after = keys.last().copied();
                     }
-                    for key in &keys {
-                        let outstanding = &self.outstanding[key];
-                        let record = Record::ReceiptOutstanding {
-                            message_id: key.0,
-                            kind: key.1,
-                            sender: outstanding.sender.clone(),
-                            by: outstanding.by.clone(),
-                            timestamp_ms: outstanding.timestamp_ms,
-                        };
-                        self.append(record, outputs);
-                    }
-                    keys.len()
+                    used
                 }
                 CheckpointPhase::Queued {
                     users,
                     next,
                     after,
                     until,
-                } => {
-                    let Some(user) = users.get(*next) else {
+                } => match self.copy_queued(users, next, after, until, budget, outputs) {
+                    Some(used) => used,
+                    None => {
                         progress.phase = CheckpointPhase::End;
                         continue;
-                    };
-                    let queued = self
-                        .users
-                        .get(user)
-                        .map(|state| &state.mail().queued_receipts);
-                    // Receipts queued for this user after the cursor reached them are in
-                    // live records: stop at the last one there was then.
-                    if until.is_none() {
-                        *until = queued.and_then(|q| q.last_key_value()).map(|(k, _)| *k);
                     }
-                    let keys = match queued {
-                        Some(queued) => keys_between(queued, *after, *until, budget),
-                        None => Vec::new(),
-                    };
-                    let records: Vec<Record> = keys
-                        .iter()
-                        .map(|key| Record::ReceiptQueued {
-                            user: user.clone(),
-                            kind: key.1,
-                            receipt: queued.expect("keys came from it")[key].clone(),
-                        })
-                        .collect();
-                    if keys.len() < budget {
-                        *next += 1;
-                        *after = None;
-                        *until = None;
-                    } else {
-                        *after = keys.last().copied();
-                    }
-                    for record in records {
-                        self.append(record, outputs);
-                    }
-                    // A user with nothing left to copy still costs a visit, so that a step
-                    // over many of them stays bounded.
-                    keys.len().max(1)
-                }
+                },
                 CheckpointPhase::End => {
-                    self.append(
-                        Record::CheckpointEnd {
-                            begin: progress.begin,
-                        },
-                        outputs,
-                    );
+                    let record = Record::CheckpointEnd {
+                        begin: progress.begin,
+                    };
+                    self.append(record, outputs);
                     return;
                 }
             };
             budget -= used;
         }
         self.checkpoint = Some(progress);
+    }
+
+    /// Appends `CheckpointBegin` and starts the copy at the first phase.
+    fn begin_checkpoint(&mut self, outputs: &mut Vec<Output>) -> Checkpointing {
+        // Every id stored from now on is above this one, and its record follows the begin:
+        // the cursors over ids stop here, so live traffic cannot keep a checkpoint from
+        // ending.
+        let last_id = self.ids.last();
+        let record = Record::CheckpointBegin {
+            last_message_id: last_id,
+        };
+        let begin = self.append(record, outputs);
+        Checkpointing {
+            begin,
+            last_id,
+            phase: CheckpointPhase::Messages { after: None },
+        }
+    }
+
+    /// Copies up to `budget` stored messages after the cursor, up to `last_id`. Returns
+    /// the items visited and whether the phase is done; so do the other phases.
+    fn copy_messages(
+        &mut self,
+        after: &mut Option<MessageId>,
+        last_id: Option<MessageId>,
+        budget: usize,
+        outputs: &mut Vec<Output>,
+    ) -> (usize, bool) {
+        let ids = keys_between(&self.messages, *after, last_id, budget);
+        let done = advance(after, &ids, budget);
+        for id in &ids {
+            self.copy_message(*id, outputs);
+        }
+        (ids.len(), done)
+    }
+
+    /// Copies the dedup entries whose message left the inbox.
+    fn copy_dedup(
+        &mut self,
+        after: &mut Option<MessageId>,
+        last_id: Option<MessageId>,
+        budget: usize,
+        outputs: &mut Vec<Output>,
+    ) -> (usize, bool) {
+        let ids = keys_between(&self.dedup_order, *after, last_id, budget);
+        let done = advance(after, &ids, budget);
+        for id in &ids {
+            // A message still stored was copied in the phase before (it existed then:
+            // messages never come back), and its copy holds the entry.
+            if self.messages.contains_key(id) {
+                continue;
+            }
+            let (from, client_msg_id) = self.dedup_order[id].clone();
+            let entry = self.dedup[&(from.clone(), client_msg_id)];
+            let record = Record::Dedup {
+                from,
+                client_msg_id,
+                message_id: *id,
+                timestamp_ms: entry.timestamp_ms,
+            };
+            self.append(record, outputs);
+        }
+        (ids.len(), done)
+    }
+
+    fn copy_read_index(
+        &mut self,
+        after: &mut Option<MessageId>,
+        last_id: Option<MessageId>,
+        budget: usize,
+        outputs: &mut Vec<Output>,
+    ) -> (usize, bool) {
+        let ids = keys_between(&self.read_index, *after, last_id, budget);
+        let done = advance(after, &ids, budget);
+        for id in &ids {
+            let (from, to) = self.read_index[id].clone();
+            let record = Record::ReadIndex {
+                message_id: *id,
+                from,
+                to,
+            };
+            self.append(record, outputs);
+        }
+        (ids.len(), done)
+    }
+
+    fn copy_outstanding(
+        &mut self,
+        after: &mut Option<(MessageId, ReceiptKind)>,
+        last_id: Option<MessageId>,
+        budget: usize,
+        outputs: &mut Vec<Output>,
+    ) -> (usize, bool) {
+        // Receipts of this shard's messages: their ids are at most the last one.
+        let until = last_id.map(|id| (id, ReceiptKind::Read));
+        let keys = keys_between(&self.outstanding, *after, until, budget);
+        let done = advance(after, &keys, budget);
+        for key in &keys {
+            let outstanding = &self.outstanding[key];
+            let record = Record::ReceiptOutstanding {
+                message_id: key.0,
+                kind: key.1,
+                sender: outstanding.sender.clone(),
+                by: outstanding.by.clone(),
+                timestamp_ms: outstanding.timestamp_ms,
+            };
+            self.append(record, outputs);
+        }
+        (keys.len(), done)
+    }
+
+    /// Copies up to `budget` queued receipts of the user at `next`, and moves on to the
+    /// next user once that one is done. Returns the items visited, or `None` once every
+    /// user of the list is done.
+    fn copy_queued(
+        &mut self,
+        users: &[UserId],
+        next: &mut usize,
+        after: &mut Option<(MessageId, ReceiptKind)>,
+        until: &mut Option<(MessageId, ReceiptKind)>,
+        budget: usize,
+        outputs: &mut Vec<Output>,
+    ) -> Option<usize> {
+        let user = users.get(*next)?;
+        let queued = self
+            .users
+            .get(user)
+            .map(|state| &state.mail().queued_receipts);
+        // Receipts queued for this user after the cursor reached them are in live records:
+        // stop at the last one there was then.
+        if until.is_none() {
+            *until = queued.and_then(|q| q.last_key_value()).map(|(k, _)| *k);
+        }
+        let keys = match queued {
+            Some(queued) => keys_between(queued, *after, *until, budget),
+            None => Vec::new(),
+        };
+        let records: Vec<Record> = keys
+            .iter()
+            .map(|key| Record::ReceiptQueued {
+                user: user.clone(),
+                kind: key.1,
+                receipt: queued.expect("keys came from it")[key].clone(),
+            })
+            .collect();
+        if advance(after, &keys, budget) {
+            *next += 1;
+            *after = None;
+            *until = None;
+        }
+        for record in records {
+            self.append(record, outputs);
+        }
+        // A user with nothing left to copy still costs a visit, so that a step over many of
+        // them stays bounded.
+        Some(keys.len().max(1))
     }
 
     /// Copies a stored message forward: from memory, or from its record in the log. From

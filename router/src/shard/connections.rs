@@ -1,7 +1,7 @@
 //! A user's connections at their owner shard: attaching one (which hands it the inbox and
 //! the receipts kept for it) and detaching one (which may take the user offline).
 
-use wire::{Correlation, UserId};
+use wire::{Correlation, ServerMessage, Target, UserId};
 
 use super::RouterShard;
 use super::io::{Output, Refusal, receipt_message, send, send_stored};
@@ -71,5 +71,24 @@ impl RouterShard {
             }
         }
         self.settle(user);
+    }
+
+    /// `typing` from `from`: straight to the recipient's connections, never stored or
+    /// gated.
+    pub(super) fn typing(&self, conn: ConnId, from: UserId, to: Target, outputs: &mut Vec<Output>) {
+        let Target::User(to) = to else {
+            let refusal = Refusal::GroupsUnsupported.message(Correlation::None);
+            return send(outputs, conn, refusal);
+        };
+        assert_eq!(owner_shard(&to, self.n_shards), self.shard_id);
+        if let Some(state) = self.users.get(&to) {
+            for target in &state.conns {
+                let message = ServerMessage::Typing {
+                    from: from.clone(),
+                    to: Target::User(to.clone()),
+                };
+                send(outputs, *target, message);
+            }
+        }
     }
 }

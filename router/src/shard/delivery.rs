@@ -2,7 +2,7 @@
 //! messages and the recipient's inbox, and the spill of bodies past `inbox_body_bytes_max`
 //! to the log.
 
-use wire::{Correlation, MessageId, SendMessage, ServerMessage, Target, UserId};
+use wire::{Correlation, Media, MessageId, SendMessage, ServerMessage, Target, UserId};
 
 use super::RouterShard;
 use super::gate::Pending;
@@ -40,6 +40,9 @@ pub(super) struct DedupEntry {
 }
 
 impl RouterShard {
+    /// `send_message` from `from`, at the owner of its recipient: refused if its record
+    /// could not be logged or there is no room; answered again if it is a retry; otherwise
+    /// logged, put in the recipient's inbox, and acknowledged and pushed once durable.
     pub(super) fn send_message(
         &mut self,
         now_ms: u64,
@@ -48,8 +51,14 @@ impl RouterShard {
         message: SendMessage,
         outputs: &mut Vec<Output>,
     ) {
-        let correlation = Correlation::ClientMsgId(message.client_msg_id);
-        let Target::User(to) = message.to else {
+        let SendMessage {
+            client_msg_id,
+            to,
+            content,
+            media,
+        } = message;
+        let correlation = Correlation::ClientMsgId(client_msg_id);
+        let Target::User(to) = to else {
             return send(
                 outputs,
                 conn,
@@ -57,48 +66,15 @@ impl RouterShard {
             );
         };
         assert_eq!(owner_shard(&to, self.n_shards), self.shard_id);
-        // The record's rules, checked before anything changes: a message that could not be
-        // logged is refused, never half accepted.
-        let bytes = message_payload_bytes(&from, &to, &message.content, message.media.as_ref());
-        if bytes > PAYLOAD_BYTES_MAX {
-            return self.refuse(conn, Refusal::TooLargeToStore, correlation, outputs);
+        if let Some(refusal) = record_refusal(&from, &to, &content, media.as_ref()) {
+            return self.refuse(conn, refusal, correlation, outputs);
         }
-        if message.content.is_empty() && message.media.is_none() {
-            return self.refuse(conn, Refusal::Unstorable, correlation, outputs);
-        }
-        let key = (from, message.client_msg_id);
+        let key = (from, client_msg_id);
         if let Some(entry) = self.dedup.get(&key).copied() {
-            // A retry: the same answer, never a second delivery.
-            let received = ServerMessage::MessageReceived {
-                client_msg_id: message.client_msg_id,
-                message_id: entry.message_id,
-                timestamp_ms: entry.timestamp_ms,
-            };
-            if entry.lsn > self.durable_lsn && self.pending_full(1) {
-                return send(outputs, conn, Refusal::Busy.message(correlation));
-            }
-            let pending = Pending::Send {
-                conn,
-                message: received,
-            };
-            return self.gate(entry.lsn, pending, outputs);
+            return self.answer_retry(conn, client_msg_id, entry, outputs);
         }
-        if !self.writable {
-            return send(
-                outputs,
-                conn,
-                Refusal::StorageUnavailable.message(correlation),
-            );
-        }
-        if self.pending_full(2) || self.messages.len() >= self.config.stored_messages_max {
-            return send(outputs, conn, Refusal::Busy.message(correlation));
-        }
-        if !self.touch(&to, false) {
-            return send(outputs, conn, Refusal::Busy.message(correlation));
-        }
-        if self.users[&to].mail().inbox.len() >= self.config.inbox_messages_max {
-            self.settle(&to);
-            return send(outputs, conn, Refusal::InboxFull.message(correlation));
+        if let Err(refusal) = self.admit(&to) {
+            return send(outputs, conn, refusal.message(correlation));
         }
         let id = self.ids.next(now_ms);
         let (from, client_msg_id) = key;
@@ -107,8 +83,8 @@ impl RouterShard {
             from,
             to: to.clone(),
             client_msg_id,
-            content: message.content,
-            media: message.media,
+            content,
+            media,
             timestamp_ms: ms_of(id),
         };
         let received = ServerMessage::MessageReceived {
@@ -124,6 +100,51 @@ impl RouterShard {
         };
         self.gate(lsn, pending, outputs);
         self.gate(lsn, Pending::Deliver(id), outputs);
+    }
+
+    /// A retry of a message already accepted: the same answer (once its record is
+    /// durable), never a second delivery.
+    fn answer_retry(
+        &mut self,
+        conn: ConnId,
+        client_msg_id: u64,
+        entry: DedupEntry,
+        outputs: &mut Vec<Output>,
+    ) {
+        let received = ServerMessage::MessageReceived {
+            client_msg_id,
+            message_id: entry.message_id,
+            timestamp_ms: entry.timestamp_ms,
+        };
+        if entry.lsn > self.durable_lsn && self.pending_full(1) {
+            let refusal = Refusal::Busy.message(Correlation::ClientMsgId(client_msg_id));
+            return send(outputs, conn, refusal);
+        }
+        let pending = Pending::Send {
+            conn,
+            message: received,
+        };
+        self.gate(entry.lsn, pending, outputs);
+    }
+
+    /// Whether a new message to `to` may be accepted now: the log is writable, and there is
+    /// room in the durability gate, the stored messages, the users map and the inbox. On
+    /// `Ok` the recipient has been touched, and the caller settles them.
+    fn admit(&mut self, to: &UserId) -> Result<(), Refusal> {
+        if !self.writable {
+            return Err(Refusal::StorageUnavailable);
+        }
+        if self.pending_full(2) || self.messages.len() >= self.config.stored_messages_max {
+            return Err(Refusal::Busy);
+        }
+        if !self.touch(to, false) {
+            return Err(Refusal::Busy);
+        }
+        if self.users[to].mail().inbox.len() >= self.config.inbox_messages_max {
+            self.settle(to);
+            return Err(Refusal::InboxFull);
+        }
+        Ok(())
     }
 
     pub(super) fn remove_from_inbox(&mut self, id: MessageId, by: &UserId) {
@@ -166,6 +187,23 @@ impl RouterShard {
         assert_eq!(self.resident.is_empty(), self.body_bytes == 0);
     }
 
+    /// Dedup entries past the window are forgotten, at most `max` of them, oldest first.
+    /// The window is wall-clock time: the ids carry the wall clock of their
+    /// acknowledgement.
+    pub(super) fn expire_dedup(&mut self, now_ms: u64, max: usize) {
+        let horizon = now_ms.saturating_sub(self.config.dedup_window_ms);
+        for _ in 0..max {
+            let Some((id, _)) = self.dedup_order.first_key_value() else {
+                break;
+            };
+            if ms_of(*id) >= horizon {
+                break;
+            }
+            let (_, key) = self.dedup_order.pop_first().expect("first exists");
+            self.dedup.remove(&key);
+        }
+    }
+
     pub(super) fn remember_dedup(&mut self, from: UserId, client_msg_id: u64, entry: DedupEntry) {
         let key = (from, client_msg_id);
         if self.dedup.contains_key(&key) {
@@ -179,4 +217,21 @@ impl RouterShard {
         }
         assert_eq!(self.dedup.len(), self.dedup_order.len());
     }
+}
+
+/// Why the `Record::Message` of this message could not be logged, if it could not: checked
+/// before anything changes, so that such a message is refused, never half accepted.
+fn record_refusal(
+    from: &UserId,
+    to: &UserId,
+    content: &str,
+    media: Option<&Media>,
+) -> Option<Refusal> {
+    if message_payload_bytes(from, to, content, media) > PAYLOAD_BYTES_MAX {
+        return Some(Refusal::TooLargeToStore);
+    }
+    if content.is_empty() && media.is_none() {
+        return Some(Refusal::Unstorable);
+    }
+    None
 }

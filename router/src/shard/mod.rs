@@ -25,10 +25,10 @@ mod users;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
-use wire::{ClientMessage, Correlation, MessageId, ServerMessage, Target, UserId};
+use wire::{ClientMessage, Correlation, MessageId, UserId};
 
 use crate::config::Config;
-use crate::ids::{ConnId, IdGenerator, SHARDS_MAX, ShardId, ms_of, owner_shard};
+use crate::ids::{ConnId, IdGenerator, SHARDS_MAX, ShardId};
 use crate::wal::{Lsn, ReceiptKind, Record};
 
 use checkpoint::Checkpointing;
@@ -37,7 +37,7 @@ use gate::Pending;
 use io::send;
 pub use io::{Input, Output, PeerMessage, Presence, Refusal, Stats, incoming_of};
 use receipts::Outstanding;
-use users::{OptionMs, User};
+use users::User;
 
 /// One router shard: the users it owns and the messages stored for them.
 #[derive(Debug)]
@@ -304,20 +304,7 @@ impl RouterShard {
             }
             ClientMessage::Typing { to } => {
                 self.own_action(now_ms, &user, outputs);
-                let Target::User(to) = to else {
-                    let refusal = Refusal::GroupsUnsupported.message(Correlation::None);
-                    return send(outputs, conn, refusal);
-                };
-                assert_eq!(owner_shard(&to, self.n_shards), self.shard_id);
-                if let Some(state) = self.users.get(&to) {
-                    for target in &state.conns {
-                        let message = ServerMessage::Typing {
-                            from: user.clone(),
-                            to: Target::User(to.clone()),
-                        };
-                        send(outputs, *target, message);
-                    }
-                }
+                self.typing(conn, user, to, outputs);
             }
             ClientMessage::Heartbeat => self.own_action(now_ms, &user, outputs),
         }
@@ -329,9 +316,7 @@ impl RouterShard {
                 self.receipt_for_sender(to, kind, receipt, outputs);
             }
             PeerMessage::ReceiptStored { message_id, kind } => {
-                if self.outstanding.contains_key(&(message_id, kind)) {
-                    self.append(Record::ReceiptHandedOver { message_id, kind }, outputs);
-                }
+                self.receipt_stored(message_id, kind, outputs);
             }
             PeerMessage::Activity { user } => self.activity(now_ms, &user, outputs),
         }
@@ -350,48 +335,8 @@ impl RouterShard {
     /// for the next tick.
     fn tick(&mut self, now_ms: u64, outputs: &mut Vec<Output>) {
         let max = self.config.tick_items_max;
-        // Users whose last action is older than the TTL go offline.
-        for _ in 0..max {
-            let Some((deadline, _)) = self.presence_deadlines.first() else {
-                break;
-            };
-            if *deadline > self.mono_ms {
-                break;
-            }
-            let (_, user) = self.presence_deadlines.pop_first().expect("first exists");
-            let state = self.users.get_mut(&user).expect("a deadline has a user");
-            state.alive_until_mono_ms = OptionMs::default();
-            assert!(state.online);
-            state.online = false;
-            self.notify_presence(&user, outputs);
-        }
-        // Receipts whose `ReceiptStored` did not come back are forwarded again.
-        for _ in 0..max {
-            let Some((retry_at, _, _)) = self.retry_queue.first() else {
-                break;
-            };
-            if *retry_at > self.mono_ms {
-                break;
-            }
-            let (_, id, kind) = self.retry_queue.pop_first().expect("first exists");
-            self.outstanding
-                .get_mut(&(id, kind))
-                .expect("a retry has an outstanding receipt")
-                .retry_at_mono_ms = None;
-            self.forward_receipt((id, kind), outputs);
-        }
-        // Dedup entries past the window are forgotten. The window is wall-clock time: the
-        // ids carry the wall clock of their acknowledgement.
-        let horizon = now_ms.saturating_sub(self.config.dedup_window_ms);
-        for _ in 0..max {
-            let Some((id, _)) = self.dedup_order.first_key_value() else {
-                break;
-            };
-            if ms_of(*id) >= horizon {
-                break;
-            }
-            let (_, key) = self.dedup_order.pop_first().expect("first exists");
-            self.dedup.remove(&key);
-        }
+        self.expire_presence(max, outputs);
+        self.retry_receipts(max, outputs);
+        self.expire_dedup(now_ms, max);
     }
 }

@@ -6,6 +6,7 @@ use wire::{Correlation, UserId};
 
 use super::RouterShard;
 use super::io::{Output, PeerMessage, Refusal, presence_message, send};
+use super::users::OptionMs;
 use crate::ids::{ConnId, owner_shard};
 
 impl RouterShard {
@@ -131,5 +132,24 @@ impl RouterShard {
             self.subscribers.remove(user);
         }
         self.subscriptions_count -= 1;
+    }
+
+    /// Users whose last action is older than the TTL go offline: at most `max` of them, the
+    /// earliest deadlines first.
+    pub(super) fn expire_presence(&mut self, max: usize, outputs: &mut Vec<Output>) {
+        for _ in 0..max {
+            let Some((deadline, _)) = self.presence_deadlines.first() else {
+                break;
+            };
+            if *deadline > self.mono_ms {
+                break;
+            }
+            let (_, user) = self.presence_deadlines.pop_first().expect("first exists");
+            let state = self.users.get_mut(&user).expect("a deadline has a user");
+            state.alive_until_mono_ms = OptionMs::default();
+            assert!(state.online);
+            state.online = false;
+            self.notify_presence(&user, outputs);
+        }
     }
 }

@@ -161,6 +161,38 @@ impl RouterShard {
         self.peer(shard, message, outputs);
     }
 
+    /// At the message's shard: the sender's owner has the receipt, so it is handed over
+    /// and no longer forwarded. A duplicate answer finds nothing outstanding.
+    pub(super) fn receipt_stored(
+        &mut self,
+        message_id: MessageId,
+        kind: ReceiptKind,
+        outputs: &mut Vec<Output>,
+    ) {
+        if self.outstanding.contains_key(&(message_id, kind)) {
+            self.append(Record::ReceiptHandedOver { message_id, kind }, outputs);
+        }
+    }
+
+    /// Receipts whose `ReceiptStored` did not come back are forwarded again: at most `max`
+    /// of them, the earliest retry times first.
+    pub(super) fn retry_receipts(&mut self, max: usize, outputs: &mut Vec<Output>) {
+        for _ in 0..max {
+            let Some((retry_at, _, _)) = self.retry_queue.first() else {
+                break;
+            };
+            if *retry_at > self.mono_ms {
+                break;
+            }
+            let (_, id, kind) = self.retry_queue.pop_first().expect("first exists");
+            self.outstanding
+                .get_mut(&(id, kind))
+                .expect("a retry has an outstanding receipt")
+                .retry_at_mono_ms = None;
+            self.forward_receipt((id, kind), outputs);
+        }
+    }
+
     pub(super) fn remember_unread(&mut self, id: MessageId, entry: (UserId, UserId)) {
         self.read_index.insert(id, entry);
         while self.read_index.len() > self.config.read_index_entries_max {
