@@ -333,11 +333,13 @@ impl RouterShard {
         }
     }
 
-    /// The last phase of a checkpoint: the users with queued receipts now, in name order
-    /// so that the checkpoint is the same on every run. A user who has none now but still
-    /// has some at the end got them after the begin, in live records. This is the one
-    /// part of a checkpoint that walks a whole map in one step (the users map cannot hold
-    /// a cursor); it appends nothing and keeps only the names of users with receipts.
+    /// The last phase of a checkpoint: the users with queued receipts now, in name order.
+    /// The users map's order is fixed for a given history of inserts and removals, but a
+    /// recovered shard can hold the same users in another order; the sort makes the
+    /// checkpoint depend on the state alone. A user who has none now but still has some at
+    /// the end got them after the begin, in live records. This is the one part of a
+    /// checkpoint that walks a whole map in one step (the users map cannot hold a cursor);
+    /// it appends nothing and keeps only the names of users with receipts.
     fn queued_phase(&self) -> CheckpointPhase {
         let mut users: Vec<UserId> = self
             .users

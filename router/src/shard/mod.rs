@@ -24,6 +24,7 @@ mod receipts;
 mod users;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, DefaultHasher};
 
 use wire::{ClientMessage, Correlation, MessageId, UserId};
 
@@ -38,6 +39,15 @@ use io::send;
 pub use io::{Input, Output, PeerMessage, Presence, Refusal, Stats, incoming_of};
 use receipts::Outstanding;
 use users::User;
+
+/// The hasher of the shard's hash maps: the standard library's SipHash-1-3 with the fixed
+/// keys of `DefaultHasher::new()`, where `RandomState` would draw keys per process. A map's
+/// iteration order then follows from what was inserted alone, so nothing the shard does can
+/// differ between two runs of the same inputs, whatever code later walks a map. A lookup
+/// costs what it did with `RandomState` (the same algorithm). The price: with public keys,
+/// someone who chooses many keys (user ids, `client_msg_id`s) can search offline for ones
+/// that collide. Maps that must be walked in an order that reaches the log are `BTreeMap`s.
+type FixedState = BuildHasherDefault<DefaultHasher>;
 
 /// One router shard: the users it owns and the messages stored for them.
 #[derive(Debug)]
@@ -55,7 +65,7 @@ pub struct RouterShard {
     mono_ms: u64,
     /// Boxed: the table grows by powers of two and is up to half empty, so its buckets hold
     /// a key and a pointer, and each user record is allocated once at its own size.
-    users: HashMap<UserId, Box<User>>,
+    users: HashMap<UserId, Box<User>, FixedState>,
     /// Users with only a `last_seen`, by it: the first to forget when `users_max` is hit.
     idle_users: BTreeSet<(u64, UserId)>,
     messages: BTreeMap<MessageId, Stored>,
@@ -65,7 +75,7 @@ pub struct RouterShard {
     body_bytes: usize,
     /// Requests refused by `Record::check` before they changed any state (`Stats`).
     records_refused: u64,
-    dedup: HashMap<(UserId, u64), DedupEntry>,
+    dedup: HashMap<(UserId, u64), DedupEntry, FixedState>,
     /// The dedup entries by message id, which is time order: expiry and eviction order.
     dedup_order: BTreeMap<MessageId, (UserId, u64)>,
     /// Delivered, unread messages: id -> (sender, recipient).
@@ -76,10 +86,10 @@ pub struct RouterShard {
     /// lsn of the queueing record (0 when none was needed).
     receipts_seen: BTreeMap<(MessageId, ReceiptKind), Lsn>,
     presence_deadlines: BTreeSet<(u64, UserId)>,
-    subscribers: HashMap<UserId, Vec<ConnId>>,
-    subscriptions_by_conn: HashMap<ConnId, Vec<UserId>>,
+    subscribers: HashMap<UserId, Vec<ConnId>, FixedState>,
+    subscriptions_by_conn: HashMap<ConnId, Vec<UserId>, FixedState>,
     subscriptions_count: usize,
-    activity_sent: HashSet<UserId>,
+    activity_sent: HashSet<UserId, FixedState>,
     activity_interval: u64,
     pending: VecDeque<(Lsn, Pending)>,
     /// Peer messages addressed to this shard, handled before the step returns.
@@ -114,23 +124,23 @@ impl RouterShard {
             ids: IdGenerator::new(shard_id),
             wall_last_ms: None,
             mono_ms: 0,
-            users: HashMap::new(),
+            users: HashMap::default(),
             idle_users: BTreeSet::new(),
             messages: BTreeMap::new(),
             resident: BTreeSet::new(),
             body_bytes: 0,
             records_refused: 0,
-            dedup: HashMap::new(),
+            dedup: HashMap::default(),
             dedup_order: BTreeMap::new(),
             read_index: BTreeMap::new(),
             outstanding: BTreeMap::new(),
             retry_queue: BTreeSet::new(),
             receipts_seen: BTreeMap::new(),
             presence_deadlines: BTreeSet::new(),
-            subscribers: HashMap::new(),
-            subscriptions_by_conn: HashMap::new(),
+            subscribers: HashMap::default(),
+            subscriptions_by_conn: HashMap::default(),
             subscriptions_count: 0,
-            activity_sent: HashSet::new(),
+            activity_sent: HashSet::default(),
             activity_interval: 0,
             pending: VecDeque::new(),
             local: VecDeque::new(),

@@ -14,6 +14,7 @@ use crate::wal::{Lsn, ReceiptKind, Record};
 mod bounds;
 mod checkpoint;
 mod delivery;
+mod determinism;
 mod presence;
 mod receipts;
 mod recovery;
