@@ -10,6 +10,7 @@ use super::io::{Output, Refusal, send};
 use crate::ids::{ConnId, ms_of, owner_shard};
 use crate::wal::{Lsn, PAYLOAD_BYTES_MAX, Record, StoredMessage, message_payload_bytes};
 
+/// A message stored at its recipient's owner until the recipient acknowledges it.
 #[derive(Debug)]
 pub(super) struct Stored {
     /// With `content` and `media` emptied while `spilled`.
@@ -32,6 +33,8 @@ pub(super) fn body_bytes(message: &StoredMessage) -> usize {
     message.content.len() + media
 }
 
+/// What a retry of `(sender, client_msg_id)` is answered with, and the record that must be
+/// durable before it is.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct DedupEntry {
     pub(super) message_id: MessageId,

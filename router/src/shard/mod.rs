@@ -46,7 +46,8 @@ use users::User;
 /// differ between two runs of the same inputs, whatever code later walks a map. A lookup
 /// costs what it did with `RandomState` (the same algorithm). The price: with public keys,
 /// someone who chooses many keys (user ids, `client_msg_id`s) can search offline for ones
-/// that collide. Maps that must be walked in an order that reaches the log are `BTreeMap`s.
+/// that collide. A walk whose order reaches the outputs or the log goes over a `BTreeMap`,
+/// or sorts first (the users a checkpoint copies).
 type FixedState = BuildHasherDefault<DefaultHasher>;
 
 /// One router shard: the users it owns and the messages stored for them.

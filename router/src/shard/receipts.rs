@@ -12,6 +12,8 @@ use super::io::{Output, PeerMessage, Refusal, receipt_message, send};
 use crate::ids::{ConnId, owner_shard, shard_of};
 use crate::wal::{Lsn, ReceiptItem, ReceiptKind, Record};
 
+/// A receipt this shard logged and forwards to its sender's owner until `ReceiptStored`
+/// comes back.
 #[derive(Debug)]
 pub(super) struct Outstanding {
     pub(super) sender: UserId,
