@@ -470,6 +470,8 @@ impl Limits {
             activity_interval_ms: self.activity_interval_ms,
             tick_items_max: self.tick_items_max,
             checkpoint_items_per_step_max: self.checkpoint_items_per_step_max,
+            // Not a setting: each shard draws its own at start (`shard::recover`).
+            hash_seed: 0,
         }
     }
 

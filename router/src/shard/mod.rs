@@ -24,7 +24,7 @@ mod receipts;
 mod users;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, DefaultHasher};
+use std::hash::{DefaultHasher, Hasher as _};
 
 use wire::{ClientMessage, Correlation, MessageId, UserId};
 
@@ -40,15 +40,41 @@ pub use io::{Input, Output, PeerMessage, Presence, Refusal, Stats, incoming_of};
 use receipts::Outstanding;
 use users::User;
 
-/// The hasher of the shard's hash maps: the standard library's SipHash-1-3 with the fixed
-/// keys of `DefaultHasher::new()`, where `RandomState` would draw keys per process. A map's
-/// iteration order then follows from what was inserted alone, so nothing the shard does can
-/// differ between two runs of the same inputs, whatever code later walks a map. A lookup
-/// costs what it did with `RandomState` (the same algorithm). The price: with public keys,
-/// someone who chooses many keys (user ids, `client_msg_id`s) can search offline for ones
-/// that collide. A walk whose order reaches the outputs or the log goes over a `BTreeMap`,
-/// or sorts first (the users a checkpoint copies).
-type FixedState = BuildHasherDefault<DefaultHasher>;
+/// The hasher of the shard's hash maps: the standard library's SipHash-1-3, keyed by
+/// `Config::hash_seed`, which the shell draws at random once per shard and a simulation
+/// takes from its own seed. `RandomState` would draw its keys here, where no randomness is
+/// read; fixed public keys would let a client that chooses many keys (recipient ids,
+/// `client_msg_id`s) search offline for ones that collide and slow every lookup. With the
+/// seed an input, a map's iteration order follows from the seed and what was inserted, so
+/// two runs of the same inputs do the same. A walk whose order reaches the outputs or the
+/// log still goes over a `BTreeMap`, or sorts first (the users a checkpoint copies): a
+/// recovered shard may hold the same users in another order.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SeededState {
+    keys: [u64; 2],
+}
+
+impl SeededState {
+    fn new(seed: u64) -> SeededState {
+        // Two words of key from one seed, so that the second is no copy of the first.
+        SeededState {
+            keys: [seed, seed.rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15],
+        }
+    }
+}
+
+impl std::hash::BuildHasher for SeededState {
+    type Hasher = DefaultHasher;
+
+    /// SipHash with public keys, started on the secret seed: what it hashes next mixes into
+    /// a state no client can compute. One more 16-byte block per hash than unkeyed.
+    fn build_hasher(&self) -> DefaultHasher {
+        let mut hasher = DefaultHasher::new();
+        hasher.write_u64(self.keys[0]);
+        hasher.write_u64(self.keys[1]);
+        hasher
+    }
+}
 
 /// One router shard: the users it owns and the messages stored for them.
 #[derive(Debug)]
@@ -66,7 +92,7 @@ pub struct RouterShard {
     mono_ms: u64,
     /// Boxed: the table grows by powers of two and is up to half empty, so its buckets hold
     /// a key and a pointer, and each user record is allocated once at its own size.
-    users: HashMap<UserId, Box<User>, FixedState>,
+    users: HashMap<UserId, Box<User>, SeededState>,
     /// Users with only a `last_seen`, by it: the first to forget when `users_max` is hit.
     idle_users: BTreeSet<(u64, UserId)>,
     messages: BTreeMap<MessageId, Stored>,
@@ -76,7 +102,7 @@ pub struct RouterShard {
     body_bytes: usize,
     /// Requests refused by `Record::check` before they changed any state (`Stats`).
     records_refused: u64,
-    dedup: HashMap<(UserId, u64), DedupEntry, FixedState>,
+    dedup: HashMap<(UserId, u64), DedupEntry, SeededState>,
     /// The dedup entries by message id, which is time order: expiry and eviction order.
     dedup_order: BTreeMap<MessageId, (UserId, u64)>,
     /// Delivered, unread messages: id -> (sender, recipient).
@@ -87,10 +113,10 @@ pub struct RouterShard {
     /// lsn of the queueing record (0 when none was needed).
     receipts_seen: BTreeMap<(MessageId, ReceiptKind), Lsn>,
     presence_deadlines: BTreeSet<(u64, UserId)>,
-    subscribers: HashMap<UserId, Vec<ConnId>, FixedState>,
-    subscriptions_by_conn: HashMap<ConnId, Vec<UserId>, FixedState>,
+    subscribers: HashMap<UserId, Vec<ConnId>, SeededState>,
+    subscriptions_by_conn: HashMap<ConnId, Vec<UserId>, SeededState>,
     subscriptions_count: usize,
-    activity_sent: HashSet<UserId, FixedState>,
+    activity_sent: HashSet<UserId, SeededState>,
     activity_interval: u64,
     pending: VecDeque<(Lsn, Pending)>,
     /// Peer messages addressed to this shard, handled before the step returns.
@@ -116,6 +142,7 @@ impl RouterShard {
             config.checkpoint_items_per_step_max > 0,
             "a checkpoint step that copies nothing never ends"
         );
+        let hashing = SeededState::new(config.hash_seed);
         RouterShard {
             config,
             shard_id,
@@ -125,23 +152,23 @@ impl RouterShard {
             ids: IdGenerator::new(shard_id),
             wall_last_ms: None,
             mono_ms: 0,
-            users: HashMap::default(),
+            users: HashMap::with_hasher(hashing),
             idle_users: BTreeSet::new(),
             messages: BTreeMap::new(),
             resident: BTreeSet::new(),
             body_bytes: 0,
             records_refused: 0,
-            dedup: HashMap::default(),
+            dedup: HashMap::with_hasher(hashing),
             dedup_order: BTreeMap::new(),
             read_index: BTreeMap::new(),
             outstanding: BTreeMap::new(),
             retry_queue: BTreeSet::new(),
             receipts_seen: BTreeMap::new(),
             presence_deadlines: BTreeSet::new(),
-            subscribers: HashMap::default(),
-            subscriptions_by_conn: HashMap::default(),
+            subscribers: HashMap::with_hasher(hashing),
+            subscriptions_by_conn: HashMap::with_hasher(hashing),
             subscriptions_count: 0,
-            activity_sent: HashSet::default(),
+            activity_sent: HashSet::with_hasher(hashing),
             activity_interval: 0,
             pending: VecDeque::new(),
             local: VecDeque::new(),
