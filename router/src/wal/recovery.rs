@@ -115,7 +115,9 @@ impl Examiner {
         self.examined
     }
 
-    /// Reads one file of the good prefix: its damage, if it has any.
+    /// Reads one file of the good prefix: its damage, if it has any. Long but one thing:
+    /// the checks run in the order a file is read (header, shard, name, sequence, tail),
+    /// and each returns the damage it found with its message.
     fn read(&mut self, file: usize, name_lsn: Lsn, bytes: &[u8], newest: bool) -> Option<Damage> {
         let corrupt = |keep_bytes: Option<u64>, what: String| {
             Some(Damage::Corrupt {
@@ -312,7 +314,8 @@ pub struct Recovered {
 /// the page cache after a killed process were never fsynced in the `Batch` and `None`
 /// modes and the router counts them as durable from now on; or, for an empty log, its first
 /// segment made. The log's [`Log::next_command`] gives that work, which must be done before
-/// anything else. Any other damage is an error, and nothing is planned.
+/// anything else. Any other damage is an error, and nothing is planned. Long but one
+/// thing: the plan, in the order its commands run.
 pub fn recover(
     config: LogConfig,
     examined: Examined,
