@@ -1,7 +1,8 @@
 //! A seeded simulation of three router shards in one thread: random clients connect, send,
 //! retry, acknowledge, read, subscribe, heartbeat, go silent and disconnect, while each
-//! shard's log lives in memory as real segment bytes that fsync at random points and lose
-//! or tear their unsynced tail when the whole process crashes; the clock jumps both ways.
+//! shard's log is the router's own `wal::Log`, its commands carried out on a simulated disk
+//! of segment files whose unsynced tails a power cut loses or tears, and recovered after
+//! every crash through the log's own recovery plan; the clock jumps both ways.
 //! After every event the protocol's guarantees are checked (see `docs/router.md`).
 //!
 //! `SIM_SEED=<u64>` replays one run; `SIM_STEPS=<n>` sets its length. Without `SIM_SEED`
@@ -11,7 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use router::wal::{
-    SEGMENT_HEADER_BYTES, SegmentHeader, encode_record, encode_segment_header, scan_segment,
+    Command, Compaction, Durability, Examiner, Log, LogConfig, Place, SEGMENT_HEADER_BYTES,
+    SegmentHeader, encode_segment_header, recover,
 };
 use router::{
     Config, ConnId, Input, Lsn, Output, PeerMessage, ReceiptKind, Record, Route, RouterShard,
@@ -55,206 +57,205 @@ impl Rng {
     }
 }
 
-/// One segment file: its bytes, and how many of them an fsync made durable.
-struct Segment {
-    first_lsn: Lsn,
+/// One segment file on the simulated disk: its bytes as the page cache holds them, and how
+/// many of them an fsync made durable.
+struct File {
     bytes: Vec<u8>,
     synced_bytes: usize,
-    /// Where each record starts, by lsn from `first_lsn`: how a shell finds a record to
-    /// read back.
-    offsets: Vec<usize>,
 }
 
-impl Segment {
-    /// Forgets the offsets of records that a truncation cut away.
-    fn trim_offsets(&mut self) {
-        let len = self.bytes.len();
-        self.offsets.retain(|offset| *offset < len);
-    }
-}
-
-/// A shard's log as the shell keeps it: segments of real record bytes.
+/// A shard's log: the router's `Log`, its commands carried out on a simulated disk of
+/// segment files, as the gateway's journal carries them out on real ones.
 struct Wal {
     shard: ShardId,
-    segments: Vec<Segment>,
-    last_lsn: Lsn,
-    synced_lsn: Lsn,
-    /// A checkpoint's end record and its begin: once the end is durable, the segments
-    /// before the begin go.
-    compaction: Option<(Lsn, Lsn)>,
-    /// An fsync in flight: the last lsn and the segment lengths it covers.
-    syncing: Option<(Lsn, Vec<(Lsn, usize)>)>,
+    log: Log,
+    files: BTreeMap<Lsn, File>,
+    /// A crash is a power cut (unsynced bytes may be lost or torn) rather than a killed
+    /// process (the page cache survives). Only with `Durability::Fsync`: the other modes
+    /// promise nothing about a power cut.
+    power_cuts: bool,
+    /// With `Durability::Batch`: the lsn each commit reported, and when, until an fdatasync
+    /// covers it; a record must be synced within `batch_interval_ms` of its commit.
+    batch_commits: VecDeque<(Lsn, u64)>,
 }
 
 impl Wal {
-    fn new(shard: ShardId) -> Wal {
+    fn new(shard: ShardId, config: LogConfig) -> Wal {
         let mut wal = Wal {
             shard,
-            segments: Vec::new(),
-            last_lsn: Lsn(0),
-            synced_lsn: Lsn(0),
-            compaction: None,
-            syncing: None,
+            log: recover(config, Examiner::new(shard).finish(), 0)
+                .expect("an empty log")
+                .log,
+            files: BTreeMap::new(),
+            power_cuts: config.durability == Durability::Fsync,
+            batch_commits: VecDeque::new(),
         };
-        wal.roll(Lsn(1));
+        wal.run(0);
         wal
     }
 
-    /// Starts a new segment. Its header is durable at once (the shell fsyncs a new file
-    /// and its directory before appending to it).
-    fn roll(&mut self, first_lsn: Lsn) {
-        let mut bytes = Vec::new();
-        let header = SegmentHeader {
-            shard: self.shard,
-            first_lsn,
-        };
-        encode_segment_header(&header, &mut bytes);
-        self.segments.push(Segment {
-            first_lsn,
-            synced_bytes: bytes.len(),
-            bytes,
-            offsets: Vec::new(),
-        });
+    /// Carries out the log's next command on the disk, and reports it done.
+    fn execute_one(&mut self, now_ms: u64) {
+        let command = self.log.next_command().expect("a command").clone();
+        match command {
+            // The shell fsyncs a new file with its header and its directory at once.
+            Command::Create { segment } => {
+                let mut bytes = Vec::new();
+                let header = SegmentHeader {
+                    shard: self.shard,
+                    first_lsn: segment,
+                };
+                encode_segment_header(&header, &mut bytes);
+                let file = File {
+                    synced_bytes: bytes.len(),
+                    bytes,
+                };
+                assert!(self.files.insert(segment, file).is_none(), "a new name");
+            }
+            Command::Write {
+                segment,
+                offset,
+                bytes,
+            } => {
+                assert_eq!(
+                    Some(segment),
+                    self.files.keys().last().copied(),
+                    "the newest"
+                );
+                let file = self.files.get_mut(&segment).expect("the segment exists");
+                assert_eq!(file.bytes.len() as u64, offset, "writes append");
+                file.bytes.extend_from_slice(self.log.bytes(bytes));
+            }
+            Command::Sync { segment } => {
+                let file = self.files.get_mut(&segment).expect("the segment exists");
+                file.synced_bytes = file.bytes.len();
+            }
+            Command::SyncDir => {}
+            Command::Truncate { segment, len } => {
+                let file = self.files.get_mut(&segment).expect("the segment exists");
+                file.bytes.truncate(len as usize);
+                file.synced_bytes = file.bytes.len();
+            }
+            Command::Delete { segment } => {
+                self.files.remove(&segment).expect("the segment exists");
+            }
+            Command::DeleteAfter { segment } => {
+                self.files.retain(|first, _| *first <= segment);
+            }
+        }
+        self.log.completed(now_ms);
     }
 
-    fn append(&mut self, lsn: Lsn, record: &Record) {
-        assert_eq!(lsn, self.last_lsn.next(), "lsns are consecutive");
-        // As the shell's journal: a checkpoint starts a new segment unless the newest one
-        // holds no records yet (a crash can leave one with only its header), whose name is
-        // already this lsn.
-        let tail_is_empty = self.segments.last().is_some_and(|s| s.offsets.is_empty());
-        if matches!(record, Record::CheckpointBegin { .. }) && !tail_is_empty {
-            self.roll(lsn);
+    /// Carries out every outstanding command.
+    fn run(&mut self, now_ms: u64) {
+        while self.log.busy() {
+            self.execute_one(now_ms);
         }
-        let segment = self.segments.last_mut().expect("a segment");
-        assert_eq!(
-            segment.first_lsn.0 + segment.offsets.len() as u64,
-            lsn.0,
-            "offsets follow the records"
-        );
-        segment.offsets.push(segment.bytes.len());
-        encode_record(record, lsn, &mut segment.bytes);
-        if let Record::CheckpointEnd { begin } = record {
-            self.compaction = Some((lsn, *begin));
+    }
+
+    /// A commit that finished: deletes what a synced checkpoint made dead; returns whether
+    /// it did.
+    fn compact(&mut self) -> bool {
+        match self.log.take_compaction() {
+            None => false,
+            Some(Compaction::Keep { begin }) => panic!("checkpoint {begin:?} has no segment"),
+            Some(Compaction::Delete(dead)) => {
+                for segment in dead {
+                    self.files.remove(&segment).expect("a dead segment exists");
+                    self.log.deleted(segment);
+                }
+                true
+            }
         }
-        self.last_lsn = lsn;
+    }
+
+    fn append(&mut self, now_ms: u64, lsn: Lsn, record: &Record) {
+        // As the gateway's loop: write early when the buffer is full.
+        if self.log.is_full() {
+            self.log
+                .write_pending()
+                .expect("the simulated disk never fails");
+            self.run(now_ms);
+        }
+        self.log.append(lsn, record);
     }
 
     /// The record at `lsn`, as a shell reads it back for `SendStored` and `AppendCopy`.
     fn read(&self, lsn: Lsn) -> Record {
-        let segment = self
-            .segments
-            .iter()
-            .rev()
-            .find(|segment| segment.first_lsn <= lsn)
-            .expect("the segment holding the record is kept");
-        let offset = usize::try_from(lsn.0 - segment.first_lsn.0)
-            .ok()
-            .and_then(|index| segment.offsets.get(index))
-            .unwrap_or_else(|| panic!("the router asked for lsn {lsn:?}, which the log lacks"));
+        let place = self
+            .log
+            .locate(lsn)
+            .unwrap_or_else(|error| panic!("the router asked for lsn {lsn:?}: {error}"));
+        let (segment, offset) = match place {
+            Place::Memory(record) => return record,
+            Place::File { segment, offset } => (segment, offset),
+        };
+        let file = &self.files[&segment];
         let (found, record, _) =
-            router::decode_record(&segment.bytes[*offset..]).expect("a written record");
+            router::decode_record(&file.bytes[offset as usize..]).expect("a written record");
         assert_eq!(found, lsn);
         record
     }
 
-    /// An fsync starts: it will make durable what is written now, and only that.
-    fn begin_sync(&mut self) {
-        let lengths = self
-            .segments
-            .iter()
-            .map(|segment| (segment.first_lsn, segment.bytes.len()))
-            .collect();
-        self.syncing = Some((self.last_lsn, lengths));
+    /// What a crash of this run keeps for sure: everything synced after a power cut,
+    /// everything committed (written to the page cache) after a killed process.
+    fn kept_lsn(&self) -> Lsn {
+        if self.power_cuts {
+            self.log.synced_lsn()
+        } else {
+            self.log.committed_lsn()
+        }
     }
 
-    /// The fsync in flight completes; appends made meanwhile are still unsynced.
-    fn complete_sync(&mut self) -> Option<Lsn> {
-        let (lsn, lengths) = self.syncing.take()?;
-        for (first_lsn, len) in lengths {
-            if let Some(segment) = self.segments.iter_mut().find(|s| s.first_lsn == first_lsn) {
-                segment.synced_bytes = segment.synced_bytes.max(len);
-            }
-        }
-        self.synced_lsn = lsn;
-        if let Some((end, begin)) = self.compaction
-            && end <= self.synced_lsn
-        {
-            self.segments.retain(|segment| segment.first_lsn >= begin);
-            assert_eq!(self.segments[0].first_lsn, begin);
-            self.compaction = None;
-        }
-        Some(lsn)
-    }
-
-    /// The process dies: each segment's unsynced tail is kept, lost, or torn (cut at a
-    /// random byte, maybe followed by garbage). Then the shell's recovery: scan the
-    /// segments in order, truncate at the first torn record, drop what follows.
     /// A fault: a disk that lied about an fsync loses the end of what it called synced.
     fn lose_synced_tail(&mut self, rng: &mut Rng) {
-        let segment = self.segments.last_mut().expect("a segment");
-        let records_bytes = segment.synced_bytes - SEGMENT_HEADER_BYTES;
+        let (_, file) = self.files.iter_mut().last().expect("a segment");
+        let records_bytes = file.synced_bytes - SEGMENT_HEADER_BYTES;
         let lost = rng.index(records_bytes / 3 + 1);
-        segment.synced_bytes -= lost;
-        segment.bytes.truncate(segment.synced_bytes);
-        segment.trim_offsets();
+        file.synced_bytes -= lost;
+        file.bytes.truncate(file.synced_bytes);
     }
 
-    fn crash(&mut self, rng: &mut Rng) -> Vec<(Lsn, Record)> {
-        for segment in &mut self.segments {
-            let unsynced = segment.bytes.len() - segment.synced_bytes;
-            if unsynced == 0 {
+    /// The process dies, maybe in the middle of a commit: after a power cut each file's
+    /// unsynced tail is kept, lost, or torn (cut at a random byte, maybe followed by
+    /// garbage). Then recovery, through the log's own plan, carried out on the disk.
+    fn crash(&mut self, rng: &mut Rng, now_ms: u64) -> Vec<(Lsn, Record)> {
+        for file in self.files.values_mut() {
+            let unsynced = file.bytes.len() - file.synced_bytes;
+            if !self.power_cuts || unsynced == 0 {
                 continue;
             }
             match rng.below(3) {
                 0 => {}
-                1 => segment.bytes.truncate(segment.synced_bytes),
+                1 => file.bytes.truncate(file.synced_bytes),
                 _ => {
-                    let keep = segment.synced_bytes + rng.index(unsynced);
-                    segment.bytes.truncate(keep);
+                    let keep = file.synced_bytes + rng.index(unsynced);
+                    file.bytes.truncate(keep);
                     if rng.chance(500) {
                         for _ in 0..1 + rng.below(24) {
-                            segment.bytes.push(rng.next() as u8);
+                            file.bytes.push(rng.next() as u8);
                         }
                     }
                 }
             }
+            file.synced_bytes = file.bytes.len();
         }
-        let mut records = Vec::new();
-        let mut expected: Option<Lsn> = None;
-        let mut kept = 0;
-        for segment in &mut self.segments {
-            let scan = scan_segment(&segment.bytes).expect("headers are durable");
-            assert_eq!(scan.header.shard, self.shard);
-            if expected.is_some_and(|lsn| lsn != scan.header.first_lsn) {
-                break;
-            }
-            segment.bytes.truncate(scan.valid_bytes);
-            segment.synced_bytes = scan.valid_bytes;
-            segment.trim_offsets();
-            assert_eq!(segment.offsets.len(), scan.records.len());
-            expected = Some(Lsn(scan.header.first_lsn.0 + scan.records.len() as u64));
-            records.extend(scan.records);
-            kept += 1;
-            if scan.torn {
-                break;
-            }
+        let mut examiner = Examiner::new(self.shard);
+        let newest = self.files.keys().last().copied();
+        for (first_lsn, file) in &self.files {
+            examiner.segment(*first_lsn, &file.bytes, Some(*first_lsn) == newest);
         }
-        self.segments.truncate(kept);
-        assert!(kept > 0);
-        self.last_lsn = Lsn(expected.expect("one segment").0 - 1);
-        if records.is_empty() {
-            assert_eq!(self.segments[0].first_lsn, Lsn(1));
-            assert_eq!(self.segments[0].bytes.len(), SEGMENT_HEADER_BYTES);
-        }
-        self.synced_lsn = self.last_lsn;
-        self.compaction = None;
-        self.syncing = None;
-        records
+        let config = *self.log.config();
+        let recovered = recover(config, examiner.finish(), now_ms)
+            .unwrap_or_else(|error| panic!("a crash left what recovery refuses: {error}"));
+        self.log = recovered.log;
+        self.batch_commits.clear();
+        self.run(now_ms);
+        recovered.records
     }
 
     fn bytes(&self) -> usize {
-        self.segments.iter().map(|s| s.bytes.len()).sum()
+        self.files.values().map(|file| file.bytes.len()).sum()
     }
 }
 
@@ -305,6 +306,8 @@ struct Counts {
     /// Messages sent from their record in the log, their body spilled from memory.
     spilled_sends: u64,
     clock_jumps: u64,
+    /// Late fdatasyncs of a `Batch` log on a tick.
+    batch_syncs: u64,
     drains: u64,
     queue_max: u64,
 }
@@ -396,6 +399,21 @@ impl Sim {
             inbox_body_bytes_max: 40,
             ..Config::DEFAULT
         };
+        // Small segments and buffers, so that rolls and early writes happen often. The
+        // checks of the planted faults need fsyncs and power cuts.
+        let durability = if faults.durable_too_early || faults.disk_loses_synced_records {
+            Durability::Fsync
+        } else {
+            Durability::ALL[rng.index(3)]
+        };
+        let log_config = LogConfig {
+            segment_bytes_max: 256 + rng.below(4096),
+            durability,
+            batch_interval_ms: 1 + rng.below(100),
+            pending_bytes_max: 512 + rng.index(8192),
+            ..LogConfig::DEFAULT
+        };
+        println!("log: {log_config:?}");
         let users: Vec<UserId> = (0..N_USERS)
             .map(|i| UserId::parse(&format!("u{i}")).unwrap())
             .collect();
@@ -417,7 +435,7 @@ impl Sim {
                 .map(|s| RouterShard::new(config.clone(), s, N_SHARDS))
                 .collect(),
             config,
-            wals: (0..N_SHARDS).map(Wal::new).collect(),
+            wals: (0..N_SHARDS).map(|s| Wal::new(s, log_config)).collect(),
             histories: (0..N_SHARDS).map(|_| Vec::new()).collect(),
             queues: (0..N_SHARDS).map(|_| VecDeque::new()).collect(),
             users,
@@ -498,6 +516,8 @@ impl Sim {
     // ---- The router shards and their logs ----
 
     fn step(&mut self, shard: usize, input: Input) {
+        // As the gateway's loop: a turn begins after the last one's commit finished.
+        self.finish_commit(shard);
         self.observe_input(shard, &input);
         let checkpoint = input == Input::Checkpoint;
         let mut outputs = std::mem::take(&mut self.outputs);
@@ -559,7 +579,7 @@ impl Sim {
     fn carry_out(&mut self, shard: usize, output: Output) {
         match output {
             Output::Append { lsn, record } => {
-                self.wals[shard].append(lsn, &record);
+                self.wals[shard].append(self.true_ms, lsn, &record);
                 self.index_record(shard, lsn, &record);
                 self.histories[shard].push((lsn, record));
             }
@@ -581,7 +601,7 @@ impl Sim {
                     matches!(record, Record::Message(_)),
                     "only messages are copied"
                 );
-                self.wals[shard].append(lsn, &record);
+                self.wals[shard].append(self.true_ms, lsn, &record);
                 self.index_record(shard, lsn, &record);
                 self.histories[shard].push((lsn, record));
             }
@@ -612,35 +632,92 @@ impl Sim {
         }
     }
 
-    /// The shell's group commit, asynchronous: an fsync in flight completes (and the
-    /// shard hears `Durable`), or a new one starts. Appends go on meanwhile.
+    /// The shell's group commit: a commit in progress finishes (and the shard hears
+    /// `Durable`), or a new one starts and carries out some of its commands, the rest
+    /// waiting for the next event, which a crash may come before.
     fn fsync_event(&mut self, shard: usize) {
-        if self.wals[shard].syncing.is_some() {
-            self.complete_sync(shard);
-        } else {
-            self.wals[shard].begin_sync();
+        if self.wals[shard].log.busy() {
+            self.finish_commit(shard);
+            return;
+        }
+        if self.faults.durable_too_early {
+            let lsn = self.wals[shard].log.last_lsn();
+            self.step(shard, Input::Durable { lsn });
+            return;
+        }
+        let now_ms = self.true_ms;
+        let wal = &mut self.wals[shard];
+        if !wal
+            .log
+            .commit(now_ms)
+            .expect("the simulated disk never fails")
+        {
+            return;
+        }
+        for _ in 0..self.rng.below(4) {
+            if wal.log.busy() {
+                wal.execute_one(now_ms);
+            }
+        }
+        if !wal.log.busy() {
+            self.report_commit(shard);
         }
     }
 
-    fn complete_sync(&mut self, shard: usize) {
-        let compactable = self.wals[shard].compaction.is_some();
-        let Some(mut lsn) = self.wals[shard].complete_sync() else {
-            return;
-        };
-        if self.faults.durable_too_early {
-            lsn = self.wals[shard].last_lsn;
+    /// Carries out the rest of a commit in progress, if there is one, and reports it.
+    fn finish_commit(&mut self, shard: usize) {
+        if self.wals[shard].log.busy() {
+            self.wals[shard].run(self.true_ms);
+            self.report_commit(shard);
         }
-        if compactable && self.wals[shard].compaction.is_none() {
+    }
+
+    /// A commit finished: its compaction is done and the shard hears `Durable`.
+    fn report_commit(&mut self, shard: usize) {
+        let wal = &mut self.wals[shard];
+        if wal.compact() {
             self.counts.compactions += 1;
+        }
+        let lsn = wal.log.committed_lsn();
+        if wal.log.config().durability == Durability::Batch {
+            wal.batch_commits.push_back((lsn, self.true_ms));
         }
         self.step(shard, Input::Durable { lsn });
     }
 
-    /// Everything written so far made durable.
+    /// Everything appended so far committed.
     fn fsync(&mut self, shard: usize) {
-        self.complete_sync(shard);
-        self.wals[shard].begin_sync();
-        self.complete_sync(shard);
+        self.finish_commit(shard);
+        self.fsync_event(shard);
+        self.finish_commit(shard);
+    }
+
+    /// With `Durability::Batch`, the tick's late fdatasync; then every commit older than
+    /// the interval must be synced.
+    fn sync_if_due(&mut self, shard: usize) {
+        self.finish_commit(shard);
+        let now_ms = self.true_ms;
+        let wal = &mut self.wals[shard];
+        if wal
+            .log
+            .sync_if_due(now_ms)
+            .expect("the simulated disk never fails")
+        {
+            wal.run(now_ms);
+            self.counts.batch_syncs += 1;
+        }
+        let interval = wal.log.config().batch_interval_ms;
+        while let Some(&(lsn, at_ms)) = wal.batch_commits.front() {
+            if lsn <= wal.log.synced_lsn() {
+                wal.batch_commits.pop_front();
+            } else {
+                assert!(
+                    now_ms < at_ms + interval,
+                    "lsn {lsn:?} committed at {at_ms} ms is not synced at {now_ms} ms"
+                );
+                break;
+            }
+        }
     }
 
     fn deliver_one(&mut self, shard: usize) {
@@ -658,6 +735,7 @@ impl Sim {
         self.wall_ms += dt;
         for shard in 0..N_SHARDS as usize {
             self.step(shard, Input::Tick);
+            self.sync_if_due(shard);
             self.check_presence(shard);
             // The loop turns at least once per tick, with or without inputs.
             self.continue_checkpoint(shard);
@@ -723,15 +801,18 @@ impl Sim {
             attached.clear();
         }
         for shard in 0..N_SHARDS as usize {
-            let before = self.wals[shard].last_lsn;
-            let synced = self.wals[shard].synced_lsn;
+            let before = self.wals[shard].log.last_lsn();
+            let kept = self.wals[shard].kept_lsn();
             if self.faults.disk_loses_synced_records {
                 self.wals[shard].lose_synced_tail(&mut self.rng);
             }
-            let records = self.wals[shard].crash(&mut self.rng);
-            let after = self.wals[shard].last_lsn;
+            let records = self.wals[shard].crash(&mut self.rng, self.true_ms);
+            let after = self.wals[shard].log.last_lsn();
             if !self.faults.disk_loses_synced_records {
-                assert!(after >= synced, "the simulated disk lost synced records");
+                assert!(
+                    after >= kept,
+                    "recovery lost records the log had made durable"
+                );
             }
             if after < before {
                 self.counts.torn_tails += 1;
@@ -817,7 +898,7 @@ impl Sim {
             let shard = shard_of(*id) as usize;
             let delivered = self.receipt_lsn[shard]
                 .get(&(*id, ReceiptKind::Delivered))
-                .is_some_and(|lsn| *lsn <= self.wals[shard].synced_lsn);
+                .is_some_and(|lsn| *lsn <= self.wals[shard].kept_lsn());
             if !delivered {
                 assert!(
                     inboxes[*to].contains(id),
@@ -1052,7 +1133,7 @@ impl Sim {
                 let shard = shard_of(receipt.message_id) as usize;
                 let durable = self.receipt_lsn[shard]
                     .get(&(receipt.message_id, kind))
-                    .is_some_and(|lsn| *lsn <= self.wals[shard].synced_lsn);
+                    .is_some_and(|lsn| *lsn <= self.wals[shard].kept_lsn());
                 assert!(durable, "a {kind:?} receipt before its record is durable");
                 self.counts.receipts += 1;
             }
@@ -1083,9 +1164,9 @@ impl Sim {
             .get(&id)
             .unwrap_or_else(|| panic!("{what} for {id:?}, which no log holds"));
         assert!(
-            *lsn <= self.wals[shard].synced_lsn,
+            *lsn <= self.wals[shard].kept_lsn(),
             "{what} for {id:?} at {lsn:?} before it was durable ({:?})",
-            self.wals[shard].synced_lsn
+            self.wals[shard].kept_lsn()
         );
     }
 

@@ -36,7 +36,7 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
     let http_addr = http_listener.local_addr()?;
 
     check_data_dir(&config.data_dir)?;
-    storage::journal::check_layout(&config.data_dir, n_shards)?;
+    storage::layout::check_layout(&config.data_dir, n_shards)?;
     // After the binds and the layout check, so that a start that fails has made no secret.
     let secret = auth::load_or_create_secret(&config.secret)?;
     let auth = Arc::new(Authenticator::new(&secret));

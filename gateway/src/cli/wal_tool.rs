@@ -8,14 +8,15 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::storage::journal::{self, Damage, Examined};
+use crate::storage::layout;
+use crate::storage::recovery::{self, Damage, Examined};
 
 /// The shard directories of `data_dir`, in id order.
 fn shard_dirs(data_dir: &Path) -> anyhow::Result<Vec<(u16, PathBuf)>> {
     if !data_dir.is_dir() {
         anyhow::bail!("{} is not a data directory", data_dir.display());
     }
-    journal::shard_dirs(data_dir)
+    layout::shard_dirs(data_dir)
 }
 
 /// One line about a shard's log.
@@ -60,7 +61,7 @@ fn describe(shard: u16, examined: &Examined, data_dir: &Path) -> String {
 pub fn check(data_dir: &Path) -> anyhow::Result<()> {
     let mut corrupt = 0;
     for (shard, dir) in shard_dirs(data_dir)? {
-        let examined = journal::examine(&dir, shard)?;
+        let examined = recovery::examine(&dir, shard)?;
         println!("{}", describe(shard, &examined, data_dir));
         if matches!(examined.damage, Some(Damage::Corrupt { .. })) {
             corrupt += 1;
@@ -88,9 +89,9 @@ pub fn repair(data_dir: &Path, truncate: bool) -> anyhow::Result<()> {
     let dirs = shard_dirs(data_dir)?;
     let _lock = crate::storage::lock::lock_data_dir(data_dir)?;
     for (shard, dir) in &dirs {
-        let before = journal::examine(dir, *shard)?;
+        let before = recovery::examine(dir, *shard)?;
         let dropped = before.bytes_after_damage();
-        match journal::cut_at_damage(dir, *shard)? {
+        match recovery::cut_at_damage(dir, *shard)? {
             None => println!("shard-{shard}: ok, nothing to cut"),
             Some(Damage::TornTail { path, .. } | Damage::TornCreation { path }) => println!(
                 "shard-{shard}: cut the torn tail of {} ({dropped} bytes)",
@@ -101,7 +102,7 @@ pub fn repair(data_dir: &Path, truncate: bool) -> anyhow::Result<()> {
                 path.display()
             ),
         }
-        let after = journal::examine(dir, *shard)?;
+        let after = recovery::examine(dir, *shard)?;
         anyhow::ensure!(
             after.damage.is_none(),
             "shard-{shard}: still damaged after the cut: {}",

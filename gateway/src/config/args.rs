@@ -136,7 +136,7 @@ pub struct ServeArgs {
     pub shards: Option<usize>,
     /// When a message is acknowledged, and what a SIGKILL or a power cut may lose
     /// [default: fsync] [env: SWITCHBOARD_DURABILITY].
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = super::durability_parser())]
     pub durability: Option<Durability>,
     /// Serve the echo WebSocket at /echo (no auth), for conformance testing [env:
     /// SWITCHBOARD_ECHO=true].

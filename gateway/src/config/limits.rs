@@ -121,8 +121,7 @@ const WIRE: wire::Limits = wire::Limits::DEFAULT;
 const ROUTER: router::Config = router::Config::DEFAULT;
 const FRAMES: wire::frame::FrameConfig = wire::frame::FrameConfig::DEFAULT;
 type Handshake = wire::handshake::HandshakeConfig;
-const JOURNAL: crate::storage::journal::JournalConfig =
-    crate::storage::journal::JournalConfig::DEFAULT;
+const JOURNAL: router::wal::LogConfig = router::wal::LogConfig::DEFAULT;
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
 

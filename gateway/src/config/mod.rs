@@ -30,34 +30,30 @@ pub use args::*;
 pub use limits::*;
 pub use reference::*;
 
-/// When a message is acknowledged (`message_received`), and what a crash may then lose.
-/// The same words are in docs/protocol.md ("Guarantees") and tuning.md ("Durability").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    /// Acknowledged once the record is written and fdatasynced: nothing
-    /// acknowledged is lost to a SIGKILL or a power cut.
-    Fsync,
-    /// Acknowledged once the record is written to the page cache, fdatasynced at
-    /// most every `wal_batch_interval_ms` (10 ms): a SIGKILL loses nothing
-    /// acknowledged; a power cut may lose what was acknowledged in the last
-    /// interval (in the last `router_tick_ms`, 100 ms, on a shard that went quiet).
-    Batch,
-    /// Acknowledged once the record is written to the page cache, never
-    /// fdatasynced: a SIGKILL loses nothing acknowledged (the page cache outlives
-    /// the process); a power cut may lose anything the kernel had not yet written
-    /// back. For benchmarks only.
-    None,
+pub use router::wal::Durability;
+
+/// `--durability`'s values, each with its meaning in the help.
+fn durability_parser() -> impl clap::builder::TypedValueParser<Value = Durability> {
+    use clap::builder::TypedValueParser as _;
+    let values = Durability::ALL.map(|durability| {
+        clap::builder::PossibleValue::new(durability.as_str()).help(durability.meaning())
+    });
+    clap::builder::PossibleValuesParser::new(values).map(|text| {
+        text.parse::<Durability>()
+            .expect("one of the possible values")
+    })
 }
 
-impl std::str::FromStr for Durability {
-    type Err = String;
-
-    /// The same names as the flag's, for `SWITCHBOARD_DURABILITY`.
-    fn from_str(text: &str) -> Result<Durability, String> {
-        ValueEnum::from_str(text, false)
-            .map_err(|_| format!("{text:?} is not one of fsync, batch, none"))
-    }
+/// `durability` in the file: one of the flag's names.
+fn deserialize_durability<'de, D>(deserializer: D) -> Result<Option<Durability>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    const NAMES: &[&str] = &["fsync", "batch", "none"];
+    let text = String::deserialize(deserializer)?;
+    text.parse()
+        .map(Some)
+        .map_err(|_| serde::de::Error::unknown_variant(&text, NAMES))
 }
 
 /// How log lines are written.
@@ -70,16 +66,6 @@ pub enum LogFormat {
     Json,
 }
 
-impl Durability {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Durability::Fsync => "fsync",
-            Durability::Batch => "batch",
-            Durability::None => "none",
-        }
-    }
-}
-
 /// The configuration file, as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,6 +74,7 @@ struct FileConfig {
     http_listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     shards: Option<usize>,
+    #[serde(default, deserialize_with = "deserialize_durability")]
     durability: Option<Durability>,
     jwt_secret: Option<String>,
     jwt_secret_file: Option<PathBuf>,
@@ -193,6 +180,18 @@ fn shards_default() -> usize {
 }
 
 impl Config {
+    /// How the shards' logs lay out and sync their segments.
+    pub fn log(&self) -> router::wal::LogConfig {
+        let limits = &self.limits;
+        router::wal::LogConfig {
+            segment_bytes_max: limits.wal_segment_bytes_max,
+            durability: self.durability,
+            batch_interval_ms: limits.wal_batch_interval_ms,
+            checkpoint_slack_bytes: limits.wal_checkpoint_slack_bytes,
+            pending_bytes_max: limits.wal_pending_bytes_max,
+        }
+    }
+
     /// Merges flags, the `SWITCHBOARD_` variables, the file the flags name and the
     /// defaults, in that order of precedence.
     pub fn resolve(args: &ServeArgs) -> anyhow::Result<Config> {

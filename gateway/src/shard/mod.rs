@@ -37,7 +37,7 @@ use crate::shard::mesh::ShardMesh;
 use crate::shard::router_loop::RouterLoop;
 use crate::shard::signal::Signal;
 use crate::shard::state::Shard;
-use crate::storage::journal::{Journal, JournalConfig};
+use crate::storage::journal::Journal;
 
 /// The event loop a shard runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,14 +212,7 @@ fn run(
 fn recover(shard: &Shard) -> anyhow::Result<(Journal, router::RouterShard)> {
     let config = &shard.config;
     let limits = &config.limits;
-    let journal_config = JournalConfig {
-        segment_bytes_max: limits.wal_segment_bytes_max,
-        durability: config.durability,
-        batch_interval_ms: limits.wal_batch_interval_ms,
-        checkpoint_slack_bytes: limits.wal_checkpoint_slack_bytes,
-        pending_bytes_max: limits.wal_pending_bytes_max,
-    };
-    let (journal, records) = Journal::open(&config.data_dir, shard.shard_id, journal_config)?;
+    let (journal, records) = Journal::open(&config.data_dir, shard.shard_id, config.log())?;
     let n_records = records.len();
     let mut router_config = limits.router();
     // The key of the router's hash maps, drawn here because the router reads no randomness,

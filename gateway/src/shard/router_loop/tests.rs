@@ -30,7 +30,7 @@ use crate::config::{Config, Durability, Limits, LogFormat, SecretSource};
 use crate::metrics::ShardMetrics;
 use crate::shard::mesh::{Doorbell, Envelope, ShardMesh};
 use crate::shard::{Shard, Signal};
-use crate::storage::journal::{Journal, JournalConfig};
+use crate::storage::journal::Journal;
 
 /// Envelopes a ring holds.
 const RING: usize = 4;
@@ -127,9 +127,9 @@ impl ShardThread {
                 runtime.block_on(async move {
                     let auth = Arc::new(Authenticator::new(b"backpressure"));
                     let shard = Rc::new(Shard::new(shard_id, 2, config, auth, shard_metrics));
-                    let journal_config = JournalConfig {
+                    let journal_config = router::wal::LogConfig {
                         durability: Durability::None,
-                        ..JournalConfig::DEFAULT
+                        ..router::wal::LogConfig::DEFAULT
                     };
                     let data_dir = &shard.config.data_dir;
                     let (journal, records) =

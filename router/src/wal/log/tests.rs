@@ -1,0 +1,356 @@
+//! The log's policy, command by command: what each operation asks of the files for a given
+//! history, checked against the expected commands (one `check` per case), and what the log
+//! believes afterwards.
+
+use wire::{MessageId, UserId};
+
+use super::*;
+use crate::wal::{Durability, LogConfigError};
+use crate::wal::{Examiner, StoredMessage, recover};
+
+fn message(n: u64) -> Record {
+    Record::Message(StoredMessage {
+        id: MessageId(n << 22),
+        from: UserId::parse("alice").unwrap(),
+        to: UserId::parse("bob").unwrap(),
+        client_msg_id: n,
+        content: format!("message number {n}"),
+        media: None,
+        timestamp_ms: 1_700_000_000_000 + n,
+    })
+}
+
+/// Bytes of `message(n)` framed (the same for n below 10).
+fn message_bytes() -> u64 {
+    let mut bytes = Vec::new();
+    encode_record(&message(1), Lsn(1), &mut bytes);
+    bytes.len() as u64
+}
+
+const HEADER: u64 = SEGMENT_HEADER_BYTES as u64;
+
+/// A new, empty log, its recovery done.
+fn new_log(config: LogConfig) -> Log {
+    let examined = Examiner::new(0).finish();
+    let mut log = recover(config, examined, 0).unwrap().log;
+    assert_eq!(run(&mut log, 0), vec![Command::Create { segment: Lsn(1) }]);
+    log
+}
+
+/// Carries out the outstanding commands at `now_ms`, all successfully; returns them.
+fn run(log: &mut Log, now_ms: u64) -> Vec<Command> {
+    let mut done = Vec::new();
+    while let Some(command) = log.next_command().cloned() {
+        log.completed(now_ms);
+        done.push(command);
+    }
+    assert!(!log.busy());
+    done
+}
+
+fn append(log: &mut Log, lsns: std::ops::RangeInclusive<u64>) {
+    for n in lsns {
+        log.append(Lsn(n), &message(n));
+    }
+}
+
+fn write(segment: u64, offset: u64, bytes: Range<usize>) -> Command {
+    Command::Write {
+        segment: Lsn(segment),
+        offset,
+        bytes,
+    }
+}
+
+fn sync(segment: u64) -> Command {
+    Command::Sync {
+        segment: Lsn(segment),
+    }
+}
+
+#[test]
+fn a_commit_syncs_as_the_durability_says() {
+    let m = message_bytes() as usize;
+    // (durability, batch interval, ms since the last sync, commands of a commit of 3)
+    let cases = [
+        (Durability::Fsync, 10, 0, true),
+        (Durability::Batch, 10, 9, false),
+        (Durability::Batch, 10, 10, true),
+        (Durability::Batch, 0, 0, true),
+        (Durability::None, 10, 1_000, false),
+    ];
+    for (durability, batch_interval_ms, elapsed_ms, syncs) in cases {
+        let config = LogConfig {
+            durability,
+            batch_interval_ms,
+            ..LogConfig::DEFAULT
+        };
+        let mut log = new_log(config);
+        assert_eq!(log.commit(elapsed_ms), Ok(false), "nothing to commit");
+        append(&mut log, 1..=3);
+        assert_eq!(log.commit(elapsed_ms), Ok(true));
+        let mut expected = vec![write(1, HEADER, 0..3 * m)];
+        if syncs {
+            expected.push(sync(1));
+        }
+        assert_eq!(run(&mut log, elapsed_ms), expected, "{config:?}");
+        assert_eq!(log.committed_lsn(), Lsn(3));
+        let synced = if syncs { Lsn(3) } else { Lsn(0) };
+        assert_eq!(log.synced_lsn(), synced, "{config:?}");
+        assert_eq!(log.bytes_on_disk(), HEADER + 3 * m as u64);
+    }
+}
+
+#[test]
+fn a_batch_log_syncs_a_quiet_tail_once_its_interval_passed() {
+    let config = LogConfig {
+        durability: Durability::Batch,
+        batch_interval_ms: 10,
+        ..LogConfig::DEFAULT
+    };
+    let mut log = new_log(config);
+    append(&mut log, 1..=2);
+    log.commit(5).unwrap();
+    run(&mut log, 5);
+    assert_eq!(log.synced_lsn(), Lsn(0));
+    // (now, whether a sync is due): measured from the last sync, at 0 ms.
+    for (now_ms, due) in [(9, false), (10, true), (11, false), (30, false)] {
+        assert_eq!(log.sync_if_due(now_ms), Ok(due), "at {now_ms} ms");
+        let expected = if due { vec![sync(1)] } else { vec![] };
+        assert_eq!(run(&mut log, now_ms), expected);
+    }
+    assert_eq!(log.synced_lsn(), Lsn(2));
+    // A `Fsync` log never needs one.
+    let mut log = new_log(LogConfig::DEFAULT);
+    append(&mut log, 1..=1);
+    log.commit(0).unwrap();
+    run(&mut log, 0);
+    assert_eq!(log.sync_if_due(1_000), Ok(false));
+}
+
+#[test]
+fn rolls_at_segment_bytes_max_and_before_a_checkpoint() {
+    let m = message_bytes();
+    let config = LogConfig {
+        // Two records fit, the third goes to a new segment.
+        segment_bytes_max: HEADER + 2 * m,
+        ..LogConfig::DEFAULT
+    };
+    let mut log = new_log(config);
+    append(&mut log, 1..=5);
+    log.commit(0).unwrap();
+    let m = m as usize;
+    assert_eq!(
+        run(&mut log, 0),
+        vec![
+            write(1, HEADER, 0..2 * m),
+            sync(1),
+            Command::Create { segment: Lsn(3) },
+            write(3, HEADER, 2 * m..4 * m),
+            sync(3),
+            Command::Create { segment: Lsn(5) },
+            write(5, HEADER, 4 * m..5 * m),
+            sync(5),
+        ]
+    );
+    assert_eq!(log.segments().collect::<Vec<_>>(), [Lsn(1), Lsn(3), Lsn(5)]);
+    // A checkpoint starts a segment of its own, even in a segment with room left.
+    let begin = Record::CheckpointBegin {
+        last_message_id: None,
+    };
+    log.append(Lsn(6), &begin);
+    log.commit(0).unwrap();
+    let commands = run(&mut log, 0);
+    assert_eq!(
+        commands[..2],
+        [sync(5), Command::Create { segment: Lsn(6) }]
+    );
+    // Offsets: each record where the commands put it.
+    for (lsn, segment, offset) in [(1, 1, HEADER), (2, 1, HEADER + m as u64), (5, 5, HEADER)] {
+        assert_eq!(
+            log.locate(Lsn(lsn)),
+            Ok(Place::File {
+                segment: Lsn(segment),
+                offset
+            })
+        );
+    }
+    assert_eq!(log.locate(Lsn(7)), Err(ReadError::NotInLog(Lsn(7))));
+    assert_eq!(log.locate(Lsn(0)), Err(ReadError::NotInLog(Lsn(0))));
+}
+
+#[test]
+fn a_synced_checkpoint_makes_older_segments_dead() {
+    let config = LogConfig {
+        durability: Durability::None,
+        checkpoint_slack_bytes: 100,
+        segment_bytes_max: 256,
+        ..LogConfig::DEFAULT
+    };
+    let mut log = new_log(config);
+    append(&mut log, 1..=12);
+    log.commit(0).unwrap();
+    run(&mut log, 0);
+    assert!(log.wants_checkpoint());
+    let before = log.segments().collect::<Vec<_>>();
+    assert!(before.len() >= 3);
+    log.append(
+        Lsn(13),
+        &Record::CheckpointBegin {
+            last_message_id: None,
+        },
+    );
+    log.append(Lsn(14), &Record::CheckpointEnd { begin: Lsn(13) });
+    assert!(!log.wants_checkpoint(), "a checkpoint is on its way");
+    log.commit(0).unwrap();
+    let commands = run(&mut log, 0);
+    assert_eq!(
+        commands.last(),
+        Some(&sync(13)),
+        "even `None` syncs a checkpoint"
+    );
+    assert_eq!(
+        log.take_compaction(),
+        Some(Compaction::Delete(before.clone()))
+    );
+    assert_eq!(log.take_compaction(), None, "once");
+    for segment in before {
+        log.deleted(segment);
+    }
+    assert_eq!(log.segments().collect::<Vec<_>>(), [Lsn(13)]);
+    assert_eq!(log.bytes_on_disk(), log.checkpoint_bytes() + HEADER);
+    assert_eq!(log.locate(Lsn(12)), Err(ReadError::NotInLog(Lsn(12))));
+    assert!(!log.wants_checkpoint());
+}
+
+#[test]
+fn a_failure_stops_everything_until_the_rewrite_from_the_safe_point() {
+    let m = message_bytes() as usize;
+    let config = LogConfig {
+        segment_bytes_max: HEADER + 2 * m as u64,
+        ..LogConfig::DEFAULT
+    };
+    let mut log = new_log(config);
+    append(&mut log, 1..=1);
+    log.commit(0).unwrap();
+    run(&mut log, 0);
+    append(&mut log, 2..=4);
+    log.commit(0).unwrap();
+    // The first write works, the fsync that completes segment 1 fails.
+    log.completed(0);
+    log.failed("injected fsync fault".to_owned());
+    let failed = Err(Failed("injected fsync fault".to_owned()));
+    assert_eq!(log.commit(1), failed.clone().map(|()| true));
+    assert_eq!(log.write_pending(), failed.clone());
+    assert_eq!(log.sync_if_due(1), failed.map(|()| false));
+    assert!(!log.wants_checkpoint());
+    assert_eq!(log.committed_lsn(), Lsn(1));
+    // Records after the safe point are read from memory.
+    assert_eq!(log.locate(Lsn(3)), Ok(Place::Memory(message(3))));
+    append(&mut log, 5..=5);
+    assert!(log.repair());
+    assert_eq!(
+        run(&mut log, 2),
+        vec![
+            Command::DeleteAfter { segment: Lsn(1) },
+            Command::Truncate {
+                segment: Lsn(1),
+                len: HEADER + m as u64
+            },
+            Command::SyncDir,
+            write(1, HEADER + m as u64, 0..m),
+            sync(1),
+            Command::Create { segment: Lsn(3) },
+            write(3, HEADER, m..3 * m),
+            sync(3),
+            Command::Create { segment: Lsn(5) },
+            write(5, HEADER, 3 * m..4 * m),
+            sync(5),
+        ]
+    );
+    assert_eq!(log.failure(), None);
+    assert!(!log.repair(), "nothing to repair");
+    assert_eq!(log.commit(3), Ok(true));
+    assert_eq!(run(&mut log, 3), vec![], "everything is written and synced");
+    assert_eq!(log.committed_lsn(), Lsn(5));
+    assert_eq!(
+        log.locate(Lsn(3)),
+        Ok(Place::File {
+            segment: Lsn(3),
+            offset: HEADER
+        })
+    );
+}
+
+#[test]
+fn starting_anything_with_commands_outstanding_abandons_them() {
+    let mut log = new_log(LogConfig::DEFAULT);
+    append(&mut log, 1..=2);
+    log.commit(0).unwrap();
+    assert!(log.busy());
+    assert!(log.commit(0).is_err());
+    assert_eq!(log.failure(), Some(ABANDONED));
+    assert!(log.repair());
+    run(&mut log, 0);
+    assert_eq!(log.commit(0), Ok(true));
+    run(&mut log, 0);
+    assert_eq!(log.committed_lsn(), Lsn(2));
+}
+
+#[test]
+fn a_full_pending_buffer_writes_early_and_syncs_what_it_holds() {
+    let m = message_bytes() as usize;
+    let config = LogConfig {
+        pending_bytes_max: 2 * m,
+        ..LogConfig::DEFAULT
+    };
+    let mut log = new_log(config);
+    append(&mut log, 1..=2);
+    assert!(log.is_full());
+    log.write_pending().unwrap();
+    assert_eq!(run(&mut log, 0), vec![write(1, HEADER, 0..2 * m), sync(1)]);
+    assert!(!log.is_full());
+    assert_eq!(log.committed_lsn(), Lsn(0), "written is not committed");
+    log.commit(0).unwrap();
+    assert_eq!(run(&mut log, 0), vec![]);
+    assert_eq!(log.committed_lsn(), Lsn(2));
+}
+
+#[test]
+#[should_panic(expected = "appended lsns are consecutive")]
+fn append_refuses_an_lsn_out_of_sequence() {
+    let mut log = new_log(LogConfig::DEFAULT);
+    append(&mut log, 1..=3);
+    log.append(Lsn(5), &message(5));
+}
+
+#[test]
+#[should_panic(expected = "call write_pending first")]
+fn append_refuses_to_pass_the_pending_bound() {
+    let mut log = new_log(LogConfig {
+        pending_bytes_max: 100,
+        ..LogConfig::DEFAULT
+    });
+    append(&mut log, 1..=3);
+}
+
+#[test]
+fn config_checks() {
+    let cases = [
+        (HEADER, 1, Err(LogConfigError::SegmentBytesMax(HEADER))),
+        (HEADER + 1, 0, Err(LogConfigError::PendingBytesMax)),
+        (HEADER + 1, 1, Ok(())),
+    ];
+    for (segment_bytes_max, pending_bytes_max, expected) in cases {
+        let config = LogConfig {
+            segment_bytes_max,
+            pending_bytes_max,
+            ..LogConfig::DEFAULT
+        };
+        assert_eq!(config.check(), expected);
+    }
+    for durability in Durability::ALL {
+        assert_eq!(durability.as_str().parse(), Ok(durability));
+    }
+    assert!("sometimes".parse::<Durability>().is_err());
+}
