@@ -488,6 +488,8 @@ pub fn find_record_after(bytes: &[u8], from: usize, after: Lsn) -> Option<(usize
     })
 }
 
+/// Encodes a record's payload. Long but one thing: a single `match` with an arm per record
+/// type, each the mirror of its arm in [`decode_payload`].
 fn encode_payload(record: &Record, out: &mut Vec<u8>) {
     let mut w = Writer { out };
     match record {
@@ -606,7 +608,7 @@ fn encode_payload(record: &Record, out: &mut Vec<u8>) {
 }
 
 /// Decodes a payload. Every field is read through a bounds check, so any bytes give a
-/// record or an error.
+/// record or an error. Long but one thing: a single `match` with an arm per record type.
 pub fn decode_payload(payload: &[u8]) -> Result<Record, DecodeError> {
     let mut r = Reader { bytes: payload };
     let record = match r.u8()? {
