@@ -206,6 +206,7 @@ fn encoded_messages_decode() {
     }
 }
 
+/// One table of client envelopes with a field missing or set twice.
 #[test]
 fn missing_and_conflicting_fields() {
     use Expect::ClientRefused;
@@ -380,6 +381,7 @@ fn bodies_that_are_absent_unknown_or_of_the_other_direction() {
     }
 }
 
+/// One table of server envelopes with a bad field.
 #[test]
 fn server_messages_with_bad_fields() {
     use Expect::ServerRefused;
@@ -456,6 +458,7 @@ fn server_messages_with_bad_fields() {
     check(&limits, &bytes, Expect::Server(expected));
 }
 
+/// One table of buffers the verifier refuses.
 #[test]
 fn buffers_that_fail_verification() {
     use Expect::Unverified;

@@ -229,6 +229,7 @@ fn length_encoding_errors() {
     );
 }
 
+/// One table of frames against small limits.
 #[test]
 fn limits_are_checked_from_the_header() {
     let config = FrameConfig {

@@ -101,6 +101,7 @@ fn valid_requests() {
     );
 }
 
+/// One table of refused request heads.
 #[test]
 fn rejections() {
     let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==";
@@ -270,6 +271,7 @@ fn subprotocol_choice() {
     check(&with("Sec-WebSocket-Protocol: "), "Messages Json token=-");
 }
 
+/// One table of where a token may come from.
 #[test]
 fn token_choice() {
     let at =

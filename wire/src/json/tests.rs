@@ -217,6 +217,7 @@ fn client_examples() {
     );
 }
 
+/// One table of every server message in canonical form.
 #[test]
 fn server_examples() {
     check(
@@ -359,6 +360,7 @@ fn text_is_escaped_and_unescaped() {
     );
 }
 
+/// One table of inputs accepted in a form the encoder does not write.
 #[test]
 fn lenient_inputs() {
     let bob = || to_user("bob");

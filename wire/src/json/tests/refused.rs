@@ -5,6 +5,7 @@ use super::*;
 use crate::json::scalar::INTEGER;
 use crate::model::{DecodeError, InvalidMessage};
 
+/// One table of inputs refused before any field is read.
 #[test]
 fn refused_before_reading_fields() {
     use Sender::{Client, Server};
@@ -133,6 +134,7 @@ fn refused_before_reading_fields() {
     );
 }
 
+/// One table of refused client messages.
 #[test]
 fn refused_client_messages() {
     use Sender::Client;
@@ -467,6 +469,7 @@ fn refused_client_messages() {
     );
 }
 
+/// One table of refused server messages.
 #[test]
 fn refused_server_messages() {
     use Sender::Server;
