@@ -52,7 +52,7 @@ use crate::metrics::{ShardMetrics, Stamp};
 use crate::net::readiness::Readiness;
 use crate::shard::control_inbox::{ControlInbox, ControlRequest, ShardHealth, UserStatus};
 use crate::shard::mesh::{Envelope, ShardMesh};
-use crate::shard::signal::Signal;
+use crate::shard::signal::{self, Signal};
 use crate::shard::state::Shard;
 use crate::storage::journal::Journal;
 
@@ -282,7 +282,7 @@ impl RouterLoop {
                         conn,
                         message,
                         accepted,
-                    } => self.shard.deliver(conn, &message, accepted),
+                    } => self.shard.deliver(conn, message, accepted),
                 }
             }
             // The chunk's slots are free now: a producer waiting for them is woken.
@@ -299,6 +299,12 @@ impl RouterLoop {
             self.commit(now_ms).await;
         }
         self.flush_outboxes();
+        if self.shard.end_deliveries() {
+            // Some connection's queue reached `outbound_frames_max`: its task, the only
+            // writer of its socket, writes it (or closes a consumer too slow) before this
+            // loop delivers more, which is what bounds a queue past its limit to one turn.
+            signal::yield_now().await;
+        }
         worked
     }
 
@@ -462,7 +468,7 @@ impl RouterLoop {
     fn send(&self, conn: router::ConnId, message: ServerMessage) {
         let accepted = self.accepted_at(&message);
         if conn.shard == self.shard.shard_id {
-            self.shard.deliver(conn, &message, accepted);
+            self.shard.deliver(conn, message, accepted);
         } else {
             let envelope = Envelope::Deliver {
                 conn,

@@ -96,6 +96,21 @@ impl Notify {
     }
 }
 
+/// Lets the other tasks of the thread that are ready run before the caller goes on: it
+/// wakes itself and returns `Pending` once, so the runtime queues it behind them.
+pub async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(move |cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
