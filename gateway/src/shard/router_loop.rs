@@ -299,13 +299,18 @@ impl RouterLoop {
             self.commit(now_ms).await;
         }
         self.flush_outboxes();
+        self.let_writers_run().await;
+        worked
+    }
+
+    /// When some connection's queue reached `outbound_frames_max` this turn, lets the
+    /// connections' tasks (the only writers of their sockets) write their queues, or close
+    /// a consumer too slow, before this loop delivers more: this is what bounds a queue's
+    /// passing of its limit to one turn's deliveries.
+    async fn let_writers_run(&self) {
         if self.shard.end_deliveries() {
-            // Some connection's queue reached `outbound_frames_max`: its task, the only
-            // writer of its socket, writes it (or closes a consumer too slow) before this
-            // loop delivers more, which is what bounds a queue past its limit to one turn.
             signal::yield_now().await;
         }
-        worked
     }
 
     /// Makes everything appended durable and tells the router.
