@@ -67,6 +67,10 @@ pub struct Config {
     /// `checkpoint_in_progress`), so that no step stalls the shard or makes an output per
     /// item of its whole state.
     pub checkpoint_items_per_step_max: usize,
+    /// The key of the shard's hash maps. Not a bound: the shell draws it at random once per
+    /// shard (so that no client can choose keys that collide), and a simulation passes its
+    /// own seed (so that a run replays). Nothing the shard logs or outputs depends on it.
+    pub hash_seed: u64,
 }
 
 impl Config {
@@ -90,6 +94,7 @@ impl Config {
         activity_interval_ms: 1_000,
         tick_items_max: 10_000,
         checkpoint_items_per_step_max: 4_096,
+        hash_seed: 0,
     };
 }
 

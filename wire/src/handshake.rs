@@ -56,12 +56,21 @@ pub struct HandshakeConfig {
     pub echo_path: Option<String>,
 }
 
+impl HandshakeConfig {
+    /// The default of [`HandshakeConfig::request_bytes_max`], also the gateway's.
+    pub const REQUEST_BYTES_MAX_DEFAULT: usize = 8192;
+    /// The default of [`HandshakeConfig::headers_count_max`], also the gateway's.
+    pub const HEADERS_COUNT_MAX_DEFAULT: usize = 32;
+    /// The default of [`HandshakeConfig::token_bytes_max`], also the gateway's.
+    pub const TOKEN_BYTES_MAX_DEFAULT: usize = 4096;
+}
+
 impl Default for HandshakeConfig {
     fn default() -> HandshakeConfig {
         HandshakeConfig {
-            request_bytes_max: 8192,
-            headers_count_max: 32,
-            token_bytes_max: 4096,
+            request_bytes_max: HandshakeConfig::REQUEST_BYTES_MAX_DEFAULT,
+            headers_count_max: HandshakeConfig::HEADERS_COUNT_MAX_DEFAULT,
+            token_bytes_max: HandshakeConfig::TOKEN_BYTES_MAX_DEFAULT,
             path: "/ws".to_owned(),
             echo_path: None,
         }

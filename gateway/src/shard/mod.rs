@@ -229,8 +229,13 @@ fn recover(shard: &Shard) -> anyhow::Result<(Journal, router::RouterShard)> {
     };
     let (journal, records) = Journal::open(&config.data_dir, shard.shard_id, journal_config)?;
     let n_records = records.len();
+    let mut router_config = limits.router();
+    // The key of the router's hash maps, drawn here because the router reads no randomness,
+    // and anew at each start: nothing on disk depends on it.
+    router_config.hash_seed =
+        getrandom::u64().map_err(|error| anyhow::anyhow!("no randomness: {error}"))?;
     let router = router::RouterShard::recover(
-        limits.router(),
+        router_config,
         shard.shard_id,
         shard.link.n_shards(),
         records,

@@ -1,0 +1,131 @@
+//! `switchboard serve`: the start of the process in the order that keeps a failed start
+//! harmless (the data directory's lock, every listener bound, the layout checked, only then
+//! the secret and the shards), then the wait for SIGTERM or SIGINT and the shutdown.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::auth::{self, Authenticator};
+use crate::config::{self, Config, LogFormat, ServeArgs};
+use crate::metrics::ShardMetrics;
+use crate::shard::control_inbox::ControlInbox;
+use crate::{cli, control, net, shard, storage};
+
+/// Runs the server until a shutdown signal; `init_logging` is called once the
+/// configuration says the logs' format.
+pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::Result<()> {
+    let config = Arc::new(Config::resolve(args)?);
+    init_logging(config.log_format);
+    let n_shards = shard_count(&config)?;
+    // The lock comes before anything else touches the data directory, and lives as long as
+    // the server: a second server on the same directory stops here, having written nothing.
+    let _data_dir_lock = storage::lock::lock_data_dir(&config.data_dir)?;
+    let (driver, why) = shard::choose_driver()?;
+
+    // Every socket is bound before anything starts, so a port in use fails the start; and
+    // before the data directory is written to, so that such a failed start leaves nothing
+    // behind but the lock file. Only the lock's holder gets here, so retrying an address
+    // still held by a killed predecessor cannot make two owners of one directory.
+    let retry_ms = config.limits.bind_retry_ms;
+    let listeners = net::listen::bind_shared(config.listen, config.shards, retry_ms)?;
+    let ws_addr = listeners[0].local_addr()?;
+    let http_listener = net::listen::bind_one(config.http_listen, retry_ms)?;
+    let http_addr = http_listener.local_addr()?;
+
+    check_data_dir(&config.data_dir)?;
+    storage::journal::check_layout(&config.data_dir, n_shards)?;
+    // After the binds and the layout check, so that a start that fails has made no secret.
+    let secret = auth::load_or_create_secret(&config.secret)?;
+    let auth = Arc::new(Authenticator::new(&secret));
+    tracing::info!(driver = driver.as_str(), why, "event loop driver");
+    if config.durability == config::Durability::None {
+        tracing::warn!(
+            "durability none: acknowledged messages are NOT on disk; for benchmarks only"
+        );
+    }
+
+    // Before any thread starts, so that every thread inherits the mask and the signals wait
+    // for the main thread's sigwait.
+    let signals = cli::signals::block_shutdown_signals()?;
+    let shard_control = start_control_plane(&config, &auth, http_listener, listeners.len())?;
+    let (mut shards, driver) = shard::start(&config, &auth, listeners, shard_control, driver)?;
+    if config.echo {
+        tracing::info!("echo route on at ws://{ws_addr}{}", config::ECHO_PATH);
+    }
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(
+            stdout,
+            "switchboard listening on ws://{ws_addr}{} (http {http_addr}), {} shards, durability {}, driver {}",
+            config::WS_PATH,
+            shards.len(),
+            config.durability.as_str(),
+            driver.as_str(),
+        )?;
+        stdout.flush()?;
+    }
+
+    let signal = signals.wait()?;
+    tracing::info!(signal, "shutting down: closing connections with 1001");
+    for shard in &mut shards {
+        shard.shut_down();
+    }
+    for shard in shards {
+        if shard.thread.join().is_err() {
+            anyhow::bail!("a shard panicked during shutdown");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The number of shards, checked against what a `ConnId` can name.
+fn shard_count(config: &Config) -> anyhow::Result<u16> {
+    u16::try_from(config.shards)
+        .ok()
+        .filter(|n| *n <= router::ids::SHARDS_MAX)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--shards {} is more than {}",
+                config.shards,
+                router::ids::SHARDS_MAX
+            )
+        })
+}
+
+/// Starts the HTTP thread. Per shard it makes the inbox through which the HTTP thread asks
+/// the shard things, and the shard's counters; returns the shards' ends of them.
+fn start_control_plane(
+    config: &Config,
+    auth: &Arc<Authenticator>,
+    http_listener: std::net::TcpListener,
+    n_shards: usize,
+) -> anyhow::Result<Vec<(ControlInbox, Arc<ShardMetrics>)>> {
+    let mut plane = control::http::ControlPlane {
+        shards: Vec::with_capacity(n_shards),
+        control_timeout_ms: config.limits.control_timeout_ms,
+        auth: Arc::clone(auth),
+        http_body_bytes_max: config.limits.http_body_bytes_max,
+    };
+    let mut shard_control = Vec::with_capacity(n_shards);
+    for _ in 0..n_shards {
+        let (sender, inbox) = shard::control_inbox::channel(config.limits.control_requests_max);
+        let shard_metrics = Arc::new(ShardMetrics::default());
+        plane.shards.push((sender, Arc::clone(&shard_metrics)));
+        shard_control.push((inbox, shard_metrics));
+    }
+    control::http::start(http_listener, plane)?;
+    Ok(shard_control)
+}
+
+/// Checks that the data directory (made with its lock) is writable, so that a server that
+/// could never store a message does not start.
+fn check_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    let probe = data_dir.join(".write-test");
+    std::fs::write(&probe, b"")
+        .and_then(|()| std::fs::remove_file(&probe))
+        .with_context(|| format!("data directory {} is not writable", data_dir.display()))
+}

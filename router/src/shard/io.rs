@@ -1,0 +1,237 @@
+//! What goes into a router shard and what comes out: the `Input`s the shell hands it, the
+//! `Output`s it asks for, the messages between shards, the refusals a client can get, and
+//! the small functions that build the server messages those outputs carry.
+
+use wire::{
+    ClientMessage, Correlation, ErrorCode, ErrorMessage, IncomingMessage, MessageId, Receipt,
+    ServerMessage, Target, UserId,
+};
+
+use super::delivery::Stored;
+use crate::ids::{ConnId, ShardId};
+use crate::wal::{Lsn, ReceiptKind, Record, StoredMessage};
+
+/// What the shell hands the router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// A connection of `user` finished its handshake (sent to `owner_shard(user)`).
+    Attach { conn: ConnId, user: UserId },
+    /// That connection closed (sent to `owner_shard(user)`). Also drops the presence
+    /// subscriptions the connection holds on this shard.
+    Detach { conn: ConnId, user: UserId },
+    /// A connection closed: drop the presence subscriptions it holds on this shard. The
+    /// gateway remembers, per connection, the shards that `route` named for its
+    /// `presence_subscribe` messages (a bitset of shards) and sends this to each of them
+    /// (the owner shard of the user gets `Detach`, which does the same). The ring from a
+    /// gateway shard to a router shard is FIFO, so it arrives after the subscriptions.
+    Closed { conn: ConnId },
+    /// A validated message from a client, sent to the shard that `route()` names.
+    Client {
+        conn: ConnId,
+        user: UserId,
+        message: ClientMessage,
+    },
+    /// From another router shard.
+    Peer(PeerMessage),
+    /// The log is durable up to and including `lsn`.
+    Durable { lsn: Lsn },
+    /// Timers: presence expiry, receipt retries, dedup window. Called every tick (say every
+    /// 100 ms); calling it more often is harmless.
+    Tick,
+    /// Start a checkpoint, or go on with the one in progress: a copy of all live state,
+    /// between `CheckpointBegin` and `CheckpointEnd`, at most
+    /// `checkpoint_items_per_step_max` records per step, with live records between the
+    /// steps. The shell steps it again while `checkpoint_in_progress()`. Once the
+    /// `CheckpointEnd` record is durable, the shell may delete every segment that holds
+    /// only records before the `CheckpointBegin`. The shell starts a new segment just
+    /// before the `CheckpointBegin` so that whole segments go.
+    Checkpoint,
+    /// Whether the shell can write the log now. After a failed write or fsync the shell
+    /// says `writable: false`: new messages are refused (`overloaded`, with their
+    /// `client_msg_id`) rather than accepted into memory with no way to make them durable;
+    /// everything else goes on (deliveries, receipts, presence), and what the router
+    /// still appends waits in the shell's bounded buffer. Once the shell has rewritten the
+    /// log it says `writable: true`, then `Durable` for what the rewrite made durable.
+    Storage { writable: bool },
+}
+
+/// What the router asks the shell to do, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Append to this shard's log. Lsns are consecutive from the recovered last lsn + 1.
+    Append { lsn: Lsn, record: Record },
+    /// Send to a client connection (on gateway shard `conn.shard`). A connection that is
+    /// gone (its slot's generation moved on) drops it.
+    Send {
+        conn: ConnId,
+        message: ServerMessage,
+    },
+    /// To another router shard. Never addressed to this shard: messages to itself are
+    /// handled within the step.
+    Peer {
+        shard: ShardId,
+        message: PeerMessage,
+    },
+    /// Send to a connection the `incoming_message` of message `message_id`, whose body is
+    /// no longer in memory: it is the `Record::Message` at `lsn` of this shard's log
+    /// (`incoming_of` makes the message from it). In order with the other outputs.
+    SendStored {
+        conn: ConnId,
+        message_id: MessageId,
+        lsn: Lsn,
+    },
+    /// Append, as record `lsn`, a copy of the record at `from` of this shard's log: a
+    /// checkpoint copying forward a message whose body is on disk only. Lsns of `Append`
+    /// and `AppendCopy` together are consecutive.
+    AppendCopy { lsn: Lsn, from: Lsn },
+}
+
+/// Between router shards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerMessage {
+    /// From the shard that stored the message to the owner of its sender `to`: deliver
+    /// this receipt to `to`, or keep it until `to` connects. Sent again every
+    /// `receipt_retry_ms` until `ReceiptStored` comes back.
+    Receipt {
+        to: UserId,
+        kind: ReceiptKind,
+        receipt: Receipt,
+    },
+    /// From the sender's owner to `shard_of(message_id)`: the receipt went to a connection
+    /// of the sender, or is durably queued for them; stop forwarding it.
+    ReceiptStored {
+        message_id: MessageId,
+        kind: ReceiptKind,
+    },
+    /// `user` acted (sent, read, typed) on a shard that does not own them: refresh their
+    /// presence at the owner. Coalesced to one per user per `activity_interval_ms`.
+    Activity { user: UserId },
+}
+
+/// Why a request was refused: the `error` the client gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("groups are not supported yet")]
+    GroupsUnsupported,
+    #[error("history is not supported yet")]
+    HistoryUnsupported,
+    #[error("the recipient's inbox is full")]
+    InboxFull,
+    #[error("the server is busy, try again")]
+    Busy,
+    #[error("too many connections for this user")]
+    TooManyConnections,
+    #[error("too many presence subscriptions")]
+    TooManySubscriptions,
+    #[error("the server cannot write its log right now; retry later with the same client_msg_id")]
+    StorageUnavailable,
+    /// The request would make a log record over the log's caps. The limits checked at
+    /// start keep clients from getting here; this is the refusal if they do not.
+    #[error("the request is too large to store")]
+    TooLargeToStore,
+    /// The request would make a log record that breaks the log's rules.
+    #[error("the request cannot be stored")]
+    Unstorable,
+}
+
+impl Refusal {
+    pub fn code(self) -> ErrorCode {
+        match self {
+            Refusal::GroupsUnsupported | Refusal::HistoryUnsupported | Refusal::Unstorable => {
+                ErrorCode::BadRequest
+            }
+            Refusal::TooLargeToStore => ErrorCode::TooLarge,
+            Refusal::InboxFull
+            | Refusal::Busy
+            | Refusal::TooManyConnections
+            | Refusal::TooManySubscriptions
+            | Refusal::StorageUnavailable => ErrorCode::Overloaded,
+        }
+    }
+
+    pub(super) fn message(self, correlation: Correlation) -> ServerMessage {
+        ServerMessage::Error(ErrorMessage {
+            code: self.code(),
+            message: self.to_string(),
+            correlation,
+        })
+    }
+}
+
+/// A user's presence as this shard (their owner) sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Presence {
+    pub online: bool,
+    pub last_seen_ms: Option<u64>,
+}
+
+/// Sizes of a shard's maps, for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    pub users: usize,
+    pub stored_messages: usize,
+    pub dedup_entries: usize,
+    pub read_index_entries: usize,
+    pub receipts_outstanding: usize,
+    pub pending_outputs: usize,
+    pub subscriptions: usize,
+    /// Bytes of message bodies held in memory.
+    pub body_bytes: usize,
+    /// Undelivered messages whose body is on disk only.
+    pub spilled_messages: usize,
+    /// Requests refused because their log record would break the log's rules or caps.
+    pub records_refused: u64,
+}
+
+pub(super) fn send(outputs: &mut Vec<Output>, conn: ConnId, message: ServerMessage) {
+    outputs.push(Output::Send { conn, message });
+}
+
+/// The `incoming_message` of a stored message: from memory, or from its record in the log.
+pub(super) fn send_stored(outputs: &mut Vec<Output>, conn: ConnId, stored: &Stored) {
+    if stored.spilled {
+        outputs.push(Output::SendStored {
+            conn,
+            message_id: stored.message.id,
+            lsn: stored.body_lsn,
+        });
+    } else {
+        send(outputs, conn, incoming(&stored.message));
+    }
+}
+
+/// The `incoming_message` that `Output::SendStored` asks for, made from the record the
+/// shell read at its lsn; `None` if that record is not message `message_id` (a shell that
+/// read the wrong place).
+pub fn incoming_of(record: &Record, message_id: MessageId) -> Option<ServerMessage> {
+    match record {
+        Record::Message(message) if message.id == message_id => Some(incoming(message)),
+        _ => None,
+    }
+}
+
+fn incoming(message: &StoredMessage) -> ServerMessage {
+    ServerMessage::IncomingMessage(IncomingMessage {
+        message_id: message.id,
+        from: message.from.clone(),
+        to: Target::User(message.to.clone()),
+        content: message.content.clone(),
+        media: message.media.clone(),
+        timestamp_ms: message.timestamp_ms,
+    })
+}
+
+pub(super) fn receipt_message(kind: ReceiptKind, receipt: Receipt) -> ServerMessage {
+    match kind {
+        ReceiptKind::Delivered => ServerMessage::MessageDelivered(receipt),
+        ReceiptKind::Read => ServerMessage::MessageRead(receipt),
+    }
+}
+
+pub(super) fn presence_message(user: &UserId, presence: Presence) -> ServerMessage {
+    ServerMessage::Presence {
+        user: user.clone(),
+        online: presence.online,
+        last_seen_ms: presence.last_seen_ms,
+    }
+}

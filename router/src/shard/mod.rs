@@ -1,0 +1,380 @@
+//! The router shard's state machine: `step(now_ms, input, outputs)` applies one input and
+//! pushes what must be done (log appends, sends to connections, messages to other shards)
+//! onto a caller-owned vector. Recovery replays the log through the same `apply` that the
+//! live path uses, so the state after a restart is the state the log describes.
+//!
+//! This file holds the shard itself: its fields, `new`, `recover`, the accessors, and the
+//! dispatch of each input to the module that owns it. One concern a file: `io` (the inputs,
+//! outputs and refusals), `users` (the users map and its bound), `connections` (attach and
+//! detach), `presence` (own actions, expiry, subscriptions), `delivery` (`send_message`,
+//! dedup, inboxes, spill), `receipts` (acknowledgements and their forwarding), `gate` (the
+//! durability gate), `checkpoint` (the incremental checkpoint), `apply` (appending a record
+//! and what it does to the state) and, for tests, `logged_state`.
+
+mod apply;
+mod checkpoint;
+mod connections;
+mod delivery;
+mod gate;
+mod io;
+#[cfg(test)]
+mod logged_state;
+mod presence;
+mod receipts;
+mod users;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::hash::{DefaultHasher, Hasher as _};
+
+use wire::{ClientMessage, Correlation, MessageId, UserId};
+
+use crate::config::Config;
+use crate::ids::{ConnId, IdGenerator, SHARDS_MAX, ShardId};
+use crate::wal::{Lsn, ReceiptKind, Record};
+
+use checkpoint::Checkpointing;
+use delivery::{DedupEntry, Stored};
+use gate::Pending;
+use io::send;
+pub use io::{Input, Output, PeerMessage, Presence, Refusal, Stats, incoming_of};
+use receipts::Outstanding;
+use users::User;
+
+/// The hasher of the shard's hash maps: the standard library's SipHash-1-3, keyed by
+/// `Config::hash_seed`, which the shell draws at random once per shard and a simulation
+/// takes from its own seed. `RandomState` would draw its keys here, where no randomness is
+/// read; fixed public keys would let a client that chooses many keys (recipient ids,
+/// `client_msg_id`s) search offline for ones that collide and slow every lookup. With the
+/// seed an input, a map's iteration order follows from the seed and what was inserted, so
+/// two runs of the same inputs do the same. A walk whose order reaches the outputs or the
+/// log still goes over a `BTreeMap`, or sorts first (the users a checkpoint copies): a
+/// recovered shard may hold the same users in another order.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SeededState {
+    keys: [u64; 2],
+}
+
+impl SeededState {
+    fn new(seed: u64) -> SeededState {
+        // Two words of key from one seed, so that the second is no copy of the first.
+        SeededState {
+            keys: [seed, seed.rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15],
+        }
+    }
+}
+
+impl std::hash::BuildHasher for SeededState {
+    type Hasher = DefaultHasher;
+
+    /// SipHash with public keys, started on the secret seed: what it hashes next mixes into
+    /// a state no client can compute. One more 16-byte block per hash than unkeyed.
+    fn build_hasher(&self) -> DefaultHasher {
+        let mut hasher = DefaultHasher::new();
+        hasher.write_u64(self.keys[0]);
+        hasher.write_u64(self.keys[1]);
+        hasher
+    }
+}
+
+/// One router shard: the users it owns and the messages stored for them.
+#[derive(Debug)]
+pub struct RouterShard {
+    config: Config,
+    shard_id: ShardId,
+    n_shards: u16,
+    last_lsn: Lsn,
+    durable_lsn: Lsn,
+    ids: IdGenerator,
+    /// The last wall-clock time handed in, and a monotonic clock that advances by the
+    /// forward steps of the wall clock only: presence deadlines and receipt retries use
+    /// it, so a clock stepping back does not keep a silent user online.
+    wall_last_ms: Option<u64>,
+    mono_ms: u64,
+    /// Boxed: the table grows by powers of two and is up to half empty, so its buckets hold
+    /// a key and a pointer, and each user record is allocated once at its own size.
+    users: HashMap<UserId, Box<User>, SeededState>,
+    /// Users with only a `last_seen`, by it: the first to forget when `users_max` is hit.
+    idle_users: BTreeSet<(u64, UserId)>,
+    messages: BTreeMap<MessageId, Stored>,
+    /// The messages whose body is in memory, oldest first: the first to spill.
+    resident: BTreeSet<MessageId>,
+    /// Sum of `body_bytes` over `resident`.
+    body_bytes: usize,
+    /// Requests refused by `Record::check` before they changed any state (`Stats`).
+    records_refused: u64,
+    dedup: HashMap<(UserId, u64), DedupEntry, SeededState>,
+    /// The dedup entries by message id, which is time order: expiry and eviction order.
+    dedup_order: BTreeMap<MessageId, (UserId, u64)>,
+    /// Delivered, unread messages: id -> (sender, recipient).
+    read_index: BTreeMap<MessageId, (UserId, UserId)>,
+    outstanding: BTreeMap<(MessageId, ReceiptKind), Outstanding>,
+    retry_queue: BTreeSet<(u64, MessageId, ReceiptKind)>,
+    /// At the sender's owner: receipts already handed to a connection or queued, with the
+    /// lsn of the queueing record (0 when none was needed).
+    receipts_seen: BTreeMap<(MessageId, ReceiptKind), Lsn>,
+    presence_deadlines: BTreeSet<(u64, UserId)>,
+    subscribers: HashMap<UserId, Vec<ConnId>, SeededState>,
+    subscriptions_by_conn: HashMap<ConnId, Vec<UserId>, SeededState>,
+    subscriptions_count: usize,
+    activity_sent: HashSet<UserId, SeededState>,
+    activity_interval: u64,
+    pending: VecDeque<(Lsn, Pending)>,
+    /// Peer messages addressed to this shard, handled before the step returns.
+    local: VecDeque<PeerMessage>,
+    /// False while the shell cannot write the log (`Input::Storage`).
+    writable: bool,
+    /// The checkpoint whose `CheckpointBegin` is appended and `CheckpointEnd` not yet.
+    checkpoint: Option<Checkpointing>,
+}
+
+impl RouterShard {
+    /// A shard with an empty log.
+    pub fn new(config: Config, shard_id: ShardId, n_shards: u16) -> RouterShard {
+        assert!(n_shards > 0 && n_shards <= SHARDS_MAX);
+        assert!(shard_id < n_shards);
+        assert!(config.presence_ttl_ms > 0 && config.receipt_retry_ms > 0);
+        assert!(config.activity_interval_ms > 0 && config.pending_outputs_max >= 2);
+        assert!(
+            config.tick_items_max > 0,
+            "a tick that handles nothing never catches up"
+        );
+        assert!(
+            config.checkpoint_items_per_step_max > 0,
+            "a checkpoint step that copies nothing never ends"
+        );
+        let hashing = SeededState::new(config.hash_seed);
+        RouterShard {
+            config,
+            shard_id,
+            n_shards,
+            last_lsn: Lsn(0),
+            durable_lsn: Lsn(0),
+            ids: IdGenerator::new(shard_id),
+            wall_last_ms: None,
+            mono_ms: 0,
+            users: HashMap::with_hasher(hashing),
+            idle_users: BTreeSet::new(),
+            messages: BTreeMap::new(),
+            resident: BTreeSet::new(),
+            body_bytes: 0,
+            records_refused: 0,
+            dedup: HashMap::with_hasher(hashing),
+            dedup_order: BTreeMap::new(),
+            read_index: BTreeMap::new(),
+            outstanding: BTreeMap::new(),
+            retry_queue: BTreeSet::new(),
+            receipts_seen: BTreeMap::new(),
+            presence_deadlines: BTreeSet::new(),
+            subscribers: HashMap::with_hasher(hashing),
+            subscriptions_by_conn: HashMap::with_hasher(hashing),
+            subscriptions_count: 0,
+            activity_sent: HashSet::with_hasher(hashing),
+            activity_interval: 0,
+            pending: VecDeque::new(),
+            local: VecDeque::new(),
+            writable: true,
+            checkpoint: None,
+        }
+    }
+
+    /// Rebuilds a shard from its log: the records of its segments in order, up to the
+    /// first torn record. Everything recovered counts as durable (the shell fsyncs the
+    /// files it recovered from before the first step). Receipts that were not handed over
+    /// are forwarded again on the first `Tick`.
+    pub fn recover(
+        config: Config,
+        shard_id: ShardId,
+        n_shards: u16,
+        records: impl IntoIterator<Item = (Lsn, Record)>,
+    ) -> RouterShard {
+        let mut shard = RouterShard::new(config, shard_id, n_shards);
+        let mut last: Option<Lsn> = None;
+        for (lsn, record) in records {
+            assert!(lsn.0 > 0);
+            if let Some(last) = last {
+                assert_eq!(lsn, last.next(), "recovered records must be consecutive");
+            }
+            if let Err(error) = record.check() {
+                panic!("recovered an invalid record at {lsn:?}: {error}");
+            }
+            shard.apply(lsn, &record);
+            last = Some(lsn);
+        }
+        shard.last_lsn = last.unwrap_or(Lsn(0));
+        shard.durable_lsn = shard.last_lsn;
+        for ((message_id, kind), outstanding) in &mut shard.outstanding {
+            assert!(outstanding.retry_at_mono_ms.is_none());
+            outstanding.retry_at_mono_ms = Some(0);
+            shard.retry_queue.insert((0, *message_id, *kind));
+        }
+        shard
+    }
+
+    pub fn shard_id(&self) -> ShardId {
+        self.shard_id
+    }
+
+    /// The lsn of the last record this shard asked to append.
+    pub fn last_lsn(&self) -> Lsn {
+        self.last_lsn
+    }
+
+    pub fn durable_lsn(&self) -> Lsn {
+        self.durable_lsn
+    }
+
+    /// Whether a checkpoint has begun and not ended: the shell steps `Input::Checkpoint`
+    /// again to go on with it. A crash in the middle leaves a `CheckpointBegin` without its
+    /// `CheckpointEnd`, which deletes nothing; recovery replays the log as it is, and the
+    /// recovered shard has no checkpoint in progress.
+    pub fn checkpoint_in_progress(&self) -> bool {
+        self.checkpoint.is_some()
+    }
+
+    /// The presence of a user this shard owns.
+    pub fn presence(&self, user: &UserId) -> Presence {
+        match self.users.get(user) {
+            Some(state) => Presence {
+                online: state.online,
+                last_seen_ms: state.last_seen_ms.get(),
+            },
+            None => Presence {
+                online: false,
+                last_seen_ms: None,
+            },
+        }
+    }
+
+    /// The undelivered messages of a user this shard owns, in id order.
+    pub fn inbox(&self, user: &UserId) -> impl Iterator<Item = MessageId> + '_ {
+        self.users
+            .get(user)
+            .into_iter()
+            .flat_map(|state| state.mail().inbox.iter().copied())
+    }
+
+    /// The receipts kept for a user this shard owns until they connect, by message id.
+    pub fn queued_receipts(
+        &self,
+        user: &UserId,
+    ) -> impl Iterator<Item = (MessageId, ReceiptKind)> + '_ {
+        self.users
+            .get(user)
+            .into_iter()
+            .flat_map(|state| state.mail().queued_receipts.keys().copied())
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            users: self.users.len(),
+            stored_messages: self.messages.len(),
+            dedup_entries: self.dedup.len(),
+            read_index_entries: self.read_index.len(),
+            receipts_outstanding: self.outstanding.len(),
+            pending_outputs: self.pending.len(),
+            subscriptions: self.subscriptions_count,
+            body_bytes: self.body_bytes,
+            spilled_messages: self.messages.len() - self.resident.len(),
+            records_refused: self.records_refused,
+        }
+    }
+
+    /// Applies one input at wall-clock time `now_ms` and pushes the outputs it causes onto
+    /// `outputs` (which the caller drains; it is never cleared here).
+    pub fn step(&mut self, now_ms: u64, input: Input, outputs: &mut Vec<Output>) {
+        self.advance_clock(now_ms);
+        match input {
+            Input::Attach { conn, user } => self.attach(now_ms, conn, user, outputs),
+            Input::Detach { conn, user } => self.detach(conn, &user, outputs),
+            Input::Closed { conn } => self.drop_subscriptions(conn),
+            Input::Client {
+                conn,
+                user,
+                message,
+            } => self.client(now_ms, conn, user, message, outputs),
+            Input::Peer(message) => self.peer_message(now_ms, message, outputs),
+            Input::Durable { lsn } => self.durable(lsn, outputs),
+            Input::Tick => self.tick(now_ms, outputs),
+            Input::Checkpoint => self.checkpoint(outputs),
+            Input::Storage { writable } => self.writable = writable,
+        }
+        while let Some(message) = self.local.pop_front() {
+            self.peer_message(now_ms, message, outputs);
+        }
+    }
+
+    fn advance_clock(&mut self, now_ms: u64) {
+        if let Some(last) = self.wall_last_ms {
+            self.mono_ms += now_ms.saturating_sub(last);
+        }
+        self.wall_last_ms = Some(now_ms);
+    }
+
+    fn client(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        user: UserId,
+        message: ClientMessage,
+        outputs: &mut Vec<Output>,
+    ) {
+        match message {
+            ClientMessage::SendMessage(message) => {
+                self.own_action(now_ms, &user, outputs);
+                self.send_message(now_ms, conn, user, message, outputs);
+            }
+            ClientMessage::MessageDelivered { message_ids } => {
+                self.acknowledge(now_ms, conn, user, &message_ids, false, outputs);
+            }
+            ClientMessage::MessageRead { message_ids } => {
+                self.own_action(now_ms, &user, outputs);
+                self.acknowledge(now_ms, conn, user, &message_ids, true, outputs);
+            }
+            ClientMessage::PresenceSubscribe { users } => self.subscribe(conn, users, outputs),
+            ClientMessage::PresenceUnsubscribe { users } => self.unsubscribe(conn, &users),
+            ClientMessage::History(request) => {
+                let correlation = Correlation::ReqId(request.req_id);
+                send(
+                    outputs,
+                    conn,
+                    Refusal::HistoryUnsupported.message(correlation),
+                );
+            }
+            ClientMessage::Typing { to } => {
+                self.own_action(now_ms, &user, outputs);
+                self.typing(conn, user, to, outputs);
+            }
+            ClientMessage::Heartbeat => self.own_action(now_ms, &user, outputs),
+        }
+    }
+
+    fn peer_message(&mut self, now_ms: u64, message: PeerMessage, outputs: &mut Vec<Output>) {
+        match message {
+            PeerMessage::Receipt { to, kind, receipt } => {
+                self.receipt_for_sender(to, kind, receipt, outputs);
+            }
+            PeerMessage::ReceiptStored { message_id, kind } => {
+                self.receipt_stored(message_id, kind, outputs);
+            }
+            PeerMessage::Activity { user } => self.activity(now_ms, &user, outputs),
+        }
+    }
+
+    fn peer(&mut self, shard: ShardId, message: PeerMessage, outputs: &mut Vec<Output>) {
+        assert!(shard < self.n_shards);
+        if shard == self.shard_id {
+            self.local.push_back(message);
+        } else {
+            outputs.push(Output::Peer { shard, message });
+        }
+    }
+
+    /// Each timer handles at most `tick_items_max` due items; the rest stay due, in order,
+    /// for the next tick.
+    fn tick(&mut self, now_ms: u64, outputs: &mut Vec<Output>) {
+        let max = self.config.tick_items_max;
+        self.expire_presence(max, outputs);
+        self.retry_receipts(max, outputs);
+        self.expire_dedup(now_ms, max);
+    }
+}
