@@ -63,11 +63,9 @@ pub struct Shard {
     pub conns: RefCell<Slots<ConnSlot>>,
     next_generation: Cell<u32>,
     /// The last message delivered, with its payloads: the deliveries of one message to
-    /// several connections come one after another, and share its encoding.
+    /// several connections come one after another, and share its encoding. Kept until a
+    /// different message is delivered.
     last_delivered: RefCell<Option<Encoded>>,
-    /// Some connection's queue reached `outbound_frames_max` since the router loop last
-    /// asked ([`Shard::end_deliveries`]).
-    queues_full: Cell<bool>,
     pub shutting_down: Signal,
     /// Fired when the shard is shutting down and its last connection is gone.
     pub drained: Signal,
@@ -102,7 +100,6 @@ impl Shard {
             conns: RefCell::new(Slots::default()),
             next_generation: Cell::new(0),
             last_delivered: RefCell::new(None),
-            queues_full: Cell::new(false),
             shutting_down: Signal::default(),
             drained: Signal::default(),
             link: Link::new(
@@ -149,16 +146,18 @@ impl Shard {
     /// Queues a message from the router on the connection `conn` names, in its encoding, if
     /// that connection is still open and not closing: one that closed may have left its
     /// slot to another, which the generation tells apart. This is how the router loop
-    /// reaches connections, and it only queues and wakes the connection's task.
+    /// reaches connections, and it only queues and wakes the connection's task, the only
+    /// writer of the socket.
     ///
-    /// A queue may pass `outbound_frames_max` here, by at most what one turn of the router
-    /// loop delivers to one connection (bounded by `mesh_batch_envelopes_max` inputs and
-    /// the outputs each makes): [`Shard::end_deliveries`] tells the loop to let the
-    /// connections' tasks run before its next turn, and a task that finds its queue still
-    /// at the bound after writing what its socket takes closes with 1013. What a closed
-    /// connection did not acknowledge stays in its user's inbox for the next connection.
+    /// Returns whether the queue now holds more than `outbound_frames_max` frames; the
+    /// router loop then lets the connection's task run before it delivers anything more.
+    /// The task writes what the socket takes and closes with 1013 a queue still past the
+    /// bound (a consumer too slow for its messages; what it did not acknowledge stays in
+    /// its user's inbox for the next connection). So a queue holds at most one frame past
+    /// the bound, besides the close.
     ///
-    /// The payload is encoded once per encoding for consecutive deliveries of one message.
+    /// Consecutive deliveries of one message (to several connections) are encoded once per
+    /// encoding: the last message's payloads are kept until a different one comes.
     /// `accepted` (when the owner's router loop took the message) times an acknowledgement
     /// or a delivery.
     pub fn deliver(
@@ -166,14 +165,14 @@ impl Shard {
         conn: router::ConnId,
         message: wire::ServerMessage,
         accepted: Option<Stamp>,
-    ) {
+    ) -> bool {
         assert_eq!(conn.shard, self.shard_id, "delivered on the owning shard");
         let mut conns = self.conns.borrow_mut();
         let Some(slot) = conns.get_mut(conn.slot) else {
-            return;
+            return false;
         };
         if slot.generation != conn.generation || slot.close_request.is_some() {
-            return;
+            return false;
         }
         let mut last = self.last_delivered.borrow_mut();
         if last.as_ref().is_none_or(|last| *last.message() != message) {
@@ -185,9 +184,7 @@ impl Shard {
         slot.outbound
             .push_back(OutFrame::new(codec::data_opcode(encoding), payload));
         slot.notify();
-        if slot.outbound.len() >= self.config.limits.outbound_frames_max {
-            self.queues_full.set(true);
-        }
+        let past_bound = slot.outbound.len() > self.config.limits.outbound_frames_max;
         ShardMetrics::add(&self.metrics.messages_out, 1);
         let latency = match encoded.message() {
             wire::ServerMessage::MessageReceived { .. } => {
@@ -200,15 +197,7 @@ impl Shard {
         if let (Some(histogram), Some(accepted)) = (latency, accepted) {
             histogram.record_micros(accepted.elapsed_micros());
         }
-    }
-
-    /// Ends a turn's deliveries: forgets the last message's payloads, and says whether some
-    /// connection's queue reached `outbound_frames_max`, in which case the router loop lets
-    /// the connections' tasks write (or judge their consumer too slow) before it delivers
-    /// more.
-    pub fn end_deliveries(&self) -> bool {
-        self.last_delivered.take();
-        self.queues_full.replace(false)
+        past_bound
     }
 
     pub fn subscribed(&self, slot: u32) -> ShardSet {
