@@ -61,6 +61,41 @@ impl Encoders {
     }
 }
 
+/// A server message with its payload in each encoding asked for so far: a message for
+/// several connections of a shard is encoded once per encoding, and each connection's queue
+/// gets the same `Bytes`.
+#[derive(Debug)]
+pub struct Encoded {
+    message: wire::ServerMessage,
+    json: Option<Bytes>,
+    flatbuffers: Option<Bytes>,
+}
+
+impl Encoded {
+    pub fn new(message: wire::ServerMessage) -> Encoded {
+        Encoded {
+            message,
+            json: None,
+            flatbuffers: None,
+        }
+    }
+
+    pub fn message(&self) -> &wire::ServerMessage {
+        &self.message
+    }
+
+    /// The payload in `encoding`, encoded the first time it is asked for.
+    pub fn payload(&mut self, encoding: Encoding, encoders: &mut Encoders) -> Bytes {
+        let cached = match encoding {
+            Encoding::Json => &mut self.json,
+            Encoding::Flatbuffers => &mut self.flatbuffers,
+        };
+        cached
+            .get_or_insert_with(|| encoders.encode(encoding, &self.message))
+            .clone()
+    }
+}
+
 /// The `error` message that answers a refused message, its text cut to `text_bytes_max`.
 pub fn error_message(
     code: ErrorCode,
@@ -166,5 +201,18 @@ mod tests {
             unreachable!()
         };
         assert_eq!(cut.message, "é");
+    }
+
+    #[test]
+    fn a_message_is_encoded_once_per_encoding() {
+        let mut encoders = Encoders::default();
+        let message = error_message(ErrorCode::Internal, "x", Correlation::None, 64);
+        let mut encoded = Encoded::new(message.clone());
+        let first = encoded.payload(Encoding::Json, &mut encoders);
+        let again = encoded.payload(Encoding::Json, &mut encoders);
+        assert_eq!(first.as_ptr(), again.as_ptr(), "the same bytes, shared");
+        assert_eq!(first, encoders.encode(Encoding::Json, &message));
+        let fb = encoded.payload(Encoding::Flatbuffers, &mut encoders);
+        assert_eq!(fb, encoders.encode(Encoding::Flatbuffers, &message));
     }
 }

@@ -27,7 +27,7 @@ use router::{ConnId, Input, Route, ShardId};
 use wire::{ClientMessage, UserId};
 
 use crate::shard::mesh::Envelope;
-use crate::shard::signal::{Notify, Wakeup};
+use crate::shard::signal::Signal;
 
 /// Why the link did not take a message; the connection answers the client with the
 /// matching `error` code.
@@ -94,9 +94,9 @@ pub struct Link {
     /// takes no new inputs.
     queue_hard_max: usize,
     /// Wakes the router loop when something was queued.
-    pub router_wake: Wakeup,
+    pub router_wake: Signal,
     /// Wakes connections that stopped reading once the queues are short again.
-    pub room: Notify,
+    pub room: Signal,
 }
 
 impl Link {
@@ -115,8 +115,8 @@ impl Link {
             outboxes: RefCell::new((0..n_shards).map(|_| VecDeque::new()).collect()),
             queue_soft_max: ring_envelopes_max,
             queue_hard_max: outbox_envelopes_max,
-            router_wake: Wakeup::default(),
-            room: Notify::default(),
+            router_wake: Signal::default(),
+            room: Signal::default(),
         }
     }
 
@@ -210,7 +210,7 @@ impl Link {
         } else {
             self.send(shard, Envelope::Router(input));
         }
-        self.router_wake.wake();
+        self.router_wake.notify_one();
     }
 
     /// Queues an envelope for another shard; the router loop moves it into the ring. Never

@@ -1,15 +1,23 @@
 //! Shards: one pinned OS thread each, with its own monoio runtime (io_uring, or epoll where
 //! io_uring is not allowed), its own `SO_REUSEPORT` listener and its own connections.
 //!
-//! A shard's state lives in one [`Shard`] (`state.rs`) behind an `Rc`, touched only by its thread: no
-//! locks and no atomics on the hot path. Each shard runs two kinds of task: one per
-//! connection (`session::conn`), and one router loop (`router_loop.rs`) that owns the shard's
-//! router and write-ahead log. Shards talk to each other only through the mesh of rings
-//! (`mesh.rs`). The main thread talks to a shard only at start (the shard recovers its log
-//! and reports that it is ready, or why it failed) and at shutdown (one byte on a socket
-//! pair wakes the shard, which stops accepting, commits its log, then closes its
-//! connections with 1001).
+//! A shard's state lives in one [`Shard`] (`state.rs`) behind an `Rc`, touched only by its
+//! thread: no locks and no atomics on the hot path. Each shard runs two kinds of task: one
+//! per connection (`conn_task.rs`, the I/O shell around the session's state machines), and
+//! one router loop (`router_loop.rs`) that owns the shard's router and write-ahead log and
+//! reaches the connections only through [`Shard::deliver`]. Shards talk to each other only
+//! through the mesh of rings (`mesh.rs`). The main thread talks to a shard only at start
+//! (the shard recovers its log and reports that it is ready, or why it failed) and at
+//! shutdown (one byte on a socket pair wakes the shard, which stops accepting, commits its
+//! log, then closes its connections with 1001).
+//!
+//! This folder owns the runtime, the tasks and the shard's state; it drives `session`,
+//! `net` and `storage` and the `router` crate. Nothing below it (`session`, `net`,
+//! `storage`, `config`, `auth`, `metrics`) imports it, and within it the state (`state.rs`,
+//! `link.rs`, `mesh.rs`, `slots.rs`, `signal.rs`) imports neither task (`conn_task.rs`,
+//! `router_loop.rs`).
 
+pub mod conn_task;
 pub mod control_inbox;
 pub mod link;
 pub mod mesh;
@@ -363,12 +371,7 @@ fn admit(shard: &Rc<Shard>, fd: OwnedFd) {
         }
     };
     let (slot, generation) = shard.register(socket.fd());
-    monoio::spawn(crate::session::conn::serve(
-        Rc::clone(shard),
-        socket,
-        slot,
-        generation,
-    ));
+    monoio::spawn(conn_task::serve(Rc::clone(shard), socket, slot, generation));
 }
 
 /// The CPUs this process may run on, in order.

@@ -8,7 +8,9 @@
 //!    for a connection is delivered at once); then, while a checkpoint is in progress, one
 //!    more step of it (at most `checkpoint_items_per_step_max` records);
 //! 2. carry out the outputs: appends go to the journal, sends to a connection of this shard
-//!    are encoded and queued on it, everything for another shard goes to its outbox;
+//!    are encoded and queued on it (a queue that passes `outbound_frames_max` lets its
+//!    connection's task, the socket's only writer, run first), everything for another
+//!    shard goes to its outbox;
 //! 3. if anything was appended, commit (one fdatasync with `fsync` durability) and step the
 //!    router with `Durable`, which releases the acknowledgements the commit made true;
 //! 4. move the outboxes into the rings and ring the doorbells of the shards that got
@@ -52,7 +54,7 @@ use crate::metrics::{ShardMetrics, Stamp};
 use crate::net::readiness::Readiness;
 use crate::shard::control_inbox::{ControlInbox, ControlRequest, ShardHealth, UserStatus};
 use crate::shard::mesh::{Envelope, ShardMesh};
-use crate::shard::signal::Signal;
+use crate::shard::signal::{self, Signal};
 use crate::shard::state::Shard;
 use crate::storage::journal::Journal;
 
@@ -282,7 +284,7 @@ impl RouterLoop {
                         conn,
                         message,
                         accepted,
-                    } => self.shard.deliver(conn, &message, accepted),
+                    } => deliver(&self.shard, conn, message, accepted).await,
                 }
             }
             // The chunk's slots are free now: a producer waiting for them is woken.
@@ -404,7 +406,7 @@ impl RouterLoop {
                     }
                     self.append(lsn, &record).await;
                 }
-                Output::Send { conn, message } => self.send(conn, message),
+                Output::Send { conn, message } => self.send(conn, message).await,
                 Output::Peer { shard, message } => {
                     self.shard
                         .link
@@ -428,7 +430,7 @@ impl RouterLoop {
                         continue;
                     };
                     ShardMetrics::add(&self.shard.metrics.bodies_read, 1);
-                    self.send(conn, message);
+                    self.send(conn, message).await;
                 }
                 Output::AppendCopy { lsn, from } => {
                     // A checkpoint that cannot copy a message would lose it when the old
@@ -459,10 +461,10 @@ impl RouterLoop {
 
     /// A message for a connection: queued on it when it is this shard's, else handed to the
     /// outbox toward its shard.
-    fn send(&self, conn: router::ConnId, message: ServerMessage) {
+    async fn send(&self, conn: router::ConnId, message: ServerMessage) {
         let accepted = self.accepted_at(&message);
         if conn.shard == self.shard.shard_id {
-            self.shard.deliver(conn, &message, accepted);
+            deliver(&self.shard, conn, message, accepted).await;
         } else {
             let envelope = Envelope::Deliver {
                 conn,
@@ -570,6 +572,21 @@ impl RouterLoop {
                 }
             }
         }
+    }
+}
+
+/// Queues a message on a connection of this shard. When that makes its queue pass
+/// `outbound_frames_max`, the connection's task (the only writer of its socket) runs before
+/// anything more is delivered: it writes what the socket takes, or closes a consumer too
+/// slow with 1013, so that a queue holds at most one frame past its bound.
+async fn deliver(
+    shard: &Shard,
+    conn: router::ConnId,
+    message: ServerMessage,
+    accepted: Option<Stamp>,
+) {
+    if shard.deliver(conn, message, accepted) {
+        signal::yield_now().await;
     }
 }
 

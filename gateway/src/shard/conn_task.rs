@@ -1,0 +1,560 @@
+//! The task of one accepted connection: the I/O around the session's state machines. It
+//! runs the handshake under a deadline (`session::handshake` decides), then feeds the bytes
+//! it reads to the `session::connection::Connection` and applies what that returns: frames
+//! to the slot's queue, messages to the shard's [`crate::shard::link::Link`], subscriptions
+//! to the slot. It is the only writer of its socket: it writes the queue that it and the
+//! router loop ([`Shard::deliver`]) fill, and it judges a consumer too slow.
+//!
+//! The task waits for readiness, not for data: only when the socket is readable does it
+//! borrow a buffer from the shard's pool and read, and it gives the buffer back as soon as
+//! no partial frame is left in it. An idle connection so holds no read buffer, only its
+//! small task and its slot in the shard. While the link is congested the connection does
+//! not read its socket.
+//!
+//! Closing: a close from the client is answered with the same code and the socket is closed.
+//! When the server closes (a protocol error, shutdown, a consumer too slow: 1013) it sends
+//! its close frame, ends its side of the stream (FIN), and reads and discards what still
+//! comes until the client closes or `close_timeout_ms` passes.
+
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use monoio::time::Instant;
+use router::ConnId;
+use wire::UserId;
+
+use crate::metrics::{CLOSED_IN_HANDSHAKE, ShardMetrics};
+use crate::net::io::{self, Progress};
+use crate::net::readiness::Readiness;
+use crate::session::connection::{CLOSE_ABNORMAL, Connection, Next, Outputs, QueueFull, Refused};
+use crate::session::handshake::{self, Handshake, Refusal};
+use crate::session::outbound::{CLOSE_TRY_AGAIN_LATER, OutFrame};
+use crate::shard::state::{ConnSlot, Shard};
+
+/// Reads a connection may do in one turn before it lets the others run.
+const READS_PER_TURN_MAX: usize = 16;
+/// Frames queued by one connection's reads before it stops reading to write them.
+const FRAMES_BEFORE_FLUSH: usize = 32;
+
+/// Removes the connection's slot when its task ends, however it ends (even if the runtime
+/// drops the task at shutdown).
+struct SlotGuard {
+    shard: Rc<Shard>,
+    slot: u32,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.shard.remove(self.slot);
+    }
+}
+
+/// The task of one accepted connection.
+///
+/// Its state while idle is what every idle connection costs, so the phases that are large
+/// and short (the handshake with its buffer and timer, waiting to write, closing) run in
+/// boxed futures that are freed when they end, and the frame decoder exists only while
+/// bytes are being read or a fragmented message is under way.
+pub async fn serve(shard: Rc<Shard>, stream: Readiness, slot: u32, generation: u32) {
+    let guard = SlotGuard { shard, slot };
+    let shard = &guard.shard;
+    let Some((connection, leftover)) =
+        Box::pin(handshake_within_deadline(shard, &stream, slot)).await
+    else {
+        shard.metrics.closed(CLOSED_IN_HANDSHAKE);
+        return;
+    };
+    ShardMetrics::add(&shard.metrics.connections_opened, 1);
+    let mut task = Task {
+        shard,
+        stream: &stream,
+        conn: ConnId {
+            shard: shard.shard_id,
+            slot,
+            generation,
+        },
+        connection,
+        leftover,
+    };
+    let code = task.run().await;
+    shard.metrics.closed(Some(code));
+}
+
+async fn handshake_within_deadline(
+    shard: &Shard,
+    stream: &Readiness,
+    slot: u32,
+) -> Option<(Connection, Option<BytesMut>)> {
+    let deadline = Instant::now() + Duration::from_millis(shard.config.limits.handshake_timeout_ms);
+    match monoio::time::timeout_at(deadline, handshake(shard, stream, slot)).await {
+        Ok(upgraded) => upgraded,
+        Err(_elapsed) => {
+            // A client that has not finished its request by now is too slow or is holding
+            // the socket on purpose (slowloris): it gets no answer, only the close.
+            tracing::debug!(shard = shard.shard_id, "handshake deadline passed");
+            None
+        }
+    }
+}
+
+/// Reads the upgrade request and writes the answer `session::handshake` gives. `None`: the
+/// connection was refused or failed, and is to be closed. Otherwise the connection, and
+/// the bytes that came after the request head (its first frames), if any.
+async fn handshake(
+    shard: &Shard,
+    stream: &Readiness,
+    slot: u32,
+) -> Option<(Connection, Option<BytesMut>)> {
+    let fd = stream.fd();
+    let mut buffer: Option<BytesMut> = None;
+    loop {
+        // Waiting for readiness first: a client that connects and says nothing holds no
+        // buffer while it waits.
+        monoio::select! {
+            ready = stream.readable() => ready.ok()?,
+            () = shard.mail(slot) => {
+                if shard.shutting_down.fired() {
+                    return None;
+                }
+                continue;
+            }
+        }
+        let buf = buffer.get_or_insert_with(|| shard.pool.take());
+        if buf.capacity() == buf.len() {
+            buf.reserve(shard.pool.buffer_bytes());
+        }
+        match io::recv_into(fd, buf) {
+            Ok(Progress::Bytes(0)) | Err(_) => return None,
+            Ok(Progress::WouldBlock) => {
+                if buf.is_empty() {
+                    shard.pool.give(buffer.take().expect("just used"));
+                }
+                continue;
+            }
+            Ok(Progress::Bytes(_)) => {}
+        }
+        let upgrade = match handshake::answer(buf, &shard.session.handshake, &shard.auth) {
+            Handshake::Incomplete => continue,
+            Handshake::Refuse(refusal) => {
+                log_refusal(shard, fd, &refusal);
+                refuse(stream, &refusal.answer()).await;
+                return None;
+            }
+            Handshake::Upgrade(upgrade) => upgrade,
+        };
+        write_all(stream, &upgrade.answer).await.ok()?;
+        let leftover = buffer.take().expect("just used");
+        let leftover = if leftover.is_empty() {
+            shard.pool.give(leftover);
+            None
+        } else {
+            Some(leftover)
+        };
+        let connection = Connection::new(upgrade.route, upgrade.encoding, upgrade.user);
+        return Some((connection, leftover));
+    }
+}
+
+fn log_refusal(shard: &Shard, fd: std::os::fd::RawFd, refusal: &Refusal) {
+    match refusal {
+        Refusal::Request(error) => {
+            tracing::debug!(shard = shard.shard_id, %error, "upgrade refused");
+        }
+        Refusal::Login(error) => {
+            // At info, for an operator watching for guessed or stale tokens; the reason
+            // names what failed, never the token itself.
+            let peer = io::peer_addr(fd).map_or_else(|_| "unknown".into(), |a| a.to_string());
+            tracing::info!(shard = shard.shard_id, peer = %peer, reason = %error, "login refused: upgrade answered 401");
+            shard.metrics.auth_failed(error);
+        }
+    }
+}
+
+/// Sends an error answer and closes: the caller drops the socket right after.
+async fn refuse(stream: &Readiness, answer: &[u8]) {
+    if write_all(stream, answer).await.is_ok() {
+        io::shutdown_write(stream.fd());
+    }
+}
+
+/// Writes all of `bytes`, waiting for the socket to take them.
+async fn write_all(stream: &Readiness, mut bytes: &[u8]) -> std::io::Result<()> {
+    let fd = stream.fd();
+    while !bytes.is_empty() {
+        match io::send_once(fd, bytes)? {
+            Progress::Bytes(written) => bytes = &bytes[written..],
+            Progress::WouldBlock => stream.writable().await?,
+        }
+    }
+    Ok(())
+}
+
+/// What woke an idle connection.
+enum Event {
+    Readable,
+    Mail,
+    Failed,
+}
+
+/// Waits until the socket is readable or the shard left mail for the connection. A future
+/// written out by hand rather than an `async fn` or `select!`: its size is most of an idle
+/// connection's. The readiness future lives in the task's loop and outlasts a wait that
+/// ends with mail: dropping it would cancel the poll on the socket, and arming it again costs
+/// the kernel twice for every message the connection is sent.
+struct WaitEvent<'t, 'a, 'r, R> {
+    task: &'t Task<'a>,
+    readable: std::pin::Pin<&'r mut R>,
+}
+
+impl<R: Future<Output = std::io::Result<()>>> Future for WaitEvent<'_, '_, '_, R> {
+    type Output = Event;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Event> {
+        // The fields are a reference and a pinned reference: both `Unpin`.
+        let this = self.get_mut();
+        if this.task.shard.take_mail(this.task.conn.slot, cx.waker()) {
+            return Poll::Ready(Event::Mail);
+        }
+        match this.readable.as_mut().poll(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Event::Readable),
+            Poll::Ready(Err(_)) => Poll::Ready(Event::Failed),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// An upgraded connection's task: the session's state machine and the I/O around it.
+struct Task<'a> {
+    shard: &'a Shard,
+    stream: &'a Readiness,
+    conn: ConnId,
+    connection: Connection,
+    /// The bytes of a frame not yet complete; `None` whenever the connection is idle.
+    leftover: Option<BytesMut>,
+}
+
+/// What the connection's decisions are applied to: its slot, and the shard's link.
+struct SlotOutputs<'a> {
+    shard: &'a Shard,
+    conn: ConnId,
+}
+
+impl Outputs for SlotOutputs<'_> {
+    fn send(&mut self, frame: OutFrame, control: bool) -> Result<(), QueueFull> {
+        let max = self.shard.config.limits.outbound_frames_max;
+        let metrics = &self.shard.metrics;
+        self.shard.with_slot(self.conn.slot, |slot| {
+            // A full queue is first written to the socket: only a queue that stays full
+            // while the socket takes nothing more means a client that does not read. An
+            // error is the task's to find on its next write; here it only means no room.
+            if !control && slot.outbound.len() >= max {
+                let _ = write_slot(slot, metrics);
+                if slot.outbound.len() >= max {
+                    return Err(QueueFull);
+                }
+            }
+            slot.outbound.push_back(frame);
+            Ok(())
+        })
+    }
+
+    fn queued_frames(&self) -> usize {
+        self.shard
+            .with_slot(self.conn.slot, |slot| slot.outbound.len())
+    }
+
+    fn submit(&mut self, user: &UserId, message: wire::ClientMessage) -> Result<(), Refused> {
+        match self.shard.link.submit(self.conn, user, message) {
+            Ok(subscribed) => {
+                // Kept in the connection's slot, not in this task (an idle connection's
+                // task is its largest cost), and touched only by a presence_subscribe.
+                if !subscribed.is_empty() {
+                    self.shard.add_subscribed(self.conn.slot, subscribed);
+                }
+                Ok(())
+            }
+            Err(error) => Err(Refused {
+                code: error.code(),
+                text: error.to_string(),
+            }),
+        }
+    }
+}
+
+impl Task<'_> {
+    /// Runs the connection until it ends; returns its close code, for the metrics.
+    async fn run(&mut self) -> u16 {
+        let (shard, slot) = (self.shard, self.conn.slot);
+        let encoding = self.connection.encoding();
+        shard.with_slot(slot, |conn| conn.encoding = Some(encoding));
+        if let Some(user) = self.connection.user() {
+            shard.link.connected(self.conn, user);
+        }
+        // Kept until it fires (see `WaitEvent`). A new one does nothing until first polled,
+        // so the poll is armed only after the reads that follow readiness.
+        let mut readable = std::pin::pin!(self.stream.readable());
+        let mut next = if self.leftover.is_some() {
+            self.read_frames(false)
+        } else {
+            Next::Open
+        };
+        while next == Next::Open {
+            if let Some(code) = shard.with_slot(slot, |conn| conn.close_request) {
+                next = Next::Close(code);
+                break;
+            }
+            next = self.write_out().await;
+            if next != Next::Open {
+                break;
+            }
+            let event = if shard.link.congested() {
+                // Backpressure: the queues toward the routers are full, so this connection
+                // leaves its bytes in the socket until they have room.
+                Box::pin(wait_room(shard, slot)).await
+            } else {
+                WaitEvent {
+                    task: self,
+                    readable: readable.as_mut(),
+                }
+                .await
+            };
+            next = match event {
+                Event::Readable => {
+                    readable.set(self.stream.readable());
+                    self.read_frames(true)
+                }
+                // Frames to write, or a close request: the loop's top handles both.
+                Event::Mail => Next::Open,
+                Event::Failed => Next::Gone,
+            };
+        }
+        Box::pin(self.finish(next)).await;
+        if let Some(buffer) = self.leftover.take() {
+            self.give_back(buffer);
+        }
+        if let Some(user) = self.connection.user() {
+            shard
+                .link
+                .disconnected(self.conn, user, shard.subscribed(slot));
+        }
+        match next {
+            Next::Close(code) | Next::Done(code) => code,
+            Next::Gone | Next::Open => CLOSE_ABNORMAL,
+        }
+    }
+
+    async fn finish(&mut self, next: Next) {
+        let close_timeout = Duration::from_millis(self.shard.config.limits.close_timeout_ms);
+        match next {
+            Next::Close(code) => self.close(code, close_timeout).await,
+            // The answer to the client's close is queued: send it, then drop the socket.
+            Next::Done(code) => {
+                self.closing(code);
+                let _ = monoio::time::timeout(close_timeout, self.flush()).await;
+            }
+            Next::Gone => {}
+            Next::Open => unreachable!("the connection's loop runs while open"),
+        }
+    }
+
+    /// Marks the connection as closing, so that nothing more is delivered to it (no data
+    /// frame may follow a close frame).
+    fn closing(&self, code: u16) {
+        self.shard.with_slot(self.conn.slot, |conn| {
+            conn.close_request.get_or_insert(code);
+        });
+    }
+
+    /// Writes what is queued, waiting for the socket while it is full. A queue longer than
+    /// `outbound_frames_max` once the socket takes no more is a consumer too slow for its
+    /// messages: closed with 1013.
+    async fn write_out(&self) -> Next {
+        match self.write_queued() {
+            Ok(true) => Next::Open,
+            Ok(false) if self.too_slow() => Next::Close(CLOSE_TRY_AGAIN_LATER),
+            Ok(false) => Box::pin(self.write_while_open()).await,
+            Err(_) => Next::Gone,
+        }
+    }
+
+    /// Waits for the socket to take the rest of the queue, and for mail meanwhile: a
+    /// delivery may make the queue too long, and a close request is answered at once.
+    async fn write_while_open(&self) -> Next {
+        let slot = self.conn.slot;
+        loop {
+            monoio::select! {
+                ready = self.stream.writable() => if ready.is_err() {
+                    return Next::Gone;
+                },
+                () = self.shard.mail(slot) => {
+                    if self.shard.with_slot(slot, |conn| conn.close_request.is_some()) {
+                        return Next::Open;
+                    }
+                }
+            }
+            match self.write_queued() {
+                Ok(true) => return Next::Open,
+                Ok(false) if self.too_slow() => return Next::Close(CLOSE_TRY_AGAIN_LATER),
+                Ok(false) => {}
+                Err(_) => return Next::Gone,
+            }
+        }
+    }
+
+    /// Whether the queue, after a write that the socket cut short, holds more than
+    /// `outbound_frames_max` frames: more came than the client takes.
+    fn too_slow(&self) -> bool {
+        let max = self.shard.config.limits.outbound_frames_max;
+        let too_slow = self
+            .shard
+            .with_slot(self.conn.slot, |conn| conn.outbound.len() > max);
+        if too_slow {
+            ShardMetrics::add(&self.shard.metrics.slow_consumers, 1);
+        }
+        too_slow
+    }
+
+    /// Writes what is queued without blocking; whether the queue is now empty.
+    fn write_queued(&self) -> std::io::Result<bool> {
+        let metrics = &self.shard.metrics;
+        self.shard
+            .with_slot(self.conn.slot, |conn| write_slot(conn, metrics))
+    }
+
+    /// Reads what the socket holds (or, with `read` false, only looks at the leftover
+    /// bytes) and hands every complete message to the connection.
+    fn read_frames(&mut self, read: bool) -> Next {
+        let (shard, conn) = (self.shard, self.conn);
+        let mut out = SlotOutputs { shard, conn };
+        let mut buf = self.leftover.take().unwrap_or_else(|| shard.pool.take());
+        let mut next = if read {
+            Next::Open
+        } else {
+            self.connection.on_bytes(&mut buf, &shard.session, &mut out)
+        };
+        let mut reads = 0;
+        while read && next == Next::Open && reads < READS_PER_TURN_MAX {
+            reads += 1;
+            if buf.capacity() - buf.len() < shard.pool.buffer_bytes() / 4 {
+                buf.reserve(shard.pool.buffer_bytes());
+            }
+            let spare = buf.capacity() - buf.len();
+            match io::recv_into(self.stream.fd(), &mut buf) {
+                Ok(Progress::Bytes(0)) | Err(_) => next = Next::Done(CLOSE_ABNORMAL),
+                Ok(Progress::WouldBlock) => break,
+                Ok(Progress::Bytes(read)) => {
+                    next = self.connection.on_bytes(&mut buf, &shard.session, &mut out);
+                    // A stream socket that gave less than was asked for had no more: the
+                    // next recv would only say so (EAGAIN). Bytes that come later make the
+                    // socket readable again, and readiness is checked when it is armed.
+                    if read < spare {
+                        break;
+                    }
+                }
+            }
+            // Answers pile up while we read; write them before reading more, so the queue
+            // stays short and a client that does not read gets no more answers.
+            if out.queued_frames() >= FRAMES_BEFORE_FLUSH || shard.link.congested() {
+                break;
+            }
+        }
+        if buf.is_empty() {
+            self.give_back(buf);
+        } else {
+            self.leftover = Some(buf);
+        }
+        self.connection.rest();
+        next
+    }
+
+    fn give_back(&self, buf: BytesMut) {
+        if buf.is_empty() {
+            self.shard.pool.give(buf);
+        }
+    }
+
+    /// Writes everything queued, waiting for the socket as needed.
+    async fn flush(&self) -> std::io::Result<()> {
+        while !self.write_queued()? {
+            self.stream.writable().await?;
+        }
+        Ok(())
+    }
+
+    /// The server's side of the closing handshake, within `close_timeout`.
+    async fn close(&mut self, code: u16, close_timeout: Duration) {
+        self.closing(code);
+        self.shard.with_slot(self.conn.slot, |conn| {
+            conn.outbound.push_back(OutFrame::close(code));
+        });
+        let deadline = Instant::now() + close_timeout;
+        if monoio::time::timeout_at(deadline, self.flush())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        io::shutdown_write(self.stream.fd());
+        // The client answers our close and then closes its side; until then what arrives is
+        // read and dropped, so that closing does not reset the connection under our close.
+        let _ = monoio::time::timeout_at(deadline, self.drain()).await;
+    }
+
+    /// Reads until the client's close frame or the end of the stream.
+    async fn drain(&mut self) {
+        let shard = self.shard;
+        let mut buf = self.leftover.take().unwrap_or_else(|| shard.pool.take());
+        loop {
+            if self
+                .connection
+                .discard_until_close(&mut buf, &shard.session)
+            {
+                break;
+            }
+            if buf.capacity() - buf.len() < shard.pool.buffer_bytes() / 4 {
+                buf.reserve(shard.pool.buffer_bytes());
+            }
+            if self.stream.readable().await.is_err() {
+                break;
+            }
+            match io::recv_into(self.stream.fd(), &mut buf) {
+                Ok(Progress::Bytes(0)) | Err(_) => break,
+                Ok(Progress::WouldBlock | Progress::Bytes(_)) => {}
+            }
+        }
+        buf.clear();
+        self.give_back(buf);
+    }
+}
+
+/// Waits, without reading the socket, until the link has room again or the shard has mail
+/// for the connection (a close request).
+async fn wait_room(shard: &Shard, slot: u32) -> Event {
+    monoio::select! {
+        () = shard.link.room.wait() => Event::Mail,
+        () = shard.mail(slot) => Event::Mail,
+    }
+}
+
+/// Writes what is queued for a connection without blocking, several frames per `sendmsg`.
+/// Returns whether the queue is now empty.
+fn write_slot(conn: &mut ConnSlot, metrics: &ShardMetrics) -> std::io::Result<bool> {
+    /// Frames per `sendmsg`; each is two slices, and the kernel takes up to 1024.
+    const FRAMES_PER_WRITE_MAX: usize = 64;
+    loop {
+        if conn.outbound.is_empty() {
+            conn.outbound.release_if_empty();
+            return Ok(true);
+        }
+        let mut slices = [std::io::IoSlice::new(&[]); 2 * FRAMES_PER_WRITE_MAX];
+        let count = conn.outbound.slices(&mut slices);
+        let written = match io::send_vectored(conn.fd, &slices[..count])? {
+            Progress::WouldBlock => return Ok(false),
+            Progress::Bytes(written) => written,
+        };
+        let frames_sent = conn.outbound.advance(written);
+        ShardMetrics::add(&metrics.frames_out, frames_sent);
+    }
+}
