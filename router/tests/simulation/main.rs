@@ -14,20 +14,11 @@
 //! `shards` (the shards driven as the gateway's loop drives them, and crashes), `clients`
 //! (the devices and the gateway's routing) and `checks` (the invariants and quiescence).
 
-// A test crate's root looks for its modules beside it, in `tests/`, where each file would
-// be a test crate of its own; the paths put them in `tests/simulation/`, which Cargo does
-// not build alone.
-#[path = "simulation/checks.rs"]
 mod checks;
-#[path = "simulation/clients.rs"]
 mod clients;
-#[path = "simulation/disk.rs"]
 mod disk;
-#[path = "simulation/rng.rs"]
 mod rng;
-#[path = "simulation/shards.rs"]
 mod shards;
-#[path = "simulation/world.rs"]
 mod world;
 
 use disk::Wal;
