@@ -2,6 +2,8 @@
 //! text frames or flatbuffers envelopes in binary frames. Both decode to the same validated
 //! [`ClientMessage`] and encode the same [`ServerMessage`].
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use wire::envelope::{EnvelopeEncoder, VerifiedEnvelope};
 use wire::frame::OpCode;
@@ -66,13 +68,13 @@ impl Encoders {
 /// gets the same `Bytes`.
 #[derive(Debug)]
 pub struct Encoded {
-    message: wire::ServerMessage,
+    message: Arc<wire::ServerMessage>,
     json: Option<Bytes>,
     flatbuffers: Option<Bytes>,
 }
 
 impl Encoded {
-    pub fn new(message: wire::ServerMessage) -> Encoded {
+    pub fn new(message: Arc<wire::ServerMessage>) -> Encoded {
         Encoded {
             message,
             json: None,
@@ -82,6 +84,12 @@ impl Encoded {
 
     pub fn message(&self) -> &wire::ServerMessage {
         &self.message
+    }
+
+    /// Whether this is the encoding of `message` itself (the same allocation), so that the
+    /// check costs a comparison of pointers, not of bodies.
+    pub fn is(&self, message: &Arc<wire::ServerMessage>) -> bool {
+        Arc::ptr_eq(&self.message, message)
     }
 
     /// The payload in `encoding`, encoded the first time it is asked for.
@@ -207,7 +215,13 @@ mod tests {
     fn a_message_is_encoded_once_per_encoding() {
         let mut encoders = Encoders::default();
         let message = error_message(ErrorCode::Internal, "x", Correlation::None, 64);
-        let mut encoded = Encoded::new(message.clone());
+        let message = Arc::new(message);
+        let mut encoded = Encoded::new(Arc::clone(&message));
+        assert!(encoded.is(&message));
+        assert!(
+            !encoded.is(&Arc::new((*message).clone())),
+            "an equal copy is another message"
+        );
         let first = encoded.payload(Encoding::Json, &mut encoders);
         let again = encoded.payload(Encoding::Json, &mut encoders);
         assert_eq!(first.as_ptr(), again.as_ptr(), "the same bytes, shared");

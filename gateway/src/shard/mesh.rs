@@ -50,7 +50,7 @@ pub enum Envelope {
     /// latency histograms (none for everything else).
     Deliver {
         conn: ConnId,
-        message: ServerMessage,
+        message: Arc<ServerMessage>,
         accepted: Option<Stamp>,
     },
 }

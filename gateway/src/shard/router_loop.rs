@@ -430,7 +430,7 @@ impl RouterLoop {
                         continue;
                     };
                     ShardMetrics::add(&self.shard.metrics.bodies_read, 1);
-                    self.send(conn, message).await;
+                    self.send(conn, Arc::new(message)).await;
                 }
                 Output::AppendCopy { lsn, from } => {
                     // A checkpoint that cannot copy a message would lose it when the old
@@ -461,7 +461,7 @@ impl RouterLoop {
 
     /// A message for a connection: queued on it when it is this shard's, else handed to the
     /// outbox toward its shard.
-    async fn send(&self, conn: router::ConnId, message: ServerMessage) {
+    async fn send(&self, conn: router::ConnId, message: Arc<ServerMessage>) {
         let accepted = self.accepted_at(&message);
         if conn.shard == self.shard.shard_id {
             deliver(&self.shard, conn, message, accepted).await;
@@ -582,7 +582,7 @@ impl RouterLoop {
 async fn deliver(
     shard: &Shard,
     conn: router::ConnId,
-    message: ServerMessage,
+    message: Arc<ServerMessage>,
     accepted: Option<Stamp>,
 ) {
     if shard.deliver(conn, message, accepted) {

@@ -156,14 +156,15 @@ impl Shard {
     /// its user's inbox for the next connection). So a queue holds at most one frame past
     /// the bound, besides the close.
     ///
-    /// Consecutive deliveries of one message (to several connections) are encoded once per
-    /// encoding: the last message's payloads are kept until a different one comes.
+    /// Consecutive deliveries of one message (the router shares one `Arc` among all the
+    /// connections it goes to) are encoded once per encoding: the last message's payloads
+    /// are kept until a different one comes, told apart by pointer.
     /// `accepted` (when the owner's router loop took the message) times an acknowledgement
     /// or a delivery.
     pub fn deliver(
         &self,
         conn: router::ConnId,
-        message: wire::ServerMessage,
+        message: Arc<wire::ServerMessage>,
         accepted: Option<Stamp>,
     ) -> bool {
         assert_eq!(conn.shard, self.shard_id, "delivered on the owning shard");
@@ -175,7 +176,7 @@ impl Shard {
             return false;
         }
         let mut last = self.last_delivered.borrow_mut();
-        if last.as_ref().is_none_or(|last| *last.message() != message) {
+        if last.as_ref().is_none_or(|last| !last.is(&message)) {
             *last = Some(Encoded::new(message));
         }
         let encoded = last.as_mut().expect("just set");

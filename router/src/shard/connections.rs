@@ -4,7 +4,7 @@
 use wire::{Correlation, ServerMessage, Target, UserId};
 
 use super::RouterShard;
-use super::io::{Output, Refusal, receipt_message, send, send_stored};
+use super::io::{Output, Refusal, receipt_message, send, send_stored, send_to_all};
 use crate::ids::{ConnId, owner_shard};
 use crate::wal::Record;
 
@@ -34,7 +34,7 @@ impl RouterShard {
         for id in &state.mail().inbox {
             let stored = &self.messages[id];
             if stored.lsn <= self.durable_lsn {
-                send_stored(outputs, conn, stored);
+                send_stored(outputs, &[conn], stored);
             }
         }
         let queued = state
@@ -82,13 +82,11 @@ impl RouterShard {
         };
         assert_eq!(owner_shard(&to, self.n_shards), self.shard_id);
         if let Some(state) = self.users.get(&to) {
-            for target in &state.conns {
-                let message = ServerMessage::Typing {
-                    from: from.clone(),
-                    to: Target::User(to.clone()),
-                };
-                send(outputs, *target, message);
-            }
+            let message = ServerMessage::Typing {
+                from: from.clone(),
+                to: Target::User(to.clone()),
+            };
+            send_to_all(outputs, &state.conns, message);
         }
     }
 }

@@ -64,9 +64,7 @@ impl RouterShard {
                     return;
                 };
                 if let Some(state) = self.users.get(&stored.message.to) {
-                    for conn in &state.conns {
-                        send_stored(outputs, *conn, stored);
-                    }
+                    send_stored(outputs, &state.conns, stored);
                 }
             }
             Pending::Forward(keys) => {

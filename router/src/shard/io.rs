@@ -2,6 +2,8 @@
 //! `Output`s it asks for, the messages between shards, the refusals a client can get, and
 //! the small functions that build the server messages those outputs carry.
 
+use std::sync::Arc;
+
 use wire::{
     ClientMessage, Correlation, ErrorCode, ErrorMessage, IncomingMessage, MessageId, Receipt,
     ServerMessage, Target, UserId,
@@ -61,10 +63,13 @@ pub enum Output {
     /// Append to this shard's log. Lsns are consecutive from the recovered last lsn + 1.
     Append { lsn: Lsn, record: Record },
     /// Send to a client connection (on gateway shard `conn.shard`). A connection that is
-    /// gone (its slot's generation moved on) drops it.
+    /// gone (its slot's generation moved on) drops it. A message for several connections
+    /// (a user's devices, a user's subscribers) is made once and shared: one `Send` per
+    /// connection, each holding the same `Arc`, so the shell can encode it once per encoding
+    /// (it knows them apart by pointer) and no body is copied per connection.
     Send {
         conn: ConnId,
-        message: ServerMessage,
+        message: Arc<ServerMessage>,
     },
     /// To another router shard. Never addressed to this shard: messages to itself are
     /// handled within the step.
@@ -184,19 +189,30 @@ pub struct Stats {
 }
 
 pub(super) fn send(outputs: &mut Vec<Output>, conn: ConnId, message: ServerMessage) {
+    let message = Arc::new(message);
     outputs.push(Output::Send { conn, message });
 }
 
-/// The `incoming_message` of a stored message: from memory, or from its record in the log.
-pub(super) fn send_stored(outputs: &mut Vec<Output>, conn: ConnId, stored: &Stored) {
+/// One message to every connection in `conns`, made once and shared by all of them.
+pub(super) fn send_to_all(outputs: &mut Vec<Output>, conns: &[ConnId], message: ServerMessage) {
+    let message = Arc::new(message);
+    outputs.extend(conns.iter().map(|&conn| Output::Send {
+        conn,
+        message: Arc::clone(&message),
+    }));
+}
+
+/// The `incoming_message` of a stored message to each of `conns`: from memory, made once
+/// for all of them, or from its record in the log.
+pub(super) fn send_stored(outputs: &mut Vec<Output>, conns: &[ConnId], stored: &Stored) {
     if stored.spilled {
-        outputs.push(Output::SendStored {
+        outputs.extend(conns.iter().map(|&conn| Output::SendStored {
             conn,
             message_id: stored.message.id,
             lsn: stored.body_lsn,
-        });
+        }));
     } else {
-        send(outputs, conn, incoming(&stored.message));
+        send_to_all(outputs, conns, incoming(&stored.message));
     }
 }
 

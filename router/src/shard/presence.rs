@@ -5,7 +5,7 @@
 use wire::{Correlation, UserId};
 
 use super::RouterShard;
-use super::io::{Output, PeerMessage, Refusal, presence_message, send};
+use super::io::{Output, PeerMessage, Refusal, presence_message, send, send_to_all};
 use super::users::OptionMs;
 use crate::ids::{ConnId, owner_shard};
 
@@ -63,9 +63,7 @@ impl RouterShard {
             return;
         };
         let presence = self.presence(user);
-        for conn in conns {
-            send(outputs, *conn, presence_message(user, presence));
-        }
+        send_to_all(outputs, conns, presence_message(user, presence));
     }
 
     pub(super) fn subscribe(

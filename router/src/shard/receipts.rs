@@ -8,7 +8,7 @@ use wire::{Correlation, MessageId, Receipt, UserId};
 
 use super::RouterShard;
 use super::gate::Pending;
-use super::io::{Output, PeerMessage, Refusal, receipt_message, send};
+use super::io::{Output, PeerMessage, Refusal, receipt_message, send, send_to_all};
 use crate::ids::{ConnId, owner_shard, shard_of};
 use crate::wal::{Lsn, ReceiptItem, ReceiptKind, Record};
 
@@ -113,9 +113,7 @@ impl RouterShard {
         }
         let conns = self.users.get(&sender).map(|state| &state.conns[..]);
         if let Some(conns) = conns.filter(|conns| !conns.is_empty()) {
-            for conn in conns {
-                send(outputs, *conn, receipt_message(kind, receipt.clone()));
-            }
+            send_to_all(outputs, conns, receipt_message(kind, receipt));
             self.remember_receipt(key, Lsn(0));
             return self.peer(origin, stored, outputs);
         }

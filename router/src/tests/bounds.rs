@@ -23,6 +23,7 @@ fn a_full_inbox_is_backpressure() {
                 "the recipient's inbox is full",
                 Correlation::ClientMsgId(3)
             )
+            .into()
         }]
     );
     // Another recipient is not affected.

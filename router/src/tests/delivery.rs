@@ -181,12 +181,39 @@ fn typing_is_forwarded_and_never_logged() {
         vec![
             Output::Send {
                 conn: conn(2),
-                message: typing.clone()
+                message: typing.clone().into()
             },
             Output::Send {
                 conn: conn(3),
-                message: typing
+                message: typing.into()
             }
         ]
     );
+}
+
+#[test]
+fn a_message_for_several_connections_is_made_once_and_shared() {
+    let mut h = Harness::new(Config::DEFAULT);
+    let (alice, bob) = (user("alice"), user("bob"));
+    h.attach(conn(2), &bob);
+    h.attach(conn(3), &bob);
+    h.client(conn(1), &alice, send_to(&bob, 1));
+    let outputs = h.sync();
+    let incoming: Vec<_> = outputs
+        .iter()
+        .filter_map(|output| match output {
+            Output::Send { conn, message }
+                if matches!(**message, ServerMessage::IncomingMessage(_)) =>
+            {
+                Some((*conn, message))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        incoming.iter().map(|(conn, _)| *conn).collect::<Vec<_>>(),
+        [conn(2), conn(3)]
+    );
+    // One body for both devices: the shell encodes it once per encoding.
+    assert!(std::sync::Arc::ptr_eq(incoming[0].1, incoming[1].1));
 }

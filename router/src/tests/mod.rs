@@ -125,10 +125,10 @@ impl Harness {
         let mut outputs = outputs.into_iter().chain(self.sync());
         outputs
             .find_map(|output| match output {
-                Output::Send {
-                    message: ServerMessage::MessageReceived { message_id, .. },
-                    ..
-                } => Some(message_id),
+                Output::Send { message, .. } => match *message {
+                    ServerMessage::MessageReceived { message_id, .. } => Some(message_id),
+                    _ => None,
+                },
                 _ => None,
             })
             .expect("acknowledged")
@@ -148,7 +148,7 @@ fn sends(outputs: &[Output]) -> Vec<(ConnId, ServerMessage)> {
     outputs
         .iter()
         .filter_map(|output| match output {
-            Output::Send { conn, message } => Some((*conn, message.clone())),
+            Output::Send { conn, message } => Some((*conn, ServerMessage::clone(message))),
             _ => None,
         })
         .collect()

@@ -262,7 +262,7 @@ fn the_senders_owner_stores_receipts_durably_and_drops_duplicates() {
         vec![
             Output::Send {
                 conn: conn(3),
-                message: receipt(ReceiptKind::Delivered, other, &bob, 6)
+                message: receipt(ReceiptKind::Delivered, other, &bob, 6).into()
             },
             Output::Peer {
                 shard: 0,

@@ -75,6 +75,7 @@ fn a_message_too_large_to_log_is_refused_before_anything_changes() {
                 "the request is too large to store",
                 Correlation::ClientMsgId(7)
             )
+            .into()
         }]
     );
     let after = h.shard.stats();
@@ -114,6 +115,7 @@ fn an_empty_message_that_reaches_the_router_is_refused_not_logged() {
                 "the request cannot be stored",
                 Correlation::ClientMsgId(3)
             )
+            .into()
         }]
     );
     assert_eq!(h.shard.stats().records_refused, 1);
@@ -149,6 +151,7 @@ fn a_read_of_more_receipts_than_one_record_holds_is_refused_and_changes_nothing(
                 "the request is too large to store",
                 Correlation::None
             )
+            .into()
         }]
     );
     assert_eq!(h.shard.last_lsn(), lsn, "nothing logged");

@@ -83,7 +83,9 @@ impl Sim {
                 self.index_record(shard, lsn, &record);
                 self.histories[shard].push((lsn, record));
             }
-            Output::Send { conn, message } => self.deliver_to_client(conn, message),
+            Output::Send { conn, message } => {
+                self.deliver_to_client(conn, std::sync::Arc::unwrap_or_clone(message))
+            }
             Output::SendStored {
                 conn,
                 message_id,

@@ -405,11 +405,12 @@ fn resume(mut stalled: Stalled) {
     assert_eq!(delivered.len(), MESSAGES);
     for (i, envelope) in delivered.iter().enumerate() {
         match envelope {
-            Envelope::Deliver {
-                conn,
-                message: ServerMessage::IncomingMessage(message),
-                ..
-            } => {
+            Envelope::Deliver { conn, message, .. }
+                if matches!(**message, ServerMessage::IncomingMessage(_)) =>
+            {
+                let ServerMessage::IncomingMessage(message) = &**message else {
+                    unreachable!()
+                };
                 assert_eq!(*conn, stalled.bob_conn);
                 assert_eq!(message.content, format!("m{i}"), "in order");
             }
