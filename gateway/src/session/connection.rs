@@ -93,6 +93,10 @@ pub trait Outputs {
 
     /// Hands a valid message of `user`, the connection's, to the routers.
     fn submit(&mut self, user: &UserId, message: ClientMessage) -> Result<(), Refused>;
+
+    /// The encoding the upgrade chose for data frames. Kept once, by the shell, beside the
+    /// connection's queue, where the deliveries from the routers read it too.
+    fn encoding(&self) -> Encoding;
 }
 
 /// What the connection is to do after the bytes it was given.
@@ -115,7 +119,6 @@ pub enum Next {
 #[derive(Debug)]
 pub struct Connection {
     route: Route,
-    encoding: Encoding,
     /// The authenticated user on /ws; none on /echo.
     user: Option<UserId>,
     /// Made when bytes arrive, dropped when no fragmented message is under way.
@@ -125,7 +128,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(route: Route, encoding: Encoding, user: Option<UserId>) -> Connection {
+    pub fn new(route: Route, user: Option<UserId>) -> Connection {
         assert_eq!(
             route == Route::Messages,
             user.is_some(),
@@ -133,7 +136,6 @@ impl Connection {
         );
         Connection {
             route,
-            encoding,
             user,
             decoder: None,
             frames_failed: false,
@@ -142,10 +144,6 @@ impl Connection {
 
     pub fn user(&self) -> Option<&UserId> {
         self.user.as_ref()
-    }
-
-    pub fn encoding(&self) -> Encoding {
-        self.encoding
     }
 
     fn decoder(&mut self, shared: &Shared) -> &mut MessageDecoder {
@@ -235,7 +233,8 @@ impl Connection {
             return queue(out, OutFrame::new(opcode, payload));
         };
         let limits = &shared.wire_limits;
-        let refused = match codec::decode_client(self.encoding, opcode, payload, limits) {
+        let encoding = out.encoding();
+        let refused = match codec::decode_client(encoding, opcode, payload, limits) {
             Ok(message) => {
                 let correlation = message.correlation();
                 out.submit(user, message)
@@ -261,11 +260,8 @@ impl Connection {
             correlation,
             limits.error_text_bytes_max,
         );
-        let payload = shared.encoders.borrow_mut().encode(self.encoding, &error);
-        queue(
-            out,
-            OutFrame::new(codec::data_opcode(self.encoding), payload),
-        )
+        let payload = shared.encoders.borrow_mut().encode(encoding, &error);
+        queue(out, OutFrame::new(codec::data_opcode(encoding), payload))
     }
 
     /// While the server's close waits for the client's: drops the messages at the start of

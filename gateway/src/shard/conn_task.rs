@@ -16,6 +16,7 @@
 //! its close frame, ends its side of the stream (FIN), and reads and discards what still
 //! comes until the client closes or `close_timeout_ms` passes.
 
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
@@ -152,12 +153,14 @@ async fn handshake(
         } else {
             Some(leftover)
         };
-        let connection = Connection::new(upgrade.route, upgrade.encoding, upgrade.user);
+        // The one place the encoding is kept: the router loop's deliveries read it there.
+        shard.with_slot(slot, |conn| conn.encoding = Some(upgrade.encoding));
+        let connection = Connection::new(upgrade.route, upgrade.user);
         return Some((connection, leftover));
     }
 }
 
-fn log_refusal(shard: &Shard, fd: std::os::fd::RawFd, refusal: &Refusal) {
+fn log_refusal(shard: &Shard, fd: RawFd, refusal: &Refusal) {
     match refusal {
         Refusal::Request(error) => {
             tracing::debug!(shard = shard.shard_id, %error, "upgrade refused");
@@ -239,6 +242,8 @@ struct Task<'a> {
 struct SlotOutputs<'a> {
     shard: &'a Shard,
     conn: ConnId,
+    /// The socket, which this task alone writes.
+    fd: RawFd,
 }
 
 impl Outputs for SlotOutputs<'_> {
@@ -250,7 +255,7 @@ impl Outputs for SlotOutputs<'_> {
             // while the socket takes nothing more means a client that does not read. An
             // error is the task's to find on its next write; here it only means no room.
             if !control && slot.outbound.len() >= max {
-                let _ = write_slot(slot, metrics);
+                let _ = write_slot(slot, self.fd, metrics);
                 if slot.outbound.len() >= max {
                     return Err(QueueFull);
                 }
@@ -263,6 +268,12 @@ impl Outputs for SlotOutputs<'_> {
     fn queued_frames(&self) -> usize {
         self.shard
             .with_slot(self.conn.slot, |slot| slot.outbound.len())
+    }
+
+    fn encoding(&self) -> wire::handshake::Encoding {
+        self.shard.with_slot(self.conn.slot, |slot| {
+            slot.encoding.expect("set at the upgrade, before any frame")
+        })
     }
 
     fn submit(&mut self, user: &UserId, message: wire::ClientMessage) -> Result<(), Refused> {
@@ -287,8 +298,6 @@ impl Task<'_> {
     /// Runs the connection until it ends; returns its close code, for the metrics.
     async fn run(&mut self) -> u16 {
         let (shard, slot) = (self.shard, self.conn.slot);
-        let encoding = self.connection.encoding();
-        shard.with_slot(slot, |conn| conn.encoding = Some(encoding));
         if let Some(user) = self.connection.user() {
             shard.link.connected(self.conn, user);
         }
@@ -418,16 +427,20 @@ impl Task<'_> {
 
     /// Writes what is queued without blocking; whether the queue is now empty.
     fn write_queued(&self) -> std::io::Result<bool> {
-        let metrics = &self.shard.metrics;
+        let (fd, metrics) = (self.stream.fd(), &self.shard.metrics);
         self.shard
-            .with_slot(self.conn.slot, |conn| write_slot(conn, metrics))
+            .with_slot(self.conn.slot, |conn| write_slot(conn, fd, metrics))
     }
 
     /// Reads what the socket holds (or, with `read` false, only looks at the leftover
     /// bytes) and hands every complete message to the connection.
     fn read_frames(&mut self, read: bool) -> Next {
         let (shard, conn) = (self.shard, self.conn);
-        let mut out = SlotOutputs { shard, conn };
+        let mut out = SlotOutputs {
+            shard,
+            conn,
+            fd: self.stream.fd(),
+        };
         let mut buf = self.leftover.take().unwrap_or_else(|| shard.pool.take());
         let mut next = if read {
             Next::Open
@@ -540,7 +553,7 @@ async fn wait_room(shard: &Shard, slot: u32) -> Event {
 
 /// Writes what is queued for a connection without blocking, several frames per `sendmsg`.
 /// Returns whether the queue is now empty.
-fn write_slot(conn: &mut ConnSlot, metrics: &ShardMetrics) -> std::io::Result<bool> {
+fn write_slot(conn: &mut ConnSlot, fd: RawFd, metrics: &ShardMetrics) -> std::io::Result<bool> {
     /// Frames per `sendmsg`; each is two slices, and the kernel takes up to 1024.
     const FRAMES_PER_WRITE_MAX: usize = 64;
     loop {
@@ -550,7 +563,7 @@ fn write_slot(conn: &mut ConnSlot, metrics: &ShardMetrics) -> std::io::Result<bo
         }
         let mut slices = [std::io::IoSlice::new(&[]); 2 * FRAMES_PER_WRITE_MAX];
         let count = conn.outbound.slices(&mut slices);
-        let written = match io::send_vectored(conn.fd, &slices[..count])? {
+        let written = match io::send_vectored(fd, &slices[..count])? {
             Progress::WouldBlock => return Ok(false),
             Progress::Bytes(written) => written,
         };

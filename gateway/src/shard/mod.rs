@@ -370,7 +370,7 @@ fn admit(shard: &Rc<Shard>, fd: OwnedFd) {
             return;
         }
     };
-    let (slot, generation) = shard.register(socket.fd());
+    let (slot, generation) = shard.register();
     monoio::spawn(conn_task::serve(Rc::clone(shard), socket, slot, generation));
 }
 

@@ -35,10 +35,10 @@ pub struct ConnSlot {
     /// The code the connection closes with: asked by the shard (1001 at shutdown), or set
     /// by its task when it begins to close. Nothing more is delivered to it from then on.
     pub close_request: Option<u16>,
-    /// The encoding of its data frames, set once the upgrade chose it (JSON until then).
+    /// The encoding of its data frames, set once the upgrade chose it: the one place it is
+    /// kept, read by deliveries here and by the connection's protocol through
+    /// `Outputs::encoding`.
     pub encoding: Option<wire::handshake::Encoding>,
-    /// The socket, written by the connection's task only.
-    pub fd: std::os::fd::RawFd,
     /// The shards this connection's presence subscriptions went to (they get `Closed`).
     pub subscribed: ShardSet,
 }
@@ -115,12 +115,11 @@ impl Shard {
     }
 
     /// Registers a new connection; its slot lives until [`Shard::remove`].
-    pub fn register(&self, fd: std::os::fd::RawFd) -> (u32, u32) {
+    pub fn register(&self) -> (u32, u32) {
         let generation = self.next_generation.get().wrapping_add(1);
         self.next_generation.set(generation);
         let slot = self.conns.borrow_mut().insert(ConnSlot {
             generation,
-            fd,
             ..ConnSlot::default()
         });
         ShardMetrics::add(&self.metrics.connections_accepted, 1);

@@ -27,6 +27,10 @@ impl Outputs for Recorded {
         self.sent.len()
     }
 
+    fn encoding(&self) -> Encoding {
+        Encoding::Json
+    }
+
     fn submit(&mut self, _user: &UserId, message: ClientMessage) -> Result<(), Refused> {
         match &self.refuse {
             Some(refused) => Err(refused.clone()),
@@ -71,7 +75,7 @@ fn check(
 ) {
     let shared = shared();
     let user = (route == Route::Messages).then(|| UserId::parse("alice").expect("a name"));
-    let mut connection = Connection::new(route, Encoding::Json, user);
+    let mut connection = Connection::new(route, user);
     let mut buf = BytesMut::new();
     for (opcode, payload) in frames {
         buf.extend_from_slice(&client_frame(*opcode, payload));
@@ -195,7 +199,7 @@ fn a_full_queue_closes_with_1013_and_a_bad_frame_with_its_code() {
         Next::Close(CLOSE_TRY_AGAIN_LATER),
     );
     let shared = shared();
-    let mut connection = Connection::new(Route::Echo, Encoding::Json, None);
+    let mut connection = Connection::new(Route::Echo, None);
     // A server frame (unmasked) from a client breaks the protocol.
     let mut buf = BytesMut::new();
     frame::encode_server_frame(OpCode::Text, true, b"x", &mut buf);
@@ -211,7 +215,7 @@ fn a_full_queue_closes_with_1013_and_a_bad_frame_with_its_code() {
 #[test]
 fn the_close_is_found_among_what_is_discarded() {
     let shared = shared();
-    let mut connection = Connection::new(Route::Echo, Encoding::Json, None);
+    let mut connection = Connection::new(Route::Echo, None);
     let mut buf = client_frame(OpCode::Text, b"late");
     assert!(!connection.discard_until_close(&mut buf, &shared));
     buf.extend_from_slice(&client_frame(OpCode::Close, b""));
