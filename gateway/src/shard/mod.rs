@@ -296,8 +296,14 @@ async fn shard_main(
     ShardMetrics::set(&shard.metrics.accepting, 0);
     // Closing the listener stops the kernel queueing connections for this shard.
     drop(listener);
-    // The log is committed and its acknowledgements queued before the connections close,
-    // so a client sees the answers to what the server took in.
+    shut_down(&shard, &stop_router, &router_flushed).await;
+}
+
+/// The shard's shutdown once it accepts no more: the log is committed and its
+/// acknowledgements queued before the connections close (so a client sees the answers to
+/// what the server took in), then every connection is closed with 1001, waiting at most
+/// `close_timeout_ms` for them.
+async fn shut_down(shard: &Shard, stop_router: &Signal, router_flushed: &Signal) {
     stop_router.fire();
     router_flushed.wait().await;
     shard.close_all(wire::frame::CLOSE_GOING_AWAY);
