@@ -5,8 +5,11 @@
 //! `http_listen`, `data_dir`, `shards`, `durability`, `jwt_secret`, `jwt_secret_file`, `echo`,
 //! `log_format`) and every limit in a `[limits]` table (`handshake_timeout_ms = 10000`, ...).
 //! Unknown keys are an error, so a misspelt limit never silently keeps its default. Every
-//! limit is declared once, in the `limits!` list below, and its field, flag, variable, docs
-//! and bounds all come from there.
+//! limit is declared once, in the `limits!` list (`limits.rs`), and its field, flag,
+//! variable, docs and bounds all come from there.
+//!
+//! A leaf of the gateway's layers: every folder reads the configuration, and it imports no
+//! other folder (only the `wire` and `router` crates, whose defaults it takes).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -11,6 +11,11 @@
 //! shutdown (one byte on a socket pair wakes the shard, which stops accepting, commits its
 //! log, then closes its connections with 1001).
 //!
+//! It may use every folder below it (`net`, `session`, `storage`, `config`, `metrics`,
+//! `auth`) and the `router` crate; `control` and `cli` sit above it, and the control plane
+//! reaches a shard only through its control inbox. Within the folder the state (`state.rs`,
+//! `link.rs`, `mesh.rs`, `slots.rs`, `signal.rs`) imports neither task.
+//!
 //! This folder owns the runtime, the tasks and the shard's state; it drives `session`,
 //! `net` and `storage` and the `router` crate. Nothing below it (`session`, `net`,
 //! `storage`, `config`, `auth`, `metrics`) imports it, and within it the state (`state.rs`,
