@@ -136,6 +136,7 @@ mod tests {
         );
     }
 
+    /// One table: every kind of client message and the shard(s) it goes to.
     #[test]
     fn routes() {
         let n = 4;

@@ -55,6 +55,7 @@ fn a_checkpoint_alone_recovers_the_same_state() {
     assert_eq!(kinds, vec!["message_delivered", "message_read"]);
 }
 
+/// One scenario, step by step: bodies spill past the budget, are sent from the log, and survive a checkpoint.
 #[test]
 fn bodies_past_the_budget_are_sent_and_checkpointed_from_the_log() {
     // "message N" is 9 bytes: the budget holds two bodies.
@@ -191,6 +192,7 @@ fn checkpoint_step(h: &mut Harness, per_step: usize) -> Vec<Output> {
     outputs
 }
 
+/// One scenario, step by step: a checkpoint of many steps with live records between them, then a recovery from its suffix compared with the live state.
 #[test]
 fn a_checkpoint_spread_over_steps_with_live_traffic_recovers_the_same_state() {
     let n = 2;

@@ -11,6 +11,7 @@ fn presence(online: bool, user: &UserId, last_seen_ms: Option<u64>) -> ServerMes
     }
 }
 
+/// One scenario, step by step: presence through attach, heartbeats, silence and detach.
 #[test]
 fn presence_follows_connections_and_heartbeats() {
     let config = Config {

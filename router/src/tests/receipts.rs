@@ -3,6 +3,7 @@
 
 use super::*;
 
+/// One scenario, step by step: a message delivered, then read, and both receipts at the sender.
 #[test]
 fn delivery_and_read_receipts_reach_the_sender() {
     let mut h = Harness::new(Config::DEFAULT);

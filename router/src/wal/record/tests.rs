@@ -62,6 +62,7 @@ fn user(name: &str) -> UserId {
     UserId::parse(name).unwrap()
 }
 
+/// One table: a record of every kind, with the edge values of its fields.
 fn samples() -> Vec<Record> {
     vec![
         Record::Message(StoredMessage {
@@ -330,6 +331,7 @@ fn arb_kind() -> impl Strategy<Value = ReceiptKind> {
     prop_oneof![Just(ReceiptKind::Delivered), Just(ReceiptKind::Read)]
 }
 
+/// One strategy with an arm per record kind.
 fn arb_record() -> impl Strategy<Value = Record> {
     let message = (
         any::<u64>(),
