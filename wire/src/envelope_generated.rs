@@ -121,12 +121,105 @@ impl<'a> ::flatbuffers::Verifiable for ErrorCode {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MIN_BODY: u8 = 0;
+pub const ENUM_MIN_GROUP_EVENT_KIND: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 16;
+pub const ENUM_MAX_GROUP_EVENT_KIND: u8 = 3;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 17] = [
+pub const ENUM_VALUES_GROUP_EVENT_KIND: [GroupEventKind; 4] = [
+  GroupEventKind::Created,
+  GroupEventKind::MemberAdded,
+  GroupEventKind::MemberRemoved,
+  GroupEventKind::MemberLeft,
+];
+
+/// What a `GroupEvent` says happened; JSON writes it in snake_case (`member_added`, ...).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct GroupEventKind(pub u8);
+#[allow(non_upper_case_globals)]
+impl GroupEventKind {
+  pub const Created: Self = Self(0);
+  pub const MemberAdded: Self = Self(1);
+  pub const MemberRemoved: Self = Self(2);
+  pub const MemberLeft: Self = Self(3);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 3;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::Created,
+    Self::MemberAdded,
+    Self::MemberRemoved,
+    Self::MemberLeft,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::Created => Some("Created"),
+      Self::MemberAdded => Some("MemberAdded"),
+      Self::MemberRemoved => Some("MemberRemoved"),
+      Self::MemberLeft => Some("MemberLeft"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for GroupEventKind {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for GroupEventKind {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for GroupEventKind {
+    type Output = GroupEventKind;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for GroupEventKind {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for GroupEventKind {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for GroupEventKind {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_BODY: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_BODY: u8 = 17;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_BODY: [Body; 18] = [
   Body::NONE,
   Body::SendMessage,
   Body::MarkDelivered,
@@ -144,6 +237,7 @@ pub const ENUM_VALUES_BODY: [Body; 17] = [
   Body::HistoryPage,
   Body::TypingNotice,
   Body::Error,
+  Body::GroupEvent,
 ];
 
 /// Every message of both directions. Append only: a member's position is its wire value.
@@ -169,9 +263,10 @@ impl Body {
   pub const HistoryPage: Self = Self(14);
   pub const TypingNotice: Self = Self(15);
   pub const Error: Self = Self(16);
+  pub const GroupEvent: Self = Self(17);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 16;
+  pub const ENUM_MAX: u8 = 17;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::SendMessage,
@@ -190,6 +285,7 @@ impl Body {
     Self::HistoryPage,
     Self::TypingNotice,
     Self::Error,
+    Self::GroupEvent,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -211,6 +307,7 @@ impl Body {
       Self::HistoryPage => Some("HistoryPage"),
       Self::TypingNotice => Some("TypingNotice"),
       Self::Error => Some("Error"),
+      Self::GroupEvent => Some("GroupEvent"),
       _ => None,
     }
   }
@@ -2464,6 +2561,191 @@ impl ::core::fmt::Debug for Error<'_> {
       ds.finish()
   }
 }
+pub enum GroupEventOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// JSON `group_event`: a change to a group's membership, delivered and ordered like a group
+/// message, so it has a message id of its own.
+pub struct GroupEvent<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for GroupEvent<'a> {
+  type Inner = GroupEvent<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> GroupEvent<'a> {
+  pub const VT_GROUP_ID: ::flatbuffers::VOffsetT = 4;
+  pub const VT_EVENT: ::flatbuffers::VOffsetT = 6;
+  pub const VT_BY: ::flatbuffers::VOffsetT = 8;
+  pub const VT_USER: ::flatbuffers::VOffsetT = 10;
+  pub const VT_MESSAGE_ID: ::flatbuffers::VOffsetT = 12;
+  pub const VT_TIMESTAMP: ::flatbuffers::VOffsetT = 14;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    GroupEvent { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args GroupEventArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<GroupEvent<'bldr>> {
+    let mut builder = GroupEventBuilder::new(_fbb);
+    if let Some(x) = args.timestamp { builder.add_timestamp(x); }
+    if let Some(x) = args.message_id { builder.add_message_id(x); }
+    if let Some(x) = args.group_id { builder.add_group_id(x); }
+    if let Some(x) = args.user { builder.add_user(x); }
+    if let Some(x) = args.by { builder.add_by(x); }
+    if let Some(x) = args.event { builder.add_event(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn group_id(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GroupEvent::VT_GROUP_ID, None)}
+  }
+  #[inline]
+  pub fn event(&self) -> Option<GroupEventKind> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<GroupEventKind>(GroupEvent::VT_EVENT, None)}
+  }
+  /// Who made the change.
+  #[inline]
+  pub fn by(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupEvent::VT_BY, None)}
+  }
+  /// Whom the change is about.
+  #[inline]
+  pub fn user(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(GroupEvent::VT_USER, None)}
+  }
+  #[inline]
+  pub fn message_id(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GroupEvent::VT_MESSAGE_ID, None)}
+  }
+  #[inline]
+  pub fn timestamp(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(GroupEvent::VT_TIMESTAMP, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for GroupEvent<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<u64>("group_id", Self::VT_GROUP_ID, false)?
+     .visit_field::<GroupEventKind>("event", Self::VT_EVENT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("by", Self::VT_BY, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
+     .visit_field::<u64>("message_id", Self::VT_MESSAGE_ID, false)?
+     .visit_field::<u64>("timestamp", Self::VT_TIMESTAMP, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct GroupEventArgs<'a> {
+    pub group_id: Option<u64>,
+    pub event: Option<GroupEventKind>,
+    pub by: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub message_id: Option<u64>,
+    pub timestamp: Option<u64>,
+}
+impl<'a> Default for GroupEventArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    GroupEventArgs {
+      group_id: None,
+      event: None,
+      by: None,
+      user: None,
+      message_id: None,
+      timestamp: None,
+    }
+  }
+}
+
+pub struct GroupEventBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> GroupEventBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_group_id(&mut self, group_id: u64) {
+    self.fbb_.push_slot_always::<u64>(GroupEvent::VT_GROUP_ID, group_id);
+  }
+  #[inline]
+  pub fn add_event(&mut self, event: GroupEventKind) {
+    self.fbb_.push_slot_always::<GroupEventKind>(GroupEvent::VT_EVENT, event);
+  }
+  #[inline]
+  pub fn add_by(&mut self, by: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupEvent::VT_BY, by);
+  }
+  #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(GroupEvent::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_message_id(&mut self, message_id: u64) {
+    self.fbb_.push_slot_always::<u64>(GroupEvent::VT_MESSAGE_ID, message_id);
+  }
+  #[inline]
+  pub fn add_timestamp(&mut self, timestamp: u64) {
+    self.fbb_.push_slot_always::<u64>(GroupEvent::VT_TIMESTAMP, timestamp);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> GroupEventBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    GroupEventBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<GroupEvent<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for GroupEvent<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("GroupEvent");
+      ds.field("group_id", &self.group_id());
+      ds.field("event", &self.event());
+      ds.field("by", &self.by());
+      ds.field("user", &self.user());
+      ds.field("message_id", &self.message_id());
+      ds.field("timestamp", &self.timestamp());
+      ds.finish()
+  }
+}
 pub enum EnvelopeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -2754,6 +3036,21 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_group_event(&self) -> Option<GroupEvent<'a>> {
+    if self.body_type() == Body::GroupEvent {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { GroupEvent::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -2780,6 +3077,7 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::HistoryPage => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<HistoryPage>>("Body::HistoryPage", pos),
           Body::TypingNotice => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TypingNotice>>("Body::TypingNotice", pos),
           Body::Error => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Error>>("Body::Error", pos),
+          Body::GroupEvent => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GroupEvent>>("Body::GroupEvent", pos),
           _ => Ok(()),
         }
      })?
@@ -2941,6 +3239,13 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::Error => {
           if let Some(x) = self.body_as_error() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::GroupEvent => {
+          if let Some(x) = self.body_as_group_event() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

@@ -14,7 +14,7 @@ pub mod json;
 pub mod model;
 
 pub use model::{
-    ClientMessage, Correlation, DecodeError, ErrorCode, ErrorMessage, GroupId, HistoryRequest,
-    IncomingMessage, InvalidMessage, Limits, Media, MessageId, Receipt, SendMessage, ServerMessage,
-    Target, UserId,
+    ClientMessage, Correlation, DecodeError, ErrorCode, ErrorMessage, GroupEvent, GroupEventKind,
+    GroupId, HistoryRequest, IncomingMessage, InvalidMessage, Limits, Media, MessageId, Receipt,
+    SendMessage, ServerMessage, Target, UserId,
 };

@@ -454,6 +454,64 @@ pub struct ErrorMessage {
     pub correlation: Correlation,
 }
 
+/// What a `group_event` says happened to a group's membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GroupEventKind {
+    /// `by` made the group.
+    Created,
+    /// `by` added `user`.
+    MemberAdded,
+    /// `by` removed `user`.
+    MemberRemoved,
+    /// `user` left the group.
+    MemberLeft,
+}
+
+impl GroupEventKind {
+    pub const ALL: [GroupEventKind; 4] = [
+        GroupEventKind::Created,
+        GroupEventKind::MemberAdded,
+        GroupEventKind::MemberRemoved,
+        GroupEventKind::MemberLeft,
+    ];
+
+    /// The protocol's name for it, the `event` field of JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupEventKind::Created => "created",
+            GroupEventKind::MemberAdded => "member_added",
+            GroupEventKind::MemberRemoved => "member_removed",
+            GroupEventKind::MemberLeft => "member_left",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<GroupEventKind> {
+        GroupEventKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+    }
+}
+
+impl fmt::Display for GroupEventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `group_event`: a change to a group's membership. It has a message id of its own because
+/// it is delivered and ordered among the group's messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEvent {
+    pub group_id: GroupId,
+    pub event: GroupEventKind,
+    /// Who made the change.
+    pub by: UserId,
+    /// Whom the change is about.
+    pub user: UserId,
+    pub message_id: MessageId,
+    pub timestamp_ms: u64,
+}
+
 /// Every message the server sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerMessage {
@@ -480,6 +538,7 @@ pub enum ServerMessage {
         to: Target,
     },
     Error(ErrorMessage),
+    GroupEvent(GroupEvent),
 }
 
 impl ServerMessage {
@@ -494,6 +553,7 @@ impl ServerMessage {
             ServerMessage::History { .. } => "history",
             ServerMessage::Typing { .. } => "typing",
             ServerMessage::Error(_) => "error",
+            ServerMessage::GroupEvent(_) => "group_event",
         }
     }
 
@@ -526,7 +586,9 @@ impl ServerMessage {
             | ServerMessage::MessageDelivered(_)
             | ServerMessage::MessageRead(_)
             | ServerMessage::Presence { .. }
-            | ServerMessage::Typing { .. } => Ok(()),
+            | ServerMessage::Typing { .. }
+            // Its ids were checked when they were parsed, and it holds nothing else unbounded.
+            | ServerMessage::GroupEvent(_) => Ok(()),
         }
     }
 }
@@ -644,6 +706,15 @@ mod tests {
         assert!(request(100).validate(&Limits::DEFAULT).is_ok());
         assert!(request(0).validate(&Limits::DEFAULT).is_err());
         assert!(request(101).validate(&Limits::DEFAULT).is_err());
+    }
+
+    #[test]
+    fn group_event_kinds_round_trip() {
+        for kind in GroupEventKind::ALL {
+            assert_eq!(GroupEventKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(GroupEventKind::parse("member_joined"), None);
+        assert_eq!(GroupEventKind::parse("Created"), None);
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::process::Command;
 use bytes::Bytes;
 use wire::envelope::VerifiedEnvelope;
 use wire::{
-    ClientMessage, GroupId, IncomingMessage, Limits, Media, MessageId, SendMessage, ServerMessage,
-    Target, UserId,
+    ClientMessage, GroupEvent, GroupEventKind, GroupId, IncomingMessage, Limits, Media, MessageId,
+    SendMessage, ServerMessage, Target, UserId,
 };
 
 const FLATC_VERSION: &str = "flatc version 25.12.19";
@@ -155,4 +155,38 @@ fn envelopes_that_flatc_builds_decode() {
         more: false,
     };
     assert_eq!(page.to_server_message(&Limits::DEFAULT), Ok(expected));
+}
+
+/// flatc writes the event by its schema name, as another implementation's builder would.
+#[test]
+fn a_group_event_that_flatc_builds_decodes() {
+    let root = workspace_root();
+    let flatc = checked_flatc();
+    let out = scratch("flatc-group-event");
+    let event = r#"{"body_type": "GroupEvent", "body": {"group_id": 7, "event": "MemberLeft",
+        "by": "carol", "user": "carol", "message_id": 9, "timestamp": 1}}"#;
+    std::fs::write(out.join("event.json"), event).unwrap();
+    let status = Command::new(&flatc)
+        .current_dir(&root)
+        .arg("--binary")
+        .arg("-o")
+        .arg(&out)
+        .arg("wire/schema/envelope.fbs")
+        .arg(out.join("event.json"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "flatc could not build the envelope");
+    let bytes = Bytes::from(std::fs::read(out.join("event.bin")).unwrap());
+    std::fs::remove_dir_all(&out).unwrap();
+    let verified = VerifiedEnvelope::verify(bytes, &Limits::DEFAULT).expect("verifies");
+    let carol = UserId::parse("carol").unwrap();
+    let expected = ServerMessage::GroupEvent(GroupEvent {
+        group_id: GroupId(7),
+        event: GroupEventKind::MemberLeft,
+        by: carol.clone(),
+        user: carol,
+        message_id: MessageId(9),
+        timestamp_ms: 1,
+    });
+    assert_eq!(verified.to_server_message(&Limits::DEFAULT), Ok(expected));
 }

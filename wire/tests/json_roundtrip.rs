@@ -67,6 +67,7 @@ fn server_message_ids(message: &ServerMessage) -> Vec<MessageId> {
             vec![receipt.message_id]
         }
         ServerMessage::History { messages, .. } => messages.iter().map(|m| m.message_id).collect(),
+        ServerMessage::GroupEvent(event) => vec![event.message_id],
         _ => Vec::new(),
     }
 }

@@ -252,6 +252,7 @@ impl Sim {
                 self.counts.overloaded += 1;
             }
             ServerMessage::History { .. } => panic!("no history requests are sent"),
+            ServerMessage::GroupEvent(_) => panic!("no groups are made"),
         }
     }
 

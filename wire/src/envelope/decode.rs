@@ -7,8 +7,8 @@ use flatbuffers::{ForwardsUOffset, InvalidFlatbuffer, Vector, VerifierOptions};
 
 use super::fb;
 use crate::model::{
-    ClientMessage, Correlation, DecodeError, ErrorCode, ErrorMessage, GroupId,
-    HISTORY_LIMIT_DEFAULT, HistoryRequest, IncomingMessage, InvalidMessage, Limits, Media,
+    ClientMessage, Correlation, DecodeError, ErrorCode, ErrorMessage, GroupEvent, GroupEventKind,
+    GroupId, HISTORY_LIMIT_DEFAULT, HistoryRequest, IncomingMessage, InvalidMessage, Limits, Media,
     MessageId, Receipt, SendMessage, ServerMessage, Target, UserId,
 };
 
@@ -29,6 +29,16 @@ fn error_code_from_wire(code: fb::ErrorCode) -> Option<ErrorCode> {
         fb::ErrorCode::RateLimited => ErrorCode::RateLimited,
         fb::ErrorCode::Overloaded => ErrorCode::Overloaded,
         fb::ErrorCode::Internal => ErrorCode::Internal,
+        _ => return None,
+    })
+}
+
+fn group_event_kind_from_wire(kind: fb::GroupEventKind) -> Option<GroupEventKind> {
+    Some(match kind {
+        fb::GroupEventKind::Created => GroupEventKind::Created,
+        fb::GroupEventKind::MemberAdded => GroupEventKind::MemberAdded,
+        fb::GroupEventKind::MemberRemoved => GroupEventKind::MemberRemoved,
+        fb::GroupEventKind::MemberLeft => GroupEventKind::MemberLeft,
         _ => return None,
     })
 }
@@ -304,6 +314,25 @@ fn read_receipt(
     })
 }
 
+fn read_group_event(body: fb::GroupEvent<'_>) -> Result<GroupEvent, InvalidMessage> {
+    let name = "group_event";
+    let wire_event = required(body.event(), name, "event")?;
+    let event = group_event_kind_from_wire(wire_event).ok_or_else(|| {
+        bad(format!(
+            "group_event.event {} is not a known event",
+            wire_event.0
+        ))
+    })?;
+    Ok(GroupEvent {
+        group_id: GroupId(required(body.group_id(), name, "group_id")?),
+        event,
+        by: user(body.by(), name, "by")?,
+        user: user(body.user(), name, "user")?,
+        message_id: MessageId(required(body.message_id(), name, "message_id")?),
+        timestamp_ms: required(body.timestamp(), name, "timestamp")?,
+    })
+}
+
 /// The server message an envelope carries.
 ///
 /// It is one `match` over every server body type, each arm reading that type's table.
@@ -388,6 +417,10 @@ fn read_server(envelope: &fb::Envelope<'_>) -> Result<ServerMessage, InvalidMess
                 correlation,
             })
         }
+        fb::Body::GroupEvent => {
+            let body = envelope.body_as_group_event().ok_or_else(no_body)?;
+            ServerMessage::GroupEvent(read_group_event(body)?)
+        }
         other => return Err(unexpected_body(other, Direction::ServerToClient)),
     })
 }
@@ -418,6 +451,7 @@ fn body_kind(body_type: fb::Body) -> Option<(&'static str, Direction)> {
         fb::Body::HistoryPage => ("history", ServerToClient),
         fb::Body::TypingNotice => ("typing", ServerToClient),
         fb::Body::Error => ("error", ServerToClient),
+        fb::Body::GroupEvent => ("group_event", ServerToClient),
         _ => return None,
     })
 }

@@ -5,8 +5,8 @@ use flatbuffers::{FlatBufferBuilder, ForwardsUOffset, UnionWIPOffset, Vector, WI
 
 use super::fb;
 use crate::model::{
-    ClientMessage, Correlation, ErrorCode, IncomingMessage, Media, MessageId, ServerMessage,
-    Target, UserId,
+    ClientMessage, Correlation, ErrorCode, GroupEventKind, IncomingMessage, Media, MessageId,
+    ServerMessage, Target, UserId,
 };
 
 /// Turns model messages into envelopes. It keeps one builder and its scratch space, so that
@@ -207,6 +207,20 @@ impl EnvelopeEncoder {
                 let table = fb::Error::create(&mut self.builder, &args);
                 (fb::Body::Error, table.as_union_value())
             }
+            ServerMessage::GroupEvent(event) => {
+                let by = Some(self.builder.create_string(event.by.as_str()));
+                let user = Some(self.builder.create_string(event.user.as_str()));
+                let args = fb::GroupEventArgs {
+                    group_id: Some(event.group_id.0),
+                    event: Some(group_event_kind_to_wire(event.event)),
+                    by,
+                    user,
+                    message_id: Some(event.message_id.0),
+                    timestamp: Some(event.timestamp_ms),
+                };
+                let table = fb::GroupEvent::create(&mut self.builder, &args);
+                (fb::Body::GroupEvent, table.as_union_value())
+            }
         };
         self.finish(body_type, body)
     }
@@ -293,6 +307,15 @@ fn incoming_message(
         timestamp: Some(message.timestamp_ms),
     };
     fb::IncomingMessage::create(builder, &args)
+}
+
+fn group_event_kind_to_wire(kind: GroupEventKind) -> fb::GroupEventKind {
+    match kind {
+        GroupEventKind::Created => fb::GroupEventKind::Created,
+        GroupEventKind::MemberAdded => fb::GroupEventKind::MemberAdded,
+        GroupEventKind::MemberRemoved => fb::GroupEventKind::MemberRemoved,
+        GroupEventKind::MemberLeft => fb::GroupEventKind::MemberLeft,
+    }
 }
 
 fn error_code_to_wire(code: ErrorCode) -> fb::ErrorCode {

@@ -8,9 +8,9 @@ use flatbuffers::{UnionWIPOffset, WIPOffset};
 use super::encode::Builder;
 use super::{EnvelopeEncoder, VerifiedEnvelope, fb};
 use crate::model::{
-    ClientMessage, Correlation, DecodeError, ErrorCode, ErrorMessage, GroupId,
-    HISTORY_LIMIT_DEFAULT, HistoryRequest, IncomingMessage, Limits, Media, MessageId, SendMessage,
-    ServerMessage, Target, UserId,
+    ClientMessage, Correlation, DecodeError, ErrorCode, ErrorMessage, GroupEvent, GroupEventKind,
+    GroupId, HISTORY_LIMIT_DEFAULT, HistoryRequest, IncomingMessage, Limits, Media, MessageId,
+    SendMessage, ServerMessage, Target, UserId,
 };
 
 /// What decoding a buffer should give.
@@ -151,6 +151,58 @@ fn history_page(n_messages: u64, media: Option<Media>) -> ServerMessage {
     }
 }
 
+fn group_event(event: GroupEventKind) -> ServerMessage {
+    ServerMessage::GroupEvent(GroupEvent {
+        group_id: GroupId(u64::MAX),
+        event,
+        by: alice(),
+        user: UserId::parse("bob").unwrap(),
+        message_id: MessageId(0),
+        timestamp_ms: 0,
+    })
+}
+
+/// A `GroupEvent` table built by hand, every field set unless the caller takes it out.
+fn raw_group_event(change: impl FnOnce(&mut fb::GroupEventArgs<'_>)) -> Vec<u8> {
+    raw(|b| {
+        let mut args = fb::GroupEventArgs {
+            group_id: Some(7),
+            event: Some(fb::GroupEventKind::MemberAdded),
+            by: Some(b.create_string("alice")),
+            user: Some(b.create_string("bob")),
+            message_id: Some(1),
+            timestamp: Some(2),
+        };
+        change(&mut args);
+        let table = fb::GroupEvent::create(b, &args);
+        (fb::Body::GroupEvent, table.as_union_value())
+    })
+}
+
+/// An `IncomingMessage` or a `TypingNotice` from alice, with these targets.
+fn raw_targeted(body_type: fb::Body, to: Option<&str>, group_id: Option<u64>) -> Vec<u8> {
+    raw(|b| {
+        let from = Some(b.create_string("alice"));
+        let to = to.map(|to| b.create_string(to));
+        if body_type == fb::Body::TypingNotice {
+            let args = fb::TypingNoticeArgs { from, to, group_id };
+            let table = fb::TypingNotice::create(b, &args);
+            return (body_type, table.as_union_value());
+        }
+        let args = fb::IncomingMessageArgs {
+            message_id: Some(1),
+            from,
+            to,
+            group_id,
+            content: Some(b.create_string("hi")),
+            media: None,
+            timestamp: Some(2),
+        };
+        let table = fb::IncomingMessage::create(b, &args);
+        (fb::Body::IncomingMessage, table.as_union_value())
+    })
+}
+
 fn photo() -> Media {
     Media {
         hash: "ab".repeat(32),
@@ -201,6 +253,23 @@ fn encoded_messages_decode() {
             message: String::new(),
             correlation: Correlation::ReqId(0),
         }),
+        ServerMessage::IncomingMessage(incoming(1, None)),
+        ServerMessage::IncomingMessage(IncomingMessage {
+            to: Target::User(alice()),
+            ..incoming(2, Some(photo()))
+        }),
+        ServerMessage::Typing {
+            from: alice(),
+            to: Target::Group(GroupId(u64::MAX)),
+        },
+        ServerMessage::Typing {
+            from: alice(),
+            to: Target::User(alice()),
+        },
+        group_event(GroupEventKind::Created),
+        group_event(GroupEventKind::MemberAdded),
+        group_event(GroupEventKind::MemberRemoved),
+        group_event(GroupEventKind::MemberLeft),
     ] {
         check(&limits, &server(&message), Expect::Server(message));
     }
@@ -357,8 +426,16 @@ fn bodies_that_are_absent_unknown_or_of_the_other_direction() {
             Expect::ClientRefused(bad_request, "unknown body type 200", Correlation::None),
         ),
         (
-            heartbeat_as(fb::Body(17)),
-            Expect::ServerRefused(bad_request, "unknown body type 17"),
+            heartbeat_as(fb::Body(18)),
+            Expect::ServerRefused(bad_request, "unknown body type 18"),
+        ),
+        (
+            server(&group_event(GroupEventKind::Created)),
+            Expect::ClientRefused(
+                bad_request,
+                "GroupEvent (JSON group_event) goes from server to client",
+                Correlation::None,
+            ),
         ),
         (
             server(&ServerMessage::IncomingMessage(incoming(1, None))),
@@ -445,6 +522,22 @@ fn server_messages_with_bad_fields() {
             })),
             ServerRefused(ErrorCode::TooLarge, "an error message is at most"),
         ),
+        (
+            raw_targeted(fb::Body::IncomingMessage, Some("bob"), Some(7)),
+            ServerRefused(bad_request, "incoming_message has both to and group_id"),
+        ),
+        (
+            raw_targeted(fb::Body::IncomingMessage, None, None),
+            ServerRefused(bad_request, "incoming_message has neither to nor group_id"),
+        ),
+        (
+            raw_targeted(fb::Body::TypingNotice, Some("bob"), Some(7)),
+            ServerRefused(bad_request, "typing has both to and group_id"),
+        ),
+        (
+            raw_targeted(fb::Body::TypingNotice, Some("g:7"), None),
+            ServerRefused(bad_request, "typing.to: a user id holds only"),
+        ),
     ];
     for (bytes, expect) in cases {
         check(&limits, &bytes, expect);
@@ -456,6 +549,63 @@ fn server_messages_with_bad_fields() {
     });
     let bytes = error(Some(fb::ErrorCode::Internal), Some(5), None);
     check(&limits, &bytes, Expect::Server(expected));
+}
+
+/// One table of `GroupEvent`s with a field missing or bad.
+#[test]
+fn group_events_with_bad_fields() {
+    use Expect::ServerRefused;
+    let limits = Limits::DEFAULT;
+    let bad_request = ErrorCode::BadRequest;
+    let cases = [
+        (
+            raw_group_event(|args| args.group_id = None),
+            ServerRefused(bad_request, "group_event has no group_id"),
+        ),
+        (
+            raw_group_event(|args| args.event = None),
+            ServerRefused(bad_request, "group_event has no event"),
+        ),
+        (
+            raw_group_event(|args| args.event = Some(fb::GroupEventKind(4))),
+            ServerRefused(bad_request, "group_event.event 4 is not a known event"),
+        ),
+        (
+            raw_group_event(|args| args.by = None),
+            ServerRefused(bad_request, "group_event has no by"),
+        ),
+        (
+            raw_group_event(|args| args.user = None),
+            ServerRefused(bad_request, "group_event has no user"),
+        ),
+        (
+            raw_group_event(|args| args.message_id = None),
+            ServerRefused(bad_request, "group_event has no message_id"),
+        ),
+        (
+            raw_group_event(|args| args.timestamp = None),
+            ServerRefused(bad_request, "group_event has no timestamp"),
+        ),
+    ];
+    for (bytes, expect) in cases {
+        check(&limits, &bytes, expect);
+    }
+    // Zero is a value, not an absence: the fields are declared `= null`.
+    let zeros = raw_group_event(|args| {
+        args.group_id = Some(0);
+        args.event = Some(fb::GroupEventKind::Created);
+        args.message_id = Some(0);
+        args.timestamp = Some(0);
+    });
+    let expected = ServerMessage::GroupEvent(GroupEvent {
+        group_id: GroupId(0),
+        event: GroupEventKind::Created,
+        by: alice(),
+        user: UserId::parse("bob").unwrap(),
+        message_id: MessageId(0),
+        timestamp_ms: 0,
+    });
+    check(&limits, &zeros, Expect::Server(expected));
 }
 
 /// One table of buffers the verifier refuses.

@@ -5,9 +5,9 @@ use super::fields::Schema;
 use super::read::{ListField, RawMessage, read};
 use super::scalar::{Scalar, bad, excerpt, in_field, missing, wrong};
 use crate::model::{
-    ClientMessage, Correlation, DecodeError, ErrorCode, ErrorMessage, GroupId,
-    HISTORY_LIMIT_DEFAULT, HistoryRequest, IncomingMessage, InvalidMessage, Limits, Media, Receipt,
-    SendMessage, ServerMessage, Target, UserId,
+    ClientMessage, Correlation, DecodeError, ErrorCode, ErrorMessage, GroupEvent, GroupEventKind,
+    GroupId, HISTORY_LIMIT_DEFAULT, HistoryRequest, IncomingMessage, InvalidMessage, Limits, Media,
+    Receipt, SendMessage, ServerMessage, Target, UserId,
 };
 
 /// Decodes one message a client sent, and validates it against `limits`.
@@ -169,6 +169,23 @@ fn receipt_from_raw(raw: &RawMessage<'_>) -> Result<Receipt, InvalidMessage> {
     })
 }
 
+/// A `group_event`. Its `group_id` is not a target: `to` cannot stand in for it.
+fn group_event_from_raw(raw: &RawMessage<'_>) -> Result<GroupEvent, InvalidMessage> {
+    let group_id = GroupId::parse(raw.group_id.text("group_id")?)
+        .map_err(|error| in_field("group_id", error))?;
+    let event = raw.event.text("event")?;
+    let event = GroupEventKind::parse(event)
+        .ok_or_else(|| bad(format!("unknown event {}", excerpt(event))))?;
+    Ok(GroupEvent {
+        group_id,
+        event,
+        by: raw.by.user_id("by")?,
+        user: raw.user.user_id("user")?,
+        message_id: raw.message_id.message_id("message_id")?,
+        timestamp_ms: raw.timestamp.uint("timestamp")?,
+    })
+}
+
 fn server_from_raw(raw: &mut RawMessage<'_>) -> Result<ServerMessage, InvalidMessage> {
     let message = match message_type(raw)? {
         "message_received" => ServerMessage::MessageReceived {
@@ -215,6 +232,7 @@ fn server_from_raw(raw: &mut RawMessage<'_>) -> Result<ServerMessage, InvalidMes
                 correlation,
             })
         }
+        "group_event" => ServerMessage::GroupEvent(group_event_from_raw(raw)?),
         other => return Err(unknown_type(other)),
     };
     Ok(message)

@@ -2,7 +2,7 @@
 //! field, integers as numbers and message ids as strings, a group always under `group_id`.
 
 use crate::model::{
-    ClientMessage, Correlation, IncomingMessage, Media, MessageId, ServerMessage, Target,
+    ClientMessage, Correlation, GroupId, IncomingMessage, Media, MessageId, ServerMessage, Target,
 };
 
 /// Appends the JSON text of `message` to `out`.
@@ -145,6 +145,23 @@ pub fn encode_server(message: &ServerMessage, out: &mut Vec<u8>) {
                 }
             }
         }
+        ServerMessage::GroupEvent(event) => {
+            put_key(out, "group_id");
+            put_group(out, event.group_id);
+            put_key(out, "event");
+            // Event names are fixed identifiers in `[a-z_]`: nothing to escape.
+            out.push(b'"');
+            out.extend_from_slice(event.event.as_str().as_bytes());
+            out.push(b'"');
+            put_key(out, "by");
+            put_str(out, event.by.as_str());
+            put_key(out, "user");
+            put_str(out, event.user.as_str());
+            put_key(out, "message_id");
+            put_message_id(out, event.message_id);
+            put_key(out, "timestamp");
+            put_u64(out, event.timestamp_ms);
+        }
     }
     out.push(b'}');
 }
@@ -202,11 +219,16 @@ fn put_target(out: &mut Vec<u8>, target: &Target, user_key: &str) {
         }
         Target::Group(group) => {
             put_key(out, "group_id");
-            out.extend_from_slice(b"\"g:");
-            put_u64(out, group.0);
-            out.push(b'"');
+            put_group(out, *group);
         }
     }
+}
+
+/// A group id as its string, `"g:<n>"`.
+fn put_group(out: &mut Vec<u8>, group: GroupId) {
+    out.extend_from_slice(b"\"g:");
+    put_u64(out, group.0);
+    out.push(b'"');
 }
 
 fn put_media(out: &mut Vec<u8>, media: &Media) {

@@ -32,6 +32,7 @@ pub(super) enum Key {
     More,
     Code,
     Message,
+    Event,
 }
 
 impl Key {
@@ -64,6 +65,7 @@ impl Key {
             "more" => Key::More,
             "code" => Key::Code,
             "message" => Key::Message,
+            "event" => Key::Event,
             _ => return None,
         })
     }
@@ -98,6 +100,7 @@ impl Key {
             Key::More => "more",
             Key::Code => "code",
             Key::Message => "message",
+            Key::Event => "event",
         }
     }
 
@@ -105,6 +108,9 @@ impl Key {
         1 << self as u32
     }
 }
+
+// Each key is one bit of a `u32` mask, so there are at most 32 of them; `Event` is the last.
+const _: () = assert!((Key::Event as u32) < u32::BITS);
 
 const fn key_mask(keys: &[Key]) -> u32 {
     let mut mask = 0;
@@ -164,6 +170,7 @@ impl Schema {
             Key::More,
             Key::Code,
             Key::Message,
+            Key::Event,
         ]);
         // No `messages` here: a history entry cannot nest another page.
         const HISTORY_ENTRY: u32 = key_mask(&[

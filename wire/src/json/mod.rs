@@ -19,7 +19,8 @@
 //!   a JSON integer. Negative, fractional and exponent numbers are refused. The encoder
 //!   writes integers as numbers and message ids as strings.
 //! - `to` (or `with`) holding a group id (`g:<n>`) names that group, since the colon never
-//!   occurs in a user id; the encoder always writes a group as `group_id`.
+//!   occurs in a user id; the encoder always writes a group as `group_id`. A `group_event`
+//!   has no target, only its group: there `group_id` alone names it.
 //! - `content` may be left out only beside `media`; it then reads as empty.
 //! - Empty `message_ids` and `users` arrays are refused, by `ClientMessage::validate`.
 //!

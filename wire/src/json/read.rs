@@ -46,6 +46,7 @@ pub(super) struct RawMessage<'a> {
     pub(super) more: Scalar<'a>,
     pub(super) code: Scalar<'a>,
     pub(super) message: Scalar<'a>,
+    pub(super) event: Scalar<'a>,
     /// The keys read so far, one bit each.
     pub(super) seen: u32,
     /// The first known key that appeared twice.
@@ -81,6 +82,7 @@ impl<'a> RawMessage<'a> {
             Key::More => &mut self.more,
             Key::Code => &mut self.code,
             Key::Message => &mut self.message,
+            Key::Event => &mut self.event,
             Key::MessageIds | Key::Users | Key::Messages => {
                 unreachable!("list fields are read by their own seeds")
             }
@@ -132,7 +134,7 @@ const CLIENT_TYPES: [&str; 8] = [
     "heartbeat",
 ];
 
-const SERVER_TYPES: [&str; 8] = [
+const SERVER_TYPES: [&str; 9] = [
     "message_received",
     "incoming_message",
     "message_delivered",
@@ -141,6 +143,7 @@ const SERVER_TYPES: [&str; 8] = [
     "history",
     "typing",
     "error",
+    "group_event",
 ];
 
 /// Reads `bytes` into `raw`. On a syntax error, `raw` keeps what was read before it, so that

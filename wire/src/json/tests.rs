@@ -3,9 +3,9 @@
 
 use super::{decode_client, decode_server, encode_client, encode_server};
 use crate::model::{
-    ClientMessage, Correlation, ErrorCode, ErrorMessage, GroupId, HISTORY_LIMIT_DEFAULT,
-    HistoryRequest, IncomingMessage, Limits, Media, MessageId, Receipt, SendMessage, ServerMessage,
-    Target, UserId,
+    ClientMessage, Correlation, ErrorCode, ErrorMessage, GroupEvent, GroupEventKind, GroupId,
+    HISTORY_LIMIT_DEFAULT, HistoryRequest, IncomingMessage, Limits, Media, MessageId, Receipt,
+    SendMessage, ServerMessage, Target, UserId,
 };
 
 mod refused;
@@ -151,6 +151,17 @@ fn incoming(from: &str, to: Target, content: &str, media: Option<Media>) -> Inco
         media,
         timestamp_ms: NOW_MS,
     }
+}
+
+fn group_event(event: GroupEventKind, by: &str, user_id: &str) -> Message {
+    server(ServerMessage::GroupEvent(GroupEvent {
+        group_id: GroupId(7),
+        event,
+        by: user(by),
+        user: user(user_id),
+        message_id: ID_2,
+        timestamp_ms: NOW_MS,
+    }))
 }
 
 fn error(code: ErrorCode, message: &str, correlation: Correlation) -> Message {
@@ -336,6 +347,19 @@ fn server_examples() {
             Correlation::None,
         )),
     );
+    for (event, by, user) in [
+        (GroupEventKind::Created, "alice", "alice"),
+        (GroupEventKind::MemberAdded, "alice", "carol"),
+        (GroupEventKind::MemberRemoved, "alice", "carol"),
+        (GroupEventKind::MemberLeft, "carol", "carol"),
+    ] {
+        check(
+            format!(
+                r#"{{"type":"group_event","group_id":"g:7","event":"{event}","by":"{by}","user":"{user}","message_id":"7213509893634048002","timestamp":1767225600000}}"#
+            ),
+            Canonical(group_event(event, by, user)),
+        );
+    }
 }
 
 #[test]
@@ -463,5 +487,24 @@ fn lenient_inputs() {
     check(
         r#"{"type":"error","code":"internal","message":"","client_msg_id":null,"req_id":"9"}"#,
         Accepted(error(ErrorCode::Internal, "", Correlation::ReqId(9))),
+    );
+    // A group named by `to`, which the encoder writes as `group_id`.
+    check(
+        r#"{"type":"incoming_message","message_id":"7213509893634048001","from":"alice","to":"g:7","content":"hi","timestamp":1767225600000}"#,
+        Accepted(server(ServerMessage::IncomingMessage(incoming(
+            "alice", GROUP, "hi", None,
+        )))),
+    );
+    check(
+        r#"{"type":"typing","from":"alice","to":"g:7","group_id":null}"#,
+        Accepted(server(ServerMessage::Typing {
+            from: user("alice"),
+            to: GROUP,
+        })),
+    );
+    // Any order, integers and ids in their other form, a key of other types ignored.
+    check(
+        r#"{"type":"group_event","timestamp":"1767225600000","message_id":7213509893634048002,"user":"carol","by":"alice","event":"member_added","group_id":"g:7","to":"bob"}"#,
+        Accepted(group_event(GroupEventKind::MemberAdded, "alice", "carol")),
     );
 }

@@ -7,8 +7,9 @@ use proptest::collection::vec;
 use proptest::option;
 use proptest::prelude::*;
 use wire::{
-    ClientMessage, Correlation, ErrorCode, ErrorMessage, GroupId, HistoryRequest, IncomingMessage,
-    Media, MessageId, Receipt, SendMessage, ServerMessage, Target, UserId,
+    ClientMessage, Correlation, ErrorCode, ErrorMessage, GroupEvent, GroupEventKind, GroupId,
+    HistoryRequest, IncomingMessage, Media, MessageId, Receipt, SendMessage, ServerMessage, Target,
+    UserId,
 };
 
 pub fn user_id() -> impl Strategy<Value = UserId> {
@@ -122,6 +123,27 @@ pub fn correlation() -> impl Strategy<Value = Correlation> {
     ]
 }
 
+pub fn group_event() -> impl Strategy<Value = GroupEvent> {
+    (
+        any::<u64>(),
+        proptest::sample::select(GroupEventKind::ALL.to_vec()),
+        user_id(),
+        user_id(),
+        message_id(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(group, event, by, user, message_id, timestamp_ms)| GroupEvent {
+                group_id: GroupId(group),
+                event,
+                by,
+                user,
+                message_id,
+                timestamp_ms,
+            },
+        )
+}
+
 pub fn server_message() -> impl Strategy<Value = ServerMessage> {
     prop_oneof![
         (any::<u64>(), message_id(), any::<u64>()).prop_map(
@@ -161,5 +183,6 @@ pub fn server_message() -> impl Strategy<Value = ServerMessage> {
                     correlation,
                 })
             ),
+        group_event().prop_map(ServerMessage::GroupEvent),
     ]
 }

@@ -592,6 +592,38 @@ fn refused_server_messages() {
         Refused(Server, bad, "missing field from", none),
     );
     check(
+        r#"{"type":"typing","from":"alice","to":"bob","group_id":"g:7"}"#,
+        Refused(Server, bad, "give to or group_id, not both", none),
+    );
+    check(
+        r#"{"type":"typing","from":"alice"}"#,
+        Refused(Server, bad, "missing field to or group_id", none),
+    );
+    check(
+        r#"{"type":"incoming_message","message_id":"1","from":"alice","to":"bob","group_id":"g:7","content":"hi","timestamp":5}"#,
+        Refused(Server, bad, "give to or group_id, not both", none),
+    );
+    check(
+        r#"{"type":"incoming_message","message_id":"1","from":"alice","group_id":"g:07","content":"hi","timestamp":5}"#,
+        Refused(
+            Server,
+            bad,
+            "group_id: a group id is g: followed by digits",
+            none,
+        ),
+    );
+    check(
+        page(
+            r#"[{"message_id":"1","from":"alice","to":"bob","group_id":"g:7","content":"hi","timestamp":5}]"#,
+        ),
+        Refused(
+            Server,
+            bad,
+            "messages[0]: give to or group_id, not both",
+            req,
+        ),
+    );
+    check(
         r#"{"type":"error","code":"oops","message":"x","client_msg_id":4}"#,
         Refused(
             Server,
@@ -619,5 +651,106 @@ fn refused_server_messages() {
             "x".repeat(1025)
         ),
         Refused(Server, ErrorCode::TooLarge, "at most 1024 bytes", none),
+    );
+}
+
+/// One table of refused `group_event`s: each field missing or bad in turn. None carries an
+/// id, since a `group_event` answers no request.
+#[test]
+fn refused_group_events() {
+    use Sender::Server;
+    let bad = ErrorCode::BadRequest;
+    let none = Correlation::None;
+    let fields = [
+        r#""group_id":"g:7""#,
+        r#""event":"member_added""#,
+        r#""by":"alice""#,
+        r#""user":"carol""#,
+        r#""message_id":"2""#,
+        r#""timestamp":5"#,
+    ];
+    let event = |fields: &[&str]| format!(r#"{{"type":"group_event",{}}}"#, fields.join(","));
+    for (index, name) in ["group_id", "event", "by", "user", "message_id", "timestamp"]
+        .into_iter()
+        .enumerate()
+    {
+        let mut without = fields.to_vec();
+        without.remove(index);
+        let expected = format!("missing field {name}");
+        let error = decode_server(event(&without).as_bytes(), &Limits::DEFAULT).unwrap_err();
+        assert_eq!(
+            error,
+            DecodeError {
+                error: InvalidMessage::BadRequest(expected),
+                correlation: none
+            },
+            "{name}"
+        );
+    }
+    let replaced = |index: usize, field: &'static str| {
+        let mut fields = fields.to_vec();
+        fields[index] = field;
+        event(&fields)
+    };
+    for (input, text) in [
+        (
+            replaced(1, r#""event":"member_joined""#),
+            r#"unknown event "member_joined""#,
+        ),
+        (
+            replaced(1, r#""event":"Created""#),
+            r#"unknown event "Created""#,
+        ),
+        (
+            replaced(1, r#""event":3"#),
+            "event must be a string, got a number",
+        ),
+        (
+            replaced(1, r#""event":null"#),
+            "event must be a string, got null",
+        ),
+        (
+            replaced(0, r#""group_id":"7""#),
+            "group_id: a group id is g: followed by digits",
+        ),
+        (
+            replaced(0, r#""group_id":7"#),
+            "group_id must be a string, got a number",
+        ),
+        // `to` names a target elsewhere; here there is none, so it cannot stand in.
+        (replaced(0, r#""to":"g:7""#), "missing field group_id"),
+        (replaced(2, r#""by":"""#), "by: a user id is 1 to 64 bytes"),
+        (replaced(3, r#""user":"g:7""#), "user: a user id holds only"),
+        (
+            replaced(4, r#""message_id":"x""#),
+            "message_id: a message id is a decimal string",
+        ),
+        (
+            replaced(5, r#""timestamp":-5"#),
+            "timestamp must be an integer",
+        ),
+        (
+            format!(
+                r#"{},"event":"created"}}"#,
+                event(&fields).trim_end_matches('}')
+            ),
+            "field event appears more than once",
+        ),
+    ] {
+        check(input, Refused(Server, bad, text, none));
+    }
+    check(
+        event(&fields).replace("member_added", &"x".repeat(5000)),
+        Refused(
+            Server,
+            bad,
+            r#"unknown event "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"..."#,
+            none,
+        ),
+    );
+    // A client never sends one.
+    check(
+        event(&fields),
+        Refused(Sender::Client, bad, r#"unknown type "group_event""#, none),
     );
 }
