@@ -116,6 +116,7 @@ pub fn error_message(
         code,
         message: text.to_owned(),
         correlation,
+        retry_after_ms: None,
     })
 }
 

@@ -386,6 +386,7 @@ fn read_server(envelope: &fb::Envelope<'_>) -> Result<ServerMessage, InvalidMess
                 code,
                 message: required(body.message(), "error", "message")?.to_owned(),
                 correlation,
+                retry_after_ms: body.retry_after_ms(),
             })
         }
         other => return Err(unexpected_body(other, Direction::ServerToClient)),

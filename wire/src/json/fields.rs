@@ -32,6 +32,7 @@ pub(super) enum Key {
     More,
     Code,
     Message,
+    RetryAfterMs,
 }
 
 impl Key {
@@ -64,6 +65,7 @@ impl Key {
             "more" => Key::More,
             "code" => Key::Code,
             "message" => Key::Message,
+            "retry_after_ms" => Key::RetryAfterMs,
             _ => return None,
         })
     }
@@ -98,6 +100,7 @@ impl Key {
             Key::More => "more",
             Key::Code => "code",
             Key::Message => "message",
+            Key::RetryAfterMs => "retry_after_ms",
         }
     }
 
@@ -164,6 +167,7 @@ impl Schema {
             Key::More,
             Key::Code,
             Key::Message,
+            Key::RetryAfterMs,
         ]);
         // No `messages` here: a history entry cannot nest another page.
         const HISTORY_ENTRY: u32 = key_mask(&[
