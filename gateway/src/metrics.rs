@@ -171,6 +171,18 @@ pub struct ShardMetrics {
     pub acks: AtomicU64,
     /// Counter: `error` answers sent.
     pub errors: AtomicU64,
+    /// Counters: `send_message`s refused `rate_limited` for their sender's rate, and
+    /// connection attempts answered 429 for their address's (see `shard::rate_limits`).
+    pub user_msgs_limited: AtomicU64,
+    pub ip_connects_limited: AtomicU64,
+    /// Counters: messages and connection attempts let through without a bucket because
+    /// the shard's map of buckets was full (`user_msgs_buckets_max`,
+    /// `ip_connects_buckets_max`).
+    pub user_msgs_untracked: AtomicU64,
+    pub ip_connects_untracked: AtomicU64,
+    /// Gauges: buckets held in the shard's maps, set on the tick.
+    pub user_msgs_buckets: AtomicU64,
+    pub ip_connects_buckets: AtomicU64,
     /// Counter: connections closed with 1013 for not reading their messages.
     pub slow_consumers: AtomicU64,
     /// Counter: router loop turns that took no new inputs because an outbox toward another

@@ -158,11 +158,18 @@ pub struct Server {
 }
 
 /// The command for `switchboard` with a fresh data directory and the test secret.
+///
+/// The rate limits are off (their variables set to 0): the tests of other behaviour send
+/// floods from one user and open many connections from one address on purpose, which the
+/// defaults for a phone user would refuse. `tests/tests/rate_limits.rs` turns them on with
+/// flags, which beat the variables.
 pub fn command(data_dir: &Path) -> Command {
     let mut command = Command::new(binary());
     command
         .env("SWITCHBOARD_JWT_SECRET", SECRET)
         .env("RUST_LOG", "warn")
+        .env("SWITCHBOARD_USER_MSGS_PER_S", "0")
+        .env("SWITCHBOARD_IP_CONNECTS_PER_S", "0")
         .arg("serve")
         .arg("--data-dir")
         .arg(data_dir);

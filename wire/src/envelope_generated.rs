@@ -2434,6 +2434,7 @@ impl<'a> Error<'a> {
   pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 6;
   pub const VT_CLIENT_MSG_ID: ::flatbuffers::VOffsetT = 8;
   pub const VT_REQ_ID: ::flatbuffers::VOffsetT = 10;
+  pub const VT_RETRY_AFTER_MS: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2445,6 +2446,7 @@ impl<'a> Error<'a> {
     args: &'args ErrorArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Error<'bldr>> {
     let mut builder = ErrorBuilder::new(_fbb);
+    if let Some(x) = args.retry_after_ms { builder.add_retry_after_ms(x); }
     if let Some(x) = args.req_id { builder.add_req_id(x); }
     if let Some(x) = args.client_msg_id { builder.add_client_msg_id(x); }
     if let Some(x) = args.message { builder.add_message(x); }
@@ -2481,6 +2483,14 @@ impl<'a> Error<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Error::VT_REQ_ID, None)}
   }
+  /// With rate_limited and overloaded: how long to wait before trying again.
+  #[inline]
+  pub fn retry_after_ms(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Error::VT_RETRY_AFTER_MS, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Error<'_> {
@@ -2493,6 +2503,7 @@ impl ::flatbuffers::Verifiable for Error<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
      .visit_field::<u64>("client_msg_id", Self::VT_CLIENT_MSG_ID, false)?
      .visit_field::<u64>("req_id", Self::VT_REQ_ID, false)?
+     .visit_field::<u64>("retry_after_ms", Self::VT_RETRY_AFTER_MS, false)?
      .finish();
     Ok(())
   }
@@ -2502,6 +2513,7 @@ pub struct ErrorArgs<'a> {
     pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
     pub client_msg_id: Option<u64>,
     pub req_id: Option<u64>,
+    pub retry_after_ms: Option<u64>,
 }
 impl<'a> Default for ErrorArgs<'a> {
   #[inline]
@@ -2511,6 +2523,7 @@ impl<'a> Default for ErrorArgs<'a> {
       message: None,
       client_msg_id: None,
       req_id: None,
+      retry_after_ms: None,
     }
   }
 }
@@ -2537,6 +2550,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ErrorBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<u64>(Error::VT_REQ_ID, req_id);
   }
   #[inline]
+  pub fn add_retry_after_ms(&mut self, retry_after_ms: u64) {
+    self.fbb_.push_slot_always::<u64>(Error::VT_RETRY_AFTER_MS, retry_after_ms);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ErrorBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ErrorBuilder {
@@ -2558,6 +2575,7 @@ impl ::core::fmt::Debug for Error<'_> {
       ds.field("message", &self.message());
       ds.field("client_msg_id", &self.client_msg_id());
       ds.field("req_id", &self.req_id());
+      ds.field("retry_after_ms", &self.retry_after_ms());
       ds.finish()
   }
 }

@@ -452,6 +452,8 @@ pub struct ErrorMessage {
     pub code: ErrorCode,
     pub message: String,
     pub correlation: Correlation,
+    /// How long to wait before trying again; only with `rate_limited` and `overloaded`.
+    pub retry_after_ms: Option<u64>,
 }
 
 /// What a `group_event` says happened to a group's membership.
@@ -578,6 +580,14 @@ impl ServerMessage {
                     return Err(InvalidMessage::TooLarge(format!(
                         "an error message is at most {} bytes",
                         limits.error_text_bytes_max
+                    )));
+                }
+                let may_retry =
+                    matches!(error.code, ErrorCode::RateLimited | ErrorCode::Overloaded);
+                if error.retry_after_ms.is_some() && !may_retry {
+                    return Err(bad(format!(
+                        "retry_after_ms comes only with rate_limited or overloaded, not {}",
+                        error.code.as_str()
                     )));
                 }
                 Ok(())

@@ -158,6 +158,27 @@ limits! {
         /// moment after a server on it was killed; then it fails. 0: no retry.
         bind_retry_ms: u64 = 5_000, Ms, min 0;
     }
+    "Rate limits (tuning.md, \"Rate limits\")" {
+        /// Sustained `send_message`s one user may send, per shard their connections are on;
+        /// over it a message is answered `rate_limited` with `retry_after_ms`. 0: no limit.
+        user_msgs_per_s: u64 = 10, PerS, min 0;
+        /// `send_message`s one user may send at once before `user_msgs_per_s` applies.
+        user_msgs_burst: u64 = 100, Count, min 1;
+        /// Users with a message bucket on one shard (a user who has not sent for
+        /// `user_msgs_burst / user_msgs_per_s` seconds has none); when full, a user with no
+        /// bucket is not limited until room is made.
+        user_msgs_buckets_max: usize = 65_536, Count, min 1;
+        /// Sustained connection attempts from one address (an IPv6 /64), for the whole
+        /// server; each shard takes its share, rounded up. Over it an upgrade is answered 429
+        /// with `Retry-After`. 0: no limit.
+        ip_connects_per_s: u64 = 20, PerS, min 0;
+        /// Connection attempts one address may make at once before `ip_connects_per_s`
+        /// applies, for the whole server; each shard takes its share, rounded up.
+        ip_connects_burst: u64 = 200, Count, min 1;
+        /// Addresses with a connection bucket on one shard; when full, an address with no
+        /// bucket is not limited until room is made.
+        ip_connects_buckets_max: usize = 65_536, Count, min 1;
+    }
     "Client messages, as the decoders bound them" {
         /// Characters of a message's `content`.
         content_chars_max: usize = WIRE.content_chars_max, Count, min 1;
@@ -267,6 +288,8 @@ pub enum Unit {
     Bytes,
     Ms,
     Count,
+    /// Events per second: a token bucket's rate, in `_per_s` names.
+    PerS,
 }
 
 impl Unit {
@@ -275,6 +298,7 @@ impl Unit {
             Unit::Bytes => "BYTES",
             Unit::Ms => "MS",
             Unit::Count => "N",
+            Unit::PerS => "N_PER_S",
         }
     }
 
@@ -283,6 +307,7 @@ impl Unit {
             Unit::Bytes => "bytes",
             Unit::Ms => "ms",
             Unit::Count => "count",
+            Unit::PerS => "per s",
         }
     }
 }

@@ -194,6 +194,40 @@ const SERIES: [(&str, Kind, &str, Field); 23] = [
     ),
 ];
 
+/// The families with one series per shard and rate limit (`limit="user_msgs"` or
+/// `"ip_connects"`): each with its field for each limit.
+type LimitFields = [(&'static str, Field); 2];
+
+const RATE_LIMIT_SERIES: [(&str, Kind, &str, LimitFields); 3] = [
+    (
+        "switchboard_rate_limited_total",
+        Kind::Counter,
+        "Limits hit: send_message answered rate_limited (user_msgs), connection attempts answered 429 (ip_connects).",
+        [
+            ("user_msgs", |m| &m.user_msgs_limited),
+            ("ip_connects", |m| &m.ip_connects_limited),
+        ],
+    ),
+    (
+        "switchboard_rate_limit_untracked_total",
+        Kind::Counter,
+        "Messages and connection attempts let through unlimited because the shard's map of buckets was full.",
+        [
+            ("user_msgs", |m| &m.user_msgs_untracked),
+            ("ip_connects", |m| &m.ip_connects_untracked),
+        ],
+    ),
+    (
+        "switchboard_rate_limit_buckets",
+        Kind::Gauge,
+        "Token buckets held: users and addresses that acted lately and have not refilled.",
+        [
+            ("user_msgs", |m| &m.user_msgs_buckets),
+            ("ip_connects", |m| &m.ip_connects_buckets),
+        ],
+    ),
+];
+
 type HistogramField = fn(&ShardMetrics) -> &Histogram;
 
 /// The per-shard histograms, in seconds.
@@ -295,6 +329,17 @@ impl Collector for ShardCollector {
             "WebSocket upgrades refused for their token, by reason.",
             auth,
         )?;
+        for (name, kind, help, fields) in RATE_LIMIT_SERIES {
+            let samples = shards().flat_map(|(id, m)| {
+                fields.iter().map(move |(limit, field)| {
+                    (
+                        ([("shard", id)], [("limit", *limit)]),
+                        field(m).load(Ordering::Relaxed),
+                    )
+                })
+            });
+            family(&mut encoder, name, kind, help, samples)?;
+        }
         for (name, help, field) in HISTOGRAMS {
             let mut descriptor =
                 encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
@@ -550,6 +595,7 @@ mod tests {
         shard.closed(Some(3999));
         shard.closed(CLOSED_IN_HANDSHAKE);
         shard.auth_failed(&AuthError::Expired);
+        ShardMetrics::add(&shard.ip_connects_limited, 3);
         let plane = Arc::new(PlaneMetrics::default());
         ShardMetrics::add(&plane.auth_failures[auth_reason(&AuthError::Missing)], 1);
         let text = render(vec![shard], plane);
@@ -583,6 +629,16 @@ mod tests {
             &["reason=\"missing\""],
         );
         assert_eq!(http.as_deref(), Some("1"));
+        let limited = |limit: &str| {
+            let limit = format!("limit=\"{limit}\"");
+            value(
+                &text,
+                "switchboard_rate_limited_total",
+                &["shard=\"0\"", &limit],
+            )
+        };
+        assert_eq!(limited("ip_connects").as_deref(), Some("3"));
+        assert_eq!(limited("user_msgs").as_deref(), Some("0"));
         assert!(
             text.contains(&format!(
                 "switchboard_build_info{{version=\"{}\"}} 1\n",

@@ -109,6 +109,7 @@ pub fn error_message(
     code: ErrorCode,
     text: &str,
     correlation: Correlation,
+    retry_after_ms: Option<u64>,
     text_bytes_max: usize,
 ) -> wire::ServerMessage {
     let text = &text[..text.floor_char_boundary(text_bytes_max)];
@@ -116,6 +117,7 @@ pub fn error_message(
         code,
         message: text.to_owned(),
         correlation,
+        retry_after_ms,
     })
 }
 
@@ -192,7 +194,13 @@ mod tests {
     #[test]
     fn errors_are_encoded_in_the_connection_encoding() {
         let mut encoders = Encoders::default();
-        let error = error_message(ErrorCode::TooLarge, "too long", Correlation::ReqId(3), 1024);
+        let error = error_message(
+            ErrorCode::TooLarge,
+            "too long",
+            Correlation::ReqId(3),
+            None,
+            1024,
+        );
         let json = encoders.encode(Encoding::Json, &error);
         let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(value["type"], "error");
@@ -204,7 +212,7 @@ mod tests {
             verified.to_server_message(&wire::Limits::DEFAULT).unwrap(),
             error
         );
-        let cut = error_message(ErrorCode::Internal, "ééé", Correlation::None, 3);
+        let cut = error_message(ErrorCode::Internal, "ééé", Correlation::None, None, 3);
         let wire::ServerMessage::Error(cut) = cut else {
             unreachable!()
         };
@@ -214,7 +222,7 @@ mod tests {
     #[test]
     fn a_message_is_encoded_once_per_encoding() {
         let mut encoders = Encoders::default();
-        let message = error_message(ErrorCode::Internal, "x", Correlation::None, 64);
+        let message = error_message(ErrorCode::Internal, "x", Correlation::None, None, 64);
         let message = Arc::new(message);
         let mut encoded = Encoded::new(Arc::clone(&message));
         assert!(encoded.is(&message));

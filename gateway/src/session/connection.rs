@@ -78,6 +78,8 @@ pub struct QueueFull;
 pub struct Refused {
     pub code: wire::ErrorCode,
     pub text: String,
+    /// With `rate_limited` (and `overloaded`, where a wait is known): when to try again.
+    pub retry_after_ms: Option<u64>,
 }
 
 /// Where a connection's decisions go: implemented by the shell, which applies them to the
@@ -245,6 +247,7 @@ impl Connection {
                 let refused = Refused {
                     code: error.error.code(),
                     text: error.to_string(),
+                    retry_after_ms: None,
                 };
                 Some((refused, error.correlation))
             }
@@ -258,6 +261,7 @@ impl Connection {
             refused.code,
             &refused.text,
             correlation,
+            refused.retry_after_ms,
             limits.error_text_bytes_max,
         );
         let payload = shared.encoders.borrow_mut().encode(encoding, &error);

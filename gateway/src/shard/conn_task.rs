@@ -32,6 +32,7 @@ use crate::net::readiness::Readiness;
 use crate::session::connection::{CLOSE_ABNORMAL, Connection, Next, Outputs, QueueFull, Refused};
 use crate::session::handshake::{self, Handshake, Refusal};
 use crate::session::outbound::{CLOSE_TRY_AGAIN_LATER, OutFrame};
+use crate::shard::rate_limits::USER_MSGS_TEXT;
 use crate::shard::state::{ConnSlot, Shard};
 
 /// Reads a connection may do in one turn before it lets the others run.
@@ -277,6 +278,18 @@ impl Outputs for SlotOutputs<'_> {
     }
 
     fn submit(&mut self, user: &UserId, message: wire::ClientMessage) -> Result<(), Refused> {
+        // Before the link: a message over its sender's rate is neither stored nor routed,
+        // and only its sender hears of it; the connection stays open.
+        let rate_limits = &self.shard.rate_limits;
+        let now_ms = rate_limits.ms_at(std::time::Instant::now());
+        let metrics = &self.shard.metrics;
+        if let Err(wait) = rate_limits.message(user, &message, now_ms, metrics) {
+            return Err(Refused {
+                code: wire::ErrorCode::RateLimited,
+                text: USER_MSGS_TEXT.to_owned(),
+                retry_after_ms: Some(wait.0),
+            });
+        }
         match self.shard.link.submit(self.conn, user, message) {
             Ok(subscribed) => {
                 // Kept in the connection's slot, not in this task (an idle connection's
@@ -289,6 +302,7 @@ impl Outputs for SlotOutputs<'_> {
             Err(error) => Err(Refused {
                 code: error.code(),
                 text: error.to_string(),
+                retry_after_ms: None,
             }),
         }
     }

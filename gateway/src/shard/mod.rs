@@ -19,13 +19,14 @@
 //! This folder owns the runtime, the tasks and the shard's state; it drives `session`,
 //! `net` and `storage` and the `router` crate. Nothing below it (`session`, `net`,
 //! `storage`, `config`, `auth`, `metrics`) imports it, and within it the state (`state.rs`,
-//! `link.rs`, `mesh.rs`, `slots.rs`, `signal.rs`) imports neither task (`conn_task.rs`,
-//! `router_loop.rs`).
+//! `link.rs`, `mesh.rs`, `slots.rs`, `signal.rs`, `rate_limits.rs`) imports neither task
+//! (`conn_task.rs`, `router_loop.rs`).
 
 pub mod conn_task;
 pub mod control_inbox;
 pub mod link;
 pub mod mesh;
+pub mod rate_limits;
 pub mod router_loop;
 pub mod signal;
 pub mod slots;
@@ -45,6 +46,7 @@ use crate::config::Config;
 use crate::metrics::ShardMetrics;
 use crate::net::io;
 use crate::net::readiness::{self, Readiness};
+use crate::session::rate_limit::RetryAfterMs;
 use crate::shard::control_inbox::ControlInbox;
 use crate::shard::mesh::ShardMesh;
 use crate::shard::router_loop::RouterLoop;
@@ -145,7 +147,8 @@ pub fn start(
                 if let Some(cpu) = cpu {
                     pin_to_cpu(shard_id, cpu);
                 }
-                let shard = Shard::new(shard_id, n_shards, config, auth, metrics);
+                let started = std::time::Instant::now();
+                let shard = Shard::new(shard_id, n_shards, config, auth, metrics, started);
                 let parts = ShardParts {
                     listener,
                     wake: wake_shard,
@@ -363,13 +366,25 @@ async fn accept_loop(shard: &Rc<Shard>, listener: &Readiness) {
     }
 }
 
-/// Takes a new connection, or refuses it at once when the shard is full.
+/// Takes a new connection, or refuses it at once when the shard is full or its address is
+/// over its rate.
 fn admit(shard: &Rc<Shard>, fd: OwnedFd) {
     use std::os::fd::AsRawFd as _;
     if shard.conns.borrow().len() >= shard.config.limits.connections_per_shard_max {
         let answer = wire::handshake::error_response(503, "too many connections, try again later");
         // One try without waiting: a full socket buffer on a fresh connection is unlikely,
         // and a refused client gets the close either way.
+        let _ = io::send_once(fd.as_raw_fd(), &answer);
+        return;
+    }
+    if let Err(wait) = connect_allowed(shard, fd.as_raw_fd()) {
+        // Answered before the request is read, like the 503 above: a client over its rate
+        // costs no buffer, no task and no token check.
+        let answer = wire::handshake::retry_later_response(
+            429,
+            wait.seconds_rounded_up(),
+            "too many connection attempts from this address, try again later",
+        );
         let _ = io::send_once(fd.as_raw_fd(), &answer);
         return;
     }
@@ -383,6 +398,26 @@ fn admit(shard: &Rc<Shard>, fd: OwnedFd) {
     };
     let (slot, generation) = shard.register();
     monoio::spawn(conn_task::serve(Rc::clone(shard), socket, slot, generation));
+}
+
+/// Whether the connection's address is within `ip_connects_per_s`. A socket whose peer
+/// cannot be named (gone already) is let through: its handshake will fail on its own.
+fn connect_allowed(shard: &Shard, fd: std::os::fd::RawFd) -> Result<(), RetryAfterMs> {
+    let limits = &shard.config.limits;
+    if limits.ip_connects_per_s == 0 {
+        // No limit: not even the peer's address is asked for.
+        return Ok(());
+    }
+    let Ok(peer) = io::peer_addr(fd) else {
+        return Ok(());
+    };
+    let rate_limits = &shard.rate_limits;
+    let now_ms = rate_limits.ms_at(std::time::Instant::now());
+    let allowed = rate_limits.connect(peer.ip(), now_ms, &shard.metrics);
+    if allowed.is_err() {
+        tracing::debug!(shard = shard.shard_id, %peer, "connection attempt over the address's rate: 429");
+    }
+    allowed
 }
 
 /// The CPUs this process may run on, in order.

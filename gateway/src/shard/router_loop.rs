@@ -532,6 +532,12 @@ impl RouterLoop {
             }
         }
         self.answer_control();
+        let rate_limits = &self.shard.rate_limits;
+        rate_limits.tidy(rate_limits.ms_at(std::time::Instant::now()));
+        let (user_buckets, ip_buckets) = rate_limits.buckets();
+        let metrics = &self.shard.metrics;
+        ShardMetrics::set(&metrics.user_msgs_buckets, user_buckets as u64);
+        ShardMetrics::set(&metrics.ip_connects_buckets, ip_buckets as u64);
         // Hands the pages this thread's heap freed back to the OS. The allocator does so
         // only when the heap is busy; a shard that went quiet after a connect storm would
         // otherwise keep the storm's transient buffers resident.

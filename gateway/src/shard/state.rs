@@ -20,6 +20,7 @@ use crate::session::codec::{self, Encoded};
 use crate::session::connection::Shared;
 use crate::session::outbound::{OutFrame, Outbound};
 use crate::shard::link::{Link, ShardSet};
+use crate::shard::rate_limits::RateLimits;
 use crate::shard::signal::Signal;
 use crate::shard::slots::Slots;
 
@@ -73,6 +74,8 @@ pub struct Shard {
     pub link: Link,
     /// This shard's counters, read by the HTTP thread.
     pub metrics: Arc<ShardMetrics>,
+    /// The buckets of the users' messages and of the addresses' connection attempts.
+    pub rate_limits: RateLimits,
 }
 
 impl std::fmt::Debug for Shard {
@@ -85,15 +88,19 @@ impl std::fmt::Debug for Shard {
 }
 
 impl Shard {
+    /// `started` is the origin of the rate limits' clock, read by the shell that starts
+    /// the shard.
     pub fn new(
         shard_id: u16,
         n_shards: u16,
         config: Arc<Config>,
         auth: Arc<Authenticator>,
         metrics: Arc<ShardMetrics>,
+        started: std::time::Instant,
     ) -> Shard {
         let limits = &config.limits;
         Shard {
+            rate_limits: RateLimits::new(limits, n_shards, started),
             shard_id,
             session: Shared::new(shard_id, &config, Arc::clone(&metrics)),
             pool: BufferPool::new(limits.read_buffer_bytes, limits.read_buffers_pooled_max),

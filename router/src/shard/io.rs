@@ -159,6 +159,7 @@ impl Refusal {
             code: self.code(),
             message: self.to_string(),
             correlation,
+            retry_after_ms: None,
         })
     }
 }

@@ -179,6 +179,7 @@ fn error(code: ErrorCode, message: &str, correlation: Correlation) -> ServerMess
         code,
         message: message.into(),
         correlation,
+        retry_after_ms: None,
     })
 }
 

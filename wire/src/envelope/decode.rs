@@ -415,6 +415,7 @@ fn read_server(envelope: &fb::Envelope<'_>) -> Result<ServerMessage, InvalidMess
                 code,
                 message: required(body.message(), "error", "message")?.to_owned(),
                 correlation,
+                retry_after_ms: body.retry_after_ms(),
             })
         }
         fb::Body::GroupEvent => {

@@ -203,6 +203,7 @@ impl EnvelopeEncoder {
                     message,
                     client_msg_id,
                     req_id,
+                    retry_after_ms: error.retry_after_ms,
                 };
                 let table = fb::Error::create(&mut self.builder, &args);
                 (fb::Body::Error, table.as_union_value())

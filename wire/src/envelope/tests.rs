@@ -252,6 +252,13 @@ fn encoded_messages_decode() {
             code: ErrorCode::Overloaded,
             message: String::new(),
             correlation: Correlation::ReqId(0),
+            retry_after_ms: None,
+        }),
+        ServerMessage::Error(ErrorMessage {
+            code: ErrorCode::RateLimited,
+            message: "too many messages".to_owned(),
+            correlation: Correlation::ClientMsgId(u64::MAX),
+            retry_after_ms: Some(1500),
         }),
         ServerMessage::IncomingMessage(incoming(1, None)),
         ServerMessage::IncomingMessage(IncomingMessage {
@@ -464,19 +471,28 @@ fn server_messages_with_bad_fields() {
     use Expect::ServerRefused;
     let limits = Limits::DEFAULT;
     let bad_request = ErrorCode::BadRequest;
-    let error = |code, client_msg_id, req_id| {
+    let error_waiting = |code, client_msg_id, req_id, retry_after_ms| {
         raw(move |b| {
             let args = fb::ErrorArgs {
                 code,
                 message: Some(b.create_string("no")),
                 client_msg_id,
                 req_id,
+                retry_after_ms,
             };
             let table = fb::Error::create(b, &args);
             (fb::Body::Error, table.as_union_value())
         })
     };
+    let error = |code, client_msg_id, req_id| error_waiting(code, client_msg_id, req_id, None);
     let cases = [
+        (
+            error_waiting(Some(fb::ErrorCode::NotFound), Some(1), None, Some(10)),
+            ServerRefused(
+                bad_request,
+                "retry_after_ms comes only with rate_limited or overloaded, not not_found",
+            ),
+        ),
         (
             error(Some(fb::ErrorCode(99)), None, None),
             ServerRefused(bad_request, "error.code 99 is not a known code"),
@@ -519,6 +535,7 @@ fn server_messages_with_bad_fields() {
                 code: ErrorCode::Internal,
                 message: "x".repeat(limits.error_text_bytes_max + 1),
                 correlation: Correlation::None,
+                retry_after_ms: None,
             })),
             ServerRefused(ErrorCode::TooLarge, "an error message is at most"),
         ),
@@ -546,6 +563,7 @@ fn server_messages_with_bad_fields() {
         code: ErrorCode::Internal,
         message: "no".to_owned(),
         correlation: Correlation::ClientMsgId(5),
+        retry_after_ms: None,
     });
     let bytes = error(Some(fb::ErrorCode::Internal), Some(5), None);
     check(&limits, &bytes, Expect::Server(expected));

@@ -564,6 +564,21 @@ pub fn switching_protocols(request: &UpgradeRequest) -> Vec<u8> {
 /// 426 names the version and protocol we speak (RFC 6455 section 4.4, RFC 9110 section
 /// 15.5.22); 401 names the Bearer scheme (RFC 9110 section 11.6.1).
 pub fn error_response(status: u16, body_text: &str) -> Vec<u8> {
+    response_with(status, "", body_text)
+}
+
+/// An error answer that tells the client when to try again (RFC 9110 section 10.2.3): 429
+/// for a client over its rate, 503 for a server that is full. `retry_after_s` is whole
+/// seconds, as the header allows no fraction.
+pub fn retry_later_response(status: u16, retry_after_s: u64, body_text: &str) -> Vec<u8> {
+    response_with(
+        status,
+        &format!("Retry-After: {retry_after_s}\r\n"),
+        body_text,
+    )
+}
+
+fn response_with(status: u16, retry_after: &str, body_text: &str) -> Vec<u8> {
     assert!(
         (400..600).contains(&status),
         "not an error status: {status}"
@@ -574,6 +589,7 @@ pub fn error_response(status: u16, body_text: &str) -> Vec<u8> {
         403 => "Forbidden",
         404 => "Not Found",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
@@ -590,7 +606,7 @@ pub fn error_response(status: u16, body_text: &str) -> Vec<u8> {
         "HTTP/1.1 {status} {reason}\r\n\
          Content-Type: text/plain; charset=utf-8\r\n\
          Content-Length: {body_bytes}\r\n\
-         {extra_headers}\r\n"
+         {retry_after}{extra_headers}\r\n"
     );
     let mut response = Vec::with_capacity(head.len() + body_bytes);
     response.extend_from_slice(head.as_bytes());

@@ -512,6 +512,11 @@ fn error_answers() {
         "HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain; charset=utf-8\r\n\
          Content-Length: 14\r\nWWW-Authenticate: Bearer\r\nConnection: close\r\n\r\ntoken expired\n",
     );
+    assert_eq!(
+        String::from_utf8(retry_later_response(429, 2, "slow down")).unwrap(),
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: 10\r\nRetry-After: 2\r\nConnection: close\r\n\r\nslow down\n",
+    );
     assert!(text(431, "").starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"));
     assert!(text(400, "").starts_with("HTTP/1.1 400 Bad Request\r\n"));
     // Every error's answer parses as HTTP and carries its status and its text.

@@ -230,6 +230,7 @@ fn server_from_raw(raw: &mut RawMessage<'_>) -> Result<ServerMessage, InvalidMes
                 code,
                 message,
                 correlation,
+                retry_after_ms: raw.retry_after_ms.uint_opt("retry_after_ms")?,
             })
         }
         "group_event" => ServerMessage::GroupEvent(group_event_from_raw(raw)?),

@@ -144,6 +144,10 @@ pub fn encode_server(message: &ServerMessage, out: &mut Vec<u8>) {
                     put_u64(out, req_id);
                 }
             }
+            if let Some(retry_after_ms) = error.retry_after_ms {
+                put_key(out, "retry_after_ms");
+                put_u64(out, retry_after_ms);
+            }
         }
         ServerMessage::GroupEvent(event) => {
             put_key(out, "group_id");

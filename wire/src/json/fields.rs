@@ -33,6 +33,7 @@ pub(super) enum Key {
     Code,
     Message,
     Event,
+    RetryAfterMs,
 }
 
 impl Key {
@@ -66,6 +67,7 @@ impl Key {
             "code" => Key::Code,
             "message" => Key::Message,
             "event" => Key::Event,
+            "retry_after_ms" => Key::RetryAfterMs,
             _ => return None,
         })
     }
@@ -101,6 +103,7 @@ impl Key {
             Key::Code => "code",
             Key::Message => "message",
             Key::Event => "event",
+            Key::RetryAfterMs => "retry_after_ms",
         }
     }
 
@@ -171,6 +174,7 @@ impl Schema {
             Key::Code,
             Key::Message,
             Key::Event,
+            Key::RetryAfterMs,
         ]);
         // No `messages` here: a history entry cannot nest another page.
         const HISTORY_ENTRY: u32 = key_mask(&[

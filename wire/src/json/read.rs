@@ -47,6 +47,7 @@ pub(super) struct RawMessage<'a> {
     pub(super) code: Scalar<'a>,
     pub(super) message: Scalar<'a>,
     pub(super) event: Scalar<'a>,
+    pub(super) retry_after_ms: Scalar<'a>,
     /// The keys read so far, one bit each.
     pub(super) seen: u32,
     /// The first known key that appeared twice.
@@ -83,6 +84,7 @@ impl<'a> RawMessage<'a> {
             Key::Code => &mut self.code,
             Key::Message => &mut self.message,
             Key::Event => &mut self.event,
+            Key::RetryAfterMs => &mut self.retry_after_ms,
             Key::MessageIds | Key::Users | Key::Messages => {
                 unreachable!("list fields are read by their own seeds")
             }

@@ -169,6 +169,7 @@ fn error(code: ErrorCode, message: &str, correlation: Correlation) -> Message {
         code,
         message: message.to_owned(),
         correlation,
+        retry_after_ms: None,
     }))
 }
 
@@ -340,6 +341,24 @@ fn server_examples() {
         )),
     );
     check(
+        r#"{"type":"error","code":"rate_limited","message":"too many messages","client_msg_id":3,"retry_after_ms":1500}"#,
+        Canonical(server(ServerMessage::Error(ErrorMessage {
+            code: ErrorCode::RateLimited,
+            message: "too many messages".to_owned(),
+            correlation: Correlation::ClientMsgId(3),
+            retry_after_ms: Some(1500),
+        }))),
+    );
+    check(
+        r#"{"type":"error","code":"overloaded","message":"busy","retry_after_ms":0}"#,
+        Canonical(server(ServerMessage::Error(ErrorMessage {
+            code: ErrorCode::Overloaded,
+            message: "busy".to_owned(),
+            correlation: Correlation::None,
+            retry_after_ms: Some(0),
+        }))),
+    );
+    check(
         r#"{"type":"error","code":"bad_request","message":"unknown type \"hello\""}"#,
         Canonical(error(
             ErrorCode::BadRequest,
@@ -506,5 +525,19 @@ fn lenient_inputs() {
     check(
         r#"{"type":"group_event","timestamp":"1767225600000","message_id":7213509893634048002,"user":"carol","by":"alice","event":"member_added","group_id":"g:7","to":"bob"}"#,
         Accepted(group_event(GroupEventKind::MemberAdded, "alice", "carol")),
+    );
+    // A null wait is no wait; a wait may be written as a string, as ids may.
+    check(
+        r#"{"type":"error","code":"rate_limited","message":"","retry_after_ms":null}"#,
+        Accepted(error(ErrorCode::RateLimited, "", Correlation::None)),
+    );
+    check(
+        r#"{"type":"error","code":"rate_limited","message":"","retry_after_ms":"250"}"#,
+        Accepted(server(ServerMessage::Error(ErrorMessage {
+            code: ErrorCode::RateLimited,
+            message: String::new(),
+            correlation: Correlation::None,
+            retry_after_ms: Some(250),
+        }))),
     );
 }

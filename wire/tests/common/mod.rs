@@ -174,15 +174,19 @@ pub fn server_message() -> impl Strategy<Value = ServerMessage> {
         (
             proptest::sample::select(ErrorCode::ALL.to_vec()),
             "\\PC{0,100}",
-            correlation()
+            correlation(),
+            option::of(any::<u64>())
         )
-            .prop_map(
-                |(code, message, correlation)| ServerMessage::Error(ErrorMessage {
+            .prop_map(|(code, message, correlation, retry_after_ms)| {
+                // The model allows a wait only with the codes that mean "try again later".
+                let may_retry = matches!(code, ErrorCode::RateLimited | ErrorCode::Overloaded);
+                ServerMessage::Error(ErrorMessage {
                     code,
                     message,
                     correlation,
+                    retry_after_ms: retry_after_ms.filter(|_| may_retry),
                 })
-            ),
+            }),
         group_event().prop_map(ServerMessage::GroupEvent),
     ]
 }

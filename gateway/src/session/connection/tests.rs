@@ -148,6 +148,7 @@ fn valid_messages_are_submitted_and_the_others_answered() {
         refuse: Some(Refused {
             code: wire::ErrorCode::Overloaded,
             text: "busy".to_owned(),
+            retry_after_ms: None,
         }),
         ..Recorded::default()
     };
@@ -159,6 +160,42 @@ fn valid_messages_are_submitted_and_the_others_answered() {
             OpCode::Text,
             &encoded_error(wire::ErrorCode::Overloaded, "busy", wire::Correlation::None),
         )],
+        &[],
+        Next::Open,
+    );
+}
+
+#[test]
+fn a_rate_limited_message_is_answered_with_its_id_and_wait_and_the_connection_stays() {
+    let send = br#"{"type":"send_message","client_msg_id":9,"to":"bob","content":"hi"}"#;
+    let mut limited = Recorded {
+        queue_frames_max: 8,
+        refuse: Some(Refused {
+            code: wire::ErrorCode::RateLimited,
+            text: "too many messages".to_owned(),
+            retry_after_ms: Some(250),
+        }),
+        ..Recorded::default()
+    };
+    let limits = wire::Limits::DEFAULT;
+    let answer = codec::error_message(
+        wire::ErrorCode::RateLimited,
+        "too many messages",
+        wire::Correlation::ClientMsgId(9),
+        Some(250),
+        limits.error_text_bytes_max,
+    );
+    let answer = Encoders::default().encode(Encoding::Json, &answer);
+    assert!(
+        std::str::from_utf8(&answer)
+            .unwrap()
+            .ends_with(r#""client_msg_id":9,"retry_after_ms":250}"#)
+    );
+    check(
+        Route::Messages,
+        &mut limited,
+        &[(OpCode::Text, send)],
+        &[(OpCode::Text, &answer)],
         &[],
         Next::Open,
     );
@@ -179,7 +216,7 @@ fn recorded_error(payload: &[u8]) -> Vec<u8> {
 
 fn encoded_error(code: wire::ErrorCode, text: &str, correlation: wire::Correlation) -> Vec<u8> {
     let limits = wire::Limits::DEFAULT;
-    let message = codec::error_message(code, text, correlation, limits.error_text_bytes_max);
+    let message = codec::error_message(code, text, correlation, None, limits.error_text_bytes_max);
     Encoders::default()
         .encode(Encoding::Json, &message)
         .to_vec()

@@ -125,7 +125,14 @@ impl ShardThread {
                     .expect("an epoll runtime");
                 runtime.block_on(async move {
                     let auth = Arc::new(Authenticator::new(b"backpressure"));
-                    let shard = Rc::new(Shard::new(shard_id, 2, config, auth, shard_metrics));
+                    let shard = Rc::new(Shard::new(
+                        shard_id,
+                        2,
+                        config,
+                        auth,
+                        shard_metrics,
+                        Instant::now(),
+                    ));
                     let journal_config = router::wal::LogConfig {
                         durability: Durability::None,
                         ..router::wal::LogConfig::DEFAULT

@@ -652,6 +652,24 @@ fn refused_server_messages() {
         ),
         Refused(Server, ErrorCode::TooLarge, "at most 1024 bytes", none),
     );
+    check(
+        r#"{"type":"error","code":"rate_limited","message":"x","retry_after_ms":-1}"#,
+        Refused(Server, bad, "retry_after_ms must be", none),
+    );
+    check(
+        r#"{"type":"error","code":"rate_limited","message":"x","retry_after_ms":"soon"}"#,
+        Refused(Server, bad, "retry_after_ms", none),
+    );
+    // A wait means "try again later", which only these two codes say.
+    check(
+        r#"{"type":"error","code":"forbidden","message":"x","client_msg_id":4,"retry_after_ms":10}"#,
+        Refused(
+            Server,
+            bad,
+            "retry_after_ms comes only with rate_limited or overloaded, not forbidden",
+            Correlation::ClientMsgId(4),
+        ),
+    );
 }
 
 /// One table of refused `group_event`s: each field missing or bad in turn. None carries an
