@@ -108,6 +108,14 @@ fn relays_a_message_its_acknowledgement_and_its_receipt() {
 
     let mut alice = connect(&url, Some(&token("alice", SECRET))).unwrap();
     let mut bob = connect(&format!("{url}?token={}", token("bob", SECRET)), None).unwrap();
+    // The relay files a connection under its user only after the upgrade's answer, and drops
+    // a message for a user it has not filed: an answer to bob's own first message shows that
+    // bob is filed before alice sends him anything.
+    send(
+        &mut bob,
+        json!({"type": "send_message", "client_msg_id": 1, "to": "nobody", "content": "ready"}),
+    );
+    assert_eq!(receive(&mut bob)["type"], "message_received");
 
     send(
         &mut alice,
