@@ -146,6 +146,11 @@ impl<K: Hash + Eq> RateLimiter<K> {
     }
 
     /// Takes a token from `key`'s bucket.
+    /// Whether a limit is set (a rate of 0 is none).
+    pub fn is_on(&self) -> bool {
+        self.rate.is_some()
+    }
+
     pub fn take(&mut self, key: &K, now_ms: u64) -> Verdict
     where
         K: Clone,

@@ -281,7 +281,7 @@ impl Outputs for SlotOutputs<'_> {
         // Before the link: a message over its sender's rate is neither stored nor routed,
         // and only its sender hears of it; the connection stays open.
         let rate_limits = &self.shard.rate_limits;
-        let now_ms = rate_limits.ms_at(std::time::Instant::now());
+        let now_ms = || rate_limits.ms_at(std::time::Instant::now());
         let metrics = &self.shard.metrics;
         if let Err(wait) = rate_limits.message(user, &message, now_ms, metrics) {
             return Err(Refused {

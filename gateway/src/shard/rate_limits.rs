@@ -96,18 +96,21 @@ impl RateLimits {
         u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Whether `user` may send `message` now; counts what it refuses.
+    /// Whether `user` may send `message` now; counts what it refuses. `now_ms` is called
+    /// only for a message that counts while the limit is on: most client messages (receipts,
+    /// heartbeats) then cost no clock read.
     pub fn message(
         &self,
         user: &UserId,
         message: &ClientMessage,
-        now_ms: u64,
+        now_ms: impl FnOnce() -> u64,
         metrics: &ShardMetrics,
     ) -> Result<(), RetryAfterMs> {
-        if !matches!(message, ClientMessage::SendMessage(_)) {
+        let mut user_msgs = self.user_msgs.borrow_mut();
+        if !matches!(message, ClientMessage::SendMessage(_)) || !user_msgs.is_on() {
             return Ok(());
         }
-        let verdict = self.user_msgs.borrow_mut().take(user, now_ms);
+        let verdict = user_msgs.take(user, now_ms());
         counted(
             verdict,
             &metrics.user_msgs_limited,
@@ -197,21 +200,21 @@ mod tests {
         let rates = RateLimits::new(&limits(), 1, Instant::now());
         let metrics = ShardMetrics::default();
         let alice = user("alice");
-        assert_eq!(rates.message(&alice, &send(), 0, &metrics), Ok(()));
-        assert_eq!(rates.message(&alice, &send(), 0, &metrics), Ok(()));
+        assert_eq!(rates.message(&alice, &send(), || 0, &metrics), Ok(()));
+        assert_eq!(rates.message(&alice, &send(), || 0, &metrics), Ok(()));
         assert_eq!(
-            rates.message(&alice, &send(), 0, &metrics),
+            rates.message(&alice, &send(), || 0, &metrics),
             Err(RetryAfterMs(1000))
         );
         // Typing and heartbeats are not messages that count.
         let typing = ClientMessage::Heartbeat;
-        assert_eq!(rates.message(&alice, &typing, 0, &metrics), Ok(()));
-        assert_eq!(rates.message(&user("bob"), &send(), 0, &metrics), Ok(()));
+        assert_eq!(rates.message(&alice, &typing, || 0, &metrics), Ok(()));
+        assert_eq!(rates.message(&user("bob"), &send(), || 0, &metrics), Ok(()));
         let limited = metrics
             .user_msgs_limited
             .load(std::sync::atomic::Ordering::Relaxed);
         assert_eq!(limited, 1);
-        assert_eq!(rates.message(&alice, &send(), 1000, &metrics), Ok(()));
+        assert_eq!(rates.message(&alice, &send(), || 1000, &metrics), Ok(()));
         // Bob's bucket is full again by 1000 and goes; alice's is empty and stays.
         rates.tidy(1000);
         assert_eq!(rates.buckets(), (1, 0));
@@ -253,7 +256,10 @@ mod tests {
         let metrics = ShardMetrics::default();
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         for _ in 0..1000 {
-            assert_eq!(rates.message(&user("alice"), &send(), 0, &metrics), Ok(()));
+            assert_eq!(
+                rates.message(&user("alice"), &send(), || 0, &metrics),
+                Ok(())
+            );
             assert_eq!(rates.connect(ip, 0, &metrics), Ok(()));
         }
         assert_eq!(rates.buckets(), (0, 0));
