@@ -245,3 +245,44 @@ fn unknown_routes_and_methods_get_json_errors() {
     let error: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(error["status"], "failed");
 }
+
+#[test]
+fn the_web_page_and_its_assets_are_served_with_their_types_and_no_cache() {
+    let server = Server::start();
+    for (path, content_type, opening) in [
+        ("/", "text/html; charset=utf-8", "<!doctype html>"),
+        (
+            "/app.js",
+            "text/javascript; charset=utf-8",
+            "// The page itself",
+        ),
+        (
+            "/client.js",
+            "text/javascript; charset=utf-8",
+            "// The page's protocol client",
+        ),
+        ("/style.css", "text/css; charset=utf-8", "/* The look of"),
+    ] {
+        let (status, head, body) = request(server.http_addr, "GET", path);
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(
+            head.contains(&format!("content-type: {content_type}")),
+            "{path}: {head}"
+        );
+        // So that a browser picks up the page of a new build.
+        assert!(head.contains("cache-control: no-cache"), "{path}: {head}");
+        assert!(
+            head.contains("content-security-policy: default-src 'self'"),
+            "{path}: {head}"
+        );
+        assert!(body.starts_with(opening), "{path}: {body}");
+    }
+    // The page connects to the WebSocket address the server listens on, as bound.
+    let (status, head, body) = request(server.http_addr, "GET", "/web-config.json");
+    assert_eq!(status, 200, "{body}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    let config: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["ws_host"], server.ws_addr.ip().to_string());
+    assert_eq!(config["ws_port"], server.ws_addr.port());
+    assert_eq!(config["ws_path"], "/ws");
+}

@@ -50,7 +50,8 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
     // Before any thread starts, so that every thread inherits the mask and the signals wait
     // for the main thread's sigwait.
     let signals = cli::signals::block_shutdown_signals()?;
-    let shard_control = start_control_plane(&config, &auth, http_listener, listeners.len())?;
+    let shard_control =
+        start_control_plane(&config, &auth, http_listener, ws_addr, listeners.len())?;
     let (mut shards, driver) = shard::start(&config, &auth, listeners, shard_control, driver)?;
     if config.echo {
         tracing::info!("echo route on at ws://{ws_addr}{}", config::ECHO_PATH);
@@ -96,12 +97,13 @@ fn shard_count(config: &Config) -> anyhow::Result<u16> {
         })
 }
 
-/// Starts the HTTP thread. Per shard it makes the inbox through which the HTTP thread asks
+/// Starts the HTTP thread, which serves the web page that connects to `ws_addr`. Per shard it makes the inbox through which the HTTP thread asks
 /// the shard things, and the shard's counters; returns the shards' ends of them.
 fn start_control_plane(
     config: &Config,
     auth: &Arc<Authenticator>,
     http_listener: std::net::TcpListener,
+    ws_addr: std::net::SocketAddr,
     n_shards: usize,
 ) -> anyhow::Result<Vec<(ControlInbox, Arc<ShardMetrics>)>> {
     let mut plane = control::http::ControlPlane {
@@ -109,6 +111,7 @@ fn start_control_plane(
         control_timeout_ms: config.limits.control_timeout_ms,
         auth: Arc::clone(auth),
         http_body_bytes_max: config.limits.http_body_bytes_max,
+        ws_addr,
     };
     let mut shard_control = Vec::with_capacity(n_shards);
     for _ in 0..n_shards {

@@ -1,5 +1,5 @@
-//! The HTTP control plane on `--http-listen`: `GET /healthz`, `GET /readyz`, `GET /metrics`
-//! and `GET /v1/user/{user_id}/status`.
+//! The HTTP control plane on `--http-listen`: `GET /healthz`, `GET /readyz`, `GET /metrics`,
+//! `GET /v1/user/{user_id}/status`, and the web page (`control::web`).
 //!
 //! It runs on its own thread with a small tokio runtime and axum, apart from the shards: it
 //! is never on the message path. It reads the shards' metrics directly (relaxed atomics) and
@@ -36,6 +36,8 @@ pub struct ControlPlane {
     pub http_body_bytes_max: usize,
     /// Verifies the bearer tokens of the `/v1/` routes.
     pub auth: Arc<Authenticator>,
+    /// Where the shards listen for WebSockets, as bound: the web page connects there.
+    pub ws_addr: std::net::SocketAddr,
 }
 
 /// Serves the API on `listener` from a thread of its own until the process exits.
@@ -83,6 +85,7 @@ fn router(plane: ControlPlane) -> Router {
     let metrics = Arc::new(PlaneMetrics::default());
     let shards = plane.shards.iter().map(|(_, m)| Arc::clone(m)).collect();
     let exposition = Exposition::new(shards, Arc::clone(&metrics));
+    let page = crate::control::web::routes(plane.ws_addr);
     let api = Api {
         plane,
         exposition,
@@ -93,6 +96,7 @@ fn router(plane: ControlPlane) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/v1/user/{user_id}/status", get(user_status))
+        .merge(page)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_bytes_max))

@@ -1,8 +1,10 @@
 //! The control plane: the HTTP API (health, readiness, metrics, a user's status) on its own
 //! thread and runtime, off the message path. It reads the shards' metrics and asks shards
 //! questions only through their bounded control inboxes (`shard::control_inbox`), never by
-//! reaching into a shard's state. Later the group, media and profile routes and the web
-//! page go here, asking the shards the same way. Only `cli` (which starts it) imports it.
+//! reaching into a shard's state. The web page (`web/`) is served here too, its files
+//! embedded in the binary. Later the group, media and profile routes go here, asking the
+//! shards the same way. Only `cli` (which starts it) imports it.
 
 pub mod http;
 pub mod openmetrics;
+pub mod web;

@@ -1,0 +1,343 @@
+// The page's protocol client: one WebSocket speaking the JSON protocol of docs/protocol.md,
+// what the page keeps in localStorage (contacts, chats, the outbox, the client_msg_id
+// counter) and the rules that make it safe over a flaky link: reconnect with capped
+// exponential backoff and jitter, the outbox sent again on every connection with the same
+// client_msg_id (the server answers a retry with the first message_id and delivers it once),
+// and incoming messages kept once by message_id however often the server sends them.
+// It knows nothing of the DOM: app.js renders what it holds and calls it.
+
+const HEARTBEAT_MS = 20_000; // well inside the server's presence TTL (60 s)
+const BACKOFF_BASE_MS = 500;
+const BACKOFF_MAX_MS = 15_000;
+const TYPING_SEND_EVERY_MS = 2_500; // the server forwards each one; no need for more
+const TYPING_SHOWN_MS = 5_000; // how long a typing notice is shown without another
+const OVERLOADED_RETRY_MS = 2_000;
+const CHAT_MESSAGES_MAX = 500; // per chat, oldest dropped first (never an unsent one)
+const IDS_PER_RECEIPT_MAX = 1000; // the server's bound on message_ids
+
+export const USER_ID = /^[A-Za-z0-9_.@-]{1,64}$/;
+
+/** The claims of a JWT (`sub`, `exp`), read without checking the signature (the server
+ * does that); null when it is not a JWT naming a valid user. */
+export function tokenClaims(token) {
+  const parts = token.trim().split(".");
+  if (parts.length !== 3) return null;
+  try {
+    const json = atob(parts[1].replace(/-/g, "+").replace(/_/g, "/"));
+    const claims = JSON.parse(json);
+    if (typeof claims.sub !== "string" || !USER_ID.test(claims.sub)) return null;
+    return claims;
+  } catch {
+    return null;
+  }
+}
+
+/** One user's state in localStorage, under keys prefixed with their id so that two users
+ * signed in one after the other on the same browser do not see each other's chats. */
+class Store {
+  constructor(user) {
+    this.prefix = `switchboard:${user}:`;
+    this.contacts = this.read("contacts", []);
+    // peer -> [{dir: "out"|"in", cmid?, id?, text, ts, state?, read?}], oldest first.
+    this.chats = this.read("chats", {});
+  }
+  read(key, fallback) {
+    try {
+      return JSON.parse(localStorage.getItem(this.prefix + key)) ?? fallback;
+    } catch {
+      return fallback;
+    }
+  }
+  save() {
+    localStorage.setItem(this.prefix + "contacts", JSON.stringify(this.contacts));
+    localStorage.setItem(this.prefix + "chats", JSON.stringify(this.chats));
+  }
+  /** A client_msg_id never used before by this user, also across reloads. The counter
+   * starts from the clock in microseconds (below 2^53, so exact in JavaScript), so that a
+   * browser whose storage was cleared does not reuse an id the server still remembers
+   * (it would answer a new message as a retry of the old one). */
+  nextClientMsgId() {
+    const key = this.prefix + "next_client_msg_id";
+    const stored = Number(localStorage.getItem(key)) || 0;
+    const id = Math.max(stored, Date.now() * 1000);
+    localStorage.setItem(key, String(id + 1));
+    return id;
+  }
+  chat(peer) {
+    return (this.chats[peer] ??= []);
+  }
+  /** Drops the oldest messages past the bound, keeping every one still to be sent. */
+  trim(peer) {
+    const chat = this.chat(peer);
+    while (chat.length > CHAT_MESSAGES_MAX) {
+      const index = chat.findIndex((m) => m.state !== "pending");
+      if (index < 0) break;
+      chat.splice(index, 1);
+    }
+  }
+}
+
+// Ticks only move forward: a late message_received does not undo a read receipt.
+const RANK = { pending: 0, sent: 1, delivered: 2, read: 3 };
+
+export class Client {
+  /** `onChange(what)` is called after every change the page should show. */
+  constructor({ token, user, wsUrl, onChange }) {
+    this.token = token;
+    this.user = user;
+    this.wsUrl = wsUrl;
+    this.onChange = onChange;
+    this.store = new Store(user);
+    this.presence = {}; // user -> {online, last_seen}
+    this.typingUntil = {}; // user -> ms
+    this.state = "connecting"; // "connecting" | "online" | "offline"
+    this.socket = null;
+    this.attempt = 0;
+    this.timers = {};
+    this.lastTypingSent = {};
+    this.stopped = false;
+  }
+
+  start() {
+    this.connect();
+  }
+
+  stop() {
+    this.stopped = true;
+    for (const timer of Object.values(this.timers)) clearTimeout(timer);
+    this.socket?.close(1000);
+  }
+
+  connect() {
+    const claims = tokenClaims(this.token);
+    if (claims?.exp && claims.exp * 1000 <= Date.now()) {
+      this.setState("expired");
+      return;
+    }
+    this.setState("connecting");
+    const url = `${this.wsUrl}?token=${encodeURIComponent(this.token)}`;
+    const socket = new WebSocket(url, "switchboard.v1.json");
+    this.socket = socket;
+    socket.onopen = () => this.opened();
+    socket.onmessage = (event) => this.received(event.data);
+    socket.onclose = () => {
+      if (this.socket === socket) this.closed();
+    };
+  }
+
+  opened() {
+    this.attempt = 0;
+    this.setState("online");
+    if (this.store.contacts.length > 0) {
+      this.send({ type: "presence_subscribe", users: this.store.contacts });
+    }
+    this.flushOutbox();
+    this.heartbeat();
+  }
+
+  closed() {
+    this.socket = null;
+    clearTimeout(this.timers.heartbeat);
+    this.presence = {};
+    if (this.stopped) return;
+    this.setState("offline");
+    // Exponential, capped, with jitter so that many pages cut off by one restart do not all
+    // come back in the same millisecond.
+    const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** this.attempt);
+    const delay = ceiling / 2 + (Math.random() * ceiling) / 2;
+    this.attempt = Math.min(this.attempt + 1, 16);
+    clearTimeout(this.timers.reconnect);
+    this.timers.reconnect = setTimeout(() => this.connect(), delay);
+  }
+
+  heartbeat() {
+    clearTimeout(this.timers.heartbeat);
+    this.timers.heartbeat = setTimeout(() => {
+      if (this.send({ type: "heartbeat" })) this.heartbeat();
+    }, HEARTBEAT_MS);
+  }
+
+  setState(state) {
+    this.state = state;
+    this.onChange("state");
+  }
+
+  isOpen() {
+    return this.socket?.readyState === WebSocket.OPEN;
+  }
+
+  /** Sends one message if the socket is open; false when it is not (the caller keeps what
+   * must go later: the outbox, the reads). */
+  send(message) {
+    if (!this.isOpen()) return false;
+    this.socket.send(JSON.stringify(message));
+    return true;
+  }
+
+  /** Every message not yet acknowledged, oldest first, with its own client_msg_id. */
+  flushOutbox() {
+    const pending = [];
+    for (const [peer, chat] of Object.entries(this.store.chats)) {
+      for (const m of chat) if (m.state === "pending") pending.push([peer, m]);
+    }
+    pending.sort((a, b) => a[1].cmid - b[1].cmid);
+    for (const [peer, m] of pending) {
+      if (!this.send({ type: "send_message", client_msg_id: m.cmid, to: peer, content: m.text })) {
+        return;
+      }
+    }
+  }
+
+  // --- What the page asks for ---------------------------------------------------------
+
+  sendText(peer, text) {
+    const cmid = this.store.nextClientMsgId();
+    this.store.chat(peer).push({ dir: "out", cmid, text, ts: Date.now(), state: "pending" });
+    this.store.trim(peer);
+    this.store.save();
+    this.send({ type: "send_message", client_msg_id: cmid, to: peer, content: text });
+    // The peer stops showing "typing" when a message arrives, so the next key press after
+    // a send must tell them again at once.
+    delete this.lastTypingSent[peer];
+    this.onChange("messages");
+  }
+
+  addContact(peer) {
+    if (!USER_ID.test(peer) || peer === this.user || this.store.contacts.includes(peer)) {
+      return;
+    }
+    this.store.contacts.push(peer);
+    this.store.save();
+    this.send({ type: "presence_subscribe", users: [peer] });
+    this.onChange("contacts");
+  }
+
+  /** Tells the server the user saw what arrived in this chat; only what it could send is
+   * marked read here, the rest goes when the page is next connected and the chat shown. */
+  markRead(peer) {
+    const unread = this.store.chat(peer).filter((m) => m.dir === "in" && !m.read);
+    if (unread.length === 0 || !this.isOpen()) return;
+    for (let i = 0; i < unread.length; i += IDS_PER_RECEIPT_MAX) {
+      const ids = unread.slice(i, i + IDS_PER_RECEIPT_MAX).map((m) => m.id);
+      this.send({ type: "message_read", message_ids: ids });
+    }
+    for (const m of unread) m.read = true;
+    this.store.save();
+    this.onChange("messages");
+  }
+
+  typing(peer) {
+    const now = Date.now();
+    if (now - (this.lastTypingSent[peer] ?? 0) < TYPING_SEND_EVERY_MS) return;
+    if (this.send({ type: "typing", to: peer })) this.lastTypingSent[peer] = now;
+  }
+
+  isTyping(peer) {
+    return (this.typingUntil[peer] ?? 0) > Date.now();
+  }
+
+  // --- What the server says -----------------------------------------------------------
+
+  received(data) {
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      return;
+    }
+    switch (message.type) {
+      case "message_received":
+        return this.acknowledged(message);
+      case "incoming_message":
+        return this.incoming(message);
+      case "message_delivered":
+        return this.receipt(message.message_id, "delivered");
+      case "message_read":
+        return this.receipt(message.message_id, "read");
+      case "presence":
+        this.presence[message.user] = { online: message.online, last_seen: message.last_seen };
+        return this.onChange("presence");
+      case "typing":
+        return this.typingNotice(message);
+      case "error":
+        return this.refused(message);
+      default:
+        // Groups, history and the rest are not part of this page yet.
+        return undefined;
+    }
+  }
+
+  findOut(predicate) {
+    for (const chat of Object.values(this.store.chats)) {
+      const m = chat.find((m) => m.dir === "out" && predicate(m));
+      if (m) return m;
+    }
+    return null;
+  }
+
+  acknowledged({ client_msg_id, message_id, timestamp }) {
+    const m = this.findOut((m) => m.cmid === client_msg_id);
+    if (!m) return;
+    m.id = message_id;
+    m.ts = timestamp;
+    if (RANK[m.state] < RANK.sent) m.state = "sent";
+    this.store.save();
+    this.onChange("messages");
+  }
+
+  receipt(messageId, state) {
+    const m = this.findOut((m) => m.id === messageId);
+    if (!m || RANK[m.state] >= RANK[state]) return;
+    m.state = state;
+    this.store.save();
+    this.onChange("messages");
+  }
+
+  incoming(message) {
+    if (message.group_id !== undefined) return;
+    const peer = message.from;
+    // Delivered is said for every copy, also a duplicate: the server sends a message again
+    // until one of our connections says so, and the last answer may have been lost.
+    this.send({ type: "message_delivered", message_ids: [message.message_id] });
+    const chat = this.store.chat(peer);
+    if (chat.some((m) => m.dir === "in" && m.id === message.message_id)) return;
+    chat.push({
+      dir: "in",
+      id: message.message_id,
+      text: message.content,
+      ts: message.timestamp,
+      read: false,
+    });
+    this.store.trim(peer);
+    delete this.typingUntil[peer];
+    if (!this.store.contacts.includes(peer)) {
+      this.store.contacts.push(peer);
+      this.send({ type: "presence_subscribe", users: [peer] });
+    }
+    this.store.save();
+    this.onChange("messages");
+  }
+
+  typingNotice({ from }) {
+    this.typingUntil[from] = Date.now() + TYPING_SHOWN_MS;
+    this.onChange("typing");
+    clearTimeout(this.timers[`typing:${from}`]);
+    this.timers[`typing:${from}`] = setTimeout(() => this.onChange("typing"), TYPING_SHOWN_MS);
+  }
+
+  refused({ code, message, client_msg_id }) {
+    if (client_msg_id === undefined) return;
+    const m = this.findOut((m) => m.cmid === client_msg_id);
+    if (!m || m.state !== "pending") return;
+    if (code === "overloaded") {
+      // The server asks for the same message again later, with the same id.
+      clearTimeout(this.timers.overloaded);
+      this.timers.overloaded = setTimeout(() => this.flushOutbox(), OVERLOADED_RETRY_MS);
+      return;
+    }
+    m.state = "failed";
+    m.error = message;
+    this.store.save();
+    this.onChange("messages");
+  }
+}
