@@ -145,6 +145,15 @@ pub fn auth_reason(error: &AuthError) -> usize {
     }
 }
 
+/// The `kind` label of each counter of [`ShardMetrics::shed`]: what a shard's load level
+/// dropped or refused (`shard::load`).
+pub const SHED_KINDS: [&str; 3] = ["typing", "connection", "message"];
+
+/// Indexes of [`SHED_KINDS`].
+pub const SHED_TYPING: usize = 0;
+pub const SHED_CONNECTION: usize = 1;
+pub const SHED_MESSAGE: usize = 2;
+
 /// One shard's counters (monotonic) and gauges (current values, set by the shard).
 #[derive(Debug, Default)]
 pub struct ShardMetrics {
@@ -209,6 +218,16 @@ pub struct ShardMetrics {
     pub wal_errors: AtomicU64,
     /// Gauge: 1 while the write-ahead log cannot be written (new messages are refused).
     pub wal_failed: AtomicU64,
+    /// Gauge: the shard's load level (`shard::load::LoadLevel`, 0 normal to 3), set on the
+    /// tick.
+    pub load_level: AtomicU64,
+    /// Counters: what the load level shed, by kind (see [`SHED_KINDS`]).
+    pub shed: [AtomicU64; SHED_KINDS.len()],
+    /// Gauge: how late the router loop's last tick ran against its schedule, in
+    /// microseconds.
+    pub loop_lag_micros: AtomicU64,
+    /// How late each tick of the router loop ran against its schedule.
+    pub loop_lag: Histogram,
     /// fdatasync latency of the write-ahead log.
     pub wal_fsync: Histogram,
     /// From the owner's router loop taking a `send_message` to its `message_received`

@@ -69,7 +69,23 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
         stdout.flush()?;
     }
 
-    let signal = signals.wait()?;
+    let signal = loop {
+        match signals.wait()? {
+            // The drill: each shard applies it on its next tick, and logs the change.
+            "SIGUSR1" => {
+                let level = shard::load::raise_drill();
+                tracing::warn!(
+                    level = level.as_str(),
+                    "SIGUSR1: load-shedding drill raised"
+                );
+            }
+            "SIGUSR2" => {
+                shard::load::clear_drill();
+                tracing::warn!("SIGUSR2: load-shedding drill ended");
+            }
+            shutdown => break shutdown,
+        }
+    };
     tracing::info!(signal, "shutting down: closing connections with 1001");
     for shard in &mut shards {
         shard.shut_down();

@@ -1,5 +1,7 @@
-//! Shutdown signals: SIGTERM and SIGINT are blocked in every thread and taken by the main
-//! thread with `sigwait`, so no signal handler runs in the middle of a shard's loop.
+//! The signals the main thread takes: SIGTERM and SIGINT (shutdown), and SIGUSR1 and
+//! SIGUSR2 (raise and end the load-shedding drill, `shard::load`). They are blocked in every
+//! thread and taken by the main thread with `sigwait`, so no signal handler runs in the
+//! middle of a shard's loop.
 
 use anyhow::Context as _;
 
@@ -9,7 +11,7 @@ pub struct ShutdownSignals {
     set: libc::sigset_t,
 }
 
-/// Blocks SIGTERM and SIGINT in the calling thread and in every thread it starts after.
+/// Blocks SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 in the calling thread and in every thread it starts after.
 pub fn block_shutdown_signals() -> anyhow::Result<ShutdownSignals> {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -18,6 +20,8 @@ pub fn block_shutdown_signals() -> anyhow::Result<ShutdownSignals> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::sigaddset(&mut set, libc::SIGUSR2);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
     };
     if result != 0 {
@@ -27,7 +31,7 @@ pub fn block_shutdown_signals() -> anyhow::Result<ShutdownSignals> {
 }
 
 impl ShutdownSignals {
-    /// Blocks until SIGTERM or SIGINT arrives, and names it.
+    /// Blocks until one of the signals arrives, and names it.
     pub fn wait(&self) -> anyhow::Result<&'static str> {
         let mut signal: libc::c_int = 0;
         // SAFETY: `self.set` was initialised by block_shutdown_signals; `signal` is ours.
@@ -35,10 +39,11 @@ impl ShutdownSignals {
         if result != 0 {
             return Err(std::io::Error::from_raw_os_error(result)).context("sigwait");
         }
-        Ok(if signal == libc::SIGTERM {
-            "SIGTERM"
-        } else {
-            "SIGINT"
+        Ok(match signal {
+            libc::SIGTERM => "SIGTERM",
+            libc::SIGUSR1 => "SIGUSR1",
+            libc::SIGUSR2 => "SIGUSR2",
+            _ => "SIGINT",
         })
     }
 }

@@ -222,6 +222,25 @@ limits! {
         /// checkpoints, control-plane answers and gauges.
         router_tick_ms: u64 = 100, Ms, min 1;
     }
+    "Load shedding (tuning.md, \"Shedding\")" {
+        /// Lateness of a shard's tick from which clients' `typing` is dropped. 0: off.
+        shed_ephemeral_lag_ms: u64 = 500, Ms, min 0;
+        /// Lateness of a shard's tick from which new connections are also answered 503.
+        /// 0: off.
+        shed_connections_lag_ms: u64 = 2_000, Ms, min 0;
+        /// Lateness of a shard's tick from which new `send_message`s are also answered
+        /// `overloaded`. 0: off.
+        shed_messages_lag_ms: u64 = 5_000, Ms, min 0;
+        /// Fill of a shard's fullest queue toward the routers or ring into it, in percent of
+        /// its bound, from which `typing` is dropped. 0: off.
+        shed_ephemeral_queue_percent: u64 = 50, Percent, min 0;
+        /// Fill, as above, from which new connections are also refused. 0: off.
+        shed_connections_queue_percent: u64 = 0, Percent, min 0;
+        /// Fill, as above, from which new messages are also refused. 0: off.
+        shed_messages_queue_percent: u64 = 0, Percent, min 0;
+        /// Ticks in a row whose measures ask for less before a shard's level steps down one.
+        shed_hold_ticks: u64 = 20, Count, min 1;
+    }
     "The router (docs/router.md, \"Bounds\")" {
         /// Users with any state on one shard.
         users_max: usize = ROUTER.users_max, Count, min 1;
@@ -290,6 +309,8 @@ pub enum Unit {
     Count,
     /// Events per second: a token bucket's rate, in `_per_s` names.
     PerS,
+    /// A share of a bound, in `_percent` names.
+    Percent,
 }
 
 impl Unit {
@@ -299,6 +320,7 @@ impl Unit {
             Unit::Ms => "MS",
             Unit::Count => "N",
             Unit::PerS => "N_PER_S",
+            Unit::Percent => "PERCENT",
         }
     }
 
@@ -308,6 +330,7 @@ impl Unit {
             Unit::Ms => "ms",
             Unit::Count => "count",
             Unit::PerS => "per s",
+            Unit::Percent => "percent",
         }
     }
 }

@@ -307,8 +307,10 @@ fn every_limit_has_a_flag_and_a_variable() {
         // A value off the default that the ties between limits allow (a frame may not
         // outgrow its message, so frame_bytes_max can only shrink).
         let file_with = |value: u64| format!("[limits]\n{} = {value}\n", info.name);
-        let value = [info.default + 1, info.default - 1]
+        // A default of 0 (a threshold that is off) has no value below it.
+        let value = [Some(info.default + 1), info.default.checked_sub(1)]
             .into_iter()
+            .flatten()
             .find(|value| with_file(&file_with(*value), &[]).is_ok())
             .unwrap_or_else(|| panic!("{}: no legal value beside the default", info.name));
         // The file goes through serde, apart from the code that reads flags and
@@ -397,11 +399,15 @@ fn the_declaration_is_consistent() {
             Unit::Ms => assert!(says_ms, "{}", info.name),
             Unit::Bytes => assert!(info.name.contains("bytes"), "{}", info.name),
             Unit::Count => assert!(
-                !says_ms && !info.name.contains("bytes") && !info.name.ends_with("_per_s"),
+                !says_ms
+                    && !info.name.contains("bytes")
+                    && !info.name.ends_with("_per_s")
+                    && !info.name.ends_with("_percent"),
                 "{}",
                 info.name
             ),
             Unit::PerS => assert!(info.name.ends_with("_per_s"), "{}", info.name),
+            Unit::Percent => assert!(info.name.ends_with("_percent"), "{}", info.name),
         }
     }
     Limits::default().check().unwrap();

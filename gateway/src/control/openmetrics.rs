@@ -53,7 +53,13 @@ type Field = fn(&ShardMetrics) -> &AtomicU64;
 
 /// Every per-shard series with one sample per shard: its sample name (a counter's ends in
 /// `_total`, which OpenMetrics keeps off the family's name), kind, help and field.
-const SERIES: [(&str, Kind, &str, Field); 23] = [
+const SERIES: [(&str, Kind, &str, Field); 24] = [
+    (
+        "switchboard_load_level",
+        Kind::Gauge,
+        "The shard's load level: 0 normal, 1 typing dropped, 2 new connections refused too, 3 new messages refused too.",
+        |m| &m.load_level,
+    ),
     (
         "switchboard_shard_accepting",
         Kind::Gauge,
@@ -231,7 +237,12 @@ const RATE_LIMIT_SERIES: [(&str, Kind, &str, LimitFields); 3] = [
 type HistogramField = fn(&ShardMetrics) -> &Histogram;
 
 /// The per-shard histograms, in seconds.
-const HISTOGRAMS: [(&str, &str, HistogramField); 3] = [
+const HISTOGRAMS: [(&str, &str, HistogramField); 4] = [
+    (
+        "switchboard_loop_lag_seconds",
+        "How late each tick of the shard's router loop ran against its schedule.",
+        |m| &m.loop_lag,
+    ),
     (
         "switchboard_wal_fsync_seconds",
         "fdatasync latency of the write-ahead log.",
@@ -340,6 +351,7 @@ impl Collector for ShardCollector {
             });
             family(&mut encoder, name, kind, help, samples)?;
         }
+        encode_load(&mut encoder, &self.shards)?;
         for (name, help, field) in HISTOGRAMS {
             let mut descriptor =
                 encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
@@ -353,6 +365,41 @@ impl Collector for ShardCollector {
         }
         Ok(())
     }
+}
+
+/// The shedding's series: what each shard shed by kind, and its loop's last lag (the
+/// level and the lag histogram are in `SERIES` and `HISTOGRAMS`).
+fn encode_load(
+    encoder: &mut DescriptorEncoder<'_>,
+    shards: &[Arc<ShardMetrics>],
+) -> Result<(), std::fmt::Error> {
+    let shed = shards.iter().enumerate().flat_map(|(id, m)| {
+        SHED_KINDS.iter().zip(&m.shed).map(move |(kind, counter)| {
+            (
+                ([("shard", id)], [("kind", *kind)]),
+                counter.load(Ordering::Relaxed),
+            )
+        })
+    });
+    family(
+        encoder,
+        "switchboard_shed_total",
+        Kind::Counter,
+        "What the shard's load level shed: typing dropped, connections answered 503, send_message answered overloaded.",
+        shed,
+    )?;
+    let mut lag = encoder.encode_descriptor(
+        "switchboard_loop_lag_last_seconds",
+        "How late the last tick of the shard's router loop ran against its schedule.",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (id, m) in shards.iter().enumerate() {
+        let seconds = m.loop_lag_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        lag.encode_family(&[("shard", id)])?
+            .encode_gauge(&seconds)?;
+    }
+    Ok(())
 }
 
 /// Reads the HTTP thread's own counters.

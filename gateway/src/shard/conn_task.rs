@@ -26,12 +26,13 @@ use monoio::time::Instant;
 use router::ConnId;
 use wire::UserId;
 
-use crate::metrics::{CLOSED_IN_HANDSHAKE, ShardMetrics};
+use crate::metrics::{CLOSED_IN_HANDSHAKE, SHED_MESSAGE, SHED_TYPING, ShardMetrics};
 use crate::net::io::{self, Progress};
 use crate::net::readiness::Readiness;
 use crate::session::connection::{CLOSE_ABNORMAL, Connection, Next, Outputs, QueueFull, Refused};
 use crate::session::handshake::{self, Handshake, Refusal};
 use crate::session::outbound::{CLOSE_TRY_AGAIN_LATER, OutFrame};
+use crate::shard::load::LoadLevel;
 use crate::shard::rate_limits::USER_MSGS_TEXT;
 use crate::shard::state::{ConnSlot, Shard};
 
@@ -290,6 +291,9 @@ impl Outputs for SlotOutputs<'_> {
                 retry_after_ms: Some(wait.0),
             });
         }
+        if let Some(refused) = self.shed(&message) {
+            return refused;
+        }
         match self.shard.link.submit(self.conn, user, message) {
             Ok(subscribed) => {
                 // Kept in the connection's slot, not in this task (an idle connection's
@@ -304,6 +308,37 @@ impl Outputs for SlotOutputs<'_> {
                 text: error.to_string(),
                 retry_after_ms: None,
             }),
+        }
+    }
+}
+
+/// The text of a `send_message` refused for the shard's load level.
+const OVERLOADED_TEXT: &str = "the server is overloaded: send the message again later";
+
+impl SlotOutputs<'_> {
+    /// What the shard's load level sheds of a client message (`shard::load`): `typing` is
+    /// dropped without an answer (it is never stored, and the next keystroke sends it
+    /// again), a `send_message` is answered `overloaded` with its `client_msg_id` so that
+    /// the client sends it again later. Receipts, heartbeats and presence requests pass:
+    /// they finish what was already acknowledged, or are requests that expect an answer.
+    fn shed(&self, message: &wire::ClientMessage) -> Option<Result<(), Refused>> {
+        let level = self.shard.load.get();
+        let metrics = &self.shard.metrics;
+        match message {
+            wire::ClientMessage::Typing { .. } if level >= LoadLevel::ShedEphemeral => {
+                ShardMetrics::add(&metrics.shed[SHED_TYPING], 1);
+                Some(Ok(()))
+            }
+            wire::ClientMessage::SendMessage(_) if level >= LoadLevel::RefuseMessages => {
+                ShardMetrics::add(&metrics.shed[SHED_MESSAGE], 1);
+                Some(Err(Refused {
+                    code: wire::ErrorCode::Overloaded,
+                    text: OVERLOADED_TEXT.to_owned(),
+                    // The level is decided once a tick: no sooner can it have changed.
+                    retry_after_ms: Some(self.shard.config.limits.router_tick_ms),
+                }))
+            }
+            _ => None,
         }
     }
 }

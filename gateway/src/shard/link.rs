@@ -299,6 +299,20 @@ impl Link {
         (rung, left)
     }
 
+    /// The fullest of the queues toward the routers, in percent of `outbox_envelopes_max`
+    /// (the load level's measure; past `ring_envelopes_max` connections already stop
+    /// reading).
+    pub fn fullest_percent(&self) -> u64 {
+        let outboxes = self.outboxes.borrow();
+        let longest = outboxes
+            .iter()
+            .map(VecDeque::len)
+            .chain([self.local.borrow().len()])
+            .max()
+            .unwrap_or(0);
+        (longest * 100 / self.queue_hard_max.max(1)) as u64
+    }
+
     /// Envelopes waiting in outboxes and inputs waiting locally.
     pub fn queued(&self) -> usize {
         self.local.borrow().len()

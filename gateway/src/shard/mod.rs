@@ -25,6 +25,7 @@
 pub mod conn_task;
 pub mod control_inbox;
 pub mod link;
+pub mod load;
 pub mod mesh;
 pub mod rate_limits;
 pub mod router_loop;
@@ -370,6 +371,14 @@ async fn accept_loop(shard: &Rc<Shard>, listener: &Readiness) {
 /// over its rate.
 fn admit(shard: &Rc<Shard>, fd: OwnedFd) {
     use std::os::fd::AsRawFd as _;
+    if shard.load.get() >= load::LoadLevel::RefuseConnections {
+        // The same answer as a full shard: the client's backoff is the same, and the loop
+        // spends nothing more on it (`shard::load`).
+        ShardMetrics::add(&shard.metrics.shed[crate::metrics::SHED_CONNECTION], 1);
+        let answer = wire::handshake::error_response(503, "overloaded, try again later");
+        let _ = io::send_once(fd.as_raw_fd(), &answer);
+        return;
+    }
     if shard.conns.borrow().len() >= shard.config.limits.connections_per_shard_max {
         let answer = wire::handshake::error_response(503, "too many connections, try again later");
         // One try without waiting: a full socket buffer on a fresh connection is unlikely,

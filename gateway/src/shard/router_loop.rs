@@ -53,6 +53,7 @@ use wire::ServerMessage;
 use crate::metrics::{ShardMetrics, Stamp};
 use crate::net::readiness::Readiness;
 use crate::shard::control_inbox::{ControlInbox, ControlRequest, ShardHealth, UserStatus};
+use crate::shard::load::{self, LoadGovernor, Measures, Thresholds};
 use crate::shard::mesh::{Envelope, ShardMesh};
 use crate::shard::signal::{self, Signal};
 use crate::shard::state::Shard;
@@ -80,6 +81,8 @@ pub struct RouterLoop {
     accepted: VecDeque<(router::Lsn, wire::MessageId, Stamp)>,
     /// What this loop last stored in `mesh.stalled` for its shard.
     published_stalled: bool,
+    /// Decides the shard's load level on each tick, from the tick's lag and the queues.
+    governor: LoadGovernor,
 }
 
 impl std::fmt::Debug for RouterLoop {
@@ -111,6 +114,7 @@ impl RouterLoop {
         let batch_max = limits.mesh_batch_envelopes_max;
         let tick = Duration::from_millis(limits.router_tick_ms);
         let wal_retry_max = Duration::from_millis(limits.wal_retry_ms_max);
+        let governor = LoadGovernor::new(Thresholds::from_limits(limits));
         RouterLoop {
             shard,
             router,
@@ -126,6 +130,7 @@ impl RouterLoop {
             taken: None,
             accepted: VecDeque::new(),
             published_stalled: false,
+            governor,
         }
     }
 
@@ -151,7 +156,9 @@ impl RouterLoop {
             }
             let now = Instant::now();
             if now >= next_tick {
-                self.on_tick().await;
+                // How late the tick is against its schedule: a turn that ran long, or a
+                // thread that did not get its core, shows here before anywhere else.
+                self.on_tick(now - next_tick).await;
                 next_tick = now + self.tick;
                 continue;
             }
@@ -507,8 +514,9 @@ impl RouterLoop {
         }
     }
 
-    async fn on_tick(&mut self) {
+    async fn on_tick(&mut self, lag: Duration) {
         let now_ms = wall_ms();
+        self.govern_load(lag);
         // A tick's timers and a checkpoint make outputs too: they wait while an outbox is
         // full, like every other input.
         let admit = self.admission().local;
@@ -557,6 +565,45 @@ impl RouterLoop {
         );
     }
 
+    /// Records the tick's lag and decides the shard's load level for the next tick from it
+    /// and from how full the queues are; says so in the log when the level changes.
+    fn govern_load(&mut self, lag: Duration) {
+        let metrics = &self.shard.metrics;
+        let lag_micros = lag.as_micros() as u64;
+        metrics.loop_lag.record_micros(lag_micros);
+        ShardMetrics::set(&metrics.loop_lag_micros, lag_micros);
+        let ring_bound = self.shard.config.limits.ring_envelopes_max.max(1);
+        let fullest_ring = self
+            .mesh
+            .incoming
+            .iter()
+            .flatten()
+            .map(|ring| ring.slots())
+            .max();
+        let ring_percent = (fullest_ring.unwrap_or(0) * 100 / ring_bound) as u64;
+        let measures = Measures {
+            lag_ms: lag_micros / 1_000,
+            queue_percent: ring_percent.max(self.shard.link.fullest_percent()),
+        };
+        let Some(change) = self.governor.tick(measures, load::drill_level()) else {
+            return;
+        };
+        // One line per change, never per item shed: the counters say how much.
+        tracing::warn!(
+            shard = self.shard.shard_id,
+            from = change.from.as_str(),
+            level = change.to.as_str(),
+            lag_ms = measures.lag_ms,
+            queue_percent = measures.queue_percent,
+            drill = load::drill_level().as_str(),
+            "load level changed: {}",
+            shed_description(change.to)
+        );
+        // After the line, so that whoever sees the gauge move finds the line written.
+        self.shard.load.set(change.to);
+        ShardMetrics::set(&metrics.load_level, change.to as u64);
+    }
+
     /// Answers the control plane. Its questions wait at most one tick, and none of them
     /// costs a wake-up across threads.
     fn answer_control(&mut self) {
@@ -593,6 +640,21 @@ async fn deliver(
 ) {
     if shard.deliver(conn, message, accepted) {
         signal::yield_now().await;
+    }
+}
+
+/// What a level sheds, for its log line.
+fn shed_description(level: load::LoadLevel) -> &'static str {
+    match level {
+        load::LoadLevel::Normal => "shedding nothing",
+        load::LoadLevel::ShedEphemeral => "dropping clients' typing",
+        load::LoadLevel::RefuseConnections => {
+            "dropping clients' typing and answering new connections 503"
+        }
+        load::LoadLevel::RefuseMessages => {
+            "dropping clients' typing, answering new connections 503 and new messages \
+             `overloaded`"
+        }
     }
 }
 

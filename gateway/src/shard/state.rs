@@ -20,6 +20,7 @@ use crate::session::codec::{self, Encoded};
 use crate::session::connection::Shared;
 use crate::session::outbound::{OutFrame, Outbound};
 use crate::shard::link::{Link, ShardSet};
+use crate::shard::load::LoadLevel;
 use crate::shard::rate_limits::RateLimits;
 use crate::shard::signal::Signal;
 use crate::shard::slots::Slots;
@@ -76,6 +77,9 @@ pub struct Shard {
     pub metrics: Arc<ShardMetrics>,
     /// The buckets of the users' messages and of the addresses' connection attempts.
     pub rate_limits: RateLimits,
+    /// What this shard sheds, decided on the router loop's tick (`shard::load`) and read by
+    /// the accept loop and the connection tasks.
+    pub load: Cell<LoadLevel>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -118,6 +122,7 @@ impl Shard {
             metrics,
             auth,
             config,
+            load: Cell::new(LoadLevel::Normal),
         }
     }
 
