@@ -49,11 +49,28 @@ fn answer_to(alice: &mut Client, client_msg_id: u64) -> Value {
     }
 }
 
+/// Waits until `watcher` sees `user` online: then `user`'s connection is attached on its
+/// owner shard, where typing for it goes. Typing is never stored, so typing sent before the
+/// attach would be dropped (the upgrade's answer comes before the attach reaches the router).
+fn wait_online(watcher: &mut Client, user: &str) {
+    send_json(
+        watcher,
+        &json!({"type": "presence_subscribe", "users": [user]}),
+    );
+    loop {
+        let message = recv_json(watcher);
+        if message["type"] == "presence" && message["user"] == user && message["online"] == true {
+            return;
+        }
+    }
+}
+
 #[test]
 fn typing_is_shed_while_messages_are_still_acknowledged_and_delivered() {
     let server = Server::start();
     let mut alice = connect(&server, "alice");
     let mut bob = connect(&server, "bob");
+    wait_online(&mut alice, "bob");
     // Before the drill typing arrives, so its absence later is the shedding's doing.
     send_json(&mut alice, &json!({"type": "typing", "to": "bob"}));
     let (_, before) = recv_type(&mut bob, "typing");
