@@ -279,6 +279,11 @@ impl Outputs for SlotOutputs<'_> {
     }
 
     fn submit(&mut self, user: &UserId, message: wire::ClientMessage) -> Result<(), Refused> {
+        // The load level first: a message the shard sheds costs its sender no token, so
+        // the retry that `overloaded` asks for is not then refused as `rate_limited`.
+        if let Some(refused) = self.shed(&message) {
+            return refused;
+        }
         // Before the link: a message over its sender's rate is neither stored nor routed,
         // and only its sender hears of it; the connection stays open.
         let rate_limits = &self.shard.rate_limits;
@@ -290,9 +295,6 @@ impl Outputs for SlotOutputs<'_> {
                 text: USER_MSGS_TEXT.to_owned(),
                 retry_after_ms: Some(wait.0),
             });
-        }
-        if let Some(refused) = self.shed(&message) {
-            return refused;
         }
         match self.shard.link.submit(self.conn, user, message) {
             Ok(subscribed) => {
