@@ -67,6 +67,18 @@ pub struct Config {
     /// `checkpoint_in_progress`), so that no step stalls the shard or makes an output per
     /// item of its whole state.
     pub checkpoint_items_per_step_max: usize,
+    /// Groups owned by one shard; a `create` past it is answered `overloaded`.
+    pub groups_max: usize,
+    /// Members of one group: the push fan-out's bound. Every message to a group makes one
+    /// frame per member connection and holds 4 bytes per member until each has it, so the
+    /// cost of a message grows with this; a channel far larger would be served by members
+    /// pulling history instead of being pushed to.
+    pub group_members_max: usize,
+    /// Characters of a group's name.
+    pub group_name_chars_max: usize,
+    /// Group messages every member has received, kept for their read receipt and the
+    /// receipts request. When full, the oldest is forgotten: its read receipt is not sent.
+    pub group_receipts_tracked_max: usize,
     /// The key of the shard's hash maps. Not a bound: the shell draws it at random once per
     /// shard (so that no client can choose keys that collide), and a simulation passes its
     /// own seed (so that a run replays). Nothing the shard logs or outputs depends on it.
@@ -94,6 +106,10 @@ impl Config {
         activity_interval_ms: 1_000,
         tick_items_max: 10_000,
         checkpoint_items_per_step_max: 4_096,
+        groups_max: 100_000,
+        group_members_max: 500,
+        group_name_chars_max: 100,
+        group_receipts_tracked_max: 100_000,
         hash_seed: 0,
     };
 }

@@ -41,6 +41,14 @@ pub fn shard_of(id: MessageId) -> ShardId {
     ((id.0 >> SEQUENCE_BITS) & u64::from(SHARDS_MAX - 1)) as ShardId
 }
 
+/// The shard that owns group `group`: its id is the message id of its `created` event,
+/// which names the shard that made it. `None` for an id naming a shard that does not exist
+/// (an id no server of this size handed out).
+pub fn group_shard(group: wire::GroupId, n_shards: u16) -> Option<ShardId> {
+    let shard = shard_of(MessageId(group.0));
+    (shard < n_shards).then_some(shard)
+}
+
 /// The Unix milliseconds part of a message id: the message's timestamp.
 pub fn ms_of(id: MessageId) -> u64 {
     id.0 >> (SHARD_BITS + SEQUENCE_BITS)

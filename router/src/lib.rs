@@ -13,9 +13,12 @@ pub mod wal;
 mod tests;
 
 pub use config::Config;
-pub use ids::{ConnId, IdGenerator, ShardId, owner_shard, shard_of};
+pub use ids::{ConnId, IdGenerator, ShardId, group_shard, owner_shard, shard_of};
 pub use route::{Route, route};
-pub use shard::{Input, Output, PeerMessage, Presence, Refusal, RouterShard, Stats, incoming_of};
+pub use shard::{
+    GroupAnswer, GroupRefusal, GroupRequest, Input, Output, PeerMessage, Presence, Refusal,
+    RouterShard, Stats, incoming_of,
+};
 pub use wal::{
     Lsn, ReceiptItem, ReceiptKind, Record, Scan, SegmentHeader, StoredMessage, decode_record,
     encode_record, encode_segment_header, framed_len, scan_segment,

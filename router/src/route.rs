@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use wire::{ClientMessage, MessageId, Target, UserId};
 
-use crate::ids::{ShardId, owner_shard, shard_of};
+use crate::ids::{ShardId, group_shard, owner_shard, shard_of};
 
 /// Where a client message goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,8 +22,9 @@ pub enum Route {
 
 /// Routes `message` from `user`:
 /// - `send_message` and `typing` to a user: the owner of that user, who stores and
-///   delivers it. To a group: the sender's owner, which answers that groups are not
-///   supported yet (later: the group's owner).
+///   delivers it. To a group: the group's shard (named in its id), which checks that the
+///   sender is a member; an id naming no shard goes to the sender's owner, which has no
+///   such group and answers `forbidden` as the group's shard would.
 /// - `message_delivered` / `message_read`: the shard named in each id, the shard that
 ///   stored the message (normally all of them the reader's own owner).
 /// - `presence_subscribe` / `presence_unsubscribe`: the owner of each listed user.
@@ -60,7 +61,9 @@ pub fn route(user: &UserId, message: &ClientMessage, n_shards: u16) -> Route {
 fn target_shard(user: &UserId, target: &Target, n_shards: u16) -> ShardId {
     match target {
         Target::User(to) => owner_shard(to, n_shards),
-        Target::Group(_) => owner_shard(user, n_shards),
+        Target::Group(group) => {
+            group_shard(*group, n_shards).unwrap_or_else(|| owner_shard(user, n_shards))
+        }
     }
 }
 
@@ -150,10 +153,20 @@ mod tests {
             })
         };
         check(send(Target::User(user("bob"))), n, Route::One(owner("bob")));
+        // An id naming no shard: the sender's owner answers.
         check(
-            send(Target::Group(GroupId(3))),
+            send(Target::Group(GroupId(id(9, 3).0))),
             n,
             Route::One(owner("alice")),
+        );
+        // A group's id is its `created` event's message id, which names its shard.
+        check(send(Target::Group(GroupId(id(3, 9).0))), n, Route::One(3));
+        check(
+            ClientMessage::Typing {
+                to: Target::Group(GroupId(id(2, 1).0)),
+            },
+            n,
+            Route::One(2),
         );
         check(
             ClientMessage::Typing {

@@ -281,7 +281,15 @@ limits! {
         tick_items_max: usize = ROUTER.tick_items_max, Count, min 1;
         /// Records one step of a checkpoint appends (and items of state it visits); a
         /// checkpoint of a large shard goes on over many loop turns, between other inputs.
-        checkpoint_items_per_step_max: usize = ROUTER.checkpoint_items_per_step_max, Count, min 1;
+        checkpoint_items_per_step_max: usize = ROUTER.checkpoint_items_per_step_max, Count, min 2;
+        /// Groups one shard owns.
+        groups_max: usize = ROUTER.groups_max, Count, min 1;
+        /// Members of one group: the bound of the push fan-out (see tuning.md, "Groups").
+        group_members_max: usize = ROUTER.group_members_max, Count, min 1;
+        /// Characters of a group's name.
+        group_name_chars_max: usize = ROUTER.group_name_chars_max, Count, min 1;
+        /// Group messages every member has, kept per shard for their read receipts.
+        group_receipts_tracked_max: usize = ROUTER.group_receipts_tracked_max, Count, min 1;
     }
     "The write-ahead log" {
         /// Bytes of one segment file before the next record starts a new one; above the
@@ -517,6 +525,10 @@ impl Limits {
             activity_interval_ms: self.activity_interval_ms,
             tick_items_max: self.tick_items_max,
             checkpoint_items_per_step_max: self.checkpoint_items_per_step_max,
+            groups_max: self.groups_max,
+            group_members_max: self.group_members_max,
+            group_name_chars_max: self.group_name_chars_max,
+            group_receipts_tracked_max: self.group_receipts_tracked_max,
             // Not a setting: each shard draws its own at start (`shard::recover`).
             hash_seed: 0,
         }

@@ -1,5 +1,6 @@
 //! The HTTP control plane on `--http-listen`: `GET /healthz`, `GET /readyz`, `GET /metrics`,
-//! `GET /v1/user/{user_id}/status`, and the web page (`control::web`).
+//! `GET /v1/user/{user_id}/status`, the group routes (`control::groups`) and the web page
+//! (`control::web`).
 //!
 //! It runs on its own thread with a small tokio runtime and axum, apart from the shards: it
 //! is never on the message path. It reads the shards' metrics directly (relaxed atomics) and
@@ -16,15 +17,18 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use tokio::sync::oneshot;
 use wire::ErrorCode;
 
 use crate::auth::Authenticator;
+use crate::control::groups::{self, Shards};
 use crate::control::openmetrics::Exposition;
+use crate::control::reply::failure;
 use crate::metrics::{PlaneMetrics, ShardMetrics};
 use crate::shard::control_inbox::{ControlRequest, ControlSender};
 
@@ -78,6 +82,18 @@ struct Api {
     plane: ControlPlane,
     exposition: Exposition,
     metrics: Arc<PlaneMetrics>,
+    /// The shard the next new group is made on.
+    next_group_shard: std::sync::atomic::AtomicUsize,
+}
+
+impl Api {
+    fn shards(&self) -> Shards<'_> {
+        Shards {
+            senders: &self.plane.shards,
+            timeout: Duration::from_millis(self.plane.control_timeout_ms),
+            next: &self.next_group_shard,
+        }
+    }
 }
 
 fn router(plane: ControlPlane) -> Router {
@@ -90,28 +106,29 @@ fn router(plane: ControlPlane) -> Router {
         plane,
         exposition,
         metrics,
+        next_group_shard: std::sync::atomic::AtomicUsize::new(0),
     };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/v1/user/{user_id}/status", get(user_status))
+        .route("/v1/groups", get(list_groups).post(create_group))
+        .route("/v1/groups/{group_id}", get(get_group))
+        .route("/v1/groups/{group_id}/members", post(add_member))
+        .route(
+            "/v1/groups/{group_id}/members/{user_id}",
+            delete(remove_member),
+        )
+        .route(
+            "/v1/groups/{group_id}/messages/{message_id}/receipts",
+            get(group_receipts),
+        )
         .merge(page)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_bytes_max))
         .with_state(Arc::new(api))
-}
-
-/// The JSON error body of every failed request.
-fn failure(code: ErrorCode, message: &str) -> Response {
-    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-    let body = serde_json::json!({
-        "status": "failed",
-        "code": code.as_str(),
-        "message": message,
-    });
-    (status, axum::Json(body)).into_response()
 }
 
 async fn not_found() -> Response {
@@ -264,5 +281,90 @@ async fn user_status(
             ErrorCode::Overloaded,
             &format!("shard {owner} did not answer"),
         ),
+    }
+}
+
+/// The caller of a `/v1/` route, or the 401 answer (logged with the peer's address).
+#[allow(clippy::result_large_err)] // the refusal is the response, made once per request
+fn caller(
+    api: &Api,
+    peer: std::net::SocketAddr,
+    headers: &HeaderMap,
+) -> Result<wire::UserId, Response> {
+    authenticate(api, headers).map_err(|error| {
+        tracing::info!(%peer, reason = %error, "login refused: HTTP request answered 401");
+        failure(ErrorCode::Unauthorized, &error.to_string())
+    })
+}
+
+async fn create_group(
+    State(api): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match caller(&api, peer, &headers) {
+        Ok(user) => groups::create(api.shards(), user, &body).await,
+        Err(response) => response,
+    }
+}
+
+async fn list_groups(
+    State(api): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    match caller(&api, peer, &headers) {
+        Ok(user) => groups::list(api.shards(), user).await,
+        Err(response) => response,
+    }
+}
+
+async fn get_group(
+    State(api): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    Path(group): Path<String>,
+) -> Response {
+    match caller(&api, peer, &headers) {
+        Ok(user) => groups::get(api.shards(), user, &group).await,
+        Err(response) => response,
+    }
+}
+
+async fn add_member(
+    State(api): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    Path(group): Path<String>,
+    body: Bytes,
+) -> Response {
+    match caller(&api, peer, &headers) {
+        Ok(user) => groups::add(api.shards(), user, &group, &body).await,
+        Err(response) => response,
+    }
+}
+
+async fn remove_member(
+    State(api): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    Path((group, removed)): Path<(String, String)>,
+) -> Response {
+    match caller(&api, peer, &headers) {
+        Ok(user) => groups::remove(api.shards(), user, &group, &removed).await,
+        Err(response) => response,
+    }
+}
+
+async fn group_receipts(
+    State(api): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    Path((group, message)): Path<(String, String)>,
+) -> Response {
+    match caller(&api, peer, &headers) {
+        Ok(user) => groups::receipts(api.shards(), user, &group, &message).await,
+        Err(response) => response,
     }
 }

@@ -32,6 +32,13 @@ pub enum ControlRequest {
         user: wire::UserId,
         reply: oneshot::Sender<UserStatus>,
     },
+    /// A group request on behalf of `user`, for the router half: answered once the log is
+    /// durable up to what the answer says.
+    Group {
+        user: wire::UserId,
+        request: router::GroupRequest,
+        reply: oneshot::Sender<router::GroupAnswer>,
+    },
 }
 
 /// The HTTP thread's end of one shard's control inbox.

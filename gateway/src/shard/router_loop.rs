@@ -39,7 +39,7 @@
 //! message waited in a queue or ring before the turn took it is not in them: it shows as
 //! `switchboard_ring_occupancy`.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -47,7 +47,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use monoio::time::Instant;
-use router::{Input, Output, RouterShard};
+use router::{GroupAnswer, GroupRefusal, Input, Output, RouterShard};
+use tokio::sync::oneshot;
 use wire::ServerMessage;
 
 use crate::metrics::{ShardMetrics, Stamp};
@@ -83,6 +84,12 @@ pub struct RouterLoop {
     published_stalled: bool,
     /// Decides the shard's load level on each tick, from the tick's lag and the queues.
     governor: LoadGovernor,
+    /// The control plane's group requests the router has not answered yet, by token. The
+    /// router answers each once its records are durable; the map holds at most
+    /// `group_replies_max` of them, past which a request is answered `Busy` at once.
+    group_replies: HashMap<u64, oneshot::Sender<GroupAnswer>>,
+    group_replies_max: usize,
+    next_token: u64,
 }
 
 impl std::fmt::Debug for RouterLoop {
@@ -115,6 +122,7 @@ impl RouterLoop {
         let tick = Duration::from_millis(limits.router_tick_ms);
         let wal_retry_max = Duration::from_millis(limits.wal_retry_ms_max);
         let governor = LoadGovernor::new(Thresholds::from_limits(limits));
+        let group_replies_max = limits.control_requests_max;
         RouterLoop {
             shard,
             router,
@@ -131,6 +139,9 @@ impl RouterLoop {
             accepted: VecDeque::new(),
             published_stalled: false,
             governor,
+            group_replies: HashMap::new(),
+            group_replies_max,
+            next_token: 0,
         }
     }
 
@@ -439,6 +450,12 @@ impl RouterLoop {
                     ShardMetrics::add(&self.shard.metrics.bodies_read, 1);
                     self.send(conn, Arc::new(message)).await;
                 }
+                Output::GroupAnswer { token, answer } => {
+                    // The asker may have given up (timeout); nothing to do then.
+                    if let Some(reply) = self.group_replies.remove(&token) {
+                        let _ = reply.send(answer);
+                    }
+                }
                 Output::AppendCopy { lsn, from } => {
                     // A checkpoint that cannot copy a message would lose it when the old
                     // segments go: stop, and recover from the files as they are.
@@ -529,6 +546,8 @@ impl RouterLoop {
                 .step(now_ms, Input::Checkpoint, &mut self.outputs);
             ShardMetrics::add(&self.shard.metrics.checkpoints, 1);
         }
+        // Before the outputs go out: a group request steps the router.
+        self.answer_control(now_ms);
         self.carry_out().await;
         if self.wal_retry.is_some() {
             self.retry_storage(now_ms).await;
@@ -539,7 +558,6 @@ impl RouterLoop {
                 Err(error) => self.storage_failed(now_ms, "fsync", &error).await,
             }
         }
-        self.answer_control();
         let rate_limits = &self.shard.rate_limits;
         rate_limits.tidy(rate_limits.ms_at(std::time::Instant::now()));
         let (user_buckets, ip_buckets) = rate_limits.buckets();
@@ -606,7 +624,7 @@ impl RouterLoop {
 
     /// Answers the control plane. Its questions wait at most one tick, and none of them
     /// costs a wake-up across threads.
-    fn answer_control(&mut self) {
+    fn answer_control(&mut self, now_ms: u64) {
         while let Some(request) = self.control.try_next() {
             match request {
                 ControlRequest::Health { reply } => {
@@ -622,6 +640,25 @@ impl RouterLoop {
                         online: presence.online,
                         last_seen_ms: presence.last_seen_ms,
                     });
+                }
+                ControlRequest::Group {
+                    user,
+                    request,
+                    reply,
+                } => {
+                    if self.group_replies.len() >= self.group_replies_max {
+                        let _ = reply.send(GroupAnswer::Refused(GroupRefusal::Busy));
+                        continue;
+                    }
+                    self.next_token += 1;
+                    let token = self.next_token;
+                    self.group_replies.insert(token, reply);
+                    let input = Input::Group {
+                        token,
+                        user,
+                        request,
+                    };
+                    self.router.step(now_ms, input, &mut self.outputs);
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! The log from the state's side: appending a record, and `apply`, the one place where a
 //! record changes the state, used alike by the live path and by recovery.
 
-use wire::{Correlation, MessageId, Receipt, UserId};
+use wire::{Correlation, MessageId, Receipt, Target, UserId};
 
 use super::RouterShard;
 use super::delivery::{DedupEntry, Stored, body_bytes};
@@ -104,6 +104,7 @@ impl RouterShard {
                 timestamp_ms,
             } => self.remember_outstanding((*message_id, *kind), sender, by, *timestamp_ms),
             Record::CheckpointEnd { begin } => assert!(*begin < lsn),
+            Record::Group(group) => self.apply_group(lsn, group),
         }
     }
 
@@ -113,14 +114,19 @@ impl RouterShard {
     fn apply_message(&mut self, lsn: Lsn, message: &StoredMessage) {
         assert_eq!(shard_of(message.id), self.shard_id);
         self.ids.observe(message.id);
-        if let Some(stored) = self.messages.get_mut(&message.id) {
+        if let Target::Group(group) = &message.to {
+            self.apply_group_message(lsn, *group, message);
+        } else if let Some(stored) = self.messages.get_mut(&message.id) {
             // A checkpoint's copy: the newest record is the one to read it from.
             stored.body_lsn = lsn;
         } else {
-            self.touch(&message.to, true);
-            let state = self.users.get_mut(&message.to).expect("touched");
+            let Target::User(to) = &message.to else {
+                unreachable!("handled above");
+            };
+            self.touch(to, true);
+            let state = self.users.get_mut(to).expect("touched");
             state.mail_mut().inbox.insert(message.id);
-            self.settle(&message.to);
+            self.settle(to);
             let stored = Stored {
                 message: message.clone(),
                 lsn,
@@ -145,6 +151,9 @@ impl RouterShard {
     /// owner has it.
     fn apply_receipts(&mut self, by: &UserId, timestamp_ms: u64, items: &[ReceiptItem]) {
         for item in items {
+            if self.apply_group_receipt(by, timestamp_ms, item) {
+                continue;
+            }
             let message_id = item.message_id;
             self.remove_from_inbox(message_id, by);
             match item.kind {
@@ -185,7 +194,7 @@ impl RouterShard {
 
     /// A receipt to forward until `ReceiptStored` comes back; one already outstanding
     /// keeps its retry time.
-    fn remember_outstanding(
+    pub(super) fn remember_outstanding(
         &mut self,
         key: (MessageId, ReceiptKind),
         sender: &UserId,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use wire::{MessageId, UserId};
+use wire::{GroupId, MessageId, UserId};
 
 use super::RouterShard;
 use super::io::Output;
@@ -25,6 +25,11 @@ pub(super) struct Checkpointing {
 /// What a checkpoint copies next, in this order; each cursor is the last key copied.
 #[derive(Debug)]
 enum CheckpointPhase {
+    /// The groups first: a message copied later is counted against its group's members.
+    Groups {
+        after: Option<GroupId>,
+    },
+    /// A group message's copy is followed at once by the copy of its delivery state.
     Messages {
         after: Option<MessageId>,
     },
@@ -45,6 +50,11 @@ enum CheckpointPhase {
         next: usize,
         after: Option<(MessageId, ReceiptKind)>,
         until: Option<(MessageId, ReceiptKind)>,
+    },
+    /// The delivery state of group messages whose body has gone (all members have them)
+    /// and of membership events.
+    Tracking {
+        after: Option<MessageId>,
     },
     End,
 }
@@ -107,6 +117,18 @@ impl RouterShard {
         while budget > 0 {
             let last_id = progress.last_id;
             let used = match &mut progress.phase {
+                CheckpointPhase::Groups { after } => {
+                    let until = last_id.map(|id| GroupId(id.0));
+                    let keys = keys_between(&self.groups, *after, until, budget);
+                    let done = advance(after, &keys, budget);
+                    for record in self.group_copies(&keys) {
+                        self.append(record, outputs);
+                    }
+                    if done {
+                        progress.phase = CheckpointPhase::Messages { after: None };
+                    }
+                    keys.len()
+                }
                 CheckpointPhase::Messages { after } => {
                     let (used, done) = self.copy_messages(after, last_id, budget, outputs);
                     if done {
@@ -143,10 +165,25 @@ impl RouterShard {
                 } => match self.copy_queued(users, next, after, until, budget, outputs) {
                     Some(used) => used,
                     None => {
-                        progress.phase = CheckpointPhase::End;
+                        progress.phase = CheckpointPhase::Tracking { after: None };
                         continue;
                     }
                 },
+                CheckpointPhase::Tracking { after } => {
+                    let keys = keys_between(&self.tracking, *after, last_id, budget);
+                    let done = advance(after, &keys, budget);
+                    for id in &keys {
+                        // One with a body was copied with it, and still has it: bodies
+                        // never come back.
+                        if !self.messages.contains_key(id) {
+                            self.append(self.tracking_copy(*id), outputs);
+                        }
+                    }
+                    if done {
+                        progress.phase = CheckpointPhase::End;
+                    }
+                    keys.len()
+                }
                 CheckpointPhase::End => {
                     let record = Record::CheckpointEnd {
                         begin: progress.begin,
@@ -173,7 +210,7 @@ impl RouterShard {
         Checkpointing {
             begin,
             last_id,
-            phase: CheckpointPhase::Messages { after: None },
+            phase: CheckpointPhase::Groups { after: None },
         }
     }
 
@@ -186,12 +223,24 @@ impl RouterShard {
         budget: usize,
         outputs: &mut Vec<Output>,
     ) -> (usize, bool) {
+        // A group message takes two records (its body and its delivery state): stop before
+        // one that does not fit what is left of the budget. A step's whole budget always
+        // fits one (it is at least 2), so the phase moves on.
         let ids = keys_between(&self.messages, *after, last_id, budget);
-        let done = advance(after, &ids, budget);
+        let mut used = 0;
         for id in &ids {
+            let records = match self.messages[id].message.to {
+                wire::Target::User(_) => 1,
+                wire::Target::Group(_) => 2,
+            };
+            if used + records > budget {
+                return (used.max(1), false);
+            }
+            used += records;
             self.copy_message(*id, outputs);
+            *after = Some(*id);
         }
-        (ids.len(), done)
+        (used, ids.len() < budget)
     }
 
     /// Copies the dedup entries whose message left the inbox.
@@ -321,6 +370,7 @@ impl RouterShard {
     /// are deleted once its end is durable.
     fn copy_message(&mut self, id: MessageId, outputs: &mut Vec<Output>) {
         let stored = &self.messages[&id];
+        let group = matches!(stored.message.to, wire::Target::Group(_));
         if stored.spilled {
             let from = stored.body_lsn;
             let lsn = self.last_lsn.next();
@@ -330,6 +380,9 @@ impl RouterShard {
         } else {
             // `apply` moves `body_lsn` to the copy.
             self.append(Record::Message(stored.message.clone()), outputs);
+        }
+        if group {
+            self.append(self.tracking_copy(id), outputs);
         }
     }
 

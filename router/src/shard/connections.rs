@@ -4,7 +4,7 @@
 use wire::{Correlation, ServerMessage, Target, UserId};
 
 use super::RouterShard;
-use super::io::{Output, Refusal, receipt_message, send, send_stored, send_to_all};
+use super::io::{Output, PeerMessage, Refusal, receipt_message, send, send_stored, send_to_all};
 use crate::ids::{ConnId, owner_shard};
 use crate::wal::Record;
 
@@ -44,6 +44,7 @@ impl RouterShard {
             .unwrap_or_default();
         self.settle(&user);
         self.activity(now_ms, &user, outputs);
+        self.tell_group_shards(&user, conn, true, outputs);
         if !queued.is_empty() {
             for ((_, kind), receipt) in queued {
                 send(outputs, conn, receipt_message(kind, receipt));
@@ -61,6 +62,10 @@ impl RouterShard {
             return;
         };
         state.conns.swap_remove(index);
+        self.tell_group_shards(user, conn, false, outputs);
+        let Some(state) = self.users.get_mut(user) else {
+            return;
+        };
         if state.conns.is_empty() {
             if let Some(deadline) = state.alive_until_mono_ms.take() {
                 self.presence_deadlines.remove(&(deadline, user.clone()));
@@ -73,13 +78,38 @@ impl RouterShard {
         self.settle(user);
     }
 
+    /// Tells every shard that `conn` of `user` attached (or detached): the shards with
+    /// groups `user` is in push those groups' messages to it. One message per shard per
+    /// connection event; a shard with no group of `user` only looks them up.
+    fn tell_group_shards(
+        &mut self,
+        user: &UserId,
+        conn: ConnId,
+        attached: bool,
+        outputs: &mut Vec<Output>,
+    ) {
+        for shard in 0..self.n_shards {
+            if shard == self.shard_id {
+                if attached {
+                    self.member_connected(user.clone(), conn, outputs);
+                } else {
+                    self.member_disconnected(user, conn);
+                }
+                continue;
+            }
+            let user = user.clone();
+            let message = if attached {
+                PeerMessage::Connected { user, conn }
+            } else {
+                PeerMessage::Disconnected { user, conn }
+            };
+            self.peer(shard, message, outputs);
+        }
+    }
+
     /// `typing` from `from`: straight to the recipient's connections, never stored or
     /// gated.
-    pub(super) fn typing(&self, conn: ConnId, from: UserId, to: Target, outputs: &mut Vec<Output>) {
-        let Target::User(to) = to else {
-            let refusal = Refusal::GroupsUnsupported.message(Correlation::None);
-            return send(outputs, conn, refusal);
-        };
+    pub(super) fn typing(&self, from: UserId, to: UserId, outputs: &mut Vec<Output>) {
         assert_eq!(owner_shard(&to, self.n_shards), self.shard_id);
         if let Some(state) = self.users.get(&to) {
             let message = ServerMessage::Typing {

@@ -61,15 +61,24 @@ impl RouterShard {
             media,
         } = message;
         let correlation = Correlation::ClientMsgId(client_msg_id);
-        let Target::User(to) = to else {
-            return send(
-                outputs,
-                conn,
-                Refusal::GroupsUnsupported.message(correlation),
-            );
+        let to = match to {
+            Target::User(to) => to,
+            Target::Group(group) => {
+                return self.send_group(
+                    now_ms,
+                    conn,
+                    from,
+                    group,
+                    client_msg_id,
+                    content,
+                    media,
+                    outputs,
+                );
+            }
         };
         assert_eq!(owner_shard(&to, self.n_shards), self.shard_id);
-        if let Some(refusal) = record_refusal(&from, &to, &content, media.as_ref()) {
+        let target = Target::User(to.clone());
+        if let Some(refusal) = record_refusal(&from, &target, &content, media.as_ref()) {
             return self.refuse(conn, refusal, correlation, outputs);
         }
         let key = (from, client_msg_id);
@@ -84,7 +93,7 @@ impl RouterShard {
         let stored = StoredMessage {
             id,
             from,
-            to: to.clone(),
+            to: target,
             client_msg_id,
             content,
             media,
@@ -107,7 +116,7 @@ impl RouterShard {
 
     /// A retry of a message already accepted: the same answer (once its record is
     /// durable), never a second delivery.
-    fn answer_retry(
+    pub(super) fn answer_retry(
         &mut self,
         conn: ConnId,
         client_msg_id: u64,
@@ -154,7 +163,7 @@ impl RouterShard {
         let Some(stored) = self.messages.get(&id) else {
             return;
         };
-        if stored.message.to != *by {
+        if stored.message.to != Target::User(by.clone()) {
             return;
         }
         if self.resident.remove(&id) {
@@ -224,9 +233,9 @@ impl RouterShard {
 
 /// Why the `Record::Message` of this message could not be logged, if it could not: checked
 /// before anything changes, so that such a message is refused, never half accepted.
-fn record_refusal(
+pub(super) fn record_refusal(
     from: &UserId,
-    to: &UserId,
+    to: &Target,
     content: &str,
     media: Option<&Media>,
 ) -> Option<Refusal> {

@@ -1,10 +1,10 @@
 //! The durability gate: outputs that promise durability wait, in lsn order, until the log
 //! is durable up to the record that made them true, bounded by `pending_outputs_max`.
 
-use wire::{MessageId, ServerMessage};
+use wire::{MessageId, ServerMessage, UserId};
 
 use super::RouterShard;
-use super::io::{Output, PeerMessage, send, send_stored};
+use super::io::{GroupAnswer, Output, PeerMessage, send, send_stored};
 use crate::ids::{ConnId, ShardId};
 use crate::wal::{Lsn, ReceiptKind};
 
@@ -23,6 +23,14 @@ pub(super) enum Pending {
         shard: ShardId,
         message: PeerMessage,
     },
+    /// Push a group message or event to its members' connections, and a message to its
+    /// sender's other connections (all but `except`, the sending one).
+    DeliverGroup {
+        id: MessageId,
+        except: Option<ConnId>,
+    },
+    /// Answer a group request of the control plane.
+    Answer { token: u64, answer: GroupAnswer },
 }
 
 impl RouterShard {
@@ -63,7 +71,10 @@ impl RouterShard {
                 let Some(stored) = self.messages.get(&id) else {
                     return;
                 };
-                if let Some(state) = self.users.get(&stored.message.to) {
+                let wire::Target::User(to) = &stored.message.to else {
+                    unreachable!("group messages are delivered by DeliverGroup");
+                };
+                if let Some(state) = self.users.get::<UserId>(to) {
                     send_stored(outputs, &state.conns, stored);
                 }
             }
@@ -73,6 +84,10 @@ impl RouterShard {
                 }
             }
             Pending::Peer { shard, message } => self.peer(shard, message, outputs),
+            Pending::DeliverGroup { id, except } => self.release_group(id, except, outputs),
+            Pending::Answer { token, answer } => {
+                outputs.push(Output::GroupAnswer { token, answer });
+            }
         }
     }
 }

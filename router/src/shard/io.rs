@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use wire::{
-    ClientMessage, Correlation, ErrorCode, ErrorMessage, IncomingMessage, MessageId, Receipt,
-    ServerMessage, Target, UserId,
+    ClientMessage, Correlation, ErrorCode, ErrorMessage, GroupId, IncomingMessage, MessageId,
+    Receipt, ServerMessage, UserId,
 };
 
 use super::delivery::Stored;
@@ -55,6 +55,14 @@ pub enum Input {
     /// still appends waits in the shell's bounded buffer. Once the shell has rewritten the
     /// log it says `writable: true`, then `Durable` for what the rewrite made durable.
     Storage { writable: bool },
+    /// A group request from the control plane (the HTTP API) on behalf of `user`, sent to
+    /// the shard `group_request_shard` names. Answered by one `Output::GroupAnswer` with the
+    /// same `token`, once the log is durable up to what the answer says.
+    Group {
+        token: u64,
+        user: UserId,
+        request: GroupRequest,
+    },
 }
 
 /// What the router asks the shell to do, in order.
@@ -89,6 +97,101 @@ pub enum Output {
     /// checkpoint copying forward a message whose body is on disk only. Lsns of `Append`
     /// and `AppendCopy` together are consecutive.
     AppendCopy { lsn: Lsn, from: Lsn },
+    /// The answer to `Input::Group` with this `token`.
+    GroupAnswer { token: u64, answer: GroupAnswer },
+}
+
+/// What the control plane asks of a group's shard. Create goes to any shard (the one it
+/// goes to owns the new group); `List` to every shard, whose answers the shell joins;
+/// the others to `shard_of` the group's id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupRequest {
+    Create {
+        name: String,
+        members: Vec<UserId>,
+    },
+    Get {
+        group: GroupId,
+    },
+    List,
+    AddMember {
+        group: GroupId,
+        user: UserId,
+    },
+    /// An admin removing `user`, or `user` leaving.
+    RemoveMember {
+        group: GroupId,
+        user: UserId,
+    },
+    Receipts {
+        group: GroupId,
+        message_id: MessageId,
+    },
+}
+
+/// The answer to a `GroupRequest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupAnswer {
+    Created {
+        group: GroupId,
+    },
+    Group {
+        group: GroupId,
+        name: String,
+        members: Vec<UserId>,
+        admins: Vec<UserId>,
+    },
+    /// The asker's groups on this shard, by id.
+    Groups(Vec<(GroupId, String)>),
+    Done,
+    /// Who has received and who has read a group message, by name.
+    Receipts {
+        delivered: Vec<UserId>,
+        read: Vec<UserId>,
+        pending: Vec<UserId>,
+    },
+    Refused(GroupRefusal),
+}
+
+/// Why a group request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GroupRefusal {
+    /// No such group, or the asker is not a member: the two look the same, so that nobody
+    /// outside a group learns that it exists.
+    #[error("no such group")]
+    NotFound,
+    #[error("only an admin of the group may do that")]
+    NotAdmin,
+    #[error("only the sender of a message may see its receipts")]
+    NotSender,
+    #[error("no such message in this group")]
+    NoSuchMessage,
+    #[error("the user is already a member")]
+    AlreadyMember,
+    #[error("the user is not a member")]
+    NotMember,
+    #[error("the group would have more members than the server allows")]
+    TooManyMembers,
+    #[error("a group name is 1 to the configured number of characters")]
+    BadName,
+    #[error("the server is busy, try again")]
+    Busy,
+    #[error("the server cannot write its log right now; retry later")]
+    StorageUnavailable,
+}
+
+impl GroupRefusal {
+    pub fn code(self) -> ErrorCode {
+        match self {
+            GroupRefusal::NotFound | GroupRefusal::NoSuchMessage | GroupRefusal::NotMember => {
+                ErrorCode::NotFound
+            }
+            GroupRefusal::NotAdmin | GroupRefusal::NotSender => ErrorCode::Forbidden,
+            GroupRefusal::AlreadyMember | GroupRefusal::BadName => ErrorCode::BadRequest,
+            GroupRefusal::TooManyMembers => ErrorCode::TooLarge,
+            GroupRefusal::Busy | GroupRefusal::StorageUnavailable => ErrorCode::Overloaded,
+        }
+    }
 }
 
 /// Between router shards.
@@ -111,13 +214,25 @@ pub enum PeerMessage {
     /// `user` acted (sent, read, typed) on a shard that does not own them: refresh their
     /// presence at the owner. Coalesced to one per user per `activity_interval_ms`.
     Activity { user: UserId },
+    /// From a user's owner to every other shard: `conn` of `user` attached. A shard with
+    /// groups that `user` is in delivers their group messages to it from then on, and
+    /// sends it what it has not received.
+    Connected { user: UserId, conn: ConnId },
+    /// From a user's owner to every other shard: that connection detached.
+    Disconnected { user: UserId, conn: ConnId },
+    /// From a group's shard to the owner of `user`, who just joined a group there and whose
+    /// connections it does not know: answer with `Conns`.
+    ConnsOf { user: UserId, reply_to: ShardId },
+    /// The connections `user` has now, in answer to `ConnsOf`.
+    Conns { user: UserId, conns: Vec<ConnId> },
 }
 
 /// Why a request was refused: the `error` the client gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    #[error("groups are not supported yet")]
-    GroupsUnsupported,
+    /// Not a member of the group (or no such group: the two look the same).
+    #[error("you are not a member of this group")]
+    NotMember,
     #[error("history is not supported yet")]
     HistoryUnsupported,
     #[error("the recipient's inbox is full")]
@@ -142,9 +257,8 @@ pub enum Refusal {
 impl Refusal {
     pub fn code(self) -> ErrorCode {
         match self {
-            Refusal::GroupsUnsupported | Refusal::HistoryUnsupported | Refusal::Unstorable => {
-                ErrorCode::BadRequest
-            }
+            Refusal::HistoryUnsupported | Refusal::Unstorable => ErrorCode::BadRequest,
+            Refusal::NotMember => ErrorCode::Forbidden,
             Refusal::TooLargeToStore => ErrorCode::TooLarge,
             Refusal::InboxFull
             | Refusal::Busy
@@ -154,7 +268,7 @@ impl Refusal {
         }
     }
 
-    pub(super) fn message(self, correlation: Correlation) -> ServerMessage {
+    pub(crate) fn message(self, correlation: Correlation) -> ServerMessage {
         ServerMessage::Error(ErrorMessage {
             code: self.code(),
             message: self.to_string(),
@@ -231,7 +345,7 @@ fn incoming(message: &StoredMessage) -> ServerMessage {
     ServerMessage::IncomingMessage(IncomingMessage {
         message_id: message.id,
         from: message.from.clone(),
-        to: Target::User(message.to.clone()),
+        to: message.to.clone(),
         content: message.content.clone(),
         media: message.media.clone(),
         timestamp_ms: message.timestamp_ms,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use wire::{MessageId, Receipt, UserId};
+use wire::{GroupId, MessageId, Receipt, Target, UserId};
 
 use super::RouterShard;
 use crate::wal::ReceiptKind;
@@ -15,14 +15,23 @@ type ReceiptKey = (MessageId, ReceiptKind);
 /// (a spilled one is not in memory); the addressing of each message is in.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct LoggedState {
-    pub messages: Vec<(MessageId, UserId, UserId, u64, u64)>,
+    pub messages: Vec<(MessageId, UserId, Target, u64, u64)>,
     pub inboxes: BTreeMap<UserId, Vec<MessageId>>,
     pub dedup: BTreeMap<(UserId, u64), (MessageId, u64)>,
     pub read_index: BTreeMap<MessageId, (UserId, UserId)>,
     pub outstanding: BTreeMap<(MessageId, ReceiptKind), (UserId, UserId, u64)>,
     pub queued: BTreeMap<UserId, Vec<(ReceiptKey, Receipt)>>,
     pub last_id: Option<MessageId>,
+    /// Each group's name, next ordinal and members (name, ordinal, admin) by name.
+    pub groups: BTreeMap<GroupId, GroupSummary>,
+    /// Each tracked group message or event: its group, sender, the three lists and the
+    /// last member who acted.
+    pub tracking: BTreeMap<MessageId, TrackingSummary>,
+    pub receipts_kept: Vec<MessageId>,
 }
+
+type GroupSummary = (String, u32, Vec<(UserId, u32, bool)>);
+type TrackingSummary = (GroupId, Option<UserId>, [Vec<u32>; 3], Option<UserId>, bool);
 
 impl RouterShard {
     pub(crate) fn logged_state(&self) -> LoggedState {
@@ -70,6 +79,34 @@ impl RouterShard {
                 .collect(),
             queued,
             last_id: self.ids.last(),
+            groups: self
+                .groups
+                .iter()
+                .map(|(id, group)| {
+                    let members = group
+                        .members
+                        .iter()
+                        .map(|m| (m.user.clone(), m.ordinal, m.admin))
+                        .collect();
+                    (*id, (group.name.clone(), group.next_ordinal, members))
+                })
+                .collect(),
+            tracking: self
+                .tracking
+                .iter()
+                .map(|(id, t)| {
+                    let lists = [t.pending.clone(), t.delivered.clone(), t.read.clone()];
+                    let summary = (
+                        t.group,
+                        t.sender.clone(),
+                        lists,
+                        t.last_by.clone(),
+                        t.event.is_some(),
+                    );
+                    (*id, summary)
+                })
+                .collect(),
+            receipts_kept: self.receipts_kept.iter().copied().collect(),
         }
     }
 }

@@ -16,6 +16,8 @@ mod checkpoint;
 mod connections;
 mod delivery;
 mod gate;
+mod group_delivery;
+mod groups;
 mod io;
 #[cfg(test)]
 mod logged_state;
@@ -26,7 +28,8 @@ mod users;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::{DefaultHasher, Hasher as _};
 
-use wire::{ClientMessage, Correlation, MessageId, UserId};
+use smallvec::SmallVec;
+use wire::{ClientMessage, Correlation, GroupId, MessageId, Target, UserId};
 
 use crate::config::Config;
 use crate::ids::{ConnId, IdGenerator, SHARDS_MAX, ShardId};
@@ -35,8 +38,13 @@ use crate::wal::{Lsn, ReceiptKind, Record};
 use checkpoint::Checkpointing;
 use delivery::{DedupEntry, Stored};
 use gate::Pending;
+use group_delivery::Tracking;
+use groups::Group;
 use io::send;
-pub use io::{Input, Output, PeerMessage, Presence, Refusal, Stats, incoming_of};
+pub use io::{
+    GroupAnswer, GroupRefusal, GroupRequest, Input, Output, PeerMessage, Presence, Refusal, Stats,
+    incoming_of,
+};
 use receipts::Outstanding;
 use users::User;
 
@@ -125,6 +133,20 @@ pub struct RouterShard {
     writable: bool,
     /// The checkpoint whose `CheckpointBegin` is appended and `CheckpointEnd` not yet.
     checkpoint: Option<Checkpointing>,
+    /// The groups this shard owns, by id (a checkpoint walks them in order).
+    groups: BTreeMap<GroupId, Box<Group>>,
+    /// The groups here that each user is in: derived from `groups`, never logged.
+    member_of: HashMap<UserId, SmallVec<[GroupId; 2]>, SeededState>,
+    /// The connections of members of groups here, as their owners said (`Connected`,
+    /// `Disconnected`, `Conns`): where group messages are pushed. Only for users in
+    /// `member_of`.
+    member_conns: HashMap<UserId, SmallVec<[ConnId; 1]>, SeededState>,
+    /// Group messages and events that some member has not received or not read.
+    tracking: BTreeMap<MessageId, Tracking>,
+    /// Those every member has received: kept for reads, oldest forgotten first.
+    receipts_kept: BTreeSet<MessageId>,
+    /// Receipts that the last apply made owed (scratch: the live path forwards them).
+    receipts_completed: Vec<(MessageId, ReceiptKind)>,
 }
 
 impl RouterShard {
@@ -139,8 +161,8 @@ impl RouterShard {
             "a tick that handles nothing never catches up"
         );
         assert!(
-            config.checkpoint_items_per_step_max > 0,
-            "a checkpoint step that copies nothing never ends"
+            config.checkpoint_items_per_step_max >= 2,
+            "a checkpoint step copies a group message with its state, two records"
         );
         let hashing = SeededState::new(config.hash_seed);
         RouterShard {
@@ -174,6 +196,12 @@ impl RouterShard {
             local: VecDeque::new(),
             writable: true,
             checkpoint: None,
+            groups: BTreeMap::new(),
+            member_of: HashMap::with_hasher(hashing),
+            member_conns: HashMap::with_hasher(hashing),
+            tracking: BTreeMap::new(),
+            receipts_kept: BTreeSet::new(),
+            receipts_completed: Vec::new(),
         }
     }
 
@@ -200,6 +228,7 @@ impl RouterShard {
             shard.apply(lsn, &record);
             last = Some(lsn);
         }
+        shard.receipts_completed.clear();
         shard.last_lsn = last.unwrap_or(Lsn(0));
         shard.durable_lsn = shard.last_lsn;
         for ((message_id, kind), outstanding) in &mut shard.outstanding {
@@ -297,6 +326,11 @@ impl RouterShard {
             Input::Tick => self.tick(now_ms, outputs),
             Input::Checkpoint => self.checkpoint(outputs),
             Input::Storage { writable } => self.writable = writable,
+            Input::Group {
+                token,
+                user,
+                request,
+            } => self.group_request(now_ms, token, user, request, outputs),
         }
         while let Some(message) = self.local.pop_front() {
             self.peer_message(now_ms, message, outputs);
@@ -342,7 +376,10 @@ impl RouterShard {
             }
             ClientMessage::Typing { to } => {
                 self.own_action(now_ms, &user, outputs);
-                self.typing(conn, user, to, outputs);
+                match to {
+                    Target::User(to) => self.typing(user, to, outputs),
+                    Target::Group(group) => self.typing_group(conn, user, group, outputs),
+                }
             }
             ClientMessage::Heartbeat => self.own_action(now_ms, &user, outputs),
         }
@@ -357,6 +394,17 @@ impl RouterShard {
                 self.receipt_stored(message_id, kind, outputs);
             }
             PeerMessage::Activity { user } => self.activity(now_ms, &user, outputs),
+            PeerMessage::Connected { user, conn } => self.member_connected(user, conn, outputs),
+            PeerMessage::Disconnected { user, conn } => self.member_disconnected(&user, conn),
+            PeerMessage::ConnsOf { user, reply_to } => {
+                let conns = self
+                    .users
+                    .get(&user)
+                    .map(|state| state.conns.to_vec())
+                    .unwrap_or_default();
+                self.peer(reply_to, PeerMessage::Conns { user, conns }, outputs);
+            }
+            PeerMessage::Conns { user, conns } => self.member_conns_known(user, conns, outputs),
         }
     }
 

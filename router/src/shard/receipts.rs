@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use wire::{Correlation, MessageId, Receipt, UserId};
+use wire::{Correlation, MessageId, Receipt, Target, UserId};
 
 use super::RouterShard;
 use super::gate::Pending;
@@ -42,8 +42,11 @@ impl RouterShard {
             if !seen.insert(*id) {
                 continue;
             }
+            if self.group_receipt_items(*id, &by, read, &mut items) {
+                continue;
+            }
             if let Some(stored) = self.messages.get(id) {
-                if stored.message.to != by {
+                if stored.message.to != Target::User(by.clone()) {
                     continue;
                 }
                 let sender = stored.message.from.clone();
@@ -80,6 +83,9 @@ impl RouterShard {
             return self.refuse(conn, Refusal::TooLargeToStore, Correlation::None, outputs);
         }
         let lsn = self.append(record, outputs);
+        // Group receipts owed now are among the keys; the others are not outstanding and
+        // forwarding them does nothing.
+        self.receipts_completed.clear();
         self.gate(lsn, Pending::Forward(keys), outputs);
     }
 

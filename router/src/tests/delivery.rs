@@ -16,7 +16,7 @@ fn a_message_is_acknowledged_and_pushed_only_once_durable() {
     };
     assert_eq!(
         (&stored.from, &stored.to, stored.client_msg_id),
-        (&alice, &bob, 7)
+        (&alice, &Target::User(bob.clone()), 7)
     );
     assert_eq!(stored.timestamp_ms, T0);
     let outputs = h.sync();

@@ -15,6 +15,7 @@ mod bounds;
 mod checkpoint;
 mod delivery;
 mod determinism;
+mod groups;
 mod presence;
 mod receipts;
 mod recovery;

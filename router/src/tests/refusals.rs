@@ -1,10 +1,10 @@
-//! Refusals: what is not built yet (groups, history) and requests whose log record would
+//! Refusals: what is not built yet (history), groups that are not the sender's, and requests whose log record would
 //! break the log's caps or rules, refused before anything changes.
 
 use super::*;
 
 #[test]
-fn groups_and_history_are_refused_with_their_correlation() {
+fn unknown_groups_and_history_are_refused_with_their_correlation() {
     let mut h = Harness::new(Config::DEFAULT);
     let alice = user("alice");
     let check = |h: &mut Harness, message: ClientMessage, expected: ServerMessage| {
@@ -21,8 +21,8 @@ fn groups_and_history_are_refused_with_their_correlation() {
             media: None,
         }),
         error(
-            ErrorCode::BadRequest,
-            "groups are not supported yet",
+            ErrorCode::Forbidden,
+            "you are not a member of this group",
             Correlation::ClientMsgId(5),
         ),
     );
@@ -46,8 +46,8 @@ fn groups_and_history_are_refused_with_their_correlation() {
             to: Target::Group(GroupId(1)),
         },
         error(
-            ErrorCode::BadRequest,
-            "groups are not supported yet",
+            ErrorCode::Forbidden,
+            "you are not a member of this group",
             Correlation::None,
         ),
     );

@@ -9,7 +9,7 @@
 //! prefix (one byte for user ids, four for free text).
 
 use wire::model::USER_ID_BYTES_MAX;
-use wire::{Media, MessageId, Receipt, UserId};
+use wire::{GroupId, Media, MessageId, Receipt, Target, UserId};
 
 use crate::ids::ShardId;
 
@@ -105,12 +105,13 @@ impl ReceiptKind {
     }
 }
 
-/// A 1:1 message as the recipient's shard keeps it: everything needed to deliver it again.
+/// A message as the shard that stored it keeps it (the owner of a 1:1 message's recipient,
+/// or a group message's group): everything needed to deliver it again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     pub id: MessageId,
     pub from: UserId,
-    pub to: UserId,
+    pub to: Target,
     pub client_msg_id: u64,
     pub content: String,
     pub media: Option<Media>,
@@ -182,6 +183,8 @@ pub enum Record {
     /// The checkpoint that began at `begin` is complete: once this record is durable,
     /// records before `begin` are no longer needed.
     CheckpointEnd { begin: Lsn },
+    /// A group's creation, a membership change, or a checkpoint's copy of group state.
+    Group(GroupRecord),
 }
 
 const KIND_MESSAGE: u8 = 1;
@@ -194,6 +197,8 @@ const KIND_DEDUP: u8 = 7;
 const KIND_READ_INDEX: u8 = 8;
 const KIND_RECEIPT_OUTSTANDING: u8 = 9;
 const KIND_CHECKPOINT_END: u8 = 10;
+/// A `Message` addressed to a group (kind 1 is one addressed to a user).
+const KIND_GROUP_MESSAGE: u8 = 11;
 
 impl Record {
     /// The rules every record keeps, its size included. The router checks a record made
@@ -219,6 +224,7 @@ impl Record {
                     return Err(DecodeError("a checkpoint begins at lsn 1 or later"));
                 }
             }
+            Record::Group(group) => group.check()?,
             Record::ReceiptHandedOver { .. }
             | Record::ReceiptQueued { .. }
             | Record::ReceiptsFlushed { .. }
@@ -263,6 +269,7 @@ impl Record {
             Record::ReadIndex { from, to, .. } => 8 + user(from) + user(to),
             Record::ReceiptOutstanding { sender, by, .. } => 8 + 1 + user(sender) + user(by) + 8,
             Record::CheckpointEnd { .. } => 8,
+            Record::Group(group) => group.payload_bytes(),
         }
     }
 }
@@ -271,7 +278,7 @@ impl Record {
 /// log, measured before the router hands out an id or touches any state for it.
 pub fn message_payload_bytes(
     from: &UserId,
-    to: &UserId,
+    to: &Target,
     content: &str,
     media: Option<&Media>,
 ) -> usize {
@@ -280,7 +287,11 @@ pub fn message_payload_bytes(
     let media = media.map_or(0, |media| {
         text(&media.hash) + text(&media.mime) + 8 + 1 + media.name.as_deref().map_or(0, text)
     });
-    1 + 8 + user(from) + user(to) + 8 + text(content) + 1 + media + 8
+    let to = match to {
+        Target::User(to) => user(to),
+        Target::Group(_) => 8,
+    };
+    1 + 8 + user(from) + to + 8 + text(content) + 1 + media + 8
 }
 
 /// Why a payload or a segment header could not be decoded.
@@ -494,10 +505,20 @@ fn encode_payload(record: &Record, out: &mut Vec<u8>) {
     let mut w = Writer { out };
     match record {
         Record::Message(message) => {
-            w.u8(KIND_MESSAGE);
-            w.u64(message.id.0);
-            w.user(&message.from);
-            w.user(&message.to);
+            match &message.to {
+                Target::User(to) => {
+                    w.u8(KIND_MESSAGE);
+                    w.u64(message.id.0);
+                    w.user(&message.from);
+                    w.user(to);
+                }
+                Target::Group(group) => {
+                    w.u8(KIND_GROUP_MESSAGE);
+                    w.u64(message.id.0);
+                    w.user(&message.from);
+                    w.u64(group.0);
+                }
+            }
             w.u64(message.client_msg_id);
             w.text(&message.content);
             match &message.media {
@@ -604,6 +625,7 @@ fn encode_payload(record: &Record, out: &mut Vec<u8>) {
             w.u8(KIND_CHECKPOINT_END);
             w.u64(begin.0);
         }
+        Record::Group(group) => group.encode(&mut w),
     }
 }
 
@@ -612,10 +634,14 @@ fn encode_payload(record: &Record, out: &mut Vec<u8>) {
 pub fn decode_payload(payload: &[u8]) -> Result<Record, DecodeError> {
     let mut r = Reader { bytes: payload };
     let record = match r.u8()? {
-        KIND_MESSAGE => {
+        kind @ (KIND_MESSAGE | KIND_GROUP_MESSAGE) => {
             let id = MessageId(r.u64()?);
             let from = r.user()?;
-            let to = r.user()?;
+            let to = if kind == KIND_MESSAGE {
+                Target::User(r.user()?)
+            } else {
+                Target::Group(GroupId(r.u64()?))
+            };
             let client_msg_id = r.u64()?;
             let content = r.text()?;
             let media = match r.u8()? {
@@ -725,7 +751,7 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, DecodeError> {
         KIND_CHECKPOINT_END => Record::CheckpointEnd {
             begin: Lsn(r.u64()?),
         },
-        _ => return Err(DecodeError("unknown record kind")),
+        kind => Record::Group(GroupRecord::decode(kind, &mut r)?),
     };
     if !r.bytes.is_empty() {
         return Err(DecodeError("bytes after the record"));
@@ -734,78 +760,13 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, DecodeError> {
     Ok(record)
 }
 
-struct Writer<'a> {
-    out: &'a mut Vec<u8>,
-}
+mod bytes;
+mod group;
 
-impl Writer<'_> {
-    fn u8(&mut self, value: u8) {
-        self.out.push(value);
-    }
-
-    fn u32(&mut self, value: u32) {
-        self.out.extend_from_slice(&value.to_le_bytes());
-    }
-
-    fn u64(&mut self, value: u64) {
-        self.out.extend_from_slice(&value.to_le_bytes());
-    }
-
-    fn user(&mut self, user: &UserId) {
-        let bytes = user.as_str().as_bytes();
-        self.u8(u8::try_from(bytes.len()).expect("a user id is at most 64 bytes"));
-        self.out.extend_from_slice(bytes);
-    }
-
-    fn text(&mut self, text: &str) {
-        self.u32(u32::try_from(text.len()).expect("text fits a record"));
-        self.out.extend_from_slice(text.as_bytes());
-    }
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        if n > self.bytes.len() {
-            return Err(DecodeError("the payload ends inside a field"));
-        }
-        let (head, tail) = self.bytes.split_at(n);
-        self.bytes = tail;
-        Ok(head)
-    }
-
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
-    }
-
-    fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-
-    fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-
-    fn user(&mut self) -> Result<UserId, DecodeError> {
-        let len = self.u8()? as usize;
-        let bytes = self.take(len)?;
-        let text = std::str::from_utf8(bytes).map_err(|_| DecodeError("user id is not UTF-8"))?;
-        UserId::parse(text).map_err(|_| DecodeError("invalid user id"))
-    }
-
-    fn text(&mut self) -> Result<String, DecodeError> {
-        let len = self.u32()? as usize;
-        let bytes = self.take(len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError("text is not UTF-8"))
-    }
-}
+use bytes::{Reader, Writer};
+pub use group::{
+    EventCopy, GROUP_MEMBERS_LOGGABLE_MAX, GroupChange, GroupMemberCopy, GroupRecord, TrackingCopy,
+};
 
 #[cfg(test)]
 mod tests;

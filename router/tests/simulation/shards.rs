@@ -107,6 +107,7 @@ impl Sim {
                 self.index_record(shard, lsn, &record);
                 self.histories[shard].push((lsn, record));
             }
+            Output::GroupAnswer { .. } => panic!("no group requests are made"),
             Output::Peer { shard: to, message } => {
                 assert_ne!(to as usize, shard, "a shard handles its own peer messages");
                 self.queues[to as usize].push_back(Input::Peer(message));
@@ -120,7 +121,10 @@ impl Sim {
             Record::Message(message) => {
                 self.message_lsn[shard].entry(message.id).or_insert(lsn);
                 let from = user_index(&self.users, &message.from);
-                let to = user_index(&self.users, &message.to);
+                let wire::Target::User(to) = &message.to else {
+                    panic!("no groups are made");
+                };
+                let to = user_index(&self.users, to);
                 let known = self.messages.insert(message.id, (from, to));
                 assert!(known.is_none_or(|k| k == (from, to)), "one id, one message");
             }

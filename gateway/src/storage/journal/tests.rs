@@ -38,7 +38,7 @@ fn message(n: u64) -> Record {
     Record::Message(StoredMessage {
         id: MessageId(n << 22),
         from: user("alice"),
-        to: user("bob"),
+        to: wire::Target::User(user("bob")),
         client_msg_id: n,
         content: format!("message number {n}"),
         media: None,

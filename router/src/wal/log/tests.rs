@@ -12,7 +12,7 @@ fn message(n: u64) -> Record {
     Record::Message(StoredMessage {
         id: MessageId(n << 22),
         from: UserId::parse("alice").unwrap(),
-        to: UserId::parse("bob").unwrap(),
+        to: wire::Target::User(UserId::parse("bob").unwrap()),
         client_msg_id: n,
         content: format!("message number {n}"),
         media: None,

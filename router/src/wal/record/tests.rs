@@ -68,7 +68,7 @@ fn samples() -> Vec<Record> {
         Record::Message(StoredMessage {
             id: MessageId(1 << 40),
             from: user("alice"),
-            to: user("bob"),
+            to: Target::User(user("bob")),
             client_msg_id: 7,
             content: "héllo".into(),
             media: Some(Media {
@@ -210,7 +210,7 @@ fn a_record_over_the_caps_fails_the_check() {
         Record::Message(StoredMessage {
             id: MessageId(1 << 40),
             from: long.clone(),
-            to: long.clone(),
+            to: Target::User(long.clone()),
             client_msg_id: 1,
             content: "x".repeat(content_bytes),
             media: None,
@@ -352,7 +352,7 @@ fn arb_record() -> impl Strategy<Value = Record> {
                 Record::Message(StoredMessage {
                     id: MessageId(id),
                     from,
-                    to,
+                    to: Target::User(to),
                     client_msg_id,
                     content,
                     media: media.map(|(hash, mime, size, name)| Media {
