@@ -578,3 +578,62 @@ pub fn metric_sum(server: &Server, name: &str) -> u64 {
         .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum()
 }
+
+/// One HTTP/1.1 request to the server's API as `user` (a bearer token of theirs), with a
+/// JSON body when given: the status and the parsed JSON answer (`Null` when it has none).
+/// Written over a plain socket, so that it checks the server and not a client library.
+pub fn api(
+    server: &Server,
+    user: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = TcpStream::connect(server.http_addr).expect("the API listens");
+    stream
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .expect("timeout");
+    let body = body.map(serde_json::Value::to_string).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        server.http_addr,
+        token(user),
+        body.len()
+    )
+    .expect("request written");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer read");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status code");
+    let json = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(body).unwrap_or_else(|_| panic!("a JSON answer: {body:?}"))
+    };
+    (status, json)
+}
+
+/// Makes a group as `creator` with `members` over the API and returns its id.
+pub fn create_group(server: &Server, creator: &str, name: &str, members: &[&str]) -> String {
+    let body = serde_json::json!({ "name": name, "members": members });
+    let (status, answer) = api(server, creator, "POST", "/v1/groups", Some(&body));
+    assert_eq!(status, 201, "{answer}");
+    answer["group_id"].as_str().expect("a group id").to_owned()
+}
+
+/// A `send_message` from the connection's user to group `group_id`.
+pub fn send_to_group(client_msg_id: u64, group_id: &str, content: &str) -> serde_json::Value {
+    serde_json::json!({
+        "type": "send_message",
+        "client_msg_id": client_msg_id,
+        "group_id": group_id,
+        "content": content,
+    })
+}
