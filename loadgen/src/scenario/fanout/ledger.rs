@@ -4,7 +4,7 @@
 //! was lost. No sockets and no clock: the caller hands in what arrived, so the accounting is
 //! tested on its own.
 //!
-//! A message is kept by message id with one bit per member, so a group of 500 costs 63 bytes
+//! A message is kept by message id with one bit per member, so a group of 500 costs 64 bytes
 //! per message rather than a set entry per delivery. A copy for a bit already set is a
 //! duplicate; a first copy with a smaller id than one the member already has is reordered
 //! (a group's messages reach every member in message id order); a message is complete once
