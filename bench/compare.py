@@ -21,6 +21,12 @@ traffic. Each is measured with:
 - `churn` at the same rate as the latency run, receivers closing and coming back all the
   time: for switchboard only, because the relays keep no inbox and drop what comes for a
   user who is away, so their `lost` would say nothing about them.
+- `fanout` (only when asked for, `--steps ...,fanout`): groups of 10, 100 and 500 members
+  over the same number of connections, one sender per group, at one offered number of
+  deliveries per second for every peer and size: deliveries/s, the delivery p50 and p99 to
+  the last member of each message, lost, duplicates and the server's CPU per delivery.
+  Switchboard forms its groups with POST /v1/groups, the relays with their own `join`; the
+  limit has no groups and no fanout.
 
 It also draws the ladder (acknowledged msg/s and ack p99 at each offered rate, a line per
 peer) as an SVG beside the table, with `switchboard-loadgen plot`: the load generator's SVG
@@ -28,6 +34,8 @@ writer, so that the project has one.
 
 Usage: bench/compare.py [--quick] [--no-build] [--peers bun,tokio,echo] [--dry-run]
                         [--rates 10000,20000,...] [--idle-conns N]
+                        [--steps idle,ladder,latency,storm,churn,fanout | all]
+                        [--fanout-sizes 10,100,500] [--fanout-conns N] [--fanout-deliveries N]
 """
 
 import argparse
@@ -64,6 +72,8 @@ class Peer:
         self.cwd = cwd
         self.proc = None
         self.url = None
+        # Switchboard's HTTP API, from its listening line; the relays have none.
+        self.http = None
 
     def start(self):
         self.proc = subprocess.Popen(
@@ -82,6 +92,8 @@ class Peer:
             found = re.search(r"ws://([0-9.:]+)/ws", line)
             if found:
                 self.url = f"ws://{found.group(1)}/ws"
+                http = re.search(r"\(http ([0-9.:]+)\)", line)
+                self.http = http.group(1) if http else None
                 return self
         self.stop()
         raise RuntimeError(f"{self.name} did not print its listening line")
@@ -175,6 +187,45 @@ def sustained(report, p99_limit_ms, load=PAIRS):
     return ok
 
 
+# The steps of a run, in their order; `fanout` runs only when asked for, since Switchboard's
+# groups are new (until they land, its fanout rows say the groups could not be formed).
+STEPS = ["idle", "ladder", "latency", "storm", "churn", "fanout"]
+DEFAULT_STEPS = [step for step in STEPS if step != "fanout"]
+
+
+def parse_steps(text):
+    """`idle,ladder,...` (any subset, run in the order of STEPS) or `all`, as a list."""
+    if text.strip() == "all":
+        return list(STEPS)
+    chosen = {step.strip() for step in text.split(",") if step.strip()}
+    unknown = sorted(chosen - set(STEPS))
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"unknown step(s) {', '.join(unknown)}: pick from {','.join(STEPS)}, or all"
+            if unknown else f"no step: pick from {','.join(STEPS)}, or all")
+    return [step for step in STEPS if step in chosen]
+
+
+def parse_sizes(text):
+    """`10,100,500`: group sizes of at least 2 members, as a list of ints."""
+    try:
+        sizes = [int(size) for size in text.split(",") if size.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(size < 2 for size in sizes):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a comma-separated list of group sizes, each at least 2")
+    return sizes
+
+
+def fanout_plan(size, conns, deliveries):
+    """The groups and the message rate (all groups together) of a fanout of groups of `size`
+    over `conns` connections that offers `deliveries` per second: every message is delivered
+    to size - 1 members."""
+    groups = max(1, conns // size)
+    return groups, deliveries / (size - 1)
+
+
 def parse_peers(text):
     """`bun,tokio,echo` (any subset, in any order; empty: switchboard alone) as a list."""
     chosen = [key.strip() for key in text.split(",") if key.strip()]
@@ -229,12 +280,24 @@ def parse_args(argv=None):
     parser.add_argument("--dry-run", action="store_true",
                         help="print what would be built and run, check the binaries with "
                         "--no-build, and stop")
+    parser.add_argument("--steps", type=parse_steps, default=list(DEFAULT_STEPS),
+                        metavar="idle,ladder,latency,storm,churn,fanout",
+                        help="the steps to run, a comma-separated subset, or all; without "
+                        "the ladder, the later steps run at the first rung of --rates "
+                        f"[default: {','.join(DEFAULT_STEPS)}]")
+    parser.add_argument("--fanout-sizes", type=parse_sizes, default=[10, 100, 500],
+                        metavar="10,100,500", help="fanout: the group sizes, sender included")
+    parser.add_argument("--fanout-conns", type=int, default=1000,
+                        help="fanout: connections per run, split into groups of each size")
+    parser.add_argument("--fanout-deliveries", type=int, default=20000,
+                        help="fanout: deliveries per second offered, for every peer and size")
     args = parser.parse_args(argv)
     # The storm's measured time and its spike (which starts 2 s in).
     args.storm_duration, args.storm_spike = "10s", "3s"
     if args.quick:
         args.rates, args.idle_conns, args.duration, args.conns = "2000,4000", 500, "2s", 100
         args.storm_duration, args.storm_spike = "5s", "2s"
+        args.fanout_sizes, args.fanout_conns, args.fanout_deliveries = [10, 100], 200, 2000
     try:
         args.rate_list = [int(r) for r in args.rates.split(",")]
     except ValueError:
@@ -264,8 +327,14 @@ def main():
         else:
             print("build: cargo build --release " + " ".join(f"-p {p}" for p in packages)
                   + ("; .ci/setup-tools" if bun else ""))
+        print("steps: " + ",".join(args.steps))
         print(f"ladder: {args.rates} msg/s over {args.conns} connections, {args.duration} "
               f"each; idle: {args.idle_conns} connections")
+        if "fanout" in args.steps:
+            for size in args.fanout_sizes:
+                groups, rate = fanout_plan(size, args.fanout_conns, args.fanout_deliveries)
+                print(f"fanout: {groups} groups of {size} at {rate:.1f} msg/s in all, "
+                      f"{args.fanout_deliveries} deliveries/s, {args.duration} each")
         return
 
     if not args.no_build:
@@ -277,19 +346,25 @@ def main():
 
     started = datetime.datetime.now(datetime.timezone.utc)
     work = Path(tempfile.mkdtemp(prefix="compare-"))
-    results = {}
+    steps = args.steps
+    results = {name: {"name": name, "ladder": []} for name, _, _ in peers(work, args.peers)}
     for name, make, load in peers(work, args.peers):
+        if "idle" not in steps and "ladder" not in steps:
+            break
         print(f"\n== {name}", flush=True)
-        figures = {"name": name, "ladder": []}
-        peer = make().start()
-        try:
-            idle = loadgen(["idle", "--url", peer.url, "--conns", args.idle_conns,
-                            "--procs", 2, "--source-ips", 4, "--server-pid", peer.proc.pid,
-                            "--hold", "3s"], work / "idle.json")
-            server = idle.get("server") or {}
-            figures["idle_bytes_per_conn"] = server.get("rss_per_conn_bytes")
-        finally:
-            peer.stop()
+        figures = results[name]
+        if "idle" in steps:
+            peer = make().start()
+            try:
+                idle = loadgen(["idle", "--url", peer.url, "--conns", args.idle_conns,
+                                "--procs", 2, "--source-ips", 4, "--server-pid",
+                                peer.proc.pid, "--hold", "3s"], work / "idle.json")
+                server = idle.get("server") or {}
+                figures["idle_bytes_per_conn"] = server.get("rss_per_conn_bytes")
+            finally:
+                peer.stop()
+        if "ladder" not in steps:
+            continue
         peer = make().start()
         try:
             best = None
@@ -316,12 +391,13 @@ def main():
             figures["max"] = best
         finally:
             peer.stop()
-        results[name] = figures
 
     # Latency at half of switchboard's (durability none) sustained rate, for every peer.
     reference = results["switchboard none"].get("max")
     half = max(1000, int(reference["rate"] / 2)) if reference else rates[0]
     for name, make, load in peers(work, args.peers):
+        if "latency" not in steps:
+            break
         peer = make().start()
         try:
             cpu_before = cpu_seconds(peer.proc.pid)
@@ -351,6 +427,8 @@ def main():
     # twice that rate, and how each peer's latency recovers. The echo has no storm.
     storm_rate = max(200, int(reference["rate"] / 5)) if reference else rates[0] // 5
     for name, make, load in peers(work, args.peers):
+        if "storm" not in steps:
+            break
         if load is not PAIRS:
             continue
         peer = make().start()
@@ -380,6 +458,8 @@ def main():
 
     # Churn: receivers leave and come back while messages flow; the inbox must drain.
     for name, make, load in peers(work, args.peers):
+        if "churn" not in steps:
+            break
         if not name.startswith("switchboard"):
             continue
         peer = make().start()
@@ -400,7 +480,63 @@ def main():
         finally:
             peer.stop()
 
+    # Fanout: groups of each size over the same connections, at one offered number of
+    # deliveries per second, so that sizes and peers compare. The limit has no groups.
+    for name, make, load in peers(work, args.peers):
+        if "fanout" not in steps:
+            break
+        if load is not PAIRS:
+            continue
+        peer = make().start()
+        try:
+            results[name]["fanout"] = [fanout(peer, size, args, work)
+                                       for size in args.fanout_sizes]
+        finally:
+            peer.stop()
+
     write_results(results, args, started, ROOT / "bench" / "results")
+
+
+def fanout(peer, size, args, work):
+    """One fanout run against a started peer: groups of `size` over --fanout-conns
+    connections at --fanout-deliveries per second; its figures."""
+    groups, rate = fanout_plan(size, args.fanout_conns, args.fanout_deliveries)
+    # Switchboard creates its groups over its HTTP API; the relays have none, and join.
+    if peer.http:
+        mode = ["--group-mode", "server", "--http-addr", peer.http]
+    else:
+        mode = ["--group-mode", "join"]
+    cpu_before = cpu_seconds(peer.proc.pid)
+    slug = re.sub(r"[^a-z0-9]+", "-", peer.name)
+    report = loadgen(["fanout", "--url", peer.url, *mode, "--groups", groups,
+                      "--group-size", size, "--rate", f"{rate:.3f}",
+                      "--duration", args.duration, "--warmup", "1s"],
+                     work / f"fanout-{slug}-{size}.json")
+    cpu = cpu_seconds(peer.proc.pid) - cpu_before
+    c = report["counters"]
+    latency = report["latency_ms"]
+    last = latency.get("delivery_last", {})
+    each = latency.get("delivery", {})
+    figures = {
+        "group_size": size, "groups": groups, "rate": rate,
+        "offered_deliveries_per_s": args.fanout_deliveries,
+        "deliveries_per_s": report["throughput_per_second"].get("delivered"),
+        # To the last member of each message: what the whole group waits for.
+        "delivery_last_p50": last.get("p50") if last.get("count") else None,
+        "delivery_last_p99": last.get("p99") if last.get("count") else None,
+        "delivery_p99": each.get("p99") if each.get("count") else None,
+        "sent": c["sent"], "acknowledged": c["acknowledged"], "delivered": c["delivered"],
+        "lost": c["lost"], "duplicates": c["duplicates"], "reordered": c["reordered"],
+        "groups_not_formed": c.get("setup_errors", 0),
+        # The server's CPU time over the whole run (connect, forming the groups, warmup,
+        # load, drain) per delivery, as the latency step counts it per message.
+        "cpu_us_per_delivery": cpu * 1e6 / c["delivered"] if c["delivered"] else None,
+        "ok": report["ok"], "failures": report["failures"],
+        # Why, when it failed: the first error the load generator kept.
+        "first_error": (report.get("error_samples") or [None])[0],
+    }
+    print(f"   fanout, groups of {size}: {figures}", flush=True)
+    return figures
 
 
 def fmt(value, digits=0):
@@ -423,6 +559,7 @@ def plot(json_path, svg_path):
 
 
 def write_results(results, args, started, out):
+    steps = args.steps
     ref = results["switchboard none"]
     ref_rate = (ref.get("max") or {}).get("rate")
     lines = [
@@ -432,135 +569,194 @@ def write_results(results, args, started, out):
         f"{platform.system()} {platform.release()}. Server and load generator share the "
         "machine.",
         "",
-        "Command: `bench/compare.py " + " ".join(sys.argv[1:]) + "`; pairs: "
+        "Command: `bench/compare.py " + " ".join(sys.argv[1:]) + "`; steps: "
+        f"{', '.join(steps)}" + ("; pairs: "
         f"{args.conns} connections, {args.duration} measured after 1s of warmup, ladder "
         f"{args.rates} msg/s, sustained = nothing lost or refused and ack p99 <= "
         f"{args.p99_limit_ms} ms; " + ("the limit: `echo` with the same flags; "
                                         if LIMIT in results else "") + "idle: "
-        f"{args.idle_conns} connections over 2 processes.",
+        f"{args.idle_conns} connections over 2 processes"
+                                 if set(steps) - {"fanout"} else "") + ".",
         "",
-        "| peer | idle bytes/conn | sustained msg/s | ratio to switchboard none | ack p99 there (ms) |",
-        "|---|---:|---:|---:|---:|",
     ]
-    for name, figures in results.items():
-        best = figures.get("max") or {}
-        rate = best.get("rate")
-        ratio = (ref_rate / rate) if (ref_rate and rate) else None
-        lines.append(
-            f"| {name} | {fmt(figures.get('idle_bytes_per_conn'))} | {fmt(rate)} | "
-            f"{fmt(ratio, 2) + 'x' if ratio else 'n/a'} | {fmt(best.get('ack_p99'), 2)} |")
-    lines += ["", "Ratio: switchboard none's sustained rate divided by the peer's." + (
-        " The limit peer is a bare io_uring echo of the same frames (the `echo` scenario: each "
-        "`send_message` sent back to its sender, no routing, no acknowledgement, no "
-        "delivery to another connection), the machine's ceiling for this traffic; its "
-        "ack is the echo." if LIMIT in results else ""), ""]
-    limit_best = (results.get(LIMIT, {}).get("max") or {}).get("rate")
-    if LIMIT not in results:
-        pass  # --peers left the limit out: nothing to compare with.
-    elif ref_rate and limit_best:
-        # A peer that sustained the top rung might have sustained more: its true rate is
-        # only known to be at least that.
-        top = max(int(r) for r in args.rates.split(","))
-        fraction = ref_rate / limit_best
-        if ref_rate == top and limit_best == top:
-            caveat = (" (both sustained the top of the ladder, so this says nothing: widen "
-                      "--rates)")
-        elif ref_rate == top:
-            caveat = ", at least: switchboard none sustained the top of the ladder"
-        elif limit_best == top:
-            caveat = ", at most: the limit sustained the top of the ladder"
-        else:
-            caveat = ""
+    if "idle" in steps or "ladder" in steps:
         lines += [
-            f"Switchboard none sustains {fraction:.2f} ({fraction:.0%}) of the limit's "
-            f"sustained rate: {fmt(ref_rate)} of {fmt(limit_best)} msg/s{caveat}.", ""]
-    else:
-        lines += [f"Switchboard none's fraction of the limit: n/a (sustained: switchboard "
-                  f"none {fmt(ref_rate)}, limit {fmt(limit_best)} msg/s).", ""]
-    half = next(iter(results.values())).get("half", {}).get("rate")
-    lines += [
-        f"Latency at {fmt(half)} msg/s (half of switchboard none's sustained rate), ms:",
-        "",
-        "| peer | ack p50 | ack p99 | delivery p50 | delivery p99 | lost | server CPU µs per message | ratio to switchboard none | loadgen send lag p99 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    ref_cpu = ref.get("half", {}).get("cpu_us_per_message")
-    for name, figures in results.items():
-        h = figures.get("half", {})
-        cpu = h.get("cpu_us_per_message")
-        cpu_ratio = (cpu / ref_cpu) if (cpu and ref_cpu) else None
-        lines.append(f"| {name} | {fmt(h.get('ack_p50'), 2)} | {fmt(h.get('ack_p99'), 2)} | "
-                     f"{fmt(h.get('delivery_p50'), 2)} | {fmt(h.get('delivery_p99'), 2)} | "
-                     f"{fmt(h.get('lost'))} | {fmt(cpu, 1)} | "
-                     f"{fmt(cpu_ratio, 2) + 'x' if cpu_ratio else 'n/a'} | "
-                     f"{fmt(h.get('send_lag_p99'), 2)} |")
-    lines += ["", "CPU ratio: the peer's server CPU per message divided by switchboard none's "
-              "(above 1: the peer spends more per message). The load generator's send lag is "
-              "its own delay in sending: when it grows, the client, not the server, limits "
-              "the run. The limit's ack is its echo and its CPU is per echoed message; it has "
-              "no delivery."]
-    storm = next((f["storm"] for f in results.values() if "storm" in f), {})
-    lines += [
-        "",
-        f"Storm: {fmt(storm.get('rate'))} msg/s with a spike to {fmt(storm.get('spike_rate'))} "
-        f"msg/s for {args.storm_spike} from 2 s into {args.storm_duration} measured, ms:",
-        "",
-        "| peer | ack p99 before | worst ack p99 in the spike | seconds to recover | "
-        "acknowledged of sent | lost | refused |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, figures in results.items():
-        st = figures.get("storm")
-        if st is None:
-            lines.append(f"| {name} | n/a | n/a | n/a | n/a | n/a | n/a |")
-            continue
-        recovery = st.get("recovery_seconds")
-        lines.append(f"| {name} | {fmt(st.get('baseline_ack_p99'), 2)} | "
-                     f"{fmt(st.get('spike_ack_p99_worst'), 2)} | "
-                     f"{fmt(recovery, 0) if recovery is not None else 'not in the run'} | "
-                     f"{fmt(st['acknowledged'])} of {fmt(st['sent'])} | {fmt(st['lost'])} | "
-                     f"{fmt(st['rejected'])} |")
-    lines += ["", "Recovery: the seconds after the spike until the ack p99 of a second is back "
-              "under twice its level before the spike (0: at once). The limit is an echo and "
-              "has no storm."]
-    churn = next((f["churn"] for f in results.values() if "churn" in f), {})
-    lines += [
-        "",
-        f"Churn: {fmt(churn.get('rate'))} msg/s while receivers disconnect and reconnect, ms:",
-        "",
-        "| peer | reconnects | delivered of acknowledged | lost | duplicates | reordered | "
-        "delivery p50 | delivery p99 | reconnect p99 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, figures in results.items():
-        ch = figures.get("churn")
-        if ch is None:
-            continue
-        lines.append(f"| {name} | {fmt(ch['reconnects'])} | {fmt(ch['delivered'])} of "
-                     f"{fmt(ch['acknowledged'])} | {fmt(ch['lost'])} | {fmt(ch['duplicates'])} "
-                     f"| {fmt(ch['reordered'])} | {fmt(ch.get('delivery_p50'), 2)} | "
-                     f"{fmt(ch.get('delivery_p99'), 2)} | {fmt(ch.get('reconnect_p99'), 2)} |")
-    lines += ["", "Churn runs against switchboard only: the relays keep no inbox and drop "
-              "messages for a user who is away. Delivery latency includes the time a receiver "
-              "was away."]
-    lines += ["", "Every rung of the ladder:", ""]
-    for name, figures in results.items():
-        for step in figures["ladder"]:
-            lines.append(f"- {name}: offered {fmt(step['rate'])}/s, acknowledged "
-                         f"{fmt(step['acknowledged_per_s'])}/s, ack p50 {fmt(step['ack_p50'], 2)} "
-                         f"p99 {fmt(step['ack_p99'], 2)} ms, lost {step['lost']}, "
-                         f"refused {step['rejected']}")
+            "| peer | idle bytes/conn | sustained msg/s | ratio to switchboard none | ack p99 there (ms) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, figures in results.items():
+            best = figures.get("max") or {}
+            rate = best.get("rate")
+            ratio = (ref_rate / rate) if (ref_rate and rate) else None
+            lines.append(
+                f"| {name} | {fmt(figures.get('idle_bytes_per_conn'))} | {fmt(rate)} | "
+                f"{fmt(ratio, 2) + 'x' if ratio else 'n/a'} | {fmt(best.get('ack_p99'), 2)} |")
+        lines += ["", "Ratio: switchboard none's sustained rate divided by the peer's." + (
+            " The limit peer is a bare io_uring echo of the same frames (the `echo` scenario: each "
+            "`send_message` sent back to its sender, no routing, no acknowledgement, no "
+            "delivery to another connection), the machine's ceiling for this traffic; its "
+            "ack is the echo." if LIMIT in results else ""), ""]
+        limit_best = (results.get(LIMIT, {}).get("max") or {}).get("rate")
+        if LIMIT not in results:
+            pass  # --peers left the limit out: nothing to compare with.
+        elif ref_rate and limit_best:
+            # A peer that sustained the top rung might have sustained more: its true rate is
+            # only known to be at least that.
+            top = max(int(r) for r in args.rates.split(","))
+            fraction = ref_rate / limit_best
+            if ref_rate == top and limit_best == top:
+                caveat = (" (both sustained the top of the ladder, so this says nothing: widen "
+                          "--rates)")
+            elif ref_rate == top:
+                caveat = ", at least: switchboard none sustained the top of the ladder"
+            elif limit_best == top:
+                caveat = ", at most: the limit sustained the top of the ladder"
+            else:
+                caveat = ""
+            lines += [
+                f"Switchboard none sustains {fraction:.2f} ({fraction:.0%}) of the limit's "
+                f"sustained rate: {fmt(ref_rate)} of {fmt(limit_best)} msg/s{caveat}.", ""]
+        else:
+            lines += [f"Switchboard none's fraction of the limit: n/a (sustained: switchboard "
+                      f"none {fmt(ref_rate)}, limit {fmt(limit_best)} msg/s).", ""]
+    if "latency" in steps:
+        half = next(iter(results.values())).get("half", {}).get("rate")
+        lines += [
+            f"Latency at {fmt(half)} msg/s (half of switchboard none's sustained rate), ms:",
+            "",
+            "| peer | ack p50 | ack p99 | delivery p50 | delivery p99 | lost | server CPU µs per message | ratio to switchboard none | loadgen send lag p99 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        ref_cpu = ref.get("half", {}).get("cpu_us_per_message")
+        for name, figures in results.items():
+            h = figures.get("half", {})
+            cpu = h.get("cpu_us_per_message")
+            cpu_ratio = (cpu / ref_cpu) if (cpu and ref_cpu) else None
+            lines.append(f"| {name} | {fmt(h.get('ack_p50'), 2)} | {fmt(h.get('ack_p99'), 2)} | "
+                         f"{fmt(h.get('delivery_p50'), 2)} | {fmt(h.get('delivery_p99'), 2)} | "
+                         f"{fmt(h.get('lost'))} | {fmt(cpu, 1)} | "
+                         f"{fmt(cpu_ratio, 2) + 'x' if cpu_ratio else 'n/a'} | "
+                         f"{fmt(h.get('send_lag_p99'), 2)} |")
+        lines += ["", "CPU ratio: the peer's server CPU per message divided by switchboard none's "
+                  "(above 1: the peer spends more per message). The load generator's send lag is "
+                  "its own delay in sending: when it grows, the client, not the server, limits "
+                  "the run. The limit's ack is its echo and its CPU is per echoed message; it has "
+                  "no delivery."]
+    if "storm" in steps:
+        storm = next((f["storm"] for f in results.values() if "storm" in f), {})
+        lines += [
+            "",
+            f"Storm: {fmt(storm.get('rate'))} msg/s with a spike to {fmt(storm.get('spike_rate'))} "
+            f"msg/s for {args.storm_spike} from 2 s into {args.storm_duration} measured, ms:",
+            "",
+            "| peer | ack p99 before | worst ack p99 in the spike | seconds to recover | "
+            "acknowledged of sent | lost | refused |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, figures in results.items():
+            st = figures.get("storm")
+            if st is None:
+                lines.append(f"| {name} | n/a | n/a | n/a | n/a | n/a | n/a |")
+                continue
+            recovery = st.get("recovery_seconds")
+            lines.append(f"| {name} | {fmt(st.get('baseline_ack_p99'), 2)} | "
+                         f"{fmt(st.get('spike_ack_p99_worst'), 2)} | "
+                         f"{fmt(recovery, 0) if recovery is not None else 'not in the run'} | "
+                         f"{fmt(st['acknowledged'])} of {fmt(st['sent'])} | {fmt(st['lost'])} | "
+                         f"{fmt(st['rejected'])} |")
+        lines += ["", "Recovery: the seconds after the spike until the ack p99 of a second is back "
+                  "under twice its level before the spike (0: at once). The limit is an echo and "
+                  "has no storm."]
+    if "churn" in steps:
+        churn = next((f["churn"] for f in results.values() if "churn" in f), {})
+        lines += [
+            "",
+            f"Churn: {fmt(churn.get('rate'))} msg/s while receivers disconnect and reconnect, ms:",
+            "",
+            "| peer | reconnects | delivered of acknowledged | lost | duplicates | reordered | "
+            "delivery p50 | delivery p99 | reconnect p99 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, figures in results.items():
+            ch = figures.get("churn")
+            if ch is None:
+                continue
+            lines.append(f"| {name} | {fmt(ch['reconnects'])} | {fmt(ch['delivered'])} of "
+                         f"{fmt(ch['acknowledged'])} | {fmt(ch['lost'])} | {fmt(ch['duplicates'])} "
+                         f"| {fmt(ch['reordered'])} | {fmt(ch.get('delivery_p50'), 2)} | "
+                         f"{fmt(ch.get('delivery_p99'), 2)} | {fmt(ch.get('reconnect_p99'), 2)} |")
+        lines += ["", "Churn runs against switchboard only: the relays keep no inbox and drop "
+                  "messages for a user who is away. Delivery latency includes the time a receiver "
+                  "was away."]
+    if "fanout" in steps:
+        lines += fanout_lines(results, args)
+    if "ladder" in steps:
+        lines += ["", "Every rung of the ladder:", ""]
+        for name, figures in results.items():
+            for step in figures["ladder"]:
+                lines.append(f"- {name}: offered {fmt(step['rate'])}/s, acknowledged "
+                             f"{fmt(step['acknowledged_per_s'])}/s, ack p50 "
+                             f"{fmt(step['ack_p50'], 2)} p99 {fmt(step['ack_p99'], 2)} ms, "
+                             f"lost {step['lost']}, refused {step['rejected']}")
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{started:%Y-%m-%d-%H%M}"
     json_path, svg_path, path = out / f"{stem}.json", out / f"{stem}.svg", out / f"{stem}.md"
     json_path.write_text(json.dumps(results, indent=2) + "\n")
-    if plot(json_path, svg_path):
+    # The plot is of the ladder: without it there is nothing to draw.
+    if "ladder" in steps and plot(json_path, svg_path):
         lines += ["", f"![Acknowledged msg/s and ack p99 at each rung, per peer]({svg_path.name})"]
+    # Sections open with a blank line, which doubles one where the one before ended with one.
+    lines = [line for n, line in enumerate(lines) if line or n == 0 or lines[n - 1]]
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     path.write_text(text)
     shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
     print(f"written to {shown}" + (f" and {svg_path.name}" if svg_path.exists() else ""))
+
+
+def fanout_lines(results, args):
+    """The fanout step's table: a row per peer and group size."""
+    lines = [
+        "",
+        f"Fanout: {fmt(args.fanout_deliveries)} deliveries/s offered over "
+        f"{fmt(args.fanout_conns)} connections in groups of "
+        f"{', '.join(str(size) for size in args.fanout_sizes)} (a sender and size - 1 members "
+        f"each; the message rate is the deliveries over size - 1), {args.duration} measured "
+        "after 1s of warmup, ms:",
+        "",
+        "| peer | group size | groups | msg/s | deliveries/s | delivery p50 (last member) | "
+        "delivery p99 (last member) | lost | duplicates | server CPU µs per delivery | "
+        "ratio to switchboard none |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    ref = {run["group_size"]: run.get("cpu_us_per_delivery")
+           for run in results["switchboard none"].get("fanout", [])}
+    failed = []
+    for name, figures in results.items():
+        for run in figures.get("fanout", []):
+            cpu = run.get("cpu_us_per_delivery")
+            ref_cpu = ref.get(run["group_size"])
+            cpu_ratio = (cpu / ref_cpu) if (cpu and ref_cpu) else None
+            lines.append(
+                f"| {name} | {run['group_size']} | {run['groups']} | {fmt(run['rate'], 1)} | "
+                f"{fmt(run.get('deliveries_per_s'))} | {fmt(run.get('delivery_last_p50'), 2)} | "
+                f"{fmt(run.get('delivery_last_p99'), 2)} | {fmt(run['lost'])} | "
+                f"{fmt(run['duplicates'])} | {fmt(cpu, 2)} | "
+                f"{fmt(cpu_ratio, 2) + 'x' if cpu_ratio else 'n/a'} |")
+            if not run.get("ok"):
+                why = run.get("failures") or ["failed"]
+                if run.get("first_error"):
+                    why = [*why, f"first error: {run['first_error']}"]
+                failed.append(f"- {name}, groups of {run['group_size']}: " + "; ".join(why))
+    lines += ["", "Delivery latency from the intended send to the last member of the group to "
+              "get the message: what the whole group waits for. Lost: deliveries of "
+              "acknowledged messages that a member never got by the end of the drain. CPU "
+              "ratio: the peer's server CPU per delivery divided by switchboard none's at the "
+              "same group size. Switchboard forms its groups with POST /v1/groups, the relays "
+              "with their own `join`; the limit has no groups."]
+    if failed:
+        lines += ["", "Fanout runs that failed:", "", *failed]
+    return lines
 
 
 if __name__ == "__main__":

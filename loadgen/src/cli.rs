@@ -37,6 +37,9 @@ pub enum Command {
     /// N connections sending what `pairs` sends, at a fixed total rate (open loop), to a
     /// server that echoes every frame (bench/peers/uring-echo); the echo is the round trip.
     Echo(EchoArgs),
+    /// G groups of N members, every member connected; one sender per group sends to its group
+    /// at a fixed total rate (open loop), every other member acknowledges delivery.
+    Fanout(FanoutArgs),
     /// Plot the side-by-side comparison's results (bench/compare.py's JSON) as SVG: the
     /// throughput and ack p99 of every peer at every rung of the ladder.
     Plot(PlotArgs),
@@ -71,6 +74,7 @@ pub enum ScenarioArgs {
     Storm(StormArgs),
     Churn(ChurnArgs),
     Echo(EchoArgs),
+    Fanout(FanoutArgs),
 }
 
 impl ScenarioArgs {
@@ -81,6 +85,7 @@ impl ScenarioArgs {
             ScenarioArgs::Storm(args) => &args.pairs.common,
             ScenarioArgs::Churn(args) => &args.pairs.common,
             ScenarioArgs::Echo(args) => &args.pairs.common,
+            ScenarioArgs::Fanout(args) => &args.common,
         }
     }
 
@@ -91,6 +96,7 @@ impl ScenarioArgs {
             ScenarioArgs::Storm(args) => &mut args.pairs.common,
             ScenarioArgs::Churn(args) => &mut args.pairs.common,
             ScenarioArgs::Echo(args) => &mut args.pairs.common,
+            ScenarioArgs::Fanout(args) => &mut args.common,
         }
     }
 
@@ -102,6 +108,15 @@ impl ScenarioArgs {
             ScenarioArgs::Storm(args) => Some(&args.pairs),
             ScenarioArgs::Churn(args) => Some(&args.pairs),
             ScenarioArgs::Echo(args) => Some(&args.pairs),
+            ScenarioArgs::Fanout(_) => None,
+        }
+    }
+
+    /// The longest wait for outstanding replies at the end, for the scenarios that send.
+    pub fn drain(&self) -> Option<Duration> {
+        match self {
+            ScenarioArgs::Fanout(args) => Some(args.drain),
+            other => other.pairs().map(|args| args.drain),
         }
     }
 }
@@ -302,6 +317,96 @@ pub struct EchoArgs {
     pub pairs: PairsArgs,
 }
 
+/// How `fanout` forms its groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupMode {
+    /// `POST /v1/groups` on the server's HTTP API, by the group's sender (Switchboard).
+    Server,
+    /// Every member sends `{"type":"join","group_id":..}` on its WebSocket (the comparison
+    /// relays, which have no HTTP API).
+    Join,
+}
+
+/// `fanout` has the phases and content of `pairs` but its own shape: its connections are
+/// `--groups` times `--group-size` (so `--conns`, if given, must say the same), and its rate
+/// is messages to groups, each delivered to every other member.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub common: CommonArgs,
+
+    /// Groups, each with one sender; the members of different groups are different users.
+    #[arg(long, default_value_t = 10)]
+    pub groups: usize,
+
+    /// Members of each group, its sender included: every message is delivered to
+    /// group-size - 1 members (Switchboard allows 500 by default, --group-members-max).
+    #[arg(long, default_value_t = 100)]
+    pub group_size: usize,
+
+    /// How the groups are formed: `server` creates each over the HTTP API (POST /v1/groups),
+    /// `join` has every member send {"type":"join"} on its WebSocket (the comparison relays).
+    #[arg(long, value_enum, default_value = "server")]
+    pub group_mode: GroupMode,
+
+    /// The server's HTTP API, HOST:PORT or http://HOST:PORT (`--group-mode server`).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub http_addr: String,
+
+    /// Longest a group may take to form before the start: its creation and a group_event at
+    /// every member.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub group_setup_timeout: Duration,
+
+    /// Messages per second, all groups together (each delivered group-size - 1 times), sent
+    /// on schedule whatever the replies.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+
+    /// Measured time, after the warmup.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub duration: Duration,
+
+    /// Time sent at the start and not counted in the latencies.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub warmup: Duration,
+
+    /// Longest wait at the end for outstanding acknowledgements and deliveries.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub drain: Duration,
+
+    /// Pad each message's content to this many characters (the server's default limit is
+    /// 1000).
+    #[arg(long, default_value_t = 0)]
+    pub content_chars: usize,
+}
+
+impl FanoutArgs {
+    /// The connections of the run: every member of every group.
+    pub fn conns(&self) -> usize {
+        self.groups.saturating_mul(self.group_size)
+    }
+
+    /// Makes `--conns` the run's connection count, which the groups decide; `conns_given`
+    /// says whether `--conns` was on the command line, where it must agree.
+    pub fn settle_conns(&mut self, conns_given: bool) -> anyhow::Result<()> {
+        let conns = self.conns();
+        anyhow::ensure!(
+            !conns_given || self.common.conns == conns,
+            "fanout opens --groups x --group-size = {conns} connections, not --conns {}: leave --conns out",
+            self.common.conns
+        );
+        self.common.conns = conns;
+        Ok(())
+    }
+}
+
 /// Writes a duration the way [`parse_duration`] reads it back.
 pub fn format_duration(duration: Duration) -> String {
     if duration.subsec_nanos() == 0 {
@@ -498,6 +603,51 @@ mod tests {
         assert_eq!(json["duration"], "2s");
         let back: ScenarioArgs = serde_json::from_value(json).unwrap();
         assert_eq!(back.pairs().unwrap().drain, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn fanout_takes_its_groups_and_settles_the_connections() {
+        let cli = Cli::try_parse_from([
+            "switchboard-loadgen",
+            "fanout",
+            "--jwt-secret",
+            "s",
+            "--groups",
+            "3",
+            "--group-size",
+            "10",
+            "--group-mode",
+            "join",
+            "--rate",
+            "30",
+        ])
+        .unwrap();
+        let Command::Fanout(mut args) = cli.command else {
+            panic!("not fanout")
+        };
+        assert_eq!(args.conns(), 30);
+        assert_eq!(args.group_mode, GroupMode::Join);
+        assert_eq!(args.http_addr, "127.0.0.1:8081");
+        assert_eq!(args.group_setup_timeout, Duration::from_secs(10));
+        args.settle_conns(false).unwrap();
+        assert_eq!(args.common.conns, 30);
+        args.common.conns = 31;
+        assert!(args.settle_conns(true).is_err());
+        args.common.conns = 30;
+        args.settle_conns(true).unwrap();
+        let json = serde_json::to_value(ScenarioArgs::Fanout(args)).unwrap();
+        assert_eq!(json["scenario"], "fanout");
+        assert_eq!(json["conns"], 30);
+        assert_eq!(json["group_mode"], "join");
+        assert_eq!(json["group_setup_timeout"], "10s");
+        let back: ScenarioArgs = serde_json::from_value(json).unwrap();
+        assert!(back.pairs().is_none());
+        assert_eq!(back.drain(), Some(Duration::from_secs(5)));
+        let ScenarioArgs::Fanout(back) = back else {
+            panic!("not fanout")
+        };
+        assert_eq!((back.groups, back.group_size), (3, 10));
+        assert_eq!(back.rate, 30.0);
     }
 
     #[test]

@@ -212,6 +212,23 @@ pub fn encode_send_message(client_msg_id: u64, to: &str, content: &str) -> Strin
     )
 }
 
+/// `send_message` to a group.
+pub fn encode_send_group_message(client_msg_id: u64, group_id: &str, content: &str) -> String {
+    let group_id = serde_json::to_string(group_id).expect("a string serializes");
+    let content = serde_json::to_string(content).expect("a string serializes");
+    format!(
+        r#"{{"type":"send_message","client_msg_id":{client_msg_id},"group_id":{group_id},"content":{content}}}"#
+    )
+}
+
+/// `join`: not in the protocol; the comparison relays' way of forming a group without an
+/// HTTP API (`fanout --group-mode join`). The relay answers the joining connection with a
+/// `group_event` for the group.
+pub fn encode_join(group_id: &str) -> String {
+    let group_id = serde_json::to_string(group_id).expect("a string serializes");
+    format!(r#"{{"type":"join","group_id":{group_id}}}"#)
+}
+
 /// `message_delivered` for up to [`DELIVERED_IDS_MAX`] message ids.
 pub fn encode_message_delivered(message_ids: &[u64]) -> String {
     debug_assert!(!message_ids.is_empty() && message_ids.len() <= DELIVERED_IDS_MAX);
@@ -237,7 +254,15 @@ pub enum ServerMessage<'a> {
     IncomingMessage {
         message_id: u64,
         from: Cow<'a, str>,
+        /// The group of a group message; `None` for a message to the user.
+        group_id: Option<Cow<'a, str>>,
         content: Cow<'a, str>,
+    },
+    /// A change to a group's membership, acknowledged with `message_delivered` like a message
+    /// but no message.
+    GroupEvent {
+        group_id: Cow<'a, str>,
+        message_id: u64,
     },
     MessageDelivered {
         message_id: u64,
@@ -286,6 +311,8 @@ struct RawServerMessage<'a> {
     #[serde(borrow)]
     from: Option<Cow<'a, str>>,
     #[serde(borrow)]
+    group_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
     content: Option<Cow<'a, str>>,
     #[serde(borrow)]
     code: Option<Cow<'a, str>>,
@@ -310,7 +337,12 @@ pub fn decode_server_message(text: &str) -> Result<ServerMessage<'_>, String> {
         "incoming_message" => ServerMessage::IncomingMessage {
             message_id: need(raw.message_id, "message_id")?,
             from: raw.from.ok_or("incoming_message without from")?,
+            group_id: raw.group_id,
             content: raw.content.unwrap_or_default(),
+        },
+        "group_event" => ServerMessage::GroupEvent {
+            message_id: need(raw.message_id, "message_id")?,
+            group_id: raw.group_id.ok_or("group_event without group_id")?,
         },
         "message_delivered" => ServerMessage::MessageDelivered {
             message_id: need(raw.message_id, "message_id")?,
@@ -350,9 +382,28 @@ mod tests {
             Ok(ServerMessage::IncomingMessage {
                 message_id: 7,
                 from: "alice".into(),
+                group_id: None,
                 content: "t=5 s=1".into(),
             }),
         );
+        check(
+            r#"{"type":"incoming_message","message_id":"8","from":"alice","group_id":"g:12","content":"t=5 s=2","timestamp":1}"#,
+            Ok(ServerMessage::IncomingMessage {
+                message_id: 8,
+                from: "alice".into(),
+                group_id: Some("g:12".into()),
+                content: "t=5 s=2".into(),
+            }),
+        );
+        check(
+            r#"{"type":"group_event","group_id":"g:12","event":"created","by":"alice","user":"alice","message_id":"9","timestamp":1}"#,
+            Ok(ServerMessage::GroupEvent {
+                group_id: "g:12".into(),
+                message_id: 9,
+            }),
+        );
+        check(r#"{"type":"group_event","message_id":"9"}"#, Err(()));
+        check(r#"{"type":"group_event","group_id":"g:1"}"#, Err(()));
         check(
             r#"{"type":"message_delivered","message_id":"18446744073709551615","by":"bob","timestamp":1}"#,
             Ok(ServerMessage::MessageDelivered {
@@ -397,6 +448,11 @@ mod tests {
             encode_send_message(3, "b", "say \"hi\""),
             r#"{"type":"send_message","client_msg_id":3,"to":"b","content":"say \"hi\""}"#
         );
+        assert_eq!(
+            encode_send_group_message(4, "g:12", "t=1 s=3"),
+            r#"{"type":"send_message","client_msg_id":4,"group_id":"g:12","content":"t=1 s=3"}"#
+        );
+        assert_eq!(encode_join("g:12"), r#"{"type":"join","group_id":"g:12"}"#);
         assert_eq!(
             encode_message_delivered(&[1, 18446744073709551615]),
             r#"{"type":"message_delivered","message_ids":["1","18446744073709551615"]}"#

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::cli::ScenarioArgs;
 use crate::conn::{self, Connector, Target, TokenMinter};
 use crate::metrics::{CounterSnapshot, Counters, Metrics};
-use crate::scenario::{Clock, Conn, Keep, Scenario, Unit, UnitContext};
+use crate::scenario::{Clock, Conn, Keep, Scenario, SetupContext, Unit, UnitContext};
 use crate::sys;
 
 /// How often progress is reported.
@@ -331,6 +331,7 @@ impl Worker {
             }
         }
         let units = self.open_units(&metrics).await;
+        let units = self.set_up(units, &metrics).await;
         self.events
             .send(WorkerEvent::Ready)
             .context("the coordinator is gone")?;
@@ -390,7 +391,41 @@ impl Worker {
                 let conns: Vec<Conn> = (unit * unit_conns..(unit + 1) * unit_conns)
                     .filter_map(|index| by_index.remove(&index))
                     .collect();
-                (conns.len() == unit_conns).then_some(Unit { index: unit, conns })
+                (conns.len() == unit_conns).then_some(Unit {
+                    index: unit,
+                    conns,
+                    group_id: None,
+                })
+            })
+            .collect()
+    }
+
+    /// Sets up the opened units, a few at a time ([`Scenario::setup`]); a unit whose setup
+    /// failed is left out (its connections are closed).
+    async fn set_up(
+        &self,
+        units: Vec<Unit>,
+        metrics: &Rc<std::cell::RefCell<Metrics>>,
+    ) -> Vec<Unit> {
+        let context = SetupContext {
+            metrics: Rc::clone(metrics),
+            counters: Arc::clone(&self.counters),
+            connector: Arc::clone(&self.connector),
+        };
+        let set_up: Vec<Result<Unit, String>> = futures_util::stream::iter(units)
+            .map(|unit| self.scenario.setup(unit, context.clone()))
+            .buffer_unordered(self.connect_concurrency)
+            .collect()
+            .await;
+        set_up
+            .into_iter()
+            .filter_map(|result| match result {
+                Ok(unit) => Some(unit),
+                Err(error) => {
+                    Counters::add(&self.counters.setup_errors, 1);
+                    metrics.borrow_mut().error_sample(error);
+                    None
+                }
             })
             .collect()
     }

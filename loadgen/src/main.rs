@@ -2,21 +2,24 @@
 //! histograms and reports. See the README beside this crate for its use.
 //!
 //! Exit status: 0 for a clean run, 1 when the run failed (a message lost, a connection that
-//! could not be opened or was dropped, a message never acknowledged, refused or reordered),
-//! 2 when it could not run at all: bad flags, no secret, or not one connection opened (an
-//! unreachable URL, a secret the server refuses).
+//! could not be opened or was dropped, a message never acknowledged, refused or reordered, a
+//! group not formed), 2 when it could not run at all: bad flags, no secret, not one connection
+//! opened (an unreachable URL, a secret the server refuses), or (`fanout`) not one group
+//! formed (a server without groups).
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::Parser as _;
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use mimalloc::MiMalloc;
 
 mod cli;
 mod conn;
 mod engine;
 mod fleet;
+mod http;
 mod metrics;
 mod monitor;
 mod plot;
@@ -35,13 +38,24 @@ use report::Report;
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     let result = match cli.command {
         Command::Idle(args) => run(ScenarioArgs::Idle(args)),
         Command::Pairs(args) => run(ScenarioArgs::Pairs(args)),
         Command::Storm(args) => run(ScenarioArgs::Storm(args)),
         Command::Churn(args) => run(ScenarioArgs::Churn(args)),
         Command::Echo(args) => run(ScenarioArgs::Echo(args)),
+        Command::Fanout(mut args) => {
+            // Its groups decide how many connections it opens; a --conns on the command line
+            // must agree with them.
+            let conns_given = matches
+                .subcommand_matches("fanout")
+                .and_then(|fanout| fanout.value_source("conns"))
+                == Some(ValueSource::CommandLine);
+            args.settle_conns(conns_given)
+                .and_then(|()| run(ScenarioArgs::Fanout(args)))
+        }
         Command::Plot(args) => {
             plot::plot_file(&args.results, &args.svg, &args.title).map(|()| ExitCode::SUCCESS)
         }
@@ -164,6 +178,17 @@ fn run(mut args: ScenarioArgs) -> anyhow::Result<ExitCode> {
                 "switchboard-loadgen: could not open any connection to {}: {why}",
                 common.url
             );
+            return Ok(ExitCode::from(2));
+        }
+        if report.counters.setup_errors > 0 && report.counters.sent == 0 {
+            // Connections opened, but not one unit could be set up (fanout, the one scenario
+            // with a setup: no group could be formed, as against a server without groups), so
+            // nothing was sent: nothing measured, as above.
+            let why = report
+                .error_samples
+                .first()
+                .map_or("no error was recorded", String::as_str);
+            eprintln!("switchboard-loadgen: could not form any group: {why}");
             return Ok(ExitCode::from(2));
         }
         Ok(ExitCode::from(1))

@@ -76,7 +76,8 @@ counters! {
     /// `incoming_message`s whose message id the receiver had already seen.
     duplicates,
     /// Messages delivered with a smaller message id than one delivered before from the same
-    /// sender (the protocol keeps per-pair order).
+    /// sender (the protocol keeps per-pair order), or in the same group (`fanout`: a group's
+    /// messages reach every member in message id order).
     reordered,
     /// Acknowledged messages never delivered by the end of the drain.
     lost,
@@ -90,6 +91,12 @@ counters! {
     reconnects,
     /// Connections a scenario could not open again (`churn`).
     reconnect_errors,
+    /// `group_event`s received and acknowledged (`fanout`: the group's creation, or a join);
+    /// not messages, so never counted as delivered.
+    group_events,
+    /// Units that could not be set up before the start (`fanout`: groups that could not be
+    /// formed); their connections are closed and they take no part in the run.
+    setup_errors,
 }
 
 impl Counters {

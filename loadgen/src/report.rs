@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{ScenarioArgs, format_duration};
+use crate::cli::{GroupMode, ScenarioArgs, format_duration};
 use crate::engine::{Outcome, Plan};
 use crate::metrics::{CounterSnapshot, Metrics};
 use crate::monitor::RssReadings;
@@ -208,6 +208,12 @@ pub fn failures(
     if counters.reconnect_errors > 0 {
         failures.push(format!("{} reconnect(s) failed", counters.reconnect_errors));
     }
+    if counters.setup_errors > 0 {
+        failures.push(format!(
+            "{} group(s) could not be formed before the start",
+            counters.setup_errors
+        ));
+    }
     failures
 }
 
@@ -301,7 +307,7 @@ impl Report {
             _ => (None, None),
         };
 
-        let drain = plan.args.pairs().map(|args| format_duration(args.drain));
+        let drain = plan.args.drain().map(format_duration);
         let failures = failures(&counters, conns, drain.as_deref(), scenario.lost_means());
 
         let mut config = serde_json::to_value(&plan.args).unwrap_or_default();
@@ -425,6 +431,24 @@ impl Report {
                     format_duration(pairs.drain)
                 );
             }
+            ScenarioArgs::Fanout(args) => {
+                let members = args.group_size.saturating_sub(1);
+                let _ = writeln!(
+                    out,
+                    "- {} groups of {} (a sender and {members} members each, formed by {}), {} messages/s in all (open loop), {:.0} deliveries/s offered; {} measured after {} of warmup, drain up to {}",
+                    args.groups,
+                    args.group_size,
+                    match args.group_mode {
+                        GroupMode::Server => "POST /v1/groups",
+                        GroupMode::Join => "join",
+                    },
+                    args.rate,
+                    args.rate * members as f64,
+                    format_duration(args.duration),
+                    format_duration(args.warmup),
+                    format_duration(args.drain)
+                );
+            }
             ScenarioArgs::Echo(args) => {
                 let pairs = &args.pairs;
                 let _ = writeln!(
@@ -481,6 +505,13 @@ impl Report {
                     out,
                     "\n| reconnects | reconnect errors |\n|---:|---:|\n| {} | {} |",
                     c.reconnects, c.reconnect_errors
+                );
+            }
+            if self.scenario == "fanout" || c.group_events > 0 || c.setup_errors > 0 {
+                let _ = writeln!(
+                    out,
+                    "\n| group events | groups not formed |\n|---:|---:|\n| {} | {} |",
+                    c.group_events, c.setup_errors
                 );
             }
         }
@@ -690,6 +721,14 @@ mod tests {
         };
         let failures = failures(&counters, 4, Some("5s"), "sent but never echoed");
         assert_eq!(failures.len(), 6);
+        let setup = CounterSnapshot {
+            setup_errors: 2,
+            ..CounterSnapshot::default()
+        };
+        assert_eq!(
+            super::failures(&setup, 4, None, "never delivered"),
+            vec!["2 group(s) could not be formed before the start".to_owned()]
+        );
         assert!(failures[0].starts_with("LOST 2 message(s): sent but never echoed"));
         assert!(failures[0].ends_with("within the 5s drain"));
         // Duplicates are allowed by at-least-once delivery: counted, not a failure.

@@ -3,7 +3,9 @@
 //! when it is missing) and killed when the test ends, passed or not. Every wait is bounded.
 
 mod common;
-use common::{counter, describe, loadgen, report, wait_bounded};
+use common::{
+    assert_clean_small_fanout, counter, describe, loadgen, report, small_fanout_args, wait_bounded,
+};
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
@@ -227,6 +229,17 @@ fn pairs_against_the_bun_relay_lose_nothing() {
             "{metric}: {latency}"
         );
     }
+    relay.stop();
+}
+
+#[test]
+fn fanout_to_groups_on_bun_pub_sub_loses_nothing() {
+    let relay = BunRelay::start();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("fanout.json");
+    let output = loadgen(SECRET, &small_fanout_args(relay.url(), &json));
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_clean_small_fanout(&report(&json));
     relay.stop();
 }
 

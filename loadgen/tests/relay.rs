@@ -3,7 +3,7 @@
 //! when it ends. Every run of the binary is bounded by a watchdog.
 
 mod common;
-use common::{counter, describe, loadgen, report};
+use common::{assert_clean_small_fanout, counter, describe, loadgen, report, small_fanout_args};
 
 use serde_json::Value;
 use tokio_relay::{BackgroundRelay, RelayConfig};
@@ -374,4 +374,72 @@ fn churn_reconnects_receivers_against_a_relay_without_inboxes() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains("FAILED: LOST"), "{stderr}");
     }
+}
+
+#[test]
+fn fanout_to_groups_joined_on_the_relay_loses_nothing() {
+    let relay = start_relay();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("fanout.json");
+    let url = relay.url();
+    let output = loadgen(SECRET, &small_fanout_args(&url, &json));
+    assert!(output.status.success(), "{}", describe(&output));
+    let report = report(&json);
+    assert_clean_small_fanout(&report);
+    assert_eq!(report["config"]["groups"], 3);
+    assert_eq!(report["config"]["group_mode"], "join");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("## switchboard-loadgen fanout: ok"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("- 3 groups of 10"), "{stdout}");
+}
+
+/// The relay has no HTTP API: in the server's mode no group can be formed, nothing is sent,
+/// and the run could not run at all (exit 2), saying why.
+#[test]
+fn fanout_without_a_group_api_forms_nothing_and_exits_2() {
+    let relay = start_relay();
+    // A socket bound and never listening: its port refuses connections.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let http_addr = socket.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("fanout.json");
+    let output = loadgen(
+        SECRET,
+        &[
+            "fanout",
+            "--url",
+            &relay.url(),
+            "--http-addr",
+            &http_addr,
+            "--groups",
+            "2",
+            "--group-size",
+            "3",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    let report = report(&json);
+    assert_eq!(report["ok"], false);
+    assert_eq!(counter(&report, "setup_errors"), 2);
+    assert_eq!(counter(&report, "sent"), 0);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("FAILED: 2 group(s) could not be formed before the start"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("could not form any group: the group of lg-"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&http_addr), "{stderr}");
 }

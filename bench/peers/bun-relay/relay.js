@@ -11,7 +11,14 @@
 //   forwarded as `incoming_message` to every connection of the recipient;
 // - `message_delivered` from the recipient forwarded as a `message_delivered` receipt to every
 //   connection of the sender;
-// - `heartbeat` accepted and ignored; anything else answered with a `bad_request` error.
+// - `heartbeat` accepted and ignored; anything else answered with a `bad_request` error;
+// - groups, for the load generator's `fanout --group-mode join`: `{"type":"join","group_id":
+//   "g:N"}` (the relays' own message; the protocol creates groups over HTTP) makes the user a
+//   member and subscribes the connection to the group's topic, answered by a `group_event`
+//   (`member_added`) on that connection; `send_message` with `group_id` from a member is
+//   answered by `message_received` and published as `incoming_message` with `group_id` on the
+//   topic with Bun's native pub/sub (`ws.publish` from the sending socket, which skips that
+//   socket). Group messages get no receipts.
 //
 // Nothing is stored: a message for an offline user is dropped.
 
@@ -25,6 +32,9 @@ const MESSAGE_BYTES_MAX = 64 * 1024;
 const ORIGINS_MAX = 4_000_000;
 // jsonwebtoken's default leeway on `exp`, which the tokio relay keeps.
 const EXP_LEEWAY_SECONDS = 60;
+// The tokio relay's group limits (RelayConfig::new): groups at once, members per group.
+const GROUPS_MAX = 100_000;
+const GROUP_MEMBERS_MAX = 500;
 
 const USAGE = `A no-durability relay of the Switchboard messaging subset (Bun.serve), for
 comparison runs
@@ -144,13 +154,22 @@ function offersJson(request) {
 const sessions = new Map();
 // Message id to the user who sent it, until the recipient reports it delivered.
 const origins = new Map();
+// Group id (also its pub/sub topic) to the user ids of its members.
+const groups = new Map();
 let nextMessageId = 1;
 
-function badRequest(message, clientMsgId) {
-  const error = { type: "error", code: "bad_request", message };
+function errorMessage(code, message, clientMsgId) {
+  const error = { type: "error", code, message };
   if (clientMsgId !== undefined) error.client_msg_id = clientMsgId;
   return JSON.stringify(error);
 }
+
+function badRequest(message, clientMsgId) {
+  return errorMessage("bad_request", message, clientMsgId);
+}
+
+// A group id as the protocol writes one: `g:` and digits.
+const GROUP_ID = /^g:[0-9]+$/;
 
 // Sends to every connection of `user` and says how many it reached. A send refused by Bun
 // (0) means the connection is closing, here because it went past the backpressure limit.
@@ -176,15 +195,21 @@ function parseClientMessage(text) {
   }
   switch (message.type) {
     case "send_message": {
-      const { client_msg_id: clientMsgId, to, content = "" } = message;
+      const { client_msg_id: clientMsgId, to, group_id: groupId, content = "" } = message;
       // Ids past 2^53 would come back rounded, as JavaScript numbers: they are refused.
       if (!Number.isSafeInteger(clientMsgId) || clientMsgId < 0) {
         return "client_msg_id: expected an unsigned integer";
       }
       if (to !== undefined && to !== null && typeof to !== "string") return "to: expected a string";
+      if (groupId !== undefined && groupId !== null && typeof groupId !== "string") {
+        return "group_id: expected a string";
+      }
       if (typeof content !== "string") return "content: expected a string";
       return message;
     }
+    case "join":
+      if (typeof message.group_id !== "string") return "group_id: expected a string";
+      return message;
     case "message_delivered":
       if (
         !Array.isArray(message.message_ids) ||
@@ -200,14 +225,21 @@ function parseClientMessage(text) {
     default:
       return (
         `unknown variant \`${message.type}\`, ` +
-        "expected one of `send_message`, `message_delivered`, `heartbeat`"
+        "expected one of `send_message`, `message_delivered`, `heartbeat`, `join`"
       );
   }
 }
 
-function onSendMessage(ws, user, { client_msg_id: clientMsgId, to, content = "" }) {
-  if (to === undefined || to === null) {
-    ws.send(badRequest("the relay sends to users only", clientMsgId));
+function onSendMessage(ws, user, message) {
+  const { client_msg_id: clientMsgId, to, group_id: groupId, content = "" } = message;
+  const toUser = to !== undefined && to !== null;
+  const toGroup = groupId !== undefined && groupId !== null;
+  if (toUser === toGroup) {
+    ws.send(badRequest("give one of to and group_id", clientMsgId));
+    return;
+  }
+  if (toGroup) {
+    onSendToGroup(ws, user, clientMsgId, groupId, content);
     return;
   }
   const messageId = nextMessageId++;
@@ -235,6 +267,79 @@ function onSendMessage(ws, user, { client_msg_id: clientMsgId, to, content = "" 
     // Offline: the message is dropped, and so is its receipt route.
     origins.delete(messageId);
   }
+}
+
+// A message to a group: published on its topic from the sender's socket, which Bun leaves
+// out, so every other subscribed connection gets it, in the order of the ids (one thread).
+function onSendToGroup(ws, user, clientMsgId, groupId, content) {
+  const members = groups.get(groupId);
+  if (members === undefined) {
+    ws.send(errorMessage("not_found", "no such group", clientMsgId));
+    return;
+  }
+  if (!members.has(user)) {
+    ws.send(errorMessage("forbidden", "not a member of the group", clientMsgId));
+    return;
+  }
+  const messageId = nextMessageId++;
+  const timestamp = Date.now();
+  ws.send(
+    JSON.stringify({
+      type: "message_received",
+      client_msg_id: clientMsgId,
+      message_id: String(messageId),
+      timestamp,
+    }),
+  );
+  ws.publish(
+    groupId,
+    JSON.stringify({
+      type: "incoming_message",
+      message_id: String(messageId),
+      from: user,
+      group_id: groupId,
+      content,
+      timestamp,
+    }),
+  );
+}
+
+// `join`: the user becomes a member (the group is made on its first join) and the connection
+// subscribes to the group's topic; the answer goes out once it is subscribed.
+function onJoin(ws, user, groupId) {
+  if (!GROUP_ID.test(groupId)) {
+    ws.send(badRequest("a group id is g: and digits"));
+    return;
+  }
+  let members = groups.get(groupId);
+  if (members === undefined) {
+    if (groups.size >= GROUPS_MAX) {
+      ws.send(errorMessage("overloaded", "too many groups"));
+      return;
+    }
+    members = new Set();
+    groups.set(groupId, members);
+  }
+  if (!members.has(user)) {
+    if (members.size >= GROUP_MEMBERS_MAX) {
+      ws.send(errorMessage("forbidden", "the group is full"));
+      return;
+    }
+    members.add(user);
+  }
+  // Subscribing again is a no-op in Bun: a connection that joins twice gets each message once.
+  ws.subscribe(groupId);
+  ws.send(
+    JSON.stringify({
+      type: "group_event",
+      group_id: groupId,
+      event: "member_added",
+      by: user,
+      user,
+      message_id: String(nextMessageId++),
+      timestamp: Date.now(),
+    }),
+  );
 }
 
 function onMessageDelivered(user, ids) {
@@ -311,6 +416,8 @@ try {
           onSendMessage(ws, ws.data.user, message);
         } else if (message.type === "message_delivered") {
           onMessageDelivered(ws.data.user, message.message_ids);
+        } else if (message.type === "join") {
+          onJoin(ws, ws.data.user, message.group_id);
         }
       },
       close(ws) {

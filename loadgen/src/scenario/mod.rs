@@ -6,9 +6,10 @@
 //! receipts are matched with each other, such as a pair or a group, are kept on one thread so
 //! that the matching needs no locks), how long it runs, and drives one unit.
 //!
-//! Adding a scenario (a group fan-out, say) means a module here, a variant of
-//! [`crate::cli::ScenarioArgs`] with its subcommand, and an arm in [`build`]; the engine does
-//! not change.
+//! Adding a scenario means a module here, a variant of [`crate::cli::ScenarioArgs`] with its
+//! subcommand, and an arm in [`build`]; the engine does not change. A scenario whose units
+//! need something done once their connections are open and before the start (`fanout` forms
+//! its groups) does it in [`Scenario::setup`].
 //!
 //! - `idle` holds connections open.
 //! - `pairs` sends from one user to another at a fixed rate ([`rate`] gives the send times).
@@ -16,6 +17,7 @@
 //! - `churn` is `pairs` whose receivers disconnect and reconnect all the time.
 //! - `echo` sends what `pairs` sends to a server that sends it back: the ceiling to hold
 //!   `pairs` against.
+//! - `fanout` sends to groups: one sender per group, every other member receives.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -32,6 +34,7 @@ use crate::metrics::{Counters, Metrics};
 
 mod churn;
 mod echo;
+mod fanout;
 mod idle;
 mod pairs;
 mod rate;
@@ -100,6 +103,17 @@ pub struct Unit {
     /// `u * unit_conns .. (u + 1) * unit_conns`.
     pub index: usize,
     pub conns: Vec<Conn>,
+    /// The group the unit's connections form, once [`Scenario::setup`] formed it (`fanout`).
+    pub group_id: Option<String>,
+}
+
+/// What a unit's setup may use. Everything here belongs to the unit's worker thread.
+#[derive(Debug, Clone)]
+pub struct SetupContext {
+    pub metrics: Rc<RefCell<Metrics>>,
+    pub counters: Arc<Counters>,
+    /// Mints the tokens of the run's users, for a setup that calls the server's HTTP API.
+    pub connector: Arc<Connector>,
 }
 
 /// What a unit may use while it runs. Everything here belongs to the unit's worker thread.
@@ -119,6 +133,10 @@ pub type Keep = Vec<Box<dyn Any>>;
 
 /// A unit's run, on its worker thread's single-threaded runtime.
 pub type UnitFuture = Pin<Box<dyn Future<Output = Keep>>>;
+
+/// A unit's setup, on its worker thread's single-threaded runtime: the unit, ready to run, or
+/// why it could not be set up.
+pub type SetupFuture = Pin<Box<dyn Future<Output = Result<Unit, String>>>>;
 
 pub trait Scenario: Debug + Send + Sync {
     /// The subcommand's name.
@@ -141,6 +159,13 @@ pub trait Scenario: Debug + Send + Sync {
     fn lost_means(&self) -> &'static str {
         "acknowledged by the server but never delivered"
     }
+    /// Prepares one unit once all its connections are open, before the start instant, which
+    /// waits for every unit's setup. A unit whose setup fails takes no part in the run: its
+    /// connections are closed, it counts in `setup_errors`, and the error is kept as a sample.
+    /// Nothing to do by default.
+    fn setup(&self, unit: Unit, _context: SetupContext) -> SetupFuture {
+        Box::pin(async move { Ok(unit) })
+    }
     /// Runs one unit from `context.clock.start` until it is done, at the latest at
     /// `context.clock.drain_until`.
     fn drive(&self, unit: Unit, context: UnitContext) -> UnitFuture;
@@ -154,6 +179,7 @@ pub fn build(args: &ScenarioArgs) -> anyhow::Result<Arc<dyn Scenario>> {
         ScenarioArgs::Storm(args) => Arc::new(storm::build(args)?),
         ScenarioArgs::Churn(args) => Arc::new(churn::Churn::new(args)?),
         ScenarioArgs::Echo(args) => Arc::new(echo::Echo::new(args)?),
+        ScenarioArgs::Fanout(args) => Arc::new(fanout::Fanout::new(args)?),
     })
 }
 

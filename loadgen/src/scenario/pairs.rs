@@ -542,7 +542,9 @@ pub(super) async fn read_sender(
                 }
             }
             ServerMessage::Error { .. } => on_server_error(&message, state, context),
-            ServerMessage::IncomingMessage { .. } | ServerMessage::Other { .. } => {
+            ServerMessage::IncomingMessage { .. }
+            | ServerMessage::GroupEvent { .. }
+            | ServerMessage::Other { .. } => {
                 unexpected(context, format!("sender got {text}"));
             }
         }
@@ -615,6 +617,7 @@ pub(super) async fn read_receiver(
             ServerMessage::Error { .. } => on_server_error(&message, state, context),
             ServerMessage::MessageReceived { .. }
             | ServerMessage::MessageDelivered { .. }
+            | ServerMessage::GroupEvent { .. }
             | ServerMessage::Other { .. } => {
                 unexpected(context, format!("receiver got {text}"));
             }

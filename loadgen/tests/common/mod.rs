@@ -139,3 +139,87 @@ pub fn counter(report: &Value, name: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("no counter {name} in {report}"))
 }
+
+/// The arguments of a small `fanout` against a relay (`--group-mode join`): 3 groups of 10
+/// at 60 messages per second for 2.5 s, writing its report to `json`.
+pub fn small_fanout_args<'a>(url: &'a str, json: &'a Path) -> Vec<&'a str> {
+    vec![
+        "fanout",
+        "--url",
+        url,
+        "--group-mode",
+        "join",
+        "--groups",
+        "3",
+        "--group-size",
+        "10",
+        "--rate",
+        "60",
+        "--duration",
+        "2s",
+        "--warmup",
+        "500ms",
+        "--drain",
+        "10s",
+        "--threads",
+        "2",
+        "--json",
+        json.to_str().expect("a UTF-8 path"),
+    ]
+}
+
+/// The report of [`small_fanout_args`] lost nothing: every message acknowledged and
+/// delivered once, in order, to each of its 9 members, none back to its sender, and each
+/// connection's join answered by one group_event that is no delivery.
+pub fn assert_clean_small_fanout(report: &Value) {
+    assert_eq!(report["scenario"], "fanout", "{report}");
+    assert_eq!(report["connect"]["opened"], 30, "{report}");
+    // 3 senders, one send every 50 ms each, for 2.5 s: the open-loop schedule fixes the count.
+    let sent = counter(report, "sent");
+    assert_eq!(sent, 150, "{report}");
+    assert_eq!(counter(report, "acknowledged"), sent, "{report}");
+    assert_eq!(counter(report, "delivered"), sent * 9, "{report}");
+    assert_eq!(counter(report, "group_events"), 30, "{report}");
+    for name in [
+        "lost",
+        "duplicates",
+        "reordered",
+        "unacknowledged",
+        "rejected",
+        "conns_dropped",
+        "connect_errors",
+        "setup_errors",
+        "server_errors",
+        "unexpected_frames",
+    ] {
+        assert_eq!(counter(report, name), 0, "{name}: {report}");
+    }
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["failures"], Value::Array(Vec::new()));
+    let latency = |metric: &str| &report["latency_ms"][metric];
+    let count = |metric: &str| latency(metric)["count"].as_u64().unwrap();
+    // One latency to the last member per measured message, one per member to each.
+    assert!(count("delivery_last") > 0, "{report}");
+    assert_eq!(count("delivery"), count("delivery_last") * 9, "{report}");
+    assert_eq!(count("ack"), count("delivery_last"), "{report}");
+    for metric in ["ack", "delivery", "delivery_last", "send_lag"] {
+        let [p50, p99, max] = ["p50", "p99", "max"].map(|at| latency(metric)[at].as_f64().unwrap());
+        assert!(p50 <= p99 && p99 <= max, "{metric}: {}", latency(metric));
+    }
+    // The last member's copy is the latest of its message's copies.
+    assert!(
+        latency("delivery_last")["max"].as_f64().unwrap()
+            >= latency("delivery")["p50"].as_f64().unwrap()
+    );
+    let delivered: u64 = report["series"]["counts"]["delivered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|count| count.as_u64().unwrap())
+        .sum();
+    assert_eq!(delivered, sent * 9);
+    let per_second = report["throughput_per_second"]["delivered"]
+        .as_f64()
+        .unwrap();
+    assert!(per_second > 0.0, "{report}");
+}

@@ -3,17 +3,26 @@
 //! shared map from user id to the senders of that user's connections.
 //!
 //! It is a yardstick for the load generator, not a server: nothing is stored, a message for an
-//! offline user is dropped, and only `send_message` to a user, `message_delivered` and
-//! `heartbeat` are understood. What it serves:
+//! offline user is dropped, and only `send_message`, `message_delivered`, `heartbeat` and the
+//! relay's own `join` are understood. What it serves:
 //!
 //! - the upgrade at `/ws`, authenticated by an HS256 JWT (`Authorization: Bearer` or
 //!   `?token=`) whose `sub` is the user id and whose `exp` is honoured;
-//! - `send_message` answered by `message_received` (ids are increasing decimal strings) and
-//!   forwarded as `incoming_message` to every connection of the recipient;
+//! - `send_message` to a user answered by `message_received` (ids are increasing decimal
+//!   strings) and forwarded as `incoming_message` to every connection of the recipient;
 //! - `message_delivered` from the recipient forwarded as a `message_delivered` receipt to every
-//!   connection of the sender.
+//!   connection of the sender;
+//! - groups, for the load generator's `fanout --group-mode join`: `{"type":"join","group_id":
+//!   "g:N"}` (not in the protocol, which creates groups over HTTP) makes the user a member
+//!   and subscribes the connection, answered by a `group_event` (`member_added`) on that
+//!   connection once subscribed; `send_message` with `group_id` from a member is answered by
+//!   `message_received` and published as `incoming_message` with `group_id` to every
+//!   subscribed connection but the sending one. Each group is a `tokio::sync::broadcast`
+//!   channel, the default tool for one-to-many in tokio: a connection that falls more than
+//!   `group_messages_max` behind is closed (1013) rather than silently skipped, so an
+//!   overloaded member shows up as a dropped connection. Group messages get no receipts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,11 +35,13 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::AbortHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
 /// The JSON subprotocol; the only encoding the relay speaks.
 pub const SUBPROTOCOL_JSON: &str = "switchboard.v1.json";
@@ -47,6 +58,13 @@ pub struct RelayConfig {
     pub origins_max: usize,
     /// Largest WebSocket message accepted from a client.
     pub message_bytes_max: usize,
+    /// Groups at once; a join that would make one more is refused.
+    pub groups_max: usize,
+    /// Members of one group; a join past it is refused (Switchboard's default limit).
+    pub group_members_max: usize,
+    /// Messages of one group a subscribed connection may fall behind (the broadcast channel's
+    /// capacity) before it is closed.
+    pub group_messages_max: usize,
 }
 
 impl std::fmt::Debug for RelayConfig {
@@ -56,6 +74,9 @@ impl std::fmt::Debug for RelayConfig {
             .field("channel_messages_max", &self.channel_messages_max)
             .field("origins_max", &self.origins_max)
             .field("message_bytes_max", &self.message_bytes_max)
+            .field("groups_max", &self.groups_max)
+            .field("group_members_max", &self.group_members_max)
+            .field("group_messages_max", &self.group_messages_max)
             .finish_non_exhaustive()
     }
 }
@@ -67,6 +88,9 @@ impl RelayConfig {
             channel_messages_max: 1024,
             origins_max: 4_000_000,
             message_bytes_max: 64 * 1024,
+            groups_max: 100_000,
+            group_members_max: 500,
+            group_messages_max: 1024,
         }
     }
 }
@@ -77,6 +101,29 @@ struct Session {
     outbox: mpsc::Sender<Message>,
 }
 
+/// A message published to a group, with the connection that sent it, which does not get it.
+#[derive(Clone)]
+struct GroupFrame {
+    from_conn: u64,
+    frame: Message,
+}
+
+/// A group: who is a member, and the channel its messages go out on to every subscribed
+/// connection.
+struct Group {
+    members: HashSet<String>,
+    channel: broadcast::Sender<GroupFrame>,
+}
+
+/// One open connection, as its own task sees it.
+struct Connection {
+    user: String,
+    conn_id: u64,
+    outbox: mpsc::Sender<Message>,
+    /// The groups it is subscribed to, and the tasks that forward their messages to it.
+    subscriptions: HashMap<String, AbortHandle>,
+}
+
 /// The state shared by every connection.
 struct Relay {
     config: RelayConfig,
@@ -85,6 +132,9 @@ struct Relay {
     sessions: Mutex<HashMap<String, Vec<Session>>>,
     /// Message id to the user who sent it, until the recipient reports it delivered.
     origins: Mutex<HashMap<u64, String>>,
+    /// Group id to group. Group messages take their id and are published under this lock,
+    /// so that every member gets a group's messages in the order of their ids.
+    groups: Mutex<HashMap<String, Group>>,
     next_message_id: AtomicU64,
     next_conn_id: AtomicU64,
 }
@@ -101,6 +151,7 @@ enum ClientMessage {
     SendMessage {
         client_msg_id: u64,
         to: Option<String>,
+        group_id: Option<String>,
         #[serde(default)]
         content: String,
     },
@@ -108,6 +159,9 @@ enum ClientMessage {
         message_ids: Vec<String>,
     },
     Heartbeat {},
+    Join {
+        group_id: String,
+    },
 }
 
 /// Serves connections from `listener` until `shutdown` completes.
@@ -125,6 +179,7 @@ pub async fn serve(
         validation,
         sessions: Mutex::new(HashMap::new()),
         origins: Mutex::new(HashMap::new()),
+        groups: Mutex::new(HashMap::new()),
         next_message_id: AtomicU64::new(1),
         next_conn_id: AtomicU64::new(1),
     });
@@ -308,10 +363,16 @@ async fn handle_connection(relay: Arc<Relay>, stream: TcpStream) -> anyhow::Resu
         anyhow::Ok(())
     });
 
+    let mut connection = Connection {
+        user,
+        conn_id,
+        outbox,
+        subscriptions: HashMap::new(),
+    };
     let result = async {
         while let Some(frame) = frames.next().await {
             match frame? {
-                Message::Text(text) => relay.on_text(&user, &outbox, text.as_str()).await,
+                Message::Text(text) => relay.on_text(&mut connection, text.as_str()).await,
                 Message::Close(_) => break,
                 // Pings are answered by tungstenite itself; binary frames are not spoken here.
                 _ => {}
@@ -321,10 +382,56 @@ async fn handle_connection(relay: Arc<Relay>, stream: TcpStream) -> anyhow::Resu
     }
     .await;
 
-    relay.remove_session(&user, conn_id);
-    drop(outbox);
+    relay.remove_session(&connection.user, conn_id);
+    for forwarder in connection.subscriptions.values() {
+        forwarder.abort();
+    }
+    drop(connection);
     writer.abort();
     result
+}
+
+/// An `error` answer, naming the `client_msg_id` it answers when there is one.
+fn error_message(code: &str, message: &str, client_msg_id: Option<u64>) -> Message {
+    let mut answer = json!({"type": "error", "code": code, "message": message});
+    if let Some(client_msg_id) = client_msg_id {
+        answer["client_msg_id"] = client_msg_id.into();
+    }
+    Message::text(answer.to_string())
+}
+
+/// Whether `text` is a group id as the protocol writes one: `g:` and digits.
+fn is_group_id(text: &str) -> bool {
+    text.strip_prefix("g:")
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Forwards a group's messages to one subscribed connection, but those it sent itself; closes
+/// the connection (1013) when it has fallen so far behind that the channel dropped some.
+async fn forward_group(
+    mut subscription: broadcast::Receiver<GroupFrame>,
+    conn_id: u64,
+    outbox: mpsc::Sender<Message>,
+) {
+    loop {
+        match subscription.recv().await {
+            Ok(message) if message.from_conn == conn_id => {}
+            Ok(message) => {
+                if outbox.send(message.frame).await.is_err() {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                let close = CloseFrame {
+                    code: CloseCode::Again,
+                    reason: format!("{skipped} group messages behind").into(),
+                };
+                let _ = outbox.send(Message::Close(Some(close))).await;
+                return;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }
 
 impl Relay {
@@ -356,13 +463,14 @@ impl Relay {
         reached
     }
 
-    async fn on_text(&self, user: &str, outbox: &mpsc::Sender<Message>, text: &str) {
+    async fn on_text(&self, connection: &mut Connection, text: &str) {
+        let user = connection.user.as_str();
+        let outbox = &connection.outbox;
         let message = match serde_json::from_str::<ClientMessage>(text) {
             Ok(message) => message,
             Err(error) => {
-                let answer =
-                    json!({"type": "error", "code": "bad_request", "message": error.to_string()});
-                let _ = outbox.send(Message::text(answer.to_string())).await;
+                let answer = error_message("bad_request", &error.to_string(), None);
+                let _ = outbox.send(answer).await;
                 return;
             }
         };
@@ -370,36 +478,25 @@ impl Relay {
             ClientMessage::SendMessage {
                 client_msg_id,
                 to,
+                group_id,
                 content,
-            } => {
-                let Some(to) = to else {
-                    let answer = json!({"type": "error", "code": "bad_request", "message": "the relay sends to users only", "client_msg_id": client_msg_id});
-                    let _ = outbox.send(Message::text(answer.to_string())).await;
-                    return;
-                };
-                let message_id = self.next_message_id.fetch_add(1, Ordering::Relaxed);
-                let timestamp = now_ms();
-                let received = json!({"type": "message_received", "client_msg_id": client_msg_id, "message_id": message_id.to_string(), "timestamp": timestamp});
-                let _ = outbox.send(Message::text(received.to_string())).await;
-                {
-                    let mut origins = self.origins.lock().expect("origins lock poisoned");
-                    if origins.len() < self.config.origins_max {
-                        origins.insert(message_id, user.to_owned());
-                    }
+            } => match (to, group_id) {
+                (Some(to), None) => {
+                    self.send_to(user, outbox, client_msg_id, to, content).await;
                 }
-                let incoming = json!({"type": "incoming_message", "message_id": message_id.to_string(), "from": user, "to": to, "content": content, "timestamp": timestamp});
-                if self
-                    .send_to_user(&to, Message::text(incoming.to_string()))
-                    .await
-                    == 0
-                {
-                    // Offline: the message is dropped, and so is its receipt route.
-                    self.origins
-                        .lock()
-                        .expect("origins lock poisoned")
-                        .remove(&message_id);
+                (None, Some(group_id)) => {
+                    let answer = self.send_to_group(connection, client_msg_id, &group_id, &content);
+                    let _ = connection.outbox.send(answer).await;
                 }
-            }
+                _ => {
+                    let answer = error_message(
+                        "bad_request",
+                        "give one of to and group_id",
+                        Some(client_msg_id),
+                    );
+                    let _ = outbox.send(answer).await;
+                }
+            },
             ClientMessage::MessageDelivered { message_ids } => {
                 for id in message_ids {
                     let Ok(message_id) = id.parse::<u64>() else {
@@ -418,6 +515,119 @@ impl Relay {
                 }
             }
             ClientMessage::Heartbeat {} => {}
+            ClientMessage::Join { group_id } => {
+                let answer = self.join(connection, &group_id);
+                let _ = connection.outbox.send(answer).await;
+            }
         }
+    }
+
+    /// `send_message` to a user: acknowledged, then forwarded to the recipient's connections.
+    async fn send_to(
+        &self,
+        user: &str,
+        outbox: &mpsc::Sender<Message>,
+        client_msg_id: u64,
+        to: String,
+        content: String,
+    ) {
+        let message_id = self.next_message_id.fetch_add(1, Ordering::Relaxed);
+        let timestamp = now_ms();
+        let received = json!({"type": "message_received", "client_msg_id": client_msg_id, "message_id": message_id.to_string(), "timestamp": timestamp});
+        let _ = outbox.send(Message::text(received.to_string())).await;
+        {
+            let mut origins = self.origins.lock().expect("origins lock poisoned");
+            if origins.len() < self.config.origins_max {
+                origins.insert(message_id, user.to_owned());
+            }
+        }
+        let incoming = json!({"type": "incoming_message", "message_id": message_id.to_string(), "from": user, "to": to, "content": content, "timestamp": timestamp});
+        if self
+            .send_to_user(&to, Message::text(incoming.to_string()))
+            .await
+            == 0
+        {
+            // Offline: the message is dropped, and so is its receipt route.
+            self.origins
+                .lock()
+                .expect("origins lock poisoned")
+                .remove(&message_id);
+        }
+    }
+
+    /// `send_message` to a group: published to every subscribed connection but the sender's;
+    /// the answer for the sender (`message_received`, or an error).
+    fn send_to_group(
+        &self,
+        connection: &Connection,
+        client_msg_id: u64,
+        group_id: &str,
+        content: &str,
+    ) -> Message {
+        let user = connection.user.as_str();
+        let groups = self.groups.lock().expect("groups lock poisoned");
+        let Some(group) = groups.get(group_id) else {
+            return error_message("not_found", "no such group", Some(client_msg_id));
+        };
+        if !group.members.contains(user) {
+            return error_message(
+                "forbidden",
+                "not a member of the group",
+                Some(client_msg_id),
+            );
+        }
+        let message_id = self.next_message_id.fetch_add(1, Ordering::Relaxed);
+        let timestamp = now_ms();
+        let incoming = json!({"type": "incoming_message", "message_id": message_id.to_string(), "from": user, "group_id": group_id, "content": content, "timestamp": timestamp});
+        // No receiver (every member offline) is no error: the message is dropped.
+        let _ = group.channel.send(GroupFrame {
+            from_conn: connection.conn_id,
+            frame: Message::text(incoming.to_string()),
+        });
+        drop(groups);
+        let received = json!({"type": "message_received", "client_msg_id": client_msg_id, "message_id": message_id.to_string(), "timestamp": timestamp});
+        Message::text(received.to_string())
+    }
+
+    /// `join`: makes the user a member of the group (created on its first join) and subscribes
+    /// the connection; the answer, a `group_event`, goes out once it is subscribed.
+    fn join(&self, connection: &mut Connection, group_id: &str) -> Message {
+        if !is_group_id(group_id) {
+            return error_message("bad_request", "a group id is g: and digits", None);
+        }
+        let user = connection.user.as_str();
+        let mut groups = self.groups.lock().expect("groups lock poisoned");
+        let groups_count = groups.len();
+        let group = match groups.get_mut(group_id) {
+            Some(group) => group,
+            None if groups_count >= self.config.groups_max => {
+                return error_message("overloaded", "too many groups", None);
+            }
+            None => groups.entry(group_id.to_owned()).or_insert_with(|| Group {
+                members: HashSet::new(),
+                channel: broadcast::channel(self.config.group_messages_max.max(1)).0,
+            }),
+        };
+        if !group.members.contains(user) {
+            if group.members.len() >= self.config.group_members_max {
+                return error_message("forbidden", "the group is full", None);
+            }
+            group.members.insert(user.to_owned());
+        }
+        // A connection that joins again is subscribed once.
+        if !connection.subscriptions.contains_key(group_id) {
+            let forwarder = tokio::spawn(forward_group(
+                group.channel.subscribe(),
+                connection.conn_id,
+                connection.outbox.clone(),
+            ));
+            connection
+                .subscriptions
+                .insert(group_id.to_owned(), forwarder.abort_handle());
+        }
+        drop(groups);
+        let message_id = self.next_message_id.fetch_add(1, Ordering::Relaxed);
+        let event = json!({"type": "group_event", "group_id": group_id, "event": "member_added", "by": user, "user": user, "message_id": message_id.to_string(), "timestamp": now_ms()});
+        Message::text(event.to_string())
     }
 }

@@ -1,5 +1,6 @@
 //! The `tokio-relay` binary end to end: it names its real port, authenticates, relays a
-//! message with its acknowledgement and receipt, refuses a bad token, and stops on SIGTERM.
+//! message with its acknowledgement and receipt, refuses a bad token, and stops on SIGTERM;
+//! and its groups: join, fan-out to every member but the sending connection, refusals.
 
 use std::io::{BufRead as _, BufReader};
 use std::net::TcpStream;
@@ -82,8 +83,8 @@ fn send(ws: &mut WebSocket<TcpStream>, value: Value) {
     ws.send(Message::text(value.to_string())).unwrap();
 }
 
-#[test]
-fn relays_a_message_its_acknowledgement_and_its_receipt() {
+/// Starts the relay binary on a free port; the relay and its URL from the listening line.
+fn start_relay() -> (Relay, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tokio-relay"))
         .args(["--listen", "127.0.0.1:0", "--threads", "2"])
         .env("SWITCHBOARD_JWT_SECRET", SECRET)
@@ -105,6 +106,12 @@ fn relays_a_message_its_acknowledgement_and_its_receipt() {
         "{url}"
     );
     assert!(!url.contains(":0/"), "the line names the real port: {url}");
+    (relay, url)
+}
+
+#[test]
+fn relays_a_message_its_acknowledgement_and_its_receipt() {
+    let (relay, url) = start_relay();
 
     let mut alice = connect(&url, Some(&token("alice", SECRET))).unwrap();
     let mut bob = connect(&format!("{url}?token={}", token("bob", SECRET)), None).unwrap();
@@ -181,4 +188,103 @@ fn relays_a_message_its_acknowledgement_and_its_receipt() {
     assert_eq!(signalled, 0);
     let status = relay.0.wait().unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// Joins `group_id` and returns the `group_event` that answers it.
+fn join(ws: &mut WebSocket<TcpStream>, group_id: &str) -> Value {
+    send(ws, json!({"type": "join", "group_id": group_id}));
+    let event = receive(ws);
+    assert_eq!(event["type"], "group_event", "{event}");
+    event
+}
+
+#[test]
+fn fans_a_group_message_out_to_every_member_but_the_sending_connection() {
+    let (_relay, url) = start_relay();
+    let connect_as = |user: &str| connect(&url, Some(&token(user, SECRET))).unwrap();
+    let (mut alice, mut bob, mut carol, mut dave) = (
+        connect_as("alice"),
+        connect_as("bob"),
+        connect_as("carol"),
+        connect_as("dave"),
+    );
+    // The answer to a join comes once the connection is subscribed.
+    let event = join(&mut alice, "g:7");
+    assert_eq!(event["group_id"], "g:7");
+    assert_eq!(event["event"], "member_added");
+    assert_eq!(event["user"], "alice");
+    assert!(event["message_id"].as_str().unwrap().parse::<u64>().is_ok());
+    join(&mut bob, "g:7");
+    join(&mut carol, "g:7");
+    // Joining twice subscribes once: carol gets every message once below.
+    join(&mut carol, "g:7");
+
+    let send_to_group = |ws: &mut WebSocket<TcpStream>, client_msg_id: u64, content: &str| {
+        send(
+            ws,
+            json!({"type": "send_message", "client_msg_id": client_msg_id, "group_id": "g:7", "content": content}),
+        );
+    };
+    let incoming = |ws: &mut WebSocket<TcpStream>| {
+        let incoming = receive(ws);
+        assert_eq!(incoming["type"], "incoming_message", "{incoming}");
+        assert_eq!(incoming["group_id"], "g:7");
+        assert!(incoming.get("to").is_none(), "{incoming}");
+        incoming["content"].as_str().unwrap().to_owned()
+    };
+    send_to_group(&mut alice, 1, "hi all");
+    let received = receive(&mut alice);
+    assert_eq!(received["type"], "message_received");
+    assert_eq!(received["client_msg_id"], 1);
+    let first_id = received["message_id"].as_str().unwrap().to_owned();
+    assert_eq!(incoming(&mut bob), "hi all");
+    send_to_group(&mut bob, 1, "hello");
+    assert_eq!(receive(&mut bob)["type"], "message_received");
+    // A sending connection skips its own messages, which its forwarder sees in the group's
+    // order: alice's first copy is bob's message, and bob's next after "hi all" is alice's
+    // "third", not his own "hello".
+    assert_eq!(incoming(&mut alice), "hello");
+    send_to_group(&mut alice, 2, "third");
+    assert_eq!(receive(&mut alice)["type"], "message_received");
+    assert_eq!(incoming(&mut bob), "third");
+    // Every member gets the group's messages in order, once.
+    for content in ["hi all", "hello", "third"] {
+        assert_eq!(incoming(&mut carol), content);
+    }
+
+    // Refusals: a non-member, an unknown group, both targets, a malformed group id.
+    send(
+        &mut dave,
+        json!({"type": "send_message", "client_msg_id": 5, "group_id": "g:7", "content": "x"}),
+    );
+    let refused = receive(&mut dave);
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    assert_eq!(refused["client_msg_id"], 5);
+    send(
+        &mut dave,
+        json!({"type": "send_message", "client_msg_id": 6, "group_id": "g:8", "content": "x"}),
+    );
+    assert_eq!(receive(&mut dave)["code"], "not_found");
+    send(
+        &mut dave,
+        json!({"type": "send_message", "client_msg_id": 7, "to": "bob", "group_id": "g:7", "content": "x"}),
+    );
+    assert_eq!(receive(&mut dave)["code"], "bad_request");
+    send(&mut dave, json!({"type": "join", "group_id": "friends"}));
+    assert_eq!(receive(&mut dave)["code"], "bad_request");
+
+    // Group message ids come from the one sequence: later than the first.
+    send(
+        &mut carol,
+        json!({"type": "send_message", "client_msg_id": 9, "group_id": "g:7", "content": "late"}),
+    );
+    let later = receive(&mut carol);
+    assert!(
+        later["message_id"]
+            .as_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > first_id.parse::<u64>().unwrap()
+    );
 }
