@@ -215,8 +215,9 @@ impl Sim {
 fn shard_config(rng: &mut Rng) -> Config {
     Config {
         // A few records per step: checkpoints take many steps, with live traffic and
-        // crashes between them.
-        checkpoint_items_per_step_max: 1 + rng.index(8),
+        // crashes between them. At least two, the least the shard accepts: a group
+        // message's copy is its body and its delivery state together.
+        checkpoint_items_per_step_max: 2 + rng.index(7),
         // A seed per run, as the gateway draws one per shard in production: the shard's
         // hash maps (keyed by it) lay out and iterate differently from run to run, so the
         // simulation does not depend on one fixed layout, and the seed still replays it.
