@@ -517,3 +517,48 @@ fn every_record_a_checkpoint_of_groups_logs_encodes() {
         );
     }
 }
+
+/// A retry is answered as its message was even when the sender has left the group since:
+/// the message was accepted while they were a member, and a client that never saw the
+/// answer must learn its id, not `forbidden` (found by the simulation,
+/// `SIM_SEED=12869655391464296397`).
+#[test]
+fn a_retry_after_leaving_gets_the_same_answer_and_no_second_delivery() {
+    let mut h = Harness::new(Config::DEFAULT);
+    let (alice, bob) = (user("alice"), user("bob"));
+    h.attach(conn(1), &alice);
+    h.attach(conn(2), &bob);
+    let group = create(&mut h, &alice, &[&bob]);
+    let (id, _) = send_group(&mut h, conn(2), &bob, group, 1);
+    let leave = GroupRequest::RemoveMember {
+        group,
+        user: bob.clone(),
+    };
+    assert_eq!(ask(&mut h, &bob, leave), GroupAnswer::Done);
+    let outputs = h.client(conn(2), &bob, to_group(group, 1));
+    assert_eq!(
+        sends(&outputs),
+        vec![(
+            conn(2),
+            ServerMessage::MessageReceived {
+                client_msg_id: 1,
+                message_id: id,
+                timestamp_ms: T0,
+            }
+        )]
+    );
+    assert!(appends(&outputs).is_empty(), "not logged again");
+    // A new message from him is refused.
+    let outputs = h.client(conn(2), &bob, to_group(group, 2));
+    assert_eq!(
+        sends(&outputs),
+        vec![(
+            conn(2),
+            error(
+                ErrorCode::Forbidden,
+                "you are not a member of this group",
+                Correlation::ClientMsgId(2)
+            )
+        )]
+    );
+}
