@@ -500,13 +500,17 @@ impl RouterShard {
         next_ordinal: u32,
     ) {
         self.ids.observe(MessageId(group.0));
+        // Only those the copy no longer holds leave: leaving forgets the connections of a
+        // member in no other group here, and the live shard applies its own copies.
         let old: Vec<UserId> = self
             .groups
             .get(&group)
             .map(|state| state.members.iter().map(|m| m.user.clone()).collect())
             .unwrap_or_default();
         for user in old {
-            self.leave(&user, group);
+            if !members.iter().any(|copy| copy.user == user) {
+                self.leave(&user, group);
+            }
         }
         let state = self.groups.entry(group).or_default();
         state.name = name.to_owned();

@@ -562,3 +562,38 @@ fn a_retry_after_leaving_gets_the_same_answer_and_no_second_delivery() {
         )]
     );
 }
+
+/// A checkpoint leaves the group's shard knowing its members' connections. Applying the
+/// copy of a group took every member out of the indexes and put them back, which forgot
+/// the connections of those in no other group there: nothing was pushed to them until they
+/// reconnected (found by the simulation, `SIM_SEED=12869655391464296397`).
+#[test]
+fn members_connected_before_a_checkpoint_get_what_is_sent_after_it() {
+    let mut h = Harness::new(Config {
+        checkpoint_items_per_step_max: 2,
+        ..Config::DEFAULT
+    });
+    let (alice, bob) = (user("alice"), user("bob"));
+    h.attach(conn(1), &alice);
+    h.attach(conn(2), &bob);
+    let group = create(&mut h, &alice, &[&bob]);
+    h.step(Input::Checkpoint);
+    while h.shard.checkpoint_in_progress() {
+        h.step(Input::Checkpoint);
+    }
+    h.sync();
+    let (id, outputs) = send_group(&mut h, conn(1), &alice, group, 1);
+    assert_eq!(incoming_ids(&outputs, conn(2)), vec![id]);
+    let outputs = h.client(
+        conn(2),
+        &bob,
+        ClientMessage::Typing {
+            to: Target::Group(group),
+        },
+    );
+    assert_eq!(
+        sends(&outputs).len(),
+        1,
+        "alice sees bob typing: {outputs:?}"
+    );
+}
