@@ -119,6 +119,7 @@ impl RouterShard {
             message_id: id,
             timestamp_ms: stored.timestamp_ms,
         };
+        self.copy_ahead(group, None, outputs);
         let lsn = self.append(Record::Message(stored), outputs);
         let pending = Pending::Send {
             conn,

@@ -363,6 +363,7 @@ impl RouterShard {
         user: UserId,
         outputs: &mut Vec<Output>,
     ) -> Lsn {
+        self.copy_ahead(group, None, outputs);
         let event_id = self.ids.next(now_ms);
         let record = Record::Group(GroupRecord::Changed {
             group,
