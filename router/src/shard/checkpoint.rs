@@ -33,6 +33,13 @@ enum CheckpointPhase {
     Messages {
         after: Option<MessageId>,
     },
+    /// The delivery state of group messages whose body has gone (all members have them)
+    /// and of membership events. Before the outstanding receipts: a change that completes
+    /// a receipt of one not yet copied made the receipt outstanding before that phase
+    /// copies it, and one after is replayed after the copy, which it then completes.
+    Tracking {
+        after: Option<MessageId>,
+    },
     /// Entries whose message left the inbox (the others are in the messages' copies).
     Dedup {
         after: Option<MessageId>,
@@ -50,11 +57,6 @@ enum CheckpointPhase {
         next: usize,
         after: Option<(MessageId, ReceiptKind)>,
         until: Option<(MessageId, ReceiptKind)>,
-    },
-    /// The delivery state of group messages whose body has gone (all members have them)
-    /// and of membership events.
-    Tracking {
-        after: Option<MessageId>,
     },
     End,
 }
@@ -104,7 +106,10 @@ impl RouterShard {
     /// cursor reaches it (each map is walked in key order and only grows by keys the
     /// cursors need not visit, or visit again harmlessly); what changes it after its copy
     /// is a live record after the copy. An item removed before the cursor reached it is
-    /// not copied, and the record that removed it does nothing on replay.
+    /// not copied, and the record that removed it does nothing on replay. A group and a
+    /// group message are not only removed but changed by live records, which replay needs
+    /// them for: such a record logged before the cursor reaches them is preceded by their
+    /// copy (`copy_ahead`).
     pub(super) fn checkpoint(&mut self, outputs: &mut Vec<Output>) {
         let mut budget = self.config.checkpoint_items_per_step_max;
         let mut progress = match self.checkpoint.take() {
@@ -132,7 +137,7 @@ impl RouterShard {
                 CheckpointPhase::Messages { after } => {
                     let (used, done) = self.copy_messages(after, last_id, budget, outputs);
                     if done {
-                        progress.phase = CheckpointPhase::Dedup { after: None };
+                        progress.phase = CheckpointPhase::Tracking { after: None };
                     }
                     used
                 }
@@ -165,7 +170,7 @@ impl RouterShard {
                 } => match self.copy_queued(users, next, after, until, budget, outputs) {
                     Some(used) => used,
                     None => {
-                        progress.phase = CheckpointPhase::Tracking { after: None };
+                        progress.phase = CheckpointPhase::End;
                         continue;
                     }
                 },
@@ -180,7 +185,7 @@ impl RouterShard {
                         }
                     }
                     if done {
-                        progress.phase = CheckpointPhase::End;
+                        progress.phase = CheckpointPhase::Dedup { after: None };
                     }
                     keys.len()
                 }
@@ -195,6 +200,61 @@ impl RouterShard {
             budget -= used;
         }
         self.checkpoint = Some(progress);
+    }
+
+    /// While a checkpoint is on its way, copies now what a record about to be logged for
+    /// `group` (and about group message or event `item`) needs and the copy has not reached
+    /// yet. Recovery replays that record before the copy's own: it must find the group
+    /// (a message to it counts its members; a change changes them) and the message or event
+    /// it acknowledges (else the acknowledgement reads as a 1:1 receipt). What the copy
+    /// reaches later is copied again, which changes nothing. A change that only forgets a
+    /// member in messages not yet copied needs nothing: their copies come after it.
+    pub(super) fn copy_ahead(
+        &mut self,
+        group: GroupId,
+        item: Option<MessageId>,
+        outputs: &mut Vec<Output>,
+    ) {
+        let Some(progress) = &self.checkpoint else {
+            return;
+        };
+        // Made after the begin: their own records are after it too.
+        let Some(last_id) = progress.last_id else {
+            return;
+        };
+        let group_copied = GroupId(last_id.0) < group
+            || match &progress.phase {
+                CheckpointPhase::Groups { after } => after.is_some_and(|after| after >= group),
+                _ => true,
+            };
+        let item_copied = item.is_none_or(|id| {
+            // One with a body is copied in the messages phase, and had it then: bodies
+            // never come back. The others, in the tracking phase.
+            let body = self.messages.contains_key(&id);
+            last_id < id
+                || match &progress.phase {
+                    CheckpointPhase::Groups { .. } => false,
+                    CheckpointPhase::Messages { after } => {
+                        body && after.is_some_and(|after| after >= id)
+                    }
+                    CheckpointPhase::Tracking { after } => {
+                        body || after.is_some_and(|after| after >= id)
+                    }
+                    _ => true,
+                }
+        });
+        if !group_copied {
+            for record in self.group_copies(&[group]) {
+                self.append(record, outputs);
+            }
+        }
+        if let Some(id) = item.filter(|_| !item_copied) {
+            if self.messages.contains_key(&id) {
+                self.copy_message(id, outputs);
+            } else {
+                self.append(self.tracking_copy(id), outputs);
+            }
+        }
     }
 
     /// Appends `CheckpointBegin` and starts the copy at the first phase.

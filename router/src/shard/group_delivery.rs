@@ -55,9 +55,9 @@ fn insert_sorted(list: &mut Vec<u32>, ordinal: u32) {
 }
 
 impl RouterShard {
-    /// `send_message` to a group, at the group's shard: refused unless the sender is a
-    /// member; answered again if a retry; else logged once, acknowledged once durable, and
-    /// pushed to every member's connections but the sending one.
+    /// `send_message` to a group, at the group's shard: answered again if a retry; else
+    /// refused unless the sender is a member; else logged once, acknowledged once durable,
+    /// and pushed to every member's connections but the sending one.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn send_group(
         &mut self,
@@ -71,6 +71,16 @@ impl RouterShard {
         outputs: &mut Vec<Output>,
     ) {
         let correlation = Correlation::ClientMsgId(client_msg_id);
+        let to = Target::Group(group);
+        if let Some(refusal) = super::delivery::record_refusal(&from, &to, &content, media.as_ref())
+        {
+            return self.refuse(conn, refusal, correlation, outputs);
+        }
+        // Before the membership check: a retry gets the answer its message got, even if
+        // the sender has left the group since it was accepted.
+        if let Some(entry) = self.dedup.get(&(from.clone(), client_msg_id)).copied() {
+            return self.answer_retry(conn, client_msg_id, entry, outputs);
+        }
         let Some(state) = self
             .groups
             .get(&group)
@@ -79,14 +89,6 @@ impl RouterShard {
             return send(outputs, conn, Refusal::NotMember.message(correlation));
         };
         let undelivered = state.undelivered.len();
-        let to = Target::Group(group);
-        if let Some(refusal) = super::delivery::record_refusal(&from, &to, &content, media.as_ref())
-        {
-            return self.refuse(conn, refusal, correlation, outputs);
-        }
-        if let Some(entry) = self.dedup.get(&(from.clone(), client_msg_id)).copied() {
-            return self.answer_retry(conn, client_msg_id, entry, outputs);
-        }
         let refusal = if !self.writable {
             Some(Refusal::StorageUnavailable)
         } else if self.pending_full(2)
@@ -117,6 +119,7 @@ impl RouterShard {
             message_id: id,
             timestamp_ms: stored.timestamp_ms,
         };
+        self.copy_ahead(group, None, outputs);
         let lsn = self.append(Record::Message(stored), outputs);
         let pending = Pending::Send {
             conn,

@@ -11,7 +11,7 @@ use wire::{GroupEvent, GroupEventKind, GroupId, MessageId, ServerMessage, UserId
 
 use super::RouterShard;
 use super::gate::Pending;
-use super::io::{GroupAnswer, GroupRefusal, GroupRequest, Output, PeerMessage};
+use super::io::{GroupAnswer, GroupDelivery, GroupRefusal, GroupRequest, Output, PeerMessage};
 use crate::ids::{ConnId, owner_shard, shard_of};
 use crate::wal::{GroupChange, GroupMemberCopy, GroupRecord, Lsn, Record};
 
@@ -102,6 +102,33 @@ pub(super) fn event_message(
 }
 
 impl RouterShard {
+    /// The members of group `group`, if this shard owns it: by name, each with whether they
+    /// are an admin. For tests and tools; the control plane asks with `GroupRequest::Get`.
+    pub fn group_members(&self, group: GroupId) -> Option<Vec<(UserId, bool)>> {
+        let state = self.groups.get(&group)?;
+        Some(
+            state
+                .members
+                .iter()
+                .map(|member| (member.user.clone(), member.admin))
+                .collect(),
+        )
+    }
+
+    /// Where group message or event `id` of a group this shard owns stands; `None` once
+    /// its state is no longer kept (an event every member has, a message past
+    /// `group_receipts_tracked_max`) or for an id that is not one.
+    pub fn group_delivery(&self, id: MessageId) -> Option<GroupDelivery> {
+        let tracking = self.tracking.get(&id)?;
+        let state = self.groups.get(&tracking.group)?;
+        Some(GroupDelivery {
+            pending: state.users_of(&tracking.pending),
+            delivered: state.users_of(&tracking.delivered),
+            read: state.users_of(&tracking.read),
+            last_by: tracking.last_by.clone(),
+        })
+    }
+
     pub(super) fn group_request(
         &mut self,
         now_ms: u64,
@@ -336,6 +363,7 @@ impl RouterShard {
         user: UserId,
         outputs: &mut Vec<Output>,
     ) -> Lsn {
+        self.copy_ahead(group, None, outputs);
         let event_id = self.ids.next(now_ms);
         let record = Record::Group(GroupRecord::Changed {
             group,
@@ -473,13 +501,17 @@ impl RouterShard {
         next_ordinal: u32,
     ) {
         self.ids.observe(MessageId(group.0));
+        // Only those the copy no longer holds leave: leaving forgets the connections of a
+        // member in no other group here, and the live shard applies its own copies.
         let old: Vec<UserId> = self
             .groups
             .get(&group)
             .map(|state| state.members.iter().map(|m| m.user.clone()).collect())
             .unwrap_or_default();
         for user in old {
-            self.leave(&user, group);
+            if !members.iter().any(|copy| copy.user == user) {
+                self.leave(&user, group);
+            }
         }
         let state = self.groups.entry(group).or_default();
         state.name = name.to_owned();

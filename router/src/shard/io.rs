@@ -301,6 +301,22 @@ pub struct Stats {
     pub spilled_messages: usize,
     /// Requests refused because their log record would break the log's rules or caps.
     pub records_refused: u64,
+    /// Groups this shard owns, their members summed over them, and the group messages and
+    /// events whose delivery state it keeps.
+    pub groups: usize,
+    pub group_members: usize,
+    pub group_tracked: usize,
+}
+
+/// Where a group message or event stands at its group's shard, for tests and tools: the
+/// members, by name, who have not received it, who have received and not read it, and who
+/// have read it, and the member who acted last (the `by` of its aggregated receipts).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GroupDelivery {
+    pub pending: Vec<UserId>,
+    pub delivered: Vec<UserId>,
+    pub read: Vec<UserId>,
+    pub last_by: Option<UserId>,
 }
 
 pub(super) fn send(outputs: &mut Vec<Output>, conn: ConnId, message: ServerMessage) {

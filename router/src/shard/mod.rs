@@ -42,8 +42,8 @@ use group_delivery::Tracking;
 use groups::Group;
 use io::send;
 pub use io::{
-    GroupAnswer, GroupRefusal, GroupRequest, Input, Output, PeerMessage, Presence, Refusal, Stats,
-    incoming_of,
+    GroupAnswer, GroupDelivery, GroupRefusal, GroupRequest, Input, Output, PeerMessage, Presence,
+    Refusal, Stats, incoming_of,
 };
 use receipts::Outstanding;
 use users::User;
@@ -305,6 +305,9 @@ impl RouterShard {
             body_bytes: self.body_bytes,
             spilled_messages: self.messages.len() - self.resident.len(),
             records_refused: self.records_refused,
+            groups: self.groups.len(),
+            group_members: self.groups.values().map(|group| group.members.len()).sum(),
+            group_tracked: self.tracking.len(),
         }
     }
 

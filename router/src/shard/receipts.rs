@@ -72,7 +72,8 @@ impl RouterShard {
         if outstanding_full || self.pending_full(1) {
             return send(outputs, conn, Refusal::Busy.message(Correlation::None));
         }
-        let keys = items.iter().map(|i| (i.message_id, i.kind)).collect();
+        let keys: Vec<(MessageId, ReceiptKind)> =
+            items.iter().map(|i| (i.message_id, i.kind)).collect();
         let record = Record::Receipts {
             by,
             timestamp_ms: now_ms,
@@ -81,6 +82,16 @@ impl RouterShard {
         // Nothing has changed yet: the items were only looked up.
         if record.check().is_err() {
             return self.refuse(conn, Refusal::TooLargeToStore, Correlation::None, outputs);
+        }
+        // A message's two items are side by side: one copy ahead for both.
+        let mut last = None;
+        for &(id, _) in &keys {
+            if last.replace(id) == Some(id) {
+                continue;
+            }
+            if let Some(group) = self.tracking.get(&id).map(|tracking| tracking.group) {
+                self.copy_ahead(group, Some(id), outputs);
+            }
         }
         let lsn = self.append(record, outputs);
         // Group receipts owed now are among the keys; the others are not outstanding and

@@ -1,13 +1,14 @@
 //! The invariants the simulation checks as it runs (durability, presence, what recovery
-//! from a compacted log keeps), and quiescence: everyone connects, everything in flight
-//! settles, and every acknowledged message must have arrived.
+//! from a compacted log keeps, groups included), and quiescence: everyone connects,
+//! everything in flight settles, and every acknowledged message, and every group message
+//! and event, must have arrived.
 
 use std::collections::BTreeSet;
 
 use router::{ReceiptKind, RouterShard, ShardId, owner_shard, shard_of};
 use wire::{ClientMessage, MessageId};
 
-use crate::clients::send_message;
+use crate::clients::Recipient;
 use crate::world::Sim;
 use crate::{N_SHARDS, N_USERS, PRESENCE_TTL_MS};
 
@@ -54,6 +55,7 @@ impl Sim {
                 stats.dedup_entries,
                 stats.read_index_entries,
                 stats.receipts_outstanding,
+                (stats.groups, stats.group_members, stats.group_tracked),
             )
         };
         assert_eq!(
@@ -71,6 +73,21 @@ impl Sim {
                     .queued_receipts(user)
                     .eq(whole.queued_receipts(user)),
                 "{user}'s queued receipts on shard {shard} after compaction"
+            );
+        }
+        let model = &self.models[shard];
+        for group in model.groups.keys() {
+            assert_eq!(
+                recovered.group_members(*group),
+                whole.group_members(*group),
+                "members of {group:?} on shard {shard} after compaction"
+            );
+        }
+        for id in model.items.keys() {
+            assert_eq!(
+                recovered.group_delivery(*id),
+                whole.group_delivery(*id),
+                "delivery state of {id:?} on shard {shard} after compaction"
             );
         }
     }
@@ -132,9 +149,22 @@ impl Sim {
                 break;
             }
         }
-        assert!(quiet, "the system did not quiesce");
+        if !quiet {
+            let stats: Vec<_> = self.shards.iter().map(RouterShard::stats).collect();
+            let unanswered: Vec<_> = self
+                .devices
+                .iter()
+                .map(|device| device.unacknowledged.clone())
+                .collect();
+            panic!(
+                "the system did not quiesce: shards {stats:?}, sends unanswered per device \
+                 {unanswered:?}, users waiting in groups {:?}",
+                self.users_waiting_in_groups()
+            );
+        }
         self.check_nothing_acknowledged_is_lost();
         self.check_everything_acknowledged_arrived();
+        self.check_groups_delivered();
         self.check_presence_views();
     }
 
@@ -157,11 +187,14 @@ impl Sim {
         for d in 0..self.devices.len() {
             busy |= self.catch_up(d);
         }
-        // A refused acknowledgement leaves a message in the inbox; a new connection
-        // brings it back.
+        // A refused acknowledgement leaves a message in the inbox, or a group message
+        // waiting for its member; a new connection brings it back.
+        let waiting_in_groups = self.users_waiting_in_groups();
         for u in 0..N_USERS {
             let shard = owner_shard(&self.users[u], N_SHARDS) as usize;
-            if self.shards[shard].inbox(&self.users[u]).next().is_some() && !busy {
+            let waiting = self.shards[shard].inbox(&self.users[u]).next().is_some()
+                || waiting_in_groups.contains(&u);
+            if waiting && !busy {
                 busy = true;
                 for d in 0..self.devices.len() {
                     if self.devices[d].user == u {
@@ -184,14 +217,14 @@ impl Sim {
     /// returns whether it sent anything.
     fn catch_up(&mut self, d: usize) -> bool {
         let mut sent = false;
-        let retries: Vec<(u64, usize)> = self.devices[d]
+        let retries: Vec<(u64, Recipient)> = self.devices[d]
             .unacknowledged
             .iter()
             .map(|(c, t)| (*c, *t))
             .collect();
         for (client_msg_id, to) in retries {
             sent = true;
-            self.submit(d, send_message(client_msg_id, &self.users[to]));
+            self.submit(d, self.send_message(client_msg_id, to));
         }
         let ids: Vec<MessageId> = std::mem::take(&mut self.devices[d].to_acknowledge)
             .into_iter()

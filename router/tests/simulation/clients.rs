@@ -1,17 +1,18 @@
-//! The client model and the gateway: devices that connect, send, retry, acknowledge,
-//! read, subscribe, heartbeat, go silent and drop; the routing of what they send to the
-//! shards; and the checks on everything the server tells them.
+//! The client model and the gateway: devices that connect, send (to users and to groups),
+//! retry, acknowledge, read, subscribe, heartbeat, type, go silent and drop; the routing of
+//! what they send to the shards; and the checks on everything the server tells them (those
+//! on group messages, events and receipts are in `groups`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use router::{ConnId, Input, ReceiptKind, Route, ShardId, owner_shard, route, shard_of};
 use wire::{
-    ClientMessage, ErrorCode, IncomingMessage, MessageId, Receipt, SendMessage, ServerMessage,
-    Target, UserId,
+    ClientMessage, ErrorCode, GroupId, IncomingMessage, MessageId, Receipt, SendMessage,
+    ServerMessage, Target, UserId,
 };
 
 use crate::world::{Sim, user_index};
-use crate::{DEVICES_PER_USER, N_SHARDS, N_USERS, PRESENCE_TTL_MS};
+use crate::{DEVICES_PER_USER, GROUP_SENDS_WAITING_MAX, N_SHARDS, N_USERS, PRESENCE_TTL_MS};
 
 /// What refreshes a user's presence on its owner shard.
 pub(crate) fn is_own_action(message: &ClientMessage) -> bool {
@@ -32,6 +33,13 @@ fn client_msg_id_of(content: &str) -> u64 {
         .expect("simulated content")
 }
 
+/// Whom a device sent a message to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recipient {
+    User(usize),
+    Group(GroupId),
+}
+
 /// A client device: its connection, and its own store of what it sent, saw and still
 /// owes the server.
 #[derive(Default)]
@@ -43,9 +51,9 @@ pub(crate) struct Device {
     pub(crate) silent_until_ms: u64,
     pub(crate) next_client_msg_id: u64,
     /// Sent, not yet answered `message_received`: retried on every new connection.
-    pub(crate) unacknowledged: BTreeMap<u64, usize>,
+    pub(crate) unacknowledged: BTreeMap<u64, Recipient>,
     /// Answered: retried now and then to check dedup.
-    pub(crate) acknowledged: Vec<(u64, usize)>,
+    pub(crate) acknowledged: Vec<(u64, Recipient)>,
     /// Every message id this device has seen (a device's own store, kept across
     /// reconnects and crashes of the server).
     pub(crate) seen: BTreeSet<MessageId>,
@@ -53,6 +61,11 @@ pub(crate) struct Device {
     pub(crate) to_read: BTreeSet<MessageId>,
     /// The last newly seen id per sender: new ids from one sender must increase.
     pub(crate) last_new_from: BTreeMap<UserId, MessageId>,
+    /// The last newly seen message or event id per group: they must increase too.
+    pub(crate) last_new_in_group: BTreeMap<GroupId, MessageId>,
+    /// Aggregated group receipts this device got since the last crash: at most one of
+    /// each.
+    pub(crate) group_receipts: BTreeSet<(MessageId, ReceiptKind)>,
     /// Shards this connection subscribed through (the gateway's bitset).
     pub(crate) subscribed_shards: u64,
     pub(crate) subscribed: BTreeSet<usize>,
@@ -76,7 +89,10 @@ impl Sim {
             0..30 => self.send_new(d),
             30..40 => self.retry_send(d),
             40..55 => {
-                let ids = take_some(&mut self.devices[d].to_acknowledge, 1 + self.rng.index(5));
+                // Up to ten at once: with group messages and events a device has more to
+                // acknowledge, and inboxes that wait fill up and refuse new messages.
+                let n = 1 + self.rng.index(10);
+                let ids = take_some(&mut self.devices[d].to_acknowledge, n);
                 if !ids.is_empty() {
                     self.submit(d, ClientMessage::MessageDelivered { message_ids: ids });
                 }
@@ -100,7 +116,16 @@ impl Sim {
             }
             72..87 => self.submit(d, ClientMessage::Heartbeat),
             87..92 => {
-                let to = Target::User(self.users[self.rng.index(N_USERS)].clone());
+                let me = self.devices[d].user;
+                let group = if self.rng.chance(300) {
+                    self.pick_group_for(me)
+                } else {
+                    None
+                };
+                let to = match group {
+                    Some(group) => Target::Group(group),
+                    None => Target::User(self.users[self.rng.index(N_USERS)].clone()),
+                };
                 self.submit(d, ClientMessage::Typing { to });
             }
             92..94 => {
@@ -112,15 +137,33 @@ impl Sim {
         }
     }
 
-    /// A new message to a random user, under the device's next client_msg_id.
+    /// A new message to a random user or to a group, under the device's next
+    /// client_msg_id.
     fn send_new(&mut self, d: usize) {
-        let to = self.rng.index(N_USERS);
+        let me = self.devices[d].user;
+        let group = if self.rng.chance(300) {
+            self.pick_group_for(me)
+        } else {
+            None
+        };
+        // A device holds back new messages to groups while a few wait for an answer: a
+        // group with a member long offline fills up (`overloaded`), and every new
+        // connection retries all that wait, which would swamp the rings.
+        let waiting = self.devices[d]
+            .unacknowledged
+            .values()
+            .filter(|to| matches!(to, Recipient::Group(_)))
+            .count();
+        let to = match group {
+            Some(group) if waiting < GROUP_SENDS_WAITING_MAX => Recipient::Group(group),
+            _ => Recipient::User(self.rng.index(N_USERS)),
+        };
         let device = &mut self.devices[d];
         let client_msg_id = device.next_client_msg_id * DEVICES_PER_USER as u64 + (d % 2) as u64;
         device.next_client_msg_id += 1;
         device.unacknowledged.insert(client_msg_id, to);
         self.counts.sends += 1;
-        self.submit(d, send_message(client_msg_id, &self.users[to]));
+        self.submit(d, self.send_message(client_msg_id, to));
     }
 
     /// A send again: an unanswered one, as a client that gave up waiting, or an answered
@@ -136,7 +179,7 @@ impl Sim {
             None
         };
         if let Some((client_msg_id, to)) = retry {
-            self.submit(d, send_message(client_msg_id, &self.users[to]));
+            self.submit(d, self.send_message(client_msg_id, to));
         }
     }
 
@@ -186,13 +229,13 @@ impl Sim {
         let owner = owner_shard(&user, N_SHARDS) as usize;
         self.queues[owner].push_back(Input::Attach { conn, user });
         // A client sends again what the server never answered.
-        let retries: Vec<(u64, usize)> = self.devices[d]
+        let retries: Vec<(u64, Recipient)> = self.devices[d]
             .unacknowledged
             .iter()
             .map(|(c, t)| (*c, *t))
             .collect();
         for (client_msg_id, to) in retries {
-            self.submit(d, send_message(client_msg_id, &self.users[to]));
+            self.submit(d, self.send_message(client_msg_id, to));
         }
     }
 
@@ -229,11 +272,14 @@ impl Sim {
                 message_id,
                 ..
             } => self.message_received(d, client_msg_id, message_id),
-            ServerMessage::IncomingMessage(incoming) => self.incoming_message(d, &incoming),
+            ServerMessage::IncomingMessage(incoming) => match incoming.to {
+                Target::Group(group) => self.incoming_group_message(d, group, &incoming),
+                Target::User(_) => self.incoming_message(d, &incoming),
+            },
             ServerMessage::MessageDelivered(receipt) => {
-                self.receipt(me, ReceiptKind::Delivered, &receipt);
+                self.receipt(d, ReceiptKind::Delivered, &receipt);
             }
-            ServerMessage::MessageRead(receipt) => self.receipt(me, ReceiptKind::Read, &receipt),
+            ServerMessage::MessageRead(receipt) => self.receipt(d, ReceiptKind::Read, &receipt),
             ServerMessage::Presence {
                 user,
                 online,
@@ -244,15 +290,23 @@ impl Sim {
                     .presence_view
                     .insert(user, (online, last_seen_ms));
             }
-            ServerMessage::Typing { to, .. } => {
-                assert_eq!(to, Target::User(self.users[me].clone()));
+            ServerMessage::Typing { from, to } => match to {
+                Target::Group(group) => self.group_typing(d, &from, group),
+                Target::User(to) => assert_eq!(to, self.users[me]),
+            },
+            // A send or typing to a group from a non-member: the step that refused it
+            // checked that it had to. The client gives the send up.
+            ServerMessage::Error(error) if error.code == ErrorCode::Forbidden => {
+                if let wire::Correlation::ClientMsgId(client_msg_id) = error.correlation {
+                    self.devices[d].unacknowledged.remove(&client_msg_id);
+                }
             }
             ServerMessage::Error(error) => {
                 assert_eq!(error.code, ErrorCode::Overloaded, "{error:?}");
                 self.counts.overloaded += 1;
             }
             ServerMessage::History { .. } => panic!("no history requests are sent"),
-            ServerMessage::GroupEvent(_) => panic!("no groups are made"),
+            ServerMessage::GroupEvent(event) => self.group_event(d, &event),
         }
     }
 
@@ -268,7 +322,10 @@ impl Sim {
             }
             None => {
                 self.counts.dedup_answers += 1;
-                self.messages[&message_id].1
+                match self.messages.get(&message_id) {
+                    Some((_, to)) => Recipient::User(*to),
+                    None => Recipient::Group(self.group_of_message(message_id)),
+                }
             }
         };
         let first = *self.acknowledged_by_key.entry(key).or_insert(message_id);
@@ -276,10 +333,32 @@ impl Sim {
             first, message_id,
             "a retried client_msg_id got another message id"
         );
-        assert_eq!(self.messages[&message_id], (me, to));
-        if self.acknowledged.insert(message_id, (me, to)).is_none() {
-            self.counts.acknowledged += 1;
+        match to {
+            Recipient::User(to) => {
+                assert_eq!(self.messages[&message_id], (me, to));
+                if self.acknowledged.insert(message_id, (me, to)).is_none() {
+                    self.counts.acknowledged += 1;
+                }
+            }
+            Recipient::Group(group) => {
+                let item = &self.models[shard_of(message_id) as usize].items[&message_id];
+                assert_eq!((item.group, item.sender), (group, Some(me)));
+                if self.group_acknowledged.insert(message_id) {
+                    self.group_sent.push(message_id);
+                    self.counts.group_acknowledged += 1;
+                }
+            }
         }
+    }
+
+    /// The group a logged group message was sent to.
+    fn group_of_message(&self, id: MessageId) -> GroupId {
+        let model = &self.models[shard_of(id) as usize];
+        model
+            .items
+            .get(&id)
+            .unwrap_or_else(|| panic!("message_received for {id:?}, which no log holds"))
+            .group
     }
 
     /// A message for this device: durable, for its user, never one `(sender,
@@ -319,8 +398,11 @@ impl Sim {
 
     /// A receipt for a message this device's user sent, never before its record is
     /// durable.
-    fn receipt(&mut self, me: usize, kind: ReceiptKind, receipt: &Receipt) {
-        let (from, to) = self.messages[&receipt.message_id];
+    fn receipt(&mut self, d: usize, kind: ReceiptKind, receipt: &Receipt) {
+        let me = self.devices[d].user;
+        let Some(&(from, to)) = self.messages.get(&receipt.message_id) else {
+            return self.group_receipt(d, kind, receipt);
+        };
         assert_eq!(from, me, "a receipt for someone else's message");
         assert_eq!(receipt.by, self.users[to]);
         let shard = shard_of(receipt.message_id) as usize;
@@ -332,15 +414,21 @@ impl Sim {
     }
 }
 
-/// What a device sends: its client_msg_id is in the content too, so that a recipient can
-/// tell the sender's key.
-pub(crate) fn send_message(client_msg_id: u64, to: &UserId) -> ClientMessage {
-    ClientMessage::SendMessage(SendMessage {
-        client_msg_id,
-        to: Target::User(to.clone()),
-        content: format!("c{client_msg_id}"),
-        media: None,
-    })
+impl Sim {
+    /// What a device sends: its client_msg_id is in the content too, so that a recipient
+    /// can tell the sender's key.
+    pub(crate) fn send_message(&self, client_msg_id: u64, to: Recipient) -> ClientMessage {
+        let to = match to {
+            Recipient::User(to) => Target::User(self.users[to].clone()),
+            Recipient::Group(group) => Target::Group(group),
+        };
+        ClientMessage::SendMessage(SendMessage {
+            client_msg_id,
+            to,
+            content: format!("c{client_msg_id}"),
+            media: None,
+        })
+    }
 }
 
 /// Takes up to `n` of the smallest ids out of `set`.

@@ -1,9 +1,12 @@
-//! A seeded simulation of three router shards in one thread: random clients connect, send,
-//! retry, acknowledge, read, subscribe, heartbeat, go silent and disconnect, while each
-//! shard's log is the router's own `wal::Log`, its commands carried out on a simulated disk
-//! of segment files whose unsynced tails a power cut loses or tears, and recovered after
-//! every crash through the log's own recovery plan; the clock jumps both ways.
-//! After every event the protocol's guarantees are checked (see `docs/router.md`).
+//! A seeded simulation of three router shards in one thread: random clients connect, send
+//! (to users and to groups), retry, acknowledge, read, subscribe, heartbeat, type, go
+//! silent and disconnect; the control plane creates groups, adds, removes and lists members
+//! and asks for receipts; while each shard's log is the router's own `wal::Log`, its
+//! commands carried out on a simulated disk of segment files whose unsynced tails a power
+//! cut loses or tears, and recovered after every crash through the log's own recovery plan;
+//! the clock jumps both ways. After every event the protocol's guarantees are checked,
+//! those of groups against a model of each shard's groups built from its log's records
+//! (see `docs/router.md`).
 //!
 //! `SIM_SEED=<u64>` replays one run; `SIM_STEPS=<n>` sets its length. Without `SIM_SEED`
 //! the seed comes from the system time and is printed, with the command that replays it,
@@ -12,11 +15,15 @@
 //! The pieces, in `simulation/`: `rng` (the seeded generator), `disk` (the simulated disk
 //! that carries out each log's commands), `world` (the state and the mix of events),
 //! `shards` (the shards driven as the gateway's loop drives them, and crashes), `clients`
-//! (the devices and the gateway's routing) and `checks` (the invariants and quiescence).
+//! (the devices and the gateway's routing), `group_model` (each shard's groups as its
+//! records say), `groups` (the control plane's requests and the checks on groups) and
+//! `checks` (the invariants and quiescence).
 
 mod checks;
 mod clients;
 mod disk;
+mod group_model;
+mod groups;
 mod rng;
 mod shards;
 mod world;
@@ -30,6 +37,12 @@ const N_USERS: usize = 8;
 const DEVICES_PER_USER: usize = 2;
 const PRESENCE_TTL_MS: u64 = 2_000;
 const TICK_MS_MAX: u64 = 50;
+/// New groups are made while fewer than this many have members.
+const GROUPS_LIVE_MAX: usize = 6;
+/// Group messages every member has that a shard keeps for their reads.
+const GROUP_RECEIPTS_TRACKED_MAX: usize = 300;
+/// A device sends nothing new to groups while this many of its messages to groups wait.
+const GROUP_SENDS_WAITING_MAX: usize = 3;
 /// A quiescence check (everyone connects, everything is delivered) every this many steps.
 const DRAIN_EVERY_STEPS: u64 = 50_000;
 const STEPS_DEFAULT: u64 = 1_000_000;
@@ -111,6 +124,25 @@ fn simulation() {
                 "{counts:?}"
             );
             assert!(counts.spilled_sends > 0, "{counts:?}");
+            // Groups were made, changed, read and refused; their messages, events and
+            // receipts went around.
+            assert!(
+                counts.groups_created > 0 && counts.membership_changes > 10,
+                "{counts:?}"
+            );
+            assert!(
+                counts.group_reads > 10 && counts.group_refusals > 10,
+                "{counts:?}"
+            );
+            assert!(
+                counts.group_acknowledged > 100 && counts.group_deliveries > 100,
+                "{counts:?}"
+            );
+            assert!(
+                counts.group_events_seen > 10 && counts.group_receipts > 10,
+                "{counts:?}"
+            );
+            assert!(counts.group_typing > 0, "{counts:?}");
             // Retries did not swamp the rings.
             assert!(counts.queue_max < 1000, "{counts:?}");
         }

@@ -1,14 +1,15 @@
 //! The router shards as the gateway's loop drives them: inputs from their rings, outputs
-//! carried out (into the logs, to clients, to other shards), commits finishing as they
-//! would around the loop's turns, time and the wall clock, and the crash of the whole
-//! process with each shard's recovery from its log.
+//! carried out (into the logs, to clients, to the control plane, to other shards), commits
+//! finishing as they would around the loop's turns, time and the wall clock, and the crash
+//! of the whole process with each shard's recovery from its log.
 
-use router::wal::Durability;
+use router::wal::{Durability, GroupRecord};
 use router::{Input, Lsn, Output, PeerMessage, Record, RouterShard, ShardId, owner_shard};
-use wire::{MessageId, UserId};
+use wire::{MessageId, Target, UserId};
 
 use crate::N_SHARDS;
 use crate::clients::is_own_action;
+use crate::group_model::GroupModel;
 use crate::world::{Sim, user_index};
 
 impl Sim {
@@ -17,9 +18,13 @@ impl Sim {
         // As the gateway's loop: a turn begins after the last one's commit finished.
         self.finish_commit(shard);
         self.observe_input(shard, &input);
+        let expectation = self.expect(shard, &input);
         let checkpoint = input == Input::Checkpoint;
         let mut outputs = std::mem::take(&mut self.outputs);
         self.shards[shard].step(self.wall_ms, input, &mut outputs);
+        if let Some(expectation) = expectation {
+            self.check_expectation(shard, expectation, &outputs);
+        }
         if checkpoint {
             self.counts.checkpoint_steps += 1;
             let appended = outputs
@@ -48,8 +53,12 @@ impl Sim {
         }
     }
 
-    /// Tracks what the owner shard knows of presence, to check it.
+    /// Tracks what the owner shard knows of presence, and what members tell a group's
+    /// shard, to check them.
     fn observe_input(&mut self, shard: usize, input: &Input) {
+        if let Input::Client { user, message, .. } = input {
+            self.observe_group_acks(shard, user, message);
+        }
         let owned = |user: &UserId| owner_shard(user, N_SHARDS) as usize == shard;
         match input {
             Input::Attach { conn, user } => {
@@ -107,7 +116,7 @@ impl Sim {
                 self.index_record(shard, lsn, &record);
                 self.histories[shard].push((lsn, record));
             }
-            Output::GroupAnswer { .. } => panic!("no group requests are made"),
+            Output::GroupAnswer { token, answer } => self.group_answer(token, answer),
             Output::Peer { shard: to, message } => {
                 assert_ne!(to as usize, shard, "a shard handles its own peer messages");
                 self.queues[to as usize].push_back(Input::Peer(message));
@@ -115,18 +124,30 @@ impl Sim {
         }
     }
 
-    /// Remembers what a record logs, for the durability checks.
+    /// Remembers what a record logs, for the durability checks, and what it does to the
+    /// shard's groups.
     fn index_record(&mut self, shard: usize, lsn: Lsn, record: &Record) {
+        self.observe_group_record(record);
+        self.models[shard].apply(&self.users, lsn, record);
         match record {
             Record::Message(message) => {
                 self.message_lsn[shard].entry(message.id).or_insert(lsn);
-                let from = user_index(&self.users, &message.from);
-                let wire::Target::User(to) = &message.to else {
-                    panic!("no groups are made");
+                // A group message is the group model's.
+                let Target::User(to) = &message.to else {
+                    return;
                 };
+                let from = user_index(&self.users, &message.from);
                 let to = user_index(&self.users, to);
                 let known = self.messages.insert(message.id, (from, to));
                 assert!(known.is_none_or(|k| k == (from, to)), "one id, one message");
+            }
+            // A group's id and its events' are message ids of its shard.
+            Record::Group(GroupRecord::Created { group, .. }) => {
+                let id = MessageId(group.0);
+                self.message_lsn[shard].entry(id).or_insert(lsn);
+            }
+            Record::Group(GroupRecord::Changed { event_id, .. }) => {
+                self.message_lsn[shard].entry(*event_id).or_insert(lsn);
             }
             Record::Receipts { items, .. } => {
                 for item in items {
@@ -274,11 +295,15 @@ impl Sim {
         for queue in &mut self.queues {
             queue.clear();
         }
+        // The control plane's requests in flight die with the process.
+        self.answers_due.clear();
         self.live_conns.clear();
         for device in &mut self.devices {
             device.conn = None;
             device.subscribed_shards = 0;
             device.subscribed.clear();
+            // Receipts not yet handed over are forwarded again after a restart.
+            device.group_receipts.clear();
         }
         for attached in &mut self.attached {
             attached.clear();
@@ -308,10 +333,15 @@ impl Sim {
                 .collect();
             for id in lost {
                 assert!(
-                    !self.acknowledged.contains_key(&id),
+                    !self.acknowledged.contains_key(&id) && !self.group_acknowledged.contains(&id),
                     "acknowledged message {id:?} was not durable"
                 );
+                assert!(
+                    !self.known_groups.contains(&wire::GroupId(id.0)),
+                    "group {id:?}, whose creation was answered, was lost"
+                );
                 self.messages.remove(&id);
+                self.group_acks.remove(&id);
                 self.message_lsn[shard].remove(&id);
             }
             self.message_lsn[shard]
@@ -325,7 +355,14 @@ impl Sim {
                 RouterShard::recover(self.config.clone(), shard as ShardId, N_SHARDS, records);
             assert_eq!(recovered.last_lsn(), after);
             self.histories[shard].retain(|(lsn, _)| *lsn <= after);
+            // The groups as the records kept say, which recovery must rebuild.
+            self.models[shard] = GroupModel::replay(
+                &self.users,
+                self.config.group_receipts_tracked_max,
+                &self.histories[shard],
+            );
             self.check_compaction_kept_everything(shard, &recovered);
+            self.check_groups_match_model(shard, &recovered, "after a crash");
             self.shards[shard] = recovered;
         }
         self.check_nothing_acknowledged_is_lost();

@@ -1,5 +1,6 @@
 //! The simulated world: its state, how a run builds it from a seed (the shards' and logs'
-//! configuration included), and the mix of random events that drives it.
+//! configuration included), and the mix of random events that drives it (the control
+//! plane's group requests among them).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -7,12 +8,17 @@ use router::wal::{Durability, LogConfig};
 use router::{
     Config, ConnId, Input, Lsn, Output, ReceiptKind, Record, RouterShard, ShardId, owner_shard,
 };
-use wire::{MessageId, UserId};
+use wire::{GroupId, MessageId, UserId};
 
 use crate::clients::Device;
 use crate::disk::Wal;
+use crate::group_model::GroupModel;
+use crate::groups::AnswerDue;
 use crate::rng::Rng;
-use crate::{DEVICES_PER_USER, DRAIN_EVERY_STEPS, N_SHARDS, N_USERS, PRESENCE_TTL_MS, TICK_MS_MAX};
+use crate::{
+    DEVICES_PER_USER, DRAIN_EVERY_STEPS, GROUP_RECEIPTS_TRACKED_MAX, N_SHARDS, N_USERS,
+    PRESENCE_TTL_MS, TICK_MS_MAX,
+};
 
 /// What a run did, so that the test can tell it exercised what it checks.
 #[derive(Default, Debug)]
@@ -41,6 +47,22 @@ pub(crate) struct Counts {
     pub(crate) batch_syncs: u64,
     pub(crate) drains: u64,
     pub(crate) queue_max: u64,
+    /// Groups whose creation was answered; membership changes answered done; reads
+    /// (get, list, receipts) answered.
+    pub(crate) groups_created: u64,
+    pub(crate) membership_changes: u64,
+    pub(crate) group_reads: u64,
+    /// Group requests, sends and typing refused by the rules (not for load).
+    pub(crate) group_refusals: u64,
+    /// Group messages whose sender was told they were sent.
+    pub(crate) group_acknowledged: u64,
+    /// Group messages sent to devices, those new to the device, and new events.
+    pub(crate) group_pushes: u64,
+    pub(crate) group_deliveries: u64,
+    pub(crate) group_events_seen: u64,
+    /// Aggregated receipts of group messages that reached their sender's devices.
+    pub(crate) group_receipts: u64,
+    pub(crate) group_typing: u64,
 }
 
 /// Bugs the simulation can plant in the shell or the disk, to show that its checks catch
@@ -86,6 +108,21 @@ pub(crate) struct Sim {
     /// connections it has attached.
     pub(crate) last_refresh_ms: Vec<Option<u64>>,
     pub(crate) attached: Vec<BTreeSet<ConnId>>,
+    /// Each shard's groups as its log's records say (see `group_model`).
+    pub(crate) models: Vec<GroupModel>,
+    /// The groups clients know of: from the answer to their creation, or from an event.
+    pub(crate) known_groups: BTreeSet<GroupId>,
+    /// The control plane's requests asked of the shards and not yet answered, by token.
+    pub(crate) answers_due: BTreeMap<u64, AnswerDue>,
+    pub(crate) next_token: u64,
+    /// Group messages whose sender was told they were sent, as a set and in that order.
+    pub(crate) group_acknowledged: BTreeSet<MessageId>,
+    pub(crate) group_sent: Vec<MessageId>,
+    /// Per group message, the members whose acknowledgement (and read) reached its shard,
+    /// whatever became of it: a receipt needs every member counted among them.
+    pub(crate) group_acks: BTreeMap<MessageId, (BTreeSet<usize>, BTreeSet<usize>)>,
+    /// Every removal (or leaving) ever logged, by group: (event id, user).
+    pub(crate) removals: BTreeMap<GroupId, Vec<(MessageId, usize)>>,
     pub(crate) counts: Counts,
     pub(crate) outputs: Vec<Output>,
 }
@@ -143,6 +180,16 @@ impl Sim {
             delivered_by_key: BTreeMap::new(),
             last_refresh_ms: vec![None; N_USERS],
             attached: vec![BTreeSet::new(); N_USERS],
+            models: (0..N_SHARDS)
+                .map(|_| GroupModel::new(GROUP_RECEIPTS_TRACKED_MAX))
+                .collect(),
+            known_groups: BTreeSet::new(),
+            answers_due: BTreeMap::new(),
+            next_token: 0,
+            group_acknowledged: BTreeSet::new(),
+            group_sent: Vec::new(),
+            group_acks: BTreeMap::new(),
+            removals: BTreeMap::new(),
             counts: Counts::default(),
             outputs: Vec::new(),
         }
@@ -159,9 +206,9 @@ impl Sim {
         }
     }
 
-    /// One event, by weight: shards take inputs from their rings, clients act, commits
-    /// progress, time passes, the clock jumps, checkpoints start, connections drop, the
-    /// process crashes.
+    /// One event, by weight: shards take inputs from their rings, clients act, the control
+    /// plane asks about groups, commits progress, time passes, the clock jumps, checkpoints
+    /// start, connections drop, the process crashes.
     fn random_event(&mut self) {
         let roll = self.rng.below(10_000);
         match roll {
@@ -181,7 +228,8 @@ impl Sim {
                     self.continue_checkpoint(shard);
                 }
             }
-            4500..7500 => self.client_action(),
+            4500..7400 => self.client_action(),
+            7400..7500 => self.group_control_action(),
             7500..8500 => {
                 let shard = self.rng.index(N_SHARDS as usize);
                 self.fsync_event(shard);
@@ -215,8 +263,9 @@ impl Sim {
 fn shard_config(rng: &mut Rng) -> Config {
     Config {
         // A few records per step: checkpoints take many steps, with live traffic and
-        // crashes between them.
-        checkpoint_items_per_step_max: 1 + rng.index(8),
+        // crashes between them. At least two, the least the shard accepts: a group
+        // message's copy is its body and its delivery state together.
+        checkpoint_items_per_step_max: 2 + rng.index(7),
         // A seed per run, as the gateway draws one per shard in production: the shard's
         // hash maps (keyed by it) lay out and iterate differently from run to run, so the
         // simulation does not depend on one fixed layout, and the seed still replays it.
@@ -229,6 +278,9 @@ fn shard_config(rng: &mut Rng) -> Config {
         // A few bodies' worth: most undelivered messages live on the simulated disk only,
         // the newest in memory, so both ways of sending them run.
         inbox_body_bytes_max: 40,
+        // Group messages every member has are kept for their reads up to this many: the
+        // oldest are forgotten as the run goes, and a checkpoint's copy of them stays small.
+        group_receipts_tracked_max: GROUP_RECEIPTS_TRACKED_MAX,
         ..Config::DEFAULT
     }
 }

@@ -172,13 +172,15 @@ impl GroupRecord {
                 8 + text(name) + 4 + members.iter().map(|m| user(&m.user) + 5).sum::<usize>() + 4
             }
             GroupRecord::Tracking(copy) => {
+                // One byte says a message (0) or the event's kind: the sender or the event's
+                // two users follow it.
                 8 + 8
                     + 1
                     + copy.sender.as_ref().map_or(0, user)
                     + copy
                         .event
                         .as_ref()
-                        .map_or(0, |event| 1 + user(&event.by) + user(&event.user))
+                        .map_or(0, |event| user(&event.by) + user(&event.user))
                     + 8
                     + list(&copy.pending)
                     + list(&copy.delivered)

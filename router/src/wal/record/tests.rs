@@ -136,6 +136,67 @@ fn samples() -> Vec<Record> {
             timestamp_ms: 3,
         },
         Record::CheckpointEnd { begin: Lsn(17) },
+        Record::Message(StoredMessage {
+            id: MessageId(1 << 41),
+            from: user("alice"),
+            to: Target::Group(GroupId(1 << 40)),
+            client_msg_id: 8,
+            content: "hi all".into(),
+            media: None,
+            timestamp_ms: 1_700_000_000_001,
+        }),
+        Record::Group(GroupRecord::Created {
+            group: GroupId(1 << 40),
+            name: "friends".into(),
+            by: user("alice"),
+            members: vec![user("alice"), user("bob")],
+            timestamp_ms: 1_700_000_000_000,
+        }),
+        Record::Group(GroupRecord::Changed {
+            group: GroupId(1 << 40),
+            event_id: MessageId(1 << 42),
+            change: GroupChange::Left,
+            by: user("bob"),
+            user: user("bob"),
+            timestamp_ms: 1_700_000_000_002,
+        }),
+        Record::Group(GroupRecord::State {
+            group: GroupId(1 << 40),
+            name: "friends".into(),
+            members: vec![GroupMemberCopy {
+                user: user("alice"),
+                ordinal: 0,
+                admin: true,
+            }],
+            next_ordinal: 2,
+        }),
+        // The delivery state of a message and of an event: a sender, or an event's users.
+        Record::Group(GroupRecord::Tracking(TrackingCopy {
+            message_id: MessageId(1 << 41),
+            group: GroupId(1 << 40),
+            sender: Some(user("alice")),
+            event: None,
+            timestamp_ms: 1_700_000_000_001,
+            pending: vec![1],
+            delivered: vec![],
+            read: vec![2, 3],
+            last_by: Some(user("carol")),
+        })),
+        Record::Group(GroupRecord::Tracking(TrackingCopy {
+            message_id: MessageId(1 << 40),
+            group: GroupId(1 << 40),
+            sender: None,
+            event: Some(EventCopy {
+                kind: wire::GroupEventKind::Created,
+                by: user("alice"),
+                user: user("alice"),
+            }),
+            timestamp_ms: 1_700_000_000_000,
+            pending: vec![1],
+            delivered: vec![],
+            read: vec![],
+            last_by: None,
+        })),
     ]
 }
 
