@@ -215,11 +215,8 @@ impl RouterShard {
     /// group, each group's in order. What is not durable yet goes to every connection when
     /// it is.
     pub(super) fn resend_groups(&self, user: &UserId, conn: ConnId, outputs: &mut Vec<Output>) {
-        let Some(groups) = self.member_of.get(user) else {
-            return;
-        };
-        for group in groups {
-            let state = &self.groups[group];
+        for group in self.groups_of(user) {
+            let state = &self.groups[&group];
             let ordinal = state
                 .member(user)
                 .expect("indexed members are members")

@@ -205,7 +205,7 @@ impl RouterShard {
         let group = GroupId(self.ids.next(now_ms).0);
         let newcomers: Vec<UserId> = list
             .iter()
-            .filter(|user| !self.member_of.contains_key(*user))
+            .filter(|user| !self.in_any_group(user))
             .cloned()
             .collect();
         let record = Record::Group(GroupRecord::Created {
@@ -244,14 +244,10 @@ impl RouterShard {
     }
 
     fn list_groups(&self, by: &UserId) -> Option<GroupAnswer> {
-        let mut groups: Vec<(GroupId, String)> = self
-            .member_of
-            .get(by)
-            .into_iter()
-            .flatten()
-            .map(|group| (*group, self.groups[group].name.clone()))
+        let groups: Vec<(GroupId, String)> = self
+            .groups_of(by)
+            .map(|group| (group, self.groups[&group].name.clone()))
             .collect();
-        groups.sort();
         Some(GroupAnswer::Groups(groups))
     }
 
@@ -291,7 +287,7 @@ impl RouterShard {
         if self.group_tracking_full() {
             return Err(GroupRefusal::Busy);
         }
-        let newcomer = !self.member_of.contains_key(&user);
+        let newcomer = !self.in_any_group(&user);
         let lsn = self.change(now_ms, group, GroupChange::Added, by, user.clone(), outputs);
         if newcomer {
             self.ask_conns(&[user], outputs);
@@ -433,8 +429,10 @@ impl RouterShard {
                 if self.groups.contains_key(group) {
                     return;
                 }
+                // Exactly as many members as it has: the list grows by one on an add.
                 let mut state = Box::new(Group {
                     name: name.clone(),
+                    members: Vec::with_capacity(members.len()),
                     ..Group::default()
                 });
                 for member in members {
@@ -556,20 +554,23 @@ impl RouterShard {
 
     /// `user` is in `group`: indexed by user, for their connections and their list.
     fn join(&mut self, user: &UserId, group: GroupId) {
-        let groups = self.member_of.entry(user.clone()).or_default();
-        if !groups.contains(&group) {
-            groups.push(group);
-        }
+        self.member_of.insert((user.clone(), group));
+    }
+
+    /// The groups here that `user` is in, by id.
+    pub(super) fn groups_of(&self, user: &UserId) -> impl Iterator<Item = GroupId> + '_ {
+        let range = (user.clone(), GroupId(0))..=(user.clone(), GroupId(u64::MAX));
+        self.member_of.range(range).map(|(_, group)| *group)
+    }
+
+    pub(super) fn in_any_group(&self, user: &UserId) -> bool {
+        self.groups_of(user).next().is_some()
     }
 
     /// `user` is no longer in `group`; once in no group here, this shard forgets them.
     fn leave(&mut self, user: &UserId, group: GroupId) {
-        let Some(groups) = self.member_of.get_mut(user) else {
-            return;
-        };
-        groups.retain(|g| *g != group);
-        if groups.is_empty() {
-            self.member_of.remove(user);
+        self.member_of.remove(&(user.clone(), group));
+        if !self.in_any_group(user) {
             self.member_conns.remove(user);
         }
     }
@@ -607,7 +608,7 @@ impl RouterShard {
         conn: ConnId,
         outputs: &mut Vec<Output>,
     ) {
-        if !self.member_of.contains_key(&user) {
+        if !self.in_any_group(&user) {
             return;
         }
         let conns = self.member_conns.entry(user.clone()).or_default();
@@ -639,7 +640,7 @@ impl RouterShard {
         conns: Vec<ConnId>,
         outputs: &mut Vec<Output>,
     ) {
-        if !self.member_of.contains_key(&user) {
+        if !self.in_any_group(&user) {
             return;
         }
         self.member_conns.remove(&user);

@@ -136,7 +136,9 @@ pub struct RouterShard {
     /// The groups this shard owns, by id (a checkpoint walks them in order).
     groups: BTreeMap<GroupId, Box<Group>>,
     /// The groups here that each user is in: derived from `groups`, never logged.
-    member_of: HashMap<UserId, SmallVec<[GroupId; 2]>, SeededState>,
+    /// A pair per membership, so that a user's groups are a range: 24 bytes a pair and the
+    /// tree's share, where a hash map of lists costs a slot per user plus the list.
+    member_of: BTreeSet<(UserId, GroupId)>,
     /// The connections of members of groups here, as their owners said (`Connected`,
     /// `Disconnected`, `Conns`): where group messages are pushed. Only for users in
     /// `member_of`.
@@ -197,7 +199,7 @@ impl RouterShard {
             writable: true,
             checkpoint: None,
             groups: BTreeMap::new(),
-            member_of: HashMap::with_hasher(hashing),
+            member_of: BTreeSet::new(),
             member_conns: HashMap::with_hasher(hashing),
             tracking: BTreeMap::new(),
             receipts_kept: BTreeSet::new(),
