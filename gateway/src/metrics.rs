@@ -199,6 +199,11 @@ pub struct ShardMetrics {
     pub outbox_full_turns: AtomicU64,
     /// Gauge: undelivered messages whose body is on disk only.
     pub spilled_messages: AtomicU64,
+    /// Gauges: groups this shard owns, their members, and the group messages and events
+    /// whose delivery state it keeps.
+    pub groups: AtomicU64,
+    pub group_members: AtomicU64,
+    pub group_tracked: AtomicU64,
     /// Counter: message bodies read back from the log to be sent.
     pub bodies_read: AtomicU64,
     /// Counter: checkpoints appended to the log (each lets older segments go).

@@ -1,6 +1,7 @@
 //! End-to-end runs of the load generator binary against the real Switchboard server, for
 //! what only a server with inboxes can show: `churn`, whose receivers come back to find what
-//! was sent while they were away; and for what only the server's own secret file can show:
+//! was sent while they were away; `fanout` with groups made over the server's HTTP API and
+//! its aggregated receipts; and for what only the server's own secret file can show:
 //! that the load generator finds the secret where the server keeps it. Each test starts the
 //! `switchboard` binary on ephemeral ports in a fresh working directory (its data directory
 //! is the default `./data` there) and kills it when it ends, passed or not. Every wait is
@@ -12,7 +13,10 @@
 //! there. `SWITCHBOARD_BIN` names another binary to test instead.
 
 mod common;
-use common::{counter, describe, loadgen, loadgen_command, report, run_loadgen};
+use common::{
+    assert_clean_small_fanout, counter, describe, loadgen, loadgen_command, report, run_loadgen,
+    small_fanout_args,
+};
 
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::net::SocketAddr;
@@ -37,6 +41,7 @@ fn server_binary() -> &'static Path {
 struct Server {
     child: Child,
     ws_addr: SocketAddr,
+    http_addr: SocketAddr,
     /// The server's working directory: its data directory is `data/` in it, the server's
     /// default `./data`, and its stderr is `stderr.log`.
     root: tempfile::TempDir,
@@ -97,6 +102,7 @@ impl Server {
         let mut server = Server {
             child,
             ws_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             root,
         };
         let line = line_rx.recv_timeout(START_TIME_LIMIT).ok().flatten();
@@ -106,7 +112,7 @@ impl Server {
                 server.stderr()
             );
         };
-        server.ws_addr = parse_listening_line(&line)
+        (server.ws_addr, server.http_addr) = parse_listening_line(&line)
             .unwrap_or_else(|| panic!("unreadable listening line {line:?}"));
         server
     }
@@ -127,11 +133,47 @@ impl Drop for Server {
     }
 }
 
-/// The WebSocket address of `switchboard listening on ws://ADDR/ws (http ADDR), ...`.
-fn parse_listening_line(line: &str) -> Option<SocketAddr> {
+/// The WebSocket and HTTP addresses of `switchboard listening on ws://ADDR/ws (http ADDR),
+/// ...`.
+fn parse_listening_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     let rest = line.strip_prefix("switchboard listening on ws://")?;
-    let (ws, _) = rest.split_once("/ws ")?;
-    ws.parse().ok()
+    let (ws, rest) = rest.split_once("/ws (http ")?;
+    let (http, _) = rest.split_once(')')?;
+    Some((ws.parse().ok()?, http.parse().ok()?))
+}
+
+/// Groups made with `POST /v1/groups`: every message reaches its 9 other members once and in
+/// order, never its sender's connection, and senders get aggregated `message_delivered`s,
+/// at most one per message.
+#[test]
+fn fanout_to_groups_made_over_the_api_loses_nothing() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("fanout.json");
+    let url = server.url();
+    let http = server.http_addr.to_string();
+    let mut args = small_fanout_args(&url, &json);
+    let mode = args
+        .iter()
+        .position(|arg| *arg == "join")
+        .expect("a group mode");
+    args[mode] = "server";
+    args.extend(["--http-addr", &http]);
+    let output = loadgen(SECRET, &args);
+    assert!(
+        output.status.success(),
+        "{}\nserver stderr:\n{}",
+        describe(&output),
+        server.stderr()
+    );
+    let report = report(&json);
+    assert_clean_small_fanout(&report);
+    // The run does not wait for receipts after its drain, so the last may come too late.
+    let receipts = counter(&report, "receipts");
+    assert!(
+        receipts > 0 && receipts <= counter(&report, "sent"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -140,7 +182,10 @@ fn listening_lines() {
         parse_listening_line(
             "switchboard listening on ws://127.0.0.1:8080/ws (http 127.0.0.1:8081), 2 shards\n"
         ),
-        Some("127.0.0.1:8080".parse().unwrap())
+        Some((
+            "127.0.0.1:8080".parse().unwrap(),
+            "127.0.0.1:8081".parse().unwrap()
+        ))
     );
     assert_eq!(
         parse_listening_line("listening on ws://127.0.0.1:1/ws"),

@@ -53,7 +53,7 @@ type Field = fn(&ShardMetrics) -> &AtomicU64;
 
 /// Every per-shard series with one sample per shard: its sample name (a counter's ends in
 /// `_total`, which OpenMetrics keeps off the family's name), kind, help and field.
-const SERIES: [(&str, Kind, &str, Field); 24] = [
+const SERIES: [(&str, Kind, &str, Field); 27] = [
     (
         "switchboard_load_level",
         Kind::Gauge,
@@ -89,6 +89,24 @@ const SERIES: [(&str, Kind, &str, Field); 24] = [
         Kind::Counter,
         "Checkpoints appended to the write-ahead log.",
         |m| &m.checkpoints,
+    ),
+    (
+        "switchboard_groups",
+        Kind::Gauge,
+        "Groups this shard owns.",
+        |m| &m.groups,
+    ),
+    (
+        "switchboard_group_members",
+        Kind::Gauge,
+        "Members of the groups this shard owns, summed over the groups.",
+        |m| &m.group_members,
+    ),
+    (
+        "switchboard_group_messages_tracked",
+        Kind::Gauge,
+        "Group messages and events whose delivery state this shard keeps (some member lacks or has not read them).",
+        |m| &m.group_tracked,
     ),
     (
         "switchboard_spilled_messages",

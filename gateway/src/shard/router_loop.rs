@@ -573,6 +573,9 @@ impl RouterLoop {
         let metrics = &self.shard.metrics;
         ShardMetrics::set(&metrics.inbox_messages, stats.stored_messages as u64);
         ShardMetrics::set(&metrics.spilled_messages, stats.spilled_messages as u64);
+        ShardMetrics::set(&metrics.groups, stats.groups as u64);
+        ShardMetrics::set(&metrics.group_members, stats.group_members as u64);
+        ShardMetrics::set(&metrics.group_tracked, stats.group_tracked as u64);
         ShardMetrics::set(&metrics.records_refused, stats.records_refused);
         ShardMetrics::set(&metrics.wal_disk_bytes, self.journal.bytes_on_disk());
         ShardMetrics::set(&metrics.wal_segments, self.journal.segment_count() as u64);
