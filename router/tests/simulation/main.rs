@@ -16,12 +16,14 @@
 //! that carries out each log's commands), `world` (the state and the mix of events),
 //! `shards` (the shards driven as the gateway's loop drives them, and crashes), `clients`
 //! (the devices and the gateway's routing), `group_model` (each shard's groups as its
-//! records say), `groups` (the control plane's requests and the checks on groups) and
+//! records say), `groups` (the control plane's requests and what a step must do with a group input),
+//! `group_checks` (what devices are told of groups, checked) and
 //! `checks` (the invariants and quiescence).
 
 mod checks;
 mod clients;
 mod disk;
+mod group_checks;
 mod group_model;
 mod groups;
 mod rng;
