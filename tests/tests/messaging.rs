@@ -315,16 +315,17 @@ fn a_spoofed_from_is_ignored() {
 }
 
 #[test]
-fn a_message_to_a_group_or_a_history_request_is_refused_for_now() {
+fn a_message_to_a_group_that_does_not_exist_is_forbidden_and_history_refused_for_now() {
     let server = Server::start();
     let mut alice = connect(&server, "alice");
     send_json(
         &mut alice,
         &json!({"type": "send_message", "client_msg_id": 9, "group_id": "g:1", "content": "hi"}),
     );
+    // As for a group the sender is not in: nobody learns which groups exist.
     let error = recv_json(&mut alice);
     assert_eq!(error["type"], "error");
-    assert_eq!(error["code"], "bad_request");
+    assert_eq!(error["code"], "forbidden");
     assert_eq!(error["client_msg_id"], 9);
     send_json(
         &mut alice,

@@ -53,6 +53,14 @@ pub enum Envelope {
         message: Arc<ServerMessage>,
         accepted: Option<Stamp>,
     },
+    /// One message for several connections of the receiving shard (a group's fan-out, a
+    /// presence change to its subscribers): one envelope instead of one a connection, in
+    /// the order of `conns`.
+    DeliverMany {
+        conns: Vec<ConnId>,
+        message: Arc<ServerMessage>,
+        accepted: Option<Stamp>,
+    },
 }
 
 /// Wakes one shard's loop.

@@ -303,6 +303,15 @@ impl RouterLoop {
                         message,
                         accepted,
                     } => deliver(&self.shard, conn, message, accepted).await,
+                    Envelope::DeliverMany {
+                        conns,
+                        message,
+                        accepted,
+                    } => {
+                        for conn in conns {
+                            deliver(&self.shard, conn, Arc::clone(&message), accepted).await;
+                        }
+                    }
                 }
             }
             // The chunk's slots are free now: a producer waiting for them is woken.
@@ -416,7 +425,18 @@ impl RouterLoop {
     async fn carry_out(&mut self) {
         let mut outputs = std::mem::take(&mut self.outputs);
         let shard_id = self.shard.shard_id;
+        let mut fanout = FanOut::default();
         for output in outputs.drain(..) {
+            if let Output::Send { conn, message } = output {
+                // One message to many connections travels as one envelope per shard.
+                if !fanout.takes(&message) {
+                    self.send_fanout(&mut fanout).await;
+                    fanout.message = Some(message);
+                }
+                fanout.conns.push(conn);
+                continue;
+            }
+            self.send_fanout(&mut fanout).await;
             match output {
                 Output::Append { lsn, record } => {
                     if let (Some(taken), router::Record::Message(message)) = (self.taken, &record) {
@@ -424,7 +444,7 @@ impl RouterLoop {
                     }
                     self.append(lsn, &record).await;
                 }
-                Output::Send { conn, message } => self.send(conn, message).await,
+                Output::Send { .. } => unreachable!("gathered above"),
                 Output::Peer { shard, message } => {
                     self.shard
                         .link
@@ -467,6 +487,7 @@ impl RouterLoop {
                 }
             }
         }
+        self.send_fanout(&mut fanout).await;
         // Keep the allocation for the next turn.
         self.outputs = outputs;
         ShardMetrics::set(&self.shard.metrics.wal_bytes, self.journal.appended_bytes());
@@ -485,6 +506,38 @@ impl RouterLoop {
 
     /// A message for a connection: queued on it when it is this shard's, else handed to the
     /// outbox toward its shard.
+    /// Sends what `fanout` gathered: to this shard's connections one by one, to each other
+    /// shard in one envelope (one `Deliver` when it is one connection), in the order given.
+    async fn send_fanout(&self, fanout: &mut FanOut) {
+        let Some(message) = fanout.message.take() else {
+            return;
+        };
+        if fanout.conns.len() == 1 {
+            let conn = fanout.conns.pop().expect("one");
+            return self.send(conn, message).await;
+        }
+        let accepted = self.accepted_at(&message);
+        let mut remote: Vec<(router::ShardId, Vec<router::ConnId>)> = Vec::new();
+        for conn in fanout.conns.drain(..) {
+            if conn.shard == self.shard.shard_id {
+                deliver(&self.shard, conn, Arc::clone(&message), accepted).await;
+                continue;
+            }
+            match remote.iter_mut().find(|(shard, _)| *shard == conn.shard) {
+                Some((_, conns)) => conns.push(conn),
+                None => remote.push((conn.shard, vec![conn])),
+            }
+        }
+        for (shard, conns) in remote {
+            let envelope = Envelope::DeliverMany {
+                conns,
+                message: Arc::clone(&message),
+                accepted,
+            };
+            self.shard.link.send(shard, envelope);
+        }
+    }
+
     async fn send(&self, conn: router::ConnId, message: Arc<ServerMessage>) {
         let accepted = self.accepted_at(&message);
         if conn.shard == self.shard.shard_id {
@@ -680,6 +733,24 @@ async fn deliver(
 ) {
     if shard.deliver(conn, message, accepted) {
         signal::yield_now().await;
+    }
+}
+
+/// The `Output::Send`s in a row that carry one shared message, gathered so that each other
+/// shard gets them in one envelope.
+#[derive(Debug, Default)]
+struct FanOut {
+    message: Option<Arc<ServerMessage>>,
+    conns: Vec<router::ConnId>,
+}
+
+impl FanOut {
+    /// Whether `message` is the one being gathered (the router shares one `Arc` for all
+    /// the connections of a fan-out).
+    fn takes(&self, message: &Arc<ServerMessage>) -> bool {
+        self.message
+            .as_ref()
+            .is_some_and(|gathered| Arc::ptr_eq(gathered, message))
     }
 }
 
