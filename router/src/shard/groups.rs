@@ -15,6 +15,13 @@ use super::io::{GroupAnswer, GroupDelivery, GroupRefusal, GroupRequest, Output, 
 use crate::ids::{ConnId, owner_shard, shard_of};
 use crate::wal::{GroupChange, GroupMemberCopy, GroupRecord, Lsn, Record};
 
+/// The bits of a user's hash that key `member_of`. The unit tests keep two, so that users
+/// share keys all the time and every path that must tell them apart is exercised.
+#[cfg(not(test))]
+const MEMBER_KEY_MASK: u64 = u64::MAX;
+#[cfg(test)]
+const MEMBER_KEY_MASK: u64 = 0b11;
+
 /// A member of a group.
 #[derive(Debug, Clone)]
 pub(super) struct Member {
@@ -506,11 +513,6 @@ impl RouterShard {
             .get(&group)
             .map(|state| state.members.iter().map(|m| m.user.clone()).collect())
             .unwrap_or_default();
-        for user in old {
-            if !members.iter().any(|copy| copy.user == user) {
-                self.leave(&user, group);
-            }
-        }
         let state = self.groups.entry(group).or_default();
         state.name = name.to_owned();
         state.next_ordinal = next_ordinal;
@@ -523,6 +525,13 @@ impl RouterShard {
             })
             .collect();
         state.members.sort_by(|a, b| a.user.cmp(&b.user));
+        // Leaving looks at the new list: a member gone from it is in no group here unless
+        // another says so.
+        for user in old {
+            if !members.iter().any(|copy| copy.user == user) {
+                self.leave(&user, group);
+            }
+        }
         for copy in members {
             self.join(&copy.user, group);
         }
@@ -552,24 +561,50 @@ impl RouterShard {
         self.leave(user, group);
     }
 
-    /// `user` is in `group`: indexed by user, for their connections and their list.
-    fn join(&mut self, user: &UserId, group: GroupId) {
-        self.member_of.insert((user.clone(), group));
+    /// The key of `user` in `member_of`: keyed by the shard's secret hash seed, so that no
+    /// client can choose ids that pile up on one key.
+    fn member_key(&self, user: &UserId) -> u64 {
+        use std::hash::BuildHasher;
+        self.hashing.hash_one(user) & MEMBER_KEY_MASK
     }
 
-    /// The groups here that `user` is in, by id.
+    /// `user` is in `group`: indexed by user, for their connections and their list.
+    fn join(&mut self, user: &UserId, group: GroupId) {
+        self.member_of.insert((self.member_key(user), group));
+    }
+
+    /// The groups here that `user` is in, by id. The pairs under the user's key, less the
+    /// groups of another user whose key is the same.
     pub(super) fn groups_of(&self, user: &UserId) -> impl Iterator<Item = GroupId> + '_ {
-        let range = (user.clone(), GroupId(0))..=(user.clone(), GroupId(u64::MAX));
-        self.member_of.range(range).map(|(_, group)| *group)
+        let key = self.member_key(user);
+        let user = user.clone();
+        self.member_of
+            .range((key, GroupId(0))..=(key, GroupId(u64::MAX)))
+            .map(|(_, group)| *group)
+            .filter(move |group| {
+                self.groups
+                    .get(group)
+                    .is_some_and(|state| state.member(&user).is_some())
+            })
     }
 
     pub(super) fn in_any_group(&self, user: &UserId) -> bool {
         self.groups_of(user).next().is_some()
     }
 
-    /// `user` is no longer in `group`; once in no group here, this shard forgets them.
+    /// `user` is no longer in `group` (already gone from its member list); once in no group
+    /// here, this shard forgets them. The pair stays while another member shares the key.
     fn leave(&mut self, user: &UserId, group: GroupId) {
-        self.member_of.remove(&(user.clone(), group));
+        let key = self.member_key(user);
+        let shared = self.groups.get(&group).is_some_and(|state| {
+            state
+                .members
+                .iter()
+                .any(|m| m.user != *user && self.member_key(&m.user) == key)
+        });
+        if !shared {
+            self.member_of.remove(&(key, group));
+        }
         if !self.in_any_group(user) {
             self.member_conns.remove(user);
         }

@@ -135,10 +135,15 @@ pub struct RouterShard {
     checkpoint: Option<Checkpointing>,
     /// The groups this shard owns, by id (a checkpoint walks them in order).
     groups: BTreeMap<GroupId, Box<Group>>,
-    /// The groups here that each user is in: derived from `groups`, never logged.
-    /// A pair per membership, so that a user's groups are a range: 24 bytes a pair and the
-    /// tree's share, where a hash map of lists costs a slot per user plus the list.
-    member_of: BTreeSet<(UserId, GroupId)>,
+    /// The groups here that each user is in: derived from `groups`, never logged. A pair
+    /// per membership, so that a user's groups are a range, keyed by the user's keyed hash
+    /// (`member_key`) rather than the id: 16 bytes a pair and the tree's share, where the
+    /// id's fat pointer made it 24, and a hash map of lists costs a slot per user plus the
+    /// list. Two users whose hashes meet share a pair; `groups_of` checks each group's
+    /// member list, so a collision costs a lookup, never a wrong answer.
+    member_of: BTreeSet<(u64, GroupId)>,
+    /// The keyed hash of the maps, kept for `member_of`'s keys.
+    hashing: SeededState,
     /// The connections of members of groups here, as their owners said (`Connected`,
     /// `Disconnected`, `Conns`): where group messages are pushed. Only for users in
     /// `member_of`.
@@ -200,6 +205,7 @@ impl RouterShard {
             checkpoint: None,
             groups: BTreeMap::new(),
             member_of: BTreeSet::new(),
+            hashing,
             member_conns: HashMap::with_hasher(hashing),
             tracking: BTreeMap::new(),
             receipts_kept: BTreeSet::new(),

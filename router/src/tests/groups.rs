@@ -716,3 +716,40 @@ fn a_receipt_a_member_leaving_completes_during_a_checkpoint_is_kept() {
         );
     }
 }
+
+/// The unit tests key `member_of` by two bits of a user's hash: of nine members, several
+/// share a key. As they leave one by one, those left still list the group and get its
+/// messages, and those gone neither.
+#[test]
+fn members_sharing_an_index_key_stay_apart_as_they_leave() {
+    let mut h = Harness::new(Config::DEFAULT);
+    let admin = user("admin");
+    let members: Vec<UserId> = (0..9).map(|i| user(&format!("member{i}"))).collect();
+    h.attach(conn(100), &admin);
+    for (i, member) in members.iter().enumerate() {
+        h.attach(conn(i as u32 + 1), member);
+    }
+    let group = create(&mut h, &admin, &members.iter().collect::<Vec<_>>());
+    let listed = |h: &mut Harness, who: &UserId| match ask(h, who, GroupRequest::List) {
+        GroupAnswer::Groups(groups) => groups.iter().any(|(id, _)| *id == group),
+        other => panic!("a list: {other:?}"),
+    };
+    for leaving in 0..members.len() {
+        let request = GroupRequest::RemoveMember {
+            group,
+            user: members[leaving].clone(),
+        };
+        assert_eq!(ask(&mut h, &members[leaving], request), GroupAnswer::Done);
+        let (id, outputs) = send_group(&mut h, conn(100), &admin, group, leaving as u64);
+        for (i, member) in members.iter().enumerate() {
+            let stays = i > leaving;
+            assert_eq!(
+                listed(&mut h, member),
+                stays,
+                "{member:?} after {leaving} left"
+            );
+            let got = incoming_ids(&outputs, conn(i as u32 + 1)).contains(&id);
+            assert_eq!(got, stays, "{member:?} after {leaving} left");
+        }
+    }
+}
