@@ -41,6 +41,32 @@ fn event(client: &mut Client) -> (String, String, String) {
     (field("event"), field("by"), field("user"))
 }
 
+/// Waits until the group's log holds `user`'s acknowledgement of each of `ids`: the receipts
+/// route answers only what is durable, and an acknowledgement takes its own way to the
+/// group's shard, so a request answered meanwhile on another way says nothing of it.
+fn await_delivered(server: &Server, sender: &str, group: &str, ids: &[String], user: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for id in ids {
+        let path = format!("/v1/groups/{group}/messages/{id}/receipts");
+        loop {
+            let (status, answer) = api(server, sender, "GET", &path, None);
+            assert_eq!(status, 200, "{answer}");
+            if answer["delivered"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(user))
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{user} acknowledged {id}: {answer}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 /// The next `incoming_message` (nothing else before it), not acknowledged.
 fn incoming(client: &mut Client) -> Value {
     let (message, before) = recv_type(client, "incoming_message");
@@ -86,6 +112,7 @@ fn a_group_of_three_with_one_member_offline_through_a_sigkill_and_restart() {
         }
     }
     delivered(&mut bob, &ids);
+    await_delivered(&server, "alice", &group, &ids, "bob");
     // Nothing more for alice until carol has them too.
     send_json(&mut alice, &send_to_group(0, &group, "m0"));
     let (retry, before) = recv_type(&mut alice, "message_received");

@@ -296,7 +296,8 @@ limits! {
         /// segment header.
         wal_segment_bytes_max: u64 = JOURNAL.segment_bytes_max, Bytes,
             min router::wal::SEGMENT_HEADER_BYTES as u64 + 1;
-        /// With `durability = "batch"`, the most time between two fdatasyncs.
+        /// With `durability = "batch"`, the most time between two fdatasyncs; with
+        /// `"fsync"`, the longest a commit of only acknowledgements is put off.
         wal_batch_interval_ms: u64 = JOURNAL.batch_interval_ms, Ms, min 1;
         /// A checkpoint is taken once the log since the last one is larger than twice that
         /// checkpoint plus this.

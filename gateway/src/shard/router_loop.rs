@@ -13,6 +13,9 @@
 //!    shard goes to its outbox;
 //! 3. if anything was appended, commit (one fdatasync with `fsync` durability) and step the
 //!    router with `Durable`, which releases the acknowledgements the commit made true;
+//!    with `fsync`, appends that only receipts wait for (devices' acknowledgements) are
+//!    written at once but fdatasynced by the next commit, within `wal_batch_interval_ms`
+//!    (`Journal::commit_when_due`), and the loop's sleep ends by then;
 //! 4. move the outboxes into the rings and ring the doorbells of the shards that got
 //!    something.
 //!
@@ -161,8 +164,14 @@ impl RouterLoop {
         loop {
             let worked = self.turn().await;
             if stop.fired() {
-                // A last turn picks up what came in during this one.
+                // A last turn picks up what came in during this one, and a last commit
+                // takes the acknowledgements whose commit was put off.
                 self.turn().await;
+                if self.wal_retry.is_none()
+                    && self.journal.last_lsn() > self.journal.committed_lsn()
+                {
+                    self.commit(wall_ms(), Commit::Now).await;
+                }
                 break;
             }
             let now = Instant::now();
@@ -197,7 +206,10 @@ impl RouterLoop {
             }
             // Outboxes that did not fit their rings wait for the other shard's read of them
             // to ring the doorbell; only the tick has a timer.
-            let wait = next_tick.saturating_duration_since(now);
+            let mut wait = next_tick.saturating_duration_since(now);
+            if let Some(commit_wait) = self.journal.commit_wait() {
+                wait = wait.min(commit_wait);
+            }
             let bell_fired = monoio::select! {
                 () = self.shard.link.router_wake.wait() => false,
                 _ = bell_ready.as_mut() => true,
@@ -324,16 +336,22 @@ impl RouterLoop {
         self.carry_out().await;
         self.taken = None;
         if self.journal.last_lsn() > self.journal.committed_lsn() && self.wal_retry.is_none() {
-            worked = true;
-            self.commit(now_ms).await;
+            // A commit put off (only acknowledgements, with `fsync`) is no work: the loop
+            // may sleep, until `commit_wait` at the latest.
+            worked |= self.commit(now_ms, Commit::WhenDue).await;
         }
         self.flush_outboxes();
         worked
     }
 
-    /// Makes everything appended durable and tells the router.
-    async fn commit(&mut self, now_ms: u64) {
-        match self.journal.commit().await {
+    /// Makes everything appended durable and tells the router; false if `when` let the
+    /// journal put the commit off.
+    async fn commit(&mut self, now_ms: u64, when: Commit) -> bool {
+        let committed = match when {
+            Commit::Now => self.journal.commit().await,
+            Commit::WhenDue => self.journal.commit_when_due().await,
+        };
+        match committed {
             Ok(Some(commit)) => {
                 if let Some(micros) = commit.sync_micros {
                     self.shard.metrics.wal_fsync.record_micros(micros);
@@ -354,9 +372,13 @@ impl RouterLoop {
                 {
                     self.accepted.pop_front();
                 }
+                true
             }
-            Ok(None) => {}
-            Err(error) => self.storage_failed(now_ms, "commit", &error).await,
+            Ok(None) => false,
+            Err(error) => {
+                self.storage_failed(now_ms, "commit", &error).await;
+                true
+            }
         }
     }
 
@@ -406,7 +428,7 @@ impl RouterLoop {
                 self.router
                     .step(now_ms, Input::Storage { writable: true }, &mut self.outputs);
                 self.carry_out().await;
-                self.commit(now_ms).await;
+                self.commit(now_ms, Commit::Now).await;
             }
             Err(error) => {
                 ShardMetrics::add(&self.shard.metrics.wal_errors, 1);
@@ -734,6 +756,13 @@ async fn deliver(
     if shard.deliver(conn, message, accepted) {
         signal::yield_now().await;
     }
+}
+
+/// Whether a commit may be put off (`Journal::commit_when_due`).
+#[derive(Debug, Clone, Copy)]
+enum Commit {
+    Now,
+    WhenDue,
 }
 
 /// The `Output::Send`s in a row that carry one shared message, gathered so that each other

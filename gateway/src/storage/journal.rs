@@ -196,6 +196,28 @@ impl Journal {
         Ok(())
     }
 
+    /// `commit`, unless [`Log::commit_due`] puts it off (only acknowledgements since the
+    /// last commit, with `fsync`): then they are written now, so that a SIGKILL keeps them
+    /// as it keeps everything written, and the next commit fdatasyncs and reports them
+    /// (`commit_wait` says by when). `Ok(None)` when put off.
+    pub async fn commit_when_due(&mut self) -> io::Result<Option<Commit>> {
+        if self.log.commit_due(self.now_ms()) {
+            return self.commit().await;
+        }
+        if self.log.unwritten() {
+            self.write_pending().await?;
+        }
+        Ok(None)
+    }
+
+    /// How long until a commit that `commit_due` put off is due; `None` if none is.
+    pub fn commit_wait(&self) -> Option<std::time::Duration> {
+        let due_ms = self.log.commit_deadline_ms()?;
+        Some(std::time::Duration::from_millis(
+            due_ms.saturating_sub(self.now_ms()),
+        ))
+    }
+
     /// Writes everything pending, syncs as the durability says (see [`Log::commit`]), and
     /// reports what is durable; then deletes the segments that a synced checkpoint made
     /// dead.

@@ -75,7 +75,8 @@ pub struct LogConfig {
     /// When a commit counts as durable.
     pub durability: Durability,
     /// With `Durability::Batch`, the most time between two fdatasyncs while records are
-    /// being committed: what a power cut may lose.
+    /// being committed: what a power cut may lose. With `Durability::Fsync`, the longest a
+    /// commit of only records that receipts wait for is put off (`Log::commit_due`).
     pub batch_interval_ms: u64,
     /// A checkpoint is worth it once the log since the last one is larger than twice that
     /// checkpoint plus this.

@@ -165,6 +165,10 @@ pub struct Log {
     /// fdatasynced.
     last_synced: Lsn,
     last_sync_ms: u64,
+    /// Since the last commit: whether a record was appended that more than receipts wait
+    /// for (see `commit_due`), and when a commit of only the others was first put off.
+    urgent_appended: bool,
+    deferred_since_ms: Option<u64>,
     /// Bytes appended since the last `CheckpointBegin` (the whole log if none).
     since_checkpoint_bytes: u64,
     /// Bytes of the last complete checkpoint, `CheckpointBegin` to `CheckpointEnd`.
@@ -236,6 +240,8 @@ impl Log {
             last_committed: last_lsn,
             last_synced: last_lsn,
             last_sync_ms: now_ms,
+            urgent_appended: false,
+            deferred_since_ms: None,
             since_checkpoint_bytes: disk_bytes,
             checkpoint_bytes,
             appended_bytes: 0,
@@ -271,6 +277,7 @@ impl Log {
             "append to a full pending buffer: call write_pending first"
         );
         self.last_appended = lsn;
+        self.urgent_appended |= !record.only_receipts_wait();
         let starts_checkpoint = matches!(record, Record::CheckpointBegin { .. });
         let tail_is_empty = self.tail_first_lsn == lsn;
         if !tail_is_empty && (starts_checkpoint || self.tail_bytes >= self.config.segment_bytes_max)
@@ -309,6 +316,11 @@ impl Log {
         }
     }
 
+    /// Whether some appended records are not written yet.
+    pub fn unwritten(&self) -> bool {
+        self.written < self.pending.len()
+    }
+
     /// Whether `append` must wait for `write_pending` (or `commit`): the records not yet
     /// written reached `pending_bytes_max`.
     pub fn is_full(&self) -> bool {
@@ -334,6 +346,35 @@ impl Log {
         Ok(())
     }
 
+    /// Whether the shell should `commit` now, at `now_ms`: whenever something was appended,
+    /// except with `Fsync` while every record since the last commit is one that only
+    /// receipts wait for (acknowledgements and their bookkeeping, `only_receipts_wait`).
+    /// Those ride with the next commit that has another record, or go once
+    /// `batch_interval_ms` has passed since this first said no, or once `pending_bytes_max`
+    /// bytes wait: a stream of acknowledgements then costs one fdatasync an interval rather
+    /// than one a turn, and a receipt reaches its sender at most an interval later.
+    pub fn commit_due(&mut self, now_ms: u64) -> bool {
+        if self.last_committed == self.last_appended {
+            return false;
+        }
+        if self.config.durability != Durability::Fsync
+            || self.urgent_appended
+            || self.checkpoint_end.is_some()
+            || self.is_full()
+        {
+            return true;
+        }
+        let since = *self.deferred_since_ms.get_or_insert(now_ms);
+        now_ms.saturating_sub(since) >= self.config.batch_interval_ms
+    }
+
+    /// When a commit that `commit_due` put off becomes due: the shell's latest wake-up.
+    pub fn commit_deadline_ms(&self) -> Option<u64> {
+        let since = self.deferred_since_ms?;
+        (self.last_committed < self.last_appended)
+            .then(|| since.saturating_add(self.config.batch_interval_ms))
+    }
+
     /// Plans a group commit: writes everything pending, then syncs according to the
     /// durability. `Fsync` fdatasyncs every commit; `Batch` fdatasyncs if
     /// `batch_interval_ms` passed since the last one at `now_ms` (or `pending_bytes_max`
@@ -348,6 +389,8 @@ impl Log {
         if self.last_committed == self.last_appended {
             return Ok(false);
         }
+        self.urgent_appended = false;
+        self.deferred_since_ms = None;
         let mut commands = Vec::new();
         let cursor = self.plan_writes(self.cursor(), &mut commands);
         let checkpoint = self.checkpoint_end;

@@ -201,6 +201,20 @@ const KIND_CHECKPOINT_END: u8 = 10;
 const KIND_GROUP_MESSAGE: u8 = 11;
 
 impl Record {
+    /// Whether only receipts wait for this record to be durable: an acknowledgement, or
+    /// the bookkeeping of a receipt's way to its sender. Losing one in a crash means a
+    /// message delivered again (which clients deduplicate) and a receipt sent later, never
+    /// a lost message, so the log may put off its fdatasync (`Log::commit_due`).
+    pub fn only_receipts_wait(&self) -> bool {
+        matches!(
+            self,
+            Record::Receipts { .. }
+                | Record::ReceiptHandedOver { .. }
+                | Record::ReceiptQueued { .. }
+                | Record::ReceiptsFlushed { .. }
+        )
+    }
+
     /// The rules every record keeps, its size included. The router checks a record made
     /// from a client's request before it changes any state, and refuses the request if
     /// this fails; encoding asserts it; decoding reports it as an error.

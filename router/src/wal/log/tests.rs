@@ -128,6 +128,60 @@ fn a_batch_log_syncs_a_quiet_tail_once_its_interval_passed() {
     assert_eq!(log.sync_if_due(1_000), Ok(false));
 }
 
+fn receipts(n: u64) -> Record {
+    Record::Receipts {
+        by: UserId::parse("bob").unwrap(),
+        timestamp_ms: 1_700_000_000_000 + n,
+        items: vec![crate::wal::ReceiptItem {
+            message_id: MessageId(n << 22),
+            kind: crate::wal::ReceiptKind::Delivered,
+            sender: UserId::parse("alice").unwrap(),
+        }],
+    }
+}
+
+#[test]
+fn with_fsync_a_commit_of_only_acknowledgements_waits_an_interval_or_for_another_record() {
+    let fsync = LogConfig {
+        batch_interval_ms: 10,
+        ..LogConfig::DEFAULT
+    };
+    let mut log = new_log(fsync);
+    assert!(!log.commit_due(0), "nothing appended");
+    // Only acknowledgements: put off from the first time asked, for one interval.
+    log.append(Lsn(1), &receipts(1));
+    assert!(!log.commit_due(100));
+    assert_eq!(log.commit_deadline_ms(), Some(110));
+    log.append(Lsn(2), &receipts(2));
+    assert!(!log.commit_due(109));
+    assert!(log.commit_due(110));
+    log.commit(110).unwrap();
+    run(&mut log, 110);
+    assert_eq!((log.synced_lsn(), log.commit_deadline_ms()), (Lsn(2), None));
+    // A record that more than receipts wait for takes the acknowledgements before it along.
+    log.append(Lsn(3), &receipts(3));
+    assert!(!log.commit_due(200));
+    log.append(Lsn(4), &message(4));
+    assert!(log.commit_due(200));
+    log.commit(200).unwrap();
+    run(&mut log, 200);
+    assert_eq!(log.synced_lsn(), Lsn(4));
+    // The interval starts anew after a commit.
+    log.append(Lsn(5), &receipts(5));
+    assert!(!log.commit_due(300));
+    assert_eq!(log.commit_deadline_ms(), Some(310));
+    // The other durabilities commit whatever was appended, every turn.
+    for durability in [Durability::Batch, Durability::None] {
+        let mut log = new_log(LogConfig {
+            durability,
+            ..fsync
+        });
+        log.append(Lsn(1), &receipts(1));
+        assert!(log.commit_due(0), "{durability:?}");
+        assert_eq!(log.commit_deadline_ms(), None);
+    }
+}
+
 #[test]
 fn rolls_at_segment_bytes_max_and_before_a_checkpoint() {
     let m = message_bytes();
