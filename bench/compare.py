@@ -218,6 +218,17 @@ def parse_sizes(text):
     return sizes
 
 
+def parse_counts(text):
+    """`1,0` or `50000,100000`: whole numbers, at least 0, as a list of ints."""
+    try:
+        counts = [int(count) for count in text.split(",") if count.strip()]
+    except ValueError:
+        counts = []
+    if not counts or any(count < 0 for count in counts):
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated list of whole numbers")
+    return counts
+
+
 def fanout_plan(size, conns, deliveries):
     """The groups and the message rate (all groups together) of a fanout of groups of `size`
     over `conns` connections that offers `deliveries` per second: every message is delivered
@@ -291,6 +302,16 @@ def parse_args(argv=None):
                         help="fanout: connections per run, split into groups of each size")
     parser.add_argument("--fanout-deliveries", type=int, default=20000,
                         help="fanout: deliveries per second offered, for every peer and size")
+    parser.add_argument("--fanout-shards", type=parse_counts, default=[0], metavar="1,0",
+                        help="fanout: switchboard's shard counts, a row each (0: its default, "
+                        "one per core; 1: one thread, as Bun's)")
+    parser.add_argument("--fanout-ladder", type=parse_counts, default=[], metavar="DELIVERIES",
+                        help="fanout: also climb these deliveries/s (comma-separated) with "
+                        "groups of --fanout-ladder-size, every peer, up to the first rung not "
+                        "sustained (a failed run, anything lost, or last-member p99 over "
+                        "--fanout-p99-limit-ms)")
+    parser.add_argument("--fanout-ladder-size", type=int, default=100)
+    parser.add_argument("--fanout-p99-limit-ms", type=float, default=100.0)
     args = parser.parse_args(argv)
     # The storm's measured time and its spike (which starts 2 s in).
     args.storm_duration, args.storm_spike = "10s", "3s"
@@ -335,6 +356,12 @@ def main():
                 groups, rate = fanout_plan(size, args.fanout_conns, args.fanout_deliveries)
                 print(f"fanout: {groups} groups of {size} at {rate:.1f} msg/s in all, "
                       f"{args.fanout_deliveries} deliveries/s, {args.duration} each")
+            print("fanout switchboard shards: " + ",".join(
+                str(n) if n else "default" for n in args.fanout_shards))
+            if args.fanout_ladder:
+                print(f"fanout ladder: groups of {args.fanout_ladder_size} at "
+                      + ",".join(str(d) for d in args.fanout_ladder) + " deliveries/s, up to "
+                      f"last-member p99 {args.fanout_p99_limit_ms} ms")
         return
 
     if not args.no_build:
@@ -481,26 +508,70 @@ def main():
             peer.stop()
 
     # Fanout: groups of each size over the same connections, at one offered number of
-    # deliveries per second, so that sizes and peers compare. The limit has no groups.
-    for name, make, load in peers(work, args.peers):
-        if "fanout" not in steps:
-            break
-        if load is not PAIRS:
-            continue
+    # deliveries per second, so that sizes and peers compare; then, if asked, the ladder of
+    # deliveries/s. The limit has no groups.
+    for name, make in fanout_peers(work, args) if "fanout" in steps else []:
         peer = make().start()
+        # A shard count of its own is a row of the fanout tables only.
+        figures = results.setdefault(name, {"name": name, "ladder": [], "fanout_only": True})
         try:
-            results[name]["fanout"] = [fanout(peer, size, args, work)
-                                       for size in args.fanout_sizes]
+            figures["fanout"] = [fanout(peer, size, args.fanout_deliveries, args, work)
+                                 for size in args.fanout_sizes]
+            figures["fanout_ladder"] = fanout_ladder(peer, args, work)
         finally:
             peer.stop()
 
     write_results(results, args, started, ROOT / "bench" / "results")
 
 
-def fanout(peer, size, args, work):
+def fanout_peers(data_dir, args):
+    """(name, how to start it) for each peer of the fanout step: switchboard once per
+    --fanout-shards count (0 keeps its default and its name), each on its own data
+    directory, and every relay."""
+    for name, make, load in peers(data_dir, args.peers):
+        if load is not PAIRS:
+            continue
+        if not name.startswith("switchboard"):
+            yield name, make
+            continue
+        for shards in args.fanout_shards:
+            if shards == 0:
+                yield name, make
+            else:
+                label = f"{name}, {shards} shard" + ("s" if shards > 1 else "")
+                yield label, (lambda make=make, shards=shards, label=label:
+                              with_shards(make(), shards, label))
+
+
+def with_shards(peer, shards, label):
+    """`peer` (switchboard, not started) run with `shards` shards, on a data directory of
+    its own."""
+    at = peer.cmd.index("--data-dir") + 1
+    peer.cmd[at] = f"{peer.cmd[at]}-{shards}-shards"
+    peer.cmd += ["--shards", str(shards)]
+    peer.name = label
+    return peer
+
+
+def fanout_ladder(peer, args, work):
+    """--fanout-ladder against a started peer: each rung's figures, up to and with the first
+    not sustained."""
+    rungs = []
+    for deliveries in args.fanout_ladder:
+        run = fanout(peer, args.fanout_ladder_size, deliveries, args, work)
+        p99 = run.get("delivery_last_p99")
+        run["sustained"] = bool(run["ok"] and run["lost"] == 0 and p99 is not None
+                                and p99 <= args.fanout_p99_limit_ms)
+        rungs.append(run)
+        if not run["sustained"]:
+            break
+    return rungs
+
+
+def fanout(peer, size, deliveries, args, work):
     """One fanout run against a started peer: groups of `size` over --fanout-conns
-    connections at --fanout-deliveries per second; its figures."""
-    groups, rate = fanout_plan(size, args.fanout_conns, args.fanout_deliveries)
+    connections at `deliveries` per second; its figures."""
+    groups, rate = fanout_plan(size, args.fanout_conns, deliveries)
     # Switchboard creates its groups over its HTTP API; the relays have none, and join.
     if peer.http:
         mode = ["--group-mode", "server", "--http-addr", peer.http]
@@ -511,7 +582,7 @@ def fanout(peer, size, args, work):
     report = loadgen(["fanout", "--url", peer.url, *mode, "--groups", groups,
                       "--group-size", size, "--rate", f"{rate:.3f}",
                       "--duration", args.duration, "--warmup", "1s"],
-                     work / f"fanout-{slug}-{size}.json")
+                     work / f"fanout-{slug}-{size}-{deliveries}.json")
     cpu = cpu_seconds(peer.proc.pid) - cpu_before
     c = report["counters"]
     latency = report["latency_ms"]
@@ -519,7 +590,7 @@ def fanout(peer, size, args, work):
     each = latency.get("delivery", {})
     figures = {
         "group_size": size, "groups": groups, "rate": rate,
-        "offered_deliveries_per_s": args.fanout_deliveries,
+        "offered_deliveries_per_s": deliveries,
         "deliveries_per_s": report["throughput_per_second"].get("delivered"),
         # To the last member of each message: what the whole group waits for.
         "delivery_last_p50": last.get("p50") if last.get("count") else None,
@@ -535,7 +606,7 @@ def fanout(peer, size, args, work):
         # Why, when it failed: the first error the load generator kept.
         "first_error": (report.get("error_samples") or [None])[0],
     }
-    print(f"   fanout, groups of {size}: {figures}", flush=True)
+    print(f"   fanout, groups of {size}, {deliveries}/s: {figures}", flush=True)
     return figures
 
 
@@ -558,8 +629,10 @@ def plot(json_path, svg_path):
     return done.returncode == 0
 
 
-def write_results(results, args, started, out):
+def write_results(everything, args, started, out):
     steps = args.steps
+    results = {name: figures for name, figures in everything.items()
+               if not figures.get("fanout_only")}
     ref = results["switchboard none"]
     ref_rate = (ref.get("max") or {}).get("rate")
     lines = [
@@ -689,7 +762,7 @@ def write_results(results, args, started, out):
                   "messages for a user who is away. Delivery latency includes the time a receiver "
                   "was away."]
     if "fanout" in steps:
-        lines += fanout_lines(results, args)
+        lines += fanout_lines(everything, args)
     if "ladder" in steps:
         lines += ["", "Every rung of the ladder:", ""]
         for name, figures in results.items():
@@ -701,7 +774,7 @@ def write_results(results, args, started, out):
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{started:%Y-%m-%d-%H%M}"
     json_path, svg_path, path = out / f"{stem}.json", out / f"{stem}.svg", out / f"{stem}.md"
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    json_path.write_text(json.dumps(everything, indent=2) + "\n")
     # The plot is of the ladder: without it there is nothing to draw.
     if "ladder" in steps and plot(json_path, svg_path):
         lines += ["", f"![Acknowledged msg/s and ack p99 at each rung, per peer]({svg_path.name})"]
@@ -756,7 +829,41 @@ def fanout_lines(results, args):
               "with their own `join`; the limit has no groups."]
     if failed:
         lines += ["", "Fanout runs that failed:", "", *failed]
+    if args.fanout_ladder:
+        lines += fanout_ladder_lines(results, args)
     return lines
+
+
+def fanout_ladder_lines(results, args):
+    """The fanout ladder's table: per peer, the highest deliveries/s sustained, then every
+    rung."""
+    lines = [
+        "",
+        f"Fanout ladder: groups of {args.fanout_ladder_size} over {fmt(args.fanout_conns)} "
+        f"connections at {', '.join(fmt(d) for d in args.fanout_ladder)} deliveries/s offered, "
+        f"up to the first rung not sustained (a failed run, anything lost, or the last "
+        f"member's delivery p99 over {fmt(args.fanout_p99_limit_ms)} ms):",
+        "",
+        "| peer | highest sustained deliveries/s | delivery p99 there (last member, ms) | "
+        "server CPU µs per delivery there |",
+        "|---|---:|---:|---:|",
+    ]
+    rungs = []
+    for name, figures in results.items():
+        ladder = figures.get("fanout_ladder") or []
+        best = ([run for run in ladder if run["sustained"]] or [None])[-1] or {}
+        if ladder:
+            lines.append(f"| {name} | {fmt(best.get('offered_deliveries_per_s'))} | "
+                         f"{fmt(best.get('delivery_last_p99'), 2)} | "
+                         f"{fmt(best.get('cpu_us_per_delivery'), 2)} |")
+        for run in ladder:
+            rungs.append(f"- {name}: offered {fmt(run['offered_deliveries_per_s'])}/s, "
+                         f"delivered {fmt(run.get('deliveries_per_s'))}/s, last-member p50 "
+                         f"{fmt(run.get('delivery_last_p50'), 2)} p99 "
+                         f"{fmt(run.get('delivery_last_p99'), 2)} ms, lost {fmt(run['lost'])}, "
+                         f"CPU {fmt(run.get('cpu_us_per_delivery'), 2)} µs per delivery"
+                         + ("" if run["sustained"] else " (not sustained)"))
+    return lines + ["", "Every rung of the fanout ladder:", "", *rungs]
 
 
 if __name__ == "__main__":
