@@ -70,6 +70,8 @@ impl HttpTarget {
 pub struct Answer {
     pub status: u16,
     pub body: Vec<u8>,
+    /// `Retry-After`, when the answer had one in seconds.
+    pub retry_after: Option<Duration>,
 }
 
 impl Answer {
@@ -149,7 +151,14 @@ pub fn parse_answer(raw: &[u8]) -> anyhow::Result<Answer> {
         // Neither: the body runs to the end of the stream.
         rest.to_vec()
     };
-    Ok(Answer { status, body })
+    let retry_after = header("retry-after")
+        .and_then(|value| value.parse::<u64>().ok())
+        .map(Duration::from_secs);
+    Ok(Answer {
+        status,
+        body,
+        retry_after,
+    })
 }
 
 /// The body of a chunked answer.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use router::{GroupAnswer, GroupRefusal, GroupRequest};
 use serde::Deserialize;
@@ -98,10 +98,6 @@ fn refused(refusal: GroupRefusal) -> Response {
         _ => response.status(),
     };
     *response.status_mut() = status;
-    if refusal.code() == ErrorCode::Overloaded {
-        let headers = response.headers_mut();
-        headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    }
     response
 }
 

@@ -116,15 +116,27 @@ async fn create(
         .mint(creator)
         .map_err(|error| format!("{error:#}"))?;
     let body = serde_json::json!({"name": format!("{creator} fanout"), "members": members});
-    let answer = http::post_json(
-        target,
-        "/v1/groups",
-        &token,
-        &body.to_string(),
-        fanout.setup_timeout,
-    )
-    .await
-    .map_err(|error| format!("{error:#}"))?;
+    let deadline = tokio::time::Instant::now() + fanout.setup_timeout;
+    let answer = loop {
+        let answer = http::post_json(
+            target,
+            "/v1/groups",
+            &token,
+            &body.to_string(),
+            fanout.setup_timeout,
+        )
+        .await
+        .map_err(|error| format!("{error:#}"))?;
+        // A server that did not take the request now (503 with Retry-After: its control
+        // queue is full while every group forms at once) is asked again when it says, as a
+        // client would, until the setup's time is up.
+        match answer.retry_after {
+            Some(wait) if answer.status == 503 && tokio::time::Instant::now() + wait < deadline => {
+                tokio::time::sleep(wait).await;
+            }
+            _ => break answer,
+        }
+    };
     if !matches!(answer.status, 200 | 201) {
         return Err(format!(
             "POST {}/v1/groups answered {}: {:.300}",
@@ -299,14 +311,24 @@ mod tests {
 
     /// The server mode's request, against a stand-in for the HTTP API that answers `answer`.
     async fn create_against(answer: &str) -> (Result<String, String>, String) {
+        let (created, mut requests) = create_against_each(&[answer]).await;
+        (created, requests.pop().unwrap())
+    }
+
+    /// The server mode's requests, against a stand-in for the HTTP API that answers the
+    /// first with `answers[0]`, the next with `answers[1]`, and so on.
+    async fn create_against_each(answers: &[&str]) -> (Result<String, String>, Vec<String>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let api = async {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let request = read_request(&mut stream).await;
-            stream.write_all(answer.as_bytes()).await.unwrap();
-            stream.shutdown().await.unwrap();
-            request
+            let mut requests = Vec::new();
+            for answer in answers {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                requests.push(read_request(&mut stream).await);
+                stream.write_all(answer.as_bytes()).await.unwrap();
+                stream.shutdown().await.unwrap();
+            }
+            requests
         };
         let (fanout, context) = server_mode(&addr.to_string());
         assert_eq!(
@@ -351,6 +373,24 @@ mod tests {
         let json: serde_json::Value = serde_json::from_str(json).unwrap();
         assert_eq!(json["members"], serde_json::json!(["lg-r-1", "lg-r-2"]));
         assert!(json["name"].is_string());
+    }
+
+    #[tokio::test]
+    async fn a_503_with_retry_after_is_asked_again_and_one_without_is_not() {
+        let busy =
+            "HTTP/1.1 503 Service Unavailable\r\nretry-after: 0\r\ncontent-length: 2\r\n\r\n{}";
+        let body = r#"{"group_id":"g:7"}"#;
+        let created = format!(
+            "HTTP/1.1 201 Created\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (answer, requests) = create_against_each(&[busy, busy, &created]).await;
+        assert_eq!(answer, Ok("g:7".to_owned()));
+        assert_eq!(requests.len(), 3);
+        assert!(requests.iter().all(|request| request == &requests[0]));
+        let (answer, _) =
+            create_against("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 2\r\n\r\n{}").await;
+        assert!(answer.unwrap_err().contains("answered 503"));
     }
 
     #[tokio::test]
