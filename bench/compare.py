@@ -208,11 +208,8 @@ def parse_steps(text):
 
 def parse_sizes(text):
     """`10,100,500`: group sizes of at least 2 members, as a list of ints."""
-    try:
-        sizes = [int(size) for size in text.split(",") if size.strip()]
-    except ValueError:
-        sizes = []
-    if not sizes or any(size < 2 for size in sizes):
+    sizes = parse_counts(text)
+    if any(size < 2 for size in sizes):
         raise argparse.ArgumentTypeError(
             f"{text!r}: a comma-separated list of group sizes, each at least 2")
     return sizes
