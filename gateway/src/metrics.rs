@@ -147,12 +147,14 @@ pub fn auth_reason(error: &AuthError) -> usize {
 
 /// The `kind` label of each counter of [`ShardMetrics::shed`]: what a shard's load level
 /// dropped or refused (`shard::load`).
-pub const SHED_KINDS: [&str; 3] = ["typing", "connection", "message"];
+pub const SHED_KINDS: [&str; 4] = ["typing", "connection", "message", "presence"];
 
 /// Indexes of [`SHED_KINDS`].
 pub const SHED_TYPING: usize = 0;
 pub const SHED_CONNECTION: usize = 1;
 pub const SHED_MESSAGE: usize = 2;
+/// Presence updates not sent to a subscribed connection (counted by the router).
+pub const SHED_PRESENCE: usize = 3;
 
 /// One shard's counters (monotonic) and gauges (current values, set by the shard).
 #[derive(Debug, Default)]

@@ -568,13 +568,18 @@ pub fn send_message(client_msg_id: u64, to: &str, content: &str) -> serde_json::
 
 /// The sum over shards of a metric in the server's `/metrics`.
 pub fn metric_sum(server: &Server, name: &str) -> u64 {
+    metric_sum_with(server, name, "")
+}
+
+/// The sum of the samples of series `name` whose labels hold `label` (`kind="presence"`).
+pub fn metric_sum_with(server: &Server, name: &str, label: &str) -> u64 {
     let answer = raw_exchange(
         server.http_addr,
         "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     answer
         .lines()
-        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(label))
         .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum()
 }

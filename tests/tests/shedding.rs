@@ -6,7 +6,8 @@
 //! `gateway/src/shard/load.rs`.
 //!
 //! What is checked: with typing shed, `typing` is not delivered while a `send_message` is
-//! still acknowledged and delivered; with connections refused, a new connection gets 503
+//! still acknowledged and delivered, and a presence change is not pushed to its subscribers
+//! while a subscription is still answered; with connections refused, a new connection gets 503
 //! and the open ones keep working; with messages refused, a `send_message` gets `overloaded`
 //! with its `client_msg_id` and is not delivered, and once the drill ends it is taken again.
 
@@ -14,8 +15,8 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 use switchboard_tests::{
-    Client, Server, WAIT, connect, connect_with, metric_sum, recv_json, recv_type, send_json,
-    send_message, token,
+    Client, Server, WAIT, connect, connect_with, metric_sum, metric_sum_with, recv_json, recv_type,
+    send_json, send_message, token,
 };
 
 /// Raises the drill from normal to `level`, one signal per step, each awaited until every
@@ -133,4 +134,37 @@ fn new_messages_are_answered_overloaded_until_the_level_falls() {
     // The refused one was never stored: bob's first message is the retry.
     let (incoming, _) = recv_type(&mut bob, "incoming_message");
     assert_eq!(incoming["content"], "now");
+}
+
+#[test]
+fn presence_updates_are_shed_while_subscriptions_are_still_answered() {
+    let server = Server::start();
+    let mut alice = connect(&server, "alice");
+    let subscribe = json!({"type": "presence_subscribe", "users": ["carol"]});
+    send_json(&mut alice, &subscribe);
+    let (answer, _) = recv_type(&mut alice, "presence");
+    assert_eq!(answer["online"], false, "{answer}");
+
+    drill_to(&server, 1);
+    let carol = connect(&server, "carol");
+    // The update carol's connection makes is counted (on the next tick) instead of sent.
+    let deadline = Instant::now() + WAIT;
+    while metric_sum_with(&server, "switchboard_shed_total", "kind=\"presence\"") == 0 {
+        assert!(Instant::now() < deadline, "no presence update was shed");
+    }
+    // A subscription is a request, and is answered: carol is online. Nothing came before.
+    send_json(&mut alice, &subscribe);
+    let (answer, before) = recv_type(&mut alice, "presence");
+    assert_eq!(answer["online"], true, "{answer}");
+    assert!(before.is_empty(), "{before:?}");
+
+    // The drill ends: the next change goes out again.
+    server.signal(libc::SIGUSR2);
+    wait_level(&server, 0);
+    drop(carol);
+    let (update, _) = recv_type(&mut alice, "presence");
+    assert_eq!(
+        (update["user"].clone(), update["online"].clone()),
+        (json!("carol"), json!(false))
+    );
 }

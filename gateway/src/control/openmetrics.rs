@@ -403,7 +403,7 @@ fn encode_load(
         encoder,
         "switchboard_shed_total",
         Kind::Counter,
-        "What the shard's load level shed: typing dropped, connections answered 503, send_message answered overloaded.",
+        "What the shard's load level shed: typing dropped, connections answered 503, send_message answered overloaded, presence updates not sent to a subscribed connection.",
         shed,
     )?;
     let mut lag = encoder.encode_descriptor(

@@ -54,7 +54,7 @@ use router::{GroupAnswer, GroupRefusal, Input, Output, RouterShard};
 use tokio::sync::oneshot;
 use wire::ServerMessage;
 
-use crate::metrics::{ShardMetrics, Stamp};
+use crate::metrics::{SHED_PRESENCE, ShardMetrics, Stamp};
 use crate::net::readiness::Readiness;
 use crate::shard::control_inbox::{ControlInbox, ControlRequest, ShardHealth, UserStatus};
 use crate::shard::load::{self, LoadGovernor, Measures, Thresholds};
@@ -633,6 +633,10 @@ impl RouterLoop {
                 Err(error) => self.storage_failed(now_ms, "fsync", &error).await,
             }
         }
+        ShardMetrics::set(
+            &self.shard.metrics.shed[SHED_PRESENCE],
+            self.router.presence_shed(),
+        );
         let rate_limits = &self.shard.rate_limits;
         rate_limits.tidy(rate_limits.ms_at(std::time::Instant::now()));
         let (user_buckets, ip_buckets) = rate_limits.buckets();
@@ -695,6 +699,11 @@ impl RouterLoop {
             "load level changed: {}",
             shed_description(change.to)
         );
+        // The router sheds presence updates itself: it tells them from the answers to
+        // subscriptions, which still go.
+        let ephemeral = change.to >= load::LoadLevel::ShedEphemeral;
+        self.router
+            .step(wall_ms(), Input::Shedding { ephemeral }, &mut self.outputs);
         // After the line, so that whoever sees the gauge move finds the line written.
         self.shard.load.set(change.to);
         ShardMetrics::set(&metrics.load_level, change.to as u64);
@@ -787,13 +796,13 @@ impl FanOut {
 fn shed_description(level: load::LoadLevel) -> &'static str {
     match level {
         load::LoadLevel::Normal => "shedding nothing",
-        load::LoadLevel::ShedEphemeral => "dropping clients' typing",
+        load::LoadLevel::ShedEphemeral => "dropping clients' typing and presence updates",
         load::LoadLevel::RefuseConnections => {
-            "dropping clients' typing and answering new connections 503"
+            "dropping clients' typing and presence updates, and answering new connections 503"
         }
         load::LoadLevel::RefuseMessages => {
-            "dropping clients' typing, answering new connections 503 and new messages \
-             `overloaded`"
+            "dropping clients' typing and presence updates, answering new connections 503 \
+             and new messages `overloaded`"
         }
     }
 }

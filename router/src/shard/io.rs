@@ -55,6 +55,10 @@ pub enum Input {
     /// still appends waits in the shell's bounded buffer. Once the shell has rewritten the
     /// log it says `writable: true`, then `Durable` for what the rewrite made durable.
     Storage { writable: bool },
+    /// Whether the shell's load level sheds ephemeral work: while `ephemeral`, a change of
+    /// a user's presence is not sent to their subscribers (it is kept, and a new
+    /// subscription or the next change tells it); answers to `presence_subscribe` still go.
+    Shedding { ephemeral: bool },
     /// A group request from the control plane (the HTTP API) on behalf of `user`, sent to
     /// the shard `group_request_shard` names. Answered by one `Output::GroupAnswer` with the
     /// same `token`, once the log is durable up to what the answer says.

@@ -131,6 +131,10 @@ pub struct RouterShard {
     local: VecDeque<PeerMessage>,
     /// False while the shell cannot write the log (`Input::Storage`).
     writable: bool,
+    /// While the shell sheds ephemeral work (`Input::Shedding`), and the presence updates
+    /// not sent meanwhile, one per subscribed connection (`presence_shed`).
+    shed_ephemeral: bool,
+    presence_shed: u64,
     /// The checkpoint whose `CheckpointBegin` is appended and `CheckpointEnd` not yet.
     checkpoint: Option<Checkpointing>,
     /// The groups this shard owns, by id (a checkpoint walks them in order).
@@ -202,6 +206,8 @@ impl RouterShard {
             pending: VecDeque::new(),
             local: VecDeque::new(),
             writable: true,
+            shed_ephemeral: false,
+            presence_shed: 0,
             checkpoint: None,
             groups: BTreeMap::new(),
             member_of: BTreeSet::new(),
@@ -301,6 +307,12 @@ impl RouterShard {
             .flat_map(|state| state.mail().queued_receipts.keys().copied())
     }
 
+    /// Presence updates not sent to a subscribed connection because the shell shed
+    /// ephemeral work (`Input::Shedding`), since the shard started.
+    pub fn presence_shed(&self) -> u64 {
+        self.presence_shed
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
             users: self.users.len(),
@@ -337,6 +349,7 @@ impl RouterShard {
             Input::Tick => self.tick(now_ms, outputs),
             Input::Checkpoint => self.checkpoint(outputs),
             Input::Storage { writable } => self.writable = writable,
+            Input::Shedding { ephemeral } => self.shed_ephemeral = ephemeral,
             Input::Group {
                 token,
                 user,

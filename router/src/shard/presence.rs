@@ -58,10 +58,14 @@ impl RouterShard {
         self.peer(owner, message, outputs);
     }
 
-    pub(super) fn notify_presence(&self, user: &UserId, outputs: &mut Vec<Output>) {
+    pub(super) fn notify_presence(&mut self, user: &UserId, outputs: &mut Vec<Output>) {
         let Some(conns) = self.subscribers.get(user) else {
             return;
         };
+        if self.shed_ephemeral {
+            self.presence_shed += conns.len() as u64;
+            return;
+        }
         let presence = self.presence(user);
         send_to_all(outputs, conns, presence_message(user, presence));
     }

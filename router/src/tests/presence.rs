@@ -212,3 +212,34 @@ fn activity_on_another_shard_is_forwarded_once_per_interval() {
     }));
     assert_eq!(owner.shard.presence(&alice).last_seen_ms, Some(T0 + 42));
 }
+
+/// While the shell sheds ephemeral work, presence changes reach no subscriber (counted),
+/// answers to a subscription still go, and once it stops the next change goes out again.
+#[test]
+fn shedding_stops_presence_updates_but_not_answers() {
+    let mut h = Harness::new(Config::DEFAULT);
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let watcher = conn(9);
+    let subscribe = |users: Vec<UserId>| ClientMessage::PresenceSubscribe { users };
+    h.client(watcher, &alice, subscribe(vec![bob.clone()]));
+    assert!(h.step(Input::Shedding { ephemeral: true }).is_empty());
+    let t1 = h.now_ms;
+    assert_eq!(sends(&h.attach(conn(2), &bob)), vec![]);
+    assert_eq!(h.shard.presence_shed(), 1);
+    // A subscription is a request: its answer is not shed.
+    let outputs = h.client(watcher, &alice, subscribe(vec![bob.clone(), carol.clone()]));
+    assert_eq!(
+        sends(&outputs),
+        vec![
+            (watcher, presence(true, &bob, Some(t1))),
+            (watcher, presence(false, &carol, None)),
+        ]
+    );
+    h.step(Input::Shedding { ephemeral: false });
+    let t2 = h.now_ms;
+    assert_eq!(
+        sends(&h.attach(conn(3), &carol)),
+        vec![(watcher, presence(true, &carol, Some(t2)))]
+    );
+    assert_eq!(h.shard.presence_shed(), 1);
+}
