@@ -1,5 +1,6 @@
-//! Slow and greedy clients: a recipient that does not read is closed with 1013 and finds its
-//! messages in the inbox on its next connection; a client that floods the server is slowed
+//! Slow and greedy clients: a recipient that does not read is closed, with 1013 past its
+//! frames or 1008 past its unsent bytes for a grace, and finds its messages in the inbox on
+//! its next connection; a client that floods the server is slowed
 //! down (its socket is not read while the queues are full) and everyone else is still
 //! served.
 
@@ -8,10 +9,11 @@ use switchboard_tests::{
     Options, Server, connect, read_close, recv_json, recv_type, send_json, send_message,
 };
 
-#[test]
-fn a_recipient_that_does_not_read_is_closed_with_1013_and_keeps_its_inbox() {
-    let server =
-        Server::start_with(Options::default().config_file("[limits]\noutbound_frames_max = 4\n"));
+/// Floods `sloth`, a recipient that never reads, on a server with `limits`, until the server
+/// closes it; then checks that nothing was lost (the next connection starts again from the
+/// first message) and returns the close code.
+fn flood_a_recipient_that_does_not_read(limits: &str) -> Option<u16> {
+    let server = Server::start_with(Options::default().config_file(&format!("[limits]\n{limits}")));
     let mut sender = connect(&server, "sender");
     let mut sloth = connect(&server, "sloth");
     // Both attached before the flood: a round trip through sloth's connection.
@@ -35,12 +37,28 @@ fn a_recipient_that_does_not_read_is_closed_with_1013_and_keeps_its_inbox() {
             first_id.get_or_insert(ack["message_id"].clone());
         }
     }
-    assert_eq!(read_close(&mut sloth), Some(1013));
+    let code = read_close(&mut sloth);
     // Nothing was acknowledged: the next connection starts again from the first message.
     let mut sloth = connect(&server, "sloth");
     let incoming = recv_json(&mut sloth);
     assert_eq!(incoming["type"], "incoming_message");
     assert_eq!(Some(&incoming["message_id"]), first_id.as_ref());
+    code
+}
+
+#[test]
+fn a_recipient_that_does_not_read_is_closed_with_1013_and_keeps_its_inbox() {
+    let code = flood_a_recipient_that_does_not_read("outbound_frames_max = 4\n");
+    assert_eq!(code, Some(1013));
+}
+
+/// Frames are not the bound here (10,000 of them is the whole flood), bytes are: 64 KiB
+/// unsent for 200 ms.
+#[test]
+fn a_recipient_over_its_unsent_bytes_is_closed_with_1008_after_the_grace() {
+    let limits =
+        "outbound_frames_max = 100000\nconn_out_bytes_max = 65536\nconn_out_grace_ms = 200\n";
+    assert_eq!(flood_a_recipient_that_does_not_read(limits), Some(1008));
 }
 
 #[test]

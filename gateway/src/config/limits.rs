@@ -148,6 +148,13 @@ limits! {
         /// Frames queued for sending on one connection. A connection over it is too slow for
         /// its messages and is closed with 1013; what it did not acknowledge stays in the inbox.
         outbound_frames_max: usize = 256, Count, min 1;
+        /// Bytes queued for sending on one connection and not yet taken by its socket. A
+        /// connection over it for `conn_out_grace_ms` is closed with 1008; what it did not
+        /// acknowledge stays in the inbox.
+        conn_out_bytes_max: usize = 4 * MIB, Bytes, min 1;
+        /// How long a connection may stay over `conn_out_bytes_max` (a reader that stalls
+        /// for a moment catches up meanwhile).
+        conn_out_grace_ms: u64 = 5_000, Ms, min 0;
         /// Bytes of one pooled read buffer.
         read_buffer_bytes: usize = 16 * KIB, Bytes, min 1;
         /// Read buffers kept in a shard's free list.

@@ -135,7 +135,7 @@ const SERIES: [(&str, Kind, &str, Field); 27] = [
     (
         "switchboard_slow_consumers_total",
         Kind::Counter,
-        "Connections closed with 1013 because they did not read their messages.",
+        "Connections closed because they did not read their messages: 1013 past outbound_frames_max, 1008 past conn_out_bytes_max for conn_out_grace_ms.",
         |m| &m.slow_consumers,
     ),
     (

@@ -13,6 +13,10 @@ use wire::frame::{self, FrameHeader, OpCode, server_frame_header};
 /// its messages fast enough.
 pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 
+/// Close code 1008, "policy violation": the server closes a connection whose unsent output
+/// stayed over `conn_out_bytes_max` for `conn_out_grace_ms`.
+pub const CLOSE_POLICY_VIOLATION: u16 = 1008;
+
 /// The reason sent with the server's close. Derived from the code, so that the state of an
 /// idle connection (most of what it costs) carries only the code.
 pub fn close_reason(code: u16) -> &'static str {
@@ -21,6 +25,9 @@ pub fn close_reason(code: u16) -> &'static str {
         frame::CLOSE_INVALID_DATA => "invalid UTF-8",
         frame::CLOSE_GOING_AWAY => "server shutting down",
         CLOSE_TRY_AGAIN_LATER => "too slow: undelivered messages wait for the next connection",
+        CLOSE_POLICY_VIOLATION => {
+            "too much unsent output: undelivered messages wait for the next connection"
+        }
         _ => "protocol error",
     }
 }
@@ -61,6 +68,8 @@ struct Queue {
     frames: VecDeque<OutFrame>,
     /// Bytes of the front frame already written.
     front_written: usize,
+    /// Bytes not yet written, of every frame.
+    unsent: usize,
 }
 
 /// A connection's queue of frames to send. Boxed, and present only while frames wait:
@@ -78,8 +87,15 @@ impl Outbound {
         self.len() == 0
     }
 
+    /// Bytes queued and not yet written.
+    pub fn unsent_bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |queue| queue.unsent)
+    }
+
     pub fn push_back(&mut self, frame: OutFrame) {
-        self.0.get_or_insert_default().frames.push_back(frame);
+        let queue = self.0.get_or_insert_default();
+        queue.unsent += frame.len();
+        queue.frames.push_back(frame);
     }
 
     /// Fills `slices` with what is left to write of the first frames, header and payload
@@ -117,6 +133,7 @@ impl Outbound {
             assert_eq!(written, 0, "nothing was queued");
             return 0;
         };
+        queue.unsent -= written;
         let mut remaining = queue.front_written + written;
         let mut frames_sent = 0;
         while let Some(front) = queue.frames.front() {
@@ -161,13 +178,16 @@ mod tests {
             slices[..n].iter().flat_map(|s| s.to_vec()).collect()
         };
         assert_eq!(whole, b"\x81\x03abc\x81\x02de");
+        assert_eq!(outbound.unsent_bytes(), whole.len());
         assert_eq!(outbound.advance(3), 0, "inside the first payload");
+        assert_eq!(outbound.unsent_bytes(), whole.len() - 3);
         let mut slices = [IoSlice::new(&[]); 4];
         let n = outbound.slices(&mut slices);
         let rest: Vec<u8> = slices[..n].iter().flat_map(|s| s.to_vec()).collect();
         assert_eq!(rest, &whole[3..]);
         assert_eq!(outbound.advance(rest.len()), 2);
         assert!(outbound.is_empty());
+        assert_eq!(outbound.unsent_bytes(), 0);
         outbound.release_if_empty();
         assert_eq!(outbound.slices(&mut [IoSlice::new(&[]); 4]), 0);
     }

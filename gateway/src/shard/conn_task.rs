@@ -31,7 +31,7 @@ use crate::net::io::{self, Progress};
 use crate::net::readiness::Readiness;
 use crate::session::connection::{CLOSE_ABNORMAL, Connection, Next, Outputs, QueueFull, Refused};
 use crate::session::handshake::{self, Handshake, Refusal};
-use crate::session::outbound::{CLOSE_TRY_AGAIN_LATER, OutFrame};
+use crate::session::outbound::{CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, OutFrame};
 use crate::shard::load::LoadLevel;
 use crate::shard::rate_limits::USER_MSGS_TEXT;
 use crate::shard::state::{ConnSlot, Shard};
@@ -440,10 +440,20 @@ impl Task<'_> {
     }
 
     /// Waits for the socket to take the rest of the queue, and for mail meanwhile: a
-    /// delivery may make the queue too long, and a close request is answered at once.
+    /// delivery may make the queue too long, and a close request is answered at once. An
+    /// unsent output over `conn_out_bytes_max` for `conn_out_grace_ms` closes with 1008.
     async fn write_while_open(&self) -> Next {
         let slot = self.conn.slot;
+        let grace = Duration::from_millis(self.shard.config.limits.conn_out_grace_ms);
+        // Since when the unsent output is over its bound, while it is.
+        let mut over_since = self.over_bytes().then(Instant::now);
         loop {
+            let expiry = async {
+                match over_since {
+                    Some(since) => monoio::time::sleep_until(since + grace).await,
+                    None => std::future::pending().await,
+                }
+            };
             monoio::select! {
                 ready = self.stream.writable() => if ready.is_err() {
                     return Next::Gone;
@@ -452,7 +462,8 @@ impl Task<'_> {
                     if self.shard.with_slot(slot, |conn| conn.close_request.is_some()) {
                         return Next::Open;
                     }
-                }
+                },
+                () = expiry => {}
             }
             match self.write_queued() {
                 Ok(true) => return Next::Open,
@@ -460,7 +471,20 @@ impl Task<'_> {
                 Ok(false) => {}
                 Err(_) => return Next::Gone,
             }
+            if !self.over_bytes() {
+                over_since = None;
+            } else if over_since.get_or_insert_with(Instant::now).elapsed() >= grace {
+                ShardMetrics::add(&self.shard.metrics.slow_consumers, 1);
+                return Next::Close(CLOSE_POLICY_VIOLATION);
+            }
         }
+    }
+
+    /// Whether the unsent output is over `conn_out_bytes_max`.
+    fn over_bytes(&self) -> bool {
+        let max = self.shard.config.limits.conn_out_bytes_max;
+        self.shard
+            .with_slot(self.conn.slot, |conn| conn.outbound.unsent_bytes() > max)
     }
 
     /// Whether the queue, after a write that the socket cut short, holds more than
