@@ -26,7 +26,14 @@ traffic. Each is measured with:
   deliveries per second for every peer and size: deliveries/s, the delivery p50 and p99 to
   the last member of each message, lost, duplicates and the server's CPU per delivery.
   Switchboard forms its groups with POST /v1/groups, the relays with their own `join`; the
-  limit has no groups and no fanout.
+  limit has no groups and no fanout. `--fanout-shards` adds switchboard rows per shard count,
+  `--fanout-ladder` climbs deliveries/s to each peer's highest sustained;
+- `scaling` (only when asked for): at 1, 2, 4, ... threads up to the server's CPUs,
+  switchboard none with that many shards against the tokio relay and the echo with as many
+  threads, each up the ladder: sustained msg/s, per thread, CPU per message, p50 / p99.
+
+`--server-cpus` and `--client-cpus` pin the servers and the load generator to disjoint CPU
+lists with taskset.
 
 It also draws the ladder (acknowledged msg/s and ack p99 at each offered rate, a line per
 peer) as an SVG beside the table, with `switchboard-loadgen plot`: the load generator's SVG
@@ -34,8 +41,10 @@ writer, so that the project has one.
 
 Usage: bench/compare.py [--quick] [--no-build] [--peers bun,tokio,echo] [--dry-run]
                         [--rates 10000,20000,...] [--idle-conns N]
-                        [--steps idle,ladder,latency,storm,churn,fanout | all]
+                        [--steps idle,ladder,latency,storm,churn,fanout,scaling | all]
                         [--fanout-sizes 10,100,500] [--fanout-conns N] [--fanout-deliveries N]
+                        [--fanout-shards 1,0] [--fanout-ladder D1,D2,...]
+                        [--server-cpus 0-3] [--client-cpus 4-7]
 """
 
 import argparse
@@ -55,6 +64,41 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "compare-secret"
 RELEASE = ROOT / "target" / "release"
+
+
+# Where the servers and the load generator run (--server-cpus, --client-cpus): a CPU list
+# for `taskset -c`, or None for anywhere.
+PIN = {"server": None, "client": None}
+
+
+def pinned(role, cmd):
+    """`cmd` under `taskset -c` on the CPUs of `role` (server or client), when pinned."""
+    cpus = PIN[role]
+    return ["taskset", "-c", cpus, *cmd] if cpus else list(cmd)
+
+
+def parse_cpus(text):
+    """`0-3,6`: a CPU list as taskset takes it; kept as text, checked here."""
+    cpus = set()
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        if not low.isdigit() or (high and not high.isdigit()):
+            raise argparse.ArgumentTypeError(f"{text!r}: a CPU list such as 0-3,6")
+        cpus.update(range(int(low), int(high or low) + 1))
+    if not cpus:
+        raise argparse.ArgumentTypeError(f"{text!r}: no CPU")
+    return text.strip()
+
+
+def cpu_count(cpus):
+    """How many CPUs a list names (None: this machine's)."""
+    if cpus is None:
+        return os.cpu_count()
+    count = 0
+    for part in cpus.split(","):
+        low, _, high = part.partition("-")
+        count += int(high or low) - int(low) + 1
+    return count
 
 
 def run(cmd, **kwargs):
@@ -77,7 +121,7 @@ class Peer:
 
     def start(self):
         self.proc = subprocess.Popen(
-            self.cmd,
+            pinned("server", self.cmd),
             env=self.env,
             cwd=self.cwd,
             stdout=subprocess.PIPE,
@@ -118,8 +162,8 @@ def cpu_seconds(pid):
 
 def loadgen(args, report):
     """Runs the load generator and returns its JSON report (also on a failed run)."""
-    cmd = [RELEASE / "switchboard-loadgen", *args, "--jwt-secret", SECRET, "--quiet",
-           "--json", report]
+    cmd = pinned("client", [RELEASE / "switchboard-loadgen", *args, "--jwt-secret", SECRET,
+                            "--quiet", "--json", report])
     print("+ " + " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
     subprocess.run([str(c) for c in cmd], stdout=subprocess.DEVNULL, timeout=600)
     with open(report) as f:
@@ -189,8 +233,8 @@ def sustained(report, p99_limit_ms, load=PAIRS):
 
 # The steps of a run, in their order; `fanout` runs only when asked for, since Switchboard's
 # groups are new (until they land, its fanout rows say the groups could not be formed).
-STEPS = ["idle", "ladder", "latency", "storm", "churn", "fanout"]
-DEFAULT_STEPS = [step for step in STEPS if step != "fanout"]
+STEPS = ["idle", "ladder", "latency", "storm", "churn", "fanout", "scaling"]
+DEFAULT_STEPS = [step for step in STEPS if step not in ("fanout", "scaling")]
 
 
 def parse_steps(text):
@@ -289,7 +333,7 @@ def parse_args(argv=None):
                         help="print what would be built and run, check the binaries with "
                         "--no-build, and stop")
     parser.add_argument("--steps", type=parse_steps, default=list(DEFAULT_STEPS),
-                        metavar="idle,ladder,latency,storm,churn,fanout",
+                        metavar="idle,ladder,latency,storm,churn,fanout,scaling",
                         help="the steps to run, a comma-separated subset, or all; without "
                         "the ladder, the later steps run at the first rung of --rates "
                         f"[default: {','.join(DEFAULT_STEPS)}]")
@@ -308,6 +352,11 @@ def parse_args(argv=None):
                         "sustained (a failed run, anything lost, or last-member p99 over "
                         "--fanout-p99-limit-ms)")
     parser.add_argument("--fanout-ladder-size", type=int, default=100)
+    parser.add_argument("--server-cpus", type=parse_cpus, metavar="0-3",
+                        help="run every server under taskset -c on these CPUs (switchboard's "
+                        "shards, the relays' and the echo's threads follow them)")
+    parser.add_argument("--client-cpus", type=parse_cpus, metavar="4-7",
+                        help="run the load generator under taskset -c on these CPUs")
     parser.add_argument("--fanout-p99-limit-ms", type=float, default=100.0)
     args = parser.parse_args(argv)
     # The storm's measured time and its spike (which starts 2 s in).
@@ -325,6 +374,7 @@ def parse_args(argv=None):
 
 def main():
     args = parse_args()
+    PIN["server"], PIN["client"] = args.server_cpus, args.client_cpus
     rates = args.rate_list
     packages, _, bun = needs(args.peers)
     names = [name for name, _, _ in peers(Path("data"), args.peers)]
@@ -348,6 +398,12 @@ def main():
         print("steps: " + ",".join(args.steps))
         print(f"ladder: {args.rates} msg/s over {args.conns} connections, {args.duration} "
               f"each; idle: {args.idle_conns} connections")
+        if PIN["server"] or PIN["client"]:
+            print(f"pinned: servers to {PIN['server'] or 'any CPU'}, the load generator to "
+                  f"{PIN['client'] or 'any CPU'}")
+        if "scaling" in args.steps:
+            print("scaling: thread counts " + ",".join(
+                str(n) for n in thread_counts(cpu_count(PIN["server"]))))
         if "fanout" in args.steps:
             for size in args.fanout_sizes:
                 groups, rate = fanout_plan(size, args.fanout_conns, args.fanout_deliveries)
@@ -510,7 +566,7 @@ def main():
     for name, make in fanout_peers(work, args) if "fanout" in steps else []:
         peer = make().start()
         # A shard count of its own is a row of the fanout tables only.
-        figures = results.setdefault(name, {"name": name, "ladder": [], "fanout_only": True})
+        figures = results.setdefault(name, {"name": name, "ladder": [], "step_only": True})
         try:
             figures["fanout"] = [fanout(peer, size, args.fanout_deliveries, args, work)
                                  for size in args.fanout_sizes]
@@ -518,7 +574,115 @@ def main():
         finally:
             peer.stop()
 
+    # Scaling: each shard count against the tokio relay and the echo at as many threads.
+    if "scaling" in steps:
+        for name, figures in scaling(args, work):
+            results[name] = figures
+
     write_results(results, args, started, ROOT / "bench" / "results")
+
+
+def thread_counts(cpus):
+    """1, 2, 4, ... up to `cpus`, and `cpus` itself."""
+    counts, n = [], 1
+    while n < cpus:
+        counts.append(n)
+        n *= 2
+    return counts + [cpus]
+
+
+def scaling(args, work):
+    """--steps scaling: for each thread count up to the server's CPUs, switchboard none with
+    that many shards, and the tokio relay and the io_uring echo (when in --peers) with that
+    many threads, each up the ladder of --rates; (name, figures) per row."""
+    wanted = {"switchboard none", OPTIONAL_PEERS["tokio"] if "tokio" in args.peers else None,
+              LIMIT if "echo" in args.peers else None}
+    rows = []
+    for threads in thread_counts(cpu_count(PIN["server"])):
+        for name, make, load in all_peers(work):
+            if name not in wanted:
+                continue
+            label = f"{name}, {threads} thread" + ("s" if threads > 1 else "")
+            peer = make()
+            if name.startswith("switchboard"):
+                peer = with_shards(peer, threads, label)
+            else:
+                peer.cmd += ["--threads", str(threads)]
+                peer.name = label
+            print(f"\n== scaling: {label}", flush=True)
+            peer.start()
+            try:
+                rungs = scaling_ladder(peer, load, args, work)
+            finally:
+                peer.stop()
+            best = ([rung for rung in rungs if rung["sustained"]] or [None])[-1]
+            rows.append((label, {"name": label, "ladder": [], "step_only": True,
+                                 "scaling": {"peer": name, "threads": threads,
+                                             "best": best, "rungs": rungs}}))
+    return rows
+
+
+def scaling_ladder(peer, load, args, work):
+    """The rungs of --rates against a started peer, with the server's CPU per message at
+    each, up to and with the first not sustained."""
+    rungs = []
+    for rate in args.rate_list:
+        cpu_before = cpu_seconds(peer.proc.pid)
+        report = loadgen([load["scenario"], "--url", peer.url, "--conns", args.conns,
+                          "--rate", rate, "--duration", args.duration, "--warmup", "1s"],
+                         work / f"scaling-{load['scenario']}-{rate}.json")
+        cpu = cpu_seconds(peer.proc.pid) - cpu_before
+        latency = report["latency_ms"].get(load["latency"], {})
+        done = report["counters"]["acknowledged"]
+        rung = {
+            "rate": rate,
+            "per_s": report["throughput_per_second"].get(load["throughput"]),
+            "p50": latency.get("p50"), "p99": latency.get("p99"),
+            # Over the whole run (connect, warmup, load, drain), as the latency step counts it.
+            "cpu_us_per_message": cpu * 1e6 / done if done else None,
+            "sustained": sustained(report, args.p99_limit_ms, load),
+        }
+        print(f"   {rate}/s offered: {rung}", flush=True)
+        rungs.append(rung)
+        if not rung["sustained"]:
+            break
+    return rungs
+
+
+def scaling_lines(everything, args):
+    """The scaling step's table: a row per peer and thread count, with the ratios the
+    per-core targets are about."""
+    rows = [figures["scaling"] for figures in everything.values() if "scaling" in figures]
+    if not rows:
+        return []
+    where = (f"server on CPUs {PIN['server']}" if PIN["server"] else "server unpinned") + ", " + (
+        f"load generator on CPUs {PIN['client']}" if PIN["client"] else "load generator unpinned")
+    lines = [
+        "",
+        f"Scaling ({where}): at each thread count, switchboard none with that many shards "
+        "and the peers with that many threads, up the ladder of --rates; sustained as for "
+        f"the ladder (nothing lost or refused, p99 <= {args.p99_limit_ms} ms):",
+        "",
+        "| threads | peer | sustained msg/s | per thread | CPU µs per message there | "
+        "p50 / p99 there (ms) |",
+        "|---:|---|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        best = row["best"] or {}
+        rate = best.get("rate")
+        lines.append(f"| {row['threads']} | {row['peer']} | {fmt(rate)} | "
+                     f"{fmt(rate / row['threads']) if rate else 'n/a'} | "
+                     f"{fmt(best.get('cpu_us_per_message'), 2)} | "
+                     f"{fmt(best.get('p50'), 2)} / {fmt(best.get('p99'), 2)} |")
+    lines += ["", "Every rung of the scaling step:", ""]
+    for row in rows:
+        for rung in row["rungs"]:
+            threads = f"{row['threads']} thread" + ("s" if row["threads"] > 1 else "")
+            lines.append(f"- {row['peer']}, {threads}: offered {fmt(rung['rate'])}"
+                         f"/s, {fmt(rung['per_s'])}/s, p50 {fmt(rung['p50'], 2)} p99 "
+                         f"{fmt(rung['p99'], 2)} ms, CPU {fmt(rung['cpu_us_per_message'], 2)} "
+                         "µs per message" + ("" if rung["sustained"] else " (not sustained)"))
+    return lines
 
 
 def fanout_peers(data_dir, args):
@@ -629,15 +793,19 @@ def plot(json_path, svg_path):
 def write_results(everything, args, started, out):
     steps = args.steps
     results = {name: figures for name, figures in everything.items()
-               if not figures.get("fanout_only")}
+               if not figures.get("step_only")}
     ref = results["switchboard none"]
     ref_rate = (ref.get("max") or {}).get("rate")
     lines = [
         f"# Side-by-side run, {started:%Y-%m-%d %H:%M} UTC",
         "",
         f"Machine: {platform.node()}, {platform.machine()}, {os.cpu_count()} cores, "
-        f"{platform.system()} {platform.release()}. Server and load generator share the "
-        "machine.",
+        f"{platform.system()} {platform.release()}. "
+        + (f"Servers pinned to CPUs {PIN['server']}" if PIN["server"] else "Servers unpinned")
+        + (f", the load generator to CPUs {PIN['client']}." if PIN["client"]
+           else ", the load generator unpinned.")
+        + ("" if PIN["server"] and PIN["client"] else
+           " Server and load generator share the machine's cores."),
         "",
         "Command: `bench/compare.py " + " ".join(sys.argv[1:]) + "`; steps: "
         f"{', '.join(steps)}" + ("; pairs: "
@@ -760,6 +928,8 @@ def write_results(everything, args, started, out):
                   "was away."]
     if "fanout" in steps:
         lines += fanout_lines(everything, args)
+    if "scaling" in steps:
+        lines += scaling_lines(everything, args)
     if "ladder" in steps:
         lines += ["", "Every rung of the ladder:", ""]
         for name, figures in results.items():

@@ -193,10 +193,26 @@ fn run(
     ready: mpsc::Sender<anyhow::Result<DriverKind>>,
 ) {
     if driver == DriverKind::IoUring {
-        let built = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-            .with_entries(URING_ENTRIES)
-            .enable_timer()
-            .build();
+        // Completions run as task work on the shard's thread. By default the kernel
+        // interrupts the thread (an IPI from whichever core the event came on) to run them
+        // at once; cooperative task running leaves them for the thread's next system call
+        // (it makes several a turn, and a parked loop is woken anyway), which spares an
+        // interrupt per socket event. Kernels before 5.19 refuse the flag: then without it.
+        let build = |coop: bool| {
+            let mut uring = io_uring::IoUring::builder();
+            if coop {
+                uring.setup_coop_taskrun();
+            }
+            monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                .with_entries(URING_ENTRIES)
+                .uring_builder(uring)
+                .enable_timer()
+                .build()
+        };
+        let built = build(true).or_else(|error| {
+            tracing::info!(shard = shard.shard_id, %error, "io_uring without cooperative task running");
+            build(false)
+        });
         match built {
             Ok(mut runtime) => {
                 runtime.block_on(shard_main(
