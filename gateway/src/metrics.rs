@@ -196,6 +196,13 @@ pub struct ShardMetrics {
     pub ip_connects_buckets: AtomicU64,
     /// Counter: connections closed with 1013 for not reading their messages.
     pub slow_consumers: AtomicU64,
+    /// Counters: `recv` and `sendmsg` calls on the shard's sockets, published on the tick.
+    pub socket_recvs: AtomicU64,
+    pub socket_sends: AtomicU64,
+    /// Counters: the router loop's turns, and its sleeps (each ends in a wake-up),
+    /// published on the tick.
+    pub router_turns: AtomicU64,
+    pub router_sleeps: AtomicU64,
     /// Counter: router loop turns that took no new inputs because an outbox toward another
     /// shard was at `outbox_envelopes_max`.
     pub outbox_full_turns: AtomicU64,

@@ -7,8 +7,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use switchboard_tests::{
-    SECRET, Server, connect, connect_with, now_secs, openmetrics, read_close, recv_type, send_json,
-    send_message, token_with,
+    SECRET, Server, WAIT, connect, connect_with, metric_sum, now_secs, openmetrics, read_close,
+    recv_type, send_json, send_message, token_with,
 };
 use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
@@ -285,4 +285,30 @@ fn the_web_page_and_its_assets_are_served_with_their_types_and_no_cache() {
     assert_eq!(config["ws_host"], server.ws_addr.ip().to_string());
     assert_eq!(config["ws_port"], server.ws_addr.port());
     assert_eq!(config["ws_path"], "/ws");
+}
+
+/// The counters of where a shard's time goes move with traffic: socket calls both ways, and
+/// the router loop's turns and sleeps. They are published on the tick, so they are awaited.
+#[test]
+fn metrics_count_socket_calls_and_the_loops_turns_and_sleeps() {
+    let server = Server::start();
+    let mut alice = connect(&server, "alice");
+    let mut bob = connect(&server, "bob");
+    send_json(&mut alice, &send_message(1, "bob", "hello"));
+    recv_type(&mut alice, "message_received");
+    recv_type(&mut bob, "incoming_message");
+    let deadline = std::time::Instant::now() + WAIT;
+    for name in [
+        "switchboard_socket_recvs_total",
+        "switchboard_socket_sends_total",
+        "switchboard_router_turns_total",
+        "switchboard_router_sleeps_total",
+    ] {
+        // Two upgrade answers, an acknowledgement and a delivery: four sends at least.
+        while metric_sum(&server, name) < 2
+            || (name.contains("sends") && metric_sum(&server, name) < 4)
+        {
+            assert!(std::time::Instant::now() < deadline, "{name} did not move");
+        }
+    }
 }

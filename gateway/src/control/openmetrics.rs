@@ -53,7 +53,7 @@ type Field = fn(&ShardMetrics) -> &AtomicU64;
 
 /// Every per-shard series with one sample per shard: its sample name (a counter's ends in
 /// `_total`, which OpenMetrics keeps off the family's name), kind, help and field.
-const SERIES: [(&str, Kind, &str, Field); 27] = [
+const SERIES: [(&str, Kind, &str, Field); 31] = [
     (
         "switchboard_load_level",
         Kind::Gauge,
@@ -173,6 +173,30 @@ const SERIES: [(&str, Kind, &str, Field); 27] = [
         Kind::Counter,
         "WebSocket frames sent (data and control).",
         |m| &m.frames_out,
+    ),
+    (
+        "switchboard_socket_recvs_total",
+        Kind::Counter,
+        "recv calls on client sockets (a read that found nothing included).",
+        |m| &m.socket_recvs,
+    ),
+    (
+        "switchboard_socket_sends_total",
+        Kind::Counter,
+        "sendmsg calls on client sockets (one carries every frame queued for the connection, up to 64).",
+        |m| &m.socket_sends,
+    ),
+    (
+        "switchboard_router_turns_total",
+        Kind::Counter,
+        "Turns of the shard's router loop.",
+        |m| &m.router_turns,
+    ),
+    (
+        "switchboard_router_sleeps_total",
+        Kind::Counter,
+        "Times the shard's router loop slept for want of work; each ends in a wake-up.",
+        |m| &m.router_sleeps,
     ),
     (
         "switchboard_messages_in_total",

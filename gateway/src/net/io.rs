@@ -7,9 +7,38 @@
 //! for as long as the peer is silent), and header and payload of several frames go out in
 //! one vectored call whichever driver runs.
 
+use std::cell::Cell;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
+
+thread_local! {
+    /// `recv` and `sendmsg` calls made on this thread: a shard's, since each shard is one
+    /// thread. Counted here, where every call is made, and published by the shard's tick.
+    static CALLS: Cell<SocketCalls> = const { Cell::new(SocketCalls { recvs: 0, sends: 0 }) };
+}
+
+/// Socket calls made by the calling thread since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketCalls {
+    pub recvs: u64,
+    pub sends: u64,
+}
+
+/// The socket calls the calling thread has made.
+pub fn calls() -> SocketCalls {
+    CALLS.get()
+}
+
+fn count(recvs: u64, sends: u64) {
+    CALLS.set({
+        let calls = CALLS.get();
+        SocketCalls {
+            recvs: calls.recvs + recvs,
+            sends: calls.sends + sends,
+        }
+    });
+}
 
 /// What one non-blocking call did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +67,7 @@ fn progress(result: isize) -> io::Result<Progress> {
 pub fn recv_into(fd: RawFd, buf: &mut bytes::BytesMut) -> io::Result<Progress> {
     let spare: &mut [MaybeUninit<u8>] = buf.spare_capacity_mut();
     assert!(!spare.is_empty(), "recv_into needs spare capacity");
+    count(1, 0);
     // SAFETY: `spare` is writable memory of `spare.len()` bytes owned by `buf`, which we
     // borrow mutably for the call; recv writes at most that many bytes and never reads them.
     let result = unsafe {
@@ -63,6 +93,7 @@ pub fn send_vectored(fd: RawFd, slices: &[io::IoSlice<'_>]) -> io::Result<Progre
     if slices.is_empty() {
         return Ok(Progress::Bytes(0));
     }
+    count(0, 1);
     // SAFETY: msghdr is plain data for which all-zeroes is a valid value (no name, no control).
     let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
     // IoSlice is guaranteed ABI-compatible with iovec on Unix; sendmsg only reads them.

@@ -93,6 +93,9 @@ pub struct RouterLoop {
     group_replies: HashMap<u64, oneshot::Sender<GroupAnswer>>,
     group_replies_max: usize,
     next_token: u64,
+    /// Turns and sleeps of this loop, published on the tick.
+    turns: u64,
+    sleeps: u64,
 }
 
 impl std::fmt::Debug for RouterLoop {
@@ -145,6 +148,8 @@ impl RouterLoop {
             group_replies: HashMap::new(),
             group_replies_max,
             next_token: 0,
+            turns: 0,
+            sleeps: 0,
         }
     }
 
@@ -162,6 +167,7 @@ impl RouterLoop {
         let mut bell_ready = std::pin::pin!(bell.readable());
         let mut next_tick = Instant::now();
         loop {
+            self.turns += 1;
             let worked = self.turn().await;
             if stop.fired() {
                 // A last turn picks up what came in during this one, and a last commit
@@ -210,6 +216,7 @@ impl RouterLoop {
             if let Some(commit_wait) = self.journal.commit_wait() {
                 wait = wait.min(commit_wait);
             }
+            self.sleeps += 1;
             let bell_fired = monoio::select! {
                 () = self.shard.link.router_wake.wait() => false,
                 _ = bell_ready.as_mut() => true,
@@ -633,10 +640,13 @@ impl RouterLoop {
                 Err(error) => self.storage_failed(now_ms, "fsync", &error).await,
             }
         }
-        ShardMetrics::set(
-            &self.shard.metrics.shed[SHED_PRESENCE],
-            self.router.presence_shed(),
-        );
+        let metrics = &self.shard.metrics;
+        ShardMetrics::set(&metrics.shed[SHED_PRESENCE], self.router.presence_shed());
+        let calls = crate::net::io::calls();
+        ShardMetrics::set(&metrics.socket_recvs, calls.recvs);
+        ShardMetrics::set(&metrics.socket_sends, calls.sends);
+        ShardMetrics::set(&metrics.router_turns, self.turns);
+        ShardMetrics::set(&metrics.router_sleeps, self.sleeps);
         let rate_limits = &self.shard.rate_limits;
         rate_limits.tidy(rate_limits.ms_at(std::time::Instant::now()));
         let (user_buckets, ip_buckets) = rate_limits.buckets();
