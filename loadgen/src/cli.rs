@@ -185,6 +185,11 @@ pub struct CommonArgs {
     #[arg(long)]
     pub server_pid: Option<u32>,
 
+    /// The server's HTTP address (`HOST:PORT`), to report its socket calls, loop turns and
+    /// sleeps per acknowledged message from its `/metrics`, read before and after the run.
+    #[arg(long)]
+    pub server_metrics: Option<String>,
+
     /// Write the full report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,

@@ -473,6 +473,7 @@ mod tests {
                     connect_concurrency: 1,
                     connect_timeout: Duration::from_secs(1),
                     server_pid: None,
+                    server_metrics: None,
                     json: None,
                     svg: None,
                     quiet: false,

@@ -27,7 +27,7 @@ pub struct HttpTarget {
     /// `http://HOST:PORT`, for messages.
     pub url: String,
     pub addr: SocketAddr,
-    host: String,
+    pub host: String,
 }
 
 impl HttpTarget {

@@ -26,6 +26,7 @@ mod plot;
 mod report;
 mod scenario;
 mod secret;
+mod server_counters;
 mod svg;
 mod sys;
 
@@ -122,6 +123,7 @@ fn run(mut args: ScenarioArgs) -> anyhow::Result<ExitCode> {
     let scenario = scenario::build(&plan.args)?;
     let common = plan.args.common();
     let mut monitor = Monitor::new(scenario.conns(), common.server_pid, common.quiet);
+    let counters_before = common.server_metrics.as_deref().map(server_counters::read);
     let outcome = if plan.procs == 1 {
         engine::run_process(
             &plan,
@@ -139,7 +141,17 @@ fn run(mut args: ScenarioArgs) -> anyhow::Result<ExitCode> {
     let rss = common
         .server_pid
         .map(|pid| (pid, monitor.rss, monitor.rss_errors.clone()));
-    let report = Report::build(&plan, scenario.as_ref(), &outcome, rss);
+    let mut report = Report::build(&plan, scenario.as_ref(), &outcome, rss);
+    if let (Some(address), Some(before)) = (&common.server_metrics, counters_before) {
+        let after = server_counters::read(address);
+        let acknowledged = report.counters.acknowledged;
+        report.server_counters = Some(server_counters::ServerCounters::between(
+            address,
+            before,
+            after,
+            acknowledged,
+        ));
+    }
     print!("{}", report.markdown(&plan));
     if let Some(path) = &common.json {
         let text = serde_json::to_string_pretty(&report)?;

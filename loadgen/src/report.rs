@@ -47,6 +47,9 @@ pub struct Report {
     pub recovery: Option<Option<f64>>,
     /// Present when `--server-pid` was given.
     pub server: Option<ServerReport>,
+    /// Present when `--server-metrics` was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_counters: Option<crate::server_counters::ServerCounters>,
     pub error_samples: Vec<String>,
 }
 
@@ -362,6 +365,7 @@ impl Report {
             spike,
             recovery,
             server,
+            server_counters: None,
             error_samples: outcome.metrics.error_samples.clone(),
         }
     }
@@ -584,6 +588,24 @@ impl Report {
                     .map_or("?".to_owned(), |bytes| format!("{bytes:.0} B"))
             );
             for error in &server.errors {
+                let _ = writeln!(out, "\n{error}");
+            }
+        }
+
+        if let Some(counters) = &self.server_counters {
+            let _ = writeln!(
+                out,
+                "\n### Server counters ({}/metrics, over the run)\n\n| counter | during the run | per acknowledged message |\n|---|---:|---:|",
+                counters.address
+            );
+            for (family, moved) in &counters.during_run {
+                let per = counters
+                    .per_acknowledged
+                    .get(family)
+                    .map_or("?".to_owned(), |per| format!("{per:.3}"));
+                let _ = writeln!(out, "| {family} | {moved:.0} | {per} |");
+            }
+            for error in &counters.errors {
                 let _ = writeln!(out, "\n{error}");
             }
         }

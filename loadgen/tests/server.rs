@@ -1,7 +1,7 @@
 //! End-to-end runs of the load generator binary against the real Switchboard server, for
 //! what only a server with inboxes can show: `churn`, whose receivers come back to find what
 //! was sent while they were away; `fanout` with groups made over the server's HTTP API and
-//! its aggregated receipts; and for what only the server's own secret file can show:
+//! its aggregated receipts, with the server's counters read from its `/metrics`; and for what only the server's own secret file can show:
 //! that the load generator finds the secret where the server keeps it. Each test starts the
 //! `switchboard` binary on ephemeral ports in a fresh working directory (its data directory
 //! is the default `./data` there) and kills it when it ends, passed or not. Every wait is
@@ -158,7 +158,7 @@ fn fanout_to_groups_made_over_the_api_loses_nothing() {
         .position(|arg| *arg == "join")
         .expect("a group mode");
     args[mode] = "server";
-    args.extend(["--http-addr", &http]);
+    args.extend(["--http-addr", &http, "--server-metrics", &http]);
     let output = loadgen(SECRET, &args);
     assert!(
         output.status.success(),
@@ -174,6 +174,18 @@ fn fanout_to_groups_made_over_the_api_loses_nothing() {
         receipts > 0 && receipts <= counter(&report, "sent"),
         "{report}"
     );
+    // The server's own counters, read from its /metrics around the run: every delivery
+    // and acknowledgement took socket calls, and the router loop turned.
+    let counters = &report["server_counters"];
+    assert_eq!(counters["errors"], serde_json::json!([]), "{report}");
+    for family in [
+        "switchboard_socket_recvs_total",
+        "switchboard_socket_sends_total",
+        "switchboard_router_turns_total",
+    ] {
+        let moved = counters["during_run"][family].as_f64().unwrap_or(0.0);
+        assert!(moved > 0.0, "{family}: {counters}");
+    }
 }
 
 #[test]

@@ -675,6 +675,7 @@ pub(super) fn test_args(conns: usize, rate: f64) -> PairsArgs {
             connect_concurrency: 1,
             connect_timeout: Duration::from_secs(1),
             server_pid: None,
+            server_metrics: None,
             json: None,
             svg: None,
             quiet: false,
