@@ -176,7 +176,7 @@ impl RouterLoop {
                 if self.wal_retry.is_none()
                     && self.journal.last_lsn() > self.journal.committed_lsn()
                 {
-                    self.commit(wall_ms(), Commit::Now).await;
+                    self.commit(wall_ms(), CommitWhen::Now).await;
                 }
                 break;
             }
@@ -345,7 +345,7 @@ impl RouterLoop {
         if self.journal.last_lsn() > self.journal.committed_lsn() && self.wal_retry.is_none() {
             // A commit put off (only acknowledgements, with `fsync`) is no work: the loop
             // may sleep, until `commit_wait` at the latest.
-            worked |= self.commit(now_ms, Commit::WhenDue).await;
+            worked |= self.commit(now_ms, CommitWhen::WhenDue).await;
         }
         self.flush_outboxes();
         worked
@@ -353,10 +353,10 @@ impl RouterLoop {
 
     /// Makes everything appended durable and tells the router; false if `when` let the
     /// journal put the commit off.
-    async fn commit(&mut self, now_ms: u64, when: Commit) -> bool {
+    async fn commit(&mut self, now_ms: u64, when: CommitWhen) -> bool {
         let committed = match when {
-            Commit::Now => self.journal.commit().await,
-            Commit::WhenDue => self.journal.commit_when_due().await,
+            CommitWhen::Now => self.journal.commit().await,
+            CommitWhen::WhenDue => self.journal.commit_when_due().await,
         };
         match committed {
             Ok(Some(commit)) => {
@@ -435,7 +435,7 @@ impl RouterLoop {
                 self.router
                     .step(now_ms, Input::Storage { writable: true }, &mut self.outputs);
                 self.carry_out().await;
-                self.commit(now_ms, Commit::Now).await;
+                self.commit(now_ms, CommitWhen::Now).await;
             }
             Err(error) => {
                 ShardMetrics::add(&self.shard.metrics.wal_errors, 1);
@@ -779,7 +779,7 @@ async fn deliver(
 
 /// Whether a commit may be put off (`Journal::commit_when_due`).
 #[derive(Debug, Clone, Copy)]
-enum Commit {
+enum CommitWhen {
     Now,
     WhenDue,
 }
