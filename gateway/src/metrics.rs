@@ -228,6 +228,8 @@ pub struct ShardMetrics {
     pub wal_segments: AtomicU64,
     /// Counter: requests refused because their log record would break the log's caps.
     pub records_refused: AtomicU64,
+    /// Counter: undelivered messages dropped past `undelivered_retention_ms` (since start).
+    pub undelivered_expired: AtomicU64,
     /// Counter: failed writes, fsyncs and rewrites of the write-ahead log.
     pub wal_errors: AtomicU64,
     /// Gauge: 1 while the write-ahead log cannot be written (new messages are refused).

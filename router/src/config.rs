@@ -21,6 +21,11 @@ pub struct Config {
     /// it the oldest bodies are dropped from memory and read back from the log when they
     /// are sent; memory keeps each message's ids and addressing.
     pub inbox_body_bytes_max: usize,
+    /// How long an undelivered message is kept: a message not delivered within this time
+    /// after its timestamp is dropped (on `Tick`, oldest first, counted in
+    /// `Stats::undelivered_expired`), and its recipient's devices never get it. Wall-clock
+    /// time, like the timestamp: a clock set forward drops messages early.
+    pub undelivered_retention_ms: u64,
     /// Remembered `(sender, client_msg_id)` pairs. When full, the oldest is forgotten even
     /// inside the window: the dedup window is `dedup_window_ms` or this many messages,
     /// whichever is shorter.
@@ -57,9 +62,9 @@ pub struct Config {
     /// at most once per this interval.
     pub activity_interval_ms: u64,
     /// Items each of the tick's timers handles in one `Tick`: users gone offline, receipts
-    /// forwarded again, dedup entries forgotten. What is due past it waits for the next
-    /// tick, so one tick's work (and its outputs) stays bounded after a clock jump or a
-    /// burst of connections that all fall silent at once.
+    /// forwarded again, dedup entries forgotten, undelivered messages dropped. What is due
+    /// past it waits for the next tick, so one tick's work (and its outputs) stays bounded
+    /// after a clock jump or a burst of connections that all fall silent at once.
     pub tick_items_max: usize,
     /// Records one step of a checkpoint appends, `CheckpointBegin` and `CheckpointEnd`
     /// included, and items of state it visits: a checkpoint of a large shard is spread over
@@ -92,6 +97,7 @@ impl Config {
         inbox_messages_max: 10_000,
         stored_messages_max: 1_000_000,
         inbox_body_bytes_max: 64 << 20,
+        undelivered_retention_ms: 365 * 24 * 60 * 60 * 1000,
         dedup_entries_max: 1_000_000,
         dedup_window_ms: 24 * 60 * 60 * 1000,
         presence_ttl_ms: 60_000,

@@ -28,7 +28,8 @@ pub enum Route {
 /// - `message_delivered` / `message_read`: the shard named in each id, the shard that
 ///   stored the message (normally all of them the reader's own owner).
 /// - `presence_subscribe` / `presence_unsubscribe`: the owner of each listed user.
-/// - `heartbeat` and `history`: the sender's owner.
+/// - `heartbeat`: the sender's owner. `history`: of a user, the sender's owner; of a group,
+///   the group's shard, which checks that the sender is a member (as `send_message` does).
 ///
 /// A connection that subscribed through a shard must send `Input::Closed` to that shard
 /// when it closes (see `Input::Closed`).
@@ -36,9 +37,11 @@ pub fn route(user: &UserId, message: &ClientMessage, n_shards: u16) -> Route {
     match message {
         ClientMessage::SendMessage(send) => Route::One(target_shard(user, &send.to, n_shards)),
         ClientMessage::Typing { to } => Route::One(target_shard(user, to, n_shards)),
-        ClientMessage::Heartbeat | ClientMessage::History(_) => {
-            Route::One(owner_shard(user, n_shards))
-        }
+        ClientMessage::History(request) => match request.with {
+            Target::Group(_) => Route::One(target_shard(user, &request.with, n_shards)),
+            Target::User(_) => Route::One(owner_shard(user, n_shards)),
+        },
+        ClientMessage::Heartbeat => Route::One(owner_shard(user, n_shards)),
         ClientMessage::MessageDelivered { message_ids } => {
             split_ids(message_ids, n_shards, |message_ids| {
                 ClientMessage::MessageDelivered { message_ids }
@@ -176,6 +179,26 @@ mod tests {
             Route::One(owner("carol")),
         );
         check(ClientMessage::Heartbeat, n, Route::One(owner("alice")));
+        let history = |with: Target| {
+            ClientMessage::History(wire::HistoryRequest {
+                req_id: 1,
+                with,
+                before: None,
+                limit: 20,
+            })
+        };
+        // Of a user: the asker's own rows, at the asker's owner; of a group: its shard,
+        // which checks that the asker is a member.
+        check(
+            history(Target::User(user("bob"))),
+            n,
+            Route::One(owner("alice")),
+        );
+        check(
+            history(Target::Group(GroupId(id(2, 5).0))),
+            n,
+            Route::One(2),
+        );
         check(
             ClientMessage::MessageRead {
                 message_ids: vec![id(2, 1), id(2, 2)],

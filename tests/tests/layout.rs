@@ -26,7 +26,12 @@ const LAYERS: &[(&str, &[&str])] = &[
         "shard",
         &["config", "net", "storage", "auth", "metrics", "session"],
     ),
-    ("control", &["config", "auth", "metrics", "shard"]),
+    // `storage` for the history thread's queue only (`storage::history`), which it asks as the
+    // shards do.
+    (
+        "control",
+        &["config", "storage", "auth", "metrics", "shard"],
+    ),
     (
         "cli",
         &[

@@ -50,9 +50,38 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
     // Before any thread starts, so that every thread inherits the mask and the signals wait
     // for the main thread's sigwait.
     let signals = cli::signals::block_shutdown_signals()?;
-    let shard_control =
-        start_control_plane(&config, &auth, http_listener, ws_addr, listeners.len())?;
-    let (mut shards, driver) = shard::start(&config, &auth, listeners, shard_control, driver)?;
+    let history_config = storage::history::HistoryConfig {
+        cache_bytes: config.limits.history_cache_bytes,
+        keepers_max: config.limits.history_keepers_max,
+        queue_jobs_max: config.limits.history_queue_jobs_max,
+        expire_rows_max: config.limits.history_expire_rows_max,
+        sync: config.durability != config::Durability::None,
+    };
+    let history_dir = config.data_dir.join(storage::history::DIR);
+    let (history, history_worker, history_answers) =
+        storage::history::open(&history_dir, n_shards, history_config)
+            .with_context(|| format!("cannot open {}", history_dir.display()))?;
+    let shard_control = start_control_plane(
+        &config,
+        &auth,
+        http_listener,
+        ws_addr,
+        listeners.len(),
+        &history,
+    )?;
+    let history_parts = shard::HistoryParts {
+        history,
+        worker: history_worker,
+        answers: history_answers,
+    };
+    let (mut shards, driver) = shard::start(
+        &config,
+        &auth,
+        listeners,
+        shard_control,
+        history_parts,
+        driver,
+    )?;
     if config.echo {
         tracing::info!("echo route on at ws://{ws_addr}{}", config::ECHO_PATH);
     }
@@ -121,8 +150,11 @@ fn start_control_plane(
     http_listener: std::net::TcpListener,
     ws_addr: std::net::SocketAddr,
     n_shards: usize,
+    history: &storage::history::History,
 ) -> anyhow::Result<Vec<(ControlInbox, Arc<ShardMetrics>)>> {
     let mut plane = control::http::ControlPlane {
+        history: history.clone(),
+        history_limit_max: config.limits.history_limit_max,
         shards: Vec::with_capacity(n_shards),
         control_timeout_ms: config.limits.control_timeout_ms,
         auth: Arc::clone(auth),

@@ -297,6 +297,28 @@ limits! {
         group_name_chars_max: usize = ROUTER.group_name_chars_max, Count, min 1;
         /// Group messages every member has, kept per shard for their read receipts.
         group_receipts_tracked_max: usize = ROUTER.group_receipts_tracked_max, Count, min 1;
+        /// How long an undelivered message is kept after its timestamp before it is dropped
+        /// (`switchboard_undelivered_expired_total`).
+        undelivered_retention_ms: u64 = ROUTER.undelivered_retention_ms, Ms, min 1;
+    }
+    "History (docs/protocol.md, \"History\")" {
+        /// Bytes of the history index's block cache.
+        history_cache_bytes: u64 = 32 << 20, Bytes, min 1 << 20;
+        /// Users whose `history_storage` is 90, kept in memory by the history thread (about
+        /// 60 bytes each); past it, turning history on answers `overloaded`.
+        history_keepers_max: usize = 1_000_000, Count, min 1;
+        /// Jobs (a shard's records, a page to read, a setting) waiting for the history
+        /// thread; a full queue answers pages and settings `overloaded`.
+        history_queue_jobs_max: usize = 1_024, Count, min 1;
+        /// Message records of one shard that are durable but not yet taken by the history
+        /// thread; past this the shard takes no new input until the thread catches up.
+        history_backlog_records_max: usize = 65_536, Count, min 1;
+        /// History pages one shard has asked for and not yet had back; past this a
+        /// `history` request is answered `overloaded`.
+        history_pages_in_flight_max: usize = 256, Count, min 1;
+        /// Rows the history thread deletes per sweep of expired rows (one sweep a second,
+        /// more while rows are due).
+        history_expire_rows_max: usize = 10_000, Count, min 1;
     }
     "The write-ahead log" {
         /// Bytes of one segment file before the next record starts a new one; above the
@@ -537,6 +559,7 @@ impl Limits {
             group_members_max: self.group_members_max,
             group_name_chars_max: self.group_name_chars_max,
             group_receipts_tracked_max: self.group_receipts_tracked_max,
+            undelivered_retention_ms: self.undelivered_retention_ms,
             // Not a setting: each shard draws its own at start (`shard::recover`).
             hash_seed: 0,
         }

@@ -63,6 +63,17 @@ fn parse_group(text: &str, shards: Shards<'_>) -> Result<(GroupId, usize), Respo
     Ok((group, usize::from(shard)))
 }
 
+/// Whether `user` is a member of the group `group` names, asked of its shard: for the
+/// routes that read a group's data elsewhere (its history). The refusal is the answer.
+pub async fn check_member(shards: Shards<'_>, user: UserId, group: &str) -> Result<(), Response> {
+    let (group, shard) = parse_group(group, shards)?;
+    match ask(shards, shard, user, GroupRequest::Get { group }).await? {
+        GroupAnswer::Group { .. } => Ok(()),
+        GroupAnswer::Refused(refusal) => Err(refused(refusal)),
+        other => unreachable!("a get is answered with the group or a refusal: {other:?}"),
+    }
+}
+
 /// Asks shard `shard` and waits for its answer, at most the control timeout.
 async fn ask(
     shards: Shards<'_>,

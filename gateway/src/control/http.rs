@@ -1,5 +1,6 @@
 //! The HTTP control plane on `--http-listen`: `GET /healthz`, `GET /readyz`, `GET /metrics`,
-//! `GET /v1/user/{user_id}/status`, the group routes (`control::groups`) and the web page
+//! `GET /v1/user/{user_id}/status`, the group routes (`control::groups`), the history and
+//! settings routes (`control::history`) and the web page
 //! (`control::web`).
 //!
 //! It runs on its own thread with a small tokio runtime and axum, apart from the shards: it
@@ -18,7 +19,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -27,10 +28,12 @@ use wire::ErrorCode;
 
 use crate::auth::Authenticator;
 use crate::control::groups::{self, Shards};
+use crate::control::history::{self, HistoryRoutes};
 use crate::control::openmetrics::Exposition;
 use crate::control::reply::failure;
 use crate::metrics::{PlaneMetrics, ShardMetrics};
 use crate::shard::control_inbox::{ControlRequest, ControlSender};
+use crate::storage::history::History;
 
 /// What the handlers share: one control sender and one metrics block per shard.
 #[derive(Debug)]
@@ -42,6 +45,9 @@ pub struct ControlPlane {
     pub auth: Arc<Authenticator>,
     /// Where the shards listen for WebSockets, as bound: the web page connects there.
     pub ws_addr: std::net::SocketAddr,
+    /// The history thread's queue: settings and history pages.
+    pub history: History,
+    pub history_limit_max: u32,
 }
 
 /// Serves the API on `listener` from a thread of its own until the process exits.
@@ -87,6 +93,14 @@ struct Api {
 }
 
 impl Api {
+    fn history(&self) -> HistoryRoutes<'_> {
+        HistoryRoutes {
+            history: &self.plane.history,
+            timeout: Duration::from_millis(self.plane.control_timeout_ms),
+            limit_max: self.plane.history_limit_max,
+        }
+    }
+
     fn shards(&self) -> Shards<'_> {
         Shards {
             senders: &self.plane.shards,
@@ -100,7 +114,8 @@ fn router(plane: ControlPlane) -> Router {
     let body_bytes_max = plane.http_body_bytes_max;
     let metrics = Arc::new(PlaneMetrics::default());
     let shards = plane.shards.iter().map(|(_, m)| Arc::clone(m)).collect();
-    let exposition = Exposition::new(shards, Arc::clone(&metrics));
+    let exposition =
+        Exposition::new(shards, Arc::clone(&metrics)).with_history(plane.history.clone());
     let page = crate::control::web::routes(plane.ws_addr);
     let api = Api {
         plane,
@@ -113,6 +128,8 @@ fn router(plane: ControlPlane) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/v1/user/{user_id}/status", get(user_status))
+        .route("/v1/user/settings", get(get_settings).put(put_settings))
+        .route("/v1/history/{chat}", get(history_page))
         .route("/v1/groups", get(list_groups).post(create_group))
         .route("/v1/groups/{group_id}", get(get_group))
         .route("/v1/groups/{group_id}/members", post(add_member))
@@ -367,4 +384,47 @@ async fn group_receipts(
         Ok(user) => groups::receipts(api.shards(), user, &group, &message).await,
         Err(response) => response,
     }
+}
+
+async fn get_settings(
+    State(api): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    match caller(&api, peer, &headers) {
+        Ok(user) => history::get_settings(api.history(), user).await,
+        Err(response) => response,
+    }
+}
+
+async fn put_settings(
+    State(api): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match caller(&api, peer, &headers) {
+        Ok(user) => history::put_settings(api.history(), user, &body).await,
+        Err(response) => response,
+    }
+}
+
+async fn history_page(
+    State(api): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    Path(chat): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let user = match caller(&api, peer, &headers) {
+        Ok(user) => user,
+        Err(response) => return response,
+    };
+    // A group's history is its members' only: its shard says who they are now.
+    if chat.starts_with("g:")
+        && let Err(refusal) = groups::check_member(api.shards(), user.clone(), &chat).await
+    {
+        return refusal;
+    }
+    history::page(api.history(), user, &chat, &query).await
 }

@@ -2,10 +2,12 @@
 //! thread and runtime, off the message path. It reads the shards' metrics and asks shards
 //! questions only through their bounded control inboxes (`shard::control_inbox`), never by
 //! reaching into a shard's state. The web page (`web/`) is served here too, its files
-//! embedded in the binary. The group routes (`groups`) ask the shards the same way; later the
-//! media and profile routes go here too. Only `cli` (which starts it) imports it.
+//! embedded in the binary. The group routes (`groups`) ask the shards the same way; the
+//! history and settings routes (`history`) ask the history thread through its bounded
+//! queue; later the media and profile routes go here too. Only `cli` (which starts it) imports it.
 
 pub mod groups;
+pub mod history;
 pub mod http;
 pub mod openmetrics;
 pub mod reply;

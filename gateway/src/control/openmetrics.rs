@@ -11,6 +11,9 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 use crate::metrics::*;
+use crate::storage::history::History;
+
+mod history;
 
 /// Everything `GET /metrics` shows, rendered on each scrape.
 #[derive(Debug)]
@@ -30,6 +33,13 @@ impl Exposition {
         registry.register_collector(Box::new(PlaneCollector { plane }));
         registry.register_collector(Box::new(ProcessCollector));
         Exposition { registry }
+    }
+
+    /// Adds the history thread's counters.
+    pub fn with_history(mut self, history: History) -> Exposition {
+        self.registry
+            .register_collector(Box::new(history::HistoryCollector { history }));
+        self
     }
 
     /// Appends the whole exposition, `# EOF` included, to `out`.
@@ -53,7 +63,7 @@ type Field = fn(&ShardMetrics) -> &AtomicU64;
 
 /// Every per-shard series with one sample per shard: its sample name (a counter's ends in
 /// `_total`, which OpenMetrics keeps off the family's name), kind, help and field.
-const SERIES: [(&str, Kind, &str, Field); 31] = [
+const SERIES: [(&str, Kind, &str, Field); 32] = [
     (
         "switchboard_load_level",
         Kind::Gauge,
@@ -71,6 +81,12 @@ const SERIES: [(&str, Kind, &str, Field); 31] = [
         Kind::Counter,
         "Requests refused because their log record would pass the log's caps.",
         |m| &m.records_refused,
+    ),
+    (
+        "switchboard_undelivered_expired_total",
+        Kind::Counter,
+        "Messages dropped undelivered once undelivered_retention_ms had passed since they were sent.",
+        |m| &m.undelivered_expired,
     ),
     (
         "switchboard_wal_errors_total",

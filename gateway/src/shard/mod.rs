@@ -24,6 +24,7 @@
 
 pub mod conn_task;
 pub mod control_inbox;
+pub mod history_feed;
 pub mod link;
 pub mod load;
 pub mod mesh;
@@ -49,10 +50,12 @@ use crate::net::io;
 use crate::net::readiness::{self, Readiness};
 use crate::session::rate_limit::RetryAfterMs;
 use crate::shard::control_inbox::ControlInbox;
+use crate::shard::history_feed::HistoryFeed;
 use crate::shard::mesh::ShardMesh;
 use crate::shard::router_loop::RouterLoop;
 use crate::shard::signal::Signal;
 use crate::shard::state::Shard;
+use crate::storage::history::{self, History};
 use crate::storage::journal::Journal;
 
 /// The event loop a shard runs on.
@@ -113,6 +116,15 @@ impl ShardHandle {
     }
 }
 
+/// The history thread's parts before it starts: the handle every shard gets, the thread's
+/// end, and each shard's answer channel.
+#[derive(Debug)]
+pub struct HistoryParts {
+    pub history: History,
+    pub worker: history::Worker,
+    pub answers: Vec<mpsc::Receiver<history::ShardAnswer>>,
+}
+
 /// Starts one thread per listener, and returns once every shard accepts connections, with
 /// the driver they run on.
 pub fn start(
@@ -120,6 +132,7 @@ pub fn start(
     auth: &Arc<Authenticator>,
     listeners: Vec<std::net::TcpListener>,
     control: Vec<(ControlInbox, Arc<ShardMetrics>)>,
+    history_parts: HistoryParts,
     driver: DriverKind,
 ) -> anyhow::Result<(Vec<ShardHandle>, DriverKind)> {
     assert_eq!(
@@ -131,16 +144,31 @@ pub fn start(
     let n_shards = u16::try_from(listeners.len()).context("too many shards")?;
     let meshes = mesh::build(listeners.len(), config.limits.ring_envelopes_max)
         .context("cannot make the rings between shards")?;
+    let HistoryParts {
+        history,
+        worker,
+        answers,
+    } = history_parts;
+    let doorbells = meshes
+        .first()
+        .map(|mesh| mesh.doorbells.clone())
+        .unwrap_or_default();
+    // Detached: it stops when the last `History` (the shards' and the HTTP thread's) is
+    // dropped, after the shards have stopped.
+    worker
+        .spawn(move |shard| doorbells[usize::from(shard)].ring())
+        .context("cannot start the history thread")?;
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<DriverKind>>();
     let mut handles = Vec::with_capacity(listeners.len());
-    let parts = listeners.into_iter().zip(control).zip(meshes);
-    for (index, ((listener, (inbox, metrics)), mesh)) in parts.enumerate() {
+    let parts = listeners.into_iter().zip(control).zip(meshes).zip(answers);
+    for (index, (((listener, (inbox, metrics)), mesh), answers)) in parts.enumerate() {
         let shard_id = u16::try_from(index).context("too many shards")?;
         let (wake_main, wake_shard) = StdUnixStream::pair().context("socketpair")?;
         wake_shard.set_nonblocking(true)?;
         let config = Arc::clone(config);
         let auth = Arc::clone(auth);
         let ready = ready_tx.clone();
+        let history = history.clone();
         let cpu = cpus.get(index % cpus.len().max(1)).copied();
         let thread = std::thread::Builder::new()
             .name(format!("shard-{shard_id}"))
@@ -155,6 +183,8 @@ pub fn start(
                     wake: wake_shard,
                     inbox,
                     mesh,
+                    history,
+                    answers,
                 };
                 run(shard, parts, driver, ready);
             })
@@ -182,6 +212,8 @@ struct ShardParts {
     wake: StdUnixStream,
     inbox: ControlInbox,
     mesh: ShardMesh,
+    history: History,
+    answers: mpsc::Receiver<history::ShardAnswer>,
 }
 
 /// Builds the shard's runtime on `driver`, falling back to epoll if io_uring cannot be set
@@ -242,10 +274,28 @@ fn run(
 }
 
 /// Opens and recovers the shard's log and rebuilds its router from it.
-fn recover(shard: &Shard) -> anyhow::Result<(Journal, router::RouterShard)> {
+/// The records the history thread does not hold yet go to `history`.
+fn recover(
+    shard: &Shard,
+    history: &mut HistoryFeed,
+) -> anyhow::Result<(Journal, router::RouterShard)> {
     let config = &shard.config;
     let limits = &config.limits;
-    let (journal, records) = Journal::open(&config.data_dir, shard.shard_id, config.log())?;
+    let held = history.held();
+    let (mut journal, records, held_back) = Journal::open_holding(
+        &config.data_dir,
+        shard.shard_id,
+        config.log(),
+        Some(held.next()),
+    )?;
+    let last = records.last().map(|(lsn, _)| *lsn);
+    // The messages the index missed, noted once the router is rebuilt, so that a group
+    // message names the group's members (as recovery left them: a member who joined or
+    // left after it, before the crash, counts as the group is now).
+    let missed: Vec<_> = held_back
+        .into_iter()
+        .chain(records.iter().filter(|(lsn, _)| *lsn > held).cloned())
+        .collect();
     let n_records = records.len();
     let mut router_config = limits.router();
     // The key of the router's hash maps, drawn here because the router reads no randomness,
@@ -258,6 +308,13 @@ fn recover(shard: &Shard) -> anyhow::Result<(Journal, router::RouterShard)> {
         shard.link.n_shards(),
         records,
     );
+    for (lsn, record) in &missed {
+        history.recovered(*lsn, record, held, |group| router.group_members(group));
+    }
+    if let Some(last) = last {
+        history.durable(last);
+    }
+    journal.hold_from(history.hold_from());
     let stats = router.stats();
     tracing::info!(
         shard = shard.shard_id,
@@ -279,7 +336,17 @@ async fn shard_main(
         wake,
         inbox,
         mesh,
+        history,
+        answers,
     } = parts;
+    let limits = &shard.config.limits;
+    let mut history = HistoryFeed::new(
+        shard.shard_id,
+        history,
+        answers,
+        limits.history_backlog_records_max,
+        limits.history_pages_in_flight_max,
+    );
     let registered = Readiness::new(listener.into())
         .and_then(|listener| Ok((listener, monoio::net::UnixStream::from_std(wake)?)));
     let (listener, wake) = match registered {
@@ -291,7 +358,7 @@ async fn shard_main(
             return;
         }
     };
-    let (journal, router) = match recover(&shard) {
+    let (journal, router) = match recover(&shard, &mut history) {
         Ok(recovered) => recovered,
         Err(error) => {
             let _ = ready.send(Err(error.context(format!("shard {}", shard.shard_id))));
@@ -307,7 +374,7 @@ async fn shard_main(
 
     let stop_router = Rc::new(Signal::default());
     let router_flushed = Rc::new(Signal::default());
-    let router_loop = RouterLoop::new(Rc::clone(&shard), router, journal, mesh, inbox);
+    let router_loop = RouterLoop::new(Rc::clone(&shard), router, journal, mesh, inbox, history);
     monoio::spawn(router_loop.run(Rc::clone(&stop_router), Rc::clone(&router_flushed)));
 
     let watcher = Rc::clone(&shard);

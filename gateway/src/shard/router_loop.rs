@@ -50,13 +50,14 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use monoio::time::Instant;
-use router::{GroupAnswer, GroupRefusal, Input, Output, RouterShard};
+use router::{GroupAnswer, Input, Output, RouterShard};
 use tokio::sync::oneshot;
 use wire::ServerMessage;
 
 use crate::metrics::{SHED_PRESENCE, ShardMetrics, Stamp};
 use crate::net::readiness::Readiness;
-use crate::shard::control_inbox::{ControlInbox, ControlRequest, ShardHealth, UserStatus};
+use crate::shard::control_inbox::ControlInbox;
+use crate::shard::history_feed::HistoryFeed;
 use crate::shard::load::{self, LoadGovernor, Measures, Thresholds};
 use crate::shard::mesh::{Envelope, ShardMesh};
 use crate::shard::signal::{self, Signal};
@@ -93,6 +94,8 @@ pub struct RouterLoop {
     group_replies: HashMap<u64, oneshot::Sender<GroupAnswer>>,
     group_replies_max: usize,
     next_token: u64,
+    /// Message records on their way to the history index, and pages asked of it.
+    history: HistoryFeed,
     /// Turns and sleeps of this loop, published on the tick.
     turns: u64,
     sleeps: u64,
@@ -106,6 +109,9 @@ impl std::fmt::Debug for RouterLoop {
             .finish_non_exhaustive()
     }
 }
+
+/// How soon a feed that found the history thread's queue full is tried again.
+const HISTORY_RETRY: Duration = Duration::from_millis(1);
 
 /// Wall-clock Unix milliseconds: the router's `now_ms`. A clock before 1970 reads as 0;
 /// the router copes with any steps of it.
@@ -122,6 +128,7 @@ impl RouterLoop {
         journal: Journal,
         mesh: ShardMesh,
         control: ControlInbox,
+        history: HistoryFeed,
     ) -> RouterLoop {
         let limits = &shard.config.limits;
         let batch_max = limits.mesh_batch_envelopes_max;
@@ -148,6 +155,7 @@ impl RouterLoop {
             group_replies: HashMap::new(),
             group_replies_max,
             next_token: 0,
+            history,
             turns: 0,
             sleeps: 0,
         }
@@ -205,6 +213,7 @@ impl RouterLoop {
             let admit = self.admission();
             if (admit.rings && self.has_incoming())
                 || (admit.local && self.shard.link.has_local())
+                || self.history.has_answer()
                 || self.shard.link.can_flush(&self.mesh.outgoing)
             {
                 doorbell.woke(false);
@@ -215,6 +224,10 @@ impl RouterLoop {
             let mut wait = next_tick.saturating_duration_since(now);
             if let Some(commit_wait) = self.journal.commit_wait() {
                 wait = wait.min(commit_wait);
+            }
+            if self.history.waiting() {
+                // Records whose feed found the thread's queue full: try again soon.
+                wait = wait.min(HISTORY_RETRY);
             }
             self.sleeps += 1;
             let bell_fired = monoio::select! {
@@ -245,15 +258,24 @@ impl RouterLoop {
     /// once, at least one sees the other's flag and keeps reading its rings.
     fn admission(&mut self) -> Admission {
         let full = self.shard.link.full_outboxes();
+        let history_full = self.history.full();
         let stalled = &self.mesh.stalled;
         // Published only when it changes: the flag's cache line is shared with every other
         // shard, and a store on each turn would cost a fenced write per turn for nothing.
         // A flag published earlier precedes the loads below in the SeqCst order just the same.
-        let stalled_now = !full.is_empty();
+        let stalled_now = !full.is_empty() || history_full;
         if self.published_stalled != stalled_now {
             self.published_stalled = stalled_now;
             stalled[usize::from(self.shard.shard_id)]
                 .store(self.published_stalled, Ordering::SeqCst);
+        }
+        if history_full {
+            // The history thread's backlog waits on its disk, not on another shard: take
+            // nothing until it catches up (it rings the doorbell when it does).
+            return Admission {
+                local: false,
+                rings: false,
+            };
         }
         if full.is_empty() {
             return Admission {
@@ -339,6 +361,10 @@ impl RouterLoop {
                 .expect("a flag per ring");
             room.room_made(&self.mesh.doorbells[index]);
         }
+        while let Some(answer) = self.history.next_answer() {
+            worked = true;
+            self.send(answer.conn, Arc::new(answer.message)).await;
+        }
         self.taken = Some(taken);
         self.carry_out().await;
         self.taken = None;
@@ -347,6 +373,10 @@ impl RouterLoop {
             // may sleep, until `commit_wait` at the latest.
             worked |= self.commit(now_ms, CommitWhen::WhenDue).await;
         }
+        if self.history.waiting() && self.wal_retry.is_none() {
+            self.history.durable(self.journal.committed_lsn());
+        }
+        self.journal.hold_from(self.history.hold_from());
         self.flush_outboxes();
         worked
     }
@@ -370,6 +400,7 @@ impl RouterLoop {
                     },
                     &mut self.outputs,
                 );
+                self.history.durable(commit.durable);
                 self.carry_out().await;
                 // Their acknowledgements and deliveries went out just now.
                 while self
@@ -471,9 +502,21 @@ impl RouterLoop {
                     if let (Some(taken), router::Record::Message(message)) = (self.taken, &record) {
                         self.accepted.push_back((lsn, message.id, taken));
                     }
+                    let router = &self.router;
+                    self.history
+                        .appended(lsn, &record, |group| router.group_members(group));
                     self.append(lsn, &record).await;
                 }
                 Output::Send { .. } => unreachable!("gathered above"),
+                Output::HistoryPage {
+                    conn,
+                    user,
+                    request,
+                } => {
+                    if let Some(refusal) = self.history.ask(conn, user, request) {
+                        self.send(conn, Arc::new(refusal)).await;
+                    }
+                }
                 Output::Peer { shard, message } => {
                     self.shard
                         .link
@@ -666,6 +709,7 @@ impl RouterLoop {
         ShardMetrics::set(&metrics.group_members, stats.group_members as u64);
         ShardMetrics::set(&metrics.group_tracked, stats.group_tracked as u64);
         ShardMetrics::set(&metrics.records_refused, stats.records_refused);
+        ShardMetrics::set(&metrics.undelivered_expired, stats.undelivered_expired);
         ShardMetrics::set(&metrics.wal_disk_bytes, self.journal.bytes_on_disk());
         ShardMetrics::set(&metrics.wal_segments, self.journal.segment_count() as u64);
         let waiting: usize = self.mesh.incoming.iter().flatten().map(|r| r.slots()).sum();
@@ -717,48 +761,6 @@ impl RouterLoop {
         // After the line, so that whoever sees the gauge move finds the line written.
         self.shard.load.set(change.to);
         ShardMetrics::set(&metrics.load_level, change.to as u64);
-    }
-
-    /// Answers the control plane. Its questions wait at most one tick, and none of them
-    /// costs a wake-up across threads.
-    fn answer_control(&mut self, now_ms: u64) {
-        while let Some(request) = self.control.try_next() {
-            match request {
-                ControlRequest::Health { reply } => {
-                    // The asker may have given up (timeout); nothing to do then.
-                    let _ = reply.send(ShardHealth {
-                        shard_id: self.shard.shard_id,
-                        connections: self.shard.conns.borrow().len() as u64,
-                    });
-                }
-                ControlRequest::Status { user, reply } => {
-                    let presence = self.router.presence(&user);
-                    let _ = reply.send(UserStatus {
-                        online: presence.online,
-                        last_seen_ms: presence.last_seen_ms,
-                    });
-                }
-                ControlRequest::Group {
-                    user,
-                    request,
-                    reply,
-                } => {
-                    if self.group_replies.len() >= self.group_replies_max {
-                        let _ = reply.send(GroupAnswer::Refused(GroupRefusal::Busy));
-                        continue;
-                    }
-                    self.next_token += 1;
-                    let token = self.next_token;
-                    self.group_replies.insert(token, reply);
-                    let input = Input::Group {
-                        token,
-                        user,
-                        request,
-                    };
-                    self.router.step(now_ms, input, &mut self.outputs);
-                }
-            }
-        }
     }
 }
 
@@ -841,5 +843,6 @@ fn fatal(shard_id: u16, what: &str, error: &dyn std::fmt::Display) -> ! {
     std::process::exit(1);
 }
 
+mod control;
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,8 @@
 //! driver, so the shard thread keeps serving sockets meanwhile; on the legacy (epoll) driver
 //! a plain `fdatasync` on the shard thread, which then waits for the disk. Opening,
 //! recovery, creating a segment and deleting old ones use `std::fs`: they happen once per
-//! start, once per `segment_bytes_max` of log, and once per checkpoint.
+//! start, once per `segment_bytes_max` of log, and once per checkpoint (or per segment that
+//! the history store's hold lets go, see `hold_from`).
 //!
 //! Segments are not preallocated: a segment grows by its writes, so a crash leaves at most
 //! one torn record at its end, which recovery truncates.
@@ -106,11 +107,26 @@ impl Journal {
     /// record in an older segment, a gap between segments) is corruption: the error names
     /// the file and the way out (`switchboard wal check`, `switchboard wal repair
     /// --truncate`), and nothing is changed. Must run inside the shard's monoio runtime.
+    #[cfg(test)]
     pub fn open(
         data_dir: &Path,
         shard_id: ShardId,
         config: LogConfig,
     ) -> anyhow::Result<(Journal, Vec<(Lsn, Record)>)> {
+        let (journal, records, _) = Journal::open_holding(data_dir, shard_id, config, None)?;
+        Ok((journal, records))
+    }
+
+    /// [`Journal::open`], keeping the segments with records at or after `hold` that the
+    /// last checkpoint made dead (see [`wal::recover_holding`]): those records come back
+    /// apart, after the router's.
+    #[allow(clippy::type_complexity)]
+    pub fn open_holding(
+        data_dir: &Path,
+        shard_id: ShardId,
+        config: LogConfig,
+        hold: Option<Lsn>,
+    ) -> anyhow::Result<(Journal, Vec<(Lsn, Record)>, Vec<(Lsn, Record)>)> {
         config.check()?;
         let dir = data_dir.join(format!("shard-{shard_id}"));
         create_dir_durably(&dir)?;
@@ -134,8 +150,12 @@ impl Journal {
         }
         let bytes_after_damage = examined.bytes_after_damage();
         let damage = examined.damage.clone();
-        let recovered = wal::recover(config, examined.log, 0);
-        let wal::Recovered { mut log, records } = match recovered {
+        let recovered = wal::recover_holding(config, examined.log, 0, hold);
+        let wal::Recovered {
+            mut log,
+            records,
+            held_back,
+        } = match recovered {
             Ok(recovered) => recovered,
             Err(RecoveryError::Corrupt { what, .. }) => {
                 let Some(Damage::Corrupt { path, .. }) = damage else {
@@ -173,7 +193,7 @@ impl Journal {
             #[cfg(test)]
             stuck_fault: None,
         };
-        Ok((journal, records))
+        Ok((journal, records, held_back))
     }
 
     /// Encodes a record into the log's pending buffer (see [`Log::append`]).
@@ -220,7 +240,7 @@ impl Journal {
 
     /// Writes everything pending, syncs as the durability says (see [`Log::commit`]), and
     /// reports what is durable; then deletes the segments that a synced checkpoint made
-    /// dead.
+    /// dead and the hold no longer keeps.
     ///
     /// `Ok(None)` if nothing was appended since the last commit. An error leaves the journal
     /// failed: nothing is written or reported durable until `repair` succeeds. The future
@@ -231,9 +251,7 @@ impl Journal {
         }
         let micros = self.run().await?;
         self.count_sync(micros);
-        if let Some(compaction) = self.log.take_compaction() {
-            self.compact(compaction);
-        }
+        self.compact();
         Ok(Some(Commit {
             durable: self.log.committed_lsn(),
             sync_micros: self.unreported_sync_micros.take(),
@@ -265,6 +283,18 @@ impl Journal {
         let micros = self.run().await?;
         self.count_sync(micros);
         Ok(())
+    }
+
+    /// Keeps the segments holding records from `lsn` on (see [`Log::hold_from`]) for the
+    /// history store, which persists the log's messages after they are durable and may lag
+    /// behind a checkpoint; `None` keeps none. Segments the hold no longer keeps are deleted
+    /// at once, not at the next commit, so that a shard gone quiet frees the disk as the
+    /// store catches up. The shard loop calls it between commits: a commit holds the journal
+    /// until its commands are done, and the log offers nothing while commands are outstanding
+    /// (a dropped commit), so no deletion runs amid the log's writes and fsyncs.
+    pub fn hold_from(&mut self, lsn: Option<Lsn>) {
+        self.log.hold_from(lsn);
+        self.compact();
     }
 
     /// Reads back the record at `lsn`, for a message whose body the router dropped from
@@ -485,12 +515,13 @@ impl Journal {
         }
     }
 
-    /// Deletes the segments a synced checkpoint made dead. A failure here loses nothing
-    /// (the records are durable and replaying old ones is harmless), so it is logged and
-    /// the next checkpoint tries again.
-    fn compact(&mut self, compaction: Compaction) {
-        let dead = match compaction {
-            Compaction::Keep { begin } => {
+    /// Deletes the segments the log says may go now: dead since a synced checkpoint, and no
+    /// longer held. A failure here loses nothing (the records are durable and replaying old
+    /// ones is harmless), so it is logged and the next checkpoint tries again.
+    fn compact(&mut self) {
+        let dead = match self.log.take_compaction() {
+            None => return,
+            Some(Compaction::Keep { begin }) => {
                 tracing::warn!(
                     shard = self.shard_id,
                     lsn = begin.0,
@@ -498,7 +529,7 @@ impl Journal {
                 );
                 return;
             }
-            Compaction::Delete(dead) => dead,
+            Some(Compaction::Delete(dead)) => dead,
         };
         let mut deleted = false;
         for segment in dead {

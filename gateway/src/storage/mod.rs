@@ -6,6 +6,7 @@
 //! `session`, `net` or `control`.
 
 mod files;
+pub mod history;
 pub mod journal;
 pub mod layout;
 pub mod lock;

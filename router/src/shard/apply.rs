@@ -105,6 +105,26 @@ impl RouterShard {
             } => self.remember_outstanding((*message_id, *kind), sender, by, *timestamp_ms),
             Record::CheckpointEnd { begin } => assert!(*begin < lsn),
             Record::Group(group) => self.apply_group(lsn, group),
+            Record::Expired { message_ids } => {
+                for id in message_ids {
+                    self.apply_expired(*id);
+                }
+            }
+        }
+    }
+
+    /// A message past `undelivered_retention_ms` leaves as an acknowledged one does
+    /// (`remove_from_inbox`: the stored message, its body's share of the spill budget, the
+    /// recipient's inbox), but makes no receipt and no read-index entry; its dedup entry
+    /// stays until its own window ends. A group message goes with its delivery state. One
+    /// already gone (a replay that starts at a checkpoint which did not copy it) is nothing.
+    fn apply_expired(&mut self, id: MessageId) {
+        let Some(stored) = self.messages.get(&id) else {
+            return;
+        };
+        match stored.message.to.clone() {
+            Target::User(to) => self.remove_from_inbox(id, &to),
+            Target::Group(_) => self.expire_group_message(id),
         }
     }
 

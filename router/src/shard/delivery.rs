@@ -1,6 +1,6 @@
 //! Messages from sender to recipient: `send_message` with its dedup of retries, the stored
-//! messages and the recipient's inbox, and the spill of bodies past `inbox_body_bytes_max`
-//! to the log.
+//! messages and the recipient's inbox, the spill of bodies past `inbox_body_bytes_max` to
+//! the log, and the drop of messages undelivered past `undelivered_retention_ms`.
 
 use wire::{Correlation, Media, MessageId, SendMessage, ServerMessage, Target, UserId};
 
@@ -8,7 +8,9 @@ use super::RouterShard;
 use super::gate::Pending;
 use super::io::{Output, Refusal, send};
 use crate::ids::{ConnId, ms_of, owner_shard};
-use crate::wal::{Lsn, PAYLOAD_BYTES_MAX, Record, StoredMessage, message_payload_bytes};
+use crate::wal::{
+    EXPIRED_IDS_MAX, Lsn, PAYLOAD_BYTES_MAX, Record, StoredMessage, message_payload_bytes,
+};
 
 /// A message stored at its recipient's owner until the recipient acknowledges it.
 #[derive(Debug)]
@@ -214,6 +216,47 @@ impl RouterShard {
             let (_, key) = self.dedup_order.pop_first().expect("first exists");
             self.dedup.remove(&key);
         }
+    }
+
+    /// Stored messages not delivered within `undelivered_retention_ms` of their timestamp
+    /// are dropped, at most `max` of them, oldest first: `messages` is in id order, and an
+    /// id's millisecond is its message's timestamp, so the due ones are a prefix. The drop
+    /// is logged (`Record::Expired`, applied like every record by `apply`) so that recovery
+    /// agrees with the live shard: without it, a message dropped here would come back after
+    /// a restart and reach a device that connects before the first tick, and a recovered
+    /// shard would differ from the live one until then. Group messages whose body is kept
+    /// (some member lacks them) are in `messages` too and go the same way.
+    ///
+    /// Wall-clock time, like the dedup window: a clock stepping back drops nothing until it
+    /// is past the horizon again, and what was dropped stays dropped. Paused while the log
+    /// cannot be written (`Input::Storage`), as the gateway pauses a checkpoint: the
+    /// records would only fill the shell's buffer, and the messages wait for a later tick.
+    pub(super) fn expire_undelivered(
+        &mut self,
+        now_ms: u64,
+        max: usize,
+        outputs: &mut Vec<Output>,
+    ) {
+        if !self.writable {
+            return;
+        }
+        let retention = self.config.undelivered_retention_ms;
+        let due: Vec<MessageId> = self
+            .messages
+            .iter()
+            .take(max)
+            .take_while(|(_, stored)| {
+                stored.message.timestamp_ms.saturating_add(retention) <= now_ms
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for chunk in due.chunks(EXPIRED_IDS_MAX) {
+            let record = Record::Expired {
+                message_ids: chunk.to_vec(),
+            };
+            self.append(record, outputs);
+        }
+        self.undelivered_expired += due.len() as u64;
     }
 
     pub(super) fn remember_dedup(&mut self, from: UserId, client_msg_id: u64, entry: DedupEntry) {

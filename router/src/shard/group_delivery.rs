@@ -381,6 +381,21 @@ impl RouterShard {
         }
     }
 
+    /// A group message some member has not received within `undelivered_retention_ms`:
+    /// its body and its whole delivery state go (no receipt is owed for it, and a member's
+    /// later acknowledgement of it finds nothing), so it is no longer sent to new
+    /// connections nor counted against the group's undelivered bound.
+    pub(super) fn expire_group_message(&mut self, id: MessageId) {
+        self.remove_group_body(id);
+        self.receipts_kept.remove(&id);
+        if let Some(tracking) = self.tracking.remove(&id)
+            && let Some(state) = self.groups.get_mut(&tracking.group)
+        {
+            state.tracked.remove(&id);
+            state.undelivered.remove(&id);
+        }
+    }
+
     fn remove_group_body(&mut self, id: MessageId) {
         if let Some(stored) = self.messages.remove(&id)
             && self.resident.remove(&id)

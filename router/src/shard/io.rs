@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use wire::{
-    ClientMessage, Correlation, ErrorCode, ErrorMessage, GroupId, IncomingMessage, MessageId,
-    Receipt, ServerMessage, UserId,
+    ClientMessage, Correlation, ErrorCode, ErrorMessage, GroupId, HistoryRequest, IncomingMessage,
+    MessageId, Receipt, ServerMessage, UserId,
 };
 
 use super::delivery::Stored;
@@ -103,6 +103,13 @@ pub enum Output {
     AppendCopy { lsn: Lsn, from: Lsn },
     /// The answer to `Input::Group` with this `token`.
     GroupAnswer { token: u64, answer: GroupAnswer },
+    /// A page of `user`'s history for their connection `conn`: the shell's history index
+    /// answers it (the router keeps no history; it only says who asks for which chat).
+    HistoryPage {
+        conn: ConnId,
+        user: UserId,
+        request: HistoryRequest,
+    },
 }
 
 /// What the control plane asks of a group's shard. Create goes to any shard (the one it
@@ -237,8 +244,6 @@ pub enum Refusal {
     /// Not a member of the group (or no such group: the two look the same).
     #[error("you are not a member of this group")]
     NotMember,
-    #[error("history is not supported yet")]
-    HistoryUnsupported,
     #[error("the recipient's inbox is full")]
     InboxFull,
     #[error("the server is busy, try again")]
@@ -261,7 +266,7 @@ pub enum Refusal {
 impl Refusal {
     pub fn code(self) -> ErrorCode {
         match self {
-            Refusal::HistoryUnsupported | Refusal::Unstorable => ErrorCode::BadRequest,
+            Refusal::Unstorable => ErrorCode::BadRequest,
             Refusal::NotMember => ErrorCode::Forbidden,
             Refusal::TooLargeToStore => ErrorCode::TooLarge,
             Refusal::InboxFull
@@ -305,6 +310,9 @@ pub struct Stats {
     pub spilled_messages: usize,
     /// Requests refused because their log record would break the log's rules or caps.
     pub records_refused: u64,
+    /// Undelivered messages dropped past `Config::undelivered_retention_ms` since the shard
+    /// started (a cumulative count; a recovered shard starts again from 0).
+    pub undelivered_expired: u64,
     /// Groups this shard owns, their members summed over them, and the group messages and
     /// events whose delivery state it keeps.
     pub groups: usize,

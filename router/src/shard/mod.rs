@@ -7,9 +7,9 @@
 //! dispatch of each input to the module that owns it. One concern a file: `io` (the inputs,
 //! outputs and refusals), `users` (the users map and its bound), `connections` (attach and
 //! detach), `presence` (own actions, expiry, subscriptions), `delivery` (`send_message`,
-//! dedup, inboxes, spill), `receipts` (acknowledgements and their forwarding), `gate` (the
-//! durability gate), `checkpoint` (the incremental checkpoint), `apply` (appending a record
-//! and what it does to the state) and, for tests, `logged_state`.
+//! dedup, inboxes, spill, retention), `receipts` (acknowledgements and their forwarding),
+//! `gate` (the durability gate), `checkpoint` (the incremental checkpoint), `apply`
+//! (appending a record and what it does to the state) and, for tests, `logged_state`.
 
 mod apply;
 mod checkpoint;
@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::{DefaultHasher, Hasher as _};
 
 use smallvec::SmallVec;
-use wire::{ClientMessage, Correlation, GroupId, MessageId, Target, UserId};
+use wire::{ClientMessage, GroupId, MessageId, Target, UserId};
 
 use crate::config::Config;
 use crate::ids::{ConnId, IdGenerator, SHARDS_MAX, ShardId};
@@ -110,6 +110,9 @@ pub struct RouterShard {
     body_bytes: usize,
     /// Requests refused by `Record::check` before they changed any state (`Stats`).
     records_refused: u64,
+    /// Messages dropped undelivered past `undelivered_retention_ms` since the shard
+    /// started (`Stats`); memory only, like `records_refused`.
+    undelivered_expired: u64,
     dedup: HashMap<(UserId, u64), DedupEntry, SeededState>,
     /// The dedup entries by message id, which is time order: expiry and eviction order.
     dedup_order: BTreeMap<MessageId, (UserId, u64)>,
@@ -191,6 +194,7 @@ impl RouterShard {
             resident: BTreeSet::new(),
             body_bytes: 0,
             records_refused: 0,
+            undelivered_expired: 0,
             dedup: HashMap::with_hasher(hashing),
             dedup_order: BTreeMap::new(),
             read_index: BTreeMap::new(),
@@ -325,6 +329,7 @@ impl RouterShard {
             body_bytes: self.body_bytes,
             spilled_messages: self.messages.len() - self.resident.len(),
             records_refused: self.records_refused,
+            undelivered_expired: self.undelivered_expired,
             groups: self.groups.len(),
             group_members: self.groups.values().map(|group| group.members.len()).sum(),
             group_tracked: self.tracking.len(),
@@ -391,12 +396,23 @@ impl RouterShard {
             ClientMessage::PresenceSubscribe { users } => self.subscribe(conn, users, outputs),
             ClientMessage::PresenceUnsubscribe { users } => self.unsubscribe(conn, &users),
             ClientMessage::History(request) => {
-                let correlation = Correlation::ReqId(request.req_id);
-                send(
-                    outputs,
+                // The router keeps no history: it checks who may read the chat and hands
+                // the request to the shell's index. A group's history is its members' only
+                // (the index has rows for each member from when they joined).
+                if let Target::Group(group) = &request.with
+                    && self
+                        .groups
+                        .get(group)
+                        .is_none_or(|state| state.member(&user).is_none())
+                {
+                    let correlation = wire::Correlation::ReqId(request.req_id);
+                    return send(outputs, conn, Refusal::NotMember.message(correlation));
+                }
+                outputs.push(Output::HistoryPage {
                     conn,
-                    Refusal::HistoryUnsupported.message(correlation),
-                );
+                    user,
+                    request,
+                });
             }
             ClientMessage::Typing { to } => {
                 self.own_action(now_ms, &user, outputs);
@@ -442,11 +458,13 @@ impl RouterShard {
     }
 
     /// Each timer handles at most `tick_items_max` due items; the rest stay due, in order,
-    /// for the next tick.
+    /// for the next tick. The timers: presence expiry, receipts forwarded again, dedup
+    /// entries forgotten, and undelivered messages dropped past their retention (logged).
     fn tick(&mut self, now_ms: u64, outputs: &mut Vec<Output>) {
         let max = self.config.tick_items_max;
         self.expire_presence(max, outputs);
         self.retry_receipts(max, outputs);
         self.expire_dedup(now_ms, max);
+        self.expire_undelivered(now_ms, max, outputs);
     }
 }

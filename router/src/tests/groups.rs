@@ -753,3 +753,37 @@ fn members_sharing_an_index_key_stay_apart_as_they_leave() {
         }
     }
 }
+
+#[test]
+fn a_groups_history_goes_to_the_shell_for_members_only() {
+    let mut h = Harness::new(Config::DEFAULT);
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    for (c, u) in [(1, &alice), (2, &bob), (3, &carol)] {
+        h.attach(conn(c), u);
+    }
+    let group = create(&mut h, &alice, &[&bob]);
+    let request = HistoryRequest {
+        req_id: 9,
+        with: Target::Group(group),
+        before: None,
+        limit: 20,
+    };
+    let outputs = h.client(conn(2), &bob, ClientMessage::History(request.clone()));
+    assert!(matches!(
+        outputs.as_slice(),
+        [Output::HistoryPage { conn: c, user: u, request: r }]
+            if *c == conn(2) && *u == bob && *r == request
+    ));
+    let outputs = h.client(conn(3), &carol, ClientMessage::History(request));
+    assert_eq!(
+        sends(&outputs),
+        vec![(
+            conn(3),
+            error(
+                ErrorCode::Forbidden,
+                "you are not a member of this group",
+                Correlation::ReqId(9)
+            )
+        )]
+    );
+}

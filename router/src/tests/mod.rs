@@ -20,6 +20,7 @@ mod presence;
 mod receipts;
 mod recovery;
 mod refusals;
+mod retention;
 
 fn user(name: &str) -> UserId {
     UserId::parse(name).unwrap()

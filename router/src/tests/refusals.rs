@@ -1,10 +1,10 @@
-//! Refusals: what is not built yet (history), groups that are not the sender's, and requests whose log record would
+//! Refusals: groups that are not the sender's, and requests whose log record would
 //! break the log's caps or rules, refused before anything changes.
 
 use super::*;
 
 #[test]
-fn unknown_groups_and_history_are_refused_with_their_correlation() {
+fn unknown_groups_are_refused_and_history_goes_to_the_shell_with_their_correlation() {
     let mut h = Harness::new(Config::DEFAULT);
     let alice = user("alice");
     let check = |h: &mut Harness, message: ClientMessage, expected: ServerMessage| {
@@ -26,20 +26,19 @@ fn unknown_groups_and_history_are_refused_with_their_correlation() {
             Correlation::ClientMsgId(5),
         ),
     );
-    check(
-        &mut h,
-        ClientMessage::History(HistoryRequest {
-            req_id: 8,
-            with: Target::User(user("bob")),
-            before: None,
-            limit: 20,
-        }),
-        error(
-            ErrorCode::BadRequest,
-            "history is not supported yet",
-            Correlation::ReqId(8),
-        ),
-    );
+    // The router keeps no history: it hands the request to the shell's index as it is.
+    let request = HistoryRequest {
+        req_id: 8,
+        with: Target::User(user("bob")),
+        before: None,
+        limit: 20,
+    };
+    let outputs = h.client(conn(1), &alice, ClientMessage::History(request.clone()));
+    assert!(matches!(
+        outputs.as_slice(),
+        [Output::HistoryPage { conn: c, user: u, request: r }]
+            if *c == conn(1) && *u == alice && *r == request
+    ));
     check(
         &mut h,
         ClientMessage::Typing {

@@ -1,11 +1,10 @@
-//! The write-ahead log's policy for one shard, without files or a clock: where each record
-//! goes (segments and their rolls, record offsets), when a group commit fdatasyncs (the
-//! durability, with time handed in as `now_ms`), what a checkpoint makes dead, how the log is
-//! cut back and rewritten after a failed write or fsync, and what recovery keeps. It only
-//! plans: it hands the shell [`Command`]s, one at a time, and the shell carries each out on
-//! its files and reports back with [`Log::completed`] or [`Log::failed`]. The shell never
-//! decides anything the log can decide, so a simulated disk runs the same policy as the
-//! gateway's files (see docs/router.md, "The WAL").
+//! The write-ahead log's policy for one shard, without files or a clock: where each record goes
+//! (segments and their rolls, record offsets), when a group commit fdatasyncs (the durability, with
+//! time handed in as `now_ms`), what a checkpoint makes dead, how the log is cut back and rewritten
+//! after a failed write or fsync, and what recovery keeps. It only plans: it hands the shell
+//! [`Command`]s, one at a time, and the shell carries each out on its files and reports back with
+//! [`Log::completed`] or [`Log::failed`]. The shell never decides anything the log can decide, so a
+//! simulated disk runs the same policy as the gateway's files (see docs/router.md, "The WAL").
 //!
 //! One operation runs at a time: `write_pending`, `commit`, `sync_if_due`, `repair`, or the
 //! recovery plan. While its commands are outstanding nothing else may start; a shell that
@@ -76,10 +75,9 @@ pub enum Place {
 /// What a synced checkpoint makes of the older segments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Compaction {
-    /// Delete these segments, oldest first, telling the log of each with
-    /// [`Log::deleted`], then fsync the directory. A failure loses nothing (the records are
-    /// durable and replaying old ones is harmless): stop there; the next checkpoint tries
-    /// again.
+    /// Delete these segments, oldest first, telling the log of each with [`Log::deleted`], then
+    /// fsync the directory. A failure loses nothing (the records are durable and replaying old ones
+    /// is harmless): stop there; the next checkpoint tries again.
     Delete(Vec<Lsn>),
     /// The checkpoint that began at `begin` has no segment of its own: older ones are kept.
     Keep { begin: Lsn },
@@ -100,9 +98,8 @@ struct Roll {
     first_lsn: Lsn,
 }
 
-/// The newest point of the log that the files hold as the durability promises: fsynced
-/// (`Fsync`, `Batch`), or written (`None`). Everything after it is still in `pending`, so
-/// that a failed write or fsync can be redone from memory.
+/// The newest point of the log that the files hold as the durability promises (fsynced, or written
+/// with `None`): everything after it stays in `pending`, to redo a failed write or fsync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SafePoint {
     lsn: Lsn,
@@ -153,8 +150,7 @@ pub struct Log {
     rolls: Vec<Roll>,
     rolls_done: usize,
     safe: SafePoint,
-    /// The segment the next appended record goes to, as it will be once `pending` is
-    /// written: its first lsn and its size.
+    /// The segment the next record goes to, once `pending` is written: first lsn and size.
     tail_first_lsn: Lsn,
     tail_bytes: u64,
     last_appended: Lsn,
@@ -179,14 +175,18 @@ pub struct Log {
     /// (8 bytes per record of the live log, which compaction bounds).
     offsets: VecDeque<u64>,
     offsets_first: Lsn,
-    /// A `CheckpointBegin` was appended and its `CheckpointEnd` not yet: its lsn, and
-    /// `since_checkpoint_bytes` is its size so far.
+    /// The lsn of a `CheckpointBegin` whose `CheckpointEnd` is not appended yet.
     checkpoint_open: Option<Lsn>,
-    /// A `CheckpointEnd` was appended: the lsn its checkpoint began at. Once a commit has
-    /// synced it, the segments before that lsn are dead.
+    /// A `CheckpointEnd` was appended: the lsn its checkpoint began at, until a commit syncs it.
     checkpoint_end: Option<Lsn>,
-    /// A commit synced a checkpoint that began here: the shell may delete what it made dead.
+    /// A commit synced the checkpoint that began here: `take_compaction` has not seen it yet.
     compaction: Option<Lsn>,
+    /// The last synced checkpoint's begin, before which segments are dead (those the hold keeps go
+    /// as it moves), and the first segment the last `Delete` kept (an older one failed to go).
+    dead_before: Option<Lsn>,
+    offered_before: Lsn,
+    /// Records from here on are still needed by a reader outside the log (`hold_from`).
+    hold: Option<Lsn>,
     /// Set by a failed command (or an abandoned operation), with what went wrong: what
     /// reached the files after `safe` is unknown. Nothing more is written, synced or
     /// reported durable until `repair` has cut the files back to `safe` and written
@@ -249,6 +249,9 @@ impl Log {
             checkpoint_open: None,
             checkpoint_end: None,
             compaction: None,
+            dead_before: None,
+            offered_before: Lsn(0),
+            hold: None,
             failed: None,
             operation: None,
             commands: VecDeque::new(),
@@ -260,11 +263,10 @@ impl Log {
     /// Encodes a record into the pending buffer. A `CheckpointBegin` starts a new segment,
     /// and so does a record that would go into a segment that reached `segment_bytes_max`.
     ///
-    /// Panics if `lsn` is not the next one, or if the pending buffer is full (the caller
-    /// checks `is_full` and calls `write_pending`) while the log works. A failed log takes
-    /// records past the bound: the router already counts them as appended, and the caller
-    /// stops taking inputs while `is_full` (so it passes the bound by at most one turn's
-    /// records).
+    /// Panics if `lsn` is not the next one, or if the pending buffer is full (the caller checks
+    /// `is_full` and calls `write_pending`) while the log works. A failed log takes records past
+    /// the bound: the router already counts them as appended, and the caller stops taking inputs
+    /// while `is_full` (so it passes the bound by at most one turn's records).
     pub fn append(&mut self, lsn: Lsn, record: &Record) {
         self.abandon_operation();
         assert_eq!(
@@ -321,8 +323,7 @@ impl Log {
         self.written < self.pending.len()
     }
 
-    /// Whether `append` must wait for `write_pending` (or `commit`): the records not yet
-    /// written reached `pending_bytes_max`.
+    /// Whether `append` must wait for `write_pending`: `pending_bytes_max` bytes are unwritten.
     pub fn is_full(&self) -> bool {
         self.pending.len() - self.written >= self.config.pending_bytes_max
     }
@@ -375,12 +376,11 @@ impl Log {
             .then(|| since.saturating_add(self.config.batch_interval_ms))
     }
 
-    /// Plans a group commit: writes everything pending, then syncs according to the
-    /// durability. `Fsync` fdatasyncs every commit; `Batch` fdatasyncs if
-    /// `batch_interval_ms` passed since the last one at `now_ms` (or `pending_bytes_max`
-    /// written bytes wait for one); `None` never does. A commit that holds a
-    /// `CheckpointEnd` always fdatasyncs, and then offers a [`Compaction`]. Once the
-    /// commands are done, `committed_lsn` is what the commit made durable (in the sense of
+    /// Plans a group commit: writes everything pending, then syncs according to the durability.
+    /// `Fsync` fdatasyncs every commit; `Batch` fdatasyncs if `batch_interval_ms` passed since the
+    /// last one at `now_ms` (or `pending_bytes_max` written bytes wait for one); `None` never does.
+    /// A commit that holds a `CheckpointEnd` always fdatasyncs, and then offers a [`Compaction`].
+    /// Once the commands are done, `committed_lsn` is what the commit made durable (in the sense of
     /// the durability: fsynced, or written to the page cache for `Batch` and `None`).
     ///
     /// `Ok(false)` if nothing was appended since the last commit.
@@ -430,12 +430,11 @@ impl Log {
         Ok(due)
     }
 
-    /// After a failure, plans the rewrite: delete the segments made after the safe point,
-    /// cut the safe point's segment back to its size there, and write everything after it
-    /// again from memory as new writes, then fdatasync. On success the log works again and
-    /// the next `commit` reports the rewritten records; on a failure it stays failed and
-    /// the caller tries again later. Returns `false` (and plans nothing) if the log has not
-    /// failed.
+    /// After a failure, plans the rewrite: delete the segments made after the safe point, cut the
+    /// safe point's segment back to its size there, and write everything after it again from memory
+    /// as new writes, then fdatasync. On success the log works again and the next `commit` reports
+    /// the rewritten records; on a failure it stays failed and the caller tries again later.
+    /// Returns `false` (and plans nothing) if the log has not failed.
     pub fn repair(&mut self) -> bool {
         self.abandon_operation();
         if self.failed.is_none() {
@@ -512,18 +511,37 @@ impl Log {
         self.operation = None;
     }
 
-    /// What a commit that synced a checkpoint made of the older segments, once.
+    /// A reader outside the log (the history store, until its database has them) still needs the
+    /// records from `lsn` on (`None`: none): no segment holding one is deleted, even a dead one.
+    pub fn hold_from(&mut self, lsn: Option<Lsn>) {
+        self.hold = lsn;
+    }
+
+    /// Recovery kept segments before `begin` (the last checkpoint's) that `hold` needs.
+    pub(super) fn dead_kept(&mut self, begin: Lsn, hold: Option<Lsn>) {
+        (self.dead_before, self.hold) = (Some(begin), hold);
+    }
+
+    /// The segments that may go now (asked after each commit and as the hold moves): those before
+    /// the last synced checkpoint's begin holding only records before the hold; `Keep` once for a
+    /// checkpoint without a segment of its own; `None` if none may go, or while busy.
     pub fn take_compaction(&mut self) -> Option<Compaction> {
-        let begin = self.compaction.take()?;
-        if !self.segments.iter().any(|s| s.first_lsn == begin) {
-            return Some(Compaction::Keep { begin });
+        if let Some(begin) = self.compaction.take() {
+            if !self.segments.iter().any(|s| s.first_lsn == begin) {
+                return Some(Compaction::Keep { begin });
+            }
+            self.dead_before = Some(begin);
+            self.offered_before = Lsn(0);
         }
-        let dead = self
-            .segments
-            .iter()
-            .take_while(|s| s.first_lsn < begin)
-            .map(|s| s.first_lsn)
-            .collect();
+        // Not while busy, nor after an offered segment failed to go: the next checkpoint retries.
+        let ready = !self.busy() && self.segments[0].first_lsn >= self.offered_before;
+        let dead_before = self.dead_before.filter(|_| ready)?;
+        // A segment holds only records before the bound if the next one starts at or before it.
+        let bound = self.hold.unwrap_or(dead_before).min(dead_before);
+        let reaching = self.segments.partition_point(|s| s.first_lsn <= bound);
+        let dead = reaching.checked_sub(1).filter(|&dead| dead > 0)?;
+        self.offered_before = self.segments[dead].first_lsn;
+        let dead = self.segments.range(..dead).map(|s| s.first_lsn).collect();
         Some(Compaction::Delete(dead))
     }
 
@@ -544,9 +562,8 @@ impl Log {
         }
     }
 
-    /// Where the record at `lsn` is. A record after the safe point is decoded from the copy
-    /// in memory (it may not be in a file yet, or, after a failure, not reliably); older
-    /// ones are in their segment.
+    /// Where the record at `lsn` is: one after the safe point is decoded from the copy in memory
+    /// (not in a file yet, or not reliably after a failure), older ones are in their segment.
     pub fn locate(&self, lsn: Lsn) -> Result<Place, ReadError> {
         let index = lsn
             .0
@@ -569,9 +586,8 @@ impl Log {
         Ok(Place::File { segment, offset })
     }
 
-    /// Whether the log has grown enough since the last checkpoint that one is worth it: past
-    /// twice the size of the last checkpoint plus `checkpoint_slack_bytes`. Never while a
-    /// checkpoint is waiting for its commit, nor while the log is failed.
+    /// Whether the log grew enough since the last checkpoint for another: past twice its size plus
+    /// `checkpoint_slack_bytes`. Never while a checkpoint waits for its commit, nor while failed.
     pub fn wants_checkpoint(&self) -> bool {
         self.failed.is_none()
             && self.checkpoint_open.is_none()

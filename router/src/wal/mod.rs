@@ -11,4 +11,6 @@ mod recovery;
 pub use config::{Durability, LogConfig, LogConfigError};
 pub use log::{Command, Compaction, Failed, Log, Place, ReadError};
 pub use record::*;
-pub use recovery::{Damage, Examined, Examiner, Recovered, RecoveryError, recover};
+pub use recovery::{
+    Damage, Examined, Examiner, Recovered, RecoveryError, recover, recover_holding,
+};

@@ -34,6 +34,10 @@ pub const PAYLOAD_BYTES_MAX: usize = 1 << 20;
 /// Items in one `Receipts` record, at most (two per id of a `message_read`).
 pub const RECEIPT_ITEMS_MAX: usize = 1 << 14;
 
+/// Ids in one `Expired` record, at most: a tick that drops more writes more records.
+pub const EXPIRED_IDS_MAX: usize = 1 << 14;
+const _: () = assert!(1 + 4 + 8 * EXPIRED_IDS_MAX <= PAYLOAD_BYTES_MAX);
+
 /// Bytes of one item of a `Receipts` record, at most: id, sender (length and bytes), kind.
 pub const RECEIPT_ITEM_BYTES_MAX: usize = 8 + 1 + USER_ID_BYTES_MAX + 1;
 /// Bytes of a `Receipts` record's payload before its items, at most: kind, `by`, time, count.
@@ -127,11 +131,11 @@ pub struct ReceiptItem {
     pub kind: ReceiptKind,
 }
 
-/// What a shard writes to its log. The first five kinds are the live record stream; the
-/// `Checkpoint*`, `Dedup`, `ReadIndex` and `ReceiptOutstanding` kinds (with `Message` and
-/// `ReceiptQueued`) make up a checkpoint: a copy of all live state, after which older
-/// segments can be deleted. Applying a record is idempotent, so replaying records that a
-/// checkpoint also covers is harmless.
+/// What a shard writes to its log. The first five kinds and `Expired` are the live record
+/// stream; the `Checkpoint*`, `Dedup`, `ReadIndex` and `ReceiptOutstanding` kinds
+/// (with `Message` and `ReceiptQueued`) make up a checkpoint: a copy of all live state,
+/// after which older segments can be deleted. Applying a record is idempotent, so replaying
+/// records that a checkpoint also covers is harmless.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     /// A message accepted for `to`: it waits in `to`'s inbox until a device acknowledges it.
@@ -185,6 +189,9 @@ pub enum Record {
     CheckpointEnd { begin: Lsn },
     /// A group's creation, a membership change, or a checkpoint's copy of group state.
     Group(GroupRecord),
+    /// These stored messages were not delivered within `undelivered_retention_ms`: each
+    /// leaves its recipient's inbox (a group message, with its delivery state) unreceipted.
+    Expired { message_ids: Vec<MessageId> },
 }
 
 const KIND_MESSAGE: u8 = 1;
@@ -199,6 +206,8 @@ const KIND_RECEIPT_OUTSTANDING: u8 = 9;
 const KIND_CHECKPOINT_END: u8 = 10;
 /// A `Message` addressed to a group (kind 1 is one addressed to a user).
 const KIND_GROUP_MESSAGE: u8 = 11;
+// Kinds 12 to 15 are the group records (`record/group.rs`).
+const KIND_EXPIRED: u8 = 16;
 
 impl Record {
     /// Whether only receipts wait for this record to be durable: an acknowledgement, or
@@ -239,6 +248,11 @@ impl Record {
                 }
             }
             Record::Group(group) => group.check()?,
+            Record::Expired { message_ids } => {
+                if message_ids.is_empty() || message_ids.len() > EXPIRED_IDS_MAX {
+                    return Err(DecodeError("an expired record holds 1 to 16384 ids"));
+                }
+            }
             Record::ReceiptHandedOver { .. }
             | Record::ReceiptQueued { .. }
             | Record::ReceiptsFlushed { .. }
@@ -284,6 +298,7 @@ impl Record {
             Record::ReceiptOutstanding { sender, by, .. } => 8 + 1 + user(sender) + user(by) + 8,
             Record::CheckpointEnd { .. } => 8,
             Record::Group(group) => group.payload_bytes(),
+            Record::Expired { message_ids } => 4 + 8 * message_ids.len(),
         }
     }
 }
@@ -640,6 +655,13 @@ fn encode_payload(record: &Record, out: &mut Vec<u8>) {
             w.u64(begin.0);
         }
         Record::Group(group) => group.encode(&mut w),
+        Record::Expired { message_ids } => {
+            w.u8(KIND_EXPIRED);
+            w.u32(message_ids.len() as u32);
+            for id in message_ids {
+                w.u64(id.0);
+            }
+        }
     }
 }
 
@@ -765,6 +787,18 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, DecodeError> {
         KIND_CHECKPOINT_END => Record::CheckpointEnd {
             begin: Lsn(r.u64()?),
         },
+        KIND_EXPIRED => {
+            let count = r.u32()? as usize;
+            // Refuse a count the bytes cannot hold before allocating for it.
+            if count > EXPIRED_IDS_MAX || count * 8 > r.bytes.len() {
+                return Err(DecodeError("expired id count exceeds the payload"));
+            }
+            let mut message_ids = Vec::with_capacity(count);
+            for _ in 0..count {
+                message_ids.push(MessageId(r.u64()?));
+            }
+            Record::Expired { message_ids }
+        }
         kind => Record::Group(GroupRecord::decode(kind, &mut r)?),
     };
     if !r.bytes.is_empty() {

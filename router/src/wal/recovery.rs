@@ -305,6 +305,10 @@ impl Examined {
 pub struct Recovered {
     pub log: Log,
     pub records: Vec<(Lsn, Record)>,
+    /// Records before the last checkpoint that a hold kept (see [`recover_holding`]): not
+    /// for the router, whose state the checkpoint carries, but for the reader that holds
+    /// them.
+    pub held_back: Vec<(Lsn, Record)>,
 }
 
 /// Plans the recovery of an examined log at `now_ms`: a torn tail truncated and a torn
@@ -320,6 +324,18 @@ pub fn recover(
     config: LogConfig,
     examined: Examined,
     now_ms: u64,
+) -> Result<Recovered, RecoveryError> {
+    recover_holding(config, examined, now_ms, None)
+}
+
+/// [`recover`], keeping the records at or after `hold` that the last checkpoint made dead:
+/// an outside reader (the history index) has not taken them for good yet. The segments
+/// holding them stay, and the log deletes them once [`Log::hold_from`] moves past them.
+pub fn recover_holding(
+    config: LogConfig,
+    examined: Examined,
+    now_ms: u64,
+    hold: Option<Lsn>,
 ) -> Result<Recovered, RecoveryError> {
     let mut commands = Vec::new();
     match &examined.damage {
@@ -354,19 +370,33 @@ pub fn recover(
         mut offsets,
         ..
     } = examined;
+    let mut held_back = Vec::new();
+    let mut dead_kept = None;
     if let Some(begin) = checkpoint
-        && let Some(kept_from) = segments.iter().position(|s| s.first_lsn == begin)
+        && let Some(begin_at) = segments.iter().position(|s| s.first_lsn == begin)
     {
+        // A dead segment goes only if every record in it is before the hold too: the
+        // first one with a record at or after the hold stays, with all after it.
+        let hold = hold.unwrap_or(begin).min(begin);
+        let kept_from = (0..begin_at)
+            .find(|&at| segments[at + 1].first_lsn > hold)
+            .unwrap_or(begin_at);
+        let first_kept_lsn = segments[kept_from].first_lsn;
         for dead in segments.drain(..kept_from) {
             commands.push(Command::Delete {
                 segment: dead.first_lsn,
             });
         }
-        let first_kept = records.partition_point(|(lsn, _)| *lsn < begin);
-        records.drain(..first_kept);
-        offsets.drain(..first_kept);
+        let deleted = records.partition_point(|(lsn, _)| *lsn < first_kept_lsn);
+        records.drain(..deleted);
+        offsets.drain(..deleted);
+        let before_begin = records.partition_point(|(lsn, _)| *lsn < begin);
+        held_back = records.drain(..before_begin).collect();
+        if kept_from < begin_at {
+            dead_kept = Some(begin);
+        }
     }
-    let last_lsn = match (records.last(), segments.first()) {
+    let last_lsn = match (records.last().or(held_back.last()), segments.first()) {
         (Some((lsn, _)), _) => *lsn,
         // Only a brand new log has no records; a log whose older segments were deleted
         // starts with its checkpoint.
@@ -389,7 +419,7 @@ pub fn recover(
         }));
         commands.push(Command::SyncDir);
     }
-    let log = Log::recovered(
+    let mut log = Log::recovered(
         config,
         segments,
         offsets,
@@ -398,5 +428,12 @@ pub fn recover(
         commands,
         now_ms,
     );
-    Ok(Recovered { log, records })
+    if let Some(begin) = dead_kept {
+        log.dead_kept(begin, hold);
+    }
+    Ok(Recovered {
+        log,
+        records,
+        held_back,
+    })
 }

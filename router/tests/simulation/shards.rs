@@ -117,6 +117,7 @@ impl Sim {
                 self.histories[shard].push((lsn, record));
             }
             Output::GroupAnswer { token, answer } => self.group_answer(token, answer),
+            Output::HistoryPage { .. } => panic!("no history requests are sent"),
             Output::Peer { shard: to, message } => {
                 assert_ne!(to as usize, shard, "a shard handles its own peer messages");
                 self.queues[to as usize].push_back(Input::Peer(message));

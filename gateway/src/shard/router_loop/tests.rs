@@ -27,6 +27,7 @@ use super::RouterLoop;
 use crate::auth::Authenticator;
 use crate::config::{Config, Durability, Limits, LogFormat, SecretSource};
 use crate::metrics::ShardMetrics;
+use crate::shard::history_feed::HistoryFeed;
 use crate::shard::mesh::{Doorbell, Envelope, ShardMesh};
 use crate::shard::{Shard, Signal};
 use crate::storage::journal::Journal;
@@ -147,8 +148,30 @@ impl ShardThread {
                     start.wait();
                     let stop = Rc::new(Signal::default());
                     let flushed = Rc::new(Signal::default());
+                    let history_config = crate::storage::history::HistoryConfig {
+                        cache_bytes: 1 << 20,
+                        keepers_max: 16,
+                        queue_jobs_max: 64,
+                        expire_rows_max: 64,
+                        sync: false,
+                    };
+                    let (history, worker, mut answers) = crate::storage::history::open(
+                        &data_dir.join(format!("history-{shard_id}")),
+                        2,
+                        history_config,
+                    )
+                    .expect("a history index");
+                    worker.spawn(|_| {}).expect("the history thread");
+                    let limits = &shard.config.limits;
+                    let history = HistoryFeed::new(
+                        shard_id,
+                        history,
+                        answers.swap_remove(usize::from(shard_id)),
+                        limits.history_backlog_records_max,
+                        limits.history_pages_in_flight_max,
+                    );
                     let router_loop =
-                        RouterLoop::new(Rc::clone(&shard), router, journal, mesh, inbox);
+                        RouterLoop::new(Rc::clone(&shard), router, journal, mesh, inbox, history);
                     monoio::spawn(router_loop.run(Rc::clone(&stop), Rc::clone(&flushed)));
                     let mut wake =
                         monoio::net::UnixStream::from_std(wake_shard).expect("registered");

@@ -497,6 +497,37 @@ fn a_checkpoint_deletes_older_segments_and_recovery_starts_there() {
 }
 
 #[test]
+fn a_hold_keeps_the_segments_a_checkpoint_made_dead_until_it_moves_past_them() {
+    on_each_driver(|| async {
+        let data = tempfile::tempdir().unwrap();
+        let (mut journal, _) = open(data.path(), small_segments());
+        journal.hold_from(Some(Lsn(1)));
+        commit_all(&mut journal, &messages(1..=12)).await;
+        let old: Vec<u64> = segment_files(data.path()).iter().map(|f| f.0).collect();
+        assert!(old.len() >= 3, "records in several segments");
+        commit_all(&mut journal, &checkpoint_at(13)).await;
+        let mut expected = old.clone();
+        expected.push(13);
+        let firsts =
+            |data: &Path| -> Vec<u64> { segment_files(data).iter().map(|f| f.0).collect() };
+        assert_eq!(firsts(data.path()), expected, "the hold kept them");
+        assert_eq!(journal.read_record(Lsn(2)).await.unwrap(), message(2));
+        // The store caught up to the second segment: the first goes at once, no commit.
+        journal.hold_from(Some(Lsn(old[1])));
+        assert_eq!(firsts(data.path()), expected[1..]);
+        let on_disk: u64 = segment_files(data.path()).iter().map(|f| f.1).sum();
+        assert_eq!(journal.bytes_on_disk(), on_disk);
+        assert!(journal.read_record(Lsn(1)).await.is_err());
+        let held = Lsn(old[1]);
+        assert_eq!(journal.read_record(held).await.unwrap(), message(held.0));
+        // Released: the rest of what the checkpoint made dead goes too.
+        journal.hold_from(None);
+        assert_eq!(firsts(data.path()), [13]);
+        assert_eq!(journal.segment_count(), 1);
+    });
+}
+
+#[test]
 fn recovery_finishes_a_checkpoint_whose_old_segments_survived() {
     on_each_driver(|| async {
         let data = tempfile::tempdir().unwrap();
@@ -709,5 +740,38 @@ fn append_refuses_to_pass_the_pending_bound() {
         };
         let (mut journal, _) = open(data.path(), config);
         append_all(&mut journal, &messages(1..=3));
+    });
+}
+
+#[test]
+fn a_restart_keeps_what_a_hold_kept_and_hands_it_back_apart_from_the_routers_records() {
+    on_each_driver(|| async {
+        let data = tempfile::tempdir().unwrap();
+        let (mut journal, _) = open(data.path(), small_segments());
+        journal.hold_from(Some(Lsn(5)));
+        commit_all(&mut journal, &messages(1..=12)).await;
+        commit_all(&mut journal, &checkpoint_at(13)).await;
+        let firsts =
+            |data: &Path| -> Vec<u64> { segment_files(data).iter().map(|f| f.0).collect() };
+        let before = firsts(data.path());
+        drop(journal);
+
+        // Started again with the reader still holding from 5: the segment holding 5 and
+        // everything after it stays, and records 5..=12 come back apart.
+        let hold = Some(Lsn(5));
+        let (mut journal, records, held_back) =
+            Journal::open_holding(data.path(), 0, small_segments(), hold).unwrap();
+        assert_eq!(records, checkpoint_at(13));
+        let first_kept = *before.iter().rev().find(|&&first| first <= 5).unwrap();
+        assert_eq!(
+            firsts(data.path()),
+            before[before.iter().position(|&f| f == first_kept).unwrap()..]
+        );
+        let held_lsns: Vec<u64> = held_back.iter().map(|(lsn, _)| lsn.0).collect();
+        assert_eq!(held_lsns, (first_kept..=12).collect::<Vec<_>>());
+        assert_eq!(held_back, messages(first_kept..=12));
+        // Once the reader has them, they go without another checkpoint.
+        journal.hold_from(None);
+        assert_eq!(firsts(data.path()), [13]);
     });
 }

@@ -277,6 +277,144 @@ fn a_synced_checkpoint_makes_older_segments_dead() {
     assert!(!log.wants_checkpoint());
 }
 
+/// A log of messages 1..=12, two a segment (segments 1, 3, .., 11), holding from `hold`,
+/// with a checkpoint at 13 committed (and so synced) in segment 13.
+fn checkpointed(hold: Option<Lsn>) -> Log {
+    let config = LogConfig {
+        segment_bytes_max: HEADER + 2 * message_bytes(),
+        ..LogConfig::DEFAULT
+    };
+    let mut log = new_log(config);
+    log.hold_from(hold);
+    append(&mut log, 1..=12);
+    log.commit(0).unwrap();
+    run(&mut log, 0);
+    checkpoint(&mut log, 13);
+    assert_eq!(segments(&log), [1, 3, 5, 7, 9, 11, 13]);
+    log
+}
+
+/// Appends a checkpoint that begins at `begin` and commits it.
+fn checkpoint(log: &mut Log, begin: u64) {
+    let record = Record::CheckpointBegin {
+        last_message_id: None,
+    };
+    log.append(Lsn(begin), &record);
+    let end = Record::CheckpointEnd { begin: Lsn(begin) };
+    log.append(Lsn(begin + 1), &end);
+    log.commit(0).unwrap();
+    run(log, 0);
+}
+
+/// Deletes what `take_compaction` offers, as the shell does; returns it.
+fn compact(log: &mut Log) -> Option<Vec<u64>> {
+    let Compaction::Delete(dead) = log.take_compaction()? else {
+        panic!("every checkpoint here has a segment of its own");
+    };
+    for &segment in &dead {
+        log.deleted(segment);
+    }
+    Some(dead.iter().map(|lsn| lsn.0).collect())
+}
+
+fn segments(log: &Log) -> Vec<u64> {
+    log.segments().map(|lsn| lsn.0).collect()
+}
+
+#[test]
+fn a_hold_keeps_dead_segments_until_it_moves_past_them_without_another_checkpoint() {
+    let mut log = checkpointed(Some(Lsn(1)));
+    assert_eq!(compact(&mut log), None, "segment 1 holds the held record");
+    assert_eq!(segments(&log), [1, 3, 5, 7, 9, 11, 13]);
+    // The reader caught up to 5: the segments wholly before it go, the next call has none.
+    log.hold_from(Some(Lsn(5)));
+    assert_eq!(compact(&mut log), Some(vec![1, 3]));
+    assert_eq!(compact(&mut log), None);
+    // Not while a commit's commands are outstanding: the call after it offers them.
+    log.hold_from(Some(Lsn(9)));
+    append(&mut log, 15..=15);
+    log.commit(0).unwrap();
+    assert_eq!(log.take_compaction(), None, "busy");
+    run(&mut log, 0);
+    assert_eq!(compact(&mut log), Some(vec![5, 7]));
+    // A hold past the checkpoint's begin deletes no more than the checkpoint made dead.
+    log.hold_from(Some(Lsn(100)));
+    assert_eq!(compact(&mut log), Some(vec![9, 11]));
+    assert_eq!(segments(&log), [13]);
+    assert_eq!(log.locate(Lsn(12)), Err(ReadError::NotInLog(Lsn(12))));
+    assert_eq!(compact(&mut log), None);
+}
+
+#[test]
+fn without_a_hold_a_checkpoint_deletes_every_segment_before_it() {
+    let mut log = checkpointed(None);
+    assert_eq!(compact(&mut log), Some(vec![1, 3, 5, 7, 9, 11]));
+    assert_eq!(compact(&mut log), None, "once");
+    // Releasing a hold is the same as never having had one.
+    let mut log = checkpointed(Some(Lsn(3)));
+    assert_eq!(compact(&mut log), Some(vec![1]));
+    log.hold_from(None);
+    assert_eq!(compact(&mut log), Some(vec![3, 5, 7, 9, 11]));
+    assert_eq!(segments(&log), [13]);
+}
+
+#[test]
+fn a_hold_in_the_middle_of_a_segment_keeps_it_and_deletes_the_older_ones() {
+    let mut log = checkpointed(Some(Lsn(8)));
+    assert_eq!(compact(&mut log), Some(vec![1, 3, 5]));
+    assert_eq!(
+        log.locate(Lsn(7)),
+        Ok(Place::File {
+            segment: Lsn(7),
+            offset: HEADER
+        }),
+        "the held record's segment mate stays readable too"
+    );
+    // At a segment's first record the segment before it goes.
+    log.hold_from(Some(Lsn(9)));
+    assert_eq!(compact(&mut log), Some(vec![7]));
+    // A hold moved back keeps what is left; what is gone stays gone.
+    log.hold_from(Some(Lsn(2)));
+    assert_eq!(compact(&mut log), None);
+    assert_eq!(segments(&log), [9, 11, 13]);
+}
+
+#[test]
+fn a_later_checkpoint_replaces_the_dead_bound_while_a_hold_is_set() {
+    let mut log = checkpointed(Some(Lsn(4)));
+    assert_eq!(compact(&mut log), Some(vec![1]));
+    append(&mut log, 15..=20);
+    log.commit(0).unwrap();
+    run(&mut log, 0);
+    let begin = 21;
+    checkpoint(&mut log, begin);
+    let before = segments(&log);
+    assert_eq!(before.last(), Some(&begin));
+    assert_eq!(compact(&mut log), None, "segment 3 holds the held record");
+    // The bound is now the later begin: a released hold takes everything before it.
+    log.hold_from(None);
+    assert_eq!(compact(&mut log), Some(before[..before.len() - 1].to_vec()));
+    assert_eq!(segments(&log), [begin]);
+}
+
+#[test]
+fn a_deletion_that_failed_is_tried_again_at_the_next_checkpoint_not_at_every_call() {
+    let mut log = checkpointed(Some(Lsn(5)));
+    assert_eq!(
+        log.take_compaction(),
+        Some(Compaction::Delete(vec![Lsn(1), Lsn(3)]))
+    );
+    // The shell could not delete segment 1 and stopped.
+    log.hold_from(Some(Lsn(9)));
+    assert_eq!(log.take_compaction(), None);
+    append(&mut log, 15..=15);
+    log.commit(0).unwrap();
+    run(&mut log, 0);
+    assert_eq!(log.take_compaction(), None);
+    checkpoint(&mut log, 16);
+    assert_eq!(compact(&mut log), Some(vec![1, 3, 5, 7]));
+}
+
 #[test]
 fn a_failure_stops_everything_until_the_rewrite_from_the_safe_point() {
     let m = message_bytes() as usize;

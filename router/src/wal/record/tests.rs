@@ -197,6 +197,9 @@ fn samples() -> Vec<Record> {
             read: vec![],
             last_by: None,
         })),
+        Record::Expired {
+            message_ids: vec![MessageId(0), MessageId(1 << 40), MessageId(u64::MAX)],
+        },
     ]
 }
 
@@ -283,6 +286,17 @@ fn a_record_over_the_caps_fails_the_check() {
     assert!(message(largest + 1).check().is_err());
     // The bound the start-up check uses covers the largest message it admits.
     assert!(message_payload_bytes_max(largest, 0) >= message(largest).payload_bytes());
+
+    let expired = |n: u64| Record::Expired {
+        message_ids: (0..n).map(MessageId).collect(),
+    };
+    let most = expired(EXPIRED_IDS_MAX as u64);
+    assert_eq!(most.check(), Ok(()));
+    let mut bytes = Vec::new();
+    encode_record(&most, Lsn(1), &mut bytes);
+    assert_eq!(decode_record(&bytes).map(|r| r.1), Some(most));
+    assert!(expired(EXPIRED_IDS_MAX as u64 + 1).check().is_err());
+    assert!(expired(0).check().is_err());
 }
 
 #[test]
@@ -378,6 +392,16 @@ fn undecodable_payloads_are_errors() {
     ]);
     check(&[KIND_RECEIPT_HANDED_OVER, 0, 0, 0, 0, 0, 0, 0, 0, 3]);
     check(&[KIND_CHECKPOINT_END, 0, 0, 0, 0, 0, 0, 0, 0]);
+    // No ids, a count past the bytes, a cut id.
+    check(&[KIND_EXPIRED, 0, 0, 0, 0]);
+    check(&[KIND_EXPIRED, 0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0, 0, 0, 0, 0]);
+    check(&[KIND_EXPIRED, 1, 0, 0, 0, 1, 0, 0]);
+    assert_eq!(
+        decode_payload(&[KIND_EXPIRED, 1, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0]),
+        Ok(Record::Expired {
+            message_ids: vec![MessageId(7)]
+        })
+    );
     assert_eq!(
         decode_payload(&[KIND_RECEIPTS_FLUSHED, 1, b'a']),
         Ok(Record::ReceiptsFlushed { user: user("a") })
@@ -502,6 +526,9 @@ fn arb_record() -> impl Strategy<Value = Record> {
                 }
             }),
         (1..u64::MAX).prop_map(|begin| Record::CheckpointEnd { begin: Lsn(begin) }),
+        proptest::collection::vec(any::<u64>(), 1..20).prop_map(|ids| Record::Expired {
+            message_ids: ids.into_iter().map(MessageId).collect(),
+        }),
     ]
 }
 

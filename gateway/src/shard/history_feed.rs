@@ -1,0 +1,236 @@
+//! A shard's side of history: the message records its log made durable, handed to the
+//! history thread in order; the hold on the log's segments until the thread has them for
+//! good; and the pages its router asked for, until they come back.
+//!
+//! The router loop owns one [`HistoryFeed`]. Each 1:1 message record it appends is noted
+//! (`appended`); once a commit makes records durable, those up to the durable lsn go to the
+//! thread as one [`Feed`] (`durable`), or wait in the backlog while its queue is full. The
+//! log must keep every record from the oldest one not yet held by the thread
+//! (`hold_from`). A backlog at `history_backlog_records_max` is backpressure: the loop
+//! takes no new input until the thread catches up (`full`). A checkpoint's copy of a
+//! message the feed already took (an id not above the last one noted) is not noted again.
+
+use std::collections::VecDeque;
+use std::sync::mpsc;
+
+use router::wal::{Lsn, Record};
+use router::{ConnId, ShardId};
+use wire::{
+    Correlation, ErrorCode, ErrorMessage, GroupId, HistoryRequest, MessageId, ServerMessage,
+    Target, UserId,
+};
+
+use crate::storage::history::{Fed, Feed, History, Job, PageQuery, PageReply, ShardAnswer};
+
+#[derive(Debug)]
+pub struct HistoryFeed {
+    shard: ShardId,
+    history: History,
+    answers: mpsc::Receiver<ShardAnswer>,
+    /// An answer taken off the channel by `has_answer`, not yet by `next_answer`.
+    answer: Option<ShardAnswer>,
+    /// Durable or not, noted and not yet sent, in lsn order.
+    backlog: VecDeque<Fed>,
+    backlog_max: usize,
+    /// Feeds sent and not yet held: (first lsn, through), in order.
+    in_flight: VecDeque<(Lsn, Lsn)>,
+    last_noted: Option<MessageId>,
+    pages_in_flight: usize,
+    pages_in_flight_max: usize,
+}
+
+impl HistoryFeed {
+    /// `backlog`: the records recovery found after what the thread holds.
+    pub fn new(
+        shard: ShardId,
+        history: History,
+        answers: mpsc::Receiver<ShardAnswer>,
+        backlog_max: usize,
+        pages_in_flight_max: usize,
+    ) -> HistoryFeed {
+        HistoryFeed {
+            shard,
+            history,
+            answers,
+            answer: None,
+            backlog: VecDeque::new(),
+            backlog_max,
+            in_flight: VecDeque::new(),
+            last_noted: None,
+            pages_in_flight: 0,
+            pages_in_flight_max,
+        }
+    }
+
+    /// The last record of this shard's log the thread holds, as it was at start.
+    pub fn held(&self) -> Lsn {
+        self.history.held(self.shard)
+    }
+
+    /// A record recovery read back: noted if the thread does not hold it yet. `members`
+    /// as for `appended` (after a crash, a group's members as recovery left them).
+    pub fn recovered(
+        &mut self,
+        lsn: Lsn,
+        record: &Record,
+        held: Lsn,
+        members: impl FnOnce(GroupId) -> Option<Vec<(UserId, bool)>>,
+    ) {
+        match record {
+            Record::Message(message) if lsn <= held => {
+                self.last_noted = self.last_noted.max(Some(message.id));
+            }
+            _ => self.appended(lsn, record, members),
+        }
+    }
+
+    /// A record appended to the log. `members` says who is in a group now (the router's
+    /// `group_members`), asked only for a group message and only while someone keeps
+    /// history.
+    pub fn appended(
+        &mut self,
+        lsn: Lsn,
+        record: &Record,
+        members: impl FnOnce(GroupId) -> Option<Vec<(UserId, bool)>>,
+    ) {
+        let Record::Message(message) = record else {
+            return;
+        };
+        if self.last_noted >= Some(message.id) {
+            return;
+        }
+        self.last_noted = Some(message.id);
+        let members = match message.to {
+            Target::Group(group) if self.history.anyone_keeps() => members(group)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(user, _)| user)
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.backlog.push_back(Fed {
+            lsn,
+            message: message.clone(),
+            members,
+        });
+    }
+
+    /// Records up to `durable` are in the log for good: hands them to the thread, unless its
+    /// queue is full (then they wait for the next commit or tick).
+    pub fn durable(&mut self, durable: Lsn) {
+        let ready = self.backlog.partition_point(|fed| fed.lsn <= durable);
+        if ready == 0 {
+            return;
+        }
+        let messages: Vec<_> = self.backlog.drain(..ready).collect();
+        let first = messages[0].lsn;
+        let feed = Feed {
+            shard: self.shard,
+            through: durable,
+            messages,
+        };
+        match self.history.try_send(Job::Feed(feed)) {
+            Ok(()) => self.in_flight.push_back((first, durable)),
+            Err(Job::Feed(feed)) => {
+                for item in feed.messages.into_iter().rev() {
+                    self.backlog.push_front(item);
+                }
+            }
+            Err(_) => unreachable!("the job given back is the one sent"),
+        }
+    }
+
+    /// The oldest record the log must keep for the thread, if any.
+    pub fn hold_from(&mut self) -> Option<Lsn> {
+        let held = self.history.held(self.shard);
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|&(_, through)| through <= held)
+        {
+            self.in_flight.pop_front();
+        }
+        self.in_flight
+            .front()
+            .map(|&(first, _)| first)
+            .or_else(|| self.backlog.front().map(|fed| fed.lsn))
+    }
+
+    /// Whether the backlog is at its bound: no new input until the thread takes some.
+    pub fn full(&self) -> bool {
+        self.backlog.len() >= self.backlog_max
+    }
+
+    /// Whether records wait for a queue that was full (the loop retries soon).
+    pub fn waiting(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// Asks the thread for a page for `conn`; the error to send at once if it cannot.
+    pub fn ask(
+        &mut self,
+        conn: ConnId,
+        user: UserId,
+        request: HistoryRequest,
+    ) -> Option<ServerMessage> {
+        let correlation = Correlation::ReqId(request.req_id);
+        if self.pages_in_flight >= self.pages_in_flight_max {
+            return Some(overloaded(correlation));
+        }
+        let job = Job::Page {
+            query: PageQuery {
+                user,
+                chat: request.with,
+                before: request.before,
+                limit: request.limit as usize,
+            },
+            reply: PageReply::Shard {
+                shard: self.shard,
+                conn,
+                req_id: request.req_id,
+            },
+        };
+        match self.history.try_send(job) {
+            Ok(()) => {
+                self.pages_in_flight += 1;
+                None
+            }
+            Err(_) => Some(overloaded(correlation)),
+        }
+    }
+
+    /// Whether the thread sent something back (the loop's last look before it sleeps).
+    pub fn has_answer(&mut self) -> bool {
+        if self.answer.is_none() {
+            self.answer = self.answers.try_recv().ok();
+        }
+        self.answer.is_some()
+    }
+
+    /// The next page (or error) the thread sent back for a connection.
+    pub fn next_answer(&mut self) -> Option<ShardAnswer> {
+        let answer = self
+            .answer
+            .take()
+            .or_else(|| self.answers.try_recv().ok())?;
+        self.pages_in_flight -= 1;
+        Some(answer)
+    }
+}
+
+fn overloaded(correlation: Correlation) -> ServerMessage {
+    let mut message = error(ErrorCode::Overloaded, "history is busy; retry", correlation);
+    if let ServerMessage::Error(error) = &mut message {
+        error.retry_after_ms = Some(100);
+    }
+    message
+}
+
+fn error(code: ErrorCode, text: &str, correlation: Correlation) -> ServerMessage {
+    ServerMessage::Error(ErrorMessage {
+        code,
+        message: text.into(),
+        correlation,
+        retry_after_ms: None,
+    })
+}
