@@ -168,7 +168,13 @@ impl RouterShard {
             Err(refusal) => GroupAnswer::Refused(refusal),
         };
         // A read answers what the log says once it is durable: never a change that a crash
-        // could still undo.
+        // could still undo. When that wait would pass the gate's bound, it is refused as
+        // busy at once (a refusal of that kind says nothing a crash could undo).
+        if self.last_lsn > self.durable_lsn && self.pending_full(1) {
+            let answer = GroupAnswer::Refused(GroupRefusal::Busy);
+            outputs.push(Output::GroupAnswer { token, answer });
+            return;
+        }
         self.gate(self.last_lsn, Pending::Answer { token, answer }, outputs);
     }
 

@@ -59,6 +59,45 @@ fn a_full_pending_queue_is_backpressure() {
 }
 
 #[test]
+fn a_group_read_that_would_pass_the_full_pending_queue_is_refused_busy_not_a_crash() {
+    let config = Config {
+        pending_outputs_max: 4,
+        ..Config::DEFAULT
+    };
+    let mut h = Harness::new(config);
+    let (alice, bob) = (user("alice"), user("bob"));
+    h.client(conn(1), &alice, send_to(&bob, 1));
+    h.client(conn(1), &alice, send_to(&bob, 2));
+    assert_eq!(h.shard.stats().pending_outputs, 4, "the gate is full");
+    let read = |h: &mut Harness| {
+        let outputs = h.step(Input::Group {
+            token: 5,
+            user: alice.clone(),
+            request: crate::shard::GroupRequest::List,
+        });
+        outputs
+            .into_iter()
+            .filter_map(|output| match output {
+                Output::GroupAnswer { token: 5, answer } => Some(answer),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        read(&mut h),
+        vec![crate::shard::GroupAnswer::Refused(
+            crate::shard::GroupRefusal::Busy
+        )]
+    );
+    // Once the log is durable the same read is answered.
+    h.sync();
+    assert_eq!(
+        read(&mut h),
+        vec![crate::shard::GroupAnswer::Groups(Vec::new())]
+    );
+}
+
+#[test]
 fn an_unwritable_log_refuses_new_messages_and_acknowledges_what_it_holds_once_durable() {
     let mut h = Harness::new(Config::DEFAULT);
     let (alice, bob) = (user("alice"), user("bob"));
