@@ -40,6 +40,10 @@ pub enum Command {
     /// G groups of N members, every member connected; one sender per group sends to its group
     /// at a fixed total rate (open loop), every other member acknowledges delivery.
     Fanout(FanoutArgs),
+    /// `pairs` while reader connections page through a chat seeded with --history-seed
+    /// stored messages (`history` requests, open loop at --history-rate); reports the page
+    /// latency beside the message path's.
+    History(HistoryArgs),
     /// Plot the side-by-side comparison's results (bench/compare.py's JSON) as SVG: the
     /// throughput and ack p99 of every peer at every rung of the ladder.
     Plot(PlotArgs),
@@ -75,6 +79,7 @@ pub enum ScenarioArgs {
     Churn(ChurnArgs),
     Echo(EchoArgs),
     Fanout(FanoutArgs),
+    History(HistoryArgs),
 }
 
 impl ScenarioArgs {
@@ -86,6 +91,7 @@ impl ScenarioArgs {
             ScenarioArgs::Churn(args) => &args.pairs.common,
             ScenarioArgs::Echo(args) => &args.pairs.common,
             ScenarioArgs::Fanout(args) => &args.common,
+            ScenarioArgs::History(args) => &args.pairs.common,
         }
     }
 
@@ -97,6 +103,7 @@ impl ScenarioArgs {
             ScenarioArgs::Churn(args) => &mut args.pairs.common,
             ScenarioArgs::Echo(args) => &mut args.pairs.common,
             ScenarioArgs::Fanout(args) => &mut args.common,
+            ScenarioArgs::History(args) => &mut args.pairs.common,
         }
     }
 
@@ -109,6 +116,7 @@ impl ScenarioArgs {
             ScenarioArgs::Churn(args) => Some(&args.pairs),
             ScenarioArgs::Echo(args) => Some(&args.pairs),
             ScenarioArgs::Fanout(_) => None,
+            ScenarioArgs::History(args) => Some(&args.pairs),
         }
     }
 
@@ -412,6 +420,106 @@ impl FanoutArgs {
     }
 }
 
+/// `history` runs the pairs load (its flags) while reader connections of one user page
+/// through a chat that holds `--history-seed` stored messages, seeded before the run unless
+/// `--history-seeded` says an earlier run did.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub pairs: PairsArgs,
+
+    /// The server's HTTP API, HOST:PORT or http://HOST:PORT: the reader's history_storage is
+    /// set there (PUT /v1/user/settings) before the seeding.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub http_addr: String,
+
+    /// Messages to store in the chat of --history-user and --history-peer before the run
+    /// (not measured), sent both ways as fast as the acknowledgements allow.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub history_seed: u64,
+
+    /// The chat was seeded by an earlier run against the same server (and data directory):
+    /// no seeding; the seeded range is read back from the server's history.
+    #[arg(long)]
+    pub history_seeded: bool,
+
+    /// Seeding: most messages sent and not yet acknowledged, both users together.
+    #[arg(long, default_value_t = 1000)]
+    pub history_window: usize,
+
+    /// Seeding: characters of content of each seeded message (at most 1000).
+    #[arg(long, default_value_t = 100)]
+    pub history_content_chars: usize,
+
+    /// Seeding: longest wait, once the last message is acknowledged, for the newest page to
+    /// show it (the index takes messages once they are durable).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[serde(with = "duration_text")]
+    pub history_index_timeout: Duration,
+
+    /// `history` requests per second over all readers, on schedule whatever the answers
+    /// (open loop); 0 runs the pairs load alone, for the comparison.
+    #[arg(long, default_value_t = 200.0)]
+    pub history_rate: f64,
+
+    /// Messages per page asked (`limit`, 1 to 100).
+    #[arg(long, default_value_t = 20)]
+    pub history_limit: u32,
+
+    /// Reader connections (all of --history-user), sharing --history-rate.
+    #[arg(long, default_value_t = 1)]
+    pub history_readers: usize,
+
+    /// Share of the requests that ask for the newest page (no `before`); the others ask for
+    /// the page before a random point of the seeded range.
+    #[arg(long, default_value_t = 0.5)]
+    pub history_newest_share: f64,
+
+    /// Seed of the random `before`s: the same seed gives the same requests.
+    #[arg(long, default_value_t = 1)]
+    pub history_pick_seed: u64,
+
+    /// The user who keeps history (history_storage 90) and reads it.
+    #[arg(long, default_value = "hist-reader")]
+    pub history_user: String,
+
+    /// The other user of the seeded chat.
+    #[arg(long, default_value = "hist-peer")]
+    pub history_peer: String,
+
+    /// The seeded chat's oldest and newest message ids, found before the run (by the seeding,
+    /// or read back with --history-seeded): not a flag, handed to the worker processes.
+    #[arg(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeded: Option<SeededRange>,
+}
+
+/// The ids of the oldest and the newest message of the seeded chat. Message ids are
+/// time-ordered, so a `before` drawn evenly between them falls evenly over the seeding's
+/// time. Written as decimal strings in JSON, as the protocol writes message ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeededRange {
+    #[serde(with = "id_text")]
+    pub oldest: u64,
+    #[serde(with = "id_text")]
+    pub newest: u64,
+}
+
+/// Message ids as decimal strings in JSON (a JavaScript number loses them past 2^53).
+pub mod id_text {
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(id: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&id.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Writes a duration the way [`parse_duration`] reads it back.
 pub fn format_duration(duration: Duration) -> String {
     if duration.subsec_nanos() == 0 {
@@ -653,6 +761,79 @@ mod tests {
         };
         assert_eq!((back.groups, back.group_size), (3, 10));
         assert_eq!(back.rate, 30.0);
+    }
+
+    #[test]
+    fn history_takes_the_pairs_flags_and_its_own() {
+        let cli = Cli::try_parse_from([
+            "switchboard-loadgen",
+            "history",
+            "--jwt-secret",
+            "s",
+            "--conns",
+            "20",
+            "--rate",
+            "5000",
+            "--history-rate",
+            "0",
+            "--history-seeded",
+            "--history-limit",
+            "50",
+        ])
+        .unwrap();
+        let Command::History(mut args) = cli.command else {
+            panic!("not history")
+        };
+        assert_eq!(args.pairs.common.conns, 20);
+        assert_eq!(args.pairs.rate, 5000.0);
+        assert_eq!(args.history_rate, 0.0);
+        assert!(args.history_seeded);
+        assert_eq!(args.history_limit, 50);
+        // The defaults.
+        assert_eq!(args.history_seed, 1_000_000);
+        assert_eq!(args.history_window, 1000);
+        assert_eq!(args.history_content_chars, 100);
+        assert_eq!(args.history_readers, 1);
+        assert_eq!(args.history_newest_share, 0.5);
+        assert_eq!(args.history_pick_seed, 1);
+        assert_eq!(args.history_user, "hist-reader");
+        assert_eq!(args.history_peer, "hist-peer");
+        assert_eq!(args.http_addr, "127.0.0.1:8081");
+        assert_eq!(args.history_index_timeout, Duration::from_secs(60));
+        assert_eq!(args.seeded, None);
+        // The seeded range is no flag: it crosses to the workers in the JSON form, its ids as
+        // strings.
+        args.seeded = Some(SeededRange {
+            oldest: 7_213_509_893_634_048_001,
+            newest: u64::MAX,
+        });
+        let json = serde_json::to_value(ScenarioArgs::History(args)).unwrap();
+        assert_eq!(json["scenario"], "history");
+        assert_eq!(json["history_rate"], 0.0);
+        assert_eq!(json["history_index_timeout"], "60s");
+        assert_eq!(json["seeded"]["oldest"], "7213509893634048001");
+        assert_eq!(json["seeded"]["newest"], "18446744073709551615");
+        let back: ScenarioArgs = serde_json::from_value(json).unwrap();
+        assert_eq!(back.pairs().unwrap().rate, 5000.0);
+        assert_eq!(back.drain(), Some(Duration::from_secs(5)));
+        let ScenarioArgs::History(back) = back else {
+            panic!("not history")
+        };
+        assert_eq!(back.seeded.unwrap().newest, u64::MAX);
+        assert_eq!(back.history_limit, 50);
+        // Not seeded yet: no field at all.
+        let cli = Cli::try_parse_from(["switchboard-loadgen", "history"]).unwrap();
+        let Command::History(args) = cli.command else {
+            panic!("not history")
+        };
+        assert!(!args.history_seeded);
+        assert_eq!(args.history_rate, 200.0);
+        assert_eq!(args.history_limit, 20);
+        let json = serde_json::to_value(ScenarioArgs::History(args)).unwrap();
+        assert!(json.get("seeded").is_none());
+        assert!(
+            Cli::try_parse_from(["switchboard-loadgen", "history", "--history-seed", "x"]).is_err()
+        );
     }
 
     #[test]

@@ -229,6 +229,18 @@ pub fn encode_join(group_id: &str) -> String {
     format!(r#"{{"type":"join","group_id":{group_id}}}"#)
 }
 
+/// `history` of the chat with user `with`: `limit` messages before message `before`, or the
+/// newest when `before` is `None`, newest first.
+pub fn encode_history(req_id: u64, with: &str, before: Option<u64>, limit: u32) -> String {
+    let with = serde_json::to_string(with).expect("a string serializes");
+    match before {
+        Some(before) => format!(
+            r#"{{"type":"history","req_id":{req_id},"with":{with},"limit":{limit},"before":"{before}"}}"#
+        ),
+        None => format!(r#"{{"type":"history","req_id":{req_id},"with":{with},"limit":{limit}}}"#),
+    }
+}
+
 /// `message_delivered` for up to [`DELIVERED_IDS_MAX`] message ids.
 pub fn encode_message_delivered(message_ids: &[u64]) -> String {
     debug_assert!(!message_ids.is_empty() && message_ids.len() <= DELIVERED_IDS_MAX);
@@ -271,6 +283,16 @@ pub enum ServerMessage<'a> {
         code: Cow<'a, str>,
         message: Cow<'a, str>,
         client_msg_id: Option<u64>,
+        /// The `req_id` of the request it answers (`history`).
+        req_id: Option<u64>,
+        /// How long to wait before asking again (`rate_limited`, `overloaded`).
+        retry_after_ms: Option<u64>,
+    },
+    /// A page of history answering the request `req_id`: its messages' ids, newest first.
+    History {
+        req_id: u64,
+        message_ids: Vec<u64>,
+        more: bool,
     },
     Other {
         kind: Cow<'a, str>,
@@ -318,6 +340,16 @@ struct RawServerMessage<'a> {
     code: Option<Cow<'a, str>>,
     #[serde(borrow)]
     message: Option<Cow<'a, str>>,
+    req_id: Option<Integer>,
+    retry_after_ms: Option<Integer>,
+    messages: Option<Vec<HistoryEntry>>,
+    more: Option<bool>,
+}
+
+/// One message of a `history` page, as far as the load generator reads it.
+#[derive(Deserialize)]
+struct HistoryEntry {
+    message_id: Integer,
 }
 
 /// Reads one server message; the error says what is wrong with it.
@@ -351,6 +383,18 @@ pub fn decode_server_message(text: &str) -> Result<ServerMessage<'_>, String> {
             code: raw.code.unwrap_or_default(),
             message: raw.message.unwrap_or_default(),
             client_msg_id: raw.client_msg_id.map(|integer| integer.0),
+            req_id: raw.req_id.map(|integer| integer.0),
+            retry_after_ms: raw.retry_after_ms.map(|integer| integer.0),
+        },
+        "history" => ServerMessage::History {
+            req_id: need(raw.req_id, "req_id")?,
+            message_ids: raw
+                .messages
+                .ok_or("history without messages")?
+                .into_iter()
+                .map(|entry| entry.message_id.0)
+                .collect(),
+            more: raw.more.ok_or("history without more")?,
         },
         _ => ServerMessage::Other { kind: raw.kind },
     })
@@ -416,7 +460,42 @@ mod tests {
                 code: "too_large".into(),
                 message: "content is longer".into(),
                 client_msg_id: Some(7),
+                req_id: None,
+                retry_after_ms: None,
             }),
+        );
+        check(
+            r#"{"type":"error","code":"overloaded","message":"history is busy; retry","req_id":"9","retry_after_ms":100}"#,
+            Ok(ServerMessage::Error {
+                code: "overloaded".into(),
+                message: "history is busy; retry".into(),
+                client_msg_id: None,
+                req_id: Some(9),
+                retry_after_ms: Some(100),
+            }),
+        );
+        check(
+            r#"{"type":"history","req_id":3,"messages":[{"message_id":"7213509893634048002","from":"bob","to":"alice","content":"Hi Alice","timestamp":1767225605000},{"message_id":"7213509893634048001","from":"alice","to":"bob","content":"Hello, Bob!","timestamp":1767225600000}],"more":true}"#,
+            Ok(ServerMessage::History {
+                req_id: 3,
+                message_ids: vec![7213509893634048002, 7213509893634048001],
+                more: true,
+            }),
+        );
+        check(
+            r#"{"type":"history","req_id":4,"messages":[],"more":false}"#,
+            Ok(ServerMessage::History {
+                req_id: 4,
+                message_ids: Vec::new(),
+                more: false,
+            }),
+        );
+        check(r#"{"type":"history","messages":[],"more":false}"#, Err(()));
+        check(r#"{"type":"history","req_id":4,"more":false}"#, Err(()));
+        check(r#"{"type":"history","req_id":4,"messages":[]}"#, Err(()));
+        check(
+            r#"{"type":"history","req_id":4,"messages":[{"from":"bob"}],"more":false}"#,
+            Err(()),
         );
         check(
             r#"{"type":"presence","user":"bob","online":true,"last_seen":null}"#,
@@ -453,6 +532,14 @@ mod tests {
             r#"{"type":"send_message","client_msg_id":4,"group_id":"g:12","content":"t=1 s=3"}"#
         );
         assert_eq!(encode_join("g:12"), r#"{"type":"join","group_id":"g:12"}"#);
+        assert_eq!(
+            encode_history(5, "hist-peer", None, 20),
+            r#"{"type":"history","req_id":5,"with":"hist-peer","limit":20}"#
+        );
+        assert_eq!(
+            encode_history(6, "hist-peer", Some(7213509893634048001), 100),
+            r#"{"type":"history","req_id":6,"with":"hist-peer","limit":100,"before":"7213509893634048001"}"#
+        );
         assert_eq!(
             encode_message_delivered(&[1, 18446744073709551615]),
             r#"{"type":"message_delivered","message_ids":["1","18446744073709551615"]}"#

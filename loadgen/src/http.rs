@@ -1,5 +1,6 @@
 //! A small HTTP/1.1 client for the server's JSON API, which `fanout` uses to create its
-//! groups (`POST /v1/groups`) before the load starts.
+//! groups (`POST /v1/groups`) before the load starts, and `history` to set its reader's
+//! `history_storage` (`PUT /v1/user/settings`) before it seeds the chat.
 //!
 //! One request per TCP connection with `Connection: close`, the answer read to the end of the
 //! stream (bounded) and parsed with `httparse`; a body with `Content-Length` or in chunks.
@@ -90,8 +91,32 @@ pub async fn post_json(
     body: &str,
     timeout: Duration,
 ) -> anyhow::Result<Answer> {
+    request_json(target, "POST", path, bearer, body, timeout).await
+}
+
+/// `PUT path` with a JSON body and a bearer token; the answer whatever its status. Gives up
+/// after `timeout`.
+pub async fn put_json(
+    target: &HttpTarget,
+    path: &str,
+    bearer: &str,
+    body: &str,
+    timeout: Duration,
+) -> anyhow::Result<Answer> {
+    request_json(target, "PUT", path, bearer, body, timeout).await
+}
+
+/// `method path` with a JSON body and a bearer token.
+async fn request_json(
+    target: &HttpTarget,
+    method: &str,
+    path: &str,
+    bearer: &str,
+    body: &str,
+    timeout: Duration,
+) -> anyhow::Result<Answer> {
     let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {bearer}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {bearer}\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         target.host,
         body.len()
     );
@@ -113,7 +138,7 @@ pub async fn post_json(
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {timeout:?}"))?
-        .with_context(|| format!("POST {}{path}", target.url))
+        .with_context(|| format!("{method} {}{path}", target.url))
 }
 
 /// Parses a whole answer, as read up to the end of the stream.

@@ -3,9 +3,10 @@
 //!
 //! Exit status: 0 for a clean run, 1 when the run failed (a message lost, a connection that
 //! could not be opened or was dropped, a message never acknowledged, refused or reordered, a
-//! group not formed), 2 when it could not run at all: bad flags, no secret, not one connection
-//! opened (an unreachable URL, a secret the server refuses), or (`fanout`) not one group
-//! formed (a server without groups).
+//! group not formed, a history request refused, unanswered or answered wrong), 2 when it
+//! could not run at all: bad flags, no secret, not one connection opened (an unreachable
+//! URL, a secret the server refuses), (`fanout`) not one group formed (a server without
+//! groups), or (`history`) a chat that could not be seeded or found seeded.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         Command::Storm(args) => run(ScenarioArgs::Storm(args)),
         Command::Churn(args) => run(ScenarioArgs::Churn(args)),
         Command::Echo(args) => run(ScenarioArgs::Echo(args)),
+        Command::History(args) => run(ScenarioArgs::History(args)),
         Command::Fanout(mut args) => {
             // Its groups decide how many connections it opens; a --conns on the command line
             // must agree with them.
@@ -108,6 +110,18 @@ fn run(mut args: ScenarioArgs) -> anyhow::Result<ExitCode> {
     let threads = common.threads.unwrap_or(cores).max(1);
     // Fail early on a URL that cannot work, before any process starts.
     conn::Target::resolve(&common.url)?;
+    let quiet = common.quiet;
+    // `history` seeds its chat (or finds it seeded) before any process starts: the workers
+    // get the seeded range with their orders.
+    let seeded = match &mut args {
+        ScenarioArgs::History(history) => {
+            scenario::history::check_args(history)?;
+            let prepared = scenario::history::prepare(history, &jwt_secret, &run, quiet)?;
+            history.seeded = Some(prepared.range);
+            Some(prepared.report)
+        }
+        _ => None,
+    };
 
     let plan = Plan {
         args,
@@ -142,6 +156,9 @@ fn run(mut args: ScenarioArgs) -> anyhow::Result<ExitCode> {
         .server_pid
         .map(|pid| (pid, monitor.rss, monitor.rss_errors.clone()));
     let mut report = Report::build(&plan, scenario.as_ref(), &outcome, rss);
+    if let Some(history) = &mut report.history {
+        history.seed = seeded;
+    }
     if let (Some(address), Some(before)) = (&common.server_metrics, counters_before) {
         let after = server_counters::read(address);
         let acknowledged = report.counters.acknowledged;

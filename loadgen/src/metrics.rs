@@ -97,6 +97,19 @@ counters! {
     /// Units that could not be set up before the start (`fanout`: groups that could not be
     /// formed); their connections are closed and they take no part in the run.
     setup_errors,
+    /// `history` requests written (`history`).
+    history_sent,
+    /// `history` requests answered by a page.
+    history_answered,
+    /// `history` requests answered by an `error`.
+    history_errors,
+    /// Pages that cannot be right for the seeded chat: empty, longer than the limit, not
+    /// newest first, or holding a message at or after their `before`.
+    history_invalid,
+    /// `history` requests with no answer by the end of the drain.
+    history_unanswered,
+    /// Messages in the answered pages.
+    history_messages,
 }
 
 impl Counters {

@@ -118,6 +118,15 @@ impl Monitor {
                 counters.receipts,
             );
         }
+        if counters.history_sent > 0 {
+            line += &format!(
+                "  pages {}/{}",
+                counters.history_answered, counters.history_sent
+            );
+            if counters.history_errors > 0 {
+                line += &format!(" ({} errors)", counters.history_errors);
+            }
+        }
         let troubles = counters.lost
             + counters.duplicates
             + counters.server_errors

@@ -6,11 +6,12 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{GroupMode, ScenarioArgs, format_duration};
+use crate::cli::{GroupMode, ScenarioArgs, SeededRange, format_duration};
 use crate::engine::{Outcome, Plan};
 use crate::metrics::{CounterSnapshot, Metrics};
 use crate::monitor::RssReadings;
 use crate::scenario::Scenario;
+use crate::scenario::history::{self, SeedReport};
 use crate::scenario::storm::{self, Spike};
 
 /// Names the shape of the JSON report; it changes when a field changes meaning or goes away.
@@ -45,6 +46,9 @@ pub struct Report {
         with = "present_or_null"
     )]
     pub recovery: Option<Option<f64>>,
+    /// `history`: the seeded chat and the pages read from it; absent for the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryReport>,
     /// Present when `--server-pid` was given.
     pub server: Option<ServerReport>,
     /// Present when `--server-metrics` was given.
@@ -120,6 +124,42 @@ mod present_or_null {
     ) -> Result<Option<Option<f64>>, D::Error> {
         Option::<f64>::deserialize(deserializer).map(Some)
     }
+}
+
+/// `history`: how the chat was seeded, what the readers asked and what came back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryReport {
+    /// The reader (who keeps history and pages it) and the other user of the chat.
+    pub user: String,
+    pub peer: String,
+    /// Requests per second over all readers (0: the pairs load alone), messages asked per
+    /// page, reader connections, and the share of requests for the newest page.
+    pub rate: f64,
+    pub limit: u32,
+    pub readers: usize,
+    pub newest_share: f64,
+    /// The chat's oldest and newest message ids, which the `before`s are drawn between.
+    pub seeded: Option<SeededRange>,
+    /// How the chat was seeded (or found seeded); null when the seeding was not reported.
+    pub seed: Option<SeedReport>,
+    pub pages: PagesReport,
+    /// The same as `latency_ms.history_page`.
+    pub page_latency_ms: Option<LatencyReport>,
+}
+
+/// What came of the `history` requests, from the counters of the same names.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct PagesReport {
+    pub sent: u64,
+    pub answered: u64,
+    pub errors: u64,
+    pub invalid: u64,
+    pub unanswered: u64,
+    pub messages: u64,
+    /// Messages per answered page.
+    pub messages_per_page: f64,
+    /// Pages answered per measured second.
+    pub answered_per_second: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -215,6 +255,24 @@ pub fn failures(
         failures.push(format!(
             "{} group(s) could not be formed before the start",
             counters.setup_errors
+        ));
+    }
+    if counters.history_errors > 0 {
+        failures.push(format!(
+            "{} history request(s) answered by an error",
+            counters.history_errors
+        ));
+    }
+    if counters.history_invalid > 0 {
+        failures.push(format!(
+            "{} history page(s) not what the seeded chat holds",
+            counters.history_invalid
+        ));
+    }
+    if counters.history_unanswered > 0 {
+        failures.push(format!(
+            "{} history request(s) never answered",
+            counters.history_unanswered
         ));
     }
     failures
@@ -334,6 +392,42 @@ impl Report {
             errors,
         });
 
+        let history = match &plan.args {
+            ScenarioArgs::History(args) => Some(HistoryReport {
+                user: args.history_user.clone(),
+                peer: args.history_peer.clone(),
+                rate: args.history_rate,
+                limit: args.history_limit,
+                readers: if args.history_rate > 0.0 {
+                    args.history_readers
+                } else {
+                    0
+                },
+                newest_share: args.history_newest_share,
+                seeded: args.seeded,
+                seed: None,
+                pages: PagesReport {
+                    sent: counters.history_sent,
+                    answered: counters.history_answered,
+                    errors: counters.history_errors,
+                    invalid: counters.history_invalid,
+                    unanswered: counters.history_unanswered,
+                    messages: counters.history_messages,
+                    messages_per_page: if counters.history_answered > 0 {
+                        counters.history_messages as f64 / counters.history_answered as f64
+                    } else {
+                        0.0
+                    },
+                    answered_per_second: throughput_per_second
+                        .get("history_answered")
+                        .copied()
+                        .unwrap_or(0.0),
+                },
+                page_latency_ms: latency_ms.get(history::PAGE.0).cloned(),
+            }),
+            _ => None,
+        };
+
         let connect_seconds = outcome.connect.seconds();
         Report {
             schema: SCHEMA.to_owned(),
@@ -364,6 +458,7 @@ impl Report {
             },
             spike,
             recovery,
+            history,
             server,
             server_counters: None,
             error_samples: outcome.metrics.error_samples.clone(),
@@ -452,6 +547,36 @@ impl Report {
                     format_duration(args.warmup),
                     format_duration(args.drain)
                 );
+            }
+            ScenarioArgs::History(args) => {
+                let pairs = &args.pairs;
+                let _ = writeln!(
+                    out,
+                    "- {} pairs, {} messages/s in all (open loop), {} measured after {} of warmup, drain up to {}",
+                    common.conns / 2,
+                    pairs.rate,
+                    format_duration(pairs.duration),
+                    format_duration(pairs.warmup),
+                    format_duration(pairs.drain)
+                );
+                if args.history_rate > 0.0 {
+                    let _ = writeln!(
+                        out,
+                        "- meanwhile {} reader connection(s) of {} ask {} history pages/s in all (open loop) of the chat with {}, {} messages each, {:.0}% the newest page and the others before a random point of the chat",
+                        args.history_readers,
+                        args.history_user,
+                        args.history_rate,
+                        args.history_peer,
+                        args.history_limit,
+                        args.history_newest_share * 100.0
+                    );
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "- no history reads (--history-rate 0): the pairs load alone beside the seeded chat of {} with {}",
+                        args.history_user, args.history_peer
+                    );
+                }
             }
             ScenarioArgs::Echo(args) => {
                 let pairs = &args.pairs;
@@ -565,6 +690,7 @@ impl Report {
         }
 
         self.spike_markdown(&mut out);
+        self.history_markdown(&mut out);
 
         if let Some(server) = &self.server {
             let mib = |bytes: Option<u64>| {
@@ -627,6 +753,131 @@ impl Report {
 }
 
 impl Report {
+    /// `history`'s section: the seeding, the pages, and the page latency beside the ack's.
+    fn history_markdown(&self, out: &mut String) {
+        let Some(history) = &self.history else {
+            return;
+        };
+        let _ = writeln!(out, "\n### History\n");
+        if let Some(seed) = &history.seed {
+            if seed.skipped {
+                let _ = writeln!(
+                    out,
+                    "- seeding skipped (--history-seeded): the chat of {} with {} holds messages {} to {}, found with {} one-message page(s)",
+                    history.user,
+                    history.peer,
+                    seed.oldest_id,
+                    seed.newest_id,
+                    seed.lookup_requests
+                );
+            } else {
+                let messages = seed.messages.unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "- seeded {messages} messages between {} and {} ({} content characters each, {} bytes of content in all) in {:.3} s: {:.0} messages/s with up to {} in flight; {} retries; the index showed the newest {:.3} s after its acknowledgement{}",
+                    history.user,
+                    history.peer,
+                    seed.content_chars,
+                    seed.payload_bytes,
+                    seed.seconds,
+                    seed.per_second,
+                    seed.window,
+                    seed.retries,
+                    seed.indexed_seconds,
+                    if seed.held_before {
+                        "; the chat held messages before"
+                    } else {
+                        ""
+                    }
+                );
+                let _ = writeln!(
+                    out,
+                    "- message ids {} to {}",
+                    seed.oldest_id, seed.newest_id
+                );
+            }
+        }
+        let pages = &history.pages;
+        let _ = writeln!(
+            out,
+            "\n| pages sent | answered | errors | invalid | unanswered | messages per page | answered per second |\n|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {:.1} | {:.0} |",
+            pages.sent,
+            pages.answered,
+            pages.errors,
+            pages.invalid,
+            pages.unanswered,
+            pages.messages_per_page,
+            pages.answered_per_second
+        );
+        let ack = self.latency_ms.get("ack");
+        let ms = |latency: Option<&LatencyReport>, at: fn(&LatencyReport) -> f64| {
+            latency
+                .filter(|latency| latency.count > 0)
+                .map_or("-".to_owned(), |latency| format!("{:.3}", at(latency)))
+        };
+        let _ = writeln!(
+            out,
+            "\n| latency (ms) | count | p50 | p99 | p99.9 | max |\n|---|---:|---:|---:|---:|---:|"
+        );
+        for (name, latency) in [
+            ("history page", history.page_latency_ms.as_ref()),
+            ("message ack", ack),
+        ] {
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} | {} | {} |",
+                latency.map_or(0, |latency| latency.count),
+                ms(latency, |latency| latency.p50),
+                ms(latency, |latency| latency.p99),
+                ms(latency, |latency| latency.p99_9),
+                ms(latency, |latency| latency.max),
+            );
+        }
+        // Every second: a p99 over the run is often one stall, which this shows.
+        let count = |name: &str, second: usize| {
+            self.series
+                .counts
+                .get(name)
+                .and_then(|counts| counts.get(second))
+                .map_or("-".to_owned(), u64::to_string)
+        };
+        let p99 = |name: &str, second: usize| {
+            self.series
+                .p99_ms
+                .get(name)
+                .and_then(|p99| p99.get(second).copied().flatten())
+                .map_or("-".to_owned(), |value| format!("{value:.3}"))
+        };
+        let seconds = self.series.counts.values().map(Vec::len).max().unwrap_or(0);
+        if seconds > 0 {
+            let _ = writeln!(
+                out,
+                "\n| second | | acknowledged | pages answered | ack p99 (ms) | page p99 (ms) |\n|---:|---|---:|---:|---:|---:|"
+            );
+        }
+        for second in 0..seconds {
+            let phase = if second < self.series.measured_from_second {
+                "warmup"
+            } else if second >= self.series.measured_until_second {
+                "drain"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "| {second} | {phase} | {} | {} | {} | {} |",
+                count("acknowledged", second),
+                count("history_answered", second),
+                p99("ack", second),
+                p99(history::PAGE.0, second)
+            );
+        }
+    }
+
     /// `storm`'s section: the spike, the recovery and the seconds of the run.
     fn spike_markdown(&self, out: &mut String) {
         let Some(spike) = &self.spike else {
@@ -759,5 +1010,154 @@ mod tests {
             ..CounterSnapshot::default()
         };
         assert!(super::failures(&duplicates, 4, None, "never delivered").is_empty());
+    }
+
+    #[test]
+    fn history_faults_are_named() {
+        let pages = CounterSnapshot {
+            history_sent: 10,
+            history_answered: 7,
+            history_errors: 1,
+            history_invalid: 2,
+            history_unanswered: 2,
+            history_messages: 140,
+            ..CounterSnapshot::default()
+        };
+        assert_eq!(
+            failures(&pages, 4, Some("5s"), "never delivered"),
+            vec![
+                "1 history request(s) answered by an error".to_owned(),
+                "2 history page(s) not what the seeded chat holds".to_owned(),
+                "2 history request(s) never answered".to_owned(),
+            ]
+        );
+        let clean = CounterSnapshot {
+            history_sent: 10,
+            history_answered: 10,
+            history_messages: 200,
+            ..CounterSnapshot::default()
+        };
+        assert!(failures(&clean, 4, Some("5s"), "never delivered").is_empty());
+    }
+
+    /// A `history` report from a made-up outcome: its section, the page latency beside the
+    /// ack's, in the JSON and the summary.
+    #[test]
+    fn a_history_report_has_its_section() {
+        use crate::cli::{HistoryArgs, PairsArgs};
+        use crate::engine::ConnectSpan;
+        use crate::scenario::history::History;
+
+        let common: crate::cli::CommonArgs = serde_json::from_value(serde_json::json!({
+            "url": "ws://127.0.0.1:1/ws", "token_ttl": "1h", "conns": 4, "run": null,
+            "encoding": "json", "threads": null, "procs": 1, "source_ips": 1,
+            "connect_concurrency": 1, "connect_timeout": "1s", "server_pid": null,
+            "server_metrics": null, "json": null, "svg": null, "quiet": true
+        }))
+        .unwrap();
+        let args = HistoryArgs {
+            pairs: PairsArgs {
+                common,
+                rate: 100.0,
+                duration: std::time::Duration::from_secs(2),
+                warmup: std::time::Duration::from_secs(1),
+                drain: std::time::Duration::from_secs(5),
+                content_chars: 0,
+            },
+            http_addr: "127.0.0.1:1".into(),
+            history_seed: 1000,
+            history_seeded: false,
+            history_window: 1000,
+            history_content_chars: 100,
+            history_index_timeout: std::time::Duration::from_secs(60),
+            history_rate: 200.0,
+            history_limit: 20,
+            history_readers: 1,
+            history_newest_share: 0.5,
+            history_pick_seed: 1,
+            history_user: "hist-reader".into(),
+            history_peer: "hist-peer".into(),
+            seeded: Some(SeededRange {
+                oldest: 100,
+                newest: 200,
+            }),
+        };
+        let scenario = History::new(&args).unwrap();
+        let mut metrics = Metrics::default();
+        for millis in 1..=100u64 {
+            metrics.record_latency("history_page", millis * 10_000);
+            metrics.record_latency("ack", millis * 20_000);
+        }
+        for second in 0..3 {
+            for _ in 0..200 {
+                metrics.count_in_second("history_answered", second);
+            }
+        }
+        let outcome = Outcome {
+            counters: CounterSnapshot {
+                conns_opened: 4,
+                history_sent: 600,
+                history_answered: 600,
+                history_messages: 12_000,
+                ..CounterSnapshot::default()
+            },
+            metrics,
+            connect: ConnectSpan {
+                started: 0,
+                finished: 1,
+            },
+        };
+        let plan = Plan {
+            args: ScenarioArgs::History(args),
+            jwt_secret: String::new(),
+            run: "r".into(),
+            threads: 1,
+            procs: 1,
+        };
+        let mut report = Report::build(&plan, &scenario, &outcome, None);
+        assert!(report.ok, "{:?}", report.failures);
+        let history = report.history.as_mut().unwrap();
+        assert_eq!(history.pages.sent, 600);
+        assert_eq!(history.pages.messages_per_page, 20.0);
+        assert_eq!(history.pages.answered_per_second, 200.0);
+        assert_eq!(history.readers, 1);
+        let page = history.page_latency_ms.clone().unwrap();
+        assert_eq!(page.count, 100);
+        assert!((page.p99 - 0.99).abs() < 0.01, "{page:?}");
+        history.seed = Some(SeedReport {
+            skipped: false,
+            messages: Some(1000),
+            held_before: false,
+            seconds: 0.5,
+            per_second: 2000.0,
+            window: 1000,
+            content_chars: 100,
+            payload_bytes: 100_000,
+            retries: 0,
+            receipts_missing: 0,
+            indexed_seconds: 0.02,
+            lookup_requests: 0,
+            oldest_id: 100,
+            newest_id: 200,
+        });
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["history"]["pages"]["answered"], 600);
+        assert_eq!(json["history"]["seeded"]["newest"], "200");
+        assert_eq!(json["history"]["seed"]["messages"], 1000);
+        assert_eq!(json["counters"]["history_messages"], 12_000);
+        assert!(json["latency_ms"]["history_page"]["p99"].as_f64().unwrap() > 0.9);
+        let summary = report.markdown(&plan);
+        assert!(summary.contains("### History"), "{summary}");
+        assert!(summary.contains("seeded 1000 messages"), "{summary}");
+        assert!(summary.contains("| history page | 100 |"), "{summary}");
+        assert!(summary.contains("| message ack | 100 |"), "{summary}");
+        assert!(
+            summary.contains("| second | | acknowledged | pages answered |"),
+            "{summary}"
+        );
+        assert!(summary.contains("| 1 |  | - | 200 |"), "{summary}");
+        // The report reads back.
+        let back: Report = serde_json::from_value(json).unwrap();
+        assert!(back.history.is_some());
     }
 }

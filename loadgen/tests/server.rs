@@ -1,7 +1,9 @@
 //! End-to-end runs of the load generator binary against the real Switchboard server, for
 //! what only a server with inboxes can show: `churn`, whose receivers come back to find what
 //! was sent while they were away; `fanout` with groups made over the server's HTTP API and
-//! its aggregated receipts, with the server's counters read from its `/metrics`; and for what only the server's own secret file can show:
+//! its aggregated receipts, with the server's counters read from its `/metrics`; `history`,
+//! which seeds a chat through the HTTP API and the WebSocket and pages it beside the pairs
+//! load; and for what only the server's own secret file can show:
 //! that the load generator finds the secret where the server keeps it. Each test starts the
 //! `switchboard` binary on ephemeral ports in a fresh working directory (its data directory
 //! is the default `./data` there) and kills it when it ends, passed or not. Every wait is
@@ -273,6 +275,122 @@ fn churn_loses_nothing_when_the_inbox_redelivers() {
         stdout.contains("| reconnects | reconnect errors |"),
         "{stdout}"
     );
+}
+
+/// `history` seeds a chat of 2,000 messages (the reader's setting over the HTTP API, the
+/// messages both ways over the WebSocket), pages it at 50 requests a second beside a pairs
+/// load, and every page is what the chat holds; a second run against the same server finds
+/// the seeded chat instead of seeding it again, and runs the pairs load alone
+/// (`--history-rate 0`).
+#[test]
+fn history_pages_a_seeded_chat_beside_the_pairs_load() {
+    let server = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let first_json = dir.path().join("history.json");
+    let second_json = dir.path().join("history-seeded.json");
+    let url = server.url();
+    let http = server.http_addr.to_string();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "history",
+            "--url",
+            &url,
+            "--http-addr",
+            &http,
+            "--conns",
+            "20",
+            "--rate",
+            "200",
+            "--warmup",
+            "500ms",
+            "--duration",
+            "2s",
+            "--drain",
+            "10s",
+            "--threads",
+            "2",
+        ];
+        args.extend(extra);
+        let output = loadgen(SECRET, &args);
+        assert!(
+            output.status.success(),
+            "{}\nserver stderr:\n{}",
+            describe(&output),
+            server.stderr()
+        );
+        output
+    };
+
+    let output = run(&[
+        "--history-seed",
+        "2000",
+        "--history-rate",
+        "50",
+        "--json",
+        first_json.to_str().unwrap(),
+    ]);
+    let first = report(&first_json);
+    assert_eq!(first["scenario"], "history");
+    assert_eq!(first["ok"], true, "{first}");
+    let history = &first["history"];
+    let seed = &history["seed"];
+    assert_eq!(seed["skipped"], false, "{history}");
+    assert_eq!(seed["messages"], 2000, "{history}");
+    assert_eq!(seed["held_before"], false, "{history}");
+    assert_eq!(seed["payload_bytes"], 2000 * 100, "{history}");
+    assert!(seed["per_second"].as_f64().unwrap() > 0.0, "{history}");
+    let oldest: u64 = seed["oldest_id"].as_str().unwrap().parse().unwrap();
+    let newest: u64 = seed["newest_id"].as_str().unwrap().parse().unwrap();
+    assert!(oldest < newest, "{history}");
+    assert_eq!(history["seeded"]["oldest"], seed["oldest_id"]);
+    // One reader at 50 a second for 2.5 s, every page answered with 20 messages of the chat.
+    let pages = &history["pages"];
+    assert_eq!(pages["sent"], 125, "{history}");
+    assert_eq!(pages["answered"], 125, "{history}");
+    for field in ["errors", "invalid", "unanswered"] {
+        assert_eq!(pages[field], 0, "{field}: {history}");
+    }
+    assert_eq!(pages["messages"], 125 * 20, "{history}");
+    assert_eq!(counter(&first, "history_answered"), 125);
+    let page_count = first["latency_ms"]["history_page"]["count"]
+        .as_u64()
+        .unwrap();
+    // The measured 2 s of the 2.5 s: 100 requests, less the first when it left a little
+    // ahead of its time (measured from when it left, just before the window), as `ack` is.
+    assert!((99..=100).contains(&page_count), "{first}");
+    assert_eq!(history["page_latency_ms"]["count"], page_count);
+    // The pairs load beside it, as `pairs` runs it: 10 senders at 200 a second for 2.5 s.
+    assert_eq!(counter(&first, "sent"), 500);
+    assert_eq!(counter(&first, "acknowledged"), 500);
+    assert_eq!(counter(&first, "delivered"), 500);
+    assert_eq!(counter(&first, "lost"), 0);
+    assert!(first["latency_ms"]["ack"]["count"].as_u64().unwrap() > 0);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("### History"), "{stdout}");
+    assert!(stdout.contains("seeded 2000 messages"), "{stdout}");
+
+    run(&[
+        "--history-seeded",
+        "--history-rate",
+        "0",
+        "--json",
+        second_json.to_str().unwrap(),
+    ]);
+    let second = report(&second_json);
+    assert_eq!(second["ok"], true, "{second}");
+    let history = &second["history"];
+    let seed = &history["seed"];
+    assert_eq!(seed["skipped"], true, "{history}");
+    assert_eq!(seed["messages"], serde_json::Value::Null);
+    // The same chat, found with one-message pages.
+    assert_eq!(seed["oldest_id"], first["history"]["seed"]["oldest_id"]);
+    assert_eq!(seed["newest_id"], first["history"]["seed"]["newest_id"]);
+    assert!(seed["lookup_requests"].as_u64().unwrap() > 1, "{history}");
+    assert_eq!(history["readers"], 0);
+    assert_eq!(history["pages"]["sent"], 0);
+    assert_eq!(second["latency_ms"]["history_page"]["count"], 0);
+    assert_eq!(counter(&second, "acknowledged"), 500);
+    assert!(second["latency_ms"]["ack"]["count"].as_u64().unwrap() > 0);
 }
 
 /// A newcomer's run: the server started with no secret and no data directory writes a secret

@@ -18,6 +18,8 @@
 //! - `echo` sends what `pairs` sends to a server that sends it back: the ceiling to hold
 //!   `pairs` against.
 //! - `fanout` sends to groups: one sender per group, every other member receives.
+//! - `history` is `pairs` while reader connections page through a chat seeded with many
+//!   stored messages.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -35,6 +37,7 @@ use crate::metrics::{Counters, Metrics};
 mod churn;
 mod echo;
 mod fanout;
+pub mod history;
 mod idle;
 mod pairs;
 mod rate;
@@ -180,6 +183,7 @@ pub fn build(args: &ScenarioArgs) -> anyhow::Result<Arc<dyn Scenario>> {
         ScenarioArgs::Churn(args) => Arc::new(churn::Churn::new(args)?),
         ScenarioArgs::Echo(args) => Arc::new(echo::Echo::new(args)?),
         ScenarioArgs::Fanout(args) => Arc::new(fanout::Fanout::new(args)?),
+        ScenarioArgs::History(args) => Arc::new(history::History::new(args)?),
     })
 }
 

@@ -57,7 +57,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(5);
 // The latencies of a pair's messages, with their descriptions, one by one for the scenarios
 // that report them beside others.
 pub(super) const ACK: (&str, &str) = ("ack", "intended send to message_received");
-const DELIVERY: (&str, &str) = (
+pub(super) const DELIVERY: (&str, &str) = (
     "delivery",
     "intended send to incoming_message at the receiver",
 );
@@ -74,7 +74,7 @@ pub(super) const SEND_LAG: (&str, &str) = (
 const LATENCIES: &[(&str, &str)] = &[ACK, DELIVERY, RECEIPT, SEND_LAG];
 
 /// The per-second series of `pairs` and `storm`.
-const SERIES: &[&str] = &["sent", "acknowledged", "delivered"];
+pub(super) const SERIES: &[&str] = &["sent", "acknowledged", "delivered"];
 
 #[derive(Debug)]
 pub struct Pairs {
@@ -431,6 +431,7 @@ fn on_server_error(message: &ServerMessage<'_>, state: &RefCell<PairState>, cont
         code,
         message,
         client_msg_id,
+        ..
     } = message
     {
         Counters::add(&context.counters.server_errors, 1);
@@ -544,6 +545,7 @@ pub(super) async fn read_sender(
             ServerMessage::Error { .. } => on_server_error(&message, state, context),
             ServerMessage::IncomingMessage { .. }
             | ServerMessage::GroupEvent { .. }
+            | ServerMessage::History { .. }
             | ServerMessage::Other { .. } => {
                 unexpected(context, format!("sender got {text}"));
             }
@@ -618,6 +620,7 @@ pub(super) async fn read_receiver(
             ServerMessage::MessageReceived { .. }
             | ServerMessage::MessageDelivered { .. }
             | ServerMessage::GroupEvent { .. }
+            | ServerMessage::History { .. }
             | ServerMessage::Other { .. } => {
                 unexpected(context, format!("receiver got {text}"));
             }

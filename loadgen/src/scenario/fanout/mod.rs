@@ -514,6 +514,7 @@ async fn read_sender(stream: &mut Stream, confirms: &Confirms, group: &Group<'_>
                 code,
                 message,
                 client_msg_id,
+                ..
             } => {
                 group.server_error(&code, &message);
                 if let Some(client_msg_id) = client_msg_id
@@ -531,7 +532,9 @@ async fn read_sender(stream: &mut Stream, confirms: &Confirms, group: &Group<'_>
                     "the sender's own connection got its message {message_id} back"
                 ));
             }
-            ServerMessage::IncomingMessage { .. } | ServerMessage::Other { .. } => {
+            ServerMessage::IncomingMessage { .. }
+            | ServerMessage::History { .. }
+            | ServerMessage::Other { .. } => {
                 group.unexpected(format!("sender got {text:.200}"));
             }
         }
@@ -591,6 +594,7 @@ async fn read_member(stream: &mut Stream, member: usize, confirms: &Confirms, gr
             ServerMessage::IncomingMessage { .. }
             | ServerMessage::MessageReceived { .. }
             | ServerMessage::MessageDelivered { .. }
+            | ServerMessage::History { .. }
             | ServerMessage::Other { .. } => {
                 group.unexpected(format!("{} got {text:.200}", who(slot)));
             }
