@@ -358,7 +358,7 @@ fn with_history_off_the_data_directory_levels_off_while_messages_flow() {
     let mut bob = connect(&server, "bob");
     let padding = "x".repeat(400);
     let mut sizes = Vec::new();
-    for round in 0..8u64 {
+    for round in 0..12u64 {
         for k in 0..500u64 {
             let cmid = round * 1000 + k;
             send_json(
@@ -384,16 +384,17 @@ fn with_history_off_the_data_directory_levels_off_while_messages_flow() {
     }
     let appended = switchboard_tests::metric_sum(&server, "switchboard_wal_bytes_total");
     let checkpoints = switchboard_tests::metric_sum(&server, "switchboard_checkpoints_total");
-    // 4,000 messages of 400 bytes wrote about 2 MB of log across many checkpoints...
-    assert!(appended > 1_500_000, "{appended} bytes appended");
-    assert!(checkpoints >= 4, "{checkpoints} checkpoints");
-    // ...but the directory stayed about the size of a few segments, the same at the end as
-    // in the first rounds: disk use follows the live data, not the messages sent.
+    // 6,000 messages of 400 bytes wrote about 3 MB of log across many checkpoints...
+    assert!(appended > 2_000_000, "{appended} bytes appended");
+    assert!(checkpoints >= 6, "{checkpoints} checkpoints");
+    // ...but the directory stayed the size of a few segments: it swings with each
+    // checkpoint, and the swings in the second half of the run are no larger than in the
+    // first. Disk use follows the live data, not the messages sent.
     eprintln!("sizes per round (history, all): {sizes:?}");
-    let early = sizes[..3].iter().map(|s| s.1).max().unwrap();
-    let late = sizes.last().unwrap().1;
+    let first = sizes[..6].iter().map(|s| s.1).max().unwrap();
+    let second = sizes[6..].iter().map(|s| s.1).max().unwrap();
     assert!(
-        late < appended / 3 && late <= early * 2,
+        second < appended / 3 && second <= first * 2,
         "sizes per round {sizes:?}, {appended} bytes appended"
     );
 }

@@ -156,6 +156,25 @@ impl HistoryFeed {
             .or_else(|| self.backlog.front().map(|fed| fed.lsn))
     }
 
+    /// At start: hands the records recovery found to the thread and waits, at most
+    /// `timeout`, until it holds them, so that once the shard serves, every message it
+    /// acknowledged before a crash is in the history it pages. Blocks the thread: only for
+    /// before the shard's loop runs. False if the thread did not catch up in time (the
+    /// records stay in the backlog, and the loop goes on feeding them).
+    pub fn settle(&mut self, durable: Lsn, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            self.durable(durable);
+            if self.backlog.is_empty() && self.hold_from().is_none() {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
     /// Whether the backlog is at its bound: no new input until the thread takes some.
     pub fn full(&self) -> bool {
         self.backlog.len() >= self.backlog_max

@@ -97,6 +97,9 @@ pub fn choose_driver() -> anyhow::Result<(DriverKind, &'static str)> {
     }
 }
 
+/// How long a start waits for the history index to take the messages recovery found.
+const HISTORY_SETTLE: Duration = Duration::from_secs(30);
+
 /// Submission queue entries of a shard's io_uring.
 const URING_ENTRIES: u32 = 1024;
 
@@ -311,8 +314,13 @@ fn recover(
     for (lsn, record) in &missed {
         history.recovered(*lsn, record, held, |group| router.group_members(group));
     }
-    if let Some(last) = last {
-        history.durable(last);
+    if let Some(last) = last
+        && !history.settle(last, HISTORY_SETTLE)
+    {
+        tracing::warn!(
+            shard = shard.shard_id,
+            "the history index has not taken the recovered messages yet; serving anyway"
+        );
     }
     journal.hold_from(history.hold_from());
     let stats = router.stats();

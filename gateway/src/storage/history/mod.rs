@@ -1,16 +1,17 @@
-//! History: the index of kept messages (`store.rs`) and the one thread that owns it, so
+//! History: the index of kept messages (`store.rs`) and the two threads that own it, so
 //! that its disk work never runs on a shard's event loop.
 //!
-//! Shards and the HTTP thread reach the thread through one bounded queue of [`Job`]s
+//! Shards and the HTTP thread reach the threads through two bounded queues of [`Job`]s
 //! ([`History::try_send`] never blocks: a full queue is the caller's backpressure). The
-//! thread takes every job waiting, applies the shards' feeds in one batch with one persist,
-//! then answers the pages and settings, so that a page asked after a feed sees it. A
-//! shard's page comes back on that shard's answer channel and rings its doorbell (the
-//! `wake` the shard layer hands in, since this layer knows no doorbell); an HTTP page on
-//! its oneshot. After each persist the thread publishes, per shard, the last log record
+//! writer thread takes every job waiting, applies the shards' feeds in one batch with one
+//! persist, then answers the settings. Pages go to the page thread, so that a page never
+//! waits behind a batch's fsync: it reads what the writer has written, which trails the
+//! acknowledgements by the writer's batch (milliseconds). A shard's page comes back on that
+//! shard's answer channel and rings its doorbell (the `wake` the shard layer hands in, since
+//! this layer knows no doorbell); an HTTP page on its oneshot. After each persist the thread publishes, per shard, the last log record
 //! the index holds ([`History::held`]): the shard keeps its log's segments from there on.
-//! Once a second (more often while rows are due) it deletes expired rows, a bounded number
-//! at a time.
+//! Once a second (more often while rows are due) the writer deletes expired rows, a
+//! bounded number at a time.
 
 pub mod store;
 
@@ -25,7 +26,7 @@ use router::{ConnId, ShardId};
 use tokio::sync::oneshot;
 use wire::{MessageId, ServerMessage, UserId};
 
-pub use store::{Fed, Feed, Page, STORAGE_90_DAYS, STORAGE_NONE, Store, StoreError};
+pub use store::{Fed, Feed, Page, Pages, STORAGE_90_DAYS, STORAGE_NONE, Store, StoreError};
 
 /// The index's directory in the data directory.
 pub const DIR: &str = "history";
@@ -103,6 +104,7 @@ pub struct HistoryStats {
 #[derive(Debug, Clone)]
 pub struct History {
     jobs: mpsc::SyncSender<Job>,
+    pages: mpsc::SyncSender<Job>,
     held: Arc<[AtomicU64]>,
     keepers: Arc<AtomicUsize>,
     stats: Arc<HistoryStats>,
@@ -111,7 +113,11 @@ pub struct History {
 impl History {
     /// Queues `job`; gives it back if the queue is full or the thread is gone.
     pub fn try_send(&self, job: Job) -> Result<(), Job> {
-        self.jobs.try_send(job).map_err(|error| match error {
+        let queue = match job {
+            Job::Page { .. } => &self.pages,
+            _ => &self.jobs,
+        };
+        queue.try_send(job).map_err(|error| match error {
             mpsc::TrySendError::Full(job) | mpsc::TrySendError::Disconnected(job) => job,
         })
     }
@@ -137,10 +143,11 @@ impl History {
     }
 }
 
-/// The thread's end, before it starts.
+/// The threads' ends, before they start.
 pub struct Worker {
     store: Store,
     jobs: mpsc::Receiver<Job>,
+    pages: mpsc::Receiver<Job>,
     answers: Vec<mpsc::Sender<ShardAnswer>>,
     held: Arc<[AtomicU64]>,
     keepers: Arc<AtomicUsize>,
@@ -184,10 +191,12 @@ pub fn open(
         .map(|shard| store.held(shard).map(|lsn| AtomicU64::new(lsn.0)))
         .collect::<Result<Arc<[AtomicU64]>, StoreError>>()?;
     let (jobs_tx, jobs) = mpsc::sync_channel(config.queue_jobs_max);
+    let (pages_tx, pages) = mpsc::sync_channel(config.queue_jobs_max);
     let (answers, receivers) = (0..n_shards).map(|_| mpsc::channel()).unzip();
     let worker = Worker {
         store,
         jobs,
+        pages,
         answers,
         held: Arc::clone(&held),
         keepers: Arc::clone(&keepers),
@@ -196,6 +205,7 @@ pub fn open(
     };
     let history = History {
         jobs: jobs_tx,
+        pages: pages_tx,
         held,
         keepers,
         stats,
@@ -204,18 +214,104 @@ pub fn open(
 }
 
 impl Worker {
-    /// Runs the thread until every [`History`] is dropped. `wake(shard)` rings a shard's
-    /// doorbell: after its answers, and after its feed is held.
-    pub fn spawn(
-        self,
-        wake: impl Fn(ShardId) + Send + 'static,
-    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    /// Starts the writer and the page threads, which run until every [`History`] is
+    /// dropped. `wake(shard)` rings a shard's doorbell: after its answers, and after its
+    /// feed is held.
+    pub fn spawn(self, wake: impl Fn(ShardId) + Send + Sync + 'static) -> std::io::Result<()> {
+        let wake = Arc::new(wake);
+        let page_thread = PageThread {
+            pages: self.store.pages(),
+            jobs: self.pages,
+            answers: self.answers,
+            stats: Arc::clone(&self.stats),
+        };
+        let page_wake = Arc::clone(&wake);
+        std::thread::Builder::new()
+            .name("history-pages".into())
+            .spawn(move || page_thread.run(&*page_wake))?;
+        let writer = Writer {
+            store: self.store,
+            jobs: self.jobs,
+            held: self.held,
+            keepers: self.keepers,
+            stats: self.stats,
+            expire_rows_max: self.expire_rows_max,
+        };
         std::thread::Builder::new()
             .name("history".into())
-            .spawn(move || self.run(wake))
+            .spawn(move || writer.run(&*wake))?;
+        Ok(())
     }
+}
 
-    fn run(self, wake: impl Fn(ShardId)) {
+/// The page thread: answers pages in the order asked.
+struct PageThread {
+    pages: Pages,
+    jobs: mpsc::Receiver<Job>,
+    answers: Vec<mpsc::Sender<ShardAnswer>>,
+    stats: Arc<HistoryStats>,
+}
+
+impl PageThread {
+    fn run(self, wake: &dyn Fn(ShardId)) {
+        while let Ok(job) = self.jobs.recv() {
+            let Job::Page { query, reply } = job else {
+                unreachable!("only pages come to the page thread");
+            };
+            self.stats.pages_read.fetch_add(1, Ordering::Relaxed);
+            let page = self
+                .pages
+                .page(&query.user, &query.chat, query.before, query.limit);
+            match reply {
+                PageReply::Http(reply) => {
+                    let _ = reply.send(page);
+                }
+                PageReply::Shard {
+                    shard,
+                    conn,
+                    req_id,
+                } => {
+                    let message = match page {
+                        Ok(page) => ServerMessage::History {
+                            req_id,
+                            messages: page.messages,
+                            more: page.more,
+                        },
+                        Err(error) => {
+                            tracing::error!(%error, "cannot read a history page");
+                            ServerMessage::Error(wire::ErrorMessage {
+                                code: wire::ErrorCode::Internal,
+                                message: "history cannot be read".into(),
+                                correlation: wire::Correlation::ReqId(req_id),
+                                retry_after_ms: None,
+                            })
+                        }
+                    };
+                    // A shard that stopped has dropped its receiver: nothing to tell.
+                    if self.answers[usize::from(shard)]
+                        .send(ShardAnswer { conn, message })
+                        .is_ok()
+                    {
+                        wake(shard);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The writer thread: feeds, settings, expiry.
+struct Writer {
+    store: Store,
+    jobs: mpsc::Receiver<Job>,
+    held: Arc<[AtomicU64]>,
+    keepers: Arc<AtomicUsize>,
+    stats: Arc<HistoryStats>,
+    expire_rows_max: usize,
+}
+
+impl Writer {
+    fn run(self, wake: &dyn Fn(ShardId)) {
         let mut next_expiry = std::time::Instant::now();
         let mut jobs = Vec::new();
         loop {
@@ -231,7 +327,7 @@ impl Worker {
                     Err(_) => break,
                 }
             }
-            self.batch(&mut jobs, &wake);
+            self.batch(&mut jobs, wake);
             if std::time::Instant::now() >= next_expiry {
                 let due = self.expire();
                 next_expiry =
@@ -240,8 +336,8 @@ impl Worker {
         }
     }
 
-    /// Feeds first, in one persist; then the rest in order.
-    fn batch(&self, jobs: &mut Vec<Job>, wake: &impl Fn(ShardId)) {
+    /// Feeds first, in one persist; then the settings in order.
+    fn batch(&self, jobs: &mut Vec<Job>, wake: &dyn Fn(ShardId)) {
         let mut feeds = Vec::new();
         let mut rest = Vec::new();
         for job in jobs.drain(..) {
@@ -264,7 +360,9 @@ impl Worker {
                             woken.push(feed.shard);
                         }
                     }
-                    woken.into_iter().for_each(wake);
+                    for shard in woken {
+                        wake(shard);
+                    }
                 }
                 // The held lsns stay where they were, so the log keeps these records and a
                 // restart feeds them again.
@@ -277,46 +375,7 @@ impl Worker {
         for job in rest {
             match job {
                 Job::Feed(_) => unreachable!("taken above"),
-                Job::Page { query, reply } => {
-                    self.stats.pages_read.fetch_add(1, Ordering::Relaxed);
-                    let page = self
-                        .store
-                        .page(&query.user, &query.chat, query.before, query.limit);
-                    match reply {
-                        PageReply::Http(reply) => {
-                            let _ = reply.send(page);
-                        }
-                        PageReply::Shard {
-                            shard,
-                            conn,
-                            req_id,
-                        } => {
-                            let message = match page {
-                                Ok(page) => ServerMessage::History {
-                                    req_id,
-                                    messages: page.messages,
-                                    more: page.more,
-                                },
-                                Err(error) => {
-                                    tracing::error!(%error, "cannot read a history page");
-                                    ServerMessage::Error(wire::ErrorMessage {
-                                        code: wire::ErrorCode::Internal,
-                                        message: "history cannot be read".into(),
-                                        correlation: wire::Correlation::ReqId(req_id),
-                                        retry_after_ms: None,
-                                    })
-                                }
-                            };
-                            // A shard that stopped has dropped its receiver: nothing to tell.
-                            if self.answers[usize::from(shard)]
-                                .send(ShardAnswer { conn, message })
-                                .is_ok()
-                            {
-                                wake(shard);
-                            }
-                        }
-                    }
-                }
+                Job::Page { .. } => unreachable!("pages go to the page thread"),
                 Job::GetSetting { user, reply } => {
                     let _ = reply.send(Ok(self.store.setting(&user)));
                 }

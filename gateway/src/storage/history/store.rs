@@ -228,6 +228,74 @@ impl Store {
         Ok(rows)
     }
 
+    /// A page of `user`'s history of `chat`; see [`Pages::page`].
+    #[cfg(test)]
+    pub fn page(
+        &self,
+        user: &UserId,
+        chat: &Target,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.pages().page(user, chat, before, limit)
+    }
+
+    /// A reader of pages for another thread: it sees what the store persisted and wrote,
+    /// and reads while the store writes.
+    pub fn pages(&self) -> Pages {
+        Pages {
+            rows: self.rows.clone(),
+        }
+    }
+
+    /// Deletes at most `rows_max` rows whose time is up at `now_ms`, oldest first; returns
+    /// how many it deleted (fewer than `rows_max`: none is left to delete now).
+    pub fn expire(&self, now_ms: u64, rows_max: usize) -> Result<usize, StoreError> {
+        let end = expiry_key(now_ms.saturating_add(1), &[]);
+        let mut batch = self.db.batch();
+        let mut deleted = 0;
+        for item in self.expiry.range(..end).take(rows_max) {
+            let (key, _) = item.into_inner()?;
+            batch.remove(&self.rows, &key[8..]);
+            batch.remove(&self.expiry, key);
+            deleted += 1;
+        }
+        if deleted > 0 {
+            batch.commit()?;
+            self.persist()?;
+        }
+        Ok(deleted)
+    }
+
+    /// Bytes of the index's files.
+    pub fn disk_bytes(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+
+    fn persist(&self) -> Result<(), StoreError> {
+        let mode = if self.sync {
+            PersistMode::SyncData
+        } else {
+            PersistMode::Buffer
+        };
+        self.db.persist(mode)?;
+        Ok(())
+    }
+}
+
+/// The rows, read only: what the page thread holds.
+#[derive(Clone)]
+pub struct Pages {
+    rows: Keyspace,
+}
+
+impl std::fmt::Debug for Pages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pages").finish_non_exhaustive()
+    }
+}
+
+impl Pages {
     /// A page of `user`'s history of `chat` (a user or a group): at most `limit` messages
     /// older than `before` (or the newest), newest first.
     pub fn page(
@@ -266,40 +334,6 @@ impl Store {
             });
         }
         Ok(Page { messages, more })
-    }
-
-    /// Deletes at most `rows_max` rows whose time is up at `now_ms`, oldest first; returns
-    /// how many it deleted (fewer than `rows_max`: none is left to delete now).
-    pub fn expire(&self, now_ms: u64, rows_max: usize) -> Result<usize, StoreError> {
-        let end = expiry_key(now_ms.saturating_add(1), &[]);
-        let mut batch = self.db.batch();
-        let mut deleted = 0;
-        for item in self.expiry.range(..end).take(rows_max) {
-            let (key, _) = item.into_inner()?;
-            batch.remove(&self.rows, &key[8..]);
-            batch.remove(&self.expiry, key);
-            deleted += 1;
-        }
-        if deleted > 0 {
-            batch.commit()?;
-            self.persist()?;
-        }
-        Ok(deleted)
-    }
-
-    /// Bytes of the index's files.
-    pub fn disk_bytes(&self) -> u64 {
-        self.db.disk_space().unwrap_or(0)
-    }
-
-    fn persist(&self) -> Result<(), StoreError> {
-        let mode = if self.sync {
-            PersistMode::SyncData
-        } else {
-            PersistMode::Buffer
-        };
-        self.db.persist(mode)?;
-        Ok(())
     }
 }
 
