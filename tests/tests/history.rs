@@ -192,6 +192,9 @@ fn sigkill_during_a_burst_keeps_every_acknowledged_message_in_the_senders_histor
         assert!(!server.wait_exit().success());
     }
     let server = Server::start_with(options());
+    // The setting was in the log before the kill: still there.
+    let (_, setting) = api(&server, "alice", "GET", "/v1/user/settings", None);
+    assert_eq!(setting, json!({"history_storage": 90}));
     // Page through alice's whole history with bob over HTTP, newest first.
     let mut history: Vec<Value> = Vec::new();
     let mut before: Option<String> = None;

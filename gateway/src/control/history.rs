@@ -1,12 +1,14 @@
 //! The history routes of the HTTP API: `GET`/`PUT /v1/user/settings` and
-//! `GET /v1/history/{user_id}?before=&limit=`, each a job for the history thread
-//! (`storage::history`), waited for at most `control_timeout_ms`. The handlers in `http`
+//! `GET /v1/history/{user_id}?before=&limit=`. A setting goes to the user's owner shard,
+//! whose log feeds it to the history index; a read is a job for the history threads
+//! (`storage::history`). Each waits at most `control_timeout_ms`. The handlers in `http`
 //! authenticate and call these.
 
 // A refusal is the HTTP response itself, made once per request off the message path.
 #![allow(clippy::result_large_err)]
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -15,8 +17,10 @@ use tokio::sync::oneshot;
 use wire::{ErrorCode, MessageId, ServerMessage, Target, UserId};
 
 use crate::control::reply::failure;
+use crate::metrics::ShardMetrics;
+use crate::shard::control_inbox::{ControlRequest, ControlSender};
 use crate::storage::history::{
-    History, Job, PageQuery, PageReply, STORAGE_90_DAYS, STORAGE_NONE, StoreError,
+    History, Job, PageQuery, PageReply, STORAGE_90_DAYS, STORAGE_NONE, SettingAnswer, StoreError,
 };
 
 /// The history thread as the routes see it: where to send, how long to wait, and the most
@@ -24,6 +28,8 @@ use crate::storage::history::{
 #[derive(Debug, Clone, Copy)]
 pub struct HistoryRoutes<'a> {
     pub history: &'a History,
+    /// The shards' control inboxes: a setting goes to its user's owner.
+    pub shards: &'a [(ControlSender, Arc<ShardMetrics>)],
     pub timeout: Duration,
     pub limit_max: u32,
 }
@@ -69,8 +75,9 @@ pub async fn get_settings(routes: HistoryRoutes<'_>, user: UserId) -> Response {
     }
 }
 
-/// Sets the caller's `history_storage` from `{"history_storage": 0 | 90}`; answers the
-/// setting once it is durable. It applies to the messages the index takes from then on.
+/// Sets the caller's `history_storage` from `{"history_storage": 0 | 90}`: logged by their
+/// owner shard and answered once the history index has taken it from the log. It applies to
+/// the messages the index takes from then on.
 pub async fn put_settings(routes: HistoryRoutes<'_>, user: UserId, body: &[u8]) -> Response {
     let value: serde_json::Value = match serde_json::from_slice(body) {
         Ok(value) => value,
@@ -86,19 +93,38 @@ pub async fn put_settings(routes: HistoryRoutes<'_>, user: UserId, body: &[u8]) 
             return failure(ErrorCode::BadRequest, "history_storage is 0 or 90");
         }
     };
+    // The setting goes into the log of the user's owner shard, which answers once the
+    // history index has taken it from there.
+    let shards = routes.shards;
+    let owner = usize::from(router::owner_shard(&user, shards.len() as u16));
     let (reply, answer) = oneshot::channel();
-    let job = Job::PutSetting {
+    let request = ControlRequest::Setting {
         user,
         history_storage,
         reply,
     };
-    match routes.ask(job, answer).await {
-        Ok(true) => settings_body(history_storage),
-        Ok(false) => failure(
+    if let Err(error) = shards[owner].0.send(request) {
+        let message = format!("shard {owner} did not take the request: {error}");
+        return failure(ErrorCode::Overloaded, &message);
+    }
+    match tokio::time::timeout(routes.timeout, answer).await {
+        Ok(Ok(SettingAnswer::Stored)) => settings_body(history_storage),
+        Ok(Ok(SettingAnswer::TooManyKeepers)) => failure(
             ErrorCode::Overloaded,
             "as many users keep history as this server allows (history_keepers_max)",
         ),
-        Err(response) => response,
+        Ok(Ok(SettingAnswer::Busy)) => failure(
+            ErrorCode::Overloaded,
+            &format!("shard {owner} has too many settings waiting"),
+        ),
+        Ok(Ok(SettingAnswer::Failed)) => failure(
+            ErrorCode::Internal,
+            "the history index could not write the setting",
+        ),
+        _ => failure(
+            ErrorCode::Overloaded,
+            &format!("shard {owner} did not answer in time"),
+        ),
     }
 }
 

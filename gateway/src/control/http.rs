@@ -96,6 +96,7 @@ impl Api {
     fn history(&self) -> HistoryRoutes<'_> {
         HistoryRoutes {
             history: &self.plane.history,
+            shards: &self.plane.shards,
             timeout: Duration::from_millis(self.plane.control_timeout_ms),
             limit_max: self.plane.history_limit_max,
         }

@@ -39,6 +39,13 @@ pub enum ControlRequest {
         request: router::GroupRequest,
         reply: oneshot::Sender<router::GroupAnswer>,
     },
+    /// A user (owned by this shard) chose `history_storage`: logged, then answered once the
+    /// history index has taken it.
+    Setting {
+        user: wire::UserId,
+        history_storage: u8,
+        reply: oneshot::Sender<crate::storage::history::SettingAnswer>,
+    },
 }
 
 /// The HTTP thread's end of one shard's control inbox.

@@ -13,6 +13,8 @@
 use std::collections::VecDeque;
 use std::sync::mpsc;
 
+use tokio::sync::oneshot;
+
 use router::wal::{Lsn, Record};
 use router::{ConnId, ShardId};
 use wire::{
@@ -20,7 +22,9 @@ use wire::{
     Target, UserId,
 };
 
-use crate::storage::history::{Fed, Feed, History, Job, PageQuery, PageReply, ShardAnswer};
+use crate::storage::history::{
+    Fed, FedSetting, Feed, History, Job, PageQuery, PageReply, SettingAnswer, ShardAnswer,
+};
 
 #[derive(Debug)]
 pub struct HistoryFeed {
@@ -30,7 +34,11 @@ pub struct HistoryFeed {
     /// An answer taken off the channel by `has_answer`, not yet by `next_answer`.
     answer: Option<ShardAnswer>,
     /// Durable or not, noted and not yet sent, in lsn order.
-    backlog: VecDeque<Fed>,
+    backlog: VecDeque<Noted>,
+    /// Who waits for each `Input::Setting` the loop stepped and whose record is not yet
+    /// noted, in order: the router appends one record for each, in the same order.
+    setting_replies: VecDeque<(UserId, oneshot::Sender<SettingAnswer>)>,
+    setting_replies_max: usize,
     backlog_max: usize,
     /// Feeds sent and not yet held: (first lsn, through), in order.
     in_flight: VecDeque<(Lsn, Lsn)>,
@@ -47,6 +55,7 @@ impl HistoryFeed {
         answers: mpsc::Receiver<ShardAnswer>,
         backlog_max: usize,
         pages_in_flight_max: usize,
+        setting_replies_max: usize,
     ) -> HistoryFeed {
         HistoryFeed {
             shard,
@@ -54,6 +63,8 @@ impl HistoryFeed {
             answers,
             answer: None,
             backlog: VecDeque::new(),
+            setting_replies: VecDeque::new(),
+            setting_replies_max,
             backlog_max,
             in_flight: VecDeque::new(),
             last_noted: None,
@@ -80,6 +91,7 @@ impl HistoryFeed {
             Record::Message(message) if lsn <= held => {
                 self.last_noted = self.last_noted.max(Some(message.id));
             }
+            Record::Setting { .. } if lsn <= held => {}
             _ => self.appended(lsn, record, members),
         }
     }
@@ -93,8 +105,28 @@ impl HistoryFeed {
         record: &Record,
         members: impl FnOnce(GroupId) -> Option<Vec<(UserId, bool)>>,
     ) {
-        let Record::Message(message) = record else {
-            return;
+        let message = match record {
+            Record::Message(message) => message,
+            Record::Setting {
+                user,
+                history_storage,
+            } => {
+                // Asked through `ask_setting` (none when recovery read it back).
+                let reply = match self.setting_replies.front() {
+                    Some((asker, _)) if asker == user => {
+                        self.setting_replies.pop_front().map(|(_, reply)| reply)
+                    }
+                    _ => None,
+                };
+                self.backlog.push_back(Noted::Setting(FedSetting {
+                    lsn,
+                    user: user.clone(),
+                    history_storage: *history_storage,
+                    reply,
+                }));
+                return;
+            }
+            _ => return,
         };
         if self.last_noted >= Some(message.id) {
             return;
@@ -108,36 +140,62 @@ impl HistoryFeed {
                 .collect(),
             _ => Vec::new(),
         };
-        self.backlog.push_back(Fed {
+        self.backlog.push_back(Noted::Message(Fed {
             lsn,
             message: message.clone(),
             members,
-        });
+        }));
     }
 
     /// Records up to `durable` are in the log for good: hands them to the thread, unless its
     /// queue is full (then they wait for the next commit or tick).
     pub fn durable(&mut self, durable: Lsn) {
-        let ready = self.backlog.partition_point(|fed| fed.lsn <= durable);
+        let ready = self.backlog.partition_point(|noted| noted.lsn() <= durable);
         if ready == 0 {
             return;
         }
-        let messages: Vec<_> = self.backlog.drain(..ready).collect();
-        let first = messages[0].lsn;
-        let feed = Feed {
+        let first = self.backlog[0].lsn();
+        let mut feed = Feed {
             shard: self.shard,
             through: durable,
-            messages,
+            messages: Vec::new(),
+            settings: Vec::new(),
         };
+        for noted in self.backlog.drain(..ready) {
+            match noted {
+                Noted::Message(fed) => feed.messages.push(fed),
+                Noted::Setting(setting) => feed.settings.push(setting),
+            }
+        }
         match self.history.try_send(Job::Feed(feed)) {
             Ok(()) => self.in_flight.push_back((first, durable)),
             Err(Job::Feed(feed)) => {
-                for item in feed.messages.into_iter().rev() {
-                    self.backlog.push_front(item);
+                // Back in front, in lsn order, for the next try.
+                let mut back: Vec<Noted> = feed
+                    .messages
+                    .into_iter()
+                    .map(Noted::Message)
+                    .chain(feed.settings.into_iter().map(Noted::Setting))
+                    .collect();
+                back.sort_by_key(Noted::lsn);
+                for noted in back.into_iter().rev() {
+                    self.backlog.push_front(noted);
                 }
             }
             Err(_) => unreachable!("the job given back is the one sent"),
         }
+    }
+
+    /// Whether another setting may wait for its record (`ask_setting`).
+    pub fn takes_setting(&self) -> bool {
+        self.setting_replies.len() < self.setting_replies_max
+    }
+
+    /// The loop steps the router with `Input::Setting` for `user` right after: `reply`
+    /// is told once the index has taken the record the router appends for it.
+    pub fn ask_setting(&mut self, user: UserId, reply: oneshot::Sender<SettingAnswer>) {
+        debug_assert!(self.takes_setting());
+        self.setting_replies.push_back((user, reply));
     }
 
     /// The oldest record the log must keep for the thread, if any.
@@ -153,7 +211,7 @@ impl HistoryFeed {
         self.in_flight
             .front()
             .map(|&(first, _)| first)
-            .or_else(|| self.backlog.front().map(|fed| fed.lsn))
+            .or_else(|| self.backlog.front().map(Noted::lsn))
     }
 
     /// At start: hands the records recovery found to the thread and waits, at most
@@ -234,6 +292,22 @@ impl HistoryFeed {
             .or_else(|| self.answers.try_recv().ok())?;
         self.pages_in_flight -= 1;
         Some(answer)
+    }
+}
+
+/// A record on its way to the thread.
+#[derive(Debug)]
+enum Noted {
+    Message(Fed),
+    Setting(FedSetting),
+}
+
+impl Noted {
+    fn lsn(&self) -> Lsn {
+        match self {
+            Noted::Message(fed) => fed.lsn,
+            Noted::Setting(setting) => setting.lsn,
+        }
     }
 }
 

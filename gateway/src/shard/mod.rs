@@ -354,6 +354,7 @@ async fn shard_main(
         answers,
         limits.history_backlog_records_max,
         limits.history_pages_in_flight_max,
+        limits.control_requests_max,
     );
     let registered = Readiness::new(listener.into())
         .and_then(|listener| Ok((listener, monoio::net::UnixStream::from_std(wake)?)));

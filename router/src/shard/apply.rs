@@ -110,6 +110,8 @@ impl RouterShard {
                     self.apply_expired(*id);
                 }
             }
+            // The history index's, fed from the log by the shell: no state here.
+            Record::Setting { .. } => {}
         }
     }
 

@@ -67,6 +67,11 @@ pub enum Input {
         user: UserId,
         request: GroupRequest,
     },
+    /// `user` (owned here) chose `history_storage`: logged as `Record::Setting` for the
+    /// shell's history index, which the log feeds once it is durable; nothing else
+    /// changes. Appended even while the log cannot be written: it waits in the shell's
+    /// buffer like every other record, and so does whoever asked.
+    Setting { user: UserId, history_storage: u8 },
 }
 
 /// What the router asks the shell to do, in order.

@@ -32,7 +32,7 @@ use smallvec::SmallVec;
 use wire::{ClientMessage, GroupId, MessageId, Target, UserId};
 
 use crate::config::Config;
-use crate::ids::{ConnId, IdGenerator, SHARDS_MAX, ShardId};
+use crate::ids::{ConnId, IdGenerator, SHARDS_MAX, ShardId, owner_shard};
 use crate::wal::{Lsn, ReceiptKind, Record};
 
 use checkpoint::Checkpointing;
@@ -360,6 +360,17 @@ impl RouterShard {
                 user,
                 request,
             } => self.group_request(now_ms, token, user, request, outputs),
+            Input::Setting {
+                user,
+                history_storage,
+            } => {
+                assert_eq!(owner_shard(&user, self.n_shards), self.shard_id);
+                let record = Record::Setting {
+                    user,
+                    history_storage,
+                };
+                self.append(record, outputs);
+            }
         }
         while let Some(message) = self.local.pop_front() {
             self.peer_message(now_ms, message, outputs);

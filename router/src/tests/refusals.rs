@@ -166,3 +166,22 @@ fn a_read_of_more_receipts_than_one_record_holds_is_refused_and_changes_nothing(
         [Record::Receipts { items, .. }] if items.len() == 2 * (n - 1)
     ));
 }
+
+#[test]
+fn a_history_setting_is_logged_for_the_shell_and_changes_nothing_else() {
+    let mut h = Harness::new(Config::DEFAULT);
+    let before = h.shard.stats();
+    let outputs = h.step(Input::Setting {
+        user: user("alice"),
+        history_storage: 90,
+    });
+    assert_eq!(
+        appends(&outputs),
+        vec![Record::Setting {
+            user: user("alice"),
+            history_storage: 90
+        }]
+    );
+    assert!(sends(&outputs).is_empty());
+    assert_eq!(h.shard.stats(), before);
+}

@@ -192,6 +192,9 @@ pub enum Record {
     /// These stored messages were not delivered within `undelivered_retention_ms`: each
     /// leaves its recipient's inbox (a group message, with its delivery state) unreceipted.
     Expired { message_ids: Vec<MessageId> },
+    /// `user` chose `history_storage`: for the shell's history index, which the log feeds;
+    /// the router keeps no state of it.
+    Setting { user: UserId, history_storage: u8 },
 }
 
 const KIND_MESSAGE: u8 = 1;
@@ -208,6 +211,7 @@ const KIND_CHECKPOINT_END: u8 = 10;
 const KIND_GROUP_MESSAGE: u8 = 11;
 // Kinds 12 to 15 are the group records (`record/group.rs`).
 const KIND_EXPIRED: u8 = 16;
+const KIND_SETTING: u8 = 17;
 
 impl Record {
     /// Whether only receipts wait for this record to be durable: an acknowledgement, or
@@ -259,7 +263,8 @@ impl Record {
             | Record::CheckpointBegin { .. }
             | Record::Dedup { .. }
             | Record::ReadIndex { .. }
-            | Record::ReceiptOutstanding { .. } => {}
+            | Record::ReceiptOutstanding { .. }
+            | Record::Setting { .. } => {}
         }
         Ok(())
     }
@@ -292,6 +297,7 @@ impl Record {
                 user: to, receipt, ..
             } => user(to) + 1 + 8 + user(&receipt.by) + 8,
             Record::ReceiptsFlushed { user: to } => user(to),
+            Record::Setting { user: who, .. } => user(who) + 1,
             Record::CheckpointBegin { last_message_id } => 1 + last_message_id.map_or(0, |_| 8),
             Record::Dedup { from, .. } => user(from) + 8 + 8 + 8,
             Record::ReadIndex { from, to, .. } => 8 + user(from) + user(to),
@@ -604,6 +610,14 @@ fn encode_payload(record: &Record, out: &mut Vec<u8>) {
             w.u8(KIND_RECEIPTS_FLUSHED);
             w.user(user);
         }
+        Record::Setting {
+            user,
+            history_storage,
+        } => {
+            w.u8(KIND_SETTING);
+            w.user(user);
+            w.u8(*history_storage);
+        }
         Record::CheckpointBegin { last_message_id } => {
             w.u8(KIND_CHECKPOINT_BEGIN);
             match last_message_id {
@@ -758,6 +772,10 @@ pub fn decode_payload(payload: &[u8]) -> Result<Record, DecodeError> {
             }
         }
         KIND_RECEIPTS_FLUSHED => Record::ReceiptsFlushed { user: r.user()? },
+        KIND_SETTING => Record::Setting {
+            user: r.user()?,
+            history_storage: r.u8()?,
+        },
         KIND_CHECKPOINT_BEGIN => {
             let last_message_id = match r.u8()? {
                 0 => None,

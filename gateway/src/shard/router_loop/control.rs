@@ -1,10 +1,11 @@
 //! The router loop's answers to the control plane (health, a user's status, group
-//! requests), taken from its control inbox on each tick.
+//! requests, history settings), taken from its control inbox on each tick.
 
 use router::{GroupAnswer, GroupRefusal, Input};
 
 use super::RouterLoop;
 use crate::shard::control_inbox::{ControlRequest, ShardHealth, UserStatus};
+use crate::storage::history::SettingAnswer;
 
 impl RouterLoop {
     /// Answers the control plane. Its questions wait at most one tick, and none of them
@@ -42,6 +43,22 @@ impl RouterLoop {
                         token,
                         user,
                         request,
+                    };
+                    self.router.step(now_ms, input, &mut self.outputs);
+                }
+                ControlRequest::Setting {
+                    user,
+                    history_storage,
+                    reply,
+                } => {
+                    if !self.history.takes_setting() {
+                        let _ = reply.send(SettingAnswer::Busy);
+                        continue;
+                    }
+                    self.history.ask_setting(user.clone(), reply);
+                    let input = Input::Setting {
+                        user,
+                        history_storage,
                     };
                     self.router.step(now_ms, input, &mut self.outputs);
                 }

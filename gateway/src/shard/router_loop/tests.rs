@@ -169,6 +169,7 @@ impl ShardThread {
                         answers.swap_remove(usize::from(shard_id)),
                         limits.history_backlog_records_max,
                         limits.history_pages_in_flight_max,
+                        limits.control_requests_max,
                     );
                     let router_loop =
                         RouterLoop::new(Rc::clone(&shard), router, journal, mesh, inbox, history);

@@ -26,7 +26,10 @@ use router::{ConnId, ShardId};
 use tokio::sync::oneshot;
 use wire::{MessageId, ServerMessage, UserId};
 
-pub use store::{Fed, Feed, Page, Pages, STORAGE_90_DAYS, STORAGE_NONE, Store, StoreError};
+pub use store::{
+    Fed, FedSetting, Feed, Page, Pages, STORAGE_90_DAYS, STORAGE_NONE, SettingAnswer, Store,
+    StoreError,
+};
 
 /// The index's directory in the data directory.
 pub const DIR: &str = "history";
@@ -69,12 +72,6 @@ pub enum Job {
     GetSetting {
         user: UserId,
         reply: oneshot::Sender<Result<u8, StoreError>>,
-    },
-    /// Answered `Ok(false)` when `history_keepers_max` users keep history already.
-    PutSetting {
-        user: UserId,
-        history_storage: u8,
-        reply: oneshot::Sender<Result<bool, StoreError>>,
     },
 }
 
@@ -338,6 +335,8 @@ impl Writer {
 
     /// Feeds first, in one persist; then the settings in order.
     fn batch(&self, jobs: &mut Vec<Job>, wake: &dyn Fn(ShardId)) {
+        // Settings come with the feeds, in their log's order; their answers go once the
+        // batch is persisted (or failed).
         let mut feeds = Vec::new();
         let mut rest = Vec::new();
         for job in jobs.drain(..) {
@@ -347,11 +346,12 @@ impl Writer {
             }
         }
         if !feeds.is_empty() {
-            match self.store.feed(&feeds) {
-                Ok(rows) => {
+            let fed = self.store.feed(&feeds);
+            let answers: Vec<SettingAnswer> = match &fed {
+                Ok((rows, applied)) => {
                     self.stats
                         .rows_written
-                        .fetch_add(rows as u64, Ordering::Relaxed);
+                        .fetch_add(*rows as u64, Ordering::Relaxed);
                     let mut woken = Vec::new();
                     for feed in &feeds {
                         self.held[usize::from(feed.shard)]
@@ -363,12 +363,31 @@ impl Writer {
                     for shard in woken {
                         wake(shard);
                     }
+                    self.keepers.store(self.store.keepers(), Ordering::Release);
+                    applied
+                        .iter()
+                        .map(|&applied| {
+                            if applied {
+                                SettingAnswer::Stored
+                            } else {
+                                SettingAnswer::TooManyKeepers
+                            }
+                        })
+                        .collect()
                 }
                 // The held lsns stay where they were, so the log keeps these records and a
                 // restart feeds them again.
                 Err(error) => {
                     self.stats.feed_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(%error, "cannot index messages for history");
+                    Vec::new()
+                }
+            };
+            let mut answers = answers.into_iter();
+            for setting in feeds.iter_mut().flat_map(|feed| feed.settings.iter_mut()) {
+                let answer = answers.next().unwrap_or(SettingAnswer::Failed);
+                if let Some(reply) = setting.reply.take() {
+                    let _ = reply.send(answer);
                 }
             }
         }
@@ -378,15 +397,6 @@ impl Writer {
                 Job::Page { .. } => unreachable!("pages go to the page thread"),
                 Job::GetSetting { user, reply } => {
                     let _ = reply.send(Ok(self.store.setting(&user)));
-                }
-                Job::PutSetting {
-                    user,
-                    history_storage,
-                    reply,
-                } => {
-                    let set = self.store.set_setting(&user, history_storage);
-                    self.keepers.store(self.store.keepers(), Ordering::Relaxed);
-                    let _ = reply.send(set);
                 }
             }
         }

@@ -43,12 +43,38 @@ pub struct Page {
     pub more: bool,
 }
 
-/// A shard's durable message records up to `through`, for the index.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A shard's durable message and setting records up to `through`, for the index, each
+/// list in lsn order.
+#[derive(Debug)]
 pub struct Feed {
     pub shard: ShardId,
     pub through: Lsn,
     pub messages: Vec<Fed>,
+    pub settings: Vec<FedSetting>,
+}
+
+/// A `Record::Setting` of a feed, with whoever waits for it to be taken (none when
+/// recovery found it).
+#[derive(Debug)]
+pub struct FedSetting {
+    pub lsn: Lsn,
+    pub user: UserId,
+    pub history_storage: u8,
+    pub reply: Option<tokio::sync::oneshot::Sender<SettingAnswer>>,
+}
+
+/// What a user who set `history_storage` is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingAnswer {
+    /// In the log and in the index: it applies to what the index takes from now on.
+    Stored,
+    /// `keepers_max` users keep history already: the setting was not applied.
+    TooManyKeepers,
+    /// The shard could not take it now (too many settings waiting): nothing changed.
+    Busy,
+    /// The index could not write it: nothing changed in the index (the log has it, and
+    /// the next start applies it).
+    Failed,
 }
 
 /// One message record of a feed.
@@ -110,15 +136,7 @@ impl Store {
             .open()?;
         let options = KeyspaceCreateOptions::default;
         let settings = db.keyspace("settings", options)?;
-        let mut keepers = KeepersMap::default();
-        for item in settings.iter() {
-            let (user, value) = item.into_inner()?;
-            let user = std::str::from_utf8(&user)
-                .ok()
-                .and_then(|text| UserId::parse(text).ok())
-                .ok_or_else(|| StoreError("a damaged user id in the settings".into()))?;
-            keepers.insert(user, value.first().copied().unwrap_or(STORAGE_NONE));
-        }
+        let keepers = read_keepers(&settings)?;
         Ok(Store {
             rows: db.keyspace("rows", options)?,
             expiry: db.keyspace("expiry", options)?,
@@ -150,9 +168,11 @@ impl Store {
         keepers.get(user).copied().unwrap_or(STORAGE_NONE)
     }
 
-    /// Sets a user's `history_storage`, durably before it returns (whatever `sync` says:
+    /// Sets a user's `history_storage` alone, durably before it returns (tests; the server
+    /// sets it through the log and `feed`) (whatever `sync` says:
     /// the answer to the user promises it). `Ok(false)`: `keepers_max` users keep history
     /// already, and this one is not one of them.
+    #[cfg(test)]
     pub fn set_setting(&self, user: &UserId, value: u8) -> Result<bool, StoreError> {
         debug_assert!(value == STORAGE_NONE || value == STORAGE_90_DAYS);
         let mut keepers = self.keepers.borrow_mut();
@@ -175,16 +195,31 @@ impl Store {
     }
 
     /// Indexes the messages each feed carries, once for each user in the chat whose
-    /// setting keeps history at the time the index takes them, and records each feed's
-    /// `through` as held for its shard: one batch and one persist for all of it. Returns the
-    /// rows written.
-    pub fn feed(&self, feeds: &[Feed]) -> Result<usize, StoreError> {
-        let keepers = self.keepers.borrow();
+    /// setting keeps history at the time the index takes them, and applies the settings
+    /// in lsn order among them; records each feed's `through` as held for its shard: one
+    /// batch and one persist for all of it. Returns the rows written and, for each setting
+    /// in order, whether it was applied (false: `keepers_max` users keep history already).
+    /// If the batch fails, nothing of it is applied, in memory either.
+    pub fn feed(&self, feeds: &[Feed]) -> Result<(usize, Vec<bool>), StoreError> {
+        let fed = self.feed_batch(feeds);
+        if fed.is_err() {
+            self.reload_keepers()?;
+        }
+        fed
+    }
+
+    fn feed_batch(&self, feeds: &[Feed]) -> Result<(usize, Vec<bool>), StoreError> {
+        let mut keepers = self.keepers.borrow_mut();
         let mut batch = self.db.batch();
         let mut rows = 0;
+        let mut applied = Vec::new();
         let mut value = Vec::new();
         for feed in feeds {
+            let mut settings = feed.settings.iter().peekable();
             for fed in &feed.messages {
+                while let Some(setting) = settings.next_if(|setting| setting.lsn < fed.lsn) {
+                    applied.push(self.apply_setting(&mut keepers, &mut batch, setting));
+                }
                 let message = &fed.message;
                 value.clear();
                 let mut keep = |user: &UserId, chat: Chat<'_>| {
@@ -216,6 +251,9 @@ impl Store {
                     }
                 }
             }
+            for setting in settings {
+                applied.push(self.apply_setting(&mut keepers, &mut batch, setting));
+            }
             batch.insert(
                 &self.meta,
                 held_key(feed.shard),
@@ -225,7 +263,35 @@ impl Store {
         drop(keepers);
         batch.commit()?;
         self.persist()?;
-        Ok(rows)
+        Ok((rows, applied))
+    }
+
+    /// A setting into the batch and the in-memory keepers; false if refused for the bound.
+    fn apply_setting(
+        &self,
+        keepers: &mut KeepersMap,
+        batch: &mut fjall::OwnedWriteBatch,
+        setting: &FedSetting,
+    ) -> bool {
+        let user = &setting.user;
+        if setting.history_storage == STORAGE_NONE {
+            batch.remove(&self.settings, user.as_str());
+            keepers.remove(user);
+            return true;
+        }
+        if !keepers.contains_key(user) && keepers.len() >= self.keepers_max {
+            return false;
+        }
+        batch.insert(&self.settings, user.as_str(), [setting.history_storage]);
+        keepers.insert(user.clone(), setting.history_storage);
+        true
+    }
+
+    /// The keepers as the settings keyspace has them: after a batch that failed.
+    fn reload_keepers(&self) -> Result<(), StoreError> {
+        let keepers = read_keepers(&self.settings)?;
+        *self.keepers.borrow_mut() = keepers;
+        Ok(())
     }
 
     /// A page of `user`'s history of `chat`; see [`Pages::page`].
@@ -345,6 +411,19 @@ fn held_key(shard: ShardId) -> [u8; 6] {
 
 /// The users kept in memory with their setting.
 type KeepersMap = std::collections::HashMap<UserId, u8>;
+
+fn read_keepers(settings: &Keyspace) -> Result<KeepersMap, StoreError> {
+    let mut keepers = KeepersMap::default();
+    for item in settings.iter() {
+        let (user, value) = item.into_inner()?;
+        let user = std::str::from_utf8(&user)
+            .ok()
+            .and_then(|text| UserId::parse(text).ok())
+            .ok_or_else(|| StoreError("a damaged user id in the settings".into()))?;
+        keepers.insert(user, value.first().copied().unwrap_or(STORAGE_NONE));
+    }
+    Ok(keepers)
+}
 
 /// Whose chat a row is of, for its key.
 #[derive(Debug, Clone, Copy)]

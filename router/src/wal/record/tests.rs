@@ -200,6 +200,10 @@ fn samples() -> Vec<Record> {
         Record::Expired {
             message_ids: vec![MessageId(0), MessageId(1 << 40), MessageId(u64::MAX)],
         },
+        Record::Setting {
+            user: user("alice"),
+            history_storage: 90,
+        },
     ]
 }
 
@@ -528,6 +532,10 @@ fn arb_record() -> impl Strategy<Value = Record> {
         (1..u64::MAX).prop_map(|begin| Record::CheckpointEnd { begin: Lsn(begin) }),
         proptest::collection::vec(any::<u64>(), 1..20).prop_map(|ids| Record::Expired {
             message_ids: ids.into_iter().map(MessageId).collect(),
+        }),
+        (arb_user(), any::<u8>()).prop_map(|(user, history_storage)| Record::Setting {
+            user,
+            history_storage,
         }),
     ]
 }

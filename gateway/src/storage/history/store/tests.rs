@@ -37,6 +37,7 @@ fn feed(through: Lsn, messages: Vec<(Lsn, StoredMessage)>) -> Feed {
                 members: Vec::new(),
             })
             .collect(),
+        settings: Vec::new(),
     }
 }
 
@@ -280,7 +281,8 @@ fn a_message_to_oneself_is_kept_once() {
             Lsn(1),
             vec![(Lsn(1), message(1, "alice", "alice", T0))],
         )])
-        .unwrap();
+        .unwrap()
+        .0;
     assert_eq!(rows, 1);
     assert_eq!(
         ids(&store
@@ -314,8 +316,9 @@ fn group_messages_are_kept_for_the_members_of_the_time_who_keep_history() {
             to_group(1, &[&alice, &bob]),
             to_group(2, &[&alice, &bob, &carol]),
         ],
+        settings: Vec::new(),
     };
-    assert_eq!(store.feed(&[feed]).unwrap(), 3);
+    assert_eq!(store.feed(&[feed]).unwrap().0, 3);
     let chat = Target::Group(group);
     assert_eq!(
         ids(&store.page(&alice, &chat, None, 20).unwrap()),
@@ -360,4 +363,51 @@ fn turning_history_on_past_the_bound_is_refused_and_off_is_always_taken() {
     assert!(store.set_setting(&user("alice"), STORAGE_NONE).unwrap());
     assert!(store.set_setting(&user("bob"), STORAGE_90_DAYS).unwrap());
     assert_eq!(store.keepers(), 1);
+}
+
+#[test]
+fn settings_fed_from_the_log_apply_in_its_order_among_the_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), 1 << 20, 1, true).unwrap();
+    let (alice, bob) = (user("alice"), user("bob"));
+    let setting = |lsn: u64, who: &UserId, history_storage: u8| FedSetting {
+        lsn: Lsn(lsn),
+        user: who.clone(),
+        history_storage,
+        reply: None,
+    };
+    let mut fed = feed(
+        Lsn(5),
+        vec![
+            (Lsn(1), message(1, "alice", "bob", T0)),
+            (Lsn(3), message(3, "bob", "alice", T0 + 1)),
+            (Lsn(5), message(5, "alice", "bob", T0 + 2)),
+        ],
+    );
+    // Alice turns history on between messages 1 and 3, bob is refused (one keeper at most),
+    // and alice turns it off again before message 5.
+    fed.settings = vec![
+        setting(2, &alice, STORAGE_90_DAYS),
+        setting(3, &bob, STORAGE_90_DAYS),
+        setting(4, &alice, STORAGE_NONE),
+    ];
+    let (rows, applied) = store.feed(&[fed]).unwrap();
+    assert_eq!((rows, applied), (1, vec![true, false, true]));
+    assert_eq!(store.setting(&alice), STORAGE_NONE);
+    assert_eq!(store.keepers(), 0);
+    assert_eq!(
+        ids(&store.page(&alice, &with("bob"), None, 20).unwrap()),
+        vec![3]
+    );
+    assert!(
+        store
+            .page(&bob, &with("alice"), None, 20)
+            .unwrap()
+            .messages
+            .is_empty()
+    );
+    // What the settings keyspace holds is what comes back after a restart.
+    drop(store);
+    let store = Store::open(dir.path(), 1 << 20, 1, true).unwrap();
+    assert_eq!((store.setting(&alice), store.keepers()), (STORAGE_NONE, 0));
 }
