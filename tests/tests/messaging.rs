@@ -315,7 +315,7 @@ fn a_spoofed_from_is_ignored() {
 }
 
 #[test]
-fn a_message_to_a_group_that_does_not_exist_is_forbidden_and_history_refused_for_now() {
+fn a_message_or_history_request_to_a_group_that_does_not_exist_is_forbidden() {
     let server = Server::start();
     let mut alice = connect(&server, "alice");
     send_json(
@@ -329,10 +329,10 @@ fn a_message_to_a_group_that_does_not_exist_is_forbidden_and_history_refused_for
     assert_eq!(error["client_msg_id"], 9);
     send_json(
         &mut alice,
-        &json!({"type": "history", "req_id": 3, "with": "bob"}),
+        &json!({"type": "history", "req_id": 3, "group_id": "g:1"}),
     );
     let error = recv_json(&mut alice);
-    assert_eq!(error["code"], "bad_request");
+    assert_eq!(error["code"], "forbidden");
     assert_eq!(error["req_id"], 3);
 }
 
