@@ -10,8 +10,8 @@ use clap::Args;
 use serde::Deserialize;
 
 /// Declares every limit once: its name (the TOML key in `[limits]`, the flag `--name` in
-/// kebab case and the variable `SWITCHBOARD_NAME`), type, default, unit, lowest legal value
-/// and meaning. From that one list come the [`Limits`] struct that the file deserializes,
+/// kebab case and the variable `SWITCHBOARD_NAME`), type, default, unit, lowest legal value,
+/// meaning and, for a few, another name of the flag. From that one list come the [`Limits`] struct that the file deserializes,
 /// the [`LimitArgs`] flags, the reading of the environment, the merge, the lower bounds'
 /// check and the [`limit_table`] that `switchboard config default`, the docs and their
 /// tests are made from; so none of them can name a limit another does not know.
@@ -20,7 +20,8 @@ macro_rules! limits {
         $section:literal {
             $(
                 $(#[doc = $doc:literal])*
-                $name:ident: $ty:ty = $default:expr, $unit:ident, min $min:expr;
+                $name:ident: $ty:ty = $default:expr, $unit:ident, min $min:expr
+                    $(, alias $alias:literal)?;
             )*
         }
     )*) => {
@@ -50,6 +51,7 @@ macro_rules! limits {
             $($(
                 #[arg(
                     long,
+                    $(alias = $alias,)?
                     value_name = Unit::$unit.value_name(),
                     help = limit_help(stringify!($name)),
                 )]
@@ -299,7 +301,9 @@ limits! {
         group_receipts_tracked_max: usize = ROUTER.group_receipts_tracked_max, Count, min 1;
         /// How long an undelivered message is kept after its timestamp before it is dropped
         /// (`switchboard_undelivered_expired_total`).
-        undelivered_retention_ms: u64 = ROUTER.undelivered_retention_ms, Ms, min 1;
+        /// Also `--undelivered-retention`, the name the design gives it (in ms all the same).
+        undelivered_retention_ms: u64 = ROUTER.undelivered_retention_ms, Ms, min 1,
+            alias "undelivered-retention";
     }
     "History (docs/protocol.md, \"History\")" {
         /// Bytes of the history index's block cache.

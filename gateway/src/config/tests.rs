@@ -100,6 +100,21 @@ fn flag_beats_file_beats_default() {
 }
 
 #[test]
+fn undelivered_retention_also_answers_to_the_name_the_design_gives_it() {
+    let both = [
+        with_file("", &["--undelivered-retention", "86400000"]).unwrap(),
+        with_file("", &["--undelivered-retention-ms", "86400000"]).unwrap(),
+    ];
+    for config in both {
+        assert_eq!(config.limits.undelivered_retention_ms, 86_400_000);
+    }
+    assert_eq!(
+        with_file("", &[]).unwrap().limits.undelivered_retention_ms,
+        365 * 24 * 60 * 60 * 1000
+    );
+}
+
+#[test]
 fn top_level_flags_mean_serve() {
     let serve = parse(&["--listen", "127.0.0.1:1234", "--echo"]);
     assert_eq!(serve.listen.unwrap().to_string(), "127.0.0.1:1234");
