@@ -3,8 +3,10 @@
 // build on each other: sign-in remembered, presence and last seen, ticks from one grey to
 // two blue, typing, a message to an offline user, messages written while the server is
 // down (sent once on reconnect, also after the page was closed), and a SIGKILL in the middle
-// of a burst, after which every message is there exactly once and ticks work again. Any console error or uncaught
-// exception in a page fails the test. Run by tests/web.sh, which sets the environment.
+// of a burst, after which every message is there exactly once and ticks work again; then
+// alice keeps her history on the server, and a second device of hers, with nothing in its
+// storage, shows the chat from the server and scrolls back through it. Any console error or
+// uncaught exception in a page fails the test. Run by tests/web.sh, which sets the environment.
 
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -263,5 +265,58 @@ test("a SIGKILL in the middle of a burst loses nothing and doubles nothing", asy
   const sent = (await texts(alice, "out")).filter((t) => t.startsWith("burst "));
   assert.deepEqual(sent, burst, "alice's chat shows each message once");
   await screenshot(bob, "after-restart");
+  assertNoProblems();
+});
+
+test("a second device shows the history the server keeps, and loads older pages", async () => {
+  const { alice, bob } = pages;
+  await alice.waitForSelector("#keep-history:not([disabled])");
+  assert.equal(await alice.$eval("#keep-history", (box) => box.checked), false, "off by default");
+  await alice.click("#keep-history");
+  await alice.waitForFunction(() => {
+    const box = document.getElementById("keep-history");
+    return box.checked && !box.disabled;
+  });
+  // 52 messages: more than the 50 a page asks for.
+  const kept = Array.from({ length: 52 }, (_, i) => `kept ${i + 1}`);
+  await alice.evaluate((lines) => {
+    const input = document.getElementById("text");
+    const form = document.getElementById("composer");
+    for (const line of lines) {
+      input.value = line;
+      form.requestSubmit();
+    }
+  }, kept);
+  await outState(alice, "kept 52", "read");
+  await send(bob, "Got them all");
+  await alice.waitForFunction(() =>
+    [...document.querySelectorAll(".msg.in .text")].some((t) => t.textContent === "Got them all"));
+
+  // alice's phone: a new browser, nothing in its storage.
+  contexts.phone = await browser.createBrowserContext();
+  const phone = await contexts.phone.newPage();
+  phone.setDefaultTimeout(WAIT_MS);
+  await phone.setViewport({ width: 1000, height: 640 });
+  watch(phone, "alice's phone");
+  await phone.goto(server.url);
+  await phone.waitForSelector("#signin-form");
+  await phone.type("#token", TOKENS.alice);
+  await phone.click("#signin-button");
+  await online(phone);
+  await phone.waitForFunction(() => document.getElementById("keep-history").checked);
+  await phone.type("#new-contact", "bob");
+  await phone.click("#add-contact");
+  // The newest page: the last 49 of alice's and bob's answer, and a way to older ones.
+  await phone.waitForFunction(() =>
+    [...document.querySelectorAll(".msg.in .text")].some((t) => t.textContent === "Got them all"));
+  const newest = (await texts(phone, "out")).filter((t) => t.startsWith("kept "));
+  assert.deepEqual(newest, kept.slice(3), "the newest page, oldest first");
+  await phone.waitForSelector("#load-older");
+  await screenshot(phone, "history");
+  await phone.click("#load-older");
+  await phone.waitForFunction(() => document.getElementById("load-older") === null);
+  const all = (await texts(phone, "out")).filter((t) => t.startsWith("kept "));
+  assert.deepEqual(all, kept, "every kept message once, in order");
+  await contexts.phone.close();
   assertNoProblems();
 });

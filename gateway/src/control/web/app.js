@@ -1,5 +1,5 @@
-// The page itself: the sign-in form, the contact list with presence, and one open chat with
-// its ticks and typing line. It renders what client.js holds after every change it reports,
+// The page itself: the sign-in form, the contact list with presence, the history setting,
+// and one open chat with its ticks, typing line and older messages on demand. It renders what client.js holds after every change it reports,
 // and turns clicks and key presses into calls on it. The session (the token) is remembered
 // in localStorage until the user signs out.
 
@@ -81,6 +81,18 @@ function renderChat() {
   const list = $("messages");
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
   list.replaceChildren();
+  if (client.historyMore[openPeer]) {
+    const older = document.createElement("li");
+    older.className = "older";
+    const button = document.createElement("button");
+    button.id = "load-older";
+    button.type = "button";
+    button.className = "link";
+    button.textContent = "Load older messages";
+    button.addEventListener("click", () => client.askHistory(openPeer, true));
+    older.append(button);
+    list.append(older);
+  }
   for (const m of client.store.chat(openPeer)) {
     const item = document.createElement("li");
     item.className = `msg ${m.dir}`;
@@ -111,8 +123,17 @@ function readIfSeen() {
   if (openPeer !== null && document.visibilityState === "visible") client.markRead(openPeer);
 }
 
+function renderSettings() {
+  const box = $("keep-history");
+  box.disabled = client.historyStorage === null;
+  box.checked = client.historyStorage === 90;
+}
+
 function openChat(peer) {
   openPeer = peer;
+  // What the server keeps of this chat (nothing unless a side keeps history): a new device
+  // shows it, and older pages come with "Load older messages".
+  client.askHistory(peer);
   sessionStorage.setItem(`switchboard:${client.user}:open`, peer);
   renderChat();
   renderContacts();
@@ -124,8 +145,12 @@ function openChat(peer) {
 function changed(what) {
   if (what === "state") {
     renderState();
-    if (client.state === "online") readIfSeen();
+    if (client.state === "online") {
+      readIfSeen();
+      if (openPeer !== null) client.askHistory(openPeer);
+    }
   }
+  if (what === "settings") renderSettings();
   if (what === "messages") readIfSeen();
   renderContacts();
   renderChat();
@@ -139,6 +164,7 @@ function startApp(token, wsUrl) {
   $("app").hidden = false;
   $("me").textContent = user;
   renderState();
+  renderSettings();
   renderContacts();
   renderChat();
   client.start();
@@ -185,6 +211,16 @@ async function main() {
     $("signin-error").textContent = await signIn($("token").value.trim(), wsUrl);
   });
   $("signout").addEventListener("click", () => signOut());
+  $("keep-history").addEventListener("change", async (event) => {
+    const box = event.target;
+    box.disabled = true;
+    try {
+      await client.setHistoryStorage(box.checked ? 90 : 0);
+    } catch {
+      // The server did not take it: show what it still has.
+    }
+    renderSettings();
+  });
   $("add-contact-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const peer = $("new-contact").value.trim();

@@ -4,6 +4,9 @@
 // exponential backoff and jitter, the outbox sent again on every connection with the same
 // client_msg_id (the server answers a retry with the first message_id and delivers it once),
 // and incoming messages kept once by message_id however often the server sends them.
+// History: the user's `history_storage` setting over the HTTP API, and pages of a chat the
+// server keeps (docs/protocol.md, "History") merged into it by message_id, so that a new
+// device shows the chat and scrolls back through it.
 // It knows nothing of the DOM: app.js renders what it holds and calls it.
 
 const HEARTBEAT_MS = 20_000; // well inside the server's presence TTL (60 s)
@@ -14,6 +17,12 @@ const TYPING_SHOWN_MS = 5_000; // how long a typing notice is shown without anot
 const OVERLOADED_RETRY_MS = 2_000;
 const CHAT_MESSAGES_MAX = 500; // per chat, oldest dropped first (never an unsent one)
 const IDS_PER_RECEIPT_MAX = 1000; // the server's bound on message_ids
+const HISTORY_PAGE = 50; // messages asked for at a time (the server's bound is 100)
+
+/** Message ids are decimal strings of u64s: ordered by length, then as text. */
+export function idBefore(a, b) {
+  return a.length !== b.length ? a.length < b.length : a < b;
+}
 
 export const USER_ID = /^[A-Za-z0-9_.@-]{1,64}$/;
 
@@ -96,10 +105,84 @@ export class Client {
     this.timers = {};
     this.lastTypingSent = {};
     this.stopped = false;
+    this.historyStorage = null; // 0 or 90 once the server said; null before
+    this.historyMore = {}; // peer -> whether the server keeps older messages than we hold
+    this.historyAsked = {}; // req_id -> peer, for the answers
+    this.nextReqId = 1;
   }
 
   start() {
     this.connect();
+    this.loadSetting();
+  }
+
+  // --- History ------------------------------------------------------------------------
+
+  async api(method, path, body) {
+    const answer = await fetch(path, {
+      method,
+      headers: { Authorization: `Bearer ${this.token}`, "Content-Type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    if (!answer.ok) throw new Error(`${method} ${path}: ${answer.status}`);
+    return answer.json();
+  }
+
+  async loadSetting() {
+    try {
+      const { history_storage } = await this.api("GET", "/v1/user/settings");
+      this.historyStorage = history_storage;
+      this.onChange("settings");
+    } catch {
+      // Shown as unknown; the next change of the setting asks again.
+    }
+  }
+
+  /** Turns the server's copy of this user's history on (90 days) or off (0). */
+  async setHistoryStorage(days) {
+    const { history_storage } = await this.api("PUT", "/v1/user/settings", {
+      history_storage: days,
+    });
+    this.historyStorage = history_storage;
+    this.onChange("settings");
+  }
+
+  /** Asks for the newest page of the chat with `peer`, or the page before the oldest
+   * message held when `older`. */
+  askHistory(peer, older = false) {
+    const request = { type: "history", req_id: this.nextReqId++, with: peer, limit: HISTORY_PAGE };
+    if (older) {
+      const oldest = this.store.chat(peer).find((m) => m.id !== undefined);
+      if (oldest) request.before = oldest.id;
+    }
+    if (this.send(request)) this.historyAsked[request.req_id] = peer;
+  }
+
+  /** A page from the server, merged into the chat: each message once by message_id, in id
+   * order before the messages not yet acknowledged. */
+  historyPage({ req_id, messages, more }) {
+    const peer = this.historyAsked[req_id];
+    if (peer === undefined) return;
+    delete this.historyAsked[req_id];
+    const chat = this.store.chat(peer);
+    const known = new Set(chat.filter((m) => m.id !== undefined).map((m) => m.id));
+    for (const h of messages) {
+      if (known.has(h.message_id)) continue;
+      const mine = h.from === this.user;
+      chat.push(
+        mine
+          ? { dir: "out", id: h.message_id, text: h.content, ts: h.timestamp, state: "sent" }
+          : { dir: "in", id: h.message_id, text: h.content, ts: h.timestamp, read: true },
+      );
+    }
+    const sent = chat.filter((m) => m.id !== undefined);
+    sent.sort((a, b) => (idBefore(a.id, b.id) ? -1 : a.id === b.id ? 0 : 1));
+    chat.splice(0, chat.length, ...sent, ...chat.filter((m) => m.id === undefined));
+    // Only the first page of a chat says whether more is older than what we hold; a page
+    // asked with `before` says it of itself.
+    this.historyMore[peer] = more;
+    this.store.save();
+    this.onChange("messages");
   }
 
   stop() {
@@ -259,10 +342,12 @@ export class Client {
         return this.onChange("presence");
       case "typing":
         return this.typingNotice(message);
+      case "history":
+        return this.historyPage(message);
       case "error":
         return this.refused(message);
       default:
-        // Groups, history and the rest are not part of this page yet.
+        // Groups and the rest are not part of this page yet.
         return undefined;
     }
   }
@@ -280,6 +365,11 @@ export class Client {
     if (!m) return;
     m.id = message_id;
     m.ts = timestamp;
+    // A history page that came before this answer may hold the same message already.
+    for (const chat of Object.values(this.store.chats)) {
+      const copy = chat.findIndex((other) => other !== m && other.id === message_id);
+      if (copy >= 0) chat.splice(copy, 1);
+    }
     if (RANK[m.state] < RANK.sent) m.state = "sent";
     this.store.save();
     this.onChange("messages");
@@ -325,7 +415,11 @@ export class Client {
     this.timers[`typing:${from}`] = setTimeout(() => this.onChange("typing"), TYPING_SHOWN_MS);
   }
 
-  refused({ code, message, client_msg_id }) {
+  refused({ code, message, client_msg_id, req_id }) {
+    if (req_id !== undefined) {
+      delete this.historyAsked[req_id];
+      return;
+    }
     if (client_msg_id === undefined) return;
     const m = this.findOut((m) => m.cmid === client_msg_id);
     if (!m || m.state !== "pending") return;
