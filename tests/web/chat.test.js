@@ -74,7 +74,12 @@ const online = (page) => page.waitForSelector('#conn-state[data-state="online"]'
 
 /** Opens the chat with `peer` by clicking its contact. */
 async function openChat(page, peer) {
-  await page.click(`.contact[data-user="${peer}"]`);
+  // Clicked in the page in one step: the list is drawn anew on every change (a presence, a
+  // history page), and a click through puppeteer's element handle could land on a node
+  // that was replaced between finding it and clicking it.
+  const contact = `.contact[data-user="${peer}"]`;
+  await page.waitForSelector(contact);
+  await page.$eval(contact, (item) => item.click());
   await page.waitForFunction((p) => document.getElementById("chat-title").textContent === p, {}, peer);
 }
 
@@ -294,11 +299,7 @@ test("a second device shows the history the server keeps, and loads older pages"
 
   // alice's phone: a new browser, nothing in its storage.
   contexts.phone = await browser.createBrowserContext();
-  const phone = await contexts.phone.newPage();
-  phone.setDefaultTimeout(WAIT_MS);
-  await phone.setViewport({ width: 1000, height: 640 });
-  watch(phone, "alice's phone");
-  await phone.goto(server.url);
+  const phone = await openPage("phone");
   await phone.waitForSelector("#signin-form");
   await phone.type("#token", TOKENS.alice);
   await phone.click("#signin-button");
@@ -313,7 +314,7 @@ test("a second device shows the history the server keeps, and loads older pages"
   assert.deepEqual(newest, kept.slice(3), "the newest page, oldest first");
   await phone.waitForSelector("#load-older");
   await screenshot(phone, "history");
-  await phone.click("#load-older");
+  await phone.$eval("#load-older", (button) => button.click());
   await phone.waitForFunction(() => document.getElementById("load-older") === null);
   const all = (await texts(phone, "out")).filter((t) => t.startsWith("kept "));
   assert.deepEqual(all, kept, "every kept message once, in order");

@@ -166,8 +166,11 @@ export class Client {
     delete this.historyAsked[req_id];
     const chat = this.store.chat(peer);
     const known = new Set(chat.filter((m) => m.id !== undefined).map((m) => m.id));
-    for (const h of messages) {
-      if (known.has(h.message_id)) continue;
+    const fresh = messages.filter((h) => !known.has(h.message_id));
+    // A page that adds nothing changes nothing on screen: no render (the device that sent
+    // and received these messages asks on every connection).
+    if (fresh.length === 0 && this.historyMore[peer] === more) return;
+    for (const h of fresh) {
       const mine = h.from === this.user;
       chat.push(
         mine
