@@ -212,20 +212,17 @@ pub fn open(
 
 impl Worker {
     /// Starts the writer and the page threads, which run until every [`History`] is
-    /// dropped. `wake(shard)` rings a shard's doorbell: after its answers, and after its
-    /// feed is held.
-    pub fn spawn(self, wake: impl Fn(ShardId) + Send + Sync + 'static) -> std::io::Result<()> {
-        let wake = Arc::new(wake);
+    /// dropped. `wake(shard)` rings a shard's doorbell after its answers.
+    pub fn spawn(self, wake: impl Fn(ShardId) + Send + 'static) -> std::io::Result<()> {
         let page_thread = PageThread {
             pages: self.store.pages(),
             jobs: self.pages,
             answers: self.answers,
             stats: Arc::clone(&self.stats),
         };
-        let page_wake = Arc::clone(&wake);
         std::thread::Builder::new()
             .name("history-pages".into())
-            .spawn(move || page_thread.run(&*page_wake))?;
+            .spawn(move || page_thread.run(&wake))?;
         let writer = Writer {
             store: self.store,
             jobs: self.jobs,
@@ -236,7 +233,7 @@ impl Worker {
         };
         std::thread::Builder::new()
             .name("history".into())
-            .spawn(move || writer.run(&*wake))?;
+            .spawn(move || writer.run())?;
         Ok(())
     }
 }
@@ -308,7 +305,7 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(self, wake: &dyn Fn(ShardId)) {
+    fn run(self) {
         let mut next_expiry = std::time::Instant::now();
         let mut jobs = Vec::new();
         loop {
@@ -324,7 +321,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.batch(&mut jobs, wake);
+            self.batch(&mut jobs);
             if std::time::Instant::now() >= next_expiry {
                 let due = self.expire();
                 next_expiry =
@@ -334,7 +331,7 @@ impl Writer {
     }
 
     /// Feeds first, in one persist; then the settings in order.
-    fn batch(&self, jobs: &mut Vec<Job>, wake: &dyn Fn(ShardId)) {
+    fn batch(&self, jobs: &mut Vec<Job>) {
         // Settings come with the feeds, in their log's order; their answers go once the
         // batch is persisted (or failed).
         let mut feeds = Vec::new();
@@ -352,16 +349,12 @@ impl Writer {
                     self.stats
                         .rows_written
                         .fetch_add(*rows as u64, Ordering::Relaxed);
-                    let mut woken = Vec::new();
+                    // Not a wake-up: a shard reads `held` on its next turn or tick, and
+                    // nothing it waits for depends on it (a full backlog waits for room
+                    // in the queue, which it tries again by itself).
                     for feed in &feeds {
                         self.held[usize::from(feed.shard)]
                             .fetch_max(feed.through.0, Ordering::Release);
-                        if !woken.contains(&feed.shard) {
-                            woken.push(feed.shard);
-                        }
-                    }
-                    for shard in woken {
-                        wake(shard);
                     }
                     self.keepers.store(self.store.keepers(), Ordering::Release);
                     applied
