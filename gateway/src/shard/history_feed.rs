@@ -132,6 +132,12 @@ impl HistoryFeed {
             return;
         }
         self.last_noted = Some(message.id);
+        if !self.history.anyone_keeps() {
+            // Nobody keeps history: the index would write nothing for it, so it costs no
+            // copy, no feed and no hold on the log. (A user who turns history on gets the
+            // messages the index takes after their setting, which this one precedes.)
+            return;
+        }
         let members = match message.to {
             Target::Group(group) if self.history.anyone_keeps() => members(group)
                 .unwrap_or_default()
