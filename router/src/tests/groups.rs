@@ -7,7 +7,7 @@ use crate::shard::{GroupAnswer, GroupRefusal, GroupRequest};
 use crate::wal::GroupRecord;
 use wire::{GroupEventKind, IncomingMessage};
 
-fn ask(h: &mut Harness, by: &UserId, request: GroupRequest) -> GroupAnswer {
+pub(super) fn ask(h: &mut Harness, by: &UserId, request: GroupRequest) -> GroupAnswer {
     let outputs = h.step(Input::Group {
         token: 77,
         user: by.clone(),
@@ -25,7 +25,7 @@ fn ask(h: &mut Harness, by: &UserId, request: GroupRequest) -> GroupAnswer {
     answers.into_iter().next().unwrap()
 }
 
-fn create(h: &mut Harness, by: &UserId, members: &[&UserId]) -> GroupId {
+pub(super) fn create(h: &mut Harness, by: &UserId, members: &[&UserId]) -> GroupId {
     let request = GroupRequest::Create {
         name: "friends".into(),
         members: members.iter().map(|m| (*m).clone()).collect(),

@@ -323,32 +323,6 @@ fn a_tick_past_the_ids_a_record_holds_writes_more_records() {
     assert_eq!(h.shard.stats().undelivered_expired, n as u64);
 }
 
-fn create_group(h: &mut Harness, by: &UserId, members: &[&UserId]) -> GroupId {
-    let request = GroupRequest::Create {
-        name: "friends".into(),
-        members: members.iter().map(|m| (*m).clone()).collect(),
-    };
-    match group_answer(h, by, request) {
-        GroupAnswer::Created { group } => group,
-        other => panic!("created: {other:?}"),
-    }
-}
-
-fn group_answer(h: &mut Harness, by: &UserId, request: GroupRequest) -> GroupAnswer {
-    let outputs = h.step_durably(Input::Group {
-        token: 5,
-        user: by.clone(),
-        request,
-    });
-    outputs
-        .into_iter()
-        .find_map(|output| match output {
-            Output::GroupAnswer { answer, .. } => Some(answer),
-            _ => None,
-        })
-        .expect("answered")
-}
-
 #[test]
 fn a_group_message_some_member_lacks_is_dropped_with_its_delivery_state() {
     // Within the dedup window, so that the live and the recovered state compare whole.
@@ -360,7 +334,7 @@ fn a_group_message_some_member_lacks_is_dropped_with_its_delivery_state() {
     let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
     h.attach(conn(1), &alice);
     h.attach(conn(2), &bob);
-    let group = create_group(&mut h, &alice, &[&bob, &carol]);
+    let group = groups::create(&mut h, &alice, &[&bob, &carol]);
     let message = |n: u64| {
         ClientMessage::SendMessage(SendMessage {
             client_msg_id: n,
@@ -410,7 +384,7 @@ fn a_group_message_some_member_lacks_is_dropped_with_its_delivery_state() {
         message_id: g1,
     };
     assert_eq!(
-        group_answer(&mut h, &alice, receipts),
+        groups::ask(&mut h, &alice, receipts),
         GroupAnswer::Refused(GroupRefusal::NoSuchMessage)
     );
     // Bob reading it later finds nothing to log.
