@@ -293,8 +293,11 @@ impl Journal {
     /// until its commands are done, and the log offers nothing while commands are outstanding
     /// (a dropped commit), so no deletion runs amid the log's writes and fsyncs.
     pub fn hold_from(&mut self, lsn: Option<Lsn>) {
-        self.log.hold_from(lsn);
-        self.compact();
+        // The router loop says it every turn: only a change can make a segment deletable
+        // (a commit's checkpoint is compacted by the commit).
+        if self.log.hold_from(lsn) {
+            self.compact();
+        }
     }
 
     /// Reads back the record at `lsn`, for a message whose body the router dropped from

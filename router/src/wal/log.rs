@@ -511,10 +511,10 @@ impl Log {
         self.operation = None;
     }
 
-    /// A reader outside the log (the history store, until its database has them) still needs the
-    /// records from `lsn` on (`None`: none): no segment holding one is deleted, even a dead one.
-    pub fn hold_from(&mut self, lsn: Option<Lsn>) {
-        self.hold = lsn;
+    /// A reader outside the log (the history store, until it has them) needs the records from `lsn`
+    /// on (`None`: none): no segment holding one is deleted, even a dead one. True if it changed.
+    pub fn hold_from(&mut self, lsn: Option<Lsn>) -> bool {
+        std::mem::replace(&mut self.hold, lsn) != lsn
     }
 
     /// Recovery kept segments before `begin` (the last checkpoint's) that `hold` needs.
