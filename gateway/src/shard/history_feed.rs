@@ -2,9 +2,10 @@
 //! history thread in order; the hold on the log's segments until the thread has them for
 //! good; and the pages its router asked for, until they come back.
 //!
-//! The router loop owns one [`HistoryFeed`]. Each 1:1 message record it appends is noted
-//! (`appended`); once a commit makes records durable, those up to the durable lsn go to the
-//! thread as one [`Feed`] (`durable`), or wait in the backlog while its queue is full. The
+//! The router loop owns one [`HistoryFeed`]. Each setting record it appends, and each message
+//! record while someone keeps history, is noted (`appended`); once a commit makes records
+//! durable, those up to the durable lsn go to the thread as one [`Feed`] (`durable`), or
+//! wait in the backlog while its queue is full. The
 //! log must keep every record from the oldest one not yet held by the thread
 //! (`hold_from`). A backlog at `history_backlog_records_max` is backpressure: the loop
 //! takes no new input until the thread catches up (`full`). A checkpoint's copy of a
@@ -48,7 +49,6 @@ pub struct HistoryFeed {
 }
 
 impl HistoryFeed {
-    /// `backlog`: the records recovery found after what the thread holds.
     pub fn new(
         shard: ShardId,
         history: History,
@@ -73,27 +73,25 @@ impl HistoryFeed {
         }
     }
 
-    /// The last record of this shard's log the thread holds, as it was at start.
+    /// The last record of this shard's log the thread holds for good.
     pub fn held(&self) -> Lsn {
         self.history.held(self.shard)
     }
 
-    /// A record recovery read back: noted if the thread does not hold it yet. `members`
-    /// as for `appended` (after a crash, a group's members as recovery left them).
-    pub fn recovered(
-        &mut self,
-        lsn: Lsn,
-        record: &Record,
-        held: Lsn,
-        members: impl FnOnce(GroupId) -> Option<Vec<(UserId, bool)>>,
-    ) {
+    /// Whether recovery must hand this record to `appended`: a setting always, a message
+    /// while someone keeps history (recovery keeps the rest of the log out of memory).
+    pub fn wants(&self, record: &Record) -> bool {
         match record {
-            Record::Message(message) if lsn <= held => {
-                self.last_noted = self.last_noted.max(Some(message.id));
-            }
-            Record::Setting { .. } if lsn <= held => {}
-            _ => self.appended(lsn, record, members),
+            Record::Setting { .. } => true,
+            Record::Message(_) => self.history.anyone_keeps(),
+            _ => false,
         }
+    }
+
+    /// After recovery: every message up to `id` is noted or held (so a checkpoint's later
+    /// copy of one is not noted again).
+    pub fn noted_through(&mut self, id: Option<MessageId>) {
+        self.last_noted = self.last_noted.max(id);
     }
 
     /// A record appended to the log. `members` says who is in a group now (the router's
@@ -318,18 +316,10 @@ impl Noted {
 }
 
 fn overloaded(correlation: Correlation) -> ServerMessage {
-    let mut message = error(ErrorCode::Overloaded, "history is busy; retry", correlation);
-    if let ServerMessage::Error(error) = &mut message {
-        error.retry_after_ms = Some(100);
-    }
-    message
-}
-
-fn error(code: ErrorCode, text: &str, correlation: Correlation) -> ServerMessage {
     ServerMessage::Error(ErrorMessage {
-        code,
-        message: text.into(),
+        code: ErrorCode::Overloaded,
+        message: "history is busy; retry".into(),
         correlation,
-        retry_after_ms: None,
+        retry_after_ms: Some(100),
     })
 }

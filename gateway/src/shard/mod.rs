@@ -292,12 +292,19 @@ fn recover(
         Some(held.next()),
     )?;
     let last = records.last().map(|(lsn, _)| *lsn);
-    // The messages the index missed, noted once the router is rebuilt, so that a group
+    // The records the index missed, noted once the router is rebuilt, so that a group
     // message names the group's members (as recovery left them: a member who joined or
-    // left after it, before the crash, counts as the group is now).
+    // left after it, before the crash, counts as the group is now). Only those the index
+    // wants are copied: the rest of the log goes to the router alone.
     let missed: Vec<_> = held_back
         .into_iter()
-        .chain(records.iter().filter(|(lsn, _)| *lsn > held).cloned())
+        .filter(|(lsn, record)| *lsn > held && history.wants(record))
+        .chain(
+            records
+                .iter()
+                .filter(|(lsn, record)| *lsn > held && history.wants(record))
+                .cloned(),
+        )
         .collect();
     let n_records = records.len();
     let mut router_config = limits.router();
@@ -312,8 +319,9 @@ fn recover(
         records,
     );
     for (lsn, record) in &missed {
-        history.recovered(*lsn, record, held, |group| router.group_members(group));
+        history.appended(*lsn, record, |group| router.group_members(group));
     }
+    history.noted_through(router.last_message_id());
     if let Some(last) = last
         && !history.settle(last, HISTORY_SETTLE)
     {

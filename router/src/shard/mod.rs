@@ -317,6 +317,11 @@ impl RouterShard {
         self.presence_shed
     }
 
+    /// The greatest message id handed out so far (recovered ones included).
+    pub fn last_message_id(&self) -> Option<MessageId> {
+        self.ids.last()
+    }
+
     pub fn stats(&self) -> Stats {
         Stats {
             users: self.users.len(),
