@@ -300,18 +300,6 @@ impl Store {
         Ok(())
     }
 
-    /// A page of `user`'s history of `chat`; see [`Pages::page`].
-    #[cfg(test)]
-    pub fn page(
-        &self,
-        user: &UserId,
-        chat: &Target,
-        before: Option<MessageId>,
-        limit: usize,
-    ) -> Result<Page, StoreError> {
-        self.pages().page(user, chat, before, limit)
-    }
-
     /// A reader of pages for another thread: it sees what the store persisted and wrote,
     /// and reads while the store writes.
     pub fn pages(&self) -> Pages {

@@ -71,6 +71,7 @@ fn nothing_is_kept_while_both_sides_keep_none() {
     chat(&store, 4);
     assert!(
         store
+            .pages()
             .page(&user("alice"), &with("bob"), None, 20)
             .unwrap()
             .messages
@@ -78,6 +79,7 @@ fn nothing_is_kept_while_both_sides_keep_none() {
     );
     assert!(
         store
+            .pages()
             .page(&user("bob"), &with("alice"), None, 20)
             .unwrap()
             .messages
@@ -99,6 +101,7 @@ fn a_user_keeping_90_days_pages_newest_first_and_the_other_side_sees_nothing() {
     chat(&store, 5);
     let (alice, bob) = (user("alice"), user("bob"));
     let first = store
+        .pages()
         .page(&alice, &Target::User(bob.clone()), None, 2)
         .unwrap();
     assert_eq!((ids(&first), first.more), (vec![5, 4], true));
@@ -106,19 +109,23 @@ fn a_user_keeping_90_days_pages_newest_first_and_the_other_side_sees_nothing() {
     assert_eq!(first.messages[1].from, bob);
     assert_eq!(first.messages[0].content, "message 5");
     let second = store
+        .pages()
         .page(&alice, &Target::User(bob.clone()), Some(MessageId(4)), 2)
         .unwrap();
     assert_eq!((ids(&second), second.more), (vec![3, 2], true));
     let last = store
+        .pages()
         .page(&alice, &Target::User(bob.clone()), Some(MessageId(2)), 2)
         .unwrap();
     assert_eq!((ids(&last), last.more), (vec![1], false));
     let exact = store
+        .pages()
         .page(&alice, &Target::User(bob.clone()), None, 5)
         .unwrap();
     assert_eq!((exact.messages.len(), exact.more), (5, false));
     assert!(
         store
+            .pages()
             .page(&bob, &Target::User(alice.clone()), None, 20)
             .unwrap()
             .messages
@@ -140,27 +147,36 @@ fn a_third_user_and_an_empty_chat_get_empty_pages() {
     };
     assert_eq!(
         store
+            .pages()
             .page(&user("carol"), &with("alice"), None, 20)
             .unwrap(),
         empty
     );
     assert_eq!(
-        store.page(&user("carol"), &with("bob"), None, 20).unwrap(),
+        store
+            .pages()
+            .page(&user("carol"), &with("bob"), None, 20)
+            .unwrap(),
         empty
     );
     assert_eq!(
         store
+            .pages()
             .page(&user("alice"), &with("carol"), None, 20)
             .unwrap(),
         empty
     );
     // A user id that is a prefix of another's does not read its rows.
     assert_eq!(
-        store.page(&user("alic"), &with("bob"), None, 20).unwrap(),
+        store
+            .pages()
+            .page(&user("alic"), &with("bob"), None, 20)
+            .unwrap(),
         empty
     );
     assert_eq!(
         store
+            .pages()
             .page(&user("bob"), &with("alice"), None, 20)
             .unwrap()
             .messages
@@ -196,6 +212,7 @@ fn a_changed_setting_applies_to_the_messages_fed_after_it() {
     // The message kept while the setting was 90 stays for its 90 days.
     assert_eq!(
         ids(&store
+            .pages()
             .page(&alice, &Target::User(bob.clone()), None, 20)
             .unwrap()),
         vec![2]
@@ -222,6 +239,7 @@ fn rows_expire_90_days_after_their_message_and_not_before() {
     assert_eq!(store.expire(day_90 - 1, 100).unwrap(), 0);
     assert_eq!(
         ids(&store
+            .pages()
             .page(&alice, &Target::User(bob.clone()), None, 20)
             .unwrap()),
         vec![2, 1]
@@ -231,12 +249,14 @@ fn rows_expire_90_days_after_their_message_and_not_before() {
     assert_eq!(store.expire(day_90 + 1, 100).unwrap(), 0);
     assert_eq!(
         ids(&store
+            .pages()
             .page(&alice, &Target::User(bob.clone()), None, 20)
             .unwrap()),
         vec![2]
     );
     assert_eq!(
         ids(&store
+            .pages()
             .page(&bob, &Target::User(alice.clone()), None, 20)
             .unwrap()),
         vec![2]
@@ -247,6 +267,7 @@ fn rows_expire_90_days_after_their_message_and_not_before() {
     assert_eq!(store.expire(day_90 + DAY_MS, 1).unwrap(), 0);
     assert!(
         store
+            .pages()
             .page(&alice, &Target::User(bob.clone()), None, 20)
             .unwrap()
             .messages
@@ -266,7 +287,10 @@ fn what_was_fed_and_set_survives_reopening_and_feeding_again_is_harmless() {
     assert_eq!(store.held(0).unwrap(), Lsn(3));
     assert_eq!(store.setting(&user("bob")), STORAGE_90_DAYS);
     chat(&store, 3);
-    let page = store.page(&user("bob"), &with("alice"), None, 20).unwrap();
+    let page = store
+        .pages()
+        .page(&user("bob"), &with("alice"), None, 20)
+        .unwrap();
     assert_eq!((ids(&page), page.more), (vec![3, 2, 1], false));
 }
 
@@ -286,6 +310,7 @@ fn a_message_to_oneself_is_kept_once() {
     assert_eq!(rows, 1);
     assert_eq!(
         ids(&store
+            .pages()
             .page(&alice, &Target::User(alice.clone()), None, 20)
             .unwrap()),
         vec![1]
@@ -321,13 +346,17 @@ fn group_messages_are_kept_for_the_members_of_the_time_who_keep_history() {
     assert_eq!(store.feed(&[feed]).unwrap().0, 3);
     let chat = Target::Group(group);
     assert_eq!(
-        ids(&store.page(&alice, &chat, None, 20).unwrap()),
+        ids(&store.pages().page(&alice, &chat, None, 20).unwrap()),
         vec![2, 1]
     );
-    assert_eq!(ids(&store.page(&carol, &chat, None, 20).unwrap()), vec![2]);
+    assert_eq!(
+        ids(&store.pages().page(&carol, &chat, None, 20).unwrap()),
+        vec![2]
+    );
     // Bob keeps none; and a group's rows are not a 1:1 chat's.
     assert!(
         store
+            .pages()
             .page(&bob, &chat, None, 20)
             .unwrap()
             .messages
@@ -335,6 +364,7 @@ fn group_messages_are_kept_for_the_members_of_the_time_who_keep_history() {
     );
     assert!(
         store
+            .pages()
             .page(&alice, &with("bob"), None, 20)
             .unwrap()
             .messages
@@ -342,12 +372,13 @@ fn group_messages_are_kept_for_the_members_of_the_time_who_keep_history() {
     );
     assert!(
         store
+            .pages()
             .page(&alice, &Target::Group(GroupId(8)), None, 20)
             .unwrap()
             .messages
             .is_empty()
     );
-    let page = store.page(&alice, &chat, None, 20).unwrap();
+    let page = store.pages().page(&alice, &chat, None, 20).unwrap();
     assert_eq!(page.messages[0].to, chat);
 }
 
@@ -396,11 +427,12 @@ fn settings_fed_from_the_log_apply_in_its_order_among_the_messages() {
     assert_eq!(store.setting(&alice), STORAGE_NONE);
     assert_eq!(store.keepers(), 0);
     assert_eq!(
-        ids(&store.page(&alice, &with("bob"), None, 20).unwrap()),
+        ids(&store.pages().page(&alice, &with("bob"), None, 20).unwrap()),
         vec![3]
     );
     assert!(
         store
+            .pages()
             .page(&bob, &with("alice"), None, 20)
             .unwrap()
             .messages
