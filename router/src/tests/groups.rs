@@ -36,7 +36,7 @@ pub(super) fn create(h: &mut Harness, by: &UserId, members: &[&UserId]) -> Group
     }
 }
 
-fn to_group(group: GroupId, client_msg_id: u64) -> ClientMessage {
+pub(super) fn to_group(group: GroupId, client_msg_id: u64) -> ClientMessage {
     ClientMessage::SendMessage(SendMessage {
         client_msg_id,
         to: Target::Group(group),

@@ -335,19 +335,11 @@ fn a_group_message_some_member_lacks_is_dropped_with_its_delivery_state() {
     h.attach(conn(1), &alice);
     h.attach(conn(2), &bob);
     let group = groups::create(&mut h, &alice, &[&bob, &carol]);
-    let message = |n: u64| {
-        ClientMessage::SendMessage(SendMessage {
-            client_msg_id: n,
-            to: Target::Group(group),
-            content: format!("group message {n}"),
-            media: None,
-        })
-    };
     let send = |h: &mut Harness, n: u64| {
         let outputs = h.step_durably(Input::Client {
             conn: conn(1),
             user: alice.clone(),
-            message: message(n),
+            message: groups::to_group(group, n),
         });
         sends(&outputs)
             .into_iter()
