@@ -74,25 +74,39 @@ pub async fn check_member(shards: Shards<'_>, user: UserId, group: &str) -> Resu
     }
 }
 
-/// Asks shard `shard` and waits for its answer, at most the control timeout.
+/// Asks shard `shard` a group request and waits for its answer, at most the control
+/// timeout.
 async fn ask(
     shards: Shards<'_>,
     shard: usize,
     user: UserId,
     request: GroupRequest,
 ) -> Result<GroupAnswer, Response> {
+    ask_shard(shards.senders, shard, shards.timeout, |reply| {
+        ControlRequest::Group {
+            user,
+            request,
+            reply,
+        }
+    })
+    .await
+}
+
+/// Sends shard `shard` the request `make` builds around a reply channel and waits for the
+/// answer, at most `timeout`; a full inbox or no answer in time is `503 overloaded`. For
+/// every route that asks a shard.
+pub async fn ask_shard<T>(
+    senders: &[(ControlSender, Arc<ShardMetrics>)],
+    shard: usize,
+    timeout: Duration,
+    make: impl FnOnce(oneshot::Sender<T>) -> ControlRequest,
+) -> Result<T, Response> {
     let (reply, answer) = oneshot::channel();
-    let (sender, _) = &shards.senders[shard];
-    let request = ControlRequest::Group {
-        user,
-        request,
-        reply,
-    };
-    if let Err(error) = sender.send(request) {
+    if let Err(error) = senders[shard].0.send(make(reply)) {
         let message = format!("shard {shard} did not take the request: {error}");
         return Err(failure(ErrorCode::Overloaded, &message));
     }
-    match tokio::time::timeout(shards.timeout, answer).await {
+    match tokio::time::timeout(timeout, answer).await {
         Ok(Ok(answer)) => Ok(answer),
         _ => Err(failure(
             ErrorCode::Overloaded,

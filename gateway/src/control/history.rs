@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::oneshot;
 use wire::{ErrorCode, MessageId, ServerMessage, Target, UserId};
 
+use crate::control::groups::ask_shard;
 use crate::control::reply::failure;
 use crate::metrics::ShardMetrics;
 use crate::shard::control_inbox::{ControlRequest, ControlSender};
@@ -97,34 +98,29 @@ pub async fn put_settings(routes: HistoryRoutes<'_>, user: UserId, body: &[u8]) 
     // history index has taken it from there.
     let shards = routes.shards;
     let owner = usize::from(router::owner_shard(&user, shards.len() as u16));
-    let (reply, answer) = oneshot::channel();
-    let request = ControlRequest::Setting {
-        user,
-        history_storage,
-        reply,
-    };
-    if let Err(error) = shards[owner].0.send(request) {
-        let message = format!("shard {owner} did not take the request: {error}");
-        return failure(ErrorCode::Overloaded, &message);
-    }
-    match tokio::time::timeout(routes.timeout, answer).await {
-        Ok(Ok(SettingAnswer::Stored)) => settings_body(history_storage),
-        Ok(Ok(SettingAnswer::TooManyKeepers)) => failure(
+    let answer = ask_shard(shards, owner, routes.timeout, |reply| {
+        ControlRequest::Setting {
+            user,
+            history_storage,
+            reply,
+        }
+    })
+    .await;
+    match answer {
+        Ok(SettingAnswer::Stored) => settings_body(history_storage),
+        Ok(SettingAnswer::TooManyKeepers) => failure(
             ErrorCode::Overloaded,
             "as many users keep history as this server allows (history_keepers_max)",
         ),
-        Ok(Ok(SettingAnswer::Busy)) => failure(
+        Ok(SettingAnswer::Busy) => failure(
             ErrorCode::Overloaded,
             &format!("shard {owner} has too many settings waiting"),
         ),
-        Ok(Ok(SettingAnswer::Failed)) => failure(
+        Ok(SettingAnswer::Failed) => failure(
             ErrorCode::Internal,
             "the history index could not write the setting",
         ),
-        _ => failure(
-            ErrorCode::Overloaded,
-            &format!("shard {owner} did not answer in time"),
-        ),
+        Err(response) => response,
     }
 }
 
