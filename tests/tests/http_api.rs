@@ -93,9 +93,15 @@ fn metrics_are_openmetrics_text_with_per_shard_samples() {
                 .iter()
                 .filter_map(|sample| sample.labels.get("shard").map(String::as_str))
                 .collect();
-            // The HTTP thread's and the history thread's are the process's, not a shard's.
-            let per_shard =
-                !name.starts_with("switchboard_http_") && !name.starts_with("switchboard_history_");
+            // The HTTP thread's, the history thread's and the media routes' are the
+            // process's, not a shard's.
+            let per_shard = ![
+                "switchboard_http_",
+                "switchboard_history_",
+                "switchboard_media_",
+            ]
+            .iter()
+            .any(|prefix| name.starts_with(prefix));
             let expected: BTreeSet<&str> = if per_shard {
                 ["0", "1"].into()
             } else {

@@ -56,10 +56,17 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
         queue_jobs_max: config.limits.history_queue_jobs_max,
         expire_rows_max: config.limits.history_expire_rows_max,
         sync: config.durability != config::Durability::None,
+        media_retention_ms: config.limits.media_retention_ms,
+        media_expire_objects_max: config.limits.media_expire_objects_max,
     };
+    let media_dir = config.data_dir.join(storage::media::DIR);
+    let blobs: Arc<dyn storage::media::BlobStore> = Arc::new(
+        storage::media::LocalBlobs::open(&media_dir)
+            .with_context(|| format!("cannot open {}", media_dir.display()))?,
+    );
     let history_dir = config.data_dir.join(storage::history::DIR);
     let (history, history_worker, history_answers) =
-        storage::history::open(&history_dir, n_shards, history_config)
+        storage::history::open(&history_dir, n_shards, history_config, Arc::clone(&blobs))
             .with_context(|| format!("cannot open {}", history_dir.display()))?;
     let shard_control = start_control_plane(
         &config,
@@ -68,6 +75,7 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
         ws_addr,
         listeners.len(),
         &history,
+        &blobs,
     )?;
     let history_parts = shard::HistoryParts {
         history,
@@ -151,6 +159,7 @@ fn start_control_plane(
     ws_addr: std::net::SocketAddr,
     n_shards: usize,
     history: &storage::history::History,
+    blobs: &Arc<dyn storage::media::BlobStore>,
 ) -> anyhow::Result<Vec<(ControlInbox, Arc<ShardMetrics>)>> {
     let mut plane = control::http::ControlPlane {
         history: history.clone(),
@@ -160,6 +169,15 @@ fn start_control_plane(
         auth: Arc::clone(auth),
         http_body_bytes_max: config.limits.http_body_bytes_max,
         ws_addr,
+        media: control::media::MediaRoutes {
+            blobs: Arc::clone(blobs),
+            history: history.clone(),
+            mime_allowed: config.media_mime_allowed.clone(),
+            bytes_max: config.limits.media_bytes_max,
+            read_chunk_bytes: config.limits.media_read_chunk_bytes,
+            uploads: tokio::sync::Semaphore::new(config.limits.media_uploads_max),
+            metrics: Arc::default(),
+        },
     };
     let mut shard_control = Vec::with_capacity(n_shards);
     for _ in 0..n_shards {

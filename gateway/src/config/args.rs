@@ -146,6 +146,11 @@ pub struct ServeArgs {
     /// for a log collector [default: text].
     #[arg(long, value_enum, env = "SWITCHBOARD_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// The `Content-Type`s an upload may have, comma-separated: a type (`image/png`), a
+    /// family (`image/*`) or `*/*` [default: image/*,video/*,audio/*,application/pdf,text/plain]
+    /// [env: SWITCHBOARD_MEDIA_MIME_ALLOWED]
+    #[arg(long, value_name = "LIST")]
+    pub media_mime_allowed: Option<String>,
     #[command(flatten)]
     pub secret: SecretArgs,
     #[command(flatten)]

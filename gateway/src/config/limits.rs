@@ -324,6 +324,20 @@ limits! {
         /// more while rows are due).
         history_expire_rows_max: usize = 10_000, Count, min 1;
     }
+    "Media (docs/protocol.md, \"Media\")" {
+        /// The largest upload; a bigger one is answered 413 without its body being read.
+        media_bytes_max: u64 = 64 << 20, Bytes, min 1;
+        /// Uploads in progress at once; past it an upload is answered `overloaded`. Each
+        /// holds at most one body chunk in memory (under 1 MiB).
+        media_uploads_max: usize = 64, Count, min 1;
+        /// Bytes a download reads from disk at a time, and holds in memory.
+        media_read_chunk_bytes: usize = 256 << 10, Bytes, min 4096;
+        /// How long an object is kept after the last message that referenced it (or its
+        /// upload): by default as long as an undelivered message that names it is kept.
+        media_retention_ms: u64 = ROUTER.undelivered_retention_ms, Ms, min 1;
+        /// Media objects the history thread deletes per sweep of expired ones.
+        media_expire_objects_max: usize = 1_000, Count, min 1;
+    }
     "The write-ahead log" {
         /// Bytes of one segment file before the next record starts a new one; above the
         /// segment header.

@@ -83,6 +83,7 @@ struct FileConfig {
     jwt_secret_file: Option<PathBuf>,
     echo: Option<bool>,
     log_format: Option<LogFormat>,
+    media_mime_allowed: Option<Vec<String>>,
     #[serde(default)]
     limits: Limits,
 }
@@ -169,7 +170,21 @@ pub struct Config {
     pub echo: bool,
     pub log_format: LogFormat,
     pub secret: SecretSource,
+    /// The `Content-Type`s an upload may have: a type, a family (`image/*`) or `*/*`.
+    pub media_mime_allowed: Vec<String>,
     pub limits: Limits,
+}
+
+/// The uploads' types allowed by default: pictures, video, sound, PDF and plain text.
+pub const MEDIA_MIME_ALLOWED_DEFAULT: &str = "image/*,video/*,audio/*,application/pdf,text/plain";
+
+/// A comma-separated list of types as a list, without blanks or empty entries.
+fn mime_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:8080";
@@ -248,6 +263,15 @@ impl Config {
                 .or(file.log_format)
                 .unwrap_or(LogFormat::Text),
             secret,
+            media_mime_allowed: match args.media_mime_allowed.clone() {
+                Some(text) => mime_list(&text),
+                None => match env_value::<String>(env, "media_mime_allowed")? {
+                    Some(text) => mime_list(&text),
+                    None => file
+                        .media_mime_allowed
+                        .unwrap_or_else(|| mime_list(MEDIA_MIME_ALLOWED_DEFAULT)),
+                },
+            },
             limits,
         })
     }

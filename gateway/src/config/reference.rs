@@ -83,6 +83,22 @@ pub fn settings() -> Vec<Setting> {
             default: quoted("text"),
             example: "",
         },
+        Setting {
+            key: "media_mime_allowed",
+            doc: "The Content-Types an upload may have: a type (\"image/png\"), a family \
+                  (\"image/*\") or \"*/*\". The flag and the variable take them \
+                  comma-separated.",
+            default: Some(
+                toml::Value::Array(
+                    MEDIA_MIME_ALLOWED_DEFAULT
+                        .split(',')
+                        .map(|mime| toml::Value::String(mime.to_owned()))
+                        .collect(),
+                )
+                .to_string(),
+            ),
+            example: "",
+        },
     ]
 }
 

@@ -29,6 +29,7 @@ use wire::ErrorCode;
 use crate::auth::Authenticator;
 use crate::control::groups::{self, Shards};
 use crate::control::history::{self, HistoryRoutes};
+use crate::control::media::MediaRoutes;
 use crate::control::openmetrics::Exposition;
 use crate::control::reply::failure;
 use crate::metrics::{PlaneMetrics, ShardMetrics};
@@ -48,6 +49,8 @@ pub struct ControlPlane {
     /// The history thread's queue: settings and history pages.
     pub history: History,
     pub history_limit_max: u32,
+    /// The media routes' store, bounds and counters.
+    pub media: MediaRoutes,
 }
 
 /// Serves the API on `listener` from a thread of its own until the process exits.
@@ -115,8 +118,9 @@ fn router(plane: ControlPlane) -> Router {
     let body_bytes_max = plane.http_body_bytes_max;
     let metrics = Arc::new(PlaneMetrics::default());
     let shards = plane.shards.iter().map(|(_, m)| Arc::clone(m)).collect();
-    let exposition =
-        Exposition::new(shards, Arc::clone(&metrics)).with_history(plane.history.clone());
+    let exposition = Exposition::new(shards, Arc::clone(&metrics))
+        .with_history(plane.history.clone())
+        .with_media(Arc::clone(&plane.media.metrics), plane.history.clone());
     let page = crate::control::web::routes(plane.ws_addr);
     let api = Api {
         plane,
@@ -131,6 +135,8 @@ fn router(plane: ControlPlane) -> Router {
         .route("/v1/user/{user_id}/status", get(user_status))
         .route("/v1/user/settings", get(get_settings).put(put_settings))
         .route("/v1/history/{chat}", get(history_page))
+        .route("/v1/media", post(upload_media))
+        .route("/v1/media/{hash}", get(download_media))
         .route("/v1/groups", get(list_groups).post(create_group))
         .route("/v1/groups/{group_id}", get(get_group))
         .route("/v1/groups/{group_id}/members", post(add_member))
@@ -406,6 +412,31 @@ async fn put_settings(
 ) -> Response {
     match caller(&api, peer, &headers) {
         Ok(user) => history::put_settings(api.history(), user, &body).await,
+        Err(response) => response,
+    }
+}
+
+/// Not limited by `http_body_bytes_max`: the body is streamed, under `media_bytes_max`.
+async fn upload_media(
+    State(api): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    match caller(&api, peer, &headers) {
+        Ok(user) => api.plane.media.upload(user, &headers, body).await,
+        Err(response) => response,
+    }
+}
+
+async fn download_media(
+    State(api): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    Path(hash): Path<String>,
+) -> Response {
+    match caller(&api, peer, &headers) {
+        Ok(user) => api.plane.media.download(&user, &hash, &headers).await,
         Err(response) => response,
     }
 }

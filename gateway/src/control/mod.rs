@@ -4,11 +4,14 @@
 //! reaching into a shard's state. The web page (`web/`) is served here too, its files
 //! embedded in the binary. The group routes (`groups`) ask the shards the same way; the
 //! history and settings routes (`history`) ask the history thread through its bounded
-//! queue; later the media and profile routes go here too. Only `cli` (which starts it) imports it.
+//! queue; the media routes (`media`) stream uploads and downloads through the blob store in
+//! tokio's blocking pool and index uploads through the history thread; later the profile
+//! routes go here too. Only `cli` (which starts it) imports it.
 
 pub mod groups;
 pub mod history;
 pub mod http;
+pub mod media;
 pub mod openmetrics;
 pub mod reply;
 pub mod web;

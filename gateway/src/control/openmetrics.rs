@@ -14,6 +14,7 @@ use crate::metrics::*;
 use crate::storage::history::History;
 
 mod history;
+mod media;
 
 /// Everything `GET /metrics` shows, rendered on each scrape.
 #[derive(Debug)]
@@ -33,6 +34,17 @@ impl Exposition {
         registry.register_collector(Box::new(PlaneCollector { plane }));
         registry.register_collector(Box::new(ProcessCollector));
         Exposition { registry }
+    }
+
+    /// Adds the media routes' counters and the media sweep's.
+    pub fn with_media(
+        mut self,
+        metrics: Arc<crate::control::media::MediaMetrics>,
+        history: History,
+    ) -> Exposition {
+        self.registry
+            .register_collector(Box::new(media::MediaCollector { metrics, history }));
+        self
     }
 
     /// Adds the history thread's counters.

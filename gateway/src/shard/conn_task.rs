@@ -35,6 +35,7 @@ use crate::session::outbound::{CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, Ou
 use crate::shard::load::LoadLevel;
 use crate::shard::rate_limits::USER_MSGS_TEXT;
 use crate::shard::state::{ConnSlot, Shard};
+use crate::storage::media::MediaHash;
 
 /// Reads a connection may do in one turn before it lets the others run.
 const READS_PER_TURN_MAX: usize = 16;
@@ -296,6 +297,11 @@ impl Outputs for SlotOutputs<'_> {
                 retry_after_ms: Some(wait.0),
             });
         }
+        if let wire::ClientMessage::SendMessage(send) = &message
+            && let Some(media) = &send.media
+        {
+            self.may_reference(user, media)?;
+        }
         match self.shard.link.submit(self.conn, user, message) {
             Ok(subscribed) => {
                 // Kept in the connection's slot, not in this task (an idle connection's
@@ -314,10 +320,39 @@ impl Outputs for SlotOutputs<'_> {
     }
 }
 
+/// The text of a `send_message` whose media its sender may not reference.
+const NO_MEDIA_TEXT: &str = "no such media: upload it first (POST /v1/media)";
+
 /// The text of a `send_message` refused for the shard's load level.
 const OVERLOADED_TEXT: &str = "the server is overloaded: send the message again later";
 
 impl SlotOutputs<'_> {
+    /// A message may reference a media object only if its sender uploaded it or was sent
+    /// it: else `not_found`, as for an object that does not exist, so that nobody learns
+    /// which objects others have. One point read of the media index (its block cache, a
+    /// `pread` at worst), for media messages only.
+    fn may_reference(&self, user: &UserId, media: &wire::Media) -> Result<(), Refused> {
+        let refused = |code, text: &str| Refused {
+            code,
+            text: text.to_owned(),
+            retry_after_ms: None,
+        };
+        let (Some(reader), Some(hash)) = (&self.shard.media, MediaHash::parse(&media.hash)) else {
+            return Err(refused(wire::ErrorCode::NotFound, NO_MEDIA_TEXT));
+        };
+        match reader.may_reference(user, &hash) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(refused(wire::ErrorCode::NotFound, NO_MEDIA_TEXT)),
+            Err(error) => {
+                tracing::error!(%error, "cannot read the media index");
+                Err(refused(
+                    wire::ErrorCode::Internal,
+                    "the media index cannot be read",
+                ))
+            }
+        }
+    }
+
     /// What the shard's load level sheds of a client message (`shard::load`): `typing` is
     /// dropped without an answer (it is never stored, and the next keystroke sends it
     /// again), a `send_message` is answered `overloaded` with its `client_msg_id` so that

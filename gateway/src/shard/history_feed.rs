@@ -16,7 +16,7 @@ use std::sync::mpsc;
 
 use tokio::sync::oneshot;
 
-use router::wal::{Lsn, Record};
+use router::wal::{Lsn, Record, StoredMessage};
 use router::{ConnId, ShardId};
 use wire::{
     Correlation, ErrorCode, ErrorMessage, GroupId, HistoryRequest, MessageId, ServerMessage,
@@ -83,9 +83,15 @@ impl HistoryFeed {
     pub fn wants(&self, record: &Record) -> bool {
         match record {
             Record::Setting { .. } => true,
-            Record::Message(_) => self.history.anyone_keeps(),
+            Record::Message(message) => self.wants_message(message),
             _ => false,
         }
+    }
+
+    /// Whether the index wants a message record: while someone keeps history, and always
+    /// for one naming media, whose receivers it lets read the object.
+    fn wants_message(&self, message: &StoredMessage) -> bool {
+        message.media.is_some() || self.history.anyone_keeps()
     }
 
     /// After recovery: every message up to `id` is noted or held (so a checkpoint's later
@@ -95,8 +101,8 @@ impl HistoryFeed {
     }
 
     /// A record appended to the log. `members` says who is in a group now (the router's
-    /// `group_members`), asked only for a group message and only while someone keeps
-    /// history.
+    /// `group_members`), asked only for a group message the index wants (someone keeps
+    /// history, or it names media).
     pub fn appended(
         &mut self,
         lsn: Lsn,
@@ -130,14 +136,15 @@ impl HistoryFeed {
             return;
         }
         self.last_noted = Some(message.id);
-        if !self.history.anyone_keeps() {
-            // Nobody keeps history: the index would write nothing for it, so it costs no
-            // copy, no feed and no hold on the log. (A user who turns history on gets the
-            // messages the index takes after their setting, which this one precedes.)
+        if !self.wants_message(message) {
+            // Nobody keeps history and it names no media: the index would write nothing
+            // for it, so it costs no copy, no feed and no hold on the log. (A user who
+            // turns history on gets the messages the index takes after their setting,
+            // which this one precedes.)
             return;
         }
         let members = match message.to {
-            Target::Group(group) if self.history.anyone_keeps() => members(group)
+            Target::Group(group) => members(group)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(user, _)| user)

@@ -180,7 +180,8 @@ pub fn start(
                     pin_to_cpu(shard_id, cpu);
                 }
                 let started = std::time::Instant::now();
-                let shard = Shard::new(shard_id, n_shards, config, auth, metrics, started);
+                let mut shard = Shard::new(shard_id, n_shards, config, auth, metrics, started);
+                shard.media = Some(history.media().clone());
                 let parts = ShardParts {
                     listener,
                     wake: wake_shard,

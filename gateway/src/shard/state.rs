@@ -24,6 +24,7 @@ use crate::shard::load::LoadLevel;
 use crate::shard::rate_limits::RateLimits;
 use crate::shard::signal::Signal;
 use crate::shard::slots::Slots;
+use crate::storage::media::MediaReader;
 
 /// What a shard keeps of each open connection, reachable by its slot key: the frames
 /// queued for it, and how to wake its task.
@@ -80,6 +81,9 @@ pub struct Shard {
     /// What this shard sheds, decided on the router loop's tick (`shard::load`) and read by
     /// the accept loop and the connection tasks.
     pub load: Cell<LoadLevel>,
+    /// Who may reference which media object, read by a `send_message` with `media`
+    /// (`None` in tests without a media store: every such message is refused).
+    pub media: Option<MediaReader>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -123,6 +127,7 @@ impl Shard {
             auth,
             config,
             load: Cell::new(LoadLevel::Normal),
+            media: None,
         }
     }
 

@@ -1,5 +1,5 @@
 //! Files, and nothing else: the write-ahead log's segment files for each shard, and the
-//! data directory's lock. Later the history index and the media store live here too. It
+//! data directory's lock, the history index (`history`) and the media store (`media`). It
 //! knows no socket and no connection; the router decides what goes in the log and the
 //! router's `wal::Log` decides where it goes and when it is synced, and this module only
 //! carries out the log's file work. It imports `router` and std/monoio, never `shard`,
@@ -10,4 +10,5 @@ pub mod history;
 pub mod journal;
 pub mod layout;
 pub mod lock;
+pub mod media;
 pub mod recovery;

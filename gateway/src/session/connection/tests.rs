@@ -52,6 +52,7 @@ fn shared() -> Shared {
         echo: true,
         log_format: LogFormat::Text,
         secret: SecretSource::Given("unused".to_owned()),
+        media_mime_allowed: Vec::new(),
         limits: Limits::default(),
     };
     Shared::new(0, &config, Arc::new(ShardMetrics::default()))

@@ -66,6 +66,7 @@ fn config(data_dir: &Path, tick_ms: u64) -> Arc<Config> {
         echo: false,
         log_format: LogFormat::Text,
         secret: SecretSource::Given("backpressure".to_owned()),
+        media_mime_allowed: Vec::new(),
         limits,
     })
 }
@@ -154,11 +155,18 @@ impl ShardThread {
                         queue_jobs_max: 64,
                         expire_rows_max: 64,
                         sync: false,
+                        media_retention_ms: 1 << 40,
+                        media_expire_objects_max: 64,
                     };
+                    let blobs = crate::storage::media::LocalBlobs::open(
+                        &data_dir.join(format!("media-{shard_id}")),
+                    )
+                    .expect("a media store");
                     let (history, worker, mut answers) = crate::storage::history::open(
                         &data_dir.join(format!("history-{shard_id}")),
                         2,
                         history_config,
+                        Arc::new(blobs),
                     )
                     .expect("a history index");
                     worker.spawn(|_| {}).expect("the history thread");

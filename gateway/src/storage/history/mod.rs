@@ -26,6 +26,8 @@ use router::{ConnId, ShardId};
 use tokio::sync::oneshot;
 use wire::{MessageId, ServerMessage, UserId};
 
+use crate::storage::media::{BlobStore, MediaObject, MediaReader, Upload};
+
 pub use store::{
     Fed, FedSetting, Feed, Page, Pages, STORAGE_90_DAYS, STORAGE_NONE, SettingAnswer, Store,
     StoreError,
@@ -73,6 +75,11 @@ pub enum Job {
         user: UserId,
         reply: oneshot::Sender<Result<u8, StoreError>>,
     },
+    /// A media upload whose bytes are durable, for the media index (`storage::media`).
+    Upload {
+        upload: Upload,
+        reply: oneshot::Sender<Result<MediaObject, StoreError>>,
+    },
 }
 
 /// A page for a connection of a shard, or the error that answers its request.
@@ -95,6 +102,8 @@ pub struct HistoryStats {
     pub feed_errors: AtomicU64,
     /// Bytes of the index's files, as of the last sweep.
     pub disk_bytes: AtomicU64,
+    /// Media objects deleted because no message referenced them for `media_retention_ms`.
+    pub media_expired: AtomicU64,
 }
 
 /// The senders' end: cloned into every shard and the HTTP thread.
@@ -105,9 +114,15 @@ pub struct History {
     held: Arc<[AtomicU64]>,
     keepers: Arc<AtomicUsize>,
     stats: Arc<HistoryStats>,
+    media: MediaReader,
 }
 
 impl History {
+    /// Who may read and reference which media object.
+    pub fn media(&self) -> &MediaReader {
+        &self.media
+    }
+
     /// Queues `job`; gives it back if the queue is full or the thread is gone.
     pub fn try_send(&self, job: Job) -> Result<(), Job> {
         let queue = match job {
@@ -117,6 +132,13 @@ impl History {
         queue.try_send(job).map_err(|error| match error {
             mpsc::TrySendError::Full(job) | mpsc::TrySendError::Disconnected(job) => job,
         })
+    }
+
+    /// Queues `job` on the writer's queue, waiting for room: for a blocking thread only
+    /// (an upload whose bytes are stored, which must be indexed to be kept by anything).
+    /// Gives it back if the thread is gone.
+    pub fn send_waiting(&self, job: Job) -> Result<(), Job> {
+        self.jobs.send(job).map_err(|error| error.0)
     }
 
     pub fn stats(&self) -> &HistoryStats {
@@ -150,6 +172,8 @@ pub struct Worker {
     keepers: Arc<AtomicUsize>,
     stats: Arc<HistoryStats>,
     expire_rows_max: usize,
+    blobs: Arc<dyn BlobStore>,
+    media_expire_objects_max: usize,
 }
 
 impl std::fmt::Debug for Worker {
@@ -169,6 +193,8 @@ pub struct HistoryConfig {
     pub expire_rows_max: usize,
     /// fdatasync each batch (the log's durability is not `none`).
     pub sync: bool,
+    pub media_retention_ms: u64,
+    pub media_expire_objects_max: usize,
 }
 
 /// Opens the index in `dir` and makes the queue, one answer channel per shard (their
@@ -177,8 +203,16 @@ pub fn open(
     dir: &Path,
     n_shards: u16,
     config: HistoryConfig,
+    blobs: Arc<dyn BlobStore>,
 ) -> Result<(History, Worker, Vec<mpsc::Receiver<ShardAnswer>>), StoreError> {
-    let store = Store::open(dir, config.cache_bytes, config.keepers_max, config.sync)?;
+    let store = Store::open(
+        dir,
+        config.cache_bytes,
+        config.keepers_max,
+        config.sync,
+        config.media_retention_ms,
+    )?;
+    let media = store.media_reader();
     let keepers = Arc::new(AtomicUsize::new(store.keepers()));
     let stats = Arc::new(HistoryStats::default());
     stats
@@ -199,6 +233,8 @@ pub fn open(
         keepers: Arc::clone(&keepers),
         stats: Arc::clone(&stats),
         expire_rows_max: config.expire_rows_max,
+        blobs,
+        media_expire_objects_max: config.media_expire_objects_max,
     };
     let history = History {
         jobs: jobs_tx,
@@ -206,6 +242,7 @@ pub fn open(
         held,
         keepers,
         stats,
+        media,
     };
     Ok((history, worker, receivers))
 }
@@ -230,6 +267,8 @@ impl Worker {
             keepers: self.keepers,
             stats: self.stats,
             expire_rows_max: self.expire_rows_max,
+            blobs: self.blobs,
+            media_expire_objects_max: self.media_expire_objects_max,
         };
         std::thread::Builder::new()
             .name("history".into())
@@ -294,7 +333,7 @@ impl PageThread {
     }
 }
 
-/// The writer thread: feeds, settings, expiry.
+/// The writer thread: feeds, settings, uploads, expiry.
 struct Writer {
     store: Store,
     jobs: mpsc::Receiver<Job>,
@@ -302,6 +341,8 @@ struct Writer {
     keepers: Arc<AtomicUsize>,
     stats: Arc<HistoryStats>,
     expire_rows_max: usize,
+    blobs: Arc<dyn BlobStore>,
+    media_expire_objects_max: usize,
 }
 
 impl Writer {
@@ -391,6 +432,11 @@ impl Writer {
                 Job::GetSetting { user, reply } => {
                     let _ = reply.send(Ok(self.store.setting(&user)));
                 }
+                // After the feeds: an uploader's grant is written last, so that a grant
+                // for receiving the same object in this batch does not replace it.
+                Job::Upload { upload, reply } => {
+                    let _ = reply.send(self.store.upload(&upload));
+                }
             }
         }
     }
@@ -400,11 +446,27 @@ impl Writer {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        let media_due = match self.store.expire_media(
+            self.blobs.as_ref(),
+            now_ms,
+            self.media_expire_objects_max,
+        ) {
+            Ok((deleted, due)) => {
+                self.stats
+                    .media_expired
+                    .fetch_add(deleted as u64, Ordering::Relaxed);
+                due
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot delete expired media");
+                false
+            }
+        };
         let expired = self.store.expire(now_ms, self.expire_rows_max);
         self.stats
             .disk_bytes
             .store(self.store.disk_bytes(), Ordering::Relaxed);
-        match expired {
+        let rows_due = match expired {
             Ok(deleted) => {
                 self.stats
                     .rows_expired
@@ -415,6 +477,7 @@ impl Writer {
                 tracing::error!(%error, "cannot delete expired history");
                 false
             }
-        }
+        };
+        media_due || rows_due
     }
 }

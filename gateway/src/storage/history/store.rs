@@ -27,6 +27,9 @@ use std::path::Path;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use router::ShardId;
+
+use crate::storage::media::index::{ExpireError, MediaIndex, Pending};
+use crate::storage::media::{BlobStore, MediaHash, MediaObject, MediaReader, Upload};
 use router::wal::{Lsn, Record, StoredMessage, decode_record, encode_record};
 use wire::{GroupId, IncomingMessage, MessageId, Target, UserId};
 
@@ -104,6 +107,8 @@ pub struct Store {
     expiry: Keyspace,
     settings: Keyspace,
     meta: Keyspace,
+    /// Who may read which media object (`storage::media::index`), fed from the same records.
+    media: MediaIndex,
     /// The users whose setting is not 0, with theirs: what `settings` holds, in memory.
     keepers: RefCell<KeepersMap>,
     keepers_max: usize,
@@ -126,6 +131,7 @@ impl Store {
         cache_bytes: u64,
         keepers_max: usize,
         sync: bool,
+        media_retention_ms: u64,
     ) -> Result<Store, StoreError> {
         let db = Database::builder(dir)
             .cache_size(cache_bytes)
@@ -142,6 +148,7 @@ impl Store {
             expiry: db.keyspace("expiry", options)?,
             settings,
             meta: db.keyspace("meta", options)?,
+            media: MediaIndex::open(&db, media_retention_ms)?,
             keepers: RefCell::new(keepers),
             keepers_max,
             db,
@@ -212,6 +219,8 @@ impl Store {
         let mut keepers = self.keepers.borrow_mut();
         let mut batch = self.db.batch();
         let mut rows = 0;
+        let mut grants = 0;
+        let mut pending = Pending::new();
         let mut applied = Vec::new();
         let mut value = Vec::new();
         for feed in feeds {
@@ -221,6 +230,23 @@ impl Store {
                     applied.push(self.apply_setting(&mut keepers, &mut batch, setting));
                 }
                 let message = &fed.message;
+                if let Some(hash) = message
+                    .media
+                    .as_ref()
+                    .and_then(|m| MediaHash::parse(&m.hash))
+                {
+                    let users: Vec<&UserId> = match &message.to {
+                        Target::User(to) => vec![&message.from, to],
+                        Target::Group(_) => fed.members.iter().collect(),
+                    };
+                    grants += self.media.referenced(
+                        &mut batch,
+                        &mut pending,
+                        &hash,
+                        message.timestamp_ms,
+                        users,
+                    )?;
+                }
                 value.clear();
                 let mut keep = |user: &UserId, chat: Chat<'_>| {
                     let Some(&days) = keepers.get(user) else {
@@ -262,7 +288,7 @@ impl Store {
         }
         drop(keepers);
         batch.commit()?;
-        if rows > 0 || !applied.is_empty() {
+        if rows > 0 || grants > 0 || !pending.is_empty() || !applied.is_empty() {
             self.persist()?;
         }
         // A batch of no row and no setting is only the shards' `held`: if a crash loses
@@ -298,6 +324,37 @@ impl Store {
         let keepers = read_keepers(&self.settings)?;
         *self.keepers.borrow_mut() = keepers;
         Ok(())
+    }
+
+    /// An upload whose bytes are durable: its object and its uploader's grant, durable
+    /// before this returns (whatever `sync` says: the upload's answer promises it). Returns
+    /// the object as stored (the first upload of the same bytes chose its type).
+    pub fn upload(&self, upload: &Upload) -> Result<MediaObject, StoreError> {
+        let mut batch = self.db.batch();
+        let object = self
+            .media
+            .uploaded(&mut batch, &mut Pending::new(), upload)?;
+        batch.commit()?;
+        self.db.persist(PersistMode::SyncData)?;
+        Ok(object)
+    }
+
+    /// Reads the media keyspaces from another thread.
+    pub fn media_reader(&self) -> MediaReader {
+        self.media.reader()
+    }
+
+    /// Deletes at most `objects_max` media objects whose time is up at `now_ms`, bytes
+    /// and keys; returns how many, and whether more may be due now.
+    pub fn expire_media(
+        &self,
+        blobs: &dyn BlobStore,
+        now_ms: u64,
+        objects_max: usize,
+    ) -> Result<(usize, bool), StoreError> {
+        self.media
+            .expire(&self.db, blobs, now_ms, objects_max)
+            .map_err(|error: ExpireError| StoreError(error.to_string()))
     }
 
     /// A reader of pages for another thread: it sees what the store persisted and wrote,

@@ -10,7 +10,7 @@ fn user(name: &str) -> UserId {
 }
 
 fn open(dir: &Path) -> Store {
-    Store::open(dir, 1 << 20, 16, true).unwrap()
+    Store::open(dir, 1 << 20, 16, true, 365 * DAY_MS).unwrap()
 }
 
 fn message(id: u64, from: &str, to: &str, at_ms: u64) -> StoredMessage {
@@ -385,7 +385,7 @@ fn group_messages_are_kept_for_the_members_of_the_time_who_keep_history() {
 #[test]
 fn turning_history_on_past_the_bound_is_refused_and_off_is_always_taken() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), 1 << 20, 1, true).unwrap();
+    let store = Store::open(dir.path(), 1 << 20, 1, true, 365 * DAY_MS).unwrap();
     assert!(store.set_setting(&user("alice"), STORAGE_90_DAYS).unwrap());
     assert!(!store.set_setting(&user("bob"), STORAGE_90_DAYS).unwrap());
     assert_eq!(store.setting(&user("bob")), STORAGE_NONE);
@@ -399,7 +399,7 @@ fn turning_history_on_past_the_bound_is_refused_and_off_is_always_taken() {
 #[test]
 fn settings_fed_from_the_log_apply_in_its_order_among_the_messages() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), 1 << 20, 1, true).unwrap();
+    let store = Store::open(dir.path(), 1 << 20, 1, true, 365 * DAY_MS).unwrap();
     let (alice, bob) = (user("alice"), user("bob"));
     let setting = |lsn: u64, who: &UserId, history_storage: u8| FedSetting {
         lsn: Lsn(lsn),
@@ -440,6 +440,70 @@ fn settings_fed_from_the_log_apply_in_its_order_among_the_messages() {
     );
     // What the settings keyspace holds is what comes back after a restart.
     drop(store);
-    let store = Store::open(dir.path(), 1 << 20, 1, true).unwrap();
+    let store = Store::open(dir.path(), 1 << 20, 1, true, 365 * DAY_MS).unwrap();
     assert_eq!((store.setting(&alice), store.keepers()), (STORAGE_NONE, 0));
+}
+
+/// A media attachment naming `hash`.
+fn attachment(hash: &MediaHash) -> wire::Media {
+    wire::Media {
+        hash: hash.to_string(),
+        mime: "image/png".to_owned(),
+        size: 3,
+        name: None,
+    }
+}
+
+#[test]
+fn a_media_message_lets_its_receivers_read_it_until_its_time_is_up() {
+    use crate::storage::media::{BlobStore as _, LocalBlobs, Upload};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("index"));
+    let blobs = LocalBlobs::open(&dir.path().join("media")).unwrap();
+    let hash = MediaHash([7; 32]);
+    let mut writer = blobs.begin().unwrap();
+    writer.write(b"png").unwrap();
+    assert!(writer.commit(&hash).unwrap());
+    let object = store
+        .upload(&Upload {
+            hash,
+            size: 3,
+            mime: "image/png".to_owned(),
+            user: user("alice"),
+            now_ms: T0,
+        })
+        .unwrap();
+    assert_eq!((object.size, object.mime.as_str()), (3, "image/png"));
+    let reader = store.media_reader();
+    assert!(reader.may_reference(&user("alice"), &hash).unwrap());
+    assert_eq!(reader.readable(&user("bob"), &hash).unwrap(), None);
+
+    // Sent to bob, then to a group of carol and dave: each may read it and send it on.
+    let mut to_bob = message(1, "alice", "bob", T0 + 10);
+    to_bob.media = Some(attachment(&hash));
+    let mut to_group = message(2, "alice", "bob", T0 + 20);
+    to_group.to = Target::Group(GroupId(9));
+    to_group.media = Some(attachment(&hash));
+    let mut fed = feed(Lsn(2), vec![(Lsn(1), to_bob), (Lsn(2), to_group)]);
+    fed.messages[1].members = vec![user("alice"), user("carol"), user("dave")];
+    store.feed(&[fed]).unwrap();
+    for reader_name in ["alice", "bob", "carol", "dave"] {
+        assert!(
+            reader
+                .readable(&user(reader_name), &hash)
+                .unwrap()
+                .is_some()
+        );
+        assert!(reader.may_reference(&user(reader_name), &hash).unwrap());
+    }
+    assert_eq!(reader.readable(&user("erin"), &hash).unwrap(), None);
+
+    // The last reference (T0 + 20) starts its year: the upload's key is stale by then.
+    let year = 365 * DAY_MS;
+    assert_eq!(store.expire_media(&blobs, T0 + year, 10).unwrap().0, 0);
+    assert!(reader.readable(&user("bob"), &hash).unwrap().is_some());
+    assert_eq!(store.expire_media(&blobs, T0 + 20 + year, 10).unwrap().0, 1);
+    assert_eq!(reader.readable(&user("alice"), &hash).unwrap(), None);
+    assert!(!reader.may_reference(&user("bob"), &hash).unwrap());
+    assert!(blobs.open(&hash).is_err(), "the bytes are gone too");
 }
