@@ -11,6 +11,7 @@
 //! `SWITCHBOARD_BIN` to a binary's path (absolute, or relative to the workspace root) skips
 //! the build and tests that binary instead.
 
+pub mod http;
 pub mod openmetrics;
 
 use std::io::{BufRead as _, BufReader, Read, Write};

@@ -216,10 +216,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for GroupEventKind {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_BODY: u8 = 17;
+pub const ENUM_MAX_BODY: u8 = 18;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_BODY: [Body; 18] = [
+pub const ENUM_VALUES_BODY: [Body; 19] = [
   Body::NONE,
   Body::SendMessage,
   Body::MarkDelivered,
@@ -238,6 +238,7 @@ pub const ENUM_VALUES_BODY: [Body; 18] = [
   Body::TypingNotice,
   Body::Error,
   Body::GroupEvent,
+  Body::ProfileChanged,
 ];
 
 /// Every message of both directions. Append only: a member's position is its wire value.
@@ -264,9 +265,10 @@ impl Body {
   pub const TypingNotice: Self = Self(15);
   pub const Error: Self = Self(16);
   pub const GroupEvent: Self = Self(17);
+  pub const ProfileChanged: Self = Self(18);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 17;
+  pub const ENUM_MAX: u8 = 18;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::NONE,
     Self::SendMessage,
@@ -286,6 +288,7 @@ impl Body {
     Self::TypingNotice,
     Self::Error,
     Self::GroupEvent,
+    Self::ProfileChanged,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -308,6 +311,7 @@ impl Body {
       Self::TypingNotice => Some("TypingNotice"),
       Self::Error => Some("Error"),
       Self::GroupEvent => Some("GroupEvent"),
+      Self::ProfileChanged => Some("ProfileChanged"),
       _ => None,
     }
   }
@@ -2764,6 +2768,156 @@ impl ::core::fmt::Debug for GroupEvent<'_> {
       ds.finish()
   }
 }
+pub enum ProfileChangedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// JSON `profile_changed`: a user's profile, to their presence subscribers and their own
+/// devices when it changes.
+pub struct ProfileChanged<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for ProfileChanged<'a> {
+  type Inner = ProfileChanged<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> ProfileChanged<'a> {
+  pub const VT_USER: ::flatbuffers::VOffsetT = 4;
+  pub const VT_DISPLAY_NAME: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ABOUT: ::flatbuffers::VOffsetT = 8;
+  pub const VT_AVATAR: ::flatbuffers::VOffsetT = 10;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    ProfileChanged { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args ProfileChangedArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<ProfileChanged<'bldr>> {
+    let mut builder = ProfileChangedBuilder::new(_fbb);
+    if let Some(x) = args.avatar { builder.add_avatar(x); }
+    if let Some(x) = args.about { builder.add_about(x); }
+    if let Some(x) = args.display_name { builder.add_display_name(x); }
+    if let Some(x) = args.user { builder.add_user(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn user(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ProfileChanged::VT_USER, None)}
+  }
+  #[inline]
+  pub fn display_name(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ProfileChanged::VT_DISPLAY_NAME, None)}
+  }
+  #[inline]
+  pub fn about(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ProfileChanged::VT_ABOUT, None)}
+  }
+  /// The avatar's media hash; absent when there is none.
+  #[inline]
+  pub fn avatar(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(ProfileChanged::VT_AVATAR, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for ProfileChanged<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("user", Self::VT_USER, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("display_name", Self::VT_DISPLAY_NAME, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("about", Self::VT_ABOUT, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("avatar", Self::VT_AVATAR, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct ProfileChangedArgs<'a> {
+    pub user: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub display_name: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub about: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub avatar: Option<::flatbuffers::WIPOffset<&'a str>>,
+}
+impl<'a> Default for ProfileChangedArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    ProfileChangedArgs {
+      user: None,
+      display_name: None,
+      about: None,
+      avatar: None,
+    }
+  }
+}
+
+pub struct ProfileChangedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ProfileChangedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_user(&mut self, user: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ProfileChanged::VT_USER, user);
+  }
+  #[inline]
+  pub fn add_display_name(&mut self, display_name: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ProfileChanged::VT_DISPLAY_NAME, display_name);
+  }
+  #[inline]
+  pub fn add_about(&mut self, about: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ProfileChanged::VT_ABOUT, about);
+  }
+  #[inline]
+  pub fn add_avatar(&mut self, avatar: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(ProfileChanged::VT_AVATAR, avatar);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ProfileChangedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    ProfileChangedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<ProfileChanged<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for ProfileChanged<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("ProfileChanged");
+      ds.field("user", &self.user());
+      ds.field("display_name", &self.display_name());
+      ds.field("about", &self.about());
+      ds.field("avatar", &self.avatar());
+      ds.finish()
+  }
+}
 pub enum EnvelopeOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -3069,6 +3223,21 @@ impl<'a> Envelope<'a> {
     }
   }
 
+  #[inline]
+  #[allow(non_snake_case)]
+  pub fn body_as_profile_changed(&self) -> Option<ProfileChanged<'a>> {
+    if self.body_type() == Body::ProfileChanged {
+      self.body().map(|t| {
+       // Safety:
+       // Created from a valid Table for this object
+       // Which contains a valid union in this slot
+       unsafe { ProfileChanged::init_from_table(t) }
+     })
+    } else {
+      None
+    }
+  }
+
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -3096,6 +3265,7 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
           Body::TypingNotice => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TypingNotice>>("Body::TypingNotice", pos),
           Body::Error => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<Error>>("Body::Error", pos),
           Body::GroupEvent => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<GroupEvent>>("Body::GroupEvent", pos),
+          Body::ProfileChanged => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ProfileChanged>>("Body::ProfileChanged", pos),
           _ => Ok(()),
         }
      })?
@@ -3264,6 +3434,13 @@ impl ::core::fmt::Debug for Envelope<'_> {
         },
         Body::GroupEvent => {
           if let Some(x) = self.body_as_group_event() {
+            ds.field("body", &x)
+          } else {
+            ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")
+          }
+        },
+        Body::ProfileChanged => {
+          if let Some(x) = self.body_as_profile_changed() {
             ds.field("body", &x)
           } else {
             ds.field("body", &"InvalidFlatbuffer: Union discriminant does not match value.")

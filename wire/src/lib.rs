@@ -15,6 +15,7 @@ pub mod model;
 
 pub use model::{
     ClientMessage, Correlation, DecodeError, ErrorCode, ErrorMessage, GroupEvent, GroupEventKind,
-    GroupId, HistoryRequest, IncomingMessage, InvalidMessage, Limits, Media, MessageId, Receipt,
-    SendMessage, ServerMessage, Target, UserId,
+    GroupId, HistoryRequest, IncomingMessage, InvalidMessage, Limits, Media, MessageId,
+    PROFILE_ABOUT_CHARS_MAX, PROFILE_NAME_CHARS_MAX, Profile, Receipt, SendMessage, ServerMessage,
+    Target, UserId, is_media_hash,
 };

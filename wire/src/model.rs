@@ -214,12 +214,17 @@ pub struct Media {
     pub name: Option<String>,
 }
 
+/// Whether `text` is a media hash: a SHA-256 in 64 lowercase hex characters.
+pub fn is_media_hash(text: &str) -> bool {
+    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    text.len() == Media::HASH_HEX_LEN && text.bytes().all(hex)
+}
+
 impl Media {
     pub const HASH_HEX_LEN: usize = 64;
 
     fn validate(&self, limits: &Limits) -> Result<(), InvalidMessage> {
-        let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
-        if self.hash.len() != Media::HASH_HEX_LEN || !self.hash.bytes().all(hex) {
+        if !is_media_hash(&self.hash) {
             return Err(bad("media.hash is 64 lowercase hex characters (SHA-256)"));
         }
         if self.mime.is_empty() || self.mime.len() > limits.media_text_bytes_max {
@@ -541,6 +546,45 @@ pub enum ServerMessage {
     },
     Error(ErrorMessage),
     GroupEvent(GroupEvent),
+    ProfileChanged(Profile),
+}
+
+/// Characters of a profile's `display_name`, at most.
+pub const PROFILE_NAME_CHARS_MAX: usize = 64;
+/// Characters of a profile's `about`, at most.
+pub const PROFILE_ABOUT_CHARS_MAX: usize = 140;
+
+/// A user's profile: what `profile_changed` carries and `GET /v1/users/{id}/profile` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub user: UserId,
+    pub display_name: String,
+    pub about: String,
+    /// A media hash (64 lowercase hex digits) the user uploaded.
+    pub avatar: Option<String>,
+}
+
+impl Profile {
+    /// The profile's bounds: `display_name` at most [`PROFILE_NAME_CHARS_MAX`] characters,
+    /// `about` at most [`PROFILE_ABOUT_CHARS_MAX`], `avatar` a media hash.
+    pub fn validate(&self) -> Result<(), InvalidMessage> {
+        if self.display_name.chars().count() > PROFILE_NAME_CHARS_MAX {
+            return Err(InvalidMessage::TooLarge(format!(
+                "display_name is at most {PROFILE_NAME_CHARS_MAX} characters"
+            )));
+        }
+        if self.about.chars().count() > PROFILE_ABOUT_CHARS_MAX {
+            return Err(InvalidMessage::TooLarge(format!(
+                "about is at most {PROFILE_ABOUT_CHARS_MAX} characters"
+            )));
+        }
+        if let Some(avatar) = &self.avatar
+            && !is_media_hash(avatar)
+        {
+            return Err(bad("avatar is a media hash: 64 lowercase hex characters"));
+        }
+        Ok(())
+    }
 }
 
 impl ServerMessage {
@@ -556,6 +600,7 @@ impl ServerMessage {
             ServerMessage::Typing { .. } => "typing",
             ServerMessage::Error(_) => "error",
             ServerMessage::GroupEvent(_) => "group_event",
+            ServerMessage::ProfileChanged(_) => "profile_changed",
         }
     }
 
@@ -599,6 +644,7 @@ impl ServerMessage {
             | ServerMessage::Typing { .. }
             // Its ids were checked when they were parsed, and it holds nothing else unbounded.
             | ServerMessage::GroupEvent(_) => Ok(()),
+            ServerMessage::ProfileChanged(profile) => profile.validate(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The HTTP control plane on `--http-listen`: `GET /healthz`, `GET /readyz`, `GET /metrics`,
 //! `GET /v1/user/{user_id}/status`, the group routes (`control::groups`), the history and
-//! settings routes (`control::history`) and the web page
-//! (`control::web`).
+//! settings routes (`control::history`), the media routes (`control::media`), the profile
+//! routes (`control::profiles`) and the web page (`control::web`).
 //!
 //! It runs on its own thread with a small tokio runtime and axum, apart from the shards: it
 //! is never on the message path. It reads the shards' metrics directly (relaxed atomics) and
@@ -31,6 +31,7 @@ use crate::control::groups::{self, Shards};
 use crate::control::history::{self, HistoryRoutes};
 use crate::control::media::MediaRoutes;
 use crate::control::openmetrics::Exposition;
+use crate::control::profiles::ProfileRoutes;
 use crate::control::reply::failure;
 use crate::metrics::{PlaneMetrics, ShardMetrics};
 use crate::shard::control_inbox::{ControlRequest, ControlSender};
@@ -105,6 +106,14 @@ impl Api {
         }
     }
 
+    fn profiles(&self) -> ProfileRoutes<'_> {
+        ProfileRoutes {
+            history: &self.plane.history,
+            shards: &self.plane.shards,
+            timeout: Duration::from_millis(self.plane.control_timeout_ms),
+        }
+    }
+
     fn shards(&self) -> Shards<'_> {
         Shards {
             senders: &self.plane.shards,
@@ -137,6 +146,10 @@ fn router(plane: ControlPlane) -> Router {
         .route("/v1/history/{chat}", get(history_page))
         .route("/v1/media", post(upload_media))
         .route("/v1/media/{hash}", get(download_media))
+        .route(
+            "/v1/users/{user_id}/profile",
+            get(get_profile).put(put_profile),
+        )
         .route("/v1/groups", get(list_groups).post(create_group))
         .route("/v1/groups/{group_id}", get(get_group))
         .route("/v1/groups/{group_id}/members", post(add_member))
@@ -437,6 +450,31 @@ async fn download_media(
 ) -> Response {
     match caller(&api, peer, &headers) {
         Ok(user) => api.plane.media.download(&user, &hash, &headers).await,
+        Err(response) => response,
+    }
+}
+
+async fn get_profile(
+    State(api): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Response {
+    match caller(&api, peer, &headers) {
+        Ok(_) => api.profiles().get(&user),
+        Err(response) => response,
+    }
+}
+
+async fn put_profile(
+    State(api): State<Arc<Api>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    body: Bytes,
+) -> Response {
+    match caller(&api, peer, &headers) {
+        Ok(caller) => api.profiles().put(caller, &user, &body).await,
         Err(response) => response,
     }
 }

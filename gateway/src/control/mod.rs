@@ -5,13 +5,14 @@
 //! embedded in the binary. The group routes (`groups`) ask the shards the same way; the
 //! history and settings routes (`history`) ask the history thread through its bounded
 //! queue; the media routes (`media`) stream uploads and downloads through the blob store in
-//! tokio's blocking pool and index uploads through the history thread; later the profile
-//! routes go here too. Only `cli` (which starts it) imports it.
+//! tokio's blocking pool and index uploads through the history thread; the profile routes
+//! (`profiles`) write through the history thread and announce through the owner shard. Only `cli` (which starts it) imports it.
 
 pub mod groups;
 pub mod history;
 pub mod http;
 pub mod media;
 pub mod openmetrics;
+pub mod profiles;
 pub mod reply;
 pub mod web;

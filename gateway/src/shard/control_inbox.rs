@@ -46,6 +46,9 @@ pub enum ControlRequest {
         history_storage: u8,
         reply: oneshot::Sender<crate::storage::history::SettingAnswer>,
     },
+    /// A user (owned by this shard) changed their profile, which is durable already: tell
+    /// their presence subscribers and their devices. Nothing to answer.
+    ProfileChanged { profile: wire::Profile },
 }
 
 /// The HTTP thread's end of one shard's control inbox.

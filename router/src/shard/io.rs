@@ -72,6 +72,11 @@ pub enum Input {
     /// changes. Appended even while the log cannot be written: it waits in the shell's
     /// buffer like every other record, and so does whoever asked.
     Setting { user: UserId, history_storage: u8 },
+    /// `profile.user` (owned here) changed their profile, which the shell has made durable
+    /// (profiles live in its index, not in the log): a `profile_changed` goes to the user's
+    /// presence subscribers and to their own connections (their other devices). Ephemeral
+    /// like presence: a subscriber that is not connected reads the profile when it comes.
+    ProfileChanged { profile: wire::Profile },
 }
 
 /// What the router asks the shell to do, in order.

@@ -376,6 +376,7 @@ impl RouterShard {
                 };
                 self.append(record, outputs);
             }
+            Input::ProfileChanged { profile } => self.profile_changed(profile, outputs),
         }
         while let Some(message) = self.local.pop_front() {
             self.peer_message(now_ms, message, outputs);

@@ -1,8 +1,8 @@
 //! Presence at a user's owner shard: own actions that keep a user online for
 //! `presence_ttl_ms`, activity forwarded from other shards, and the subscriptions through
-//! which connections hear of a user going online or offline.
+//! which connections hear of a user going online or offline, and of a profile change.
 
-use wire::{Correlation, UserId};
+use wire::{Correlation, Profile, ServerMessage, UserId};
 
 use super::RouterShard;
 use super::io::{Output, PeerMessage, Refusal, presence_message, send, send_to_all};
@@ -68,6 +68,23 @@ impl RouterShard {
         }
         let presence = self.presence(user);
         send_to_all(outputs, conns, presence_message(user, presence));
+    }
+
+    /// A profile change, to the user's subscribers and own connections, each once. Not
+    /// shed with presence: it is rare, and a client keeps what it shows from it.
+    pub(super) fn profile_changed(&mut self, profile: Profile, outputs: &mut Vec<Output>) {
+        assert_eq!(owner_shard(&profile.user, self.n_shards), self.shard_id);
+        let mut conns: Vec<ConnId> = self
+            .subscribers
+            .get(&profile.user)
+            .map(|conns| conns.to_vec())
+            .unwrap_or_default();
+        if let Some(state) = self.users.get(&profile.user) {
+            conns.extend(state.conns.iter().copied());
+        }
+        conns.sort_unstable();
+        conns.dedup();
+        send_to_all(outputs, &conns, ServerMessage::ProfileChanged(profile));
     }
 
     pub(super) fn subscribe(

@@ -243,3 +243,54 @@ fn shedding_stops_presence_updates_but_not_answers() {
     );
     assert_eq!(h.shard.presence_shed(), 1);
 }
+
+/// A profile change reaches the user's subscribers and their own devices, once each, even
+/// while presence is shed; a closed connection hears nothing.
+#[test]
+fn a_profile_change_goes_to_subscribers_and_own_devices() {
+    let mut h = Harness::new(Config::DEFAULT);
+    let (alice, bob) = (user("alice"), user("bob"));
+    h.attach(conn(2), &bob);
+    h.attach(conn(3), &bob);
+    h.client(
+        conn(1),
+        &alice,
+        ClientMessage::PresenceSubscribe {
+            users: vec![bob.clone()],
+        },
+    );
+    // Bob's own device watching bob: one message, not two.
+    h.client(
+        conn(3),
+        &bob,
+        ClientMessage::PresenceSubscribe {
+            users: vec![bob.clone()],
+        },
+    );
+    h.step(Input::Shedding { ephemeral: true });
+    let profile = wire::Profile {
+        user: bob.clone(),
+        display_name: "Bob".to_owned(),
+        about: "on a train".to_owned(),
+        avatar: None,
+    };
+    let outputs = h.step(Input::ProfileChanged {
+        profile: profile.clone(),
+    });
+    let changed = ServerMessage::ProfileChanged(profile.clone());
+    assert_eq!(
+        sends(&outputs),
+        vec![
+            (conn(1), changed.clone()),
+            (conn(2), changed.clone()),
+            (conn(3), changed.clone()),
+        ]
+    );
+    h.step(Input::Closed { conn: conn(1) });
+    h.step(Input::Detach {
+        conn: conn(2),
+        user: bob.clone(),
+    });
+    let outputs = h.step(Input::ProfileChanged { profile });
+    assert_eq!(sends(&outputs), vec![(conn(3), changed)]);
+}

@@ -307,6 +307,7 @@ impl Sim {
             }
             ServerMessage::History { .. } => panic!("no history requests are sent"),
             ServerMessage::GroupEvent(event) => self.group_event(d, &event),
+            ServerMessage::ProfileChanged(_) => panic!("no profile changes are made"),
         }
     }
 

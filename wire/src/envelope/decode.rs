@@ -9,7 +9,7 @@ use super::fb;
 use crate::model::{
     ClientMessage, Correlation, DecodeError, ErrorCode, ErrorMessage, GroupEvent, GroupEventKind,
     GroupId, HISTORY_LIMIT_DEFAULT, HistoryRequest, IncomingMessage, InvalidMessage, Limits, Media,
-    MessageId, Receipt, SendMessage, ServerMessage, Target, UserId,
+    MessageId, Profile, Receipt, SendMessage, ServerMessage, Target, UserId,
 };
 
 /// The verifier's bound on the bytes it reads, counting shared data once per reference, as a
@@ -422,6 +422,16 @@ fn read_server(envelope: &fb::Envelope<'_>) -> Result<ServerMessage, InvalidMess
             let body = envelope.body_as_group_event().ok_or_else(no_body)?;
             ServerMessage::GroupEvent(read_group_event(body)?)
         }
+        fb::Body::ProfileChanged => {
+            let body = envelope.body_as_profile_changed().ok_or_else(no_body)?;
+            let name = "profile_changed";
+            ServerMessage::ProfileChanged(Profile {
+                user: user(body.user(), name, "user")?,
+                display_name: required(body.display_name(), name, "display_name")?.to_owned(),
+                about: required(body.about(), name, "about")?.to_owned(),
+                avatar: body.avatar().map(str::to_owned),
+            })
+        }
         other => return Err(unexpected_body(other, Direction::ServerToClient)),
     })
 }
@@ -453,6 +463,7 @@ fn body_kind(body_type: fb::Body) -> Option<(&'static str, Direction)> {
         fb::Body::TypingNotice => ("typing", ServerToClient),
         fb::Body::Error => ("error", ServerToClient),
         fb::Body::GroupEvent => ("group_event", ServerToClient),
+        fb::Body::ProfileChanged => ("profile_changed", ServerToClient),
         _ => return None,
     })
 }

@@ -222,6 +222,19 @@ impl EnvelopeEncoder {
                 let table = fb::GroupEvent::create(&mut self.builder, &args);
                 (fb::Body::GroupEvent, table.as_union_value())
             }
+            ServerMessage::ProfileChanged(profile) => {
+                let args = fb::ProfileChangedArgs {
+                    user: Some(self.builder.create_string(profile.user.as_str())),
+                    display_name: Some(self.builder.create_string(&profile.display_name)),
+                    about: Some(self.builder.create_string(&profile.about)),
+                    avatar: profile
+                        .avatar
+                        .as_deref()
+                        .map(|avatar| self.builder.create_string(avatar)),
+                };
+                let table = fb::ProfileChanged::create(&mut self.builder, &args);
+                (fb::Body::ProfileChanged, table.as_union_value())
+            }
         };
         self.finish(body_type, body)
     }

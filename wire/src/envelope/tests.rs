@@ -10,7 +10,7 @@ use super::{EnvelopeEncoder, VerifiedEnvelope, fb};
 use crate::model::{
     ClientMessage, Correlation, DecodeError, ErrorCode, ErrorMessage, GroupEvent, GroupEventKind,
     GroupId, HISTORY_LIMIT_DEFAULT, HistoryRequest, IncomingMessage, Limits, Media, MessageId,
-    SendMessage, ServerMessage, Target, UserId,
+    Profile, SendMessage, ServerMessage, Target, UserId,
 };
 
 /// What decoding a buffer should give.
@@ -277,6 +277,18 @@ fn encoded_messages_decode() {
         group_event(GroupEventKind::MemberAdded),
         group_event(GroupEventKind::MemberRemoved),
         group_event(GroupEventKind::MemberLeft),
+        ServerMessage::ProfileChanged(Profile {
+            user: alice(),
+            display_name: "Alice ✈".to_owned(),
+            about: String::new(),
+            avatar: Some(photo().hash),
+        }),
+        ServerMessage::ProfileChanged(Profile {
+            user: alice(),
+            display_name: String::new(),
+            about: "\u{1F600}".repeat(140),
+            avatar: None,
+        }),
     ] {
         check(&limits, &server(&message), Expect::Server(message));
     }
@@ -433,8 +445,8 @@ fn bodies_that_are_absent_unknown_or_of_the_other_direction() {
             Expect::ClientRefused(bad_request, "unknown body type 200", Correlation::None),
         ),
         (
-            heartbeat_as(fb::Body(18)),
-            Expect::ServerRefused(bad_request, "unknown body type 18"),
+            heartbeat_as(fb::Body(19)),
+            Expect::ServerRefused(bad_request, "unknown body type 19"),
         ),
         (
             server(&group_event(GroupEventKind::Created)),

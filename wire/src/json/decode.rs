@@ -7,7 +7,7 @@ use super::scalar::{Scalar, bad, excerpt, in_field, missing, wrong};
 use crate::model::{
     ClientMessage, Correlation, DecodeError, ErrorCode, ErrorMessage, GroupEvent, GroupEventKind,
     GroupId, HISTORY_LIMIT_DEFAULT, HistoryRequest, IncomingMessage, InvalidMessage, Limits, Media,
-    Receipt, SendMessage, ServerMessage, Target, UserId,
+    Profile, Receipt, SendMessage, ServerMessage, Target, UserId,
 };
 
 /// Decodes one message a client sent, and validates it against `limits`.
@@ -234,6 +234,12 @@ fn server_from_raw(raw: &mut RawMessage<'_>) -> Result<ServerMessage, InvalidMes
             })
         }
         "group_event" => ServerMessage::GroupEvent(group_event_from_raw(raw)?),
+        "profile_changed" => ServerMessage::ProfileChanged(Profile {
+            user: raw.user.user_id("user")?,
+            display_name: raw.display_name.take_string("display_name")?,
+            about: raw.about.take_string("about")?,
+            avatar: raw.avatar.take_string_opt("avatar")?,
+        }),
         other => return Err(unknown_type(other)),
     };
     Ok(message)

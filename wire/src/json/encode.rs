@@ -166,6 +166,19 @@ pub fn encode_server(message: &ServerMessage, out: &mut Vec<u8>) {
             put_key(out, "timestamp");
             put_u64(out, event.timestamp_ms);
         }
+        ServerMessage::ProfileChanged(profile) => {
+            put_key(out, "user");
+            put_str(out, profile.user.as_str());
+            put_key(out, "display_name");
+            put_str(out, &profile.display_name);
+            put_key(out, "about");
+            put_str(out, &profile.about);
+            put_key(out, "avatar");
+            match &profile.avatar {
+                Some(avatar) => put_str(out, avatar),
+                None => out.extend_from_slice(b"null"),
+            }
+        }
     }
     out.push(b'}');
 }

@@ -34,6 +34,9 @@ pub(super) enum Key {
     Message,
     Event,
     RetryAfterMs,
+    DisplayName,
+    About,
+    Avatar,
 }
 
 impl Key {
@@ -68,6 +71,9 @@ impl Key {
             "message" => Key::Message,
             "event" => Key::Event,
             "retry_after_ms" => Key::RetryAfterMs,
+            "display_name" => Key::DisplayName,
+            "about" => Key::About,
+            "avatar" => Key::Avatar,
             _ => return None,
         })
     }
@@ -104,6 +110,9 @@ impl Key {
             Key::Message => "message",
             Key::Event => "event",
             Key::RetryAfterMs => "retry_after_ms",
+            Key::DisplayName => "display_name",
+            Key::About => "about",
+            Key::Avatar => "avatar",
         }
     }
 
@@ -112,8 +121,9 @@ impl Key {
     }
 }
 
-// Each key is one bit of a `u32` mask, so there are at most 32 of them; `Event` is the last.
-const _: () = assert!((Key::Event as u32) < u32::BITS);
+// Each key is one bit of a `u32` mask, so there are at most 32 of them; `Avatar` is the
+// last, and the 32nd: a new key needs a wider mask.
+const _: () = assert!((Key::Avatar as u32) < u32::BITS);
 
 const fn key_mask(keys: &[Key]) -> u32 {
     let mut mask = 0;
@@ -175,6 +185,9 @@ impl Schema {
             Key::Message,
             Key::Event,
             Key::RetryAfterMs,
+            Key::DisplayName,
+            Key::About,
+            Key::Avatar,
         ]);
         // No `messages` here: a history entry cannot nest another page.
         const HISTORY_ENTRY: u32 = key_mask(&[

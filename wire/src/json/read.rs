@@ -48,6 +48,9 @@ pub(super) struct RawMessage<'a> {
     pub(super) message: Scalar<'a>,
     pub(super) event: Scalar<'a>,
     pub(super) retry_after_ms: Scalar<'a>,
+    pub(super) display_name: Scalar<'a>,
+    pub(super) about: Scalar<'a>,
+    pub(super) avatar: Scalar<'a>,
     /// The keys read so far, one bit each.
     pub(super) seen: u32,
     /// The first known key that appeared twice.
@@ -85,6 +88,9 @@ impl<'a> RawMessage<'a> {
             Key::Message => &mut self.message,
             Key::Event => &mut self.event,
             Key::RetryAfterMs => &mut self.retry_after_ms,
+            Key::DisplayName => &mut self.display_name,
+            Key::About => &mut self.about,
+            Key::Avatar => &mut self.avatar,
             Key::MessageIds | Key::Users | Key::Messages => {
                 unreachable!("list fields are read by their own seeds")
             }

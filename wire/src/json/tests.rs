@@ -4,8 +4,8 @@
 use super::{decode_client, decode_server, encode_client, encode_server};
 use crate::model::{
     ClientMessage, Correlation, ErrorCode, ErrorMessage, GroupEvent, GroupEventKind, GroupId,
-    HISTORY_LIMIT_DEFAULT, HistoryRequest, IncomingMessage, Limits, Media, MessageId, Receipt,
-    SendMessage, ServerMessage, Target, UserId,
+    HISTORY_LIMIT_DEFAULT, HistoryRequest, IncomingMessage, Limits, Media, MessageId, Profile,
+    Receipt, SendMessage, ServerMessage, Target, UserId,
 };
 
 mod refused;
@@ -278,6 +278,24 @@ fn server_examples() {
             online: true,
             last_seen_ms: Some(NOW_MS),
         })),
+    );
+    check(
+        r#"{"type":"profile_changed","user":"alice","display_name":"Alice","about":"At the beach","avatar":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}"#,
+        Canonical(server(ServerMessage::ProfileChanged(Profile {
+            user: user("alice"),
+            display_name: "Alice".to_owned(),
+            about: "At the beach".to_owned(),
+            avatar: Some(photo().hash),
+        }))),
+    );
+    check(
+        r#"{"type":"profile_changed","user":"alice","display_name":"","about":"","avatar":null}"#,
+        Canonical(server(ServerMessage::ProfileChanged(Profile {
+            user: user("alice"),
+            display_name: String::new(),
+            about: String::new(),
+            avatar: None,
+        }))),
     );
     check(
         r#"{"type":"presence","user":"carol","online":false,"last_seen":null}"#,

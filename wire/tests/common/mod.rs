@@ -8,8 +8,8 @@ use proptest::option;
 use proptest::prelude::*;
 use wire::{
     ClientMessage, Correlation, ErrorCode, ErrorMessage, GroupEvent, GroupEventKind, GroupId,
-    HistoryRequest, IncomingMessage, Media, MessageId, Receipt, SendMessage, ServerMessage, Target,
-    UserId,
+    HistoryRequest, IncomingMessage, Media, MessageId, Profile, Receipt, SendMessage,
+    ServerMessage, Target, UserId,
 };
 
 pub fn user_id() -> impl Strategy<Value = UserId> {
@@ -188,5 +188,19 @@ pub fn server_message() -> impl Strategy<Value = ServerMessage> {
                 })
             }),
         group_event().prop_map(ServerMessage::GroupEvent),
+        (
+            user_id(),
+            "\\PC{0,64}",
+            "\\PC{0,140}",
+            option::of("[0-9a-f]{64}")
+        )
+            .prop_map(|(user, display_name, about, avatar)| {
+                ServerMessage::ProfileChanged(Profile {
+                    user,
+                    display_name,
+                    about,
+                    avatar,
+                })
+            }),
     ]
 }

@@ -1,5 +1,6 @@
 //! The router loop's answers to the control plane (health, a user's status, group
-//! requests, history settings), taken from its control inbox on each tick.
+//! requests, history settings, profile changes to announce), taken from its control inbox
+//! on each tick.
 
 use router::{GroupAnswer, GroupRefusal, Input};
 
@@ -60,6 +61,10 @@ impl RouterLoop {
                         user,
                         history_storage,
                     };
+                    self.router.step(now_ms, input, &mut self.outputs);
+                }
+                ControlRequest::ProfileChanged { profile } => {
+                    let input = Input::ProfileChanged { profile };
                     self.router.step(now_ms, input, &mut self.outputs);
                 }
             }

@@ -29,8 +29,8 @@ use wire::{MessageId, ServerMessage, UserId};
 use crate::storage::media::{BlobStore, MediaObject, MediaReader, Upload};
 
 pub use store::{
-    Fed, FedSetting, Feed, Page, Pages, STORAGE_90_DAYS, STORAGE_NONE, SettingAnswer, Store,
-    StoreError,
+    Fed, FedSetting, Feed, Page, Pages, ProfileAnswer, ProfileReader, ProfileUpdate,
+    STORAGE_90_DAYS, STORAGE_NONE, SettingAnswer, Store, StoreError,
 };
 
 /// The index's directory in the data directory.
@@ -80,6 +80,12 @@ pub enum Job {
         upload: Upload,
         reply: oneshot::Sender<Result<MediaObject, StoreError>>,
     },
+    /// A change to a user's profile, at `now_ms`.
+    Profile {
+        update: ProfileUpdate,
+        now_ms: u64,
+        reply: oneshot::Sender<Result<ProfileAnswer, StoreError>>,
+    },
 }
 
 /// A page for a connection of a shard, or the error that answers its request.
@@ -115,9 +121,15 @@ pub struct History {
     keepers: Arc<AtomicUsize>,
     stats: Arc<HistoryStats>,
     media: MediaReader,
+    profiles: ProfileReader,
 }
 
 impl History {
+    /// Users' profiles.
+    pub fn profiles(&self) -> &ProfileReader {
+        &self.profiles
+    }
+
     /// Who may read and reference which media object.
     pub fn media(&self) -> &MediaReader {
         &self.media
@@ -213,6 +225,7 @@ pub fn open(
         config.media_retention_ms,
     )?;
     let media = store.media_reader();
+    let profiles = store.profile_reader();
     let keepers = Arc::new(AtomicUsize::new(store.keepers()));
     let stats = Arc::new(HistoryStats::default());
     stats
@@ -243,6 +256,7 @@ pub fn open(
         keepers,
         stats,
         media,
+        profiles,
     };
     Ok((history, worker, receivers))
 }
@@ -436,6 +450,13 @@ impl Writer {
                 // for receiving the same object in this batch does not replace it.
                 Job::Upload { upload, reply } => {
                     let _ = reply.send(self.store.upload(&upload));
+                }
+                Job::Profile {
+                    update,
+                    now_ms,
+                    reply,
+                } => {
+                    let _ = reply.send(self.store.put_profile(&update, now_ms));
                 }
             }
         }

@@ -109,6 +109,8 @@ pub struct Store {
     meta: Keyspace,
     /// Who may read which media object (`storage::media::index`), fed from the same records.
     media: MediaIndex,
+    /// `[user]` -> the user's profile (`profiles.rs`).
+    profiles: Keyspace,
     /// The users whose setting is not 0, with theirs: what `settings` holds, in memory.
     keepers: RefCell<KeepersMap>,
     keepers_max: usize,
@@ -149,6 +151,7 @@ impl Store {
             settings,
             meta: db.keyspace("meta", options)?,
             media: MediaIndex::open(&db, media_retention_ms)?,
+            profiles: db.keyspace("profiles", options)?,
             keepers: RefCell::new(keepers),
             keepers_max,
             db,
@@ -513,5 +516,8 @@ fn expiry_key(expires_ms: u64, row: &[u8]) -> Vec<u8> {
     key
 }
 
+mod profiles;
 #[cfg(test)]
 mod tests;
+
+pub use profiles::{ProfileAnswer, ProfileReader, ProfileUpdate};

@@ -226,6 +226,41 @@ impl MediaIndex {
         Ok(granted)
     }
 
+    /// One more (`add`) or one fewer profile has `hash` as its avatar. The last one gone,
+    /// its time starts again from `now_ms`.
+    pub fn avatar(
+        &self,
+        batch: &mut OwnedWriteBatch,
+        pending: &mut Pending,
+        hash: &MediaHash,
+        add: bool,
+        now_ms: u64,
+    ) -> Result<(), fjall::Error> {
+        let Some(mut object) = self.object(pending, hash)? else {
+            return Ok(());
+        };
+        if add {
+            object.avatars = object.avatars.saturating_add(1);
+            self.put(batch, pending, hash, object, false);
+        } else {
+            object.avatars = object.avatars.saturating_sub(1);
+            let moved = object.avatars == 0;
+            if moved {
+                object.last_referenced_ms = object.last_referenced_ms.max(now_ms);
+            }
+            self.put(batch, pending, hash, object, moved);
+        }
+        Ok(())
+    }
+
+    /// Whether `user` uploaded `hash` (an avatar must be one's own upload).
+    pub fn uploaded_by(&self, user: &UserId, hash: &MediaHash) -> Result<bool, fjall::Error> {
+        Ok(self
+            .grants
+            .get(grant_key(hash, user))?
+            .is_some_and(|value| value.first() == Some(&GRANT_UPLOADED)))
+    }
+
     /// Deletes at most `objects_max` objects whose time is up at `now_ms` (their bytes
     /// first, then their keys: a crash between the two leaves keys whose object reads as
     /// gone, and the next sweep deletes them). Returns the objects deleted and whether
