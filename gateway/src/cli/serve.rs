@@ -12,7 +12,8 @@ use crate::auth::{self, Authenticator};
 use crate::config::{self, Config, LogFormat, ServeArgs};
 use crate::metrics::ShardMetrics;
 use crate::shard::control_inbox::ControlInbox;
-use crate::{cli, control, net, shard, storage};
+use crate::shard::push_hints::PushHints;
+use crate::{cli, control, net, push, shard, storage};
 
 /// Runs the server until a shutdown signal; `init_logging` is called once the
 /// configuration says the logs' format.
@@ -61,6 +62,7 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
     let (history, history_worker, history_answers) =
         storage::history::open(&history_dir, n_shards, history_config)
             .with_context(|| format!("cannot open {}", history_dir.display()))?;
+    let push = push::start(&config, listeners.len())?;
     let shard_control = start_control_plane(
         &config,
         &auth,
@@ -68,7 +70,16 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
         ws_addr,
         listeners.len(),
         &history,
+        push.as_ref().map(|parts| Arc::clone(&parts.stats)),
     )?;
+    let push_hints = match push {
+        Some(parts) => parts
+            .rings
+            .into_iter()
+            .map(|ring| PushHints::new(ring, Arc::clone(&parts.stats)))
+            .collect(),
+        None => (0..listeners.len()).map(|_| PushHints::off()).collect(),
+    };
     let history_parts = shard::HistoryParts {
         history,
         worker: history_worker,
@@ -80,6 +91,7 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
         listeners,
         shard_control,
         history_parts,
+        push_hints,
         driver,
     )?;
     if config.echo {
@@ -151,8 +163,10 @@ fn start_control_plane(
     ws_addr: std::net::SocketAddr,
     n_shards: usize,
     history: &storage::history::History,
+    push: Option<Arc<push::PushStats>>,
 ) -> anyhow::Result<Vec<(ControlInbox, Arc<ShardMetrics>)>> {
     let mut plane = control::http::ControlPlane {
+        push,
         history: history.clone(),
         history_limit_max: config.limits.history_limit_max,
         shards: Vec::with_capacity(n_shards),

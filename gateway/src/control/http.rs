@@ -48,6 +48,8 @@ pub struct ControlPlane {
     /// The history thread's queue: settings and history pages.
     pub history: History,
     pub history_limit_max: u32,
+    /// The push thread's counters, when a webhook is set.
+    pub push: Option<Arc<crate::push::PushStats>>,
 }
 
 /// Serves the API on `listener` from a thread of its own until the process exits.
@@ -115,8 +117,9 @@ fn router(plane: ControlPlane) -> Router {
     let body_bytes_max = plane.http_body_bytes_max;
     let metrics = Arc::new(PlaneMetrics::default());
     let shards = plane.shards.iter().map(|(_, m)| Arc::clone(m)).collect();
-    let exposition =
-        Exposition::new(shards, Arc::clone(&metrics)).with_history(plane.history.clone());
+    let exposition = Exposition::new(shards, Arc::clone(&metrics))
+        .with_history(plane.history.clone())
+        .with_push(plane.push.clone());
     let page = crate::control::web::routes(plane.ws_addr);
     let api = Api {
         plane,

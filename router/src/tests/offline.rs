@@ -56,7 +56,11 @@ fn an_offline_recipient_gets_one_hint_once_the_message_is_durable() {
     let (alice, bob) = (user("alice"), user("bob"));
     h.attach(conn(1), &alice);
     let (before, after) = send_in_two_steps(&mut h, conn(1), &alice, send_to(&bob, 1));
-    assert_eq!(hints(&before), vec![], "nothing before the message is durable");
+    assert_eq!(
+        hints(&before),
+        vec![],
+        "nothing before the message is durable"
+    );
     let id = acknowledged(&after);
     let expected = OfflineHint {
         message_id: id,
@@ -155,7 +159,11 @@ fn a_group_message_hints_each_offline_member_once_and_never_the_sender() {
     // The membership events go to nobody's phone: only messages make hints.
     let group = create(&mut h, &alice, &[&bob, &carol, &dave]);
     let (before, after) = send_in_two_steps(&mut h, conn(1), &alice, to_group(group, 1));
-    assert_eq!(hints(&before), vec![], "nothing before the message is durable");
+    assert_eq!(
+        hints(&before),
+        vec![],
+        "nothing before the message is durable"
+    );
     let id = acknowledged(&after);
     assert_eq!(incoming_ids(&after, conn(3)), vec![id], "bob is online");
     let mut hinted = hints(&after);
@@ -209,5 +217,9 @@ fn a_group_message_hints_each_offline_member_once_and_never_the_sender() {
     assert!(acknowledged(&before.into_iter().chain(after.clone()).collect::<Vec<_>>()) > id);
     let mut users: Vec<UserId> = hints(&after).into_iter().map(|(user, _)| user).collect();
     users.sort();
-    assert_eq!(users, vec![dave, erin], "not alice, bob or carol: {after:?}");
+    assert_eq!(
+        users,
+        vec![dave, erin],
+        "not alice, bob or carol: {after:?}"
+    );
 }

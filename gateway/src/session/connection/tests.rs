@@ -53,6 +53,8 @@ fn shared() -> Shared {
         log_format: LogFormat::Text,
         secret: SecretSource::Given("unused".to_owned()),
         limits: Limits::default(),
+        push_webhook: None,
+        push_include_content: false,
     };
     Shared::new(0, &config, Arc::new(ShardMetrics::default()))
 }
