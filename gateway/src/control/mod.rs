@@ -4,7 +4,8 @@
 //! reaching into a shard's state. The web page (`web/`) is served here too, its files
 //! embedded in the binary. The group routes (`groups`) ask the shards the same way; the
 //! history and settings routes (`history`) ask the history thread through its bounded
-//! queue; later the media and profile routes go here too. Only `cli` (which starts it) imports it.
+//! queue; `/metrics` reads the push thread's counters (`push::PushStats`) when it runs; later
+//! the media and profile routes go here too. Only `cli` (which starts it) imports it.
 
 pub mod groups;
 pub mod history;

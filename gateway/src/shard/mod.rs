@@ -12,7 +12,7 @@
 //! log, then closes its connections with 1001).
 //!
 //! It may use every folder below it (`net`, `session`, `storage`, `config`, `metrics`,
-//! `auth`) and the `router` crate; `control` and `cli` sit above it, and the control plane
+//! `auth`, `push`) and the `router` crate; `control` and `cli` sit above it, and the control plane
 //! reaches a shard only through its control inbox. Within the folder the state (`state.rs`,
 //! `link.rs`, `mesh.rs`, `slots.rs`, `signal.rs`) imports neither task.
 //!
