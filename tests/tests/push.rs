@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchboard_tests::{
-    Client, Options, Server, connect, create_group, raw_exchange, recv_json, recv_type, send_json,
-    send_message, send_to_group,
+    Client, Options, Server, connect, create_group, openmetrics, raw_exchange, recv_json,
+    recv_type, send_json, send_message, send_to_group,
 };
 
 /// How long a test waits for an effect outside its control (a POST, a metric).
@@ -138,18 +138,19 @@ fn start_server(webhook: &str, extra: &[&str]) -> Server {
     Server::start_with(options)
 }
 
-/// A metric without labels, as the server's `/metrics` says it now.
+/// A push metric as the server's `/metrics` says it now, read with the strict OpenMetrics
+/// parser (so the push thread's series are checked to be well formed too).
 fn metric(server: &Server, name: &str) -> u64 {
     let answer = raw_exchange(
         server.http_addr,
         "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
-    answer
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
-        .parse()
-        .unwrap()
+    let (_, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    let metrics = openmetrics::parse(body).unwrap_or_else(|error| panic!("{error}\n{body}"));
+    let value = metrics
+        .sum(name, &[])
+        .unwrap_or_else(|| panic!("no {name} in /metrics"));
+    value as u64
 }
 
 fn wait_for_metric(server: &Server, name: &str, done: impl Fn(u64) -> bool) -> u64 {
