@@ -31,15 +31,16 @@ struct Receiver {
 
 impl Receiver {
     fn start() -> Receiver {
-        Receiver::start_on("127.0.0.1:0".parse().unwrap())
+        Receiver::start_on("127.0.0.1:0".parse().unwrap(), 200)
     }
 
-    fn start_on(addr: SocketAddr) -> Receiver {
+    /// A receiver on `addr` answering `status` from its first request.
+    fn start_on(addr: SocketAddr, status: u16) -> Receiver {
         let listener = TcpListener::bind(addr).expect("the receiver binds");
         let receiver = Receiver {
             addr: listener.local_addr().unwrap(),
             hints: Arc::default(),
-            status: Arc::new(AtomicU16::new(200)),
+            status: Arc::new(AtomicU16::new(status)),
             requests: Arc::default(),
         };
         let (hints, status, requests) = (
@@ -293,8 +294,7 @@ fn hints_wait_for_a_receiver_that_refuses_then_fails_and_arrive_once_it_is_back(
     wait_for_metric(&server, "switchboard_push_posts_failed_total", |n| n >= 2);
     wait_for_metric(&server, "switchboard_push_queue_hints", |n| n == 3);
     // Back, but failing: the POSTs reach it and are answered 500.
-    let receiver = Receiver::start_on(addr);
-    receiver.status.store(500, Ordering::SeqCst);
+    let receiver = Receiver::start_on(addr, 500);
     let deadline = Instant::now() + WAIT;
     while receiver.requests.load(Ordering::SeqCst) < 2 {
         assert!(Instant::now() < deadline, "no POST reached the receiver");
@@ -341,7 +341,7 @@ fn a_small_queue_drops_its_oldest_hints_while_the_receiver_is_down() {
     // oldest go: five of the eight.
     wait_for_metric(&server, "switchboard_push_hints_dropped_total", |n| n == 5);
     wait_for_metric(&server, "switchboard_push_queue_hints", |n| n == 3);
-    let receiver = Receiver::start_on(addr);
+    let receiver = Receiver::start_on(addr, 200);
     let hints = receiver.wait_for(3);
     let got: Vec<&str> = hints
         .iter()

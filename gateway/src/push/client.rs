@@ -61,14 +61,26 @@ async fn exchange(
     connection: Option<Connection>,
     body: Bytes,
 ) -> Result<(Option<Connection>, u16), String> {
-    let mut sender = match connection {
-        Some(mut open) => match open.ready().await {
-            Ok(()) => open,
-            // The receiver closed it since the last POST: a new one.
-            Err(_) => connect(webhook).await?,
-        },
-        None => connect(webhook).await?,
-    };
+    if let Some(mut open) = connection
+        && open.ready().await.is_ok()
+    {
+        // A receiver may close a kept connection just as the POST goes out: then once more
+        // on a new one, rather than waiting out a backoff for nothing.
+        if let Ok((kept, status)) = send(webhook, &mut open, body.clone()).await {
+            return Ok((kept.then_some(open), status));
+        }
+    }
+    let mut fresh = connect(webhook).await?;
+    let (kept, status) = send(webhook, &mut fresh, body).await?;
+    Ok((kept.then_some(fresh), status))
+}
+
+/// One request on `sender`: the status, and whether the connection may carry the next.
+async fn send(
+    webhook: &PushWebhook,
+    sender: &mut Connection,
+    body: Bytes,
+) -> Result<(bool, u16), String> {
     let request = hyper::Request::post(webhook.path.as_str())
         .header(HOST, webhook.authority.as_str())
         .header(CONTENT_TYPE, "application/json")
@@ -84,8 +96,7 @@ async fn exchange(
     let read = Limited::new(answer.into_body(), ANSWER_BYTES_MAX)
         .collect()
         .await;
-    let kept = read.is_ok().then_some(sender);
-    Ok((kept, status))
+    Ok((read.is_ok(), status))
 }
 
 async fn connect(webhook: &PushWebhook) -> Result<Connection, String> {

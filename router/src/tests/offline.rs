@@ -223,3 +223,18 @@ fn a_group_message_hints_each_offline_member_once_and_never_the_sender() {
         "not alice, bob or carol: {after:?}"
     );
 }
+
+#[test]
+fn a_message_to_oneself_hints_nobody_even_once_the_sender_is_gone() {
+    let mut h = hints_on(OfflineHints::Ids);
+    let alice = user("alice");
+    h.attach(conn(1), &alice);
+    let before = h.client(conn(1), &alice, send_to(&alice, 1));
+    h.step(Input::Detach {
+        conn: conn(1),
+        user: alice.clone(),
+    });
+    let after = h.sync();
+    assert!(appends(&before).len() == 1, "stored: {before:?}");
+    assert_eq!(hints(&after), vec![]);
+}
