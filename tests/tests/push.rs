@@ -1,8 +1,8 @@
 //! Push hints through the real binary, to an HTTP receiver the test runs itself: a hint per
 //! message for a user with no open connection (and none for one who has one), its fields
 //! with and without `--push-include-content`, one per offline member of a group, hints that
-//! wait for a receiver that refuses connections and then answers 500, and a small queue
-//! that drops its oldest hints while the receiver is down.
+//! wait for a receiver that refuses connections and then answers 500, a small queue that
+//! drops its oldest hints while the receiver is down, and an https URL refused at start.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -354,4 +354,18 @@ fn a_small_queue_drops_its_oldest_hints_while_the_receiver_is_down() {
     );
     wait_for_metric(&server, "switchboard_push_hints_sent_total", |n| n == 3);
     assert_eq!(metric(&server, "switchboard_push_hints_dropped_total"), 5);
+}
+
+#[test]
+fn an_https_webhook_stops_the_start_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = switchboard_tests::command(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .env("SWITCHBOARD_PUSH_WEBHOOK", "https://push.example/hints")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("https is not supported"), "{stderr:?}");
+    assert!(output.stdout.is_empty(), "never listened: {output:?}");
 }
