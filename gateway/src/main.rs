@@ -8,6 +8,7 @@ mod config;
 mod control;
 mod metrics;
 mod net;
+mod push;
 mod session;
 mod shard;
 mod storage;

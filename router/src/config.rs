@@ -84,6 +84,10 @@ pub struct Config {
     /// Group messages every member has received, kept for their read receipt and the
     /// receipts request. When full, the oldest is forgotten: its read receipt is not sent.
     pub group_receipts_tracked_max: usize,
+    /// Whether the shard reports, with `Output::Offline`, each durable message for a user
+    /// with no open connection (the shell's push hints). `Off` by default, so that a server
+    /// with no push receiver makes none of them.
+    pub offline_hints: OfflineHints,
     /// The key of the shard's hash maps. Not a bound: the shell draws it at random once per
     /// shard (so that no client can choose keys that collide), and a simulation passes its
     /// own seed (so that a run replays). Nothing the shard logs or outputs depends on it.
@@ -116,8 +120,20 @@ impl Config {
         group_members_max: 500,
         group_name_chars_max: 100,
         group_receipts_tracked_max: 100_000,
+        offline_hints: OfflineHints::Off,
         hash_seed: 0,
     };
+}
+
+/// What `Output::Offline` reports of a message stored for a user who is not connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfflineHints {
+    /// Nothing: no `Output::Offline` at all.
+    Off,
+    /// Who, from whom, which message and when: no content.
+    Ids,
+    /// Also the content and media, when the body is in memory.
+    WithContent,
 }
 
 impl Default for Config {

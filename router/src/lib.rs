@@ -12,12 +12,12 @@ pub mod wal;
 #[cfg(test)]
 mod tests;
 
-pub use config::Config;
+pub use config::{Config, OfflineHints};
 pub use ids::{ConnId, IdGenerator, ShardId, group_shard, owner_shard, shard_of};
 pub use route::{Route, route};
 pub use shard::{
-    GroupAnswer, GroupDelivery, GroupRefusal, GroupRequest, Input, Output, PeerMessage, Presence,
-    Refusal, RouterShard, Stats, incoming_of,
+    GroupAnswer, GroupDelivery, GroupRefusal, GroupRequest, Input, OfflineHint, Output,
+    PeerMessage, Presence, Refusal, RouterShard, Stats, incoming_of,
 };
 pub use wal::{
     Lsn, ReceiptItem, ReceiptKind, Record, Scan, SegmentHeader, StoredMessage, decode_record,

@@ -20,28 +20,33 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("net", &[]),
     ("storage", &[]),
     ("auth", &["config"]),
+    // The push thread reads its settings, and nothing else of the server.
+    ("push", &["config"]),
     ("metrics", &["auth"]),
     ("session", &["config", "net", "auth", "metrics"]),
     (
         "shard",
-        &["config", "net", "storage", "auth", "metrics", "session"],
+        &[
+            "config", "net", "storage", "auth", "metrics", "session", "push",
+        ],
     ),
     // `storage` for the history thread's queue only (`storage::history`), which it asks as the
-    // shards do.
+    // shards do; `push` for the push thread's counters.
     (
         "control",
-        &["config", "storage", "auth", "metrics", "shard"],
+        &["config", "storage", "auth", "metrics", "shard", "push"],
     ),
     (
         "cli",
         &[
-            "config", "net", "storage", "auth", "metrics", "session", "shard", "control",
+            "config", "net", "storage", "auth", "metrics", "session", "shard", "control", "push",
         ],
     ),
     (
         "main",
         &[
             "config", "net", "storage", "auth", "metrics", "session", "shard", "control", "cli",
+            "push",
         ],
     ),
 ];

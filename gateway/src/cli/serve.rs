@@ -12,7 +12,8 @@ use crate::auth::{self, Authenticator};
 use crate::config::{self, Config, LogFormat, ServeArgs};
 use crate::metrics::ShardMetrics;
 use crate::shard::control_inbox::ControlInbox;
-use crate::{cli, control, net, shard, storage};
+use crate::shard::push_hints::PushHints;
+use crate::{cli, control, net, push, shard, storage};
 
 /// Runs the server until a shutdown signal; `init_logging` is called once the
 /// configuration says the logs' format.
@@ -68,15 +69,27 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
     let (history, history_worker, history_answers) =
         storage::history::open(&history_dir, n_shards, history_config, Arc::clone(&blobs))
             .with_context(|| format!("cannot open {}", history_dir.display()))?;
+    let push = push::start(&config, listeners.len())?;
     let shard_control = start_control_plane(
         &config,
         &auth,
         http_listener,
         ws_addr,
         listeners.len(),
-        &history,
-        &blobs,
+        PlaneParts {
+            history: &history,
+            blobs: &blobs,
+            push: push.as_ref().map(|parts| Arc::clone(&parts.stats)),
+        },
     )?;
+    let push_hints = match push {
+        Some(parts) => parts
+            .rings
+            .into_iter()
+            .map(|ring| PushHints::new(ring, Arc::clone(&parts.stats)))
+            .collect(),
+        None => (0..listeners.len()).map(|_| PushHints::off()).collect(),
+    };
     let history_parts = shard::HistoryParts {
         history,
         worker: history_worker,
@@ -88,6 +101,7 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
         listeners,
         shard_control,
         history_parts,
+        push_hints,
         driver,
     )?;
     if config.echo {
@@ -150,6 +164,16 @@ fn shard_count(config: &Config) -> anyhow::Result<u16> {
         })
 }
 
+/// What the control plane reads beside the shards.
+struct PlaneParts<'a> {
+    /// The history thread's queue: settings, pages, uploads' index, profiles.
+    history: &'a storage::history::History,
+    /// Where media bytes are.
+    blobs: &'a Arc<dyn storage::media::BlobStore>,
+    /// The push thread's counters, when it runs.
+    push: Option<Arc<push::PushStats>>,
+}
+
 /// Starts the HTTP thread, which serves the web page that connects to `ws_addr`. Per shard it makes the inbox through which the HTTP thread asks
 /// the shard things, and the shard's counters; returns the shards' ends of them.
 fn start_control_plane(
@@ -158,10 +182,15 @@ fn start_control_plane(
     http_listener: std::net::TcpListener,
     ws_addr: std::net::SocketAddr,
     n_shards: usize,
-    history: &storage::history::History,
-    blobs: &Arc<dyn storage::media::BlobStore>,
+    parts: PlaneParts<'_>,
 ) -> anyhow::Result<Vec<(ControlInbox, Arc<ShardMetrics>)>> {
+    let PlaneParts {
+        history,
+        blobs,
+        push,
+    } = parts;
     let mut plane = control::http::ControlPlane {
+        push,
         history: history.clone(),
         history_limit_max: config.limits.history_limit_max,
         shards: Vec::with_capacity(n_shards),

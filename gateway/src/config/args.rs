@@ -153,6 +153,15 @@ pub struct ServeArgs {
     pub media_mime_allowed: Option<String>,
     #[command(flatten)]
     pub secret: SecretArgs,
+    /// POST a hint to this http:// URL for each message stored for a user with no open
+    /// connection (docs/protocol.md, "Push hints") [default: off] [env:
+    /// SWITCHBOARD_PUSH_WEBHOOK].
+    #[arg(long, value_name = "URL")]
+    pub push_webhook: Option<String>,
+    /// Hints carry the message's content and media [env:
+    /// SWITCHBOARD_PUSH_INCLUDE_CONTENT=true].
+    #[arg(long)]
+    pub push_include_content: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
 }

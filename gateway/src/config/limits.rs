@@ -355,6 +355,26 @@ limits! {
         /// rewrite it (the first comes one tick after the failure, then each wait doubles).
         wal_retry_ms_max: u64 = 5_000, Ms, min 1;
     }
+    "Push hints (docs/protocol.md, \"Push hints\"; only with push_webhook)" {
+        /// Hints in one POST to the push webhook.
+        push_batch_hints_max: usize = 100, Count, min 1;
+        /// Hints waiting for the webhook; past it the oldest are dropped
+        /// (`switchboard_push_hints_dropped_total`).
+        push_queue_hints_max: usize = 100_000, Count, min 1;
+        /// Hints each shard can hand the push thread between two of its looks; past it a
+        /// hint is dropped at once (`switchboard_push_handoff_dropped_total`).
+        push_ring_hints_max: usize = 8_192, Count, min 1;
+        /// How often the push thread takes the hints the shards handed it: the most a hint
+        /// waits before its POST starts.
+        push_poll_ms: u64 = 10, Ms, min 1;
+        /// The wait before the first retry of a failed POST; each retry doubles it, with
+        /// jitter, up to `push_retry_ms_max`.
+        push_retry_ms: u64 = 100, Ms, min 1;
+        /// The longest wait between two tries of a POST.
+        push_retry_ms_max: u64 = 30_000, Ms, min 1;
+        /// How long a POST (connecting included) may take before it counts as failed.
+        push_request_timeout_ms: u64 = 5_000, Ms, min 1;
+    }
 }
 
 /// What a limit counts; its flag's value name and its docs' unit.
@@ -578,6 +598,8 @@ impl Limits {
             group_name_chars_max: self.group_name_chars_max,
             group_receipts_tracked_max: self.group_receipts_tracked_max,
             undelivered_retention_ms: self.undelivered_retention_ms,
+            // Not a limit: set from the push settings (`Config::offline_hints`).
+            offline_hints: router::OfflineHints::Off,
             // Not a setting: each shard draws its own at start (`shard::recover`).
             hash_seed: 0,
         }
@@ -589,6 +611,9 @@ impl Limits {
             bail!("limit outbox_envelopes_max must be at least ring_envelopes_max");
         }
         self.check_log_record_caps()?;
+        if self.push_retry_ms > self.push_retry_ms_max {
+            bail!("limit push_retry_ms must be at most push_retry_ms_max");
+        }
         // A frame of the echo route must fit its message, and the same on /ws: a frame larger
         // than a whole message could never be accepted.
         if self.frame_bytes_max > self.message_bytes_max {

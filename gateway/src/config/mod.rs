@@ -3,7 +3,7 @@
 //!
 //! The TOML file uses the flags' names in snake_case at the top level (`listen`,
 //! `http_listen`, `data_dir`, `shards`, `durability`, `jwt_secret`, `jwt_secret_file`, `echo`,
-//! `log_format`) and every limit in a `[limits]` table (`handshake_timeout_ms = 10000`, ...).
+//! `log_format`, `push_webhook`, `push_include_content`) and every limit in a `[limits]` table (`handshake_timeout_ms = 10000`, ...).
 //! Unknown keys are an error, so a misspelt limit never silently keeps its default. Every
 //! limit is declared once, in the `limits!` list (`limits.rs`), and its field, flag,
 //! variable, docs and bounds all come from there.
@@ -25,12 +25,14 @@ pub const ECHO_PATH: &str = "/echo";
 
 mod args;
 mod limits;
+mod push;
 mod reference;
 #[cfg(test)]
 mod tests;
 
 pub use args::*;
 pub use limits::*;
+pub use push::PushWebhook;
 pub use reference::*;
 
 pub use router::wal::Durability;
@@ -84,6 +86,8 @@ struct FileConfig {
     echo: Option<bool>,
     log_format: Option<LogFormat>,
     media_mime_allowed: Option<Vec<String>>,
+    push_webhook: Option<String>,
+    push_include_content: Option<bool>,
     #[serde(default)]
     limits: Limits,
 }
@@ -173,6 +177,10 @@ pub struct Config {
     /// The `Content-Type`s an upload may have: a type, a family (`image/*`) or `*/*`.
     pub media_mime_allowed: Vec<String>,
     pub limits: Limits,
+    /// Where hints for offline users are POSTed; `None`: no push thread, no hints.
+    pub push_webhook: Option<PushWebhook>,
+    /// Hints carry the message's content and media.
+    pub push_include_content: bool,
 }
 
 /// The uploads' types allowed by default: pictures, video, sound, PDF and plain text.
@@ -239,6 +247,17 @@ impl Config {
         }
         // `--echo` can only switch the route on, so without it the variable decides.
         let echo = args.echo || env_value(env, "echo")?.or(file.echo).unwrap_or(false);
+        let push_webhook = args
+            .push_webhook
+            .clone()
+            .or(env_value(env, "push_webhook")?)
+            .or(file.push_webhook)
+            .map(|url| url.parse::<PushWebhook>())
+            .transpose()?;
+        let push_include_content = args.push_include_content
+            || env_value(env, "push_include_content")?
+                .or(file.push_include_content)
+                .unwrap_or(false);
         Ok(Config {
             listen: args
                 .listen
@@ -273,7 +292,18 @@ impl Config {
                 },
             },
             limits,
+            push_webhook,
+            push_include_content,
         })
+    }
+
+    /// What the routers report for push hints: nothing without a webhook.
+    pub fn offline_hints(&self) -> router::OfflineHints {
+        match (&self.push_webhook, self.push_include_content) {
+            (None, _) => router::OfflineHints::Off,
+            (Some(_), false) => router::OfflineHints::Ids,
+            (Some(_), true) => router::OfflineHints::WithContent,
+        }
     }
 }
 

@@ -99,6 +99,20 @@ pub fn settings() -> Vec<Setting> {
             ),
             example: "",
         },
+        Setting {
+            key: "push_webhook",
+            doc: "An http:// URL to POST hints to, for each message stored for a user with no \
+                  open connection (docs/protocol.md, \"Push hints\"). Default: none, no hints. \
+                  https is refused at start.",
+            default: None,
+            example: "\"http://127.0.0.1:9000/hints\"",
+        },
+        Setting {
+            key: "push_include_content",
+            doc: "Hints carry the message's content and media (with push_webhook).",
+            default: Some("false".to_owned()),
+            example: "",
+        },
     ]
 }
 

@@ -579,3 +579,31 @@ fn tuning_md_tables_give_the_declared_defaults() {
     // The generated table, and at least the hand-written ones' rows.
     assert!(checked > table.len() + 10, "{checked}");
 }
+
+#[test]
+fn push_webhook_flag_beats_variable_beats_file_and_https_stops_the_start() {
+    let none = with_file("", &[]).unwrap();
+    assert_eq!(none.push_webhook, None);
+    assert_eq!(none.offline_hints(), router::OfflineHints::Off);
+    let file = "push_webhook = \"http://file.example/h\"\npush_include_content = true\n";
+    let from_file = with_file(file, &[]).unwrap();
+    assert_eq!(from_file.push_webhook.unwrap().host, "file.example");
+    assert!(from_file.push_include_content);
+    let env = [("SWITCHBOARD_PUSH_WEBHOOK", "http://env.example:81/h")];
+    let from_env = with_file_env(file, &[], &env).unwrap();
+    assert_eq!(from_env.push_webhook.as_ref().unwrap().port, 81);
+    assert_eq!(from_env.offline_hints(), router::OfflineHints::WithContent);
+    let flag = ["--push-webhook", "http://flag.example/h"];
+    let from_flag = with_file_env(file, &flag, &env).unwrap();
+    assert_eq!(from_flag.push_webhook.unwrap().host, "flag.example");
+    let ids = with_file_env("", &flag, &[]).unwrap();
+    assert_eq!(ids.offline_hints(), router::OfflineHints::Ids);
+    let https = with_file("push_webhook = \"https://push.example/\"\n", &[]).unwrap_err();
+    assert!(
+        https.to_string().contains("https is not supported"),
+        "{https}"
+    );
+    let retry = ["--push-retry-ms", "10", "--push-retry-ms-max", "5"];
+    let error = with_file("", &retry).unwrap_err().to_string();
+    assert!(error.contains("push_retry_ms"), "{error}");
+}

@@ -52,6 +52,8 @@ pub struct ControlPlane {
     pub history_limit_max: u32,
     /// The media routes' store, bounds and counters.
     pub media: MediaRoutes,
+    /// The push thread's counters, when a webhook is set.
+    pub push: Option<Arc<crate::push::PushStats>>,
 }
 
 /// Serves the API on `listener` from a thread of its own until the process exits.
@@ -129,7 +131,8 @@ fn router(plane: ControlPlane) -> Router {
     let shards = plane.shards.iter().map(|(_, m)| Arc::clone(m)).collect();
     let exposition = Exposition::new(shards, Arc::clone(&metrics))
         .with_history(plane.history.clone())
-        .with_media(Arc::clone(&plane.media.metrics), plane.history.clone());
+        .with_media(Arc::clone(&plane.media.metrics), plane.history.clone())
+        .with_push(plane.push.clone());
     let page = crate::control::web::routes(plane.ws_addr);
     let api = Api {
         plane,

@@ -6,7 +6,9 @@
 //! history and settings routes (`history`) ask the history thread through its bounded
 //! queue; the media routes (`media`) stream uploads and downloads through the blob store in
 //! tokio's blocking pool and index uploads through the history thread; the profile routes
-//! (`profiles`) write through the history thread and announce through the owner shard. Only `cli` (which starts it) imports it.
+//! (`profiles`) write through the history thread and announce through the owner shard;
+//! `/metrics` reads the push thread's counters (`push::PushStats`) when it runs. Only `cli`
+//! (which starts it) imports it.
 
 pub mod groups;
 pub mod history;

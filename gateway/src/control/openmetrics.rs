@@ -15,6 +15,7 @@ use crate::storage::history::History;
 
 mod history;
 mod media;
+mod push;
 
 /// Everything `GET /metrics` shows, rendered on each scrape.
 #[derive(Debug)]
@@ -51,6 +52,12 @@ impl Exposition {
     pub fn with_history(mut self, history: History) -> Exposition {
         self.registry
             .register_collector(Box::new(history::HistoryCollector { history }));
+        self
+    }
+
+    /// Adds the push thread's counters, when there is one.
+    pub fn with_push(mut self, push: Option<Arc<crate::push::PushStats>>) -> Exposition {
+        push::register(&mut self.registry, push);
         self
     }
 

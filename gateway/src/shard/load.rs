@@ -183,5 +183,20 @@ impl LoadGovernor {
     }
 }
 
+/// What a level sheds, for its log line.
+pub fn shed_description(level: LoadLevel) -> &'static str {
+    match level {
+        LoadLevel::Normal => "shedding nothing",
+        LoadLevel::ShedEphemeral => "dropping clients' typing and presence updates",
+        LoadLevel::RefuseConnections => {
+            "dropping clients' typing and presence updates, and answering new connections 503"
+        }
+        LoadLevel::RefuseMessages => {
+            "dropping clients' typing and presence updates, answering new connections 503 \
+             and new messages `overloaded`"
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,7 @@
 //! log, then closes its connections with 1001).
 //!
 //! It may use every folder below it (`net`, `session`, `storage`, `config`, `metrics`,
-//! `auth`) and the `router` crate; `control` and `cli` sit above it, and the control plane
+//! `auth`, `push`) and the `router` crate; `control` and `cli` sit above it, and the control plane
 //! reaches a shard only through its control inbox. Within the folder the state (`state.rs`,
 //! `link.rs`, `mesh.rs`, `slots.rs`, `signal.rs`) imports neither task.
 //!
@@ -28,6 +28,7 @@ pub mod history_feed;
 pub mod link;
 pub mod load;
 pub mod mesh;
+pub mod push_hints;
 pub mod rate_limits;
 pub mod router_loop;
 pub mod signal;
@@ -52,6 +53,7 @@ use crate::session::rate_limit::RetryAfterMs;
 use crate::shard::control_inbox::ControlInbox;
 use crate::shard::history_feed::HistoryFeed;
 use crate::shard::mesh::ShardMesh;
+use crate::shard::push_hints::PushHints;
 use crate::shard::router_loop::RouterLoop;
 use crate::shard::signal::Signal;
 use crate::shard::state::Shard;
@@ -136,6 +138,7 @@ pub fn start(
     listeners: Vec<std::net::TcpListener>,
     control: Vec<(ControlInbox, Arc<ShardMetrics>)>,
     history_parts: HistoryParts,
+    push: Vec<PushHints>,
     driver: DriverKind,
 ) -> anyhow::Result<(Vec<ShardHandle>, DriverKind)> {
     assert_eq!(
@@ -163,8 +166,11 @@ pub fn start(
         .context("cannot start the history thread")?;
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<DriverKind>>();
     let mut handles = Vec::with_capacity(listeners.len());
+    assert_eq!(push.len(), listeners.len(), "one push hand-off per shard");
     let parts = listeners.into_iter().zip(control).zip(meshes).zip(answers);
-    for (index, (((listener, (inbox, metrics)), mesh), answers)) in parts.enumerate() {
+    for (index, ((((listener, (inbox, metrics)), mesh), answers), push)) in
+        parts.zip(push).enumerate()
+    {
         let shard_id = u16::try_from(index).context("too many shards")?;
         let (wake_main, wake_shard) = StdUnixStream::pair().context("socketpair")?;
         wake_shard.set_nonblocking(true)?;
@@ -189,6 +195,7 @@ pub fn start(
                     mesh,
                     history,
                     answers,
+                    push,
                 };
                 run(shard, parts, driver, ready);
             })
@@ -218,6 +225,7 @@ struct ShardParts {
     mesh: ShardMesh,
     history: History,
     answers: mpsc::Receiver<history::ShardAnswer>,
+    push: PushHints,
 }
 
 /// Builds the shard's runtime on `driver`, falling back to epoll if io_uring cannot be set
@@ -309,6 +317,7 @@ fn recover(
         .collect();
     let n_records = records.len();
     let mut router_config = limits.router();
+    router_config.offline_hints = config.offline_hints();
     // The key of the router's hash maps, drawn here because the router reads no randomness,
     // and anew at each start: nothing on disk depends on it.
     router_config.hash_seed =
@@ -355,6 +364,7 @@ async fn shard_main(
         mesh,
         history,
         answers,
+        push,
     } = parts;
     let limits = &shard.config.limits;
     let mut history = HistoryFeed::new(
@@ -392,7 +402,15 @@ async fn shard_main(
 
     let stop_router = Rc::new(Signal::default());
     let router_flushed = Rc::new(Signal::default());
-    let router_loop = RouterLoop::new(Rc::clone(&shard), router, journal, mesh, inbox, history);
+    let router_loop = RouterLoop::new(
+        Rc::clone(&shard),
+        router,
+        journal,
+        mesh,
+        inbox,
+        history,
+        push,
+    );
     monoio::spawn(router_loop.run(Rc::clone(&stop_router), Rc::clone(&router_flushed)));
 
     let watcher = Rc::clone(&shard);

@@ -60,6 +60,7 @@ use crate::shard::control_inbox::ControlInbox;
 use crate::shard::history_feed::HistoryFeed;
 use crate::shard::load::{self, LoadGovernor, Measures, Thresholds};
 use crate::shard::mesh::{Envelope, ShardMesh};
+use crate::shard::push_hints::PushHints;
 use crate::shard::signal::{self, Signal};
 use crate::shard::state::Shard;
 use crate::storage::journal::Journal;
@@ -96,6 +97,8 @@ pub struct RouterLoop {
     next_token: u64,
     /// Message records on their way to the history index, and pages asked of it.
     history: HistoryFeed,
+    /// Hints for users with no open connection, on their way to the push thread.
+    push: PushHints,
     /// Turns and sleeps of this loop, published on the tick.
     turns: u64,
     sleeps: u64,
@@ -129,6 +132,7 @@ impl RouterLoop {
         mesh: ShardMesh,
         control: ControlInbox,
         history: HistoryFeed,
+        push: PushHints,
     ) -> RouterLoop {
         let limits = &shard.config.limits;
         let batch_max = limits.mesh_batch_envelopes_max;
@@ -156,6 +160,7 @@ impl RouterLoop {
             group_replies_max,
             next_token: 0,
             history,
+            push,
             turns: 0,
             sleeps: 0,
         }
@@ -508,6 +513,7 @@ impl RouterLoop {
                     self.append(lsn, &record).await;
                 }
                 Output::Send { .. } => unreachable!("gathered above"),
+                Output::Offline { user, hint } => self.push.offer(user, hint),
                 Output::HistoryPage {
                     conn,
                     user,
@@ -751,7 +757,7 @@ impl RouterLoop {
             queue_percent = measures.queue_percent,
             drill = load::drill_level().as_str(),
             "load level changed: {}",
-            shed_description(change.to)
+            load::shed_description(change.to)
         );
         // The router sheds presence updates itself: it tells them from the answers to
         // subscriptions, which still go.
@@ -801,21 +807,6 @@ impl FanOut {
         self.message
             .as_ref()
             .is_some_and(|gathered| Arc::ptr_eq(gathered, message))
-    }
-}
-
-/// What a level sheds, for its log line.
-fn shed_description(level: load::LoadLevel) -> &'static str {
-    match level {
-        load::LoadLevel::Normal => "shedding nothing",
-        load::LoadLevel::ShedEphemeral => "dropping clients' typing and presence updates",
-        load::LoadLevel::RefuseConnections => {
-            "dropping clients' typing and presence updates, and answering new connections 503"
-        }
-        load::LoadLevel::RefuseMessages => {
-            "dropping clients' typing and presence updates, answering new connections 503 \
-             and new messages `overloaded`"
-        }
     }
 }
 

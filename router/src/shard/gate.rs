@@ -5,6 +5,7 @@ use wire::{MessageId, ServerMessage, UserId};
 
 use super::RouterShard;
 use super::io::{GroupAnswer, Output, PeerMessage, send, send_stored};
+use super::offline::hint_offline;
 use crate::ids::{ConnId, ShardId};
 use crate::wal::{Lsn, ReceiptKind};
 
@@ -74,8 +75,14 @@ impl RouterShard {
                 let wire::Target::User(to) = &stored.message.to else {
                     unreachable!("group messages are delivered by DeliverGroup");
                 };
-                if let Some(state) = self.users.get::<UserId>(to) {
-                    send_stored(outputs, &state.conns, stored);
+                let conns = self.users.get::<UserId>(to).map(|state| &state.conns[..]);
+                match conns {
+                    Some(conns) if !conns.is_empty() => send_stored(outputs, conns, stored),
+                    _ => {
+                        if let Some(hint) = self.offline_hint(stored) {
+                            hint_offline(to, &hint, outputs);
+                        }
+                    }
                 }
             }
             Pending::Forward(keys) => {

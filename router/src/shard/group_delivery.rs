@@ -13,6 +13,7 @@ use super::RouterShard;
 use super::delivery::{Stored, body_bytes};
 use super::gate::Pending;
 use super::io::{Output, Refusal, send, send_stored, send_to_all};
+use super::offline::hint_offline;
 use crate::ids::{ConnId, ms_of};
 use crate::wal::{EventCopy, Lsn, ReceiptItem, ReceiptKind, Record, StoredMessage, TrackingCopy};
 
@@ -183,11 +184,19 @@ impl RouterShard {
         let Some(state) = self.groups.get(&tracking.group) else {
             return;
         };
+        // Events wake nobody: only a message makes an offline hint.
+        let hint = match (&tracking.event, self.messages.get(&id)) {
+            (None, Some(stored)) => self.offline_hint(stored),
+            _ => None,
+        };
         let mut conns = Vec::new();
         for member in &state.members {
             let to_member = tracking.pending.binary_search(&member.ordinal).is_ok();
             if to_member || tracking.sender.as_ref() == Some(&member.user) {
                 let Some(member_conns) = self.member_conns.get(&member.user) else {
+                    if let (true, Some(hint)) = (to_member, &hint) {
+                        hint_offline(&member.user, hint, outputs);
+                    }
                     continue;
                 };
                 conns.extend(member_conns.iter().filter(|conn| Some(**conn) != except));

@@ -120,6 +120,29 @@ pub enum Output {
         user: UserId,
         request: HistoryRequest,
     },
+    /// Message `hint.message_id` is durable and for `user`, who has no open connection (the
+    /// recipient of a 1:1 message, or a member of a group, never the sender): the shell may
+    /// wake one of their devices. Only with `Config::offline_hints` on; at most one per
+    /// user and message (a retry of a message makes none), never before the message is
+    /// durable. The hint of a group message is made once and shared by its members.
+    Offline {
+        user: UserId,
+        hint: Arc<OfflineHint>,
+    },
+}
+
+/// What `Output::Offline` says of a message: who sent it, where, when, and with
+/// `OfflineHints::WithContent` its body when the shard holds it in memory (a body spilled to
+/// the log is left out rather than read back for a best-effort hint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfflineHint {
+    pub message_id: MessageId,
+    pub from: UserId,
+    /// The group of a group message; `None` for a 1:1 message.
+    pub group: Option<GroupId>,
+    pub timestamp_ms: u64,
+    pub content: Option<String>,
+    pub media: Option<wire::Media>,
 }
 
 /// What the control plane asks of a group's shard. Create goes to any shard (the one it

@@ -21,6 +21,7 @@ mod groups;
 mod io;
 #[cfg(test)]
 mod logged_state;
+mod offline;
 mod presence;
 mod receipts;
 mod users;
@@ -42,8 +43,8 @@ use group_delivery::Tracking;
 use groups::Group;
 use io::send;
 pub use io::{
-    GroupAnswer, GroupDelivery, GroupRefusal, GroupRequest, Input, Output, PeerMessage, Presence,
-    Refusal, Stats, incoming_of,
+    GroupAnswer, GroupDelivery, GroupRefusal, GroupRequest, Input, OfflineHint, Output,
+    PeerMessage, Presence, Refusal, Stats, incoming_of,
 };
 use receipts::Outstanding;
 use users::User;

@@ -16,6 +16,7 @@ mod checkpoint;
 mod delivery;
 mod determinism;
 mod groups;
+mod offline;
 mod presence;
 mod receipts;
 mod recovery;

@@ -118,6 +118,16 @@ impl Sim {
             }
             Output::GroupAnswer { token, answer } => self.group_answer(token, answer),
             Output::HistoryPage { .. } => panic!("no history requests are sent"),
+            Output::Offline { user, hint } => {
+                // Never the sender; for a 1:1 message, only a recipient with no connection
+                // attached at their owner (a group's shard learns of connections later).
+                assert_ne!(user, hint.from, "the sender is never hinted");
+                if hint.group.is_none() {
+                    assert_eq!(owner_shard(&user, N_SHARDS) as usize, shard);
+                    let u = user_index(&self.users, &user);
+                    assert!(self.attached[u].is_empty(), "{user} is connected");
+                }
+            }
             Output::Peer { shard: to, message } => {
                 assert_ne!(to as usize, shard, "a shard handles its own peer messages");
                 self.queues[to as usize].push_back(Input::Peer(message));

@@ -281,6 +281,8 @@ fn shard_config(rng: &mut Rng) -> Config {
         // Group messages every member has are kept for their reads up to this many: the
         // oldest are forgotten as the run goes, and a checkpoint's copy of them stays small.
         group_receipts_tracked_max: GROUP_RECEIPTS_TRACKED_MAX,
+        // Hints on, so that their rules are checked as the shards run (`shards.rs`).
+        offline_hints: router::OfflineHints::Ids,
         ..Config::DEFAULT
     }
 }

@@ -54,6 +54,8 @@ fn shared() -> Shared {
         secret: SecretSource::Given("unused".to_owned()),
         media_mime_allowed: Vec::new(),
         limits: Limits::default(),
+        push_webhook: None,
+        push_include_content: false,
     };
     Shared::new(0, &config, Arc::new(ShardMetrics::default()))
 }

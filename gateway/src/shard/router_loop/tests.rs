@@ -68,6 +68,8 @@ fn config(data_dir: &Path, tick_ms: u64) -> Arc<Config> {
         secret: SecretSource::Given("backpressure".to_owned()),
         media_mime_allowed: Vec::new(),
         limits,
+        push_webhook: None,
+        push_include_content: false,
     })
 }
 
@@ -179,8 +181,16 @@ impl ShardThread {
                         limits.history_pages_in_flight_max,
                         limits.control_requests_max,
                     );
-                    let router_loop =
-                        RouterLoop::new(Rc::clone(&shard), router, journal, mesh, inbox, history);
+                    let push = crate::shard::push_hints::PushHints::off();
+                    let router_loop = RouterLoop::new(
+                        Rc::clone(&shard),
+                        router,
+                        journal,
+                        mesh,
+                        inbox,
+                        history,
+                        push,
+                    );
                     monoio::spawn(router_loop.run(Rc::clone(&stop), Rc::clone(&flushed)));
                     let mut wake =
                         monoio::net::UnixStream::from_std(wake_shard).expect("registered");
