@@ -1,6 +1,7 @@
 //! `switchboard serve`: the start of the process in the order that keeps a failed start
 //! harmless (the data directory's lock, every listener bound, the layout checked, only then
-//! the secret and the shards), then the wait for SIGTERM or SIGINT and the shutdown.
+//! the secret and the shards), then the wait for SIGTERM or SIGINT and the shutdown; SIGHUP
+//! meanwhile reloads the TLS certificate.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -20,6 +21,9 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
     let config = Arc::new(Config::resolve(args)?);
     init_logging(config.log_format);
     let n_shards = shard_count(&config)?;
+    // Before anything else: a missing or bad certificate fails the start having touched
+    // nothing.
+    let tls = cli::tls::Tls::load(&config)?;
     // The lock comes before anything else touches the data directory, and lives as long as
     // the server: a second server on the same directory stops here, having written nothing.
     let _data_dir_lock = storage::lock::lock_data_dir(&config.data_dir)?;
@@ -68,6 +72,7 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
         ws_addr,
         listeners.len(),
         &history,
+        tls.as_ref(),
     )?;
     let history_parts = shard::HistoryParts {
         history,
@@ -81,6 +86,7 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
         shard_control,
         history_parts,
         driver,
+        tls.as_ref().map(|tls| Arc::clone(&tls.websocket)),
     )?;
     if config.echo {
         tracing::info!("echo route on at ws://{ws_addr}{}", config::ECHO_PATH);
@@ -89,8 +95,10 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
         let mut stdout = std::io::stdout().lock();
         writeln!(
             stdout,
-            "switchboard listening on ws://{ws_addr}{} (http {http_addr}), {} shards, durability {}, driver {}",
+            "switchboard listening on {}://{ws_addr}{} ({} {http_addr}), {} shards, durability {}, driver {}",
+            if tls.is_some() { "wss" } else { "ws" },
             config::WS_PATH,
+            if tls.is_some() { "https" } else { "http" },
             shards.len(),
             config.durability.as_str(),
             driver.as_str(),
@@ -112,6 +120,7 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
                 shard::load::clear_drill();
                 tracing::warn!("SIGUSR2: load-shedding drill ended");
             }
+            "SIGHUP" => cli::tls::reload(tls.as_ref()),
             shutdown => break shutdown,
         }
     };
@@ -151,6 +160,7 @@ fn start_control_plane(
     ws_addr: std::net::SocketAddr,
     n_shards: usize,
     history: &storage::history::History,
+    tls: Option<&cli::tls::Tls>,
 ) -> anyhow::Result<Vec<(ControlInbox, Arc<ShardMetrics>)>> {
     let mut plane = control::http::ControlPlane {
         history: history.clone(),
@@ -160,6 +170,8 @@ fn start_control_plane(
         auth: Arc::clone(auth),
         http_body_bytes_max: config.limits.http_body_bytes_max,
         ws_addr,
+        handshake_timeout_ms: config.limits.handshake_timeout_ms,
+        tls: tls.map(|tls| (Arc::clone(&tls.http), Arc::clone(&tls.certificates))),
     };
     let mut shard_control = Vec::with_capacity(n_shards);
     for _ in 0..n_shards {

@@ -146,6 +146,14 @@ pub struct ServeArgs {
     /// for a log collector [default: text].
     #[arg(long, value_enum, env = "SWITCHBOARD_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// The certificate chain (PEM) to serve wss:// and https:// with; needs --tls-key.
+    /// Read again on SIGHUP [env: SWITCHBOARD_TLS_CERT].
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert. Read again on SIGHUP
+    /// [env: SWITCHBOARD_TLS_KEY].
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub secret: SecretArgs,
     #[command(flatten)]

@@ -3,7 +3,7 @@
 //!
 //! The TOML file uses the flags' names in snake_case at the top level (`listen`,
 //! `http_listen`, `data_dir`, `shards`, `durability`, `jwt_secret`, `jwt_secret_file`, `echo`,
-//! `log_format`) and every limit in a `[limits]` table (`handshake_timeout_ms = 10000`, ...).
+//! `log_format`, `tls_cert`, `tls_key`) and every limit in a `[limits]` table (`handshake_timeout_ms = 10000`, ...).
 //! Unknown keys are an error, so a misspelt limit never silently keeps its default. Every
 //! limit is declared once, in the `limits!` list (`limits.rs`), and its field, flag,
 //! variable, docs and bounds all come from there.
@@ -83,6 +83,8 @@ struct FileConfig {
     jwt_secret_file: Option<PathBuf>,
     echo: Option<bool>,
     log_format: Option<LogFormat>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     #[serde(default)]
     limits: Limits,
 }
@@ -170,6 +172,16 @@ pub struct Config {
     pub log_format: LogFormat,
     pub secret: SecretSource,
     pub limits: Limits,
+    /// The certificate chain and private key (PEM files) of `wss://` and `https://`;
+    /// `None`: plain `ws://` and `http://`.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Where the server's certificate and key are: read at start and again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:8080";
@@ -211,6 +223,7 @@ impl Config {
         // `data_dir` and `jwt_secret` read their variables through clap: any text is a
         // valid value, so there is no parse error whose variable clap would fail to name.
         let (data_dir, secret) = resolve_secret(&args.secret, &file, secret_from_env())?;
+        let tls = resolve_tls(args, env, &file)?;
         let mut limits = file.limits;
         limits.apply(&args.limits.clone().or(LimitArgs::from_env(env)?));
         limits.check()?;
@@ -249,7 +262,32 @@ impl Config {
                 .unwrap_or(LogFormat::Text),
             secret,
             limits,
+            tls,
         })
+    }
+}
+
+/// `tls_cert` and `tls_key`, each from its flag, variable or the file; both or neither.
+fn resolve_tls(
+    args: &ServeArgs,
+    env: Env<'_>,
+    file: &FileConfig,
+) -> anyhow::Result<Option<TlsFiles>> {
+    let cert = args
+        .tls_cert
+        .clone()
+        .or(env_value(env, "tls_cert")?)
+        .or_else(|| file.tls_cert.clone());
+    let key = args
+        .tls_key
+        .clone()
+        .or(env_value(env, "tls_key")?)
+        .or_else(|| file.tls_key.clone());
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => bail!("tls_cert is set but tls_key is not: TLS needs both"),
+        (None, Some(_)) => bail!("tls_key is set but tls_cert is not: TLS needs both"),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The HTTP control plane on `--http-listen`: `GET /healthz`, `GET /readyz`, `GET /metrics`,
 //! `GET /v1/user/{user_id}/status`, the group routes (`control::groups`), the history and
 //! settings routes (`control::history`) and the web page
-//! (`control::web`).
+//! (`control::web`); over TLS with `--tls-cert` (`control::https`).
 //!
 //! It runs on its own thread with a small tokio runtime and axum, apart from the shards: it
 //! is never on the message path. It reads the shards' metrics directly (relaxed atomics) and
@@ -32,6 +32,7 @@ use crate::control::history::{self, HistoryRoutes};
 use crate::control::openmetrics::Exposition;
 use crate::control::reply::failure;
 use crate::metrics::{PlaneMetrics, ShardMetrics};
+use crate::net::certs::Certificates;
 use crate::shard::control_inbox::{ControlRequest, ControlSender};
 use crate::storage::history::History;
 
@@ -48,6 +49,11 @@ pub struct ControlPlane {
     /// The history thread's queue: settings and history pages.
     pub history: History,
     pub history_limit_max: u32,
+    /// With TLS: the configuration of `https://` (the certificate the shards use), and the
+    /// certificate's reload counters for the metrics.
+    pub tls: Option<(Arc<rustls::ServerConfig>, Arc<Certificates>)>,
+    /// How long a TLS handshake and a request's head may take.
+    pub handshake_timeout_ms: u64,
 }
 
 /// Serves the API on `listener` from a thread of its own until the process exits.
@@ -70,9 +76,18 @@ pub fn start(listener: std::net::TcpListener, plane: ControlPlane) -> anyhow::Re
                         return;
                     }
                 };
+                let metrics = Arc::new(PlaneMetrics::default());
+                let handshake_timeout = Duration::from_millis(plane.handshake_timeout_ms);
+                if let Some((config, _)) = &plane.tls {
+                    let config = Arc::clone(config);
+                    let app = router(plane, Arc::clone(&metrics));
+                    crate::control::https::serve(listener, app, config, handshake_timeout, metrics)
+                        .await;
+                    return;
+                }
                 // With the peer's address, for the log line of a refused login.
-                let service =
-                    router(plane).into_make_service_with_connect_info::<std::net::SocketAddr>();
+                let service = router(plane, metrics)
+                    .into_make_service_with_connect_info::<std::net::SocketAddr>();
                 if let Err(error) = axum::serve(listener, service).await {
                     tracing::error!(%error, "the HTTP API stopped");
                 }
@@ -111,13 +126,15 @@ impl Api {
     }
 }
 
-fn router(plane: ControlPlane) -> Router {
+fn router(plane: ControlPlane, metrics: Arc<PlaneMetrics>) -> Router {
     let body_bytes_max = plane.http_body_bytes_max;
-    let metrics = Arc::new(PlaneMetrics::default());
-    let shards = plane.shards.iter().map(|(_, m)| Arc::clone(m)).collect();
-    let exposition =
-        Exposition::new(shards, Arc::clone(&metrics)).with_history(plane.history.clone());
-    let page = crate::control::web::routes(plane.ws_addr);
+    let shards: Vec<_> = plane.shards.iter().map(|(_, m)| Arc::clone(m)).collect();
+    let mut exposition =
+        Exposition::new(shards.clone(), Arc::clone(&metrics)).with_history(plane.history.clone());
+    if let Some((_, certificates)) = &plane.tls {
+        exposition = exposition.with_tls(shards, Arc::clone(&metrics), Arc::clone(certificates));
+    }
+    let page = crate::control::web::routes(plane.ws_addr, plane.tls.is_some());
     let api = Api {
         plane,
         exposition,

@@ -9,6 +9,7 @@
 pub mod groups;
 pub mod history;
 pub mod http;
+pub mod https;
 pub mod openmetrics;
 pub mod reply;
 pub mod web;

@@ -14,6 +14,7 @@ use crate::metrics::*;
 use crate::storage::history::History;
 
 mod history;
+mod tls;
 
 /// Everything `GET /metrics` shows, rendered on each scrape.
 #[derive(Debug)]
@@ -39,6 +40,22 @@ impl Exposition {
     pub fn with_history(mut self, history: History) -> Exposition {
         self.registry
             .register_collector(Box::new(history::HistoryCollector { history }));
+        self
+    }
+
+    /// Adds the TLS counters (`openmetrics/tls.rs`).
+    pub fn with_tls(
+        mut self,
+        shards: Vec<Arc<ShardMetrics>>,
+        plane: Arc<PlaneMetrics>,
+        certificates: Arc<crate::net::certs::Certificates>,
+    ) -> Exposition {
+        let collector = tls::TlsCollector {
+            shards,
+            plane,
+            certificates,
+        };
+        self.registry.register_collector(Box::new(collector));
         self
     }
 

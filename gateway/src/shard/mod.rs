@@ -48,6 +48,8 @@ use crate::config::Config;
 use crate::metrics::ShardMetrics;
 use crate::net::io;
 use crate::net::readiness::{self, Readiness};
+use crate::net::tls::Tls;
+use crate::net::transport::Plain;
 use crate::session::rate_limit::RetryAfterMs;
 use crate::shard::control_inbox::ControlInbox;
 use crate::shard::history_feed::HistoryFeed;
@@ -137,6 +139,7 @@ pub fn start(
     control: Vec<(ControlInbox, Arc<ShardMetrics>)>,
     history_parts: HistoryParts,
     driver: DriverKind,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<(Vec<ShardHandle>, DriverKind)> {
     assert_eq!(
         listeners.len(),
@@ -172,6 +175,7 @@ pub fn start(
         let auth = Arc::clone(auth);
         let ready = ready_tx.clone();
         let history = history.clone();
+        let tls = tls.clone();
         let cpu = cpus.get(index % cpus.len().max(1)).copied();
         let thread = std::thread::Builder::new()
             .name(format!("shard-{shard_id}"))
@@ -180,7 +184,8 @@ pub fn start(
                     pin_to_cpu(shard_id, cpu);
                 }
                 let started = std::time::Instant::now();
-                let shard = Shard::new(shard_id, n_shards, config, auth, metrics, started);
+                let mut shard = Shard::new(shard_id, n_shards, config, auth, metrics, started);
+                shard.tls = tls;
                 let parts = ShardParts {
                     listener,
                     wake: wake_shard,
@@ -498,6 +503,20 @@ fn admit(shard: &Rc<Shard>, fd: OwnedFd) {
         return;
     }
     readiness::set_nodelay(fd.as_raw_fd());
+    // The one branch between the plain and the TLS path: each is its own task type.
+    let tls = match &shard.tls {
+        None => None,
+        Some(config) => {
+            let buffer_bytes_max = shard.config.limits.tls_buffer_bytes_max;
+            match Tls::new(Arc::clone(config), buffer_bytes_max) {
+                Ok(tls) => Some(tls),
+                Err(error) => {
+                    tracing::warn!(shard = shard.shard_id, %error, "cannot start TLS for a connection");
+                    return;
+                }
+            }
+        }
+    };
     let socket = match Readiness::new(fd) {
         Ok(socket) => socket,
         Err(error) => {
@@ -506,7 +525,11 @@ fn admit(shard: &Rc<Shard>, fd: OwnedFd) {
         }
     };
     let (slot, generation) = shard.register();
-    monoio::spawn(conn_task::serve(Rc::clone(shard), socket, slot, generation));
+    let shard = Rc::clone(shard);
+    match tls {
+        None => monoio::spawn(conn_task::serve(shard, socket, slot, generation, Plain)),
+        Some(tls) => monoio::spawn(conn_task::serve(shard, socket, slot, generation, tls)),
+    };
 }
 
 /// Whether the connection's address is within `ip_connects_per_s`. A socket whose peer

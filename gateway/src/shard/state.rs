@@ -80,6 +80,9 @@ pub struct Shard {
     /// What this shard sheds, decided on the router loop's tick (`shard::load`) and read by
     /// the accept loop and the connection tasks.
     pub load: Cell<LoadLevel>,
+    /// With `--tls-cert`: the TLS of every connection (`wss://`), whose certificate
+    /// follows the reloads.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -123,6 +126,7 @@ impl Shard {
             auth,
             config,
             load: Cell::new(LoadLevel::Normal),
+            tls: None,
         }
     }
 
