@@ -310,3 +310,6 @@ fn fill(
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -53,6 +53,7 @@ fn shared() -> Shared {
         log_format: LogFormat::Text,
         secret: SecretSource::Given("unused".to_owned()),
         limits: Limits::default(),
+        tls: None,
     };
     Shared::new(0, &config, Arc::new(ShardMetrics::default()))
 }

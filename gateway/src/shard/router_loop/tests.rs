@@ -67,6 +67,7 @@ fn config(data_dir: &Path, tick_ms: u64) -> Arc<Config> {
         log_format: LogFormat::Text,
         secret: SecretSource::Given("backpressure".to_owned()),
         limits,
+        tls: None,
     })
 }
 
