@@ -292,6 +292,15 @@ impl ShardMetrics {
     }
 }
 
+/// The certificate's reloads on SIGHUP, counted by the main thread that makes them.
+#[derive(Debug, Default)]
+pub struct TlsMetrics {
+    /// Reloads that took the new certificate.
+    pub reloads: AtomicU64,
+    /// Reloads that kept the certificate in use (a missing or bad file).
+    pub reloads_failed: AtomicU64,
+}
+
 /// Counters of the HTTP thread itself (it is their only writer).
 #[derive(Debug, Default)]
 pub struct PlaneMetrics {

@@ -171,7 +171,7 @@ fn start_control_plane(
         http_body_bytes_max: config.limits.http_body_bytes_max,
         ws_addr,
         handshake_timeout_ms: config.limits.handshake_timeout_ms,
-        tls: tls.map(|tls| (Arc::clone(&tls.http), Arc::clone(&tls.certificates))),
+        tls: tls.map(|tls| (Arc::clone(&tls.http), Arc::clone(&tls.metrics))),
     };
     let mut shard_control = Vec::with_capacity(n_shards);
     for _ in 0..n_shards {

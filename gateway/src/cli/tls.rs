@@ -3,16 +3,20 @@
 //! handshakes with, both taking the certificate from the same swap, and the reload.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use rustls::ServerConfig;
 
 use crate::config::Config;
+use crate::metrics::TlsMetrics;
 use crate::net::certs::Certificates;
 
 /// The server's TLS, when it has some.
 #[derive(Debug)]
 pub struct Tls {
     pub certificates: Arc<Certificates>,
+    /// The reloads' counters, shown by the control plane's `/metrics`.
+    pub metrics: Arc<TlsMetrics>,
     /// For the shards' WebSocket connections (no ALPN: a WebSocket is HTTP/1.1).
     pub websocket: Arc<ServerConfig>,
     /// For the control plane (ALPN `http/1.1`).
@@ -32,6 +36,7 @@ impl Tls {
             websocket: certificates.server_config(&[])?,
             http: certificates.server_config(&[b"http/1.1"])?,
             certificates,
+            metrics: Arc::default(),
         }))
     }
 }
@@ -45,10 +50,16 @@ pub fn reload(tls: Option<&Tls>) {
         return;
     };
     match tls.certificates.reload() {
-        Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded; new connections get it"),
-        Err(error) => tracing::error!(
-            error = format!("{error:#}"),
-            "SIGHUP: TLS certificate not reloaded, the one in use stays"
-        ),
+        Ok(()) => {
+            tls.metrics.reloads.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("SIGHUP: TLS certificate reloaded; new connections get it");
+        }
+        Err(error) => {
+            tls.metrics.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                error = format!("{error:#}"),
+                "SIGHUP: TLS certificate not reloaded, the one in use stays"
+            );
+        }
     }
 }

@@ -31,8 +31,7 @@ use crate::control::groups::{self, Shards};
 use crate::control::history::{self, HistoryRoutes};
 use crate::control::openmetrics::Exposition;
 use crate::control::reply::failure;
-use crate::metrics::{PlaneMetrics, ShardMetrics};
-use crate::net::certs::Certificates;
+use crate::metrics::{PlaneMetrics, ShardMetrics, TlsMetrics};
 use crate::shard::control_inbox::{ControlRequest, ControlSender};
 use crate::storage::history::History;
 
@@ -51,7 +50,7 @@ pub struct ControlPlane {
     pub history_limit_max: u32,
     /// With TLS: the configuration of `https://` (the certificate the shards use), and the
     /// certificate's reload counters for the metrics.
-    pub tls: Option<(Arc<rustls::ServerConfig>, Arc<Certificates>)>,
+    pub tls: Option<(Arc<rustls::ServerConfig>, Arc<TlsMetrics>)>,
     /// How long a TLS handshake and a request's head may take.
     pub handshake_timeout_ms: u64,
 }
@@ -131,8 +130,8 @@ fn router(plane: ControlPlane, metrics: Arc<PlaneMetrics>) -> Router {
     let shards: Vec<_> = plane.shards.iter().map(|(_, m)| Arc::clone(m)).collect();
     let mut exposition =
         Exposition::new(shards.clone(), Arc::clone(&metrics)).with_history(plane.history.clone());
-    if let Some((_, certificates)) = &plane.tls {
-        exposition = exposition.with_tls(shards, Arc::clone(&metrics), Arc::clone(certificates));
+    if let Some((_, reloads)) = &plane.tls {
+        exposition = exposition.with_tls(shards, Arc::clone(&metrics), Arc::clone(reloads));
     }
     let page = crate::control::web::routes(plane.ws_addr, plane.tls.is_some());
     let api = Api {

@@ -43,22 +43,6 @@ impl Exposition {
         self
     }
 
-    /// Adds the TLS counters (`openmetrics/tls.rs`).
-    pub fn with_tls(
-        mut self,
-        shards: Vec<Arc<ShardMetrics>>,
-        plane: Arc<PlaneMetrics>,
-        certificates: Arc<crate::net::certs::Certificates>,
-    ) -> Exposition {
-        let collector = tls::TlsCollector {
-            shards,
-            plane,
-            certificates,
-        };
-        self.registry.register_collector(Box::new(collector));
-        self
-    }
-
     /// Appends the whole exposition, `# EOF` included, to `out`.
     pub fn render(&self, out: &mut String) {
         // Writing into a String fails only if an encoder refuses a value, which ours

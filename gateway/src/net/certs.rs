@@ -6,7 +6,6 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -30,9 +29,6 @@ pub struct Certificates {
     cert_path: PathBuf,
     key_path: PathBuf,
     current: ArcSwap<CertifiedKey>,
-    /// Reloads that took a new certificate, and those that kept the old one.
-    pub reloads: AtomicU64,
-    pub reloads_failed: AtomicU64,
 }
 
 impl fmt::Debug for Certificates {
@@ -52,25 +48,15 @@ impl Certificates {
             cert_path: cert_path.to_owned(),
             key_path: key_path.to_owned(),
             current: ArcSwap::from_pointee(key),
-            reloads: AtomicU64::new(0),
-            reloads_failed: AtomicU64::new(0),
         })
     }
 
     /// Reads both files again and, if they hold a valid pair, makes it the one new
     /// handshakes use; on an error the certificate in use stays.
     pub fn reload(&self) -> anyhow::Result<()> {
-        match read_pair(&self.cert_path, &self.key_path) {
-            Ok(key) => {
-                self.current.store(Arc::new(key));
-                self.reloads.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(error) => {
-                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                Err(error)
-            }
-        }
+        let key = read_pair(&self.cert_path, &self.key_path)?;
+        self.current.store(Arc::new(key));
+        Ok(())
     }
 
     /// A server configuration whose handshakes take the current certificate, offering

@@ -8,16 +8,33 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 
-use super::{Kind, sample};
-use crate::metrics::{PlaneMetrics, ShardMetrics};
-use crate::net::certs::Certificates;
+use super::{Exposition, Kind, sample};
+use crate::metrics::{PlaneMetrics, ShardMetrics, TlsMetrics};
+
+impl Exposition {
+    /// Adds the TLS counters, for a server with a certificate.
+    pub fn with_tls(
+        mut self,
+        shards: Vec<Arc<ShardMetrics>>,
+        plane: Arc<PlaneMetrics>,
+        reloads: Arc<TlsMetrics>,
+    ) -> Exposition {
+        let collector = TlsCollector {
+            shards,
+            plane,
+            reloads,
+        };
+        self.registry.register_collector(Box::new(collector));
+        self
+    }
+}
 
 /// Reads the TLS counters.
 #[derive(Debug)]
-pub(super) struct TlsCollector {
-    pub(super) shards: Vec<Arc<ShardMetrics>>,
-    pub(super) plane: Arc<PlaneMetrics>,
-    pub(super) certificates: Arc<Certificates>,
+struct TlsCollector {
+    shards: Vec<Arc<ShardMetrics>>,
+    plane: Arc<PlaneMetrics>,
+    reloads: Arc<TlsMetrics>,
 }
 
 impl Collector for TlsCollector {
@@ -41,12 +58,12 @@ impl Collector for TlsCollector {
             (
                 "switchboard_tls_reloads_total",
                 "Certificate reloads on SIGHUP that took the new certificate.",
-                self.certificates.reloads.load(Ordering::Relaxed),
+                self.reloads.reloads.load(Ordering::Relaxed),
             ),
             (
                 "switchboard_tls_reloads_failed_total",
                 "Certificate reloads on SIGHUP that failed (a missing or bad file) and kept the certificate in use.",
-                self.certificates.reloads_failed.load(Ordering::Relaxed),
+                self.reloads.reloads_failed.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in series {

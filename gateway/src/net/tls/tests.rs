@@ -10,8 +10,6 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use std::sync::atomic::Ordering;
-
 use super::*;
 use crate::net::certs::Certificates;
 
@@ -229,8 +227,6 @@ fn a_reload_reaches_new_handshakes_and_a_bad_file_keeps_the_old_certificate() {
     std::fs::write(dir.path().join("key.pem"), "garbage").expect("written");
     let error = certificates.reload().expect_err("a bad key");
     assert!(format!("{error:#}").contains("key.pem"), "{error:#}");
-    assert_eq!(certificates.reloads_failed.load(Ordering::Relaxed), 1);
-    assert_eq!(certificates.reloads.load(Ordering::Relaxed), 1);
     let mut kept = Pair::new(&certificates, &second);
     kept.pump().expect("the second certificate is still served");
 }
