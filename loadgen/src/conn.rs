@@ -102,7 +102,11 @@ fn tls_client_config(ca: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
         roots.add(cert).context("an unusable certificate")?;
     }
     anyhow::ensure!(!roots.is_empty(), "{} holds no certificate", ca.display());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // X25519 first, as real clients offer it (ring's own list starts with P-384).
+    use rustls::crypto::ring::kx_group::{SECP256R1, SECP384R1, X25519};
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.kx_groups = vec![X25519, SECP256R1, SECP384R1];
+    let provider = Arc::new(provider);
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)

@@ -19,9 +19,16 @@ use rustls::sign::CertifiedKey;
 /// The ring provider, the one crypto provider built in: aws-lc-rs would bring cmake and
 /// nasm to the build. rustls marks it deprecated because ring has no post-quantum key
 /// exchange; its classical X25519 and P-256 are what is offered.
+///
+/// The key exchange prefers X25519, then P-256: the server takes the first of its groups
+/// that the client sent a share for, and ring's own list starts with P-384, whose
+/// arithmetic cost a handshake several times more here (measured: tuning.md, "TLS").
 #[allow(deprecated)]
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::kx_group::{SECP256R1, SECP384R1, X25519};
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.kx_groups = vec![X25519, SECP256R1, SECP384R1];
+    Arc::new(provider)
 }
 
 /// The certificate of every new handshake, swapped whole on reload.
