@@ -196,6 +196,8 @@ pub struct ShardMetrics {
     pub ip_connects_buckets: AtomicU64,
     /// Counter: connections closed with 1013 for not reading their messages.
     pub slow_consumers: AtomicU64,
+    /// Counter: connections whose TLS handshake failed (or that did not speak TLS).
+    pub tls_handshakes_failed: AtomicU64,
     /// Counters: `recv` and `sendmsg` calls on the shard's sockets, published on the tick.
     pub socket_recvs: AtomicU64,
     pub socket_sends: AtomicU64,
@@ -290,11 +292,22 @@ impl ShardMetrics {
     }
 }
 
+/// The certificate's reloads on SIGHUP, counted by the main thread that makes them.
+#[derive(Debug, Default)]
+pub struct TlsMetrics {
+    /// Reloads that took the new certificate.
+    pub reloads: AtomicU64,
+    /// Reloads that kept the certificate in use (a missing or bad file).
+    pub reloads_failed: AtomicU64,
+}
+
 /// Counters of the HTTP thread itself (it is their only writer).
 #[derive(Debug, Default)]
 pub struct PlaneMetrics {
     /// Requests to `/v1/` routes refused for their token, by reason.
     pub auth_failures: [AtomicU64; AUTH_REASONS.len()],
+    /// HTTPS connections whose TLS handshake failed or did not end in time.
+    pub tls_handshakes_failed: AtomicU64,
 }
 
 #[cfg(test)]

@@ -143,6 +143,12 @@ pub struct CommonArgs {
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
 
+    /// With a wss:// URL: the certificate (PEM) to trust, the server's own self-signed one or
+    /// its CA's.
+    #[arg(long, value_name = "FILE")]
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+
     /// Where the server's secret comes from. Not in the JSON forms: a worker gets the secret
     /// itself, and the report never holds it.
     #[command(flatten)]

@@ -9,16 +9,18 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs as _};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Deserializer, Serialize};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Uri};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::sys;
 
@@ -37,27 +39,37 @@ const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 /// The most message ids one `message_delivered` carries (the protocol's list bound).
 pub const DELIVERED_IDS_MAX: usize = 1000;
 
-pub type WsStream = WebSocketStream<TcpStream>;
+pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// Where to connect: the URL as given and the socket address it resolves to.
+/// Where to connect: the URL as given and the socket address it resolves to, and for a
+/// `wss://` URL the TLS client's configuration.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub url: String,
     pub addr: SocketAddr,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Target {
-    pub fn resolve(url: &str) -> anyhow::Result<Target> {
+    /// `tls_ca`: the certificate (PEM) a `wss://` server is trusted by, its own self-signed
+    /// one or its CA's.
+    pub fn resolve(url: &str, tls_ca: Option<&Path>) -> anyhow::Result<Target> {
         let uri: Uri = url
             .parse()
             .with_context(|| format!("{url:?} is not a URL"))?;
-        anyhow::ensure!(
-            uri.scheme_str() == Some("ws"),
-            "{url}: only ws:// URLs are supported"
-        );
+        let tls = match uri.scheme_str() {
+            Some("ws") => None,
+            Some("wss") => {
+                let ca = tls_ca.with_context(|| format!("{url}: a wss:// URL needs --tls-ca"))?;
+                Some(tls_client_config(ca)?)
+            }
+            _ => anyhow::bail!("{url}: only ws:// and wss:// URLs are supported"),
+        };
         let host = uri.host().context("the URL names no host")?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = uri.port_u16().unwrap_or(80);
+        let port = uri
+            .port_u16()
+            .unwrap_or(if tls.is_some() { 443 } else { 80 });
         let addrs: Vec<SocketAddr> = (host, port)
             .to_socket_addrs()
             .with_context(|| format!("cannot resolve {host}"))?
@@ -71,8 +83,35 @@ impl Target {
         Ok(Target {
             url: url.to_owned(),
             addr,
+            tls,
         })
     }
+}
+
+/// A TLS client that trusts only the certificates of `ca`, with the ring provider (the
+/// server's: no post-quantum key exchange, which rustls marks as deprecated).
+#[allow(deprecated)]
+fn tls_client_config(ca: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("cannot read {}", ca.display()))?
+    {
+        let cert = cert.with_context(|| format!("a bad certificate in {}", ca.display()))?;
+        roots.add(cert).context("an unusable certificate")?;
+    }
+    anyhow::ensure!(!roots.is_empty(), "{} holds no certificate", ca.display());
+    // X25519 first, as real clients offer it (ring's own list starts with P-384).
+    use rustls::crypto::ring::kx_group::{SECP256R1, SECP384R1, X25519};
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.kx_groups = vec![X25519, SECP256R1, SECP384R1];
+    let provider = Arc::new(provider);
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 #[derive(Serialize)]
@@ -196,10 +235,15 @@ pub async fn open(
         "sec-websocket-protocol",
         HeaderValue::from_static(SUBPROTOCOL_JSON),
     );
-    let (ws, _response) =
-        tokio_tungstenite::client_async_with_config(request, stream, Some(websocket_config()))
-            .await
-            .context("the upgrade failed")?;
+    let connector = target.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+    let (ws, _response) = tokio_tungstenite::client_async_tls_with_config(
+        request,
+        stream,
+        Some(websocket_config()),
+        connector,
+    )
+    .await
+    .context("the TLS handshake or the upgrade failed")?;
     Ok(ws)
 }
 
@@ -556,10 +600,15 @@ mod tests {
 
     #[test]
     fn targets() {
-        let target = Target::resolve("ws://127.0.0.1:8090/ws").unwrap();
+        let target = Target::resolve("ws://127.0.0.1:8090/ws", None).unwrap();
         assert_eq!(target.addr, "127.0.0.1:8090".parse().unwrap());
-        assert!(Target::resolve("wss://127.0.0.1/ws").is_err());
-        assert!(Target::resolve("not a url").is_err());
+        assert!(target.tls.is_none());
+        assert!(
+            Target::resolve("wss://127.0.0.1/ws", None).is_err(),
+            "wss:// needs --tls-ca"
+        );
+        assert!(Target::resolve("http://127.0.0.1/ws", None).is_err());
+        assert!(Target::resolve("not a url", None).is_err());
     }
 
     #[test]

@@ -188,7 +188,7 @@ pub fn run_process(
     );
 
     let connector = Arc::new(Connector {
-        target: Target::resolve(&common.url)?,
+        target: Target::resolve(&common.url, common.tls_ca.as_deref())?,
         minter: TokenMinter::new(plan.jwt_secret.as_bytes(), common.token_ttl),
         source_ips: common.source_ips,
         timeout: common.connect_timeout,
@@ -462,6 +462,7 @@ mod tests {
             args: ScenarioArgs::Idle(IdleArgs {
                 common: CommonArgs {
                     url: String::new(),
+                    tls_ca: None,
                     secret: Default::default(),
                     token_ttl: Duration::from_secs(60),
                     conns: 10,

@@ -339,10 +339,14 @@ fn read_line_within(stdout: impl Read + Send + 'static, wait: Duration) -> Optio
 }
 
 /// The WebSocket and HTTP addresses of a line such as
-/// `switchboard listening on ws://127.0.0.1:8080/ws (http 127.0.0.1:8081), 2 shards, ...`.
+/// `switchboard listening on ws://127.0.0.1:8080/ws (http 127.0.0.1:8081), 2 shards, ...`
+/// (`wss://` and `https` with TLS).
 pub fn parse_listening_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let rest = line.strip_prefix("switchboard listening on ws://")?;
-    let (ws, rest) = rest.split_once("/ws (http ")?;
+    let rest = line.strip_prefix("switchboard listening on ")?;
+    let (ws, rest) = match rest.strip_prefix("wss://") {
+        Some(rest) => rest.split_once("/ws (https ")?,
+        None => rest.strip_prefix("ws://")?.split_once("/ws (http ")?,
+    };
     let (http, _) = rest.split_once(')')?;
     Some((ws.parse().ok()?, http.parse().ok()?))
 }
@@ -428,7 +432,7 @@ pub fn connect(server: &Server, user: &str) -> Client {
 }
 
 /// The next message that is not a ping or pong.
-pub fn next_message(client: &mut Client) -> Message {
+pub fn next_message<S: Read + Write>(client: &mut WebSocket<S>) -> Message {
     loop {
         match client.read().expect("a message") {
             Message::Ping(_) | Message::Pong(_) => {}
@@ -488,14 +492,14 @@ pub fn upgrade_request(target: &str, extra_headers: &str) -> String {
 }
 
 /// Sends one JSON message in a text frame.
-pub fn send_json(client: &mut Client, message: &serde_json::Value) {
+pub fn send_json<S: Read + Write>(client: &mut WebSocket<S>, message: &serde_json::Value) {
     client
         .send(Message::text(message.to_string()))
         .expect("message sent");
 }
 
 /// The next data message, parsed as JSON (pings and pongs are skipped).
-pub fn recv_json(client: &mut Client) -> serde_json::Value {
+pub fn recv_json<S: Read + Write>(client: &mut WebSocket<S>) -> serde_json::Value {
     match next_message(client) {
         Message::Text(text) => serde_json::from_str(&text).expect("the server sends JSON"),
         other => panic!("expected a JSON text frame, got {other:?}"),
@@ -504,7 +508,10 @@ pub fn recv_json(client: &mut Client) -> serde_json::Value {
 
 /// Reads messages until one of type `kind` arrives and returns it; the others read on the
 /// way are returned too, in order, so a test can check what came before.
-pub fn recv_type(client: &mut Client, kind: &str) -> (serde_json::Value, Vec<serde_json::Value>) {
+pub fn recv_type<S: Read + Write>(
+    client: &mut WebSocket<S>,
+    kind: &str,
+) -> (serde_json::Value, Vec<serde_json::Value>) {
     let mut before = Vec::new();
     loop {
         let message = recv_json(client);

@@ -6,5 +6,6 @@
 pub mod config_tool;
 pub mod serve;
 pub mod signals;
+pub mod tls;
 pub mod token;
 pub mod wal_tool;

@@ -1,6 +1,7 @@
 //! `switchboard serve`: the start of the process in the order that keeps a failed start
 //! harmless (the data directory's lock, every listener bound, the layout checked, only then
-//! the secret and the shards), then the wait for SIGTERM or SIGINT and the shutdown.
+//! the secret and the shards), then the wait for SIGTERM or SIGINT and the shutdown; SIGHUP
+//! meanwhile reloads the TLS certificate.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -21,6 +22,9 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
     let config = Arc::new(Config::resolve(args)?);
     init_logging(config.log_format);
     let n_shards = shard_count(&config)?;
+    // Before anything else: a missing or bad certificate fails the start having touched
+    // nothing.
+    let tls = cli::tls::Tls::load(&config)?;
     // The lock comes before anything else touches the data directory, and lives as long as
     // the server: a second server on the same directory stops here, having written nothing.
     let _data_dir_lock = storage::lock::lock_data_dir(&config.data_dir)?;
@@ -80,6 +84,7 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
             history: &history,
             blobs: &blobs,
             push: push.as_ref().map(|parts| Arc::clone(&parts.stats)),
+            tls: tls.as_ref(),
         },
     )?;
     let push_hints = match push {
@@ -100,8 +105,11 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
         &auth,
         listeners,
         shard_control,
-        history_parts,
-        push_hints,
+        shard::Services {
+            history: history_parts,
+            push: push_hints,
+            tls: tls.as_ref().map(|tls| Arc::clone(&tls.websocket)),
+        },
         driver,
     )?;
     if config.echo {
@@ -111,8 +119,10 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
         let mut stdout = std::io::stdout().lock();
         writeln!(
             stdout,
-            "switchboard listening on ws://{ws_addr}{} (http {http_addr}), {} shards, durability {}, driver {}",
+            "switchboard listening on {}://{ws_addr}{} ({} {http_addr}), {} shards, durability {}, driver {}",
+            if tls.is_some() { "wss" } else { "ws" },
             config::WS_PATH,
+            if tls.is_some() { "https" } else { "http" },
             shards.len(),
             config.durability.as_str(),
             driver.as_str(),
@@ -134,6 +144,7 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
                 shard::load::clear_drill();
                 tracing::warn!("SIGUSR2: load-shedding drill ended");
             }
+            "SIGHUP" => cli::tls::reload(tls.as_ref()),
             shutdown => break shutdown,
         }
     };
@@ -172,6 +183,8 @@ struct PlaneParts<'a> {
     blobs: &'a Arc<dyn storage::media::BlobStore>,
     /// The push thread's counters, when it runs.
     push: Option<Arc<push::PushStats>>,
+    /// The certificate, with `--tls-cert`.
+    tls: Option<&'a cli::tls::Tls>,
 }
 
 /// Starts the HTTP thread, which serves the web page that connects to `ws_addr`. Per shard it makes the inbox through which the HTTP thread asks
@@ -188,6 +201,7 @@ fn start_control_plane(
         history,
         blobs,
         push,
+        tls,
     } = parts;
     let mut plane = control::http::ControlPlane {
         push,
@@ -207,6 +221,8 @@ fn start_control_plane(
             uploads: tokio::sync::Semaphore::new(config.limits.media_uploads_max),
             metrics: Arc::default(),
         },
+        handshake_timeout_ms: config.limits.handshake_timeout_ms,
+        tls: tls.map(|tls| (Arc::clone(&tls.http), Arc::clone(&tls.metrics))),
     };
     let mut shard_control = Vec::with_capacity(n_shards);
     for _ in 0..n_shards {

@@ -1,5 +1,6 @@
-//! The signals the main thread takes: SIGTERM and SIGINT (shutdown), and SIGUSR1 and
-//! SIGUSR2 (raise and end the load-shedding drill, `shard::load`). They are blocked in every
+//! The signals the main thread takes: SIGTERM and SIGINT (shutdown), SIGUSR1 and
+//! SIGUSR2 (raise and end the load-shedding drill, `shard::load`), and SIGHUP (reload the
+//! TLS certificate, `cli::tls`). They are blocked in every
 //! thread and taken by the main thread with `sigwait`, so no signal handler runs in the
 //! middle of a shard's loop.
 
@@ -11,7 +12,7 @@ pub struct ShutdownSignals {
     set: libc::sigset_t,
 }
 
-/// Blocks SIGTERM, SIGINT, SIGUSR1 and SIGUSR2 in the calling thread and in every thread it starts after.
+/// Blocks SIGTERM, SIGINT, SIGUSR1, SIGUSR2 and SIGHUP in the calling thread and in every thread it starts after.
 pub fn block_shutdown_signals() -> anyhow::Result<ShutdownSignals> {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -22,6 +23,7 @@ pub fn block_shutdown_signals() -> anyhow::Result<ShutdownSignals> {
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGUSR1);
         libc::sigaddset(&mut set, libc::SIGUSR2);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
     };
     if result != 0 {
@@ -43,6 +45,7 @@ impl ShutdownSignals {
             libc::SIGTERM => "SIGTERM",
             libc::SIGUSR1 => "SIGUSR1",
             libc::SIGUSR2 => "SIGUSR2",
+            libc::SIGHUP => "SIGHUP",
             _ => "SIGINT",
         })
     }

@@ -151,6 +151,14 @@ pub struct ServeArgs {
     /// [env: SWITCHBOARD_MEDIA_MIME_ALLOWED]
     #[arg(long, value_name = "LIST")]
     pub media_mime_allowed: Option<String>,
+    /// The certificate chain (PEM) to serve wss:// and https:// with; needs --tls-key.
+    /// Read again on SIGHUP [env: SWITCHBOARD_TLS_CERT].
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert. Read again on SIGHUP
+    /// [env: SWITCHBOARD_TLS_KEY].
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub secret: SecretArgs,
     /// POST a hint to this http:// URL for each message stored for a user with no open

@@ -375,6 +375,12 @@ limits! {
         /// How long a POST (connecting included) may take before it counts as failed.
         push_request_timeout_ms: u64 = 5_000, Ms, min 1;
     }
+    "TLS (tuning.md, \"TLS\")" {
+        /// Bytes of TLS records one connection holds in each direction: what it received
+        /// short of a whole record, and what it encrypted that the socket has not taken
+        /// yet. At least one record of the largest size TLS allows (20 KiB covers it).
+        tls_buffer_bytes_max: usize = 32 * KIB, Bytes, min 20 * KIB;
+    }
 }
 
 /// What a limit counts; its flag's value name and its docs' unit.

@@ -3,7 +3,7 @@
 //!
 //! The TOML file uses the flags' names in snake_case at the top level (`listen`,
 //! `http_listen`, `data_dir`, `shards`, `durability`, `jwt_secret`, `jwt_secret_file`, `echo`,
-//! `log_format`, `push_webhook`, `push_include_content`) and every limit in a `[limits]` table (`handshake_timeout_ms = 10000`, ...).
+//! `log_format`, `media_mime_allowed`, `push_webhook`, `push_include_content`, `tls_cert`, `tls_key`) and every limit in a `[limits]` table (`handshake_timeout_ms = 10000`, ...).
 //! Unknown keys are an error, so a misspelt limit never silently keeps its default. Every
 //! limit is declared once, in the `limits!` list (`limits.rs`), and its field, flag,
 //! variable, docs and bounds all come from there.
@@ -88,6 +88,8 @@ struct FileConfig {
     media_mime_allowed: Option<Vec<String>>,
     push_webhook: Option<String>,
     push_include_content: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     #[serde(default)]
     limits: Limits,
 }
@@ -181,6 +183,16 @@ pub struct Config {
     pub push_webhook: Option<PushWebhook>,
     /// Hints carry the message's content and media.
     pub push_include_content: bool,
+    /// The certificate chain and private key (PEM files) of `wss://` and `https://`;
+    /// `None`: plain `ws://` and `http://`.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Where the server's certificate and key are: read at start and again on SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The uploads' types allowed by default: pictures, video, sound, PDF and plain text.
@@ -234,6 +246,7 @@ impl Config {
         // `data_dir` and `jwt_secret` read their variables through clap: any text is a
         // valid value, so there is no parse error whose variable clap would fail to name.
         let (data_dir, secret) = resolve_secret(&args.secret, &file, secret_from_env())?;
+        let tls = resolve_tls(args, env, &file)?;
         let mut limits = file.limits;
         limits.apply(&args.limits.clone().or(LimitArgs::from_env(env)?));
         limits.check()?;
@@ -294,6 +307,7 @@ impl Config {
             limits,
             push_webhook,
             push_include_content,
+            tls,
         })
     }
 
@@ -304,6 +318,30 @@ impl Config {
             (Some(_), false) => router::OfflineHints::Ids,
             (Some(_), true) => router::OfflineHints::WithContent,
         }
+    }
+}
+
+/// `tls_cert` and `tls_key`, each from its flag, variable or the file; both or neither.
+fn resolve_tls(
+    args: &ServeArgs,
+    env: Env<'_>,
+    file: &FileConfig,
+) -> anyhow::Result<Option<TlsFiles>> {
+    let cert = args
+        .tls_cert
+        .clone()
+        .or(env_value(env, "tls_cert")?)
+        .or_else(|| file.tls_cert.clone());
+    let key = args
+        .tls_key
+        .clone()
+        .or(env_value(env, "tls_key")?)
+        .or_else(|| file.tls_key.clone());
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        (Some(_), None) => bail!("tls_cert is set but tls_key is not: TLS needs both"),
+        (None, Some(_)) => bail!("tls_key is set but tls_cert is not: TLS needs both"),
     }
 }
 

@@ -113,6 +113,20 @@ pub fn settings() -> Vec<Setting> {
             default: Some("false".to_owned()),
             example: "",
         },
+        Setting {
+            key: "tls_cert",
+            doc: "The certificate chain (PEM) of wss:// on every shard and https:// on the \
+                  HTTP port; set with tls_key, or neither for plain ws:// and http://. Both \
+                  files are read again on SIGHUP.",
+            default: None,
+            example: "\"/etc/switchboard/cert.pem\"",
+        },
+        Setting {
+            key: "tls_key",
+            doc: "The private key (PEM: PKCS#8, PKCS#1 or SEC1) of tls_cert.",
+            default: None,
+            example: "\"/etc/switchboard/key.pem\"",
+        },
     ]
 }
 

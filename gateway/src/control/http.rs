@@ -1,7 +1,8 @@
 //! The HTTP control plane on `--http-listen`: `GET /healthz`, `GET /readyz`, `GET /metrics`,
 //! `GET /v1/user/{user_id}/status`, the group routes (`control::groups`), the history and
 //! settings routes (`control::history`), the media routes (`control::media`), the profile
-//! routes (`control::profiles`) and the web page (`control::web`).
+//! routes (`control::profiles`) and the web page (`control::web`); over TLS with
+//! `--tls-cert` (`control::https`).
 //!
 //! It runs on its own thread with a small tokio runtime and axum, apart from the shards: it
 //! is never on the message path. It reads the shards' metrics directly (relaxed atomics) and
@@ -33,7 +34,7 @@ use crate::control::media::MediaRoutes;
 use crate::control::openmetrics::Exposition;
 use crate::control::profiles::ProfileRoutes;
 use crate::control::reply::failure;
-use crate::metrics::{PlaneMetrics, ShardMetrics};
+use crate::metrics::{PlaneMetrics, ShardMetrics, TlsMetrics};
 use crate::shard::control_inbox::{ControlRequest, ControlSender};
 use crate::storage::history::History;
 
@@ -54,6 +55,11 @@ pub struct ControlPlane {
     pub media: MediaRoutes,
     /// The push thread's counters, when a webhook is set.
     pub push: Option<Arc<crate::push::PushStats>>,
+    /// With TLS: the configuration of `https://` (the certificate the shards use), and the
+    /// certificate's reload counters for the metrics.
+    pub tls: Option<(Arc<rustls::ServerConfig>, Arc<TlsMetrics>)>,
+    /// How long a TLS handshake and a request's head may take.
+    pub handshake_timeout_ms: u64,
 }
 
 /// Serves the API on `listener` from a thread of its own until the process exits.
@@ -76,9 +82,18 @@ pub fn start(listener: std::net::TcpListener, plane: ControlPlane) -> anyhow::Re
                         return;
                     }
                 };
+                let metrics = Arc::new(PlaneMetrics::default());
+                let handshake_timeout = Duration::from_millis(plane.handshake_timeout_ms);
+                if let Some((config, _)) = &plane.tls {
+                    let config = Arc::clone(config);
+                    let app = router(plane, Arc::clone(&metrics));
+                    crate::control::https::serve(listener, app, config, handshake_timeout, metrics)
+                        .await;
+                    return;
+                }
                 // With the peer's address, for the log line of a refused login.
-                let service =
-                    router(plane).into_make_service_with_connect_info::<std::net::SocketAddr>();
+                let service = router(plane, metrics)
+                    .into_make_service_with_connect_info::<std::net::SocketAddr>();
                 if let Err(error) = axum::serve(listener, service).await {
                     tracing::error!(%error, "the HTTP API stopped");
                 }
@@ -125,15 +140,17 @@ impl Api {
     }
 }
 
-fn router(plane: ControlPlane) -> Router {
+fn router(plane: ControlPlane, metrics: Arc<PlaneMetrics>) -> Router {
     let body_bytes_max = plane.http_body_bytes_max;
-    let metrics = Arc::new(PlaneMetrics::default());
-    let shards = plane.shards.iter().map(|(_, m)| Arc::clone(m)).collect();
-    let exposition = Exposition::new(shards, Arc::clone(&metrics))
+    let shards: Vec<_> = plane.shards.iter().map(|(_, m)| Arc::clone(m)).collect();
+    let mut exposition = Exposition::new(shards.clone(), Arc::clone(&metrics))
         .with_history(plane.history.clone())
         .with_media(Arc::clone(&plane.media.metrics), plane.history.clone())
         .with_push(plane.push.clone());
-    let page = crate::control::web::routes(plane.ws_addr);
+    if let Some((_, reloads)) = &plane.tls {
+        exposition = exposition.with_tls(shards, Arc::clone(&metrics), Arc::clone(reloads));
+    }
+    let page = crate::control::web::routes(plane.ws_addr, plane.tls.is_some());
     let api = Api {
         plane,
         exposition,

@@ -13,6 +13,7 @@
 pub mod groups;
 pub mod history;
 pub mod http;
+pub mod https;
 pub mod media;
 pub mod openmetrics;
 pub mod profiles;

@@ -16,6 +16,7 @@ use crate::storage::history::History;
 mod history;
 mod media;
 mod push;
+mod tls;
 
 /// Everything `GET /metrics` shows, rendered on each scrape.
 #[derive(Debug)]

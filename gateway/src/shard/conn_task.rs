@@ -11,6 +11,10 @@
 //! small task and its slot in the shard. While the link is congested the connection does
 //! not read its socket.
 //!
+//! The task is generic over its [`Transport`]: `Plain` for `ws://`, whose code is what it
+//! would be without the parameter, and `Tls` for `wss://`, whose TLS handshake runs inside
+//! the upgrade's deadline (its records are read as the request's bytes are).
+//!
 //! Closing: a close from the client is answered with the same code and the socket is closed.
 //! When the server closes (a protocol error, shutdown, a consumer too slow: 1013) it sends
 //! its close frame, ends its side of the stream (FIN), and reads and discards what still
@@ -27,8 +31,10 @@ use router::ConnId;
 use wire::UserId;
 
 use crate::metrics::{CLOSED_IN_HANDSHAKE, SHED_MESSAGE, SHED_TYPING, ShardMetrics};
+use crate::net::buffers::BufferPool;
 use crate::net::io::{self, Progress};
 use crate::net::readiness::Readiness;
+use crate::net::transport::{Received, Transport};
 use crate::session::connection::{CLOSE_ABNORMAL, Connection, Next, Outputs, QueueFull, Refused};
 use crate::session::handshake::{self, Handshake, Refusal};
 use crate::session::outbound::{CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, OutFrame};
@@ -61,11 +67,22 @@ impl Drop for SlotGuard {
 /// and short (the handshake with its buffer and timer, waiting to write, closing) run in
 /// boxed futures that are freed when they end, and the frame decoder exists only while
 /// bytes are being read or a fragmented message is under way.
-pub async fn serve(shard: Rc<Shard>, stream: Readiness, slot: u32, generation: u32) {
+pub async fn serve<T: Transport>(
+    shard: Rc<Shard>,
+    stream: Readiness,
+    slot: u32,
+    generation: u32,
+    mut transport: T,
+) {
     let guard = SlotGuard { shard, slot };
     let shard = &guard.shard;
-    let Some((connection, leftover)) =
-        Box::pin(handshake_within_deadline(shard, &stream, slot)).await
+    let Some((connection, leftover)) = Box::pin(handshake_within_deadline(
+        shard,
+        &stream,
+        slot,
+        &mut transport,
+    ))
+    .await
     else {
         shard.metrics.closed(CLOSED_IN_HANDSHAKE);
         return;
@@ -81,18 +98,20 @@ pub async fn serve(shard: Rc<Shard>, stream: Readiness, slot: u32, generation: u
         },
         connection,
         leftover,
+        transport,
     };
     let code = task.run().await;
     shard.metrics.closed(Some(code));
 }
 
-async fn handshake_within_deadline(
+async fn handshake_within_deadline<T: Transport>(
     shard: &Shard,
     stream: &Readiness,
     slot: u32,
+    transport: &mut T,
 ) -> Option<(Connection, Option<BytesMut>)> {
     let deadline = Instant::now() + Duration::from_millis(shard.config.limits.handshake_timeout_ms);
-    match monoio::time::timeout_at(deadline, handshake(shard, stream, slot)).await {
+    match monoio::time::timeout_at(deadline, handshake(shard, stream, slot, transport)).await {
         Ok(upgraded) => upgraded,
         Err(_elapsed) => {
             // A client that has not finished its request by now is too slow or is holding
@@ -105,11 +124,13 @@ async fn handshake_within_deadline(
 
 /// Reads the upgrade request and writes the answer `session::handshake` gives. `None`: the
 /// connection was refused or failed, and is to be closed. Otherwise the connection, and
-/// the bytes that came after the request head (its first frames), if any.
-async fn handshake(
+/// the bytes that came after the request head (its first frames), if any. Over TLS the
+/// first reads carry the TLS handshake, answered as they come, and no request byte.
+async fn handshake<T: Transport>(
     shard: &Shard,
     stream: &Readiness,
     slot: u32,
+    transport: &mut T,
 ) -> Option<(Connection, Option<BytesMut>)> {
     let fd = stream.fd();
     let mut buffer: Option<BytesMut> = None;
@@ -129,26 +150,42 @@ async fn handshake(
         if buf.capacity() == buf.len() {
             buf.reserve(shard.pool.buffer_bytes());
         }
-        match io::recv_into(fd, buf) {
-            Ok(Progress::Bytes(0)) | Err(_) => return None,
-            Ok(Progress::WouldBlock) => {
+        match transport.recv(fd, buf, &shard.pool) {
+            Ok(Received::Closed) => return None,
+            Err(error) => {
+                if T::TLS && error.kind() == std::io::ErrorKind::InvalidData {
+                    // A client that does not speak TLS, or not well: only it is closed.
+                    tracing::debug!(shard = shard.shard_id, %error, "TLS handshake failed");
+                    ShardMetrics::add(&shard.metrics.tls_handshakes_failed, 1);
+                }
+                return None;
+            }
+            Ok(Received::WouldBlock) => {
                 if buf.is_empty() {
                     shard.pool.give(buffer.take().expect("just used"));
                 }
                 continue;
             }
-            Ok(Progress::Bytes(_)) => {}
+            Ok(Received::Bytes { .. }) => {}
+        }
+        // What the TLS layer answered (its handshake) goes out before the next wait.
+        flush_transport(stream, transport, &shard.pool).await.ok()?;
+        if buf.is_empty() {
+            shard.pool.give(buffer.take().expect("just used"));
+            continue;
         }
         let upgrade = match handshake::answer(buf, &shard.session.handshake, &shard.auth) {
             Handshake::Incomplete => continue,
             Handshake::Refuse(refusal) => {
                 log_refusal(shard, fd, &refusal);
-                refuse(stream, &refusal.answer()).await;
+                refuse(stream, transport, &shard.pool, &refusal.answer()).await;
                 return None;
             }
             Handshake::Upgrade(upgrade) => upgrade,
         };
-        write_all(stream, &upgrade.answer).await.ok()?;
+        write_all(stream, transport, &shard.pool, &upgrade.answer)
+            .await
+            .ok()?;
         let leftover = buffer.take().expect("just used");
         let leftover = if leftover.is_empty() {
             shard.pool.give(leftover);
@@ -179,20 +216,43 @@ fn log_refusal(shard: &Shard, fd: RawFd, refusal: &Refusal) {
 }
 
 /// Sends an error answer and closes: the caller drops the socket right after.
-async fn refuse(stream: &Readiness, answer: &[u8]) {
-    if write_all(stream, answer).await.is_ok() {
+async fn refuse<T: Transport>(
+    stream: &Readiness,
+    transport: &mut T,
+    pool: &BufferPool,
+    answer: &[u8],
+) {
+    if write_all(stream, transport, pool, answer).await.is_ok() {
+        transport.close_notify(stream.fd(), pool);
         io::shutdown_write(stream.fd());
     }
 }
 
 /// Writes all of `bytes`, waiting for the socket to take them.
-async fn write_all(stream: &Readiness, mut bytes: &[u8]) -> std::io::Result<()> {
+async fn write_all<T: Transport>(
+    stream: &Readiness,
+    transport: &mut T,
+    pool: &BufferPool,
+    mut bytes: &[u8],
+) -> std::io::Result<()> {
     let fd = stream.fd();
     while !bytes.is_empty() {
-        match io::send_once(fd, bytes)? {
+        match transport.send_vectored(fd, &[std::io::IoSlice::new(bytes)], pool)? {
             Progress::Bytes(written) => bytes = &bytes[written..],
             Progress::WouldBlock => stream.writable().await?,
         }
+    }
+    flush_transport(stream, transport, pool).await
+}
+
+/// Waits until the transport has sent what it holds (nothing to wait for on `Plain`).
+async fn flush_transport<T: Transport>(
+    stream: &Readiness,
+    transport: &mut T,
+    pool: &BufferPool,
+) -> std::io::Result<()> {
+    while !transport.flushed(stream.fd(), pool)? {
+        stream.writable().await?;
     }
     Ok(())
 }
@@ -209,12 +269,12 @@ enum Event {
 /// connection's. The readiness future lives in the task's loop and outlasts a wait that
 /// ends with mail: dropping it would cancel the poll on the socket, and arming it again costs
 /// the kernel twice for every message the connection is sent.
-struct WaitEvent<'t, 'a, 'r, R> {
-    task: &'t Task<'a>,
+struct WaitEvent<'t, 'a, 'r, R, T> {
+    task: &'t Task<'a, T>,
     readable: std::pin::Pin<&'r mut R>,
 }
 
-impl<R: Future<Output = std::io::Result<()>>> Future for WaitEvent<'_, '_, '_, R> {
+impl<R: Future<Output = std::io::Result<()>>, T> Future for WaitEvent<'_, '_, '_, R, T> {
     type Output = Event;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Event> {
@@ -232,33 +292,37 @@ impl<R: Future<Output = std::io::Result<()>>> Future for WaitEvent<'_, '_, '_, R
 }
 
 /// An upgraded connection's task: the session's state machine and the I/O around it.
-struct Task<'a> {
+struct Task<'a, T> {
     shard: &'a Shard,
     stream: &'a Readiness,
     conn: ConnId,
     connection: Connection,
     /// The bytes of a frame not yet complete; `None` whenever the connection is idle.
     leftover: Option<BytesMut>,
+    /// What the socket's bytes pass through.
+    transport: T,
 }
 
 /// What the connection's decisions are applied to: its slot, and the shard's link.
-struct SlotOutputs<'a> {
+struct SlotOutputs<'a, T> {
     shard: &'a Shard,
     conn: ConnId,
-    /// The socket, which this task alone writes.
+    /// The socket, which this task alone writes, and its transport.
     fd: RawFd,
+    transport: &'a mut T,
 }
 
-impl Outputs for SlotOutputs<'_> {
+impl<T: Transport> Outputs for SlotOutputs<'_, T> {
     fn send(&mut self, frame: OutFrame, control: bool) -> Result<(), QueueFull> {
         let max = self.shard.config.limits.outbound_frames_max;
-        let metrics = &self.shard.metrics;
-        self.shard.with_slot(self.conn.slot, |slot| {
+        let (shard, fd) = (self.shard, self.fd);
+        let transport = &mut *self.transport;
+        shard.with_slot(self.conn.slot, |slot| {
             // A full queue is first written to the socket: only a queue that stays full
             // while the socket takes nothing more means a client that does not read. An
             // error is the task's to find on its next write; here it only means no room.
             if !control && slot.outbound.len() >= max {
-                let _ = write_slot(slot, self.fd, metrics);
+                let _ = write_slot(slot, fd, shard, transport);
                 if slot.outbound.len() >= max {
                     return Err(QueueFull);
                 }
@@ -326,7 +390,7 @@ const NO_MEDIA_TEXT: &str = "no such media: upload it first (POST /v1/media)";
 /// The text of a `send_message` refused for the shard's load level.
 const OVERLOADED_TEXT: &str = "the server is overloaded: send the message again later";
 
-impl SlotOutputs<'_> {
+impl<T> SlotOutputs<'_, T> {
     /// A message may reference a media object only if its sender uploaded it or was sent
     /// it: else `not_found`, as for an object that does not exist, so that nobody learns
     /// which objects others have. One point read of the media index (its block cache, a
@@ -380,7 +444,7 @@ impl SlotOutputs<'_> {
     }
 }
 
-impl Task<'_> {
+impl<T: Transport> Task<'_, T> {
     /// Runs the connection until it ends; returns its close code, for the metrics.
     async fn run(&mut self) -> u16 {
         let (shard, slot) = (self.shard, self.conn.slot);
@@ -465,7 +529,7 @@ impl Task<'_> {
     /// Writes what is queued, waiting for the socket while it is full. A queue longer than
     /// `outbound_frames_max` once the socket takes no more is a consumer too slow for its
     /// messages: closed with 1013.
-    async fn write_out(&self) -> Next {
+    async fn write_out(&mut self) -> Next {
         match self.write_queued() {
             Ok(true) => Next::Open,
             Ok(false) if self.too_slow() => Next::Close(CLOSE_TRY_AGAIN_LATER),
@@ -477,7 +541,7 @@ impl Task<'_> {
     /// Waits for the socket to take the rest of the queue, and for mail meanwhile: a
     /// delivery may make the queue too long, and a close request is answered at once. An
     /// unsent output over `conn_out_bytes_max` for `conn_out_grace_ms` closes with 1008.
-    async fn write_while_open(&self) -> Next {
+    async fn write_while_open(&mut self) -> Next {
         let slot = self.conn.slot;
         let grace = Duration::from_millis(self.shard.config.limits.conn_out_grace_ms);
         // Since when the unsent output is over its bound, while it is.
@@ -536,10 +600,12 @@ impl Task<'_> {
     }
 
     /// Writes what is queued without blocking; whether the queue is now empty.
-    fn write_queued(&self) -> std::io::Result<bool> {
-        let (fd, metrics) = (self.stream.fd(), &self.shard.metrics);
-        self.shard
-            .with_slot(self.conn.slot, |conn| write_slot(conn, fd, metrics))
+    fn write_queued(&mut self) -> std::io::Result<bool> {
+        let (fd, shard) = (self.stream.fd(), self.shard);
+        let transport = &mut self.transport;
+        shard.with_slot(self.conn.slot, |conn| {
+            write_slot(conn, fd, shard, transport)
+        })
     }
 
     /// Reads what the socket holds (or, with `read` false, only looks at the leftover
@@ -550,6 +616,7 @@ impl Task<'_> {
             shard,
             conn,
             fd: self.stream.fd(),
+            transport: &mut self.transport,
         };
         let mut buf = self.leftover.take().unwrap_or_else(|| shard.pool.take());
         let mut next = if read {
@@ -563,16 +630,15 @@ impl Task<'_> {
             if buf.capacity() - buf.len() < shard.pool.buffer_bytes() / 4 {
                 buf.reserve(shard.pool.buffer_bytes());
             }
-            let spare = buf.capacity() - buf.len();
-            match io::recv_into(self.stream.fd(), &mut buf) {
-                Ok(Progress::Bytes(0)) | Err(_) => next = Next::Done(CLOSE_ABNORMAL),
-                Ok(Progress::WouldBlock) => break,
-                Ok(Progress::Bytes(read)) => {
+            match out.transport.recv(self.stream.fd(), &mut buf, &shard.pool) {
+                Ok(Received::Closed) | Err(_) => next = Next::Done(CLOSE_ABNORMAL),
+                Ok(Received::WouldBlock) => break,
+                Ok(Received::Bytes { drained }) => {
                     next = self.connection.on_bytes(&mut buf, &shard.session, &mut out);
-                    // A stream socket that gave less than was asked for had no more: the
-                    // next recv would only say so (EAGAIN). Bytes that come later make the
-                    // socket readable again, and readiness is checked when it is armed.
-                    if read < spare {
+                    // The socket had no more: the next recv would only say so (EAGAIN).
+                    // Bytes that come later make the socket readable again, and readiness
+                    // is checked when it is armed.
+                    if drained {
                         break;
                     }
                 }
@@ -599,7 +665,7 @@ impl Task<'_> {
     }
 
     /// Writes everything queued, waiting for the socket as needed.
-    async fn flush(&self) -> std::io::Result<()> {
+    async fn flush(&mut self) -> std::io::Result<()> {
         while !self.write_queued()? {
             self.stream.writable().await?;
         }
@@ -619,6 +685,8 @@ impl Task<'_> {
         {
             return;
         }
+        self.transport
+            .close_notify(self.stream.fd(), &self.shard.pool);
         io::shutdown_write(self.stream.fd());
         // The client answers our close and then closes its side; until then what arrives is
         // read and dropped, so that closing does not reset the connection under our close.
@@ -642,9 +710,9 @@ impl Task<'_> {
             if self.stream.readable().await.is_err() {
                 break;
             }
-            match io::recv_into(self.stream.fd(), &mut buf) {
-                Ok(Progress::Bytes(0)) | Err(_) => break,
-                Ok(Progress::WouldBlock | Progress::Bytes(_)) => {}
+            match self.transport.recv(self.stream.fd(), &mut buf, &shard.pool) {
+                Ok(Received::Closed) | Err(_) => break,
+                Ok(Received::WouldBlock | Received::Bytes { .. }) => {}
             }
         }
         buf.clear();
@@ -662,22 +730,30 @@ async fn wait_room(shard: &Shard, slot: u32) -> Event {
 }
 
 /// Writes what is queued for a connection without blocking, several frames per `sendmsg`.
-/// Returns whether the queue is now empty.
-fn write_slot(conn: &mut ConnSlot, fd: RawFd, metrics: &ShardMetrics) -> std::io::Result<bool> {
+/// Returns whether the queue is now empty (and the transport holds nothing unsent).
+fn write_slot<T: Transport>(
+    conn: &mut ConnSlot,
+    fd: RawFd,
+    shard: &Shard,
+    transport: &mut T,
+) -> std::io::Result<bool> {
     /// Frames per `sendmsg`; each is two slices, and the kernel takes up to 1024.
     const FRAMES_PER_WRITE_MAX: usize = 64;
     loop {
         if conn.outbound.is_empty() {
+            if !transport.flushed(fd, &shard.pool)? {
+                return Ok(false);
+            }
             conn.outbound.release_if_empty();
             return Ok(true);
         }
         let mut slices = [std::io::IoSlice::new(&[]); 2 * FRAMES_PER_WRITE_MAX];
         let count = conn.outbound.slices(&mut slices);
-        let written = match io::send_vectored(fd, &slices[..count])? {
+        let written = match transport.send_vectored(fd, &slices[..count], &shard.pool)? {
             Progress::WouldBlock => return Ok(false),
             Progress::Bytes(written) => written,
         };
         let frames_sent = conn.outbound.advance(written);
-        ShardMetrics::add(&metrics.frames_out, frames_sent);
+        ShardMetrics::add(&shard.metrics.frames_out, frames_sent);
     }
 }

@@ -49,6 +49,8 @@ use crate::config::Config;
 use crate::metrics::ShardMetrics;
 use crate::net::io;
 use crate::net::readiness::{self, Readiness};
+use crate::net::tls::Tls;
+use crate::net::transport::Plain;
 use crate::session::rate_limit::RetryAfterMs;
 use crate::shard::control_inbox::ControlInbox;
 use crate::shard::history_feed::HistoryFeed;
@@ -130,6 +132,15 @@ pub struct HistoryParts {
     pub answers: Vec<mpsc::Receiver<history::ShardAnswer>>,
 }
 
+/// What the shards use beside their sockets: the history thread, the push hand-offs (one
+/// per shard) and, with `--tls-cert`, the TLS of `wss://`.
+#[derive(Debug)]
+pub struct Services {
+    pub history: HistoryParts,
+    pub push: Vec<PushHints>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
 /// Starts one thread per listener, and returns once every shard accepts connections, with
 /// the driver they run on.
 pub fn start(
@@ -137,10 +148,14 @@ pub fn start(
     auth: &Arc<Authenticator>,
     listeners: Vec<std::net::TcpListener>,
     control: Vec<(ControlInbox, Arc<ShardMetrics>)>,
-    history_parts: HistoryParts,
-    push: Vec<PushHints>,
+    services: Services,
     driver: DriverKind,
 ) -> anyhow::Result<(Vec<ShardHandle>, DriverKind)> {
+    let Services {
+        history: history_parts,
+        push,
+        tls,
+    } = services;
     assert_eq!(
         listeners.len(),
         control.len(),
@@ -178,6 +193,7 @@ pub fn start(
         let auth = Arc::clone(auth);
         let ready = ready_tx.clone();
         let history = history.clone();
+        let tls = tls.clone();
         let cpu = cpus.get(index % cpus.len().max(1)).copied();
         let thread = std::thread::Builder::new()
             .name(format!("shard-{shard_id}"))
@@ -188,6 +204,7 @@ pub fn start(
                 let started = std::time::Instant::now();
                 let mut shard = Shard::new(shard_id, n_shards, config, auth, metrics, started);
                 shard.media = Some(history.media().clone());
+                shard.tls = tls;
                 let parts = ShardParts {
                     listener,
                     wake: wake_shard,
@@ -517,6 +534,20 @@ fn admit(shard: &Rc<Shard>, fd: OwnedFd) {
         return;
     }
     readiness::set_nodelay(fd.as_raw_fd());
+    // The one branch between the plain and the TLS path: each is its own task type.
+    let tls = match &shard.tls {
+        None => None,
+        Some(config) => {
+            let buffer_bytes_max = shard.config.limits.tls_buffer_bytes_max;
+            match Tls::new(Arc::clone(config), buffer_bytes_max) {
+                Ok(tls) => Some(tls),
+                Err(error) => {
+                    tracing::warn!(shard = shard.shard_id, %error, "cannot start TLS for a connection");
+                    return;
+                }
+            }
+        }
+    };
     let socket = match Readiness::new(fd) {
         Ok(socket) => socket,
         Err(error) => {
@@ -525,7 +556,11 @@ fn admit(shard: &Rc<Shard>, fd: OwnedFd) {
         }
     };
     let (slot, generation) = shard.register();
-    monoio::spawn(conn_task::serve(Rc::clone(shard), socket, slot, generation));
+    let shard = Rc::clone(shard);
+    match tls {
+        None => monoio::spawn(conn_task::serve(shard, socket, slot, generation, Plain)),
+        Some(tls) => monoio::spawn(conn_task::serve(shard, socket, slot, generation, tls)),
+    };
 }
 
 /// Whether the connection's address is within `ip_connects_per_s`. A socket whose peer

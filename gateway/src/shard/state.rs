@@ -84,6 +84,9 @@ pub struct Shard {
     /// Who may reference which media object, read by a `send_message` with `media`
     /// (`None` in tests without a media store: every such message is refused).
     pub media: Option<MediaReader>,
+    /// With `--tls-cert`: the TLS of every connection (`wss://`), whose certificate
+    /// follows the reloads.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -128,6 +131,7 @@ impl Shard {
             config,
             load: Cell::new(LoadLevel::Normal),
             media: None,
+            tls: None,
         }
     }
 

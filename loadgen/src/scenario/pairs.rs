@@ -667,6 +667,7 @@ pub(super) fn test_args(conns: usize, rate: f64) -> PairsArgs {
     PairsArgs {
         common: crate::cli::CommonArgs {
             url: String::new(),
+            tls_ca: None,
             secret: Default::default(),
             token_ttl: Duration::from_secs(60),
             conns,

@@ -202,7 +202,8 @@ async function signIn(token, wsUrl) {
 
 async function main() {
   const config = await (await fetch("/web-config.json")).json();
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  // The server says whether its WebSocket port speaks TLS.
+  const scheme = config.ws_scheme;
   const host = config.ws_host ?? location.hostname;
   const wsUrl = `${scheme}://${host}:${config.ws_port}${config.ws_path}`;
 

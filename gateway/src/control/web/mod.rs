@@ -32,9 +32,9 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self' ws
      img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'";
 
 /// The page's routes, to merge into the API's router. `ws_addr` is the address the shards
-/// listen on, as bound (a port 0 already resolved).
-pub fn routes<S: Clone + Send + Sync + 'static>(ws_addr: SocketAddr) -> Router<S> {
-    let config = web_config(ws_addr);
+/// listen on, as bound (a port 0 already resolved); `tls`: they serve `wss://`.
+pub fn routes<S: Clone + Send + Sync + 'static>(ws_addr: SocketAddr, tls: bool) -> Router<S> {
+    let config = web_config(ws_addr, tls);
     Router::new()
         .route("/", get(|| async { asset(HTML, INDEX_HTML) }))
         .route("/app.js", get(|| async { asset(JAVASCRIPT, APP_JS) }))
@@ -49,10 +49,12 @@ pub fn routes<S: Clone + Send + Sync + 'static>(ws_addr: SocketAddr) -> Router<S
         )
 }
 
-/// `{"ws_host": .., "ws_port": .., "ws_path": "/ws"}`. A server listening on every address
-/// (`0.0.0.0`, `[::]`) names no host (`null`): the page then uses the host it was loaded
-/// from, the one name of this machine that the browser is known to reach.
-fn web_config(ws_addr: SocketAddr) -> String {
+/// `{"ws_scheme": "ws"|"wss", "ws_host": .., "ws_port": .., "ws_path": "/ws"}`. A server
+/// listening on every address (`0.0.0.0`, `[::]`) names no host (`null`): the page then
+/// uses the host it was loaded from, the one name of this machine that the browser is known
+/// to reach. The scheme is the shards' own (`wss` with `--tls-cert`), not guessed from the
+/// page's: the two ports serve TLS together or not at all.
+fn web_config(ws_addr: SocketAddr, tls: bool) -> String {
     let host = match ws_addr {
         addr if addr.ip().is_unspecified() => None,
         SocketAddr::V4(addr) => Some(addr.ip().to_string()),
@@ -60,6 +62,7 @@ fn web_config(ws_addr: SocketAddr) -> String {
         SocketAddr::V6(addr) => Some(format!("[{}]", addr.ip())),
     };
     serde_json::json!({
+        "ws_scheme": if tls { "wss" } else { "ws" },
         "ws_host": host,
         "ws_port": ws_addr.port(),
         "ws_path": crate::config::WS_PATH,
@@ -90,15 +93,19 @@ mod tests {
     #[test]
     fn the_config_names_the_bound_host_or_none_for_every_address() {
         let config = |addr: &str| -> serde_json::Value {
-            serde_json::from_str(&web_config(addr.parse().unwrap())).unwrap()
+            serde_json::from_str(&web_config(addr.parse().unwrap(), false)).unwrap()
         };
         let local = config("127.0.0.1:8080");
+        assert_eq!(local["ws_scheme"], "ws");
         assert_eq!(local["ws_host"], "127.0.0.1");
         assert_eq!(local["ws_port"], 8080);
         assert_eq!(local["ws_path"], "/ws");
         assert_eq!(config("[::1]:9000")["ws_host"], "[::1]");
         assert!(config("0.0.0.0:8080")["ws_host"].is_null());
         assert!(config("[::]:8080")["ws_host"].is_null());
+        let tls: serde_json::Value =
+            serde_json::from_str(&web_config("127.0.0.1:8443".parse().unwrap(), true)).unwrap();
+        assert_eq!(tls["ws_scheme"], "wss");
     }
 
     #[test]

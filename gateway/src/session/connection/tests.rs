@@ -56,6 +56,7 @@ fn shared() -> Shared {
         limits: Limits::default(),
         push_webhook: None,
         push_include_content: false,
+        tls: None,
     };
     Shared::new(0, &config, Arc::new(ShardMetrics::default()))
 }

@@ -70,6 +70,7 @@ fn config(data_dir: &Path, tick_ms: u64) -> Arc<Config> {
         limits,
         push_webhook: None,
         push_include_content: false,
+        tls: None,
     })
 }
 

@@ -611,6 +611,7 @@ mod tests {
         FanoutArgs {
             common: CommonArgs {
                 url: String::new(),
+                tls_ca: None,
                 secret: Default::default(),
                 token_ttl: Duration::from_secs(60),
                 conns: groups * group_size,

@@ -270,6 +270,7 @@ mod tests {
         let args = FanoutArgs {
             common: CommonArgs {
                 url: String::new(),
+                tls_ca: None,
                 secret: Default::default(),
                 token_ttl: Duration::from_secs(60),
                 conns: 3,
@@ -301,7 +302,7 @@ mod tests {
             metrics: Rc::new(RefCell::new(Metrics::default())),
             counters: Arc::default(),
             connector: Arc::new(Connector {
-                target: Target::resolve("ws://127.0.0.1:9/ws").unwrap(),
+                target: Target::resolve("ws://127.0.0.1:9/ws", None).unwrap(),
                 minter: TokenMinter::new(b"s3cret", Duration::from_secs(60)),
                 source_ips: 1,
                 timeout: Duration::from_secs(1),

@@ -98,7 +98,7 @@ pub fn prepare(
 ) -> anyhow::Result<Prepared> {
     let common = &args.pairs.common;
     let connector = Connector {
-        target: Target::resolve(&common.url)?,
+        target: Target::resolve(&common.url, common.tls_ca.as_deref())?,
         minter: TokenMinter::new(jwt_secret.as_bytes(), common.token_ttl),
         source_ips: 1,
         timeout: common.connect_timeout,
