@@ -382,11 +382,11 @@ function writePng(name, width, height, pixel) {
   return path;
 }
 
-// A sunset: 160 x 96, with noise so that it does not compress (its upload takes a while
-// under the throttle below, long enough to be seen uploading).
-const noise = (x, y) => ((x * 7919 + y * 104729) ^ (x * y * 31)) % 40;
-const SUNSET = writePng("sunset.png", 160, 96, (x, y) => [
-  230 - y + noise(x, y), 120 + y / 2 + noise(y, x), 60 + noise(x + 1, y)]);
+// A sunset, 160 x 96: a sky, a sun and waves.
+const SUNSET = writePng("sunset.png", 160, 96, (x, y) => {
+  if (y < 60) return (x - 80) ** 2 + (y - 52) ** 2 < 18 ** 2 ? [255, 214, 90] : [250 - y, 120 + y, 90 + y * 2];
+  return Math.sin(x / 6 + y * 1.7) > 0.6 ? [255, 190, 120] : [40, 80 + y / 2, 140 + (y - 60) * 2];
+});
 const AVATAR = writePng("alice.png", 48, 48, (x, y) =>
   (x - 24) ** 2 + (y - 24) ** 2 < 400 ? [240, 160, 40] : [40, 120, 200]);
 const NOTES = join(FILES, "notes.txt");
@@ -436,8 +436,9 @@ test("a picture goes from alice to bob: seen uploading, sent with its caption, o
   const { alice, bob } = pages;
   await openChat(alice, "bob");
   await openChat(bob, "alice");
-  // A slow uplink, so that the upload is seen in the chat with its progress.
-  await alice.emulateNetworkConditions({ upload: 12_000, download: 10_000_000, latency: 0 });
+  // A slow uplink (the picture is about 1 KB), so that the upload is seen in the chat with
+  // its progress.
+  await alice.emulateNetworkConditions({ upload: 1_500, download: 10_000_000, latency: 0 });
   await alice.type("#text", "The sunset from here");
   await attach(alice, "#attach-input", SUNSET);
   await alice.waitForSelector('.msg.upload[data-state="uploading"] img.media-img[src^="blob:"]');
@@ -532,6 +533,7 @@ test("alice sets a display name, about line and avatar; bob's list and chat show
     document.querySelector('.contact[data-user="alice"] .name').textContent === "Alice Liddell");
   assert.deepEqual(await pictureShown(bob, '.contact[data-user="alice"] .avatar img'), [48, 48]);
   await bob.waitForFunction(() => document.getElementById("chat-title").textContent === "Alice Liddell");
+  assert.equal(await bob.$eval("#chat-about", (a) => a.textContent), "Down the rabbit hole");
   await pictureShown(bob, "#chat-avatar img");
   // Read again from the server (and kept) after a reload.
   await bob.reload();

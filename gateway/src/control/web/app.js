@@ -258,6 +258,9 @@ function renderChat() {
   const status = $("chat-status");
   status.textContent = chatStatus(openKey);
   status.classList.toggle("typing", client.isTyping(openKey));
+  const about = isGroup(openKey) ? "" : (client.profiles.get(openKey)?.about ?? "");
+  $("chat-about").textContent = about;
+  $("chat-about").hidden = about === "";
   $("group-info").hidden = !isGroup(openKey);
   renderGroupPanel(openKey);
 

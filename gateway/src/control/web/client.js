@@ -27,6 +27,15 @@ const CHAT_MESSAGES_MAX = 500; // per chat, oldest dropped first (never an unsen
 const IDS_PER_RECEIPT_MAX = 1000; // the server's bound on message_ids
 const HISTORY_PAGE = 50; // messages asked for at a time (the server's bound is 100)
 const UPLOADS_MAX = 8; // pictures and files uploading at once from this page
+const NAME_BYTES_MAX = 255; // the server's bound on media.name
+
+/** `text` cut to at most `max` bytes of UTF-8, at a character's end. */
+function fitBytes(text, max) {
+  const encoder = new TextEncoder();
+  let chars = [...text];
+  while (encoder.encode(chars.join("")).length > max) chars = chars.slice(0, -1);
+  return chars.join("");
+}
 
 /** Message ids are decimal strings of u64s: ordered by length, then as text. */
 export function idBefore(a, b) {
@@ -255,8 +264,9 @@ export class Client {
     this.flushOutbox();
     this.heartbeat();
     // What changed while the page was away: nothing of it is pushed again.
-    this.profiles.load([this.user, ...this.store.contacts], true);
-    this.groups.refresh();
+    const members = this.groups.ids().flatMap((id) => this.groups.get(id).members);
+    this.profiles.load(new Set([this.user, ...this.store.contacts, ...members]), true);
+    this.groups.refresh("all");
     this.media.retryFailed();
   }
 
@@ -364,7 +374,7 @@ export class Client {
       });
       this.dismissUpload(peer, upload);
       const media = { hash: stored.hash, mime: stored.mime, size: stored.size };
-      if (file.name) media.name = file.name.slice(0, 255);
+      if (file.name) media.name = fitBytes(file.name, NAME_BYTES_MAX);
       this.sendText(peer, caption, media);
     } catch (error) {
       upload.error = error.message;
@@ -538,7 +548,7 @@ export class Client {
       this.store.trim(group);
       this.store.save();
     }
-    this.groups.refresh();
+    this.groups.refresh([group]);
     this.onChange("messages");
   }
 

@@ -37,6 +37,7 @@ export class Groups {
     this.onChange = onChange;
     this.refreshing = null;
     this.again = false;
+    this.stale = new Set(); // groups whose members are to be read again, or "all"
     try {
       // id -> {name, members: [...], admins: [...]}
       this.byId = JSON.parse(localStorage.getItem(this.key)) ?? {};
@@ -61,17 +62,23 @@ export class Groups {
     return this.byId[id]?.admins?.includes(user) ?? false;
   }
 
-  /** Reads the list and each group's members, one read at a time: a call during a read
+  /** Reads the list, and the members of the groups that are new to it or named in
+   * `changed` (all of them when it is "all"). One read at a time: a call during a read
    * makes another once it is done, and resolves after that one. */
-  refresh() {
+  refresh(changed = []) {
+    if (changed === "all") this.stale = "all";
+    else if (this.stale !== "all") for (const id of changed) this.stale.add(id);
     this.again = true;
     this.refreshing ??= (async () => {
       while (this.again) {
         this.again = false;
+        const stale = this.stale;
+        this.stale = new Set();
         try {
-          await this.read();
+          await this.read(stale);
         } catch {
           // The list stays as it was; read again on the next connection or event.
+          if (stale === "all") this.stale = "all";
         }
       }
       this.refreshing = null;
@@ -79,13 +86,16 @@ export class Groups {
     return this.refreshing;
   }
 
-  async read() {
+  async read(stale) {
     const { groups } = await this.api("GET", "/v1/groups");
     const byId = {};
-    for (const { group_id, name } of groups.slice(0, GROUPS_MAX)) {
-      byId[group_id] = { name, members: [], admins: [], ...this.byId[group_id], name };
+    const changed = [];
+    for (const { group_id: id, name } of groups.slice(0, GROUPS_MAX)) {
+      const known = this.byId[id];
+      byId[id] = { members: [], admins: [], ...known, name };
+      if (!known || stale === "all" || stale.has(id)) changed.push(id);
     }
-    for (const id of Object.keys(byId)) {
+    for (const id of changed) {
       try {
         const { name, members, admins } = await this.api("GET", `/v1/groups/${id}`);
         byId[id] = { name, members, admins };
@@ -96,7 +106,7 @@ export class Groups {
     }
     this.byId = byId;
     this.save();
-    this.onChange(Object.keys(byId));
+    this.onChange(changed.filter((id) => byId[id]));
   }
 
   /** Makes a group of the user and `members`; resolves with its id once it is listed. */
@@ -108,12 +118,12 @@ export class Groups {
 
   async addMember(id, user) {
     await this.api("POST", `/v1/groups/${id}/members`, { user });
-    await this.refresh();
+    await this.refresh([id]);
   }
 
   /** Removes `user` (an admin removing a member, or the user leaving). */
   async removeMember(id, user) {
     await this.api("DELETE", `/v1/groups/${id}/members/${encodeURIComponent(user)}`);
-    await this.refresh();
+    await this.refresh([id]);
   }
 }

@@ -60,7 +60,7 @@ export class Profiles {
 
   /** Reads the profiles of `users` (those not read yet, or all when `again`). */
   load(users, again = false) {
-    for (const user of users) {
+    for (const user of [...users].slice(0, PROFILES_MAX)) {
       if (this.loading.has(user) || (!again && this.byUser.has(user))) continue;
       this.loading.add(user);
       this.api("GET", `/v1/users/${encodeURIComponent(user)}/profile`)
