@@ -442,6 +442,7 @@ test("a picture goes from alice to bob: seen uploading, sent with its caption, o
   await alice.type("#text", "The sunset from here");
   await attach(alice, "#attach-input", SUNSET);
   await alice.waitForSelector('.msg.upload[data-state="uploading"] img.media-img[src^="blob:"]');
+  assert.equal(await alice.$eval(".msg.upload .text", (t) => t.textContent), "The sunset from here");
   await screenshot(alice, "uploading");
   assert.equal(await alice.$eval("#text", (t) => t.value), "", "the text went with the picture");
   await outState(alice, "The sunset from here", "read");

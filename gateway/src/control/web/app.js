@@ -226,6 +226,9 @@ function uploadItem(upload) {
     name.textContent = upload.name;
     item.append(name);
   }
+  const caption = document.createElement("div");
+  caption.className = "text";
+  caption.textContent = upload.caption;
   const meta = document.createElement("div");
   meta.className = "meta";
   if (upload.error) {
@@ -240,9 +243,9 @@ function uploadItem(upload) {
     const bar = document.createElement("progress");
     bar.max = 1;
     bar.value = upload.progress;
-    meta.append(bar);
+    meta.append(`uploading ${Math.round(upload.progress * 100)}%`, bar);
   }
-  item.append(meta);
+  item.append(caption, meta);
   return item;
 }
 

@@ -128,7 +128,7 @@ export class Client {
     this.historyMore = {}; // peer -> whether the server keeps older messages than we hold
     this.historyAsked = {}; // req_id -> chat key, for the answers
     this.nextReqId = 1;
-    this.uploads = {}; // chat key -> [{name, mime, size, preview, progress, error?}]
+    this.uploads = {}; // chat key -> [{name, mime, size, preview, caption, progress, error?}]
     const api = (method, path, body) => this.api(method, path, body);
     const prefix = this.store.prefix;
     this.media = new Media({ token, onLoaded: () => this.onChange("media") });
@@ -359,6 +359,7 @@ export class Client {
       mime: file.type,
       size: file.size,
       preview: file.type.startsWith("image/") ? URL.createObjectURL(file) : null,
+      caption,
       progress: 0,
     };
     uploads.push(upload);
