@@ -82,6 +82,11 @@ async function screenshot(page, name) {
   await page.screenshot({ path: join(SCREENSHOTS, `${name}.png`) });
 }
 
+/** Waits until the sign-in form is shown: it is in the page from the start, but works only
+ * once the page has read its config and hooked the form (a submit before that reloads the
+ * page, losing the token). */
+const signInShown = (page) => page.waitForSelector("#signin-form", { visible: true });
+
 const online = (page) => page.waitForSelector('#conn-state[data-state="online"]');
 
 /** Opens the chat with `peer` by clicking its contact. */
@@ -133,7 +138,7 @@ after(async () => {
 
 test("a person signs in with a token, and the page remembers the session", async () => {
   const alice = await openPage("alice");
-  await alice.waitForSelector("#signin-form");
+  await signInShown(alice);
   await alice.type("#token", "not a token");
   await alice.click("#signin-button");
   await alice.waitForFunction(() => document.getElementById("signin-error").textContent.includes("not a token"));
@@ -147,7 +152,7 @@ test("a person signs in with a token, and the page remembers the session", async
   assert.equal(await alice.$eval("#me", (me) => me.textContent), "alice");
 
   const bob = await openPage("bob");
-  await bob.waitForSelector("#signin-form");
+  await signInShown(bob);
   await bob.type("#token", TOKENS.bob);
   await bob.click("#signin-button");
   await online(bob);
@@ -313,7 +318,7 @@ test("a second device shows the history the server keeps, and loads older pages"
   // alice's phone: a new browser, nothing in its storage.
   contexts.phone = await browser.createBrowserContext();
   const phone = await openPage("phone");
-  await phone.waitForSelector("#signin-form");
+  await signInShown(phone);
   await phone.type("#token", TOKENS.alice);
   await phone.click("#signin-button");
   await online(phone);
@@ -550,7 +555,7 @@ test("a group of three: created by alice, messages to both, names, typing, ticks
   const { alice, bob } = pages;
   contexts.carol = await browser.createBrowserContext();
   const carol = await openPage("carol");
-  await carol.waitForSelector("#signin-form");
+  await signInShown(carol);
   await carol.type("#token", TOKENS.carol);
   await carol.click("#signin-button");
   await online(carol);

@@ -441,6 +441,12 @@ async function main() {
     $("text").value = "";
     files.forEach((file, i) => client.attach(openKey, file, i === 0 ? caption : ""));
   });
+  // The clip is a label (it opens the file picker on a click); keys open it too.
+  $("attach").addEventListener("keydown", (event) => {
+    if (event.key !== "Enter" && event.key !== " ") return;
+    event.preventDefault();
+    $("attach-input").click();
+  });
   $("text").addEventListener("input", () => {
     if (openKey !== null && $("text").value !== "") client.typing(openKey);
   });

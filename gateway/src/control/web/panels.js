@@ -192,6 +192,11 @@ export function setupPanels(hooks) {
     event.target.value = "";
     if (file) pickAvatar(file);
   });
+  $("profile-avatar-pick").addEventListener("keydown", (event) => {
+    if (event.key !== "Enter" && event.key !== " ") return;
+    event.preventDefault();
+    $("profile-avatar").click();
+  });
   $("profile-avatar-remove").addEventListener("click", () => {
     avatarChoice = null;
     renderProfileForm();
