@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs the web page's browser test (tests/web/chat.test.js): Debian's headless Chromium,
-# driven by puppeteer-core (both installed by .ci/setup-tools), as two users chatting through
+# driven by puppeteer-core (both installed by .ci/setup-tools), as three users chatting through
 # a real server on loopback. The test starts the server itself on free ports (it must kill
 # and restart it on the same ports), in a temporary data directory with a secret made here,
-# and this script mints the two users' tokens with `switchboard token`. The server is stopped
+# and this script mints the users' tokens with `switchboard token`. The server is stopped
 # in every case, also when the test is killed (the pid it last started is in a file here).
 # Screenshots go to target/web-screenshots/.
 #
@@ -42,7 +42,8 @@ export WEB_DATA_DIR="$work/data" WEB_SECRET_FILE="$work/secret" WEB_PIDFILE="$wo
 export WEB_SCREENSHOTS="$PWD/target/web-screenshots"
 WEB_TOKEN_ALICE=$(token alice)
 WEB_TOKEN_BOB=$(token bob)
-export WEB_TOKEN_ALICE WEB_TOKEN_BOB
+WEB_TOKEN_CAROL=$(token carol)
+export WEB_TOKEN_ALICE WEB_TOKEN_BOB WEB_TOKEN_CAROL
 rm -rf "$WEB_SCREENSHOTS"
 mkdir -p "$WEB_SCREENSHOTS"
 

@@ -270,6 +270,26 @@ fn the_web_page_and_its_assets_are_served_with_their_types_and_no_cache() {
             "// The page's protocol client",
         ),
         ("/style.css", "text/css; charset=utf-8", "/* The look of"),
+        (
+            "/media.js",
+            "text/javascript; charset=utf-8",
+            "// The page's media",
+        ),
+        (
+            "/groups.js",
+            "text/javascript; charset=utf-8",
+            "// The page's groups",
+        ),
+        (
+            "/profiles.js",
+            "text/javascript; charset=utf-8",
+            "// The page's profiles",
+        ),
+        (
+            "/panels.js",
+            "text/javascript; charset=utf-8",
+            "// The page's forms",
+        ),
     ] {
         let (status, head, body) = request(server.http_addr, "GET", path);
         assert_eq!(status, 200, "{path}: {body}");

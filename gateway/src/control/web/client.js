@@ -7,7 +7,15 @@
 // History: the user's `history_storage` setting over the HTTP API, and pages of a chat the
 // server keeps (docs/protocol.md, "History") merged into it by message_id, so that a new
 // device shows the chat and scrolls back through it.
+// Chats are keyed by user id, or by group id (`g:<n>`, never a user id: those hold no colon).
+// Pictures and files are uploaded first (media.js), and only then does the message, naming
+// them by hash, enter the outbox. Groups and profiles over HTTP are in groups.js and
+// profiles.js; `group_event` and `profile_changed` come here and go to them.
 // It knows nothing of the DOM: app.js renders what it holds and calls it.
+
+import { Groups, isGroup } from "./groups.js";
+import { Media, mediaOf, MEDIA_BYTES_MAX } from "./media.js";
+import { Profiles } from "./profiles.js";
 
 const HEARTBEAT_MS = 20_000; // well inside the server's presence TTL (60 s)
 const BACKOFF_BASE_MS = 500;
@@ -18,6 +26,16 @@ const OVERLOADED_RETRY_MS = 2_000;
 const CHAT_MESSAGES_MAX = 500; // per chat, oldest dropped first (never an unsent one)
 const IDS_PER_RECEIPT_MAX = 1000; // the server's bound on message_ids
 const HISTORY_PAGE = 50; // messages asked for at a time (the server's bound is 100)
+const UPLOADS_MAX = 8; // pictures and files uploading at once from this page
+const NAME_BYTES_MAX = 255; // the server's bound on media.name
+
+/** `text` cut to at most `max` bytes of UTF-8, at a character's end. */
+function fitBytes(text, max) {
+  const encoder = new TextEncoder();
+  let chars = [...text];
+  while (encoder.encode(chars.join("")).length > max) chars = chars.slice(0, -1);
+  return chars.join("");
+}
 
 /** Message ids are decimal strings of u64s: ordered by length, then as text. */
 export function idBefore(a, b) {
@@ -47,7 +65,8 @@ class Store {
   constructor(user) {
     this.prefix = `switchboard:${user}:`;
     this.contacts = this.read("contacts", []);
-    // peer -> [{dir: "out"|"in", cmid?, id?, text, ts, state?, read?}], oldest first.
+    // chat key -> [{dir: "out"|"in"|"event", cmid?, id?, from?, text, media?, event?, ts,
+    // state?, read?}], oldest first.
     this.chats = this.read("chats", {});
   }
   read(key, fallback) {
@@ -98,7 +117,7 @@ export class Client {
     this.onChange = onChange;
     this.store = new Store(user);
     this.presence = {}; // user -> {online, last_seen}
-    this.typingUntil = {}; // user -> ms
+    this.typingUntil = {}; // chat key -> {user -> ms}
     this.state = "connecting"; // "connecting" | "online" | "offline"
     this.socket = null;
     this.attempt = 0;
@@ -107,13 +126,31 @@ export class Client {
     this.stopped = false;
     this.historyStorage = null; // 0 or 90 once the server said; null before
     this.historyMore = {}; // peer -> whether the server keeps older messages than we hold
-    this.historyAsked = {}; // req_id -> peer, for the answers
+    this.historyAsked = {}; // req_id -> chat key, for the answers
     this.nextReqId = 1;
+    this.uploads = {}; // chat key -> [{name, mime, size, preview, caption, progress, error?}]
+    const api = (method, path, body) => this.api(method, path, body);
+    const prefix = this.store.prefix;
+    this.media = new Media({ token, onLoaded: () => this.onChange("media") });
+    this.profiles = new Profiles({ api, prefix, onChange: () => this.onChange("profiles") });
+    this.groups = new Groups({
+      api,
+      prefix,
+      onChange: (ids) => {
+        for (const id of ids) this.profiles.load(this.groups.get(id).members);
+        this.onChange("groups");
+      },
+    });
   }
 
   start() {
     this.connect();
     this.loadSetting();
+  }
+
+  /** The name to show for a user: their display name, else their id. */
+  nameOf(user) {
+    return this.profiles.name(user);
   }
 
   // --- History ------------------------------------------------------------------------
@@ -124,7 +161,11 @@ export class Client {
       headers: { Authorization: `Bearer ${this.token}`, "Content-Type": "application/json" },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
-    if (!answer.ok) throw new Error(`${method} ${path}: ${answer.status}`);
+    if (!answer.ok) {
+      // The server's error body names what is wrong, for a person to read.
+      const error = await answer.json().catch(() => null);
+      throw new Error(error?.message ?? `${method} ${path}: ${answer.status}`);
+    }
     return answer.json();
   }
 
@@ -150,7 +191,9 @@ export class Client {
   /** Asks for the newest page of the chat with `peer`, or the page before the oldest
    * message held when `older`. */
   askHistory(peer, older = false) {
-    const request = { type: "history", req_id: this.nextReqId++, with: peer, limit: HISTORY_PAGE };
+    const request = { type: "history", req_id: this.nextReqId++, limit: HISTORY_PAGE };
+    if (isGroup(peer)) request.group_id = peer;
+    else request.with = peer;
     if (older) {
       const oldest = this.store.chat(peer).find((m) => m.id !== undefined);
       if (oldest) request.before = oldest.id;
@@ -171,12 +214,12 @@ export class Client {
     // and received these messages asks on every connection).
     if (fresh.length === 0 && this.historyMore[peer] === more) return;
     for (const h of fresh) {
-      const mine = h.from === this.user;
-      chat.push(
-        mine
-          ? { dir: "out", id: h.message_id, text: h.content, ts: h.timestamp, state: "sent" }
-          : { dir: "in", id: h.message_id, text: h.content, ts: h.timestamp, read: true },
-      );
+      const m = { id: h.message_id, from: h.from, text: h.content ?? "", ts: h.timestamp };
+      const media = mediaOf(h.media);
+      if (media) m.media = media;
+      if (h.from === this.user) Object.assign(m, { dir: "out", state: "sent" });
+      else Object.assign(m, { dir: "in", read: true });
+      chat.push(m);
     }
     const sent = chat.filter((m) => m.id !== undefined);
     sent.sort((a, b) => (idBefore(a.id, b.id) ? -1 : a.id === b.id ? 0 : 1));
@@ -190,6 +233,7 @@ export class Client {
 
   stop() {
     this.stopped = true;
+    this.media.clear();
     for (const timer of Object.values(this.timers)) clearTimeout(timer);
     this.socket?.close(1000);
   }
@@ -219,6 +263,11 @@ export class Client {
     }
     this.flushOutbox();
     this.heartbeat();
+    // What changed while the page was away: nothing of it is pushed again.
+    const members = this.groups.ids().flatMap((id) => this.groups.get(id).members);
+    this.profiles.load(new Set([this.user, ...this.store.contacts, ...members]), true);
+    this.groups.refresh("all");
+    this.media.retryFailed();
   }
 
   closed() {
@@ -268,24 +317,79 @@ export class Client {
     }
     pending.sort((a, b) => a[1].cmid - b[1].cmid);
     for (const [peer, m] of pending) {
-      if (!this.send({ type: "send_message", client_msg_id: m.cmid, to: peer, content: m.text })) {
-        return;
-      }
+      if (!this.send(this.sendMessageOf(peer, m))) return;
     }
+  }
+
+  sendMessageOf(peer, m) {
+    const message = { type: "send_message", client_msg_id: m.cmid };
+    if (isGroup(peer)) message.group_id = peer;
+    else message.to = peer;
+    message.content = m.text;
+    if (m.media) message.media = m.media;
+    return message;
   }
 
   // --- What the page asks for ---------------------------------------------------------
 
-  sendText(peer, text) {
+  /** Sends `text` to a user or group, with `media` ({hash, mime, size, name}) that is
+   * uploaded already: the message is in the outbox from here on. */
+  sendText(peer, text, media = undefined) {
     const cmid = this.store.nextClientMsgId();
-    this.store.chat(peer).push({ dir: "out", cmid, text, ts: Date.now(), state: "pending" });
+    const m = { dir: "out", cmid, text, ts: Date.now(), state: "pending" };
+    if (media) m.media = media;
+    this.store.chat(peer).push(m);
     this.store.trim(peer);
     this.store.save();
-    this.send({ type: "send_message", client_msg_id: cmid, to: peer, content: text });
+    this.send(this.sendMessageOf(peer, m));
     // The peer stops showing "typing" when a message arrives, so the next key press after
     // a send must tell them again at once.
     delete this.lastTypingSent[peer];
     this.onChange("messages");
+  }
+
+  /** Uploads `file` and then sends it to `peer` with `caption`. Until the upload is done it
+   * is shown in `uploads` with its progress; a failed one stays there with its error until
+   * `dismissUpload`. Nothing of it is in the outbox before it is uploaded. */
+  async attach(peer, file, caption = "") {
+    const uploads = (this.uploads[peer] ??= []);
+    const all = Object.values(this.uploads).reduce((n, list) => n + list.length, 0);
+    const upload = {
+      name: file.name || "file",
+      mime: file.type,
+      size: file.size,
+      preview: file.type.startsWith("image/") ? URL.createObjectURL(file) : null,
+      caption,
+      progress: 0,
+    };
+    uploads.push(upload);
+    if (all >= UPLOADS_MAX) upload.error = "too many uploads at once";
+    else if (file.size > MEDIA_BYTES_MAX) upload.error = "the file is too large";
+    else if (file.size === 0) upload.error = "the file is empty";
+    if (upload.error) return this.onChange("uploads");
+    this.onChange("uploads");
+    try {
+      const stored = await this.media.upload(file, (fraction) => {
+        upload.progress = fraction;
+        this.onChange("uploads");
+      });
+      this.dismissUpload(peer, upload);
+      const media = { hash: stored.hash, mime: stored.mime, size: stored.size };
+      if (file.name) media.name = fitBytes(file.name, NAME_BYTES_MAX);
+      this.sendText(peer, caption, media);
+    } catch (error) {
+      upload.error = error.message;
+      this.onChange("uploads");
+    }
+  }
+
+  dismissUpload(peer, upload) {
+    const uploads = this.uploads[peer] ?? [];
+    const index = uploads.indexOf(upload);
+    if (index < 0) return;
+    uploads.splice(index, 1);
+    if (upload.preview) URL.revokeObjectURL(upload.preview);
+    this.onChange("uploads");
   }
 
   addContact(peer) {
@@ -295,6 +399,7 @@ export class Client {
     this.store.contacts.push(peer);
     this.store.save();
     this.send({ type: "presence_subscribe", users: [peer] });
+    this.profiles.load([peer]);
     this.onChange("contacts");
   }
 
@@ -315,11 +420,20 @@ export class Client {
   typing(peer) {
     const now = Date.now();
     if (now - (this.lastTypingSent[peer] ?? 0) < TYPING_SEND_EVERY_MS) return;
-    if (this.send({ type: "typing", to: peer })) this.lastTypingSent[peer] = now;
+    const notice = isGroup(peer) ? { type: "typing", group_id: peer } : { type: "typing", to: peer };
+    if (this.send(notice)) this.lastTypingSent[peer] = now;
+  }
+
+  /** Who is typing in this chat now (the peer of a 1:1 chat, the members of a group). */
+  typists(peer) {
+    const now = Date.now();
+    return Object.entries(this.typingUntil[peer] ?? {})
+      .filter(([, until]) => until > now)
+      .map(([user]) => user);
   }
 
   isTyping(peer) {
-    return (this.typingUntil[peer] ?? 0) > Date.now();
+    return this.typists(peer).length > 0;
   }
 
   // --- What the server says -----------------------------------------------------------
@@ -347,10 +461,13 @@ export class Client {
         return this.typingNotice(message);
       case "history":
         return this.historyPage(message);
+      case "group_event":
+        return this.groupEvent(message);
+      case "profile_changed":
+        return this.profiles.changed(message);
       case "error":
         return this.refused(message);
       default:
-        // Groups and the rest are not part of this page yet.
         return undefined;
     }
   }
@@ -387,35 +504,62 @@ export class Client {
   }
 
   incoming(message) {
-    if (message.group_id !== undefined) return;
-    const peer = message.from;
+    const group = message.group_id;
+    const mine = message.from === this.user;
+    // A copy of what this user sent from another device is kept as theirs, not answered.
+    const peer = group ?? (mine ? message.to : message.from);
+    if (typeof peer !== "string") return;
     // Delivered is said for every copy, also a duplicate: the server sends a message again
     // until one of our connections says so, and the last answer may have been lost.
-    this.send({ type: "message_delivered", message_ids: [message.message_id] });
+    if (!mine) this.send({ type: "message_delivered", message_ids: [message.message_id] });
     const chat = this.store.chat(peer);
-    if (chat.some((m) => m.dir === "in" && m.id === message.message_id)) return;
-    chat.push({
-      dir: "in",
+    if (chat.some((m) => m.dir !== "event" && m.id === message.message_id)) return;
+    const m = {
+      dir: mine ? "out" : "in",
       id: message.message_id,
-      text: message.content,
+      from: message.from,
+      text: message.content ?? "",
       ts: message.timestamp,
-      read: false,
-    });
+    };
+    const media = mediaOf(message.media);
+    if (media) m.media = media;
+    if (mine) m.state = "sent";
+    else m.read = false;
+    chat.push(m);
     this.store.trim(peer);
-    delete this.typingUntil[peer];
-    if (!this.store.contacts.includes(peer)) {
+    if (this.typingUntil[peer]) delete this.typingUntil[peer][message.from];
+    if (group === undefined && !this.store.contacts.includes(peer)) {
       this.store.contacts.push(peer);
       this.send({ type: "presence_subscribe", users: [peer] });
+      this.profiles.load([peer]);
     }
+    if (group !== undefined && !this.groups.get(group)) this.groups.refresh();
     this.store.save();
     this.onChange("messages");
   }
 
-  typingNotice({ from }) {
-    this.typingUntil[from] = Date.now() + TYPING_SHOWN_MS;
+  /** A change to a group's members: kept as a line of its chat (once, by message_id),
+   * acknowledged like a message, and the groups read again. */
+  groupEvent(message) {
+    const { group_id: group, event, by, user, message_id: id, timestamp: ts } = message;
+    this.send({ type: "message_delivered", message_ids: [id] });
+    const chat = this.store.chat(group);
+    if (!chat.some((m) => m.dir === "event" && m.id === id)) {
+      chat.push({ dir: "event", id, event, by, user, ts });
+      this.store.trim(group);
+      this.store.save();
+    }
+    this.groups.refresh([group]);
+    this.onChange("messages");
+  }
+
+  typingNotice({ from, group_id }) {
+    const peer = group_id ?? from;
+    (this.typingUntil[peer] ??= {})[from] = Date.now() + TYPING_SHOWN_MS;
     this.onChange("typing");
-    clearTimeout(this.timers[`typing:${from}`]);
-    this.timers[`typing:${from}`] = setTimeout(() => this.onChange("typing"), TYPING_SHOWN_MS);
+    const timer = `typing:${peer}:${from}`;
+    clearTimeout(this.timers[timer]);
+    this.timers[timer] = setTimeout(() => this.onChange("typing"), TYPING_SHOWN_MS);
   }
 
   refused({ code, message, client_msg_id, req_id }) {
