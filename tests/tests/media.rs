@@ -228,16 +228,29 @@ fn uploads_too_large_or_of_a_type_not_allowed_are_refused_and_leave_nothing() {
 #[test]
 fn media_outlives_a_restart_and_goes_once_its_retention_is_up() {
     let data = tempfile::tempdir().unwrap();
+    // On a disk of their own (here: another directory), as tuning.md advises.
+    let media = tempfile::tempdir().unwrap();
+    let media_dir = media.path().to_str().unwrap();
     let kept = picture(50_000, 4);
     let hash = sha256_hex(&kept);
     {
-        let server = Server::start_with(Options::default().data_dir(data.path()));
+        let server = Server::start_with(
+            Options::default()
+                .data_dir(data.path())
+                .arg("--media-dir")
+                .arg(media_dir),
+        );
         assert_eq!(upload(&server, "alice", "image/png", &kept).status, 200);
+        let file = media.path().join("blobs").join(&hash[..2]).join(&hash);
+        assert_eq!(std::fs::read(file).unwrap(), kept);
+        assert!(!data.path().join("media").exists());
     }
     // Killed (the drop) and started again: the object and its uploader's grant are there.
     let server = Server::start_with(
         Options::default()
             .data_dir(data.path())
+            .arg("--media-dir")
+            .arg(media_dir)
             .arg("--media-retention-ms")
             .arg("1500"),
     );
@@ -250,7 +263,7 @@ fn media_outlives_a_restart_and_goes_once_its_retention_is_up() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(metric_sum(&server, "switchboard_media_expired_total"), 1);
-    let file = data.path().join("media/blobs").join(&hash[..2]).join(&hash);
+    let file = media.path().join("blobs").join(&hash[..2]).join(&hash);
     assert!(!file.exists());
     let mut alice = connect(&server, "alice");
     send_json(&mut alice, &media_message(1, "bob", &hash, kept.len()));

@@ -64,9 +64,9 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
         media_retention_ms: config.limits.media_retention_ms,
         media_expire_objects_max: config.limits.media_expire_objects_max,
     };
-    let media_dir = config.data_dir.join(storage::media::DIR);
+    let media_dir = &config.media_dir;
     let blobs: Arc<dyn storage::media::BlobStore> = Arc::new(
-        storage::media::LocalBlobs::open(&media_dir)
+        storage::media::LocalBlobs::open(media_dir)
             .with_context(|| format!("cannot open {}", media_dir.display()))?,
     );
     let history_dir = config.data_dir.join(storage::history::DIR);
@@ -217,6 +217,7 @@ fn start_control_plane(
             history: history.clone(),
             mime_allowed: config.media_mime_allowed.clone(),
             bytes_max: config.limits.media_bytes_max,
+            upload_bytes_per_s: config.limits.media_upload_bytes_per_s,
             read_chunk_bytes: config.limits.media_read_chunk_bytes,
             uploads: tokio::sync::Semaphore::new(config.limits.media_uploads_max),
             metrics: Arc::default(),

@@ -151,6 +151,11 @@ pub struct ServeArgs {
     /// [env: SWITCHBOARD_MEDIA_MIME_ALLOWED]
     #[arg(long, value_name = "LIST")]
     pub media_mime_allowed: Option<String>,
+    /// Where uploaded media are stored; another disk than the data directory's keeps
+    /// uploads' writes out of the log's fdatasyncs [default: <data-dir>/media] [env:
+    /// SWITCHBOARD_MEDIA_DIR]
+    #[arg(long, value_name = "DIR")]
+    pub media_dir: Option<PathBuf>,
     /// The certificate chain (PEM) to serve wss:// and https:// with; needs --tls-key.
     /// Read again on SIGHUP [env: SWITCHBOARD_TLS_CERT].
     #[arg(long, value_name = "FILE")]

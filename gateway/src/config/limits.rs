@@ -330,6 +330,10 @@ limits! {
         /// Uploads in progress at once; past it an upload is answered `overloaded`. Each
         /// holds at most one body chunk in memory (under 1 MiB).
         media_uploads_max: usize = 64, Count, min 1;
+        /// Bytes per second one upload is read at, at most (0: as fast as it comes). A cap
+        /// spreads a large upload's hashing and disk writes over time, so that the message
+        /// path's latency on a small machine is not the upload's (tuning.md, "Media").
+        media_upload_bytes_per_s: u64 = 0, PerS, min 0;
         /// Bytes a download reads from disk at a time, and holds in memory.
         media_read_chunk_bytes: usize = 256 << 10, Bytes, min 4096;
         /// How long an object is kept after the last message that referenced it (or its

@@ -100,6 +100,14 @@ pub fn settings() -> Vec<Setting> {
             example: "",
         },
         Setting {
+            key: "media_dir",
+            doc: "Where uploaded media are stored. Another disk than data_dir's keeps uploads' \
+                  writes out of the log's fdatasyncs (tuning.md, \"Media\"). Default: \
+                  <data_dir>/media.",
+            default: None,
+            example: "\"/srv/media\"",
+        },
+        Setting {
             key: "push_webhook",
             doc: "An http:// URL to POST hints to, for each message stored for a user with no \
                   open connection (docs/protocol.md, \"Push hints\"). Default: none, no hints. \

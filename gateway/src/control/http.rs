@@ -69,11 +69,14 @@ pub fn start(listener: std::net::TcpListener, plane: ControlPlane) -> anyhow::Re
         .context("cannot make the HTTP listener non-blocking")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // The blocking pool, where uploads are hashed and written, yields to the shards too.
+        .on_thread_start(lower_priority)
         .build()
         .context("cannot build the HTTP runtime")?;
     std::thread::Builder::new()
         .name("http".into())
         .spawn(move || {
+            lower_priority();
             runtime.block_on(async move {
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => listener,
@@ -101,6 +104,40 @@ pub fn start(listener: std::net::TcpListener, plane: ControlPlane) -> anyhow::Re
         })
         .context("cannot start the HTTP thread")?;
     Ok(())
+}
+
+/// The CPU priority (nice) of the control plane's threads: below the shards' (0), so that a
+/// 64 MiB upload being hashed, or a large download being copied, takes the cores the shards
+/// leave and does not stretch the message path's latency.
+const CONTROL_NICE: libc::c_int = 10;
+
+/// The I/O priority of the control plane's threads: the idle class (3 in the class bits,
+/// 13 and up), so that an I/O scheduler that knows classes (mq-deadline, bfq) sends the
+/// shards' log writes and fdatasyncs to the disk before an upload's writes.
+const CONTROL_IOPRIO: libc::c_long = 3 << 13;
+
+/// Lowers the calling thread's CPU and I/O priorities to [`CONTROL_NICE`] and
+/// [`CONTROL_IOPRIO`]; on failure (a sandbox that forbids it) the thread keeps the
+/// shards' priorities, which only costs the message path latency while uploads run.
+fn lower_priority() {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority on this thread's own id touches no memory.
+    let nice = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, CONTROL_NICE) };
+    // SAFETY: ioprio_set(IOPRIO_WHO_PROCESS = 1, this thread, a valid class) touches no
+    // memory.
+    let io = unsafe {
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            1,
+            libc::c_long::from(tid),
+            CONTROL_IOPRIO,
+        )
+    };
+    if nice != 0 || io != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::debug!(%error, "the control plane keeps the shards' priorities");
+    }
 }
 
 /// What the handlers share: the plane, and the metrics it renders and counts.

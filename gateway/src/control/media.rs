@@ -46,6 +46,8 @@ pub struct MediaRoutes {
     pub history: History,
     pub mime_allowed: Vec<String>,
     pub bytes_max: u64,
+    /// Bytes per second one upload is read at, at most; 0: no cap.
+    pub upload_bytes_per_s: u64,
     pub read_chunk_bytes: usize,
     /// One permit per upload in progress (`media_uploads_max`).
     pub uploads: Semaphore,
@@ -128,6 +130,7 @@ impl MediaRoutes {
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
         let mut stream = body.into_data_stream();
+        let started = tokio::time::Instant::now();
         while let Some(chunk) = stream.next().await {
             let chunk: Bytes = match chunk {
                 Ok(chunk) => chunk,
@@ -150,6 +153,13 @@ impl MediaRoutes {
                 (writer, hasher, written)
             })
             .await;
+            // The cap: the next chunk is read no sooner than the bytes so far allow.
+            if self.upload_bytes_per_s > 0 {
+                let due = std::time::Duration::from_secs_f64(
+                    size as f64 / self.upload_bytes_per_s as f64,
+                );
+                tokio::time::sleep_until(started + due).await;
+            }
             match written {
                 Some((back, hashed, Ok(()))) => (writer, hasher) = (back, hashed),
                 Some((_, _, Err(error))) => return internal("cannot store an upload", &error),

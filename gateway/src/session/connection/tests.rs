@@ -53,6 +53,7 @@ fn shared() -> Shared {
         log_format: LogFormat::Text,
         secret: SecretSource::Given("unused".to_owned()),
         media_mime_allowed: Vec::new(),
+        media_dir: "unused".into(),
         limits: Limits::default(),
         push_webhook: None,
         push_include_content: false,

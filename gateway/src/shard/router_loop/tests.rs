@@ -67,6 +67,7 @@ fn config(data_dir: &Path, tick_ms: u64) -> Arc<Config> {
         log_format: LogFormat::Text,
         secret: SecretSource::Given("backpressure".to_owned()),
         media_mime_allowed: Vec::new(),
+        media_dir: "unused".into(),
         limits,
         push_webhook: None,
         push_include_content: false,

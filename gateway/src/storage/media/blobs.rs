@@ -10,6 +10,7 @@
 
 use std::fs::File;
 use std::io::{self, Write as _};
+use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,6 +88,9 @@ impl BlobStore for LocalBlobs {
             path,
             blobs: self.blobs.clone(),
             committed: false,
+            written: 0,
+            flushed: 0,
+            waited: 0,
         }))
     }
 
@@ -106,16 +110,71 @@ impl BlobStore for LocalBlobs {
     }
 }
 
+/// Bytes of an upload written between two starts of their writeback: an upload reaches the
+/// disk in steps of this size while it is received, instead of in one burst at its fsync,
+/// which would queue every other write of the disk (the log's fdatasyncs above all)
+/// behind tens of megabytes.
+const WRITE_BEHIND_BYTES: u64 = 1 << 20;
+
 struct LocalWriter {
     file: File,
     path: PathBuf,
     blobs: PathBuf,
     committed: bool,
+    /// Bytes written so far.
+    written: u64,
+    /// Bytes whose writeback has been started.
+    flushed: u64,
+    /// Bytes whose writeback is done.
+    waited: u64,
+}
+
+impl LocalWriter {
+    /// Write-behind: starts the writeback of what was written since the last step, and
+    /// waits for the step before it, so that an upload holds at most two steps of dirty
+    /// pages and the disk's queue never more than one step of it.
+    fn write_behind(&mut self) -> io::Result<()> {
+        let fd = self.file.as_raw_fd();
+        let range = |start: u64, end: u64, flags| {
+            // SAFETY: `fd` is this writer's open file and the range lies within what was
+            // written; the call starts writeback or waits on it, and touches no memory of
+            // ours.
+            let result = unsafe {
+                libc::sync_file_range(
+                    fd,
+                    start as libc::off64_t,
+                    (end - start) as libc::off64_t,
+                    flags,
+                )
+            };
+            if result == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        };
+        range(self.flushed, self.written, libc::SYNC_FILE_RANGE_WRITE)?;
+        range(
+            self.waited,
+            self.flushed,
+            libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                | libc::SYNC_FILE_RANGE_WRITE
+                | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+        )?;
+        self.waited = self.flushed;
+        self.flushed = self.written;
+        Ok(())
+    }
 }
 
 impl BlobWriter for LocalWriter {
     fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)
+        self.file.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        if self.written - self.flushed >= WRITE_BEHIND_BYTES {
+            self.write_behind()?;
+        }
+        Ok(())
     }
 
     fn commit(mut self: Box<Self>, hash: &MediaHash) -> io::Result<bool> {

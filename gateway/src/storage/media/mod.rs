@@ -16,9 +16,6 @@ pub mod index;
 pub use blobs::{BlobRead, BlobStore, BlobWriter, LocalBlobs};
 pub use index::{MediaObject, MediaReader, Upload};
 
-/// The store's directory in the data directory.
-pub const DIR: &str = "media";
-
 /// The SHA-256 of an object's bytes: its name everywhere.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MediaHash(pub [u8; 32]);
