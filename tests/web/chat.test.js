@@ -657,3 +657,48 @@ test("an admin removes and adds members, a member leaves: each a line in the cha
   await contexts.carol.close();
   assertNoProblems();
 });
+
+test("with --dev a person signs in by name, under a banner that says it is insecure", async () => {
+  // The server of the other tests runs without --dev: no banner, no name form, no route.
+  const plain = await openPage("alice");
+  await plain.waitForSelector("#dev-banner", { hidden: true });
+  await plain.waitForSelector("#dev-signin-form", { hidden: true });
+  assert.equal((await fetch(new URL("/v1/dev/token", server.url), {
+    method: "POST", body: JSON.stringify({ user: "dora" }),
+  })).status, 404);
+  await plain.close();
+
+  const dataDir = mkdtempSync(join(tmpdir(), "switchboard-dev-"));
+  const dev = new Server({
+    bin: env("SWITCHBOARD_BIN"),
+    dataDir,
+    secretFile: env("WEB_SECRET_FILE"),
+    pidFile: join(dataDir, "server.pid"),
+    extraArgs: ["--dev"],
+  });
+  await dev.start();
+  const context = await browser.createBrowserContext();
+  try {
+    const page = await context.newPage();
+    page.setDefaultTimeout(WAIT_MS);
+    watch(page, "dora");
+    await page.goto(dev.url);
+    await page.waitForSelector("#dev-banner", { visible: true });
+    await page.waitForSelector("#dev-signin-form", { visible: true });
+    await page.type("#dev-user", "dora");
+    await page.click("#dev-signin-button");
+    await online(page);
+    assert.equal(await page.$eval("#me", (me) => me.title), "dora");
+    // The banner stays while signed in, and the session is remembered like a token's.
+    await page.waitForSelector("#dev-banner", { visible: true });
+    await page.reload();
+    await online(page);
+    assert.equal(await page.$eval("#me", (me) => me.title), "dora");
+    await screenshot(page, "dev-mode");
+  } finally {
+    await context.close();
+    await dev.stop();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+  assertNoProblems();
+});

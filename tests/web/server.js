@@ -9,8 +9,9 @@ import { writeFileSync } from "node:fs";
 const START_TIMEOUT_MS = 20_000;
 
 export class Server {
-  constructor({ bin, dataDir, secretFile, pidFile }) {
+  constructor({ bin, dataDir, secretFile, pidFile, extraArgs = [] }) {
     this.bin = bin;
+    this.extraArgs = extraArgs;
     this.dataDir = dataDir;
     this.secretFile = secretFile;
     this.pidFile = pidFile;
@@ -30,7 +31,7 @@ export class Server {
       // The test checks the page, not the server's load shedding: on a busy machine a debug
       // build's tick runs late now and then, and the server would drop a `typing` the test
       // waits for.
-      "--shed-ephemeral-lag-ms", "0"];
+      "--shed-ephemeral-lag-ms", "0", ...this.extraArgs];
     const child = spawn(this.bin, args, {
       stdio: ["ignore", "pipe", "inherit"],
       env: { ...process.env, RUST_LOG: "warn" },

@@ -112,6 +112,12 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
         },
         driver,
     )?;
+    if config.dev {
+        tracing::warn!(
+            "DEV MODE (--dev): anyone who reaches the HTTP port can sign in as any user by \
+             name (POST /v1/dev/token). INSECURE: never use it in production"
+        );
+    }
     if config.echo {
         tracing::info!("echo route on at ws://{ws_addr}{}", config::ECHO_PATH);
     }
@@ -212,6 +218,7 @@ fn start_control_plane(
         auth: Arc::clone(auth),
         http_body_bytes_max: config.limits.http_body_bytes_max,
         ws_addr,
+        dev: config.dev,
         media: control::media::MediaRoutes {
             blobs: Arc::clone(blobs),
             history: history.clone(),

@@ -142,6 +142,10 @@ pub struct ServeArgs {
     /// SWITCHBOARD_ECHO=true].
     #[arg(long)]
     pub echo: bool,
+    /// INSECURE development mode: anyone may sign in as any user by name (POST
+    /// /v1/dev/token, and the web page) [env: SWITCHBOARD_DEV=true]. Never in production.
+    #[arg(long)]
+    pub dev: bool,
     /// How log lines on stderr are written: `text` for people, `json` (one object a line)
     /// for a log collector [default: text].
     #[arg(long, value_enum, env = "SWITCHBOARD_LOG_FORMAT")]

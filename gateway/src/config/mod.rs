@@ -2,7 +2,7 @@
 //! flag beats its `SWITCHBOARD_` variable, which beats the file, which beats the default.
 //!
 //! The TOML file uses the flags' names in snake_case at the top level (`listen`,
-//! `http_listen`, `data_dir`, `shards`, `durability`, `jwt_secret`, `jwt_secret_file`, `echo`,
+//! `http_listen`, `data_dir`, `shards`, `durability`, `jwt_secret`, `jwt_secret_file`, `echo`, `dev`,
 //! `log_format`, `media_mime_allowed`, `media_dir`, `push_webhook`, `push_include_content`, `tls_cert`, `tls_key`) and every limit in a `[limits]` table (`handshake_timeout_ms = 10000`, ...).
 //! Unknown keys are an error, so a misspelt limit never silently keeps its default. Every
 //! limit is declared once, in the `limits!` list (`limits.rs`), and its field, flag,
@@ -84,6 +84,7 @@ struct FileConfig {
     jwt_secret: Option<String>,
     jwt_secret_file: Option<PathBuf>,
     echo: Option<bool>,
+    dev: Option<bool>,
     log_format: Option<LogFormat>,
     media_mime_allowed: Option<Vec<String>>,
     media_dir: Option<PathBuf>,
@@ -175,6 +176,9 @@ pub struct Config {
     pub shards: usize,
     pub durability: Durability,
     pub echo: bool,
+    /// Development mode: `POST /v1/dev/token` mints a token for any user name, and the web
+    /// page signs in by name. Insecure: anyone who reaches the HTTP port is anyone.
+    pub dev: bool,
     pub log_format: LogFormat,
     pub secret: SecretSource,
     /// The `Content-Type`s an upload may have: a type, a family (`image/*`) or `*/*`.
@@ -267,6 +271,7 @@ impl Config {
         }
         // `--echo` can only switch the route on, so without it the variable decides.
         let echo = args.echo || env_value(env, "echo")?.or(file.echo).unwrap_or(false);
+        let dev = args.dev || env_value(env, "dev")?.or(file.dev).unwrap_or(false);
         let push_webhook = args
             .push_webhook
             .clone()
@@ -304,6 +309,7 @@ impl Config {
                 .or(file.durability)
                 .unwrap_or(Durability::Fsync),
             echo,
+            dev,
             log_format: args
                 .log_format
                 .or(file.log_format)

@@ -77,6 +77,13 @@ pub fn settings() -> Vec<Setting> {
             example: "",
         },
         Setting {
+            key: "dev",
+            doc: "INSECURE development mode: POST /v1/dev/token mints a token for any user \
+                  name and the web page signs in by name. Never in production.",
+            default: Some("false".to_owned()),
+            example: "",
+        },
+        Setting {
             key: "log_format",
             doc: "How log lines are written to stderr: \"text\" for people or \"json\" (one \
                   object an event) for log collectors.",

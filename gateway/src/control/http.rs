@@ -48,6 +48,8 @@ pub struct ControlPlane {
     pub auth: Arc<Authenticator>,
     /// Where the shards listen for WebSockets, as bound: the web page connects there.
     pub ws_addr: std::net::SocketAddr,
+    /// `--dev`: `POST /v1/dev/token` mints tokens by name, and the page signs in by name.
+    pub dev: bool,
     /// The history thread's queue: settings and history pages.
     pub history: History,
     pub history_limit_max: u32,
@@ -187,7 +189,8 @@ fn router(plane: ControlPlane, metrics: Arc<PlaneMetrics>) -> Router {
     if let Some((_, reloads)) = &plane.tls {
         exposition = exposition.with_tls(shards, Arc::clone(&metrics), Arc::clone(reloads));
     }
-    let page = crate::control::web::routes(plane.ws_addr, plane.tls.is_some());
+    let page = crate::control::web::routes(plane.ws_addr, plane.tls.is_some(), plane.dev);
+    let dev = plane.dev;
     let api = Api {
         plane,
         exposition,
@@ -219,6 +222,11 @@ fn router(plane: ControlPlane, metrics: Arc<PlaneMetrics>) -> Router {
             get(group_receipts),
         )
         .merge(page)
+        .merge(if dev {
+            Router::new().route("/v1/dev/token", post(dev_token))
+        } else {
+            Router::new()
+        })
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_bytes_max))
@@ -508,6 +516,37 @@ async fn download_media(
     match caller(&api, peer, &headers) {
         Ok(user) => api.plane.media.download(&user, &hash, &headers).await,
         Err(response) => response,
+    }
+}
+
+/// How long a token minted in development mode lives.
+const DEV_TOKEN_TTL_SECS: u64 = 24 * 60 * 60;
+
+/// `--dev` only: `{"user": "alice"}` answers `{"token": ...}`, a token for that user, to
+/// anyone who asks. What makes development mode insecure, and so never on by default.
+async fn dev_token(State(api): State<Arc<Api>>, body: Bytes) -> Response {
+    let user = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|value| value.get("user")?.as_str().map(str::to_owned));
+    let Some(Ok(user)) = user.map(|user| wire::UserId::parse(&user)) else {
+        return failure(
+            ErrorCode::BadRequest,
+            "the body is {\"user\": a user id of 1 to 64 characters [A-Za-z0-9_.@-]}",
+        );
+    };
+    match api
+        .plane
+        .auth
+        .issue(&user, crate::auth::now_secs(), DEV_TOKEN_TTL_SECS)
+    {
+        Ok(token) => {
+            tracing::warn!(%user, "dev mode: a token was minted by name, for anyone who asked");
+            axum::Json(serde_json::json!({ "token": token })).into_response()
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot mint a token");
+            failure(ErrorCode::Internal, "cannot mint a token")
+        }
     }
 }
 

@@ -395,12 +395,39 @@ async function signIn(token, wsUrl) {
   return "";
 }
 
+/** Development mode only (`--dev`): asks the server for a token for `name`, then signs in
+ * with it as with a pasted one. */
+async function devSignIn(name, wsUrl) {
+  if (!USER_ID.test(name)) return "A user name is 1 to 64 of A-Z a-z 0-9 _ . @ -";
+  let answer;
+  try {
+    answer = await fetch("/v1/dev/token", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ user: name }),
+    });
+  } catch {
+    return "The server cannot be reached.";
+  }
+  if (!answer.ok) return `The server refused: ${answer.status}`;
+  const { token } = await answer.json();
+  return signIn(token, wsUrl);
+}
+
 async function main() {
   const config = await (await fetch("/web-config.json")).json();
   // The server says whether its WebSocket port speaks TLS.
   const scheme = config.ws_scheme;
   const host = config.ws_host ?? location.hostname;
   const wsUrl = `${scheme}://${host}:${config.ws_port}${config.ws_path}`;
+  if (config.dev) {
+    $("dev-banner").hidden = false;
+    $("dev-signin-form").hidden = false;
+    $("dev-signin-form").addEventListener("submit", async (event) => {
+      event.preventDefault();
+      $("dev-signin-error").textContent = await devSignIn($("dev-user").value.trim(), wsUrl);
+    });
+  }
 
   $("signin-form").addEventListener("submit", async (event) => {
     event.preventDefault();

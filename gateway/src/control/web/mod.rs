@@ -39,8 +39,12 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self' ws
 
 /// The page's routes, to merge into the API's router. `ws_addr` is the address the shards
 /// listen on, as bound (a port 0 already resolved); `tls`: they serve `wss://`.
-pub fn routes<S: Clone + Send + Sync + 'static>(ws_addr: SocketAddr, tls: bool) -> Router<S> {
-    let config = web_config(ws_addr, tls);
+pub fn routes<S: Clone + Send + Sync + 'static>(
+    ws_addr: SocketAddr,
+    tls: bool,
+    dev: bool,
+) -> Router<S> {
+    let config = web_config(ws_addr, tls, dev);
     Router::new()
         .route("/", get(|| async { asset(HTML, INDEX_HTML) }))
         .route("/app.js", get(|| async { asset(JAVASCRIPT, APP_JS) }))
@@ -62,12 +66,13 @@ pub fn routes<S: Clone + Send + Sync + 'static>(ws_addr: SocketAddr, tls: bool) 
         )
 }
 
-/// `{"ws_scheme": "ws"|"wss", "ws_host": .., "ws_port": .., "ws_path": "/ws"}`. A server
+/// `{"ws_scheme": "ws"|"wss", "ws_host": .., "ws_port": .., "ws_path": "/ws", "dev": bool}`
+/// (`dev`: the page offers to sign in by name, `--dev`). A server
 /// listening on every address (`0.0.0.0`, `[::]`) names no host (`null`): the page then
 /// uses the host it was loaded from, the one name of this machine that the browser is known
 /// to reach. The scheme is the shards' own (`wss` with `--tls-cert`), not guessed from the
 /// page's: the two ports serve TLS together or not at all.
-fn web_config(ws_addr: SocketAddr, tls: bool) -> String {
+fn web_config(ws_addr: SocketAddr, tls: bool, dev: bool) -> String {
     let host = match ws_addr {
         addr if addr.ip().is_unspecified() => None,
         SocketAddr::V4(addr) => Some(addr.ip().to_string()),
@@ -79,6 +84,7 @@ fn web_config(ws_addr: SocketAddr, tls: bool) -> String {
         "ws_host": host,
         "ws_port": ws_addr.port(),
         "ws_path": crate::config::WS_PATH,
+        "dev": dev,
     })
     .to_string()
 }
@@ -106,7 +112,7 @@ mod tests {
     #[test]
     fn the_config_names_the_bound_host_or_none_for_every_address() {
         let config = |addr: &str| -> serde_json::Value {
-            serde_json::from_str(&web_config(addr.parse().unwrap(), false)).unwrap()
+            serde_json::from_str(&web_config(addr.parse().unwrap(), false, false)).unwrap()
         };
         let local = config("127.0.0.1:8080");
         assert_eq!(local["ws_scheme"], "ws");
@@ -117,8 +123,10 @@ mod tests {
         assert!(config("0.0.0.0:8080")["ws_host"].is_null());
         assert!(config("[::]:8080")["ws_host"].is_null());
         let tls: serde_json::Value =
-            serde_json::from_str(&web_config("127.0.0.1:8443".parse().unwrap(), true)).unwrap();
+            serde_json::from_str(&web_config("127.0.0.1:8443".parse().unwrap(), true, true))
+                .unwrap();
         assert_eq!(tls["ws_scheme"], "wss");
+        assert_eq!((&local["dev"], &tls["dev"]), (&false.into(), &true.into()));
     }
 
     #[test]

@@ -50,6 +50,7 @@ fn shared() -> Shared {
         shards: 1,
         durability: Durability::None,
         echo: true,
+        dev: false,
         log_format: LogFormat::Text,
         secret: SecretSource::Given("unused".to_owned()),
         media_mime_allowed: Vec::new(),

@@ -64,6 +64,7 @@ fn config(data_dir: &Path, tick_ms: u64) -> Arc<Config> {
         shards: 2,
         durability: Durability::None,
         echo: false,
+        dev: false,
         log_format: LogFormat::Text,
         secret: SecretSource::Given("backpressure".to_owned()),
         media_mime_allowed: Vec::new(),
