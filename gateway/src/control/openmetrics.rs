@@ -346,6 +346,26 @@ fn sample(mut encoder: MetricEncoder<'_>, kind: Kind, value: u64) -> Result<(), 
     }
 }
 
+/// Writes counters and gauges of no label, one sample each: a thread's own atomics.
+fn singles(
+    encoder: &mut DescriptorEncoder<'_>,
+    series: &[(&str, Kind, &str, u64)],
+) -> Result<(), std::fmt::Error> {
+    for &(name, kind, help, value) in series {
+        let metric_type = match kind {
+            Kind::Counter => MetricType::Counter,
+            Kind::Gauge => MetricType::Gauge,
+        };
+        let family_name = name.strip_suffix("_total").unwrap_or(name);
+        sample(
+            encoder.encode_descriptor(family_name, help, None, metric_type)?,
+            kind,
+            value,
+        )?;
+    }
+    Ok(())
+}
+
 /// Writes one family of counters or gauges, one sample per label set.
 fn family<L: EncodeLabelSet>(
     encoder: &mut DescriptorEncoder<'_>,

@@ -4,9 +4,8 @@ use std::sync::atomic::Ordering;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
-use prometheus_client::metrics::MetricType;
 
-use super::{Kind, sample};
+use super::Kind;
 use crate::storage::history::History;
 
 /// Reads the history thread's counters.
@@ -56,17 +55,6 @@ impl Collector for HistoryCollector {
                 self.history.keepers() as u64,
             ),
         ];
-        for (name, kind, help, value) in series {
-            let (family_name, metric_type) = match kind {
-                Kind::Counter => (
-                    name.strip_suffix("_total").unwrap_or(name),
-                    MetricType::Counter,
-                ),
-                Kind::Gauge => (name, MetricType::Gauge),
-            };
-            let descriptor = encoder.encode_descriptor(family_name, help, None, metric_type)?;
-            sample(descriptor, kind, value)?;
-        }
-        Ok(())
+        super::singles(&mut encoder, &series)
     }
 }

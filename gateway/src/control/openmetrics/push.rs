@@ -6,10 +6,9 @@ use std::sync::atomic::Ordering;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::{Kind, sample};
+use super::Kind;
 use crate::push::PushStats;
 
 pub(super) fn register(registry: &mut Registry, push: Option<Arc<PushStats>>) {
@@ -83,17 +82,6 @@ impl Collector for PushCollector {
                 stats.waiting.load(Ordering::Relaxed),
             ),
         ];
-        for (name, kind, help, value) in series {
-            let (family_name, metric_type) = match kind {
-                Kind::Counter => (
-                    name.strip_suffix("_total").unwrap_or(name),
-                    MetricType::Counter,
-                ),
-                Kind::Gauge => (name, MetricType::Gauge),
-            };
-            let descriptor = encoder.encode_descriptor(family_name, help, None, metric_type)?;
-            sample(descriptor, kind, value)?;
-        }
-        Ok(())
+        super::singles(&mut encoder, &series)
     }
 }
