@@ -49,7 +49,8 @@ const pages = {};
 // Console errors and uncaught exceptions of every page. Two kinds are allowed, both reported
 // by the browser itself, which the page can neither prevent nor silence. While the test
 // holds the server down, each refused WebSocket connection ("WebSocket connection to
-// 'ws://...' failed"): what a reconnecting page must cause. And a 404 for a picture or file
+// 'ws://...' failed") and each HTTP request cut or refused: what a reconnecting page must
+// cause. And a 404 for a picture or file
 // a message names: the right to read it comes with the message's log record, milliseconds
 // after the message may have reached the recipient (docs/protocol.md, "Media"), and the page
 // asks again; the tests check that every one of them shows in the end.
@@ -57,12 +58,16 @@ const problems = [];
 let serverDown = false;
 const REFUSED_WEBSOCKET = /^WebSocket connection to 'ws:\/\/127\.0\.0\.1:\d+\/ws\?token=[^']*' failed/;
 const NOT_FOUND = /^Failed to load resource: the server responded with a status of 404/;
+// An HTTP request of the page's (a profile, the group list) in flight when the test kills
+// the server, or sent while it is down.
+const CUT_REQUEST = /^Failed to load resource: net::ERR_(CONNECTION_RESET|CONNECTION_REFUSED|EMPTY_RESPONSE)$/;
 const MEDIA_URL = /\/v1\/media\/[0-9a-f]{64}$/;
 
 function watch(page, name) {
   page.on("console", (message) => {
     if (message.type() !== "error") return;
     if (serverDown && REFUSED_WEBSOCKET.test(message.text())) return;
+    if (serverDown && CUT_REQUEST.test(message.text())) return;
     if (NOT_FOUND.test(message.text()) && MEDIA_URL.test(message.location()?.url ?? "")) return;
     problems.push(`${name}: console error: ${message.text()}`);
   });
