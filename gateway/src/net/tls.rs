@@ -19,7 +19,7 @@ use bytes::{Buf as _, BytesMut};
 use rustls::ServerConfig;
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
 use rustls::unbuffered::{
-    ConnectionState, EncodeError, EncryptError, UnbufferedStatus, WriteTraffic,
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus, WriteTraffic,
 };
 
 use crate::net::buffers::BufferPool;
@@ -188,16 +188,7 @@ impl TlsState {
                     true
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
-                    let outgoing = outgoing.get_or_insert_with(|| pool.take());
-                    fill(outgoing, RECORD_OVERHEAD_BYTES, |out| {
-                        match encode.encode(out) {
-                            Ok(written) => Ok(written),
-                            Err(EncodeError::InsufficientSize(size)) => {
-                                Err(Some(size.required_size))
-                            }
-                            Err(EncodeError::AlreadyEncoded) => Ok(0),
-                        }
-                    })?;
+                    encode_into(outgoing.get_or_insert_with(|| pool.take()), &mut encode)?;
                     true
                 }
                 // What was encoded is in the outgoing buffer, which the caller sends next,
@@ -236,17 +227,7 @@ impl TlsState {
             let status = conn.process_tls_records(&mut []);
             match status.state.map_err(tls_error)? {
                 ConnectionState::WriteTraffic(mut traffic) => return write(&mut traffic, outgoing),
-                ConnectionState::EncodeTlsData(mut encode) => {
-                    fill(outgoing, RECORD_OVERHEAD_BYTES, |out| {
-                        match encode.encode(out) {
-                            Ok(written) => Ok(written),
-                            Err(EncodeError::InsufficientSize(size)) => {
-                                Err(Some(size.required_size))
-                            }
-                            Err(EncodeError::AlreadyEncoded) => Ok(0),
-                        }
-                    })?;
-                }
+                ConnectionState::EncodeTlsData(mut encode) => encode_into(outgoing, &mut encode)?,
                 ConnectionState::TransmitTlsData(transmit) => transmit.done(),
                 // The peer's close_notify ends its side only: ours may still say goodbye.
                 ConnectionState::PeerClosed => {}
@@ -288,6 +269,20 @@ fn encrypt_room(error: EncryptError) -> Option<usize> {
 
 /// Appends what `write` writes to `out`, offering `room` bytes first and, if it asks for
 /// more, as many as it asks for.
+/// Appends the handshake or alert records rustls has to send to `outgoing`.
+fn encode_into(
+    outgoing: &mut BytesMut,
+    encode: &mut EncodeTlsData<'_, ServerConnectionData>,
+) -> io::Result<()> {
+    fill(outgoing, RECORD_OVERHEAD_BYTES, |out| {
+        match encode.encode(out) {
+            Ok(written) => Ok(written),
+            Err(EncodeError::InsufficientSize(size)) => Err(Some(size.required_size)),
+            Err(EncodeError::AlreadyEncoded) => Ok(0),
+        }
+    })
+}
+
 fn fill(
     out: &mut BytesMut,
     room: usize,
