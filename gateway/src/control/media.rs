@@ -64,11 +64,6 @@ fn now_ms() -> u64 {
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
-fn with_status(mut response: Response, status: StatusCode) -> Response {
-    *response.status_mut() = status;
-    response
-}
-
 /// Runs `work` in the blocking pool; a task that panicked is an internal error.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     tokio::task::spawn_blocking(work).await.ok()
@@ -93,13 +88,11 @@ impl MediaRoutes {
             ));
         };
         if !mime_allowed(mime, &self.mime_allowed) {
-            return refused(with_status(
-                failure(
-                    ErrorCode::BadRequest,
-                    &format!("uploads of type {mime} are not allowed here"),
-                ),
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ));
+            let refusal = failure(
+                ErrorCode::BadRequest,
+                &format!("uploads of type {mime} are not allowed here"),
+            );
+            return refused((StatusCode::UNSUPPORTED_MEDIA_TYPE, refusal).into_response());
         }
         let too_large = || {
             failure(
@@ -276,14 +269,12 @@ impl MediaRoutes {
                 (StatusCode::PARTIAL_CONTENT, start, end)
             }
             Some(RangeAsk::Unsatisfiable) => {
-                return with_status(
-                    failure(
-                        ErrorCode::BadRequest,
-                        &format!("the range is outside the object's {len} bytes"),
-                    ),
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                )
-                .into_response_with(header::CONTENT_RANGE, format!("bytes */{len}"));
+                let refusal = failure(
+                    ErrorCode::BadRequest,
+                    &format!("the range is outside the object's {len} bytes"),
+                );
+                let range = [(header::CONTENT_RANGE, format!("bytes */{len}"))];
+                return (StatusCode::RANGE_NOT_SATISFIABLE, range, refusal).into_response();
             }
         };
         count(&self.metrics.downloads, 1);
@@ -300,20 +291,6 @@ impl MediaRoutes {
             .header(header::CONTENT_LENGTH, end - start)
             .body(body)
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-    }
-}
-
-/// Adds one header to a response already made.
-trait WithHeader {
-    fn into_response_with(self, name: header::HeaderName, value: String) -> Response;
-}
-
-impl WithHeader for Response {
-    fn into_response_with(mut self, name: header::HeaderName, value: String) -> Response {
-        if let Ok(value) = HeaderValue::try_from(value) {
-            self.headers_mut().insert(name, value);
-        }
-        self
     }
 }
 
