@@ -602,35 +602,16 @@ pub fn api(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    use std::io::{Read as _, Write as _};
-    let mut stream = TcpStream::connect(server.http_addr).expect("the API listens");
-    stream
-        .set_read_timeout(Some(READ_TIMEOUT))
-        .expect("timeout");
     let body = body.map(serde_json::Value::to_string).unwrap_or_default();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        server.http_addr,
-        token(user),
-        body.len()
-    )
-    .expect("request written");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("answer read");
-    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("a status code");
-    let json = if body.is_empty() {
+    let json = [("Content-Type", "application/json")];
+    let answer = http::request(server, user, method, path, &json, body.as_bytes(), false);
+    let json = if answer.body.is_empty() {
         serde_json::Value::Null
     } else {
-        serde_json::from_str(body).unwrap_or_else(|_| panic!("a JSON answer: {body:?}"))
+        let text = String::from_utf8_lossy(&answer.body);
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("a JSON answer: {text:?}"))
     };
-    (status, json)
+    (answer.status, json)
 }
 
 /// Makes a group as `creator` with `members` over the API and returns its id.
