@@ -88,6 +88,9 @@ pub struct Config {
     /// with no open connection (the shell's push hints). `Off` by default, so that a server
     /// with no push receiver makes none of them.
     pub offline_hints: OfflineHints,
+    /// The cluster node number this shard's message ids carry (`ids::node_of`); `None` on a
+    /// server that is not clustered, whose ids keep the whole sequence.
+    pub cluster_node: Option<u8>,
     /// The key of the shard's hash maps. Not a bound: the shell draws it at random once per
     /// shard (so that no client can choose keys that collide), and a simulation passes its
     /// own seed (so that a run replays). Nothing the shard logs or outputs depends on it.
@@ -121,6 +124,7 @@ impl Config {
         group_name_chars_max: 100,
         group_receipts_tracked_max: 100_000,
         offline_hints: OfflineHints::Off,
+        cluster_node: None,
         hash_seed: 0,
     };
 }

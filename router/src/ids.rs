@@ -17,6 +17,19 @@ const SEQUENCE_MAX: u64 = (1 << SEQUENCE_BITS) - 1;
 /// The largest Unix time in milliseconds a message id can carry (42 bits: until 2109).
 pub const ID_MS_MAX: u64 = (1 << MS_BITS) - 1;
 
+/// Nodes a cluster can have. A clustered node's ids keep its number in the top 4 bits of
+/// the sequence (`node_of`), leaving 8 bits of sequence: 256 ids per millisecond per shard.
+/// A server that is not clustered keeps all 12 bits of sequence and names no node.
+pub const NODES_MAX: u8 = 1 << NODE_BITS;
+
+const NODE_BITS: u32 = 4;
+const NODE_SEQUENCE_BITS: u32 = SEQUENCE_BITS - NODE_BITS;
+
+/// The `ConnId::shard` of a connection held by another node of a cluster: no gateway shard
+/// has this number (shards are below `SHARDS_MAX`). The router treats such a connection
+/// like any other; the shell hands what is sent to it to the cluster bridge.
+pub const RELAY_SHARD: ShardId = ShardId::MAX;
+
 /// The shard that owns `user`: its inbox, presence, queued receipts and its WAL records.
 ///
 /// FNV-1a 64 over the id's bytes, modulo the shard count. This function must never change:
@@ -47,6 +60,12 @@ pub fn shard_of(id: MessageId) -> ShardId {
 pub fn group_shard(group: wire::GroupId, n_shards: u16) -> Option<ShardId> {
     let shard = shard_of(MessageId(group.0));
     (shard < n_shards).then_some(shard)
+}
+
+/// The cluster node that handed out `id`: meaningful only among clustered nodes, whose
+/// generators place their number there (`IdGenerator::clustered`).
+pub fn node_of(id: MessageId) -> u8 {
+    ((id.0 >> NODE_SEQUENCE_BITS) & u64::from(NODES_MAX - 1)) as u8
 }
 
 /// The Unix milliseconds part of a message id: the message's timestamp.
@@ -80,12 +99,33 @@ pub struct ConnId {
 pub struct IdGenerator {
     shard: ShardId,
     last: Option<MessageId>,
+    /// The node's number where the sequence keeps it (zero when not clustered).
+    node_bits: u64,
+    /// The largest sequence below the node's bits.
+    sequence_max: u64,
 }
 
 impl IdGenerator {
     pub fn new(shard: ShardId) -> IdGenerator {
         assert!(shard < SHARDS_MAX);
-        IdGenerator { shard, last: None }
+        IdGenerator {
+            shard,
+            last: None,
+            node_bits: 0,
+            sequence_max: SEQUENCE_MAX,
+        }
+    }
+
+    /// The generator of a shard of cluster node `node`: its ids say `node_of(id) == node`,
+    /// so that any node can tell which node stored a message.
+    pub fn clustered(shard: ShardId, node: u8) -> IdGenerator {
+        assert!(shard < SHARDS_MAX && node < NODES_MAX);
+        IdGenerator {
+            shard,
+            last: None,
+            node_bits: u64::from(node) << NODE_SEQUENCE_BITS,
+            sequence_max: (1 << NODE_SEQUENCE_BITS) - 1,
+        }
     }
 
     /// Makes sure every later id is greater than `id` (recovery calls this with every id
@@ -104,24 +144,26 @@ impl IdGenerator {
     pub fn next(&mut self, now_ms: u64) -> MessageId {
         let now_ms = now_ms.min(ID_MS_MAX);
         let id = match self.last {
-            None => compose(now_ms, self.shard, 0),
+            None => compose(now_ms, self.shard, self.node_bits),
             Some(last) => {
                 let last_ms = ms_of(last);
                 if now_ms > last_ms {
-                    compose(now_ms, self.shard, 0)
+                    compose(now_ms, self.shard, self.node_bits)
                 } else {
                     // The same millisecond (or the clock went back): take the next sequence
                     // after the last id. An id observed from another shard may sort above
                     // our own shard bits; `> last` still holds because we compare whole ids.
-                    let candidate = compose(last_ms, self.shard, 0);
+                    let candidate = compose(last_ms, self.shard, self.node_bits);
                     if candidate > last {
                         candidate
                     } else {
-                        let sequence = last.0 & SEQUENCE_MAX;
-                        if shard_of(last) == self.shard && sequence < SEQUENCE_MAX {
-                            compose(last_ms, self.shard, sequence + 1)
+                        let field = last.0 & SEQUENCE_MAX;
+                        let ours = shard_of(last) == self.shard
+                            && field & !self.sequence_max == self.node_bits;
+                        if ours && field & self.sequence_max < self.sequence_max {
+                            compose(last_ms, self.shard, field + 1)
                         } else {
-                            compose(last_ms + 1, self.shard, 0)
+                            compose(last_ms + 1, self.shard, self.node_bits)
                         }
                     }
                 }
@@ -193,6 +235,23 @@ mod tests {
         assert_eq!(ms_of(c), 1000);
         assert_eq!(ms_of(d), 1001);
         assert!([a, b, c, d].iter().all(|id| shard_of(*id) == 3));
+    }
+
+    #[test]
+    fn a_clustered_generator_names_its_node_in_every_id() {
+        let mut ids = IdGenerator::clustered(2, 9);
+        let mut last = None;
+        for _ in 0..600 {
+            let id = ids.next(5_000);
+            assert_eq!(node_of(id), 9);
+            assert_eq!(shard_of(id), 2);
+            assert!(last.is_none_or(|last| id > last));
+            last = Some(id);
+        }
+        // 256 ids per millisecond: 600 took three of them.
+        assert_eq!(ms_of(last.unwrap()), 5_002);
+        let mut other = IdGenerator::clustered(2, 10);
+        assert_ne!(other.next(5_000), IdGenerator::clustered(2, 9).next(5_000));
     }
 
     #[test]

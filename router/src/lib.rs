@@ -13,7 +13,10 @@ pub mod wal;
 mod tests;
 
 pub use config::{Config, OfflineHints};
-pub use ids::{ConnId, IdGenerator, ShardId, group_shard, owner_shard, shard_of};
+pub use ids::{
+    ConnId, IdGenerator, NODES_MAX, RELAY_SHARD, ShardId, group_shard, node_of, owner_shard,
+    shard_of,
+};
 pub use route::{Route, route};
 pub use shard::{
     GroupAnswer, GroupDelivery, GroupRefusal, GroupRequest, Input, OfflineHint, Output,

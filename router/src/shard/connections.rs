@@ -5,7 +5,7 @@ use wire::{Correlation, ServerMessage, Target, UserId};
 
 use super::RouterShard;
 use super::io::{Output, PeerMessage, Refusal, receipt_message, send, send_stored, send_to_all};
-use crate::ids::{ConnId, owner_shard};
+use crate::ids::{ConnId, RELAY_SHARD, owner_shard};
 use crate::wal::Record;
 
 impl RouterShard {
@@ -51,6 +51,23 @@ impl RouterShard {
             }
             self.append(Record::ReceiptsFlushed { user }, outputs);
         }
+    }
+
+    /// `Input::Relayed`: to the user's connections on this node only.
+    pub(super) fn relayed(
+        &mut self,
+        user: &UserId,
+        message: std::sync::Arc<ServerMessage>,
+        outputs: &mut Vec<Output>,
+    ) {
+        let Some(state) = self.users.get(user) else {
+            return;
+        };
+        let local = state.conns.iter().filter(|conn| conn.shard != RELAY_SHARD);
+        outputs.extend(local.map(|&conn| Output::Send {
+            conn,
+            message: std::sync::Arc::clone(&message),
+        }));
     }
 
     pub(super) fn detach(&mut self, conn: ConnId, user: &UserId, outputs: &mut Vec<Output>) {

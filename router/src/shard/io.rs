@@ -77,6 +77,14 @@ pub enum Input {
     /// presence subscribers and to their own connections (their other devices). Ephemeral
     /// like presence: a subscriber that is not connected reads the profile when it comes.
     ProfileChanged { profile: wire::Profile },
+    /// Another node of a cluster sends `message` to `user` (owned here), who is connected
+    /// to this node: it goes to the user's connections on this node's gateway shards, not
+    /// to the ones other nodes hold (`RELAY_SHARD`), which is where it came from. Nothing
+    /// is stored: the node that sent it keeps the message until the user acknowledges it.
+    Relayed {
+        user: UserId,
+        message: Arc<ServerMessage>,
+    },
 }
 
 /// What the router asks the shell to do, in order.

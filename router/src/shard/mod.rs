@@ -180,13 +180,17 @@ impl RouterShard {
             "a checkpoint step copies a group message with its state, two records"
         );
         let hashing = SeededState::new(config.hash_seed);
+        let ids = match config.cluster_node {
+            Some(node) => IdGenerator::clustered(shard_id, node),
+            None => IdGenerator::new(shard_id),
+        };
         RouterShard {
             config,
             shard_id,
             n_shards,
             last_lsn: Lsn(0),
             durable_lsn: Lsn(0),
-            ids: IdGenerator::new(shard_id),
+            ids,
             wall_last_ms: None,
             mono_ms: 0,
             users: HashMap::with_hasher(hashing),
@@ -378,6 +382,7 @@ impl RouterShard {
                 self.append(record, outputs);
             }
             Input::ProfileChanged { profile } => self.profile_changed(profile, outputs),
+            Input::Relayed { user, message } => self.relayed(&user, message, outputs),
         }
         while let Some(message) = self.local.pop_front() {
             self.peer_message(now_ms, message, outputs);

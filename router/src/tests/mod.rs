@@ -13,6 +13,7 @@ use crate::wal::{Lsn, ReceiptKind, Record};
 
 mod bounds;
 mod checkpoint;
+mod cluster;
 mod delivery;
 mod determinism;
 mod groups;
