@@ -13,6 +13,7 @@
 
 pub mod http;
 pub mod openmetrics;
+pub mod redis;
 
 use std::io::{BufRead as _, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
