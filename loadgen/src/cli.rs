@@ -139,7 +139,9 @@ pub enum Encoding {
 /// Flags every scenario takes.
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct CommonArgs {
-    /// WebSocket URL of the server.
+    /// WebSocket URL of the server, or the URLs of several separated by commas (a cluster's
+    /// nodes): connection i goes to URL i mod n, so the two ends of a pair are on different
+    /// servers. The HTTP calls (--http-addr, --server-metrics) go to the one address they name.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
 
@@ -854,6 +856,27 @@ mod tests {
         assert_eq!(args.common.secret.data_dir, PathBuf::from("./data"));
         assert_eq!(args.common.secret.jwt_secret, None);
         assert_eq!(args.common.secret.jwt_secret_file, None);
+    }
+
+    #[test]
+    fn several_urls_are_one_flag() {
+        let cli = Cli::try_parse_from([
+            "switchboard-loadgen",
+            "pairs",
+            "--url",
+            "ws://127.0.0.1:8080/ws,ws://127.0.0.1:8090/ws",
+        ])
+        .unwrap();
+        let Command::Pairs(args) = cli.command else {
+            panic!("not pairs")
+        };
+        // Split where the connections are opened; the flag and its JSON form stay one string.
+        assert_eq!(
+            args.common.url,
+            "ws://127.0.0.1:8080/ws,ws://127.0.0.1:8090/ws"
+        );
+        let json = serde_json::to_value(ScenarioArgs::Pairs(args)).unwrap();
+        assert_eq!(json["url"], "ws://127.0.0.1:8080/ws,ws://127.0.0.1:8090/ws");
     }
 
     #[test]

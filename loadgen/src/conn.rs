@@ -88,6 +88,57 @@ impl Target {
     }
 }
 
+/// The most servers one run spreads its connections over (`--url` with commas).
+pub const URLS_MAX: usize = 64;
+
+/// The URLs of `--url`: one, or several separated by commas (spaces around each ignored).
+pub fn split_urls(text: &str) -> anyhow::Result<Vec<&str>> {
+    let urls: Vec<&str> = text.split(',').map(str::trim).collect();
+    anyhow::ensure!(
+        urls.iter().all(|url| !url.is_empty()),
+        "--url {text:?} holds an empty URL: give URLs separated by single commas"
+    );
+    anyhow::ensure!(
+        urls.len() <= URLS_MAX,
+        "--url names {} URLs; at most {URLS_MAX}",
+        urls.len()
+    );
+    Ok(urls)
+}
+
+/// The servers of a run: connection `i` of the run goes to URL `i % n`, so that consecutive
+/// connections (the two ends of a pair, the members of a group) are on different servers
+/// whenever there are several, and a connection that reconnects (`churn`) goes back to its
+/// own.
+#[derive(Debug, Clone)]
+pub struct Targets {
+    targets: Vec<Target>,
+}
+
+impl Targets {
+    /// Every URL of `--url`, each resolved as [`Target::resolve`] does.
+    pub fn resolve(urls: &str, tls_ca: Option<&Path>) -> anyhow::Result<Targets> {
+        let targets = split_urls(urls)?
+            .into_iter()
+            .map(|url| Target::resolve(url, tls_ca))
+            .collect::<anyhow::Result<Vec<Target>>>()?;
+        Ok(Targets { targets })
+    }
+
+    /// The target of connection `index` of the run.
+    pub fn of(&self, index: usize) -> &Target {
+        &self.targets[index % self.targets.len()]
+    }
+}
+
+impl From<Target> for Targets {
+    fn from(target: Target) -> Targets {
+        Targets {
+            targets: vec![target],
+        }
+    }
+}
+
 /// A TLS client that trusts only the certificates of `ca`, with the ring provider (the
 /// server's: no post-quantum key exchange, which rustls marks as deprecated).
 #[allow(deprecated)]
@@ -163,7 +214,8 @@ impl TokenMinter {
 /// process, and handed to the units of a scenario that reconnects.
 #[derive(Debug)]
 pub struct Connector {
-    pub target: Target,
+    /// Connection `index` goes to `targets.of(index)`.
+    pub targets: Targets,
     pub minter: TokenMinter,
     /// Spread connections over this many source addresses (see [`source_ip`]).
     pub source_ips: u8,
@@ -172,11 +224,13 @@ pub struct Connector {
 }
 
 impl Connector {
-    /// Opens the connection of `user`, connection `index` of the run, with a fresh token.
+    /// Opens the connection of `user`, connection `index` of the run, with a fresh token, to
+    /// the server of that index.
     pub async fn open(&self, index: usize, user: &str) -> anyhow::Result<WsStream> {
         let token = self.minter.mint(user)?;
         let source = source_ip(index, self.source_ips);
-        tokio::time::timeout(self.timeout, open(&self.target, &token, source))
+        let target = self.targets.of(index);
+        tokio::time::timeout(self.timeout, open(target, &token, source))
             .await
             .map_err(|_| anyhow::anyhow!("timed out after {:?}", self.timeout))?
     }
@@ -609,6 +663,66 @@ mod tests {
         );
         assert!(Target::resolve("http://127.0.0.1/ws", None).is_err());
         assert!(Target::resolve("not a url", None).is_err());
+    }
+
+    #[test]
+    fn url_lists_split_on_commas() {
+        assert_eq!(
+            split_urls("ws://127.0.0.1:8080/ws").unwrap(),
+            ["ws://127.0.0.1:8080/ws"]
+        );
+        assert_eq!(
+            split_urls("ws://a:1/ws,ws://b:2/ws, ws://c:3/ws ").unwrap(),
+            ["ws://a:1/ws", "ws://b:2/ws", "ws://c:3/ws"]
+        );
+        for bad in [
+            "",
+            "ws://a:1/ws,",
+            ",ws://a:1/ws",
+            "ws://a:1/ws,,ws://b:2/ws",
+            " , ",
+        ] {
+            assert!(split_urls(bad).is_err(), "{bad:?}");
+        }
+        let most = vec!["ws://a:1/ws"; URLS_MAX].join(",");
+        assert_eq!(split_urls(&most).unwrap().len(), URLS_MAX);
+        assert!(split_urls(&format!("{most},ws://a:1/ws")).is_err());
+    }
+
+    #[test]
+    fn connections_take_the_urls_in_turn() {
+        let one = Targets::resolve("ws://127.0.0.1:8090/ws", None).unwrap();
+        assert_eq!(one.targets.len(), 1);
+        for index in [0, 1, 7, usize::MAX] {
+            assert_eq!(one.of(index).url, "ws://127.0.0.1:8090/ws");
+        }
+        let three = Targets::resolve(
+            "ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws,ws://127.0.0.1:3/ws",
+            None,
+        )
+        .unwrap();
+        assert_eq!(three.targets.len(), 3);
+        let ports: Vec<u16> = (0..7).map(|index| three.of(index).addr.port()).collect();
+        assert_eq!(ports, [1, 2, 3, 1, 2, 3, 1]);
+        // The two ends of every pair (connections 2p and 2p + 1) are on different servers,
+        // for any number of servers from two.
+        for n in 2..=5 {
+            let urls: Vec<String> = (1..=n)
+                .map(|port| format!("ws://127.0.0.1:{port}/ws"))
+                .collect();
+            let targets = Targets::resolve(&urls.join(","), None).unwrap();
+            for pair in 0..50 {
+                assert_ne!(
+                    targets.of(2 * pair).addr,
+                    targets.of(2 * pair + 1).addr,
+                    "pair {pair} of {n} servers"
+                );
+            }
+        }
+        // Each URL is checked as a single one is.
+        assert!(Targets::resolve("ws://127.0.0.1:1/ws,http://127.0.0.1:2/ws", None).is_err());
+        assert!(Targets::resolve("ws://127.0.0.1:1/ws,wss://127.0.0.1:2/ws", None).is_err());
+        assert!(Targets::resolve("ws://127.0.0.1:1/ws,,ws://127.0.0.1:2/ws", None).is_err());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::cli::ScenarioArgs;
-use crate::conn::{self, Connector, Target, TokenMinter};
+use crate::conn::{self, Connector, Targets, TokenMinter};
 use crate::metrics::{CounterSnapshot, Counters, Metrics};
 use crate::scenario::{Clock, Conn, Keep, Scenario, SetupContext, Unit, UnitContext};
 use crate::sys;
@@ -188,7 +188,7 @@ pub fn run_process(
     );
 
     let connector = Arc::new(Connector {
-        target: Target::resolve(&common.url, common.tls_ca.as_deref())?,
+        targets: Targets::resolve(&common.url, common.tls_ca.as_deref())?,
         minter: TokenMinter::new(plan.jwt_secret.as_bytes(), common.token_ttl),
         source_ips: common.source_ips,
         timeout: common.connect_timeout,

@@ -109,7 +109,7 @@ fn run(mut args: ScenarioArgs) -> anyhow::Result<ExitCode> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let threads = common.threads.unwrap_or(cores).max(1);
     // Fail early on a URL that cannot work, before any process starts.
-    conn::Target::resolve(&common.url, common.tls_ca.as_deref())?;
+    conn::Targets::resolve(&common.url, common.tls_ca.as_deref())?;
     let quiet = common.quiet;
     // `history` seeds its chat (or finds it seeded) before any process starts: the workers
     // get the seeded range with their orders.

@@ -60,11 +60,19 @@ pub struct Report {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnectReport {
     pub conns: usize,
+    /// The servers the connections were spread over (`--url` with commas): connection `i`
+    /// went to URL `i % urls`. One in a report written before there could be several.
+    #[serde(default = "one_url")]
+    pub urls: usize,
     pub opened: u64,
     pub failed: u64,
     /// From the first connect to the last open connection.
     pub seconds: f64,
     pub per_second: f64,
+}
+
+fn one_url() -> usize {
+    1
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -437,6 +445,8 @@ impl Report {
             config,
             connect: ConnectReport {
                 conns,
+                // The URLs were checked before the run started.
+                urls: crate::conn::split_urls(&plan.args.common().url).map_or(1, |urls| urls.len()),
                 opened: counters.conns_opened,
                 failed: counters.connect_errors,
                 seconds: connect_seconds,
@@ -475,10 +485,17 @@ impl Report {
             self.scenario,
             if self.ok { "ok" } else { "FAILED" }
         );
+        let target = if self.connect.urls > 1 {
+            format!(
+                "targets {} ({} URLs, connection i on URL i mod {})",
+                common.url, self.connect.urls, self.connect.urls
+            )
+        } else {
+            format!("target {}", common.url)
+        };
         let _ = writeln!(
             out,
-            "- target {}, run `{}`, {} connections on {} thread(s) in {} process(es), {} source address(es)",
-            common.url,
+            "- {target}, run `{}`, {} connections on {} thread(s) in {} process(es), {} source address(es)",
             plan.run,
             common.conns,
             plan.workers_total(),
@@ -1049,7 +1066,7 @@ mod tests {
         use crate::scenario::history::History;
 
         let common: crate::cli::CommonArgs = serde_json::from_value(serde_json::json!({
-            "url": "ws://127.0.0.1:1/ws", "token_ttl": "1h", "conns": 4, "run": null,
+            "url": "ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws", "token_ttl": "1h", "conns": 4, "run": null,
             "encoding": "json", "threads": null, "procs": 1, "source_ips": 1,
             "connect_concurrency": 1, "connect_timeout": "1s", "server_pid": null,
             "server_metrics": null, "json": null, "svg": null, "quiet": true
@@ -1146,7 +1163,12 @@ mod tests {
         assert_eq!(json["history"]["seed"]["messages"], 1000);
         assert_eq!(json["counters"]["history_messages"], 12_000);
         assert!(json["latency_ms"]["history_page"]["p99"].as_f64().unwrap() > 0.9);
+        assert_eq!(json["connect"]["urls"], 2);
         let summary = report.markdown(&plan);
+        assert!(
+            summary.contains("- targets ws://127.0.0.1:1/ws,ws://127.0.0.1:2/ws (2 URLs,"),
+            "{summary}"
+        );
         assert!(summary.contains("### History"), "{summary}");
         assert!(summary.contains("seeded 1000 messages"), "{summary}");
         assert!(summary.contains("| history page | 100 |"), "{summary}");
@@ -1156,8 +1178,13 @@ mod tests {
             "{summary}"
         );
         assert!(summary.contains("| 1 |  | - | 200 |"), "{summary}");
-        // The report reads back.
-        let back: Report = serde_json::from_value(json).unwrap();
+        // The report reads back, and one from before several URLs had one.
+        let mut json = json;
+        let back: Report = serde_json::from_value(json.clone()).unwrap();
         assert!(back.history.is_some());
+        assert_eq!(back.connect.urls, 2);
+        json["connect"].as_object_mut().unwrap().remove("urls");
+        let back: Report = serde_json::from_value(json).unwrap();
+        assert_eq!(back.connect.urls, 1);
     }
 }

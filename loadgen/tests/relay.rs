@@ -443,3 +443,116 @@ fn fanout_without_a_group_api_forms_nothing_and_exits_2() {
     );
     assert!(stderr.contains(&http_addr), "{stderr}");
 }
+
+/// `--url A,B`: connection i goes to URL i mod 2, and the report says how many there were.
+/// With B a port nothing listens on, exactly the odd connections fail, against B's address.
+#[test]
+fn connections_spread_over_every_url() {
+    let (first, second) = (start_relay(), start_relay());
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("spread.json");
+    let urls = format!("{},{}", first.url(), second.url());
+    let output = loadgen(
+        SECRET,
+        &[
+            "idle",
+            "--url",
+            &urls,
+            "--conns",
+            "6",
+            "--hold",
+            "0s",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{}", describe(&output));
+    let spread = report(&json);
+    assert_eq!(spread["ok"], true);
+    assert_eq!(spread["connect"]["opened"], 6);
+    assert_eq!(spread["connect"]["urls"], 2);
+    assert_eq!(spread["config"]["url"], urls);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!("- targets {urls} (2 URLs,")),
+        "{stdout}"
+    );
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap();
+    drop(closed);
+    let urls = format!("{},ws://{closed_addr}/ws", first.url());
+    let output = loadgen(
+        SECRET,
+        &[
+            "idle",
+            "--url",
+            &urls,
+            "--run",
+            "half",
+            "--conns",
+            "4",
+            "--hold",
+            "0s",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let report = report(&json);
+    assert_eq!(report["connect"]["opened"], 2);
+    assert_eq!(report["connect"]["failed"], 2);
+    let samples: Vec<&str> = report["error_samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sample| sample.as_str().unwrap())
+        .collect();
+    let mut failed: Vec<&str> = samples
+        .iter()
+        .map(|sample| sample.split(':').next().unwrap())
+        .collect();
+    failed.sort_unstable();
+    assert_eq!(failed, ["lg-half-1", "lg-half-3"], "{samples:?}");
+    assert!(
+        samples
+            .iter()
+            .all(|sample| sample.contains(&closed_addr.to_string())),
+        "{samples:?}"
+    );
+}
+
+/// Both ends of every pair on different URLs (here two spellings of one relay's): the load
+/// is the same and loses nothing.
+#[test]
+fn pairs_over_two_urls_lose_nothing() {
+    let relay = start_relay();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("pairs2.json");
+    let urls = format!("{}, ws://localhost:{}/ws", relay.url(), relay.addr().port());
+    let output = loadgen(
+        SECRET,
+        &[
+            "pairs",
+            "--url",
+            &urls,
+            "--conns",
+            "20",
+            "--rate",
+            "400",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--drain",
+            "10s",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{}", describe(&output));
+    let report = report(&json);
+    // 10 senders, one send every 25 ms each, for 1.2 s.
+    assert_clean_pairs(&report, 480);
+    assert_eq!(report["connect"]["urls"], 2);
+}

@@ -302,7 +302,7 @@ mod tests {
             metrics: Rc::new(RefCell::new(Metrics::default())),
             counters: Arc::default(),
             connector: Arc::new(Connector {
-                target: Target::resolve("ws://127.0.0.1:9/ws", None).unwrap(),
+                targets: Target::resolve("ws://127.0.0.1:9/ws", None).unwrap().into(),
                 minter: TokenMinter::new(b"s3cret", Duration::from_secs(60)),
                 source_ips: 1,
                 timeout: Duration::from_secs(1),

@@ -26,7 +26,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::pick::OldestSearch;
 use crate::cli::{HistoryArgs, SeededRange, id_text};
 use crate::conn::{
-    Connector, DELIVERED_IDS_MAX, ServerMessage, Target, TokenMinter, decode_server_message,
+    Connector, DELIVERED_IDS_MAX, ServerMessage, Targets, TokenMinter, decode_server_message,
     encode_history, encode_message_delivered, encode_send_message,
 };
 use crate::http::{self, HttpTarget};
@@ -98,7 +98,7 @@ pub fn prepare(
 ) -> anyhow::Result<Prepared> {
     let common = &args.pairs.common;
     let connector = Connector {
-        target: Target::resolve(&common.url, common.tls_ca.as_deref())?,
+        targets: Targets::resolve(&common.url, common.tls_ca.as_deref())?,
         minter: TokenMinter::new(jwt_secret.as_bytes(), common.token_ttl),
         source_ips: 1,
         timeout: common.connect_timeout,
