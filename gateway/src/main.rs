@@ -4,6 +4,7 @@
 
 mod auth;
 mod cli;
+mod cluster;
 mod config;
 mod control;
 mod metrics;

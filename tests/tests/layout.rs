@@ -22,31 +22,36 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("auth", &["config"]),
     // The push thread reads its settings, and nothing else of the server.
     ("push", &["config"]),
+    // The cluster bridge too: the shards hold its rings' ends.
+    ("cluster", &["config"]),
     ("metrics", &["auth"]),
     ("session", &["config", "net", "auth", "metrics"]),
     (
         "shard",
         &[
-            "config", "net", "storage", "auth", "metrics", "session", "push",
+            "config", "net", "storage", "auth", "metrics", "session", "push", "cluster",
         ],
     ),
     // `storage` for the history thread's queue only (`storage::history`), which it asks as the
     // shards do; `push` for the push thread's counters.
     (
         "control",
-        &["config", "storage", "auth", "metrics", "shard", "push"],
+        &[
+            "config", "storage", "auth", "metrics", "shard", "push", "cluster",
+        ],
     ),
     (
         "cli",
         &[
             "config", "net", "storage", "auth", "metrics", "session", "shard", "control", "push",
+            "cluster",
         ],
     ),
     (
         "main",
         &[
             "config", "net", "storage", "auth", "metrics", "session", "shard", "control", "cli",
-            "push",
+            "push", "cluster",
         ],
     ),
 ];

@@ -12,9 +12,10 @@ use anyhow::Context as _;
 use crate::auth::{self, Authenticator};
 use crate::config::{self, Config, LogFormat, ServeArgs};
 use crate::metrics::ShardMetrics;
+use crate::shard::cluster_link::ClusterLink;
 use crate::shard::control_inbox::ControlInbox;
 use crate::shard::push_hints::PushHints;
-use crate::{cli, control, net, push, shard, storage};
+use crate::{cli, cluster, control, net, push, shard, storage};
 
 /// Runs the server until a shutdown signal; `init_logging` is called once the
 /// configuration says the logs' format.
@@ -74,6 +75,7 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
         storage::history::open(&history_dir, n_shards, history_config, Arc::clone(&blobs))
             .with_context(|| format!("cannot open {}", history_dir.display()))?;
     let push = push::start(&config, listeners.len())?;
+    let cluster = cluster::start(&config, listeners.len(), ws_addr)?;
     let shard_control = start_control_plane(
         &config,
         &auth,
@@ -85,6 +87,7 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
             blobs: &blobs,
             push: push.as_ref().map(|parts| Arc::clone(&parts.stats)),
             tls: tls.as_ref(),
+            cluster: cluster.as_ref().map(|parts| parts.view.clone()),
         },
     )?;
     let push_hints = match push {
@@ -95,6 +98,10 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
             .collect(),
         None => (0..listeners.len()).map(|_| PushHints::off()).collect(),
     };
+    let cluster_links = cluster.map(|parts| {
+        let links = parts.shards.into_iter().map(ClusterLink::new).collect();
+        (links, parts.wakers)
+    });
     let history_parts = shard::HistoryParts {
         history,
         worker: history_worker,
@@ -109,6 +116,7 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
             history: history_parts,
             push: push_hints,
             tls: tls.as_ref().map(|tls| Arc::clone(&tls.websocket)),
+            cluster: cluster_links,
         },
         driver,
     )?;
@@ -191,6 +199,8 @@ struct PlaneParts<'a> {
     push: Option<Arc<push::PushStats>>,
     /// The certificate, with `--tls-cert`.
     tls: Option<&'a cli::tls::Tls>,
+    /// With `--cluster`: the nodes and the bridge's counters.
+    cluster: Option<cluster::ClusterView>,
 }
 
 /// Starts the HTTP thread, which serves the web page that connects to `ws_addr`. Per shard it makes the inbox through which the HTTP thread asks
@@ -208,9 +218,11 @@ fn start_control_plane(
         blobs,
         push,
         tls,
+        cluster,
     } = parts;
     let mut plane = control::http::ControlPlane {
         push,
+        cluster,
         history: history.clone(),
         history_limit_max: config.limits.history_limit_max,
         shards: Vec::with_capacity(n_shards),

@@ -179,6 +179,18 @@ pub struct ServeArgs {
     /// SWITCHBOARD_PUSH_INCLUDE_CONTENT=true].
     #[arg(long)]
     pub push_include_content: bool,
+    /// Join a cluster of nodes sharing this Redis: redis://HOST:PORT (tuning.md, "Cluster")
+    /// [default: off] [env: SWITCHBOARD_CLUSTER].
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
+    /// This node's number in the cluster, 0 to 15, unique and kept across restarts [env:
+    /// SWITCHBOARD_NODE_ID].
+    #[arg(long, value_name = "N")]
+    pub node_id: Option<u8>,
+    /// The WebSocket URL clients reach this node at, listed by GET /v1/discover [default:
+    /// ws://LISTEN/ws] [env: SWITCHBOARD_ADVERTISE].
+    #[arg(long, value_name = "URL")]
+    pub advertise: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }

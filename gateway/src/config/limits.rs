@@ -379,6 +379,39 @@ limits! {
         /// How long a POST (connecting included) may take before it counts as failed.
         push_request_timeout_ms: u64 = 5_000, Ms, min 1;
     }
+    "Cluster (tuning.md, \"Cluster\"; only with cluster)" {
+        /// How long a node's heartbeat and its users' presence live in Redis unless
+        /// refreshed (every third of it): a node that stops (a crash) leaves the cluster, and
+        /// its users go offline, within it.
+        cluster_node_ttl_ms: u64 = 6_000, Ms, min 300;
+        /// Connections of users on other nodes this node holds: one per user and node,
+        /// made when this node has something for the user. Past it a user is not sought.
+        cluster_remote_conns_max: usize = 100_000, Count, min 1;
+        /// Users this node has something for who are connected to no node, kept to be
+        /// sought when they connect; past it the oldest is forgotten, and their mail waits
+        /// here until they connect to this node or it has something new for them.
+        cluster_pending_users_max: usize = 100_000, Count, min 1;
+        /// Items a shard hands the cluster bridge between two of its looks; past it an item
+        /// is dropped and counted (`switchboard_cluster_handoff_dropped_total`).
+        cluster_ring_items_max: usize = 16_384, Count, min 1;
+        /// Items from other nodes waiting for room in a shard's ring; past it this node
+        /// reads no more of its stream until they fit.
+        cluster_backlog_items_max: usize = 65_536, Count, min 1;
+        /// Items in one stream entry (one XADD) toward another node.
+        cluster_batch_items_max: usize = 256, Count, min 1;
+        /// Stream entries one XREADGROUP takes.
+        cluster_read_entries_max: usize = 64, Count, min 1;
+        /// Entries a node's stream keeps (XADD MAXLEN ~): older ones are trimmed.
+        cluster_stream_entries_max: usize = 100_000, Count, min 1;
+        /// Users looked up in Redis in one round trip.
+        cluster_lookup_users_max: usize = 1_000, Count, min 1;
+        /// The longest the bridge waits before it looks at the shards' rings when nothing
+        /// woke it, and the wait between two looks for users this node holds mail for.
+        cluster_poll_ms: u64 = 100, Ms, min 1;
+        /// The longest wait between two attempts to reach Redis (the first is at once, then
+        /// each wait doubles).
+        cluster_retry_ms_max: u64 = 2_000, Ms, min 1;
+    }
     "TLS (tuning.md, \"TLS\")" {
         /// Bytes of TLS records one connection holds in each direction: what it received
         /// short of a whole record, and what it encrypted that the socket has not taken
@@ -610,6 +643,8 @@ impl Limits {
             undelivered_retention_ms: self.undelivered_retention_ms,
             // Not a limit: set from the push settings (`Config::offline_hints`).
             offline_hints: router::OfflineHints::Off,
+            // Not a limit: set from the cluster settings (`shard::start`).
+            cluster_node: None,
             // Not a setting: each shard draws its own at start (`shard::recover`).
             hash_seed: 0,
         }

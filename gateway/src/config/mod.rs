@@ -3,7 +3,8 @@
 //!
 //! The TOML file uses the flags' names in snake_case at the top level (`listen`,
 //! `http_listen`, `data_dir`, `shards`, `durability`, `jwt_secret`, `jwt_secret_file`, `echo`, `dev`,
-//! `log_format`, `media_mime_allowed`, `media_dir`, `push_webhook`, `push_include_content`, `tls_cert`, `tls_key`) and every limit in a `[limits]` table (`handshake_timeout_ms = 10000`, ...).
+//! `log_format`, `media_mime_allowed`, `media_dir`, `push_webhook`, `push_include_content`, `tls_cert`, `tls_key`, `cluster`, `node_id`,
+//! `advertise`) and every limit in a `[limits]` table (`handshake_timeout_ms = 10000`, ...).
 //! Unknown keys are an error, so a misspelt limit never silently keeps its default. Every
 //! limit is declared once, in the `limits!` list (`limits.rs`), and its field, flag,
 //! variable, docs and bounds all come from there.
@@ -24,6 +25,7 @@ pub const WS_PATH: &str = "/ws";
 pub const ECHO_PATH: &str = "/echo";
 
 mod args;
+mod cluster;
 mod limits;
 mod push;
 mod reference;
@@ -31,6 +33,7 @@ mod reference;
 mod tests;
 
 pub use args::*;
+pub use cluster::ClusterConfig;
 pub use limits::*;
 pub use push::PushWebhook;
 pub use reference::*;
@@ -92,6 +95,9 @@ struct FileConfig {
     push_include_content: Option<bool>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    cluster: Option<String>,
+    node_id: Option<u8>,
+    advertise: Option<String>,
     #[serde(default)]
     limits: Limits,
 }
@@ -194,6 +200,8 @@ pub struct Config {
     /// The certificate chain and private key (PEM files) of `wss://` and `https://`;
     /// `None`: plain `ws://` and `http://`.
     pub tls: Option<TlsFiles>,
+    /// The cluster this node is part of; `None`: a node on its own, which needs no Redis.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Where the server's certificate and key are: read at start and again on SIGHUP.
@@ -283,6 +291,28 @@ impl Config {
             || env_value(env, "push_include_content")?
                 .or(file.push_include_content)
                 .unwrap_or(false);
+        let listen = args
+            .listen
+            .or(env_value(env, "listen")?)
+            .or(file.listen)
+            .unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("valid default"));
+        let cluster = match args
+            .cluster
+            .clone()
+            .or(env_value(env, "cluster")?)
+            .or(file.cluster)
+        {
+            None => None,
+            Some(redis) => {
+                let node = args.node_id.or(env_value(env, "node_id")?).or(file.node_id);
+                let advertise = args
+                    .advertise
+                    .clone()
+                    .or(env_value(env, "advertise")?)
+                    .or(file.advertise);
+                Some(ClusterConfig::new(redis, node, advertise)?)
+            }
+        };
         let media_dir = args
             .media_dir
             .clone()
@@ -290,11 +320,7 @@ impl Config {
             .or_else(|| file.media_dir.clone())
             .unwrap_or_else(|| data_dir.join(MEDIA_DIR_DEFAULT));
         Ok(Config {
-            listen: args
-                .listen
-                .or(env_value(env, "listen")?)
-                .or(file.listen)
-                .unwrap_or_else(|| LISTEN_DEFAULT.parse().expect("valid default")),
+            listen,
             http_listen: args
                 .http_listen
                 .or(env_value(env, "http_listen")?)
@@ -328,12 +354,15 @@ impl Config {
             push_webhook,
             push_include_content,
             tls,
+            cluster,
         })
     }
 
-    /// What the routers report for push hints: nothing without a webhook.
+    /// What the routers report for push hints: nothing without a webhook or a cluster (whose
+    /// bridge looks for the users the hints name on the other nodes).
     pub fn offline_hints(&self) -> router::OfflineHints {
         match (&self.push_webhook, self.push_include_content) {
+            (None, _) if self.cluster.is_some() => router::OfflineHints::Ids,
             (None, _) => router::OfflineHints::Off,
             (Some(_), false) => router::OfflineHints::Ids,
             (Some(_), true) => router::OfflineHints::WithContent,

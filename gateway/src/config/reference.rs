@@ -142,6 +142,27 @@ pub fn settings() -> Vec<Setting> {
             default: None,
             example: "\"/etc/switchboard/key.pem\"",
         },
+        Setting {
+            key: "cluster",
+            doc: "Join a cluster of nodes sharing this Redis (tuning.md, \"Cluster\"). \
+                  Default: none, a node on its own that needs no Redis.",
+            default: None,
+            example: "\"redis://127.0.0.1:6379\"",
+        },
+        Setting {
+            key: "node_id",
+            doc: "This node's number in the cluster, 0 to 15: unique among the nodes and kept \
+                  across restarts, since its message ids carry it. Required with cluster.",
+            default: None,
+            example: "0",
+        },
+        Setting {
+            key: "advertise",
+            doc: "The WebSocket URL clients reach this node at, which GET /v1/discover lists. \
+                  Default: ws://<the bound listen address>/ws (wss:// with TLS).",
+            default: None,
+            example: "\"wss://chat1.example.com/ws\"",
+        },
     ]
 }
 

@@ -607,3 +607,27 @@ fn push_webhook_flag_beats_variable_beats_file_and_https_stops_the_start() {
     let error = with_file("", &retry).unwrap_err().to_string();
     assert!(error.contains("push_retry_ms"), "{error}");
 }
+
+#[test]
+fn cluster_needs_a_redis_url_and_a_node_number_below_sixteen() {
+    let alone = with_file("", &[]).unwrap();
+    assert_eq!(alone.cluster, None);
+    let file = "cluster = \"redis://127.0.0.1:6379\"\nnode_id = 3\n";
+    let joined = with_file(file, &[]).unwrap();
+    let cluster = joined.cluster.as_ref().unwrap();
+    assert_eq!((cluster.node, cluster.advertise.as_deref()), (3, None));
+    // The bridge reads the routers' reports of users with no connection here.
+    assert_eq!(joined.offline_hints(), router::OfflineHints::Ids);
+    let flags = ["--node-id", "5", "--advertise", "wss://chat.example/ws"];
+    let flagged = with_file(file, &flags).unwrap().cluster.unwrap();
+    assert_eq!(flagged.node, 5);
+    assert_eq!(flagged.advertise.as_deref(), Some("wss://chat.example/ws"));
+    let refused = |file: &str, flags: &[&str], says: &str| {
+        let error = with_file(file, flags).unwrap_err().to_string();
+        assert!(error.contains(says), "{error}");
+    };
+    refused("cluster = \"redis://127.0.0.1:6379\"\n", &[], "node_id");
+    refused(file, &["--node-id", "16"], "0 to 15");
+    refused("cluster = \"http://x\"\nnode_id = 1\n", &[], "redis://");
+    refused(file, &["--advertise", "http://x/ws"], "ws://");
+}

@@ -57,6 +57,8 @@ pub struct ControlPlane {
     pub media: MediaRoutes,
     /// The push thread's counters, when a webhook is set.
     pub push: Option<Arc<crate::push::PushStats>>,
+    /// With `--cluster`: the nodes `GET /v1/discover` lists, and the bridge's counters.
+    pub cluster: Option<crate::cluster::ClusterView>,
     /// With TLS: the configuration of `https://` (the certificate the shards use), and the
     /// certificate's reload counters for the metrics.
     pub tls: Option<(Arc<rustls::ServerConfig>, Arc<TlsMetrics>)>,
@@ -185,7 +187,8 @@ fn router(plane: ControlPlane, metrics: Arc<PlaneMetrics>) -> Router {
     let mut exposition = Exposition::new(shards.clone(), Arc::clone(&metrics))
         .with_history(plane.history.clone())
         .with_media(Arc::clone(&plane.media.metrics), plane.history.clone())
-        .with_push(plane.push.clone());
+        .with_push(plane.push.clone())
+        .with_cluster(plane.cluster.clone());
     if let Some((_, reloads)) = &plane.tls {
         exposition = exposition.with_tls(shards, Arc::clone(&metrics), Arc::clone(reloads));
     }
@@ -210,6 +213,7 @@ fn router(plane: ControlPlane, metrics: Arc<PlaneMetrics>) -> Router {
             "/v1/users/{user_id}/profile",
             get(get_profile).put(put_profile),
         )
+        .route("/v1/discover", get(discover))
         .route("/v1/groups", get(list_groups).post(create_group))
         .route("/v1/groups/{group_id}", get(get_group))
         .route("/v1/groups/{group_id}/members", post(add_member))
@@ -245,6 +249,11 @@ async fn method_not_allowed() -> Response {
 
 /// 200 when every shard answers within `control_timeout_ms` and can write its log, else
 /// 503 naming the first shard that did not or cannot.
+/// `GET /v1/discover`: no token needed, as a client asks before it connects.
+async fn discover(State(api): State<Arc<Api>>) -> Response {
+    crate::control::discover::answer(api.plane.cluster.as_ref())
+}
+
 async fn healthz(State(api): State<Arc<Api>>) -> Response {
     let plane = &api.plane;
     let timeout = Duration::from_millis(plane.control_timeout_ms);

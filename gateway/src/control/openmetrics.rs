@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 use crate::metrics::*;
 use crate::storage::history::History;
 
+mod cluster;
 mod history;
 mod media;
 mod push;
@@ -64,8 +65,7 @@ impl Exposition {
 
     /// Appends the whole exposition, `# EOF` included, to `out`.
     pub fn render(&self, out: &mut String) {
-        // Writing into a String fails only if an encoder refuses a value, which ours
-        // never give; a partial answer is still better than none.
+        // Fails only if an encoder refuses a value (ours never do); a partial answer is better.
         if let Err(error) = prometheus_client::encoding::text::encode(out, &self.registry) {
             tracing::warn!(%error, "cannot render the metrics");
         }

@@ -38,6 +38,7 @@ use crate::net::transport::{Received, Transport};
 use crate::session::connection::{CLOSE_ABNORMAL, Connection, Next, Outputs, QueueFull, Refused};
 use crate::session::handshake::{self, Handshake, Refusal};
 use crate::session::outbound::{CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER, OutFrame};
+use crate::shard::cluster_link::Diverted;
 use crate::shard::load::LoadLevel;
 use crate::shard::rate_limits::USER_MSGS_TEXT;
 use crate::shard::state::{ConnSlot, Shard};
@@ -366,6 +367,18 @@ impl<T: Transport> Outputs for SlotOutputs<'_, T> {
         {
             self.may_reference(user, media)?;
         }
+        // In a cluster, what names another node's message or group goes there.
+        let message = match self.shard.cluster.divert(user, message) {
+            Diverted::Local(message) => message,
+            Diverted::Gone => return Ok(()),
+            Diverted::Refused => {
+                return Err(Refused {
+                    code: wire::ErrorCode::Overloaded,
+                    text: CLUSTER_DOWN_TEXT.to_owned(),
+                    retry_after_ms: None,
+                });
+            }
+        };
         match self.shard.link.submit(self.conn, user, message) {
             Ok(subscribed) => {
                 // Kept in the connection's slot, not in this task (an idle connection's
@@ -386,6 +399,10 @@ impl<T: Transport> Outputs for SlotOutputs<'_, T> {
 
 /// The text of a `send_message` whose media its sender may not reference.
 const NO_MEDIA_TEXT: &str = "no such media: upload it first (POST /v1/media)";
+
+/// The text of a message for another node while Redis cannot be reached.
+const CLUSTER_DOWN_TEXT: &str =
+    "another node holds what this names and cannot be reached now: try again later";
 
 /// The text of a `send_message` refused for the shard's load level.
 const OVERLOADED_TEXT: &str = "the server is overloaded: send the message again later";
@@ -450,6 +467,7 @@ impl<T: Transport> Task<'_, T> {
         let (shard, slot) = (self.shard, self.conn.slot);
         if let Some(user) = self.connection.user() {
             shard.link.connected(self.conn, user);
+            shard.cluster.local(user, true);
         }
         // Kept until it fires (see `WaitEvent`). A new one does nothing until first polled,
         // so the poll is armed only after the reads that follow readiness.
@@ -497,6 +515,7 @@ impl<T: Transport> Task<'_, T> {
             shard
                 .link
                 .disconnected(self.conn, user, shard.subscribed(slot));
+            shard.cluster.local(user, false);
         }
         match next {
             Next::Close(code) | Next::Done(code) => code,

@@ -22,6 +22,7 @@
 //! `link.rs`, `mesh.rs`, `slots.rs`, `signal.rs`, `rate_limits.rs`) imports neither task
 //! (`conn_task.rs`, `router_loop.rs`).
 
+pub mod cluster_link;
 pub mod conn_task;
 pub mod control_inbox;
 pub mod history_feed;
@@ -52,6 +53,7 @@ use crate::net::readiness::{self, Readiness};
 use crate::net::tls::Tls;
 use crate::net::transport::Plain;
 use crate::session::rate_limit::RetryAfterMs;
+use crate::shard::cluster_link::ClusterLink;
 use crate::shard::control_inbox::ControlInbox;
 use crate::shard::history_feed::HistoryFeed;
 use crate::shard::mesh::ShardMesh;
@@ -139,6 +141,9 @@ pub struct Services {
     pub history: HistoryParts,
     pub push: Vec<PushHints>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// With `--cluster`: each shard's end of the bridge, and where to leave the bridge a
+    /// way to wake the shards.
+    pub cluster: Option<(Vec<ClusterLink>, Arc<crate::cluster::Wakers>)>,
 }
 
 /// Starts one thread per listener, and returns once every shard accepts connections, with
@@ -155,6 +160,7 @@ pub fn start(
         history: history_parts,
         push,
         tls,
+        cluster,
     } = services;
     assert_eq!(
         listeners.len(),
@@ -174,6 +180,18 @@ pub fn start(
         .first()
         .map(|mesh| mesh.doorbells.clone())
         .unwrap_or_default();
+    let cluster_links: Vec<ClusterLink> = match cluster {
+        Some((links, wakers)) => {
+            let bells = doorbells.iter().map(|bell| {
+                let bell = Arc::clone(bell);
+                Box::new(move || bell.ring()) as crate::cluster::Waker
+            });
+            // Set once, before any shard runs.
+            let _ = wakers.0.set(bells.collect());
+            links
+        }
+        None => (0..listeners.len()).map(|_| ClusterLink::off()).collect(),
+    };
     // Detached: it stops when the last `History` (the shards' and the HTTP thread's) is
     // dropped, after the shards have stopped.
     worker
@@ -183,8 +201,8 @@ pub fn start(
     let mut handles = Vec::with_capacity(listeners.len());
     assert_eq!(push.len(), listeners.len(), "one push hand-off per shard");
     let parts = listeners.into_iter().zip(control).zip(meshes).zip(answers);
-    for (index, ((((listener, (inbox, metrics)), mesh), answers), push)) in
-        parts.zip(push).enumerate()
+    for (index, (((((listener, (inbox, metrics)), mesh), answers), push), cluster)) in
+        parts.zip(push).zip(cluster_links).enumerate()
     {
         let shard_id = u16::try_from(index).context("too many shards")?;
         let (wake_main, wake_shard) = StdUnixStream::pair().context("socketpair")?;
@@ -205,6 +223,7 @@ pub fn start(
                 let mut shard = Shard::new(shard_id, n_shards, config, auth, metrics, started);
                 shard.media = Some(history.media().clone());
                 shard.tls = tls;
+                shard.cluster = cluster;
                 let parts = ShardParts {
                     listener,
                     wake: wake_shard,
@@ -335,6 +354,7 @@ fn recover(
     let n_records = records.len();
     let mut router_config = limits.router();
     router_config.offline_hints = config.offline_hints();
+    router_config.cluster_node = config.cluster.as_ref().map(|cluster| cluster.node);
     // The key of the router's hash maps, drawn here because the router reads no randomness,
     // and anew at each start: nothing on disk depends on it.
     router_config.hash_seed =

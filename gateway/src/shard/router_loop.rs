@@ -217,7 +217,7 @@ impl RouterLoop {
             doorbell.prepare_sleep();
             let admit = self.admission();
             if (admit.rings && self.has_incoming())
-                || (admit.local && self.shard.link.has_local())
+                || (admit.local && (self.shard.link.has_local() || self.shard.cluster.has_input()))
                 || self.history.has_answer()
                 || self.shard.link.can_flush(&self.mesh.outgoing)
             {
@@ -311,6 +311,7 @@ impl RouterLoop {
         let taken = Stamp::now();
         if admit.local {
             self.shard.link.take_local(self.batch_max, &mut self.inputs);
+            self.shard.cluster.take(self.batch_max, &mut self.inputs);
         } else {
             ShardMetrics::add(&self.shard.metrics.outbox_full_turns, 1);
         }
@@ -492,6 +493,7 @@ impl RouterLoop {
         let shard_id = self.shard.shard_id;
         let mut fanout = FanOut::default();
         for output in outputs.drain(..) {
+            self.shard.cluster.on_output(&output);
             if let Output::Send { conn, message } = output {
                 // One message to many connections travels as one envelope per shard.
                 if !fanout.takes(&message) {
@@ -597,6 +599,10 @@ impl RouterLoop {
         let accepted = self.accepted_at(&message);
         let mut remote: Vec<(router::ShardId, Vec<router::ConnId>)> = Vec::new();
         for conn in fanout.conns.drain(..) {
+            if conn.shard == router::RELAY_SHARD {
+                self.shard.cluster.relay(conn, Arc::clone(&message));
+                continue;
+            }
             if conn.shard == self.shard.shard_id {
                 deliver(&self.shard, conn, Arc::clone(&message), accepted).await;
                 continue;
@@ -618,7 +624,9 @@ impl RouterLoop {
 
     async fn send(&self, conn: router::ConnId, message: Arc<ServerMessage>) {
         let accepted = self.accepted_at(&message);
-        if conn.shard == self.shard.shard_id {
+        if conn.shard == router::RELAY_SHARD {
+            self.shard.cluster.relay(conn, message);
+        } else if conn.shard == self.shard.shard_id {
             deliver(&self.shard, conn, message, accepted).await;
         } else {
             let envelope = Envelope::Deliver {

@@ -87,6 +87,8 @@ pub struct Shard {
     /// With `--tls-cert`: the TLS of every connection (`wss://`), whose certificate
     /// follows the reloads.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// With `--cluster`: this shard's end of the cluster bridge.
+    pub cluster: crate::shard::cluster_link::ClusterLink,
 }
 
 impl std::fmt::Debug for Shard {
@@ -132,6 +134,7 @@ impl Shard {
             load: Cell::new(LoadLevel::Normal),
             media: None,
             tls: None,
+            cluster: crate::shard::cluster_link::ClusterLink::off(),
         }
     }
 

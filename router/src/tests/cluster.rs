@@ -82,3 +82,26 @@ fn a_relayed_message_reaches_only_this_nodes_connections() {
     });
     assert!(outputs.is_empty());
 }
+
+#[test]
+fn a_member_on_another_node_sends_to_the_group_through_their_relayed_connection() {
+    let mut h = clustered(0);
+    let (alice, bob) = (user("alice"), user("bob"));
+    h.attach(conn(1), &alice);
+    h.attach(relay_conn(2), &bob);
+    let group = groups::create(&mut h, &alice, &[&bob]);
+    let outputs = h.step_durably(Input::Client {
+        conn: relay_conn(2),
+        user: bob.clone(),
+        message: groups::to_group(group, 1),
+    });
+    let sent = sends(&outputs);
+    let acked = sent.iter().any(|(to, message)| {
+        *to == relay_conn(2) && matches!(message, ServerMessage::MessageReceived { .. })
+    });
+    assert!(acked, "bob hears his message is stored: {sent:?}");
+    let to_alice = sent.iter().any(|(to, message)| {
+        *to == conn(1) && matches!(message, ServerMessage::IncomingMessage(_))
+    });
+    assert!(to_alice, "alice gets it: {sent:?}");
+}

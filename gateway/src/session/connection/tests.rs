@@ -59,6 +59,7 @@ fn shared() -> Shared {
         push_webhook: None,
         push_include_content: false,
         tls: None,
+        cluster: None,
     };
     Shared::new(0, &config, Arc::new(ShardMetrics::default()))
 }

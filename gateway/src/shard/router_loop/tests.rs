@@ -73,6 +73,7 @@ fn config(data_dir: &Path, tick_ms: u64) -> Arc<Config> {
         push_webhook: None,
         push_include_content: false,
         tls: None,
+        cluster: None,
     })
 }
 

@@ -1,0 +1,90 @@
+//! The items one node sends another in a stream entry, and their bytes: one item a line, its
+//! fields split by tabs (user ids hold neither), its message in the JSON of
+//! docs/protocol.md, which never holds a raw newline.
+//!
+//! - `d\t<user>\t<server message>`: for the connections of `user` on the receiving node.
+//! - `f\t<node>\t<user>\t<client message>`: a client message of `user`, who is connected to
+//!   node `node`, for the receiving node, which stored what it names.
+
+use wire::{ClientMessage, ServerMessage, UserId};
+
+/// One item, read from an entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Deliver {
+        user: UserId,
+        message: ServerMessage,
+    },
+    Forward {
+        node: u8,
+        user: UserId,
+        message: ClientMessage,
+    },
+}
+
+/// Appends a `d` item to `out`.
+pub fn put_deliver(out: &mut Vec<u8>, user: &UserId, message: &ServerMessage) {
+    out.extend_from_slice(b"d\t");
+    out.extend_from_slice(user.as_str().as_bytes());
+    out.push(b'\t');
+    wire::json::encode_server(message, out);
+    out.push(b'\n');
+}
+
+/// Appends an `f` item to `out`.
+pub fn put_forward(out: &mut Vec<u8>, node: u8, user: &UserId, message: &ClientMessage) {
+    out.extend_from_slice(b"f\t");
+    out.extend_from_slice(node.to_string().as_bytes());
+    out.push(b'\t');
+    out.extend_from_slice(user.as_str().as_bytes());
+    out.push(b'\t');
+    wire::json::encode_client(message, out);
+    out.push(b'\n');
+}
+
+/// The items of an entry, each read on its own: a line that is not an item is `Err`, and
+/// the others still count.
+pub fn read(entry: &[u8], limits: &wire::Limits) -> Vec<Result<Item, String>> {
+    entry
+        .split(|&byte| byte == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| read_line(line, limits))
+        .collect()
+}
+
+fn read_line(line: &[u8], limits: &wire::Limits) -> Result<Item, String> {
+    let text = std::str::from_utf8(line).map_err(|_| "not UTF-8".to_owned())?;
+    let user = |text: &str| UserId::parse(text).map_err(|error| error.to_string());
+    match text.split_once('\t') {
+        Some(("d", rest)) => {
+            let (to, json) = rest.split_once('\t').ok_or("a d item has 3 fields")?;
+            let message = wire::json::decode_server(json.as_bytes(), limits)
+                .map_err(|error| error.to_string())?;
+            Ok(Item::Deliver {
+                user: user(to)?,
+                message,
+            })
+        }
+        Some(("f", rest)) => {
+            let mut fields = rest.splitn(3, '\t');
+            let (Some(node), Some(from), Some(json)) =
+                (fields.next(), fields.next(), fields.next())
+            else {
+                return Err("an f item has 4 fields".to_owned());
+            };
+            let node = node
+                .parse::<u8>()
+                .ok()
+                .filter(|node| *node < router::NODES_MAX)
+                .ok_or("no such node")?;
+            let message = wire::json::decode_client(json.as_bytes(), limits)
+                .map_err(|error| error.to_string())?;
+            Ok(Item::Forward {
+                node,
+                user: user(from)?,
+                message,
+            })
+        }
+        _ => Err("not an item".to_owned()),
+    }
+}
