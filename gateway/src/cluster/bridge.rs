@@ -31,6 +31,9 @@ end
 return 0
 ";
 
+/// Entries read that wait for one XACK at most.
+const ACKS_MAX: usize = 4_096;
+
 /// What `start` hands the bridge.
 pub struct Parts {
     pub cluster: ClusterConfig,
@@ -94,6 +97,12 @@ pub struct Bridge {
     lookup_max: usize,
     read_entries_max: usize,
     poll: Duration,
+    /// How long the first item of a batch waits for others (`cluster_batch_wait_ms`), and
+    /// when the waiting batch goes.
+    batch_wait: Duration,
+    flush_at: Option<Instant>,
+    /// When the entries read go unacknowledged no longer.
+    ack_at: Option<Instant>,
 }
 
 fn wall_ms() -> u64 {
@@ -146,6 +155,9 @@ impl Bridge {
             lookup_max: limits.cluster_lookup_users_max,
             read_entries_max: limits.cluster_read_entries_max,
             poll: Duration::from_millis(limits.cluster_poll_ms),
+            batch_wait: Duration::from_millis(limits.cluster_batch_wait_ms),
+            flush_at: None,
+            ack_at: None,
         }
     }
 
@@ -158,6 +170,7 @@ impl Bridge {
             self.read_entries_max,
             self.wait_max,
             entries_in,
+            self.batch_wait,
             Arc::clone(&self.stats),
         ));
         tokio::spawn(streams::read_hints(
@@ -168,9 +181,20 @@ impl Bridge {
         let notify = Arc::clone(&self.notify);
         loop {
             let room = self.backlog_len < self.backlog_max;
+            // Items wait for their batch's window; with none, the loop looks again within a
+            // poll.
+            let wait = match (self.flush_at, self.ack_at) {
+                (None, None) => self.poll,
+                (first, second) => first
+                    .into_iter()
+                    .chain(second)
+                    .min()
+                    .expect("one at least")
+                    .saturating_duration_since(Instant::now()),
+            };
             tokio::select! {
                 () = notify.notified() => {}
-                () = tokio::time::sleep(self.poll) => {}
+                () = tokio::time::sleep(wait) => {}
                 Some(read) = entries.recv(), if room => self.on_entries(read),
                 Some(hint) = hints.recv() => self.on_hint(&hint),
             }
@@ -243,6 +267,8 @@ impl Bridge {
 
     /// The buffer of the next item toward `node`.
     fn out(&mut self, node: u8) -> &mut Vec<u8> {
+        self.flush_at
+            .get_or_insert_with(|| Instant::now() + self.batch_wait);
         let max = self.batch_items_max;
         let out = &mut self.outgoing[usize::from(node)];
         if out.entries.is_empty() || out.in_last >= max {
@@ -271,6 +297,11 @@ impl Bridge {
             }
             self.acks.push(id);
         }
+        // Acknowledged in one XACK within a poll: an entry read
+        // again after a crash only repeats what is already idempotent (a message its
+        // recipient deduplicates by id, a receipt, a retry the group's node deduplicates).
+        self.ack_at
+            .get_or_insert_with(|| Instant::now() + self.poll);
     }
 
     fn on_item(&mut self, item: Item) {
@@ -426,8 +457,13 @@ impl Bridge {
         if let Err(error) = self.look_up().await {
             return self.failed(&error);
         }
-        if let Err(error) = self.flush().await {
-            self.failed(&error);
+        let full = self.outgoing.iter().any(|out| out.entries.len() > 1);
+        let due = |at: Option<Instant>| at.is_some_and(|at| at <= now);
+        if due(self.flush_at) || due(self.ack_at) || full || !self.changed.is_empty() {
+            self.flush_at = None;
+            if let Err(error) = self.flush().await {
+                self.failed(&error);
+            }
         }
     }
 
@@ -468,6 +504,7 @@ impl Bridge {
         }
         // Unacknowledged entries stay pending in the group and come again.
         self.acks.clear();
+        self.ack_at = None;
     }
 
     fn send_count(&self, pipe: &redis::Pipeline) {
@@ -666,7 +703,10 @@ impl Bridge {
             }
             *out = Outgoing::default();
         }
-        if !self.acks.is_empty() {
+        let acks_due = self.ack_at.is_some_and(|at| at <= Instant::now());
+        // Every command counts, piggybacked or not: acknowledgements wait for their time.
+        if !self.acks.is_empty() && (acks_due || self.acks.len() >= ACKS_MAX) {
+            self.ack_at = None;
             let xack = pipe
                 .cmd("XACK")
                 .arg(streams::stream_key(self.me))

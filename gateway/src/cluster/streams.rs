@@ -58,6 +58,7 @@ pub async fn read_stream(
     count: usize,
     retry_max: Duration,
     out: mpsc::Sender<Entries>,
+    batch_wait: Duration,
     stats: Arc<ClusterStats>,
 ) {
     let key = stream_key(node);
@@ -125,8 +126,13 @@ pub async fn read_stream(
                 continue;
             }
             wait = Duration::ZERO;
+            let more = entries.len() < count;
             if out.send(entries).await.is_err() {
                 return;
+            }
+            if more {
+                // What arrives within a batch's window is read with one XREADGROUP.
+                tokio::time::sleep(batch_wait).await;
             }
         }
     }

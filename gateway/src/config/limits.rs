@@ -399,6 +399,11 @@ limits! {
         cluster_backlog_items_max: usize = 65_536, Count, min 1;
         /// Items in one stream entry (one XADD) toward another node.
         cluster_batch_items_max: usize = 256, Count, min 1;
+        /// How long the first item for other nodes waits for more before they go in one
+        /// round trip (XADDs, XACK), and how long the reader waits after a short read before
+        /// the next XREADGROUP: what a cross-node message gains in latency, Redis saves in
+        /// commands (tuning.md, "Cluster"). 0 sends at once.
+        cluster_batch_wait_ms: u64 = 5, Ms, min 0;
         /// Stream entries one XREADGROUP takes.
         cluster_read_entries_max: usize = 64, Count, min 1;
         /// Entries a node's stream keeps (XADD MAXLEN ~): older ones are trimmed.
@@ -406,7 +411,8 @@ limits! {
         /// Users looked up in Redis in one round trip.
         cluster_lookup_users_max: usize = 1_000, Count, min 1;
         /// The longest the bridge waits before it looks at the shards' rings when nothing
-        /// woke it, and the wait between two looks for users this node holds mail for.
+        /// woke it, the wait between two looks for users this node holds mail for, and the
+        /// longest it leaves the entries it read unacknowledged (XACK) when nothing goes out.
         cluster_poll_ms: u64 = 100, Ms, min 1;
         /// The longest wait between two attempts to reach Redis (the first is at once, then
         /// each wait doubles).
