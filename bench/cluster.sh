@@ -59,9 +59,13 @@ node_commands() {
 }
 sleep 2 # every node has seen the others' heartbeats
 LG="target/release/switchboard-loadgen pairs --jwt-secret $SECRET --conns $CONNS --rate $RATE --duration $DURATION --warmup 2s"
-before=$(commands); node_before=$(node_commands)
+net() { # bytes Redis read and wrote, all clients
+  redis-cli -p "$REDIS_PORT" info stats | sed -nE 's/^total_net_(input|output)_bytes:([0-9]+).*/\2/p' \
+    | tr -d '\r' | awk '{ s += $1 } END { print s + 0 }'
+}
+before=$(commands); node_before=$(node_commands); net_before=$(net)
 $LG --url "$URLS" --json "$OUT/cluster.json" > "$OUT/cluster.out" 2>&1; echo "cluster rc=$?"
-after=$(commands); node_after=$(node_commands)
+after=$(commands); node_after=$(node_commands); net_after=$(net)
 redis-cli -p "$REDIS_PORT" info commandstats > "$OUT/commandstats.txt"
 start alone 18200
 $LG --url ws://127.0.0.1:18200/ws --json "$OUT/alone.json" > "$OUT/alone.out" 2>&1; echo "alone rc=$?"
@@ -70,9 +74,9 @@ for i in $(seq 0 $((NODES - 1))); do
   echo "node $i: $(curl -s "http://127.0.0.1:$((18101 + 2 * i))/metrics" \
     | grep -E '^switchboard_cluster_(items|entries)_(sent|received)_total' | tr '\n' ' ')"
 done
-python3 - "$OUT" $((after - before)) <<'PY'
+python3 - "$OUT" $((after - before)) $((net_after - net_before)) <<'PY'
 import json, sys
-out, commands = sys.argv[1], int(sys.argv[2])
+out, commands, net = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 for run in ("cluster", "alone"):
     r = json.load(open(f"{out}/{run}.json"))
     c, l = r["counters"], r["latency_ms"]
@@ -80,6 +84,7 @@ for run in ("cluster", "alone"):
             f"ack p99 {l['ack']['p99']} ms, delivery p99 {l['delivery']['p99']} ms, "
             f"sent {c['sent']} acked {c['acknowledged']} delivered {c['delivered']} lost {c['lost']}")
     if run == "cluster":
-        line += f", Redis commands per message {commands / max(c['delivered'], 1):.3f}"
+        n = max(c['delivered'], 1)
+        line += f", Redis commands per message {commands / n:.3f}, Redis bytes in+out per message {net / n:.0f}"
     print(line)
 PY

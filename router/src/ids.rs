@@ -62,6 +62,28 @@ pub fn group_shard(group: wire::GroupId, n_shards: u16) -> Option<ShardId> {
     (shard < n_shards).then_some(shard)
 }
 
+/// The node of a cluster that owns `user` (stores the messages sent to them, and so holds
+/// the dedup entries of their senders), among the live nodes of `live` (bit `n` for node
+/// `n`): the highest of a hash of the user id and each node's number (rendezvous hashing), so
+/// that when a node joins or dies only the users it gains or held change owner. `None` when
+/// no node is live.
+pub fn owner_node(user: &UserId, live: u16) -> Option<u8> {
+    (0..NODES_MAX)
+        .filter(|node| live & (1 << node) != 0)
+        .max_by_key(|node| {
+            let mut hash: u64 =
+                0xcbf2_9ce4_8422_2325 ^ u64::from(*node).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            for byte in user.as_str().bytes() {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            // A final mix, so that nodes differ in every bit and not only the low ones.
+            hash ^= hash >> 33;
+            hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+            hash ^ (hash >> 33)
+        })
+}
+
 /// The cluster node that handed out `id`: meaningful only among clustered nodes, whose
 /// generators place their number there (`IdGenerator::clustered`).
 pub fn node_of(id: MessageId) -> u8 {
@@ -252,6 +274,30 @@ mod tests {
         assert_eq!(ms_of(last.unwrap()), 5_002);
         let mut other = IdGenerator::clustered(2, 10);
         assert_ne!(other.next(5_000), IdGenerator::clustered(2, 9).next(5_000));
+    }
+
+    #[test]
+    fn a_dead_node_moves_only_its_own_users() {
+        let users: Vec<UserId> = (0..3_000).map(|i| user(&format!("u{i}"))).collect();
+        let owners =
+            |live: u16| -> Vec<u8> { users.iter().map(|u| owner_node(u, live).unwrap()).collect() };
+        let three = owners(0b111);
+        // Spread over the three nodes, a third each give or take.
+        for node in 0..3 {
+            let count = three.iter().filter(|owner| **owner == node).count();
+            assert!((800..1_200).contains(&count), "node {node}: {count}");
+        }
+        // Node 1 dies: its users move, nobody else does.
+        let two = owners(0b101);
+        for (before, after) in three.iter().zip(&two) {
+            if *before != 1 {
+                assert_eq!(before, after);
+            } else {
+                assert_ne!(*after, 1);
+            }
+        }
+        assert_eq!(owner_node(&users[0], 0), None);
+        assert_eq!(owner_node(&users[0], 1 << 9), Some(9));
     }
 
     #[test]

@@ -14,8 +14,8 @@ mod tests;
 
 pub use config::{Config, OfflineHints};
 pub use ids::{
-    ConnId, IdGenerator, NODES_MAX, RELAY_SHARD, ShardId, group_shard, node_of, owner_shard,
-    shard_of,
+    ConnId, IdGenerator, NODES_MAX, RELAY_SHARD, ShardId, group_shard, node_of, owner_node,
+    owner_shard, shard_of,
 };
 pub use route::{Route, route};
 pub use shard::{

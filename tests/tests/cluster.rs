@@ -4,7 +4,8 @@
 //! the one that stored it; a group made on one node used from the others; a node killed
 //! with SIGKILL during a burst (its users go offline within the TTL, reconnect elsewhere
 //! and get every acknowledged message, and the node rejoins); Redis killed and restarted
-//! mid-run; and `GET /v1/discover`.
+//! mid-run (a message for another node refused `overloaded`, then sent again); a retry
+//! through another node answered with the first try's id; and `GET /v1/discover`.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -12,8 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use switchboard_tests::redis::RedisServer;
 use switchboard_tests::{
-    Client, Options, Server, api, connect, create_group, openmetrics, raw_exchange, recv_json,
-    recv_type, send_json, send_message, send_to_group,
+    Client, Options, Server, api, connect, create_group, openmetrics, raw_exchange, recv_type,
+    send_json, send_message, send_to_group,
 };
 
 /// The nodes' heartbeat and presence TTL here: short, so that a dead node is seen soon.
@@ -92,11 +93,14 @@ fn acked(client: &mut Client, client_msg_id: u64) -> String {
 fn a_message_its_receipts_typing_and_presence_cross_nodes() {
     let redis = RedisServer::start();
     let cluster = nodes(&redis, 3);
+    // Bob's messages are stored on node 2: neither alice's node nor his.
+    let bob_name = owned_by(2, 0b111, "bob");
+    let bob_name = bob_name.as_str();
     let mut alice = join(&redis, &cluster[0], "alice");
-    let mut bob = join(&redis, &cluster[1], "bob");
+    let mut bob = join(&redis, &cluster[1], bob_name);
     let mut carol = join(&redis, &cluster[2], "carol");
 
-    send_json(&mut alice, &send_message(1, "bob", "hello across"));
+    send_json(&mut alice, &send_message(1, bob_name, "hello across"));
     let id = acked(&mut alice, 1);
     let (incoming, _) = recv_type(&mut bob, "incoming_message");
     assert_eq!(incoming["message_id"], id.as_str());
@@ -109,7 +113,7 @@ fn a_message_its_receipts_typing_and_presence_cross_nodes() {
     );
     let (delivered, _) = recv_type(&mut alice, "message_delivered");
     assert_eq!(delivered["message_id"], id.as_str());
-    assert_eq!(delivered["by"], "bob");
+    assert_eq!(delivered["by"], bob_name);
     send_json(&mut bob, &json!({"type":"message_read","message_ids":[id]}));
     let (read, _) = recv_type(&mut alice, "message_read");
     assert_eq!(read["message_id"], id.as_str());
@@ -129,7 +133,7 @@ fn a_message_its_receipts_typing_and_presence_cross_nodes() {
     // Presence of a user on another node, and typing to them.
     send_json(
         &mut carol,
-        &json!({"type":"presence_subscribe","users":["bob"]}),
+        &json!({"type":"presence_subscribe","users":[bob_name]}),
     );
     let deadline = Instant::now() + WAIT;
     loop {
@@ -140,7 +144,7 @@ fn a_message_its_receipts_typing_and_presence_cross_nodes() {
         // The first answer may come before this node found bob: the next says online.
         assert!(Instant::now() < deadline, "carol never sees bob online");
     }
-    send_json(&mut carol, &json!({"type":"typing","to":"bob"}));
+    send_json(&mut carol, &json!({"type":"typing","to":bob_name}));
     let (typing, _) = recv_type(&mut bob, "typing");
     assert_eq!(typing["from"], "carol");
     assert!(metric_sum(&cluster[0], "switchboard_cluster_items_sent_total") > 0);
@@ -150,17 +154,20 @@ fn a_message_its_receipts_typing_and_presence_cross_nodes() {
 fn an_inbox_stored_on_one_node_drains_on_another() {
     let redis = RedisServer::start();
     let cluster = nodes(&redis, 3);
+    // Stored on node 0, where alice is; dave comes to node 2.
+    let dave_name = owned_by(0, 0b111, "dave");
+    let dave_name = dave_name.as_str();
     let mut alice = join(&redis, &cluster[0], "alice");
     let mut ids = BTreeSet::new();
     for n in 1..=5 {
         send_json(
             &mut alice,
-            &send_message(n, "dave", &format!("while away {n}")),
+            &send_message(n, dave_name, &format!("while away {n}")),
         );
         ids.insert(acked(&mut alice, n));
     }
     // Dave was never connected: he comes to another node and gets the inbox.
-    let mut dave = join(&redis, &cluster[2], "dave");
+    let mut dave = join(&redis, &cluster[2], dave_name);
     let mut got = BTreeSet::new();
     while got.len() < ids.len() {
         let (incoming, _) = recv_type(&mut dave, "incoming_message");
@@ -173,7 +180,7 @@ fn an_inbox_stored_on_one_node_drains_on_another() {
     );
     for _ in 0..ids.len() {
         let (delivered, _) = recv_type(&mut alice, "message_delivered");
-        assert_eq!(delivered["by"], "dave");
+        assert_eq!(delivered["by"], dave_name);
     }
 }
 
@@ -205,16 +212,92 @@ fn a_group_made_on_one_node_is_used_from_the_others() {
     assert_eq!(error["client_msg_id"], 9);
 }
 
+/// The first of `prefix0`, `prefix1`, ... whose owner among the live nodes `live` (a bit
+/// per node) is `node`: the node that stores the messages sent to them.
+fn owned_by(node: u8, live: u16, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|name| {
+            let user = wire::UserId::parse(name).unwrap();
+            router::owner_node(&user, live) == Some(node)
+        })
+        .unwrap()
+}
+
+/// Sends each of `pending` (client_msg_id → content) to `to` and reads answers until every
+/// one is acknowledged, sending again (same `client_msg_id`, as a client does) those refused
+/// `overloaded` or not answered within a second. Returns the ids by client_msg_id.
+fn send_until_acked(
+    client: &mut Client,
+    to: &str,
+    pending: &[u64],
+) -> std::collections::BTreeMap<u64, String> {
+    let mut acked = std::collections::BTreeMap::new();
+    let deadline = Instant::now() + WAIT;
+    while acked.len() < pending.len() {
+        assert!(
+            Instant::now() < deadline,
+            "unacknowledged: {acked:?} of {pending:?}"
+        );
+        for n in pending.iter().filter(|n| !acked.contains_key(*n)) {
+            send_json(client, &send_message(*n, to, &format!("message {n}")));
+        }
+        client
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        while let Ok(tungstenite::Message::Text(text)) = client.read() {
+            let answer: Value = serde_json::from_str(&text).unwrap();
+            if answer["type"] == "message_received" {
+                let n = answer["client_msg_id"].as_u64().unwrap();
+                let id = answer["message_id"].as_str().unwrap().to_owned();
+                // A retry is answered with the id the first try got.
+                assert!(acked.insert(n, id.clone()).is_none_or(|first| first == id));
+            }
+        }
+    }
+    client
+        .get_mut()
+        .set_read_timeout(Some(switchboard_tests::READ_TIMEOUT))
+        .unwrap();
+    acked
+}
+
+#[test]
+fn a_retry_through_another_node_gets_the_first_answer_and_no_second_copy() {
+    let redis = RedisServer::start();
+    let cluster = nodes(&redis, 3);
+    let mut bob = join(&redis, &cluster[1], "bob");
+    let mut alice = join(&redis, &cluster[0], "alice");
+    send_json(&mut alice, &send_message(7, "bob", "once"));
+    let first = acked(&mut alice, 7);
+    // The answer was lost, say: alice reconnects elsewhere and sends it again.
+    drop(alice);
+    let mut alice = connect(&cluster[2], "alice");
+    send_json(&mut alice, &send_message(7, "bob", "once"));
+    assert_eq!(acked(&mut alice, 7), first);
+    send_json(&mut alice, &send_message(8, "bob", "twice"));
+    let second = acked(&mut alice, 8);
+    let (incoming, _) = recv_type(&mut bob, "incoming_message");
+    assert_eq!(incoming["message_id"], first.as_str());
+    // The next one bob gets is the next message, not a copy of the first.
+    let (incoming, _) = recv_type(&mut bob, "incoming_message");
+    assert_eq!(incoming["message_id"], second.as_str());
+}
+
 #[test]
 fn a_killed_node_loses_no_acknowledged_message_and_rejoins() {
     let redis = RedisServer::start();
     let mut cluster = nodes(&redis, 3);
+    // Bob's messages are stored on node 1, the one that dies; he is connected there too.
+    let bob_name = owned_by(1, 0b111, "bob");
+    let bob_name = bob_name.as_str();
     let mut alice = join(&redis, &cluster[0], "alice");
-    let bob = join(&redis, &cluster[1], "bob");
+    let bob = join(&redis, &cluster[1], bob_name);
     let mut carol = join(&redis, &cluster[2], "carol");
     send_json(
         &mut carol,
-        &json!({"type":"presence_subscribe","users":["bob"]}),
+        &json!({"type":"presence_subscribe","users":[bob_name]}),
     );
     loop {
         let (presence, _) = recv_type(&mut carol, "presence");
@@ -222,28 +305,41 @@ fn a_killed_node_loses_no_acknowledged_message_and_rejoins() {
             break;
         }
     }
-    // A burst toward bob, and his node killed in the middle of it.
-    let mut ids = BTreeSet::new();
+    // A burst toward bob, and node 1 killed in the middle of it.
     for n in 1..=20 {
-        send_json(&mut alice, &send_message(n, "bob", &format!("burst {n}")));
+        send_json(
+            &mut alice,
+            &send_message(n, bob_name, &format!("message {n}")),
+        );
         if n == 10 {
             cluster[1].signal(libc::SIGKILL);
             cluster[1].wait_exit();
         }
     }
-    for n in 1..=20 {
-        ids.insert(acked(&mut alice, n));
-    }
     drop(bob);
-    // Bob's presence goes offline once his node's heartbeat is gone.
+    // Bob's presence goes offline once node 1's heartbeat is gone.
     loop {
         let (presence, _) = recv_type(&mut carol, "presence");
-        if presence["user"] == "bob" && presence["online"] == false {
+        if presence["user"] == bob_name && presence["online"] == false {
             break;
         }
     }
-    // He reconnects to another node and gets every acknowledged message.
-    let mut bob = join(&redis, &cluster[2], "bob");
+    // He reconnects to another node; node 1 restarts on its data and ports and rejoins.
+    let mut bob = join(&redis, &cluster[2], bob_name);
+    let restarted = node(&redis, 1, Some(&cluster[1]));
+    cluster.push(restarted);
+    for server in [&cluster[0], &cluster[2], &cluster[3]] {
+        wait_for(
+            || metric_sum(server, "switchboard_cluster_nodes") == 3,
+            "every node sees the restarted one",
+        );
+    }
+    // Alice sends again what she has no answer for, as a client does: what node 1 stored
+    // before it died is answered with the id it got then.
+    let all: Vec<u64> = (1..=20).collect();
+    let answers = send_until_acked(&mut alice, bob_name, &all);
+    let ids: BTreeSet<String> = answers.values().cloned().collect();
+    assert_eq!(ids.len(), 20);
     let mut got = BTreeSet::new();
     while got.len() < ids.len() {
         let (incoming, _) = recv_type(&mut bob, "incoming_message");
@@ -255,20 +351,7 @@ fn a_killed_node_loses_no_acknowledged_message_and_rejoins() {
         &mut bob,
         &json!({"type":"message_delivered","message_ids": ids}),
     );
-    // The killed node restarts on its data and ports and rejoins.
-    let restarted = node(&redis, 1, Some(&cluster[1]));
-    cluster.push(restarted);
-    let (status, body) = api(&cluster[0], "alice", "GET", "/v1/discover", None);
-    assert_eq!(status, 200);
-    wait_for(
-        || metric_sum(&cluster[0], "switchboard_cluster_nodes") == 3,
-        "the restarted node is seen again",
-    );
-    assert!(
-        body["nodes"]
-            .as_array()
-            .is_some_and(|nodes| !nodes.is_empty())
-    );
+    // The restarted node serves again.
     let mut frank = join(&redis, &cluster[3], "frank");
     send_json(&mut alice, &send_message(21, "frank", "welcome back"));
     acked(&mut alice, 21);
@@ -280,43 +363,61 @@ fn a_killed_node_loses_no_acknowledged_message_and_rejoins() {
 fn redis_killed_and_restarted_loses_nothing_acknowledged() {
     let mut redis = RedisServer::start();
     let cluster = nodes(&redis, 2);
+    // Both on node 1; the first's messages are stored on node 0, the second's on node 1.
+    let near = owned_by(0, 0b11, "near");
+    let far = owned_by(1, 0b11, "far");
     let mut alice = join(&redis, &cluster[0], "alice");
-    let mut bob = join(&redis, &cluster[1], "bob");
-    send_json(&mut alice, &send_message(1, "bob", "before"));
-    acked(&mut alice, 1);
-    recv_type(&mut bob, "incoming_message");
+    let mut near_client = join(&redis, &cluster[1], &near);
+    let mut far_client = join(&redis, &cluster[1], &far);
+    send_json(&mut alice, &send_message(1, &near, "before"));
+    let before = acked(&mut alice, 1);
+    recv_type(&mut near_client, "incoming_message");
 
     redis.kill();
     wait_for(
         || metric_sum(&cluster[0], "switchboard_cluster_redis_up") == 0,
-        "the node sees Redis gone",
+        "node 0 sees Redis gone",
     );
-    // Local storage goes on: these are acknowledged while Redis is away.
-    let mut ids = BTreeSet::new();
-    for n in 2..=6 {
-        send_json(&mut alice, &send_message(n, "bob", &format!("during {n}")));
-        ids.insert(acked(&mut alice, n));
-    }
-    // A receipt for another node's message cannot go now: `overloaded`, to retry.
+    wait_for(
+        || metric_sum(&cluster[1], "switchboard_cluster_redis_up") == 0,
+        "node 1 sees Redis gone",
+    );
+    // Stored on alice's own node: acknowledged while Redis is away.
+    send_json(&mut alice, &send_message(2, &near, "during"));
+    let during = acked(&mut alice, 2);
+    // For another node: refused, to send again, never acknowledged and lost.
+    send_json(&mut alice, &send_message(3, &far, "refused"));
+    let (error, _) = recv_type(&mut alice, "error");
+    assert_eq!(
+        (error["code"].as_str(), error["client_msg_id"].as_u64()),
+        (Some("overloaded"), Some(3))
+    );
+    // So is a receipt for another node's message.
     send_json(
-        &mut bob,
-        &json!({"type":"message_delivered","message_ids":[ids.first().unwrap()]}),
+        &mut near_client,
+        &json!({"type":"message_delivered","message_ids":[before]}),
     );
-    let (error, _) = recv_type(&mut bob, "error");
+    let (error, _) = recv_type(&mut near_client, "error");
     assert_eq!(error["code"], "overloaded");
 
     redis.restart();
-    let mut got = BTreeSet::new();
-    while got.len() < ids.len() {
-        let message = recv_json(&mut bob);
-        if message["type"] == "incoming_message" {
-            let id = message["message_id"].as_str().unwrap().to_owned();
-            if ids.contains(&id) {
-                got.insert(id);
-            }
+    for server in &cluster {
+        wait_for(
+            || metric_sum(server, "switchboard_cluster_redis_up") == 1,
+            "the nodes reach Redis again",
+        );
+    }
+    // What was acknowledged during the outage arrives.
+    loop {
+        let (incoming, _) = recv_type(&mut near_client, "incoming_message");
+        if incoming["message_id"] == during.as_str() {
+            break;
         }
     }
-    assert_eq!(got, ids);
+    // The refused one, sent again, goes through.
+    let answers = send_until_acked(&mut alice, &far, &[3]);
+    let (incoming, _) = recv_type(&mut far_client, "incoming_message");
+    assert_eq!(incoming["message_id"], answers[&3].as_str());
     assert!(metric_sum(&cluster[0], "switchboard_cluster_reconnects_total") >= 1);
 }
 

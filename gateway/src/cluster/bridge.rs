@@ -101,6 +101,8 @@ pub struct Bridge {
     /// when the waiting batch goes.
     batch_wait: Duration,
     flush_at: Option<Instant>,
+    /// `cluster_forward_age_ms_max`.
+    forward_age_ms_max: u64,
     /// When the entries read go unacknowledged no longer.
     ack_at: Option<Instant>,
 }
@@ -157,6 +159,7 @@ impl Bridge {
             poll: Duration::from_millis(limits.cluster_poll_ms),
             batch_wait: Duration::from_millis(limits.cluster_batch_wait_ms),
             flush_at: None,
+            forward_age_ms_max: limits.cluster_forward_age_ms_max,
             ack_at: None,
         }
     }
@@ -254,8 +257,9 @@ impl Bridge {
                 message,
             } => {
                 let me = self.me;
+                let now_ms = wall_ms();
                 let out = self.out(node);
-                items::put_forward(out, me, &user, &message);
+                items::put_forward(out, me, now_ms, &user, &message);
             }
             ToBridge::Seek { user } => {
                 if self.remote.nodes_of(&user).is_empty() {
@@ -313,10 +317,19 @@ impl Bridge {
             }
             Item::Forward {
                 node,
+                sent_ms,
                 user,
                 message,
             } => {
                 if node == self.me {
+                    return;
+                }
+                // A message that waited here past its sender's patience (this node was
+                // down, or far behind) has been sent again elsewhere: storing it now would
+                // make a second copy under another id.
+                let stale = wall_ms().saturating_sub(sent_ms) > self.forward_age_ms_max;
+                if stale && matches!(message, wire::ClientMessage::SendMessage(_)) {
+                    ClusterStats::add(&self.stats.forwards_stale, 1);
                     return;
                 }
                 // The user's answers go back on this connection: make it if it is not there.
@@ -574,6 +587,11 @@ impl Bridge {
             }
         }
         self.live = live;
+        // This node is live whatever Redis said: it owns its users at least.
+        let mask = (0..router::NODES_MAX)
+            .filter(|node| live[usize::from(*node)] || *node == self.me)
+            .fold(0u64, |mask, node| mask | 1 << node);
+        self.stats.live_nodes.store(mask, Ordering::Relaxed);
         nodes.sort_by_key(|info| (info.load, info.node));
         self.stats
             .nodes

@@ -3,8 +3,9 @@
 //! docs/protocol.md, which never holds a raw newline.
 //!
 //! - `d\t<user>\t<server message>`: for the connections of `user` on the receiving node.
-//! - `f\t<node>\t<user>\t<client message>`: a client message of `user`, who is connected to
-//!   node `node`, for the receiving node, which stored what it names.
+//! - `f\t<node>\t<ms>\t<user>\t<client message>`: a client message of `user`, who is
+//!   connected to node `node`, for the receiving node, which owns what it names; `ms` is when
+//!   node `node` sent it (Unix ms, by its clock).
 
 use wire::{ClientMessage, ServerMessage, UserId};
 
@@ -17,6 +18,7 @@ pub enum Item {
     },
     Forward {
         node: u8,
+        sent_ms: u64,
         user: UserId,
         message: ClientMessage,
     },
@@ -32,9 +34,17 @@ pub fn put_deliver(out: &mut Vec<u8>, user: &UserId, message: &ServerMessage) {
 }
 
 /// Appends an `f` item to `out`.
-pub fn put_forward(out: &mut Vec<u8>, node: u8, user: &UserId, message: &ClientMessage) {
+pub fn put_forward(
+    out: &mut Vec<u8>,
+    node: u8,
+    sent_ms: u64,
+    user: &UserId,
+    message: &ClientMessage,
+) {
     out.extend_from_slice(b"f\t");
     out.extend_from_slice(node.to_string().as_bytes());
+    out.push(b'\t');
+    out.extend_from_slice(sent_ms.to_string().as_bytes());
     out.push(b'\t');
     out.extend_from_slice(user.as_str().as_bytes());
     out.push(b'\t');
@@ -66,12 +76,13 @@ fn read_line(line: &[u8], limits: &wire::Limits) -> Result<Item, String> {
             })
         }
         Some(("f", rest)) => {
-            let mut fields = rest.splitn(3, '\t');
-            let (Some(node), Some(from), Some(json)) =
-                (fields.next(), fields.next(), fields.next())
+            let mut fields = rest.splitn(4, '\t');
+            let (Some(node), Some(sent_ms), Some(from), Some(json)) =
+                (fields.next(), fields.next(), fields.next(), fields.next())
             else {
-                return Err("an f item has 4 fields".to_owned());
+                return Err("an f item has 5 fields".to_owned());
             };
+            let sent_ms = sent_ms.parse::<u64>().map_err(|_| "no time".to_owned())?;
             let node = node
                 .parse::<u8>()
                 .ok()
@@ -81,6 +92,7 @@ fn read_line(line: &[u8], limits: &wire::Limits) -> Result<Item, String> {
                 .map_err(|error| error.to_string())?;
             Ok(Item::Forward {
                 node,
+                sent_ms,
                 user: user(from)?,
                 message,
             })

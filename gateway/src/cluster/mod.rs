@@ -3,8 +3,10 @@
 //! "Cluster").
 //!
 //! Each node stays share-nothing: its shards own the users it sees, with their inboxes in its
-//! own write-ahead log, exactly as a node on its own. What the nodes share through Redis is
-//! who is where:
+//! own write-ahead log, exactly as a node on its own. A message is stored by its recipient's
+//! owner node (`router::owner_node`, rendezvous hashing over the live nodes), so a retry
+//! through any node meets the same dedup entry. What the nodes share through Redis is who is
+//! where:
 //! - **membership**: each node's heartbeat key `sb:node:{n}` (its advertised URL and load,
 //!   with a TTL of `cluster_node_ttl_ms`), which `GET /v1/discover` lists;
 //! - **the session directory**: `sb:where` (user → node) and `sb:presence` (a sorted set of
@@ -108,8 +110,13 @@ pub struct ClusterStats {
     /// Connections of users on other nodes attached now, and users sought and not found.
     pub remote_conns: AtomicU64,
     pub pending_users: AtomicU64,
-    /// Live nodes, this one included, as the last heartbeat found them.
+    /// Live nodes, this one included, as the last heartbeat found them: their count, and
+    /// a bit per node (bit `n` for node `n`), which the shards read to find a user's owner.
     pub nodes: AtomicU64,
+    pub live_nodes: AtomicU64,
+    /// Messages forwarded by another node that came too late to be stored
+    /// (`cluster_forward_age_ms_max`).
+    pub forwards_stale: AtomicU64,
     /// Client messages refused `overloaded` because Redis could not be reached.
     pub forwards_refused: AtomicU64,
 }
@@ -201,6 +208,8 @@ pub fn start(
     let limits = &config.limits;
     let ring = limits.cluster_ring_items_max;
     let stats = Arc::new(ClusterStats::default());
+    // Until the first heartbeat, this node alone: it owns every user.
+    stats.live_nodes.store(1 << cluster.node, Ordering::Relaxed);
     let notify = Arc::new(tokio::sync::Notify::new());
     let mut shards = Vec::with_capacity(n_shards);
     let mut from_shards = Vec::with_capacity(n_shards);
@@ -258,18 +267,30 @@ pub fn start(
 }
 
 /// A client message of a user connected to node `me`, split by the node each part is for:
-/// the part this node handles (if any) and the parts for other nodes. Receipts go to the
-/// node that stored each message (named in its id); a message, typing or history page of a
-/// group goes to the node that made the group (named in its id). Everything else is this
-/// node's.
+/// the part this node handles (if any) and the parts for other nodes. A message to a user
+/// goes to the user's owner among the live nodes `live` (`router::owner_node`), which stores
+/// it and so answers a retry from any node; receipts go to the node that stored each
+/// message (named in its id); a message, typing or history page of a group goes to the node
+/// that made the group (named in its id). Everything else is this node's.
 pub fn by_node(
     me: u8,
+    live: u16,
     message: ClientMessage,
 ) -> (Option<ClientMessage>, Vec<(u8, ClientMessage)>) {
     let node_of_target = |target: &Target| match target {
         Target::Group(group) => router::node_of(MessageId(group.0)),
         Target::User(_) => me,
     };
+    if let ClientMessage::SendMessage(send) = &message
+        && let Target::User(to) = &send.to
+    {
+        let owner = router::owner_node(to, live | 1 << me).unwrap_or(me);
+        return if owner == me {
+            (Some(message), Vec::new())
+        } else {
+            (None, vec![(owner, message)])
+        };
+    }
     let split_ids = |ids: Vec<MessageId>, make: fn(Vec<MessageId>) -> ClientMessage| {
         if ids.iter().all(|id| router::node_of(*id) == me) {
             return (Some(make(ids)), Vec::new());

@@ -22,7 +22,7 @@ fn receipts_go_to_the_node_that_stored_each_message() {
     let message = ClientMessage::MessageDelivered {
         message_ids: vec![mine, theirs, third, theirs],
     };
-    let (local, remote) = by_node(1, message);
+    let (local, remote) = by_node(1, 0b1110, message);
     assert_eq!(
         local,
         Some(ClientMessage::MessageDelivered {
@@ -49,7 +49,10 @@ fn receipts_go_to_the_node_that_stored_each_message() {
     let all_mine = ClientMessage::MessageRead {
         message_ids: vec![mine],
     };
-    assert_eq!(by_node(1, all_mine.clone()), (Some(all_mine), Vec::new()));
+    assert_eq!(
+        by_node(1, 0b1110, all_mine.clone()),
+        (Some(all_mine), Vec::new())
+    );
 }
 
 #[test]
@@ -61,18 +64,35 @@ fn a_group_message_goes_to_the_node_that_made_the_group_and_a_direct_one_stays()
         content: "hi".into(),
         media: None,
     });
-    assert_eq!(by_node(0, to_group.clone()), (None, vec![(4, to_group)]));
+    assert_eq!(
+        by_node(0, 0b1, to_group.clone()),
+        (None, vec![(4, to_group)])
+    );
     let direct = ClientMessage::SendMessage(SendMessage {
         client_msg_id: 2,
         to: Target::User(user("bob")),
         content: "hi".into(),
         media: None,
     });
-    assert_eq!(by_node(0, direct.clone()), (Some(direct), Vec::new()));
+    assert_eq!(
+        by_node(0, 0b1, direct.clone()),
+        (Some(direct.clone()), Vec::new())
+    );
+    // A message to a user goes to their owner among the live nodes, the sender's included.
+    let owner = router::owner_node(&user("bob"), 0b111).unwrap();
+    let (here, there) = by_node(0, 0b111, direct.clone());
+    if owner == 0 {
+        assert_eq!((here, there), (Some(direct.clone()), Vec::new()));
+    } else {
+        assert_eq!((here, there), (None, vec![(owner, direct.clone())]));
+    }
     let typing = ClientMessage::Typing {
         to: Target::Group(group),
     };
-    assert_eq!(by_node(4, typing.clone()), (Some(typing), Vec::new()));
+    assert_eq!(
+        by_node(4, 0b1_0000, typing.clone()),
+        (Some(typing), Vec::new())
+    );
 }
 
 #[test]
@@ -88,8 +108,8 @@ fn items_read_back_as_written_and_bad_lines_are_refused_alone() {
     let ack = ClientMessage::MessageDelivered {
         message_ids: vec![id_of(3)],
     };
-    items::put_forward(&mut entry, 7, &user("alice"), &ack);
-    entry.extend_from_slice(b"f\t99\talice\t{}\n");
+    items::put_forward(&mut entry, 7, 1_700_000_000_000, &user("alice"), &ack);
+    entry.extend_from_slice(b"f\t99\t1\talice\t{}\n");
     let read = items::read(&entry, &limits);
     assert_eq!(read.len(), 4);
     assert_eq!(
@@ -104,6 +124,7 @@ fn items_read_back_as_written_and_bad_lines_are_refused_alone() {
         read[2],
         Ok(Item::Forward {
             node: 7,
+            sent_ms: 1_700_000_000_000,
             user: user("alice"),
             message: ack
         })

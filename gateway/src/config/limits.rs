@@ -406,6 +406,10 @@ limits! {
         cluster_batch_wait_ms: u64 = 5, Ms, min 0;
         /// Stream entries one XREADGROUP takes.
         cluster_read_entries_max: usize = 64, Count, min 1;
+        /// How old a message forwarded by another node may be when this node reads it: an
+        /// older one is dropped unstored (its sender had no answer and sends it again), so
+        /// that a node back from a crash does not store a second copy of what was retried.
+        cluster_forward_age_ms_max: u64 = 10_000, Ms, min 1;
         /// Entries a node's stream keeps (XADD MAXLEN ~): older ones are trimmed.
         cluster_stream_entries_max: usize = 100_000, Count, min 1;
         /// Users looked up in Redis in one round trip.

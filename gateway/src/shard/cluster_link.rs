@@ -105,14 +105,18 @@ impl ClusterLink {
         let Some(end) = &self.end else {
             return Diverted::Local(message);
         };
-        let (me, up) = {
+        let (me, up, live) = {
             let end = end.borrow();
-            (end.node, end.stats.up())
+            let live = end
+                .stats
+                .live_nodes
+                .load(std::sync::atomic::Ordering::Relaxed);
+            (end.node, end.stats.up(), live as u16)
         };
         for sought in crate::cluster::sought(&message) {
             self.seek(sought);
         }
-        let (local, remote) = crate::cluster::by_node(me, message);
+        let (local, remote) = crate::cluster::by_node(me, live, message);
         if !remote.is_empty() {
             if !up {
                 ClusterStats::add(&end.borrow().stats.forwards_refused, 1);

@@ -29,7 +29,7 @@ struct ClusterCollector {
 impl Collector for ClusterCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = &self.stats;
-        let series: [(&str, Kind, &str, &std::sync::atomic::AtomicU64); 15] = [
+        let series: [(&str, Kind, &str, &std::sync::atomic::AtomicU64); 16] = [
             (
                 "switchboard_cluster_redis_up",
                 Kind::Gauge,
@@ -95,6 +95,12 @@ impl Collector for ClusterCollector {
                 Kind::Counter,
                 "Users looked up in the cluster's directory.",
                 &s.lookups,
+            ),
+            (
+                "switchboard_cluster_forwards_stale_total",
+                Kind::Counter,
+                "Messages forwarded by another node dropped unstored because they came after cluster_forward_age_ms_max.",
+                &s.forwards_stale,
             ),
             (
                 "switchboard_cluster_forwards_refused_total",
