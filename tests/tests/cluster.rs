@@ -1,6 +1,6 @@
 //! Cluster mode through the real binary: three nodes sharing a real `redis-server` the test
 //! starts on a free loopback port, with tungstenite clients spread over them. A message,
-//! its receipts, typing and presence across nodes; an inbox drained on another node than
+//! its receipts, typing and presence across nodes; a user's devices on two nodes; an inbox drained on another node than
 //! the one that stored it; a group made on one node used from the others; a node killed
 //! with SIGKILL during a burst (its users go offline within the TTL, reconnect elsewhere
 //! and get every acknowledged message, and the node rejoins); Redis killed and restarted
@@ -73,11 +73,13 @@ fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
     }
 }
 
-/// Connects `user` to `server` and waits until the cluster's directory knows it.
-fn join(redis: &RedisServer, server: &Server, user: &str) -> Client {
+/// Connects `user` to `server`, node `node`, and waits until the node's presence set in
+/// Redis holds the user.
+fn join(redis: &RedisServer, server: &Server, node: u8, user: &str) -> Client {
     let client = connect(server, user);
+    let key = format!("sb:presence:{node}");
     wait_for(
-        || !redis.command(&["HGET", "sb:where", user]).contains("$-1"),
+        || !redis.command(&["ZSCORE", &key, user]).contains("$-1"),
         "the directory names the user",
     );
     client
@@ -96,9 +98,9 @@ fn a_message_its_receipts_typing_and_presence_cross_nodes() {
     // Bob's messages are stored on node 2: neither alice's node nor his.
     let bob_name = owned_by(2, 0b111, "bob");
     let bob_name = bob_name.as_str();
-    let mut alice = join(&redis, &cluster[0], "alice");
-    let mut bob = join(&redis, &cluster[1], bob_name);
-    let mut carol = join(&redis, &cluster[2], "carol");
+    let mut alice = join(&redis, &cluster[0], 0, "alice");
+    let mut bob = join(&redis, &cluster[1], 1, bob_name);
+    let mut carol = join(&redis, &cluster[2], 2, "carol");
 
     send_json(&mut alice, &send_message(1, bob_name, "hello across"));
     let id = acked(&mut alice, 1);
@@ -151,13 +153,32 @@ fn a_message_its_receipts_typing_and_presence_cross_nodes() {
 }
 
 #[test]
+fn a_user_with_devices_on_two_nodes_gets_each_message_on_both() {
+    let redis = RedisServer::start();
+    let cluster = nodes(&redis, 3);
+    // Stored on node 0, where neither device is.
+    let bob = owned_by(0, 0b111, "bob");
+    let mut alice = join(&redis, &cluster[0], 0, "alice");
+    let mut phone = join(&redis, &cluster[1], 1, &bob);
+    let mut laptop = join(&redis, &cluster[2], 2, &bob);
+    for n in 1..=3 {
+        send_json(&mut alice, &send_message(n, &bob, &format!("to both {n}")));
+        let id = acked(&mut alice, n);
+        for device in [&mut phone, &mut laptop] {
+            let (incoming, _) = recv_type(device, "incoming_message");
+            assert_eq!(incoming["message_id"], id.as_str());
+        }
+    }
+}
+
+#[test]
 fn an_inbox_stored_on_one_node_drains_on_another() {
     let redis = RedisServer::start();
     let cluster = nodes(&redis, 3);
     // Stored on node 0, where alice is; dave comes to node 2.
     let dave_name = owned_by(0, 0b111, "dave");
     let dave_name = dave_name.as_str();
-    let mut alice = join(&redis, &cluster[0], "alice");
+    let mut alice = join(&redis, &cluster[0], 0, "alice");
     let mut ids = BTreeSet::new();
     for n in 1..=5 {
         send_json(
@@ -167,7 +188,7 @@ fn an_inbox_stored_on_one_node_drains_on_another() {
         ids.insert(acked(&mut alice, n));
     }
     // Dave was never connected: he comes to another node and gets the inbox.
-    let mut dave = join(&redis, &cluster[2], dave_name);
+    let mut dave = join(&redis, &cluster[2], 2, dave_name);
     let mut got = BTreeSet::new();
     while got.len() < ids.len() {
         let (incoming, _) = recv_type(&mut dave, "incoming_message");
@@ -188,9 +209,9 @@ fn an_inbox_stored_on_one_node_drains_on_another() {
 fn a_group_made_on_one_node_is_used_from_the_others() {
     let redis = RedisServer::start();
     let cluster = nodes(&redis, 3);
-    let mut alice = join(&redis, &cluster[0], "alice");
-    let mut bob = join(&redis, &cluster[1], "bob");
-    let mut carol = join(&redis, &cluster[2], "carol");
+    let mut alice = join(&redis, &cluster[0], 0, "alice");
+    let mut bob = join(&redis, &cluster[1], 1, "bob");
+    let mut carol = join(&redis, &cluster[2], 2, "carol");
     let group = create_group(&cluster[0], "alice", "across", &["bob", "carol"]);
     // Each member hears of the group's creation on their own node.
     recv_type(&mut bob, "group_event");
@@ -205,7 +226,7 @@ fn a_group_made_on_one_node_is_used_from_the_others() {
         assert_eq!(incoming["from"], "bob");
     }
     // A non-member on another node is refused by the group's node.
-    let mut eve = join(&redis, &cluster[2], "eve");
+    let mut eve = join(&redis, &cluster[2], 2, "eve");
     send_json(&mut eve, &send_to_group(9, &group, "let me in"));
     let (error, _) = recv_type(&mut eve, "error");
     assert_eq!(error["code"], "forbidden");
@@ -267,8 +288,8 @@ fn send_until_acked(
 fn a_retry_through_another_node_gets_the_first_answer_and_no_second_copy() {
     let redis = RedisServer::start();
     let cluster = nodes(&redis, 3);
-    let mut bob = join(&redis, &cluster[1], "bob");
-    let mut alice = join(&redis, &cluster[0], "alice");
+    let mut bob = join(&redis, &cluster[1], 1, "bob");
+    let mut alice = join(&redis, &cluster[0], 0, "alice");
     send_json(&mut alice, &send_message(7, "bob", "once"));
     let first = acked(&mut alice, 7);
     // The answer was lost, say: alice reconnects elsewhere and sends it again.
@@ -292,9 +313,9 @@ fn a_killed_node_loses_no_acknowledged_message_and_rejoins() {
     // Bob's messages are stored on node 1, the one that dies; he is connected there too.
     let bob_name = owned_by(1, 0b111, "bob");
     let bob_name = bob_name.as_str();
-    let mut alice = join(&redis, &cluster[0], "alice");
-    let bob = join(&redis, &cluster[1], bob_name);
-    let mut carol = join(&redis, &cluster[2], "carol");
+    let mut alice = join(&redis, &cluster[0], 0, "alice");
+    let bob = join(&redis, &cluster[1], 1, bob_name);
+    let mut carol = join(&redis, &cluster[2], 2, "carol");
     send_json(
         &mut carol,
         &json!({"type":"presence_subscribe","users":[bob_name]}),
@@ -325,7 +346,7 @@ fn a_killed_node_loses_no_acknowledged_message_and_rejoins() {
         }
     }
     // He reconnects to another node; node 1 restarts on its data and ports and rejoins.
-    let mut bob = join(&redis, &cluster[2], bob_name);
+    let mut bob = join(&redis, &cluster[2], 2, bob_name);
     let restarted = node(&redis, 1, Some(&cluster[1]));
     cluster.push(restarted);
     for server in [&cluster[0], &cluster[2], &cluster[3]] {
@@ -352,7 +373,7 @@ fn a_killed_node_loses_no_acknowledged_message_and_rejoins() {
         &json!({"type":"message_delivered","message_ids": ids}),
     );
     // The restarted node serves again.
-    let mut frank = join(&redis, &cluster[3], "frank");
+    let mut frank = join(&redis, &cluster[3], 1, "frank");
     send_json(&mut alice, &send_message(21, "frank", "welcome back"));
     acked(&mut alice, 21);
     let (incoming, _) = recv_type(&mut frank, "incoming_message");
@@ -366,9 +387,9 @@ fn redis_killed_and_restarted_loses_nothing_acknowledged() {
     // Both on node 1; the first's messages are stored on node 0, the second's on node 1.
     let near = owned_by(0, 0b11, "near");
     let far = owned_by(1, 0b11, "far");
-    let mut alice = join(&redis, &cluster[0], "alice");
-    let mut near_client = join(&redis, &cluster[1], &near);
-    let mut far_client = join(&redis, &cluster[1], &far);
+    let mut alice = join(&redis, &cluster[0], 0, "alice");
+    let mut near_client = join(&redis, &cluster[1], 1, &near);
+    let mut far_client = join(&redis, &cluster[1], 1, &far);
     send_json(&mut alice, &send_message(1, &near, "before"));
     let before = acked(&mut alice, 1);
     recv_type(&mut near_client, "incoming_message");
@@ -425,9 +446,9 @@ fn redis_killed_and_restarted_loses_nothing_acknowledged() {
 fn discover_lists_the_live_nodes_least_loaded_first() {
     let redis = RedisServer::start();
     let cluster = nodes(&redis, 2);
-    let _a = join(&redis, &cluster[0], "a1");
-    let _b = join(&redis, &cluster[0], "a2");
-    let _c = join(&redis, &cluster[1], "b1");
+    let _a = join(&redis, &cluster[0], 0, "a1");
+    let _b = join(&redis, &cluster[0], 0, "a2");
+    let _c = join(&redis, &cluster[1], 1, "b1");
     let advertised = |server: &Server| format!("ws://{}/ws", server.ws_addr);
     let mut body = Value::Null;
     wait_for(

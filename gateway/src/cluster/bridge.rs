@@ -19,18 +19,6 @@ use super::streams::{self, Entries};
 use super::{ClusterStats, NodeInfo, ToBridge, Wakers};
 use crate::config::{ClusterConfig, Limits};
 
-/// Takes a user's directory entry and presence away only if they still name this node:
-/// the user may have connected to another node since.
-const WENT: &str = r"
-for i = 2, #ARGV do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then
-    redis.call('HDEL', KEYS[1], ARGV[i])
-    redis.call('ZREM', KEYS[2], ARGV[i])
-  end
-end
-return 0
-";
-
 /// Entries read that wait for one XACK at most.
 const ACKS_MAX: usize = 4_096;
 
@@ -543,24 +531,23 @@ impl Bridge {
         for node in 0..router::NODES_MAX {
             mget.arg(streams::node_key(node));
         }
+        // This node's set: the expired go, the connected are renewed, and the set itself
+        // lives only as long as this node beats, so a dead node's users vanish with it.
+        let presence = streams::presence_key(self.me);
         pipe.cmd("ZREMRANGEBYSCORE")
-            .arg(streams::PRESENCE)
+            .arg(&presence)
             .arg("-inf")
             .arg(now_ms)
             .ignore();
         let users: Vec<&UserId> = self.local.keys().collect();
         for chunk in users.chunks(self.lookup_max) {
-            let zadd = pipe.cmd("ZADD").arg(streams::PRESENCE);
+            let zadd = pipe.cmd("ZADD").arg(&presence);
             for user in chunk {
                 zadd.arg(now_ms + self.ttl_ms).arg(user.as_str());
             }
             zadd.ignore();
-            let hset = pipe.cmd("HSET").arg(streams::WHERE);
-            for user in chunk {
-                hset.arg(user.as_str()).arg(self.me);
-            }
-            hset.ignore();
         }
+        pipe.cmd("PEXPIRE").arg(&presence).arg(self.ttl_ms).ignore();
         self.send_count(&pipe);
         let conn = self.conn.as_mut().expect("connected");
         let (beats,): (Vec<Option<String>>,) = pipe.query_async(conn).await?;
@@ -613,43 +600,44 @@ impl Bridge {
         users.sort();
         users.dedup();
         ClusterStats::add(&self.stats.lookups, users.len());
-        let mut pipe = redis::pipe();
-        let hmget = pipe.cmd("HMGET").arg(streams::WHERE);
-        for user in &users {
-            hmget.arg(user.as_str());
-        }
-        let zmscore = pipe.cmd("ZMSCORE").arg(streams::PRESENCE);
-        for user in &users {
-            zmscore.arg(user.as_str());
-        }
-        self.send_count(&pipe);
-        let conn = self.conn.as_mut().expect("connected");
-        let (wheres, scores): (Vec<Option<u8>>, Vec<Option<f64>>) = pipe.query_async(conn).await?;
-        let now_ms = wall_ms() as f64;
-        for ((user, node), score) in users.into_iter().zip(wheres).zip(scores) {
-            let found = match (node, score) {
-                (Some(node), Some(expiry))
-                    if node != self.me
-                        && node < router::NODES_MAX
-                        && expiry > now_ms
-                        && self.live[usize::from(node)] =>
-                {
-                    Some(node)
+        // Every other live node's set, in one round trip.
+        let nodes: Vec<u8> = (0..router::NODES_MAX)
+            .filter(|node| *node != self.me && self.live[usize::from(*node)])
+            .collect();
+        let mut found: Vec<Vec<u8>> = vec![Vec::new(); users.len()];
+        if !nodes.is_empty() {
+            let mut pipe = redis::pipe();
+            for node in &nodes {
+                let zmscore = pipe.cmd("ZMSCORE").arg(streams::presence_key(*node));
+                for user in &users {
+                    zmscore.arg(user.as_str());
                 }
-                _ => None,
-            };
-            match found {
-                Some(node) => {
-                    // Moved from another node: that connection goes.
-                    for old in self.remote.nodes_of(&user) {
-                        if old != node {
-                            self.detach(old, &user);
-                        }
+            }
+            self.send_count(&pipe);
+            let conn = self.conn.as_mut().expect("connected");
+            let scores: Vec<Vec<Option<f64>>> = pipe.query_async(conn).await?;
+            let now_ms = wall_ms() as f64;
+            for (node, scores) in nodes.iter().zip(scores) {
+                for (index, score) in scores.into_iter().enumerate() {
+                    if score.is_some_and(|expiry| expiry > now_ms) && index < found.len() {
+                        found[index].push(*node);
                     }
-                    self.attach(node, &user);
                 }
-                None if self.local.contains_key(&user) => {}
-                None => self.pending.insert(user),
+            }
+        }
+        for (user, found) in users.into_iter().zip(found) {
+            // A user with devices on several nodes is attached from each; a node they left
+            // is detached.
+            for old in self.remote.nodes_of(&user) {
+                if !found.contains(&old) {
+                    self.detach(old, &user);
+                }
+            }
+            for node in &found {
+                self.attach(*node, &user);
+            }
+            if found.is_empty() && !self.local.contains_key(&user) {
+                self.pending.insert(user);
             }
         }
         Ok(())
@@ -665,30 +653,21 @@ impl Bridge {
                 .changed
                 .drain()
                 .partition(|user| self.local.contains_key(user));
+            let presence = streams::presence_key(self.me);
             if !came.is_empty() {
-                let zadd = pipe.cmd("ZADD").arg(streams::PRESENCE);
+                let zadd = pipe.cmd("ZADD").arg(&presence);
                 for user in &came {
                     zadd.arg(now_ms + self.ttl_ms).arg(user.as_str());
                 }
                 zadd.ignore();
-                let hset = pipe.cmd("HSET").arg(streams::WHERE);
-                for user in &came {
-                    hset.arg(user.as_str()).arg(self.me);
-                }
-                hset.ignore();
+                pipe.cmd("PEXPIRE").arg(&presence).arg(self.ttl_ms).ignore();
             }
             if !went.is_empty() {
-                let eval = pipe
-                    .cmd("EVAL")
-                    .arg(WENT)
-                    .arg(2)
-                    .arg(streams::WHERE)
-                    .arg(streams::PRESENCE)
-                    .arg(self.me);
+                let zrem = pipe.cmd("ZREM").arg(&presence);
                 for user in &went {
-                    eval.arg(user.as_str());
+                    zrem.arg(user.as_str());
                 }
-                eval.ignore();
+                zrem.ignore();
             }
             let hint = serde_json::json!({
                 "node": self.me,

@@ -9,15 +9,17 @@
 //! where:
 //! - **membership**: each node's heartbeat key `sb:node:{n}` (its advertised URL and load,
 //!   with a TTL of `cluster_node_ttl_ms`), which `GET /v1/discover` lists;
-//! - **the session directory**: `sb:where` (user → node) and `sb:presence` (a sorted set of
-//!   users scored by the expiry of their presence), written when a user's first connection
-//!   to a node opens or its last closes, and refreshed in batches with the heartbeat, so that
-//!   a node that dies takes its users offline within the TTL;
+//! - **the session directory and presence**: per node, `sb:presence:{n}`, a sorted set of
+//!   the users connected to it scored by the expiry of their presence, written when a
+//!   user's first connection to the node opens or its last closes and refreshed in batches
+//!   with the heartbeat (the set itself expires with the node's heartbeat), so that a node
+//!   that dies takes its users offline within the TTL; a user with devices on several nodes
+//!   is in each node's set, and reached on each;
 //! - **a stream per node**, `sb:in:{n}` (XADD, XREADGROUP, XACK), carrying batches of items:
 //!   a server message for a user connected to that node, or a client message of a user
 //!   connected to another node for the node that stored what it names (a receipt for its
-//!   message, a message to its group). Pub/sub (`sb:presence`) carries only hints that a user
-//!   came or went, each of which the directory can confirm.
+//!   message, a message to its group). Pub/sub (channel `sb:presence`) carries only hints
+//!   that a user came or went, each of which the sets can confirm.
 //!
 //! When a node has something for a user who is not connected to it (the router reports a
 //! message for a user with no open connection, a receipt queued for one, a typing or

@@ -15,15 +15,17 @@ use super::ClusterStats;
 
 /// The consumer group every node reads its own stream through.
 pub const GROUP: &str = "switchboard";
-/// The directory: user → node number.
-pub const WHERE: &str = "sb:where";
-/// Users' presence, scored by when it expires (Unix ms).
-pub const PRESENCE: &str = "sb:presence";
 /// The pub/sub channel of presence hints.
 pub const HINTS: &str = "sb:presence";
 
 pub fn node_key(node: u8) -> String {
     format!("sb:node:{node}")
+}
+
+/// The users connected to `node`, scored by when their presence expires (Unix ms): the
+/// directory. A user with devices on several nodes is in each node's set.
+pub fn presence_key(node: u8) -> String {
+    format!("sb:presence:{node}")
 }
 
 pub fn stream_key(node: u8) -> String {
