@@ -225,6 +225,35 @@ fn a_group_made_on_one_node_is_used_from_the_others() {
         assert_eq!(incoming["group_id"], group.as_str());
         assert_eq!(incoming["from"], "bob");
     }
+    // The group's routes answer on every node: forwarded to the node that holds it.
+    let (status, body) = api(
+        &cluster[1],
+        "bob",
+        "GET",
+        &format!("/v1/groups/{group}"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["members"], json!(["alice", "bob", "carol"]));
+    let (status, body) = api(&cluster[2], "carol", "GET", "/v1/groups", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["groups"][0]["group_id"], group.as_str());
+    let mut dave = join(&redis, &cluster[1], 1, "dave");
+    let add = json!({"user": "dave"});
+    let path = format!("/v1/groups/{group}/members");
+    let (status, body) = api(&cluster[2], "alice", "POST", &path, Some(&add));
+    assert_eq!(status, 200, "{body}");
+    let (event, _) = recv_type(&mut dave, "group_event");
+    assert_eq!(event["event"], "member_added");
+    assert_eq!(event["user"], "dave");
+    let (status, _) = api(
+        &cluster[2],
+        "eve",
+        "GET",
+        &format!("/v1/groups/{group}"),
+        None,
+    );
+    assert_eq!(status, 404, "a non-member learns nothing, from any node");
     // A non-member on another node is refused by the group's node.
     let mut eve = join(&redis, &cluster[2], 2, "eve");
     send_json(&mut eve, &send_to_group(9, &group, "let me in"));

@@ -75,7 +75,7 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
         storage::history::open(&history_dir, n_shards, history_config, Arc::clone(&blobs))
             .with_context(|| format!("cannot open {}", history_dir.display()))?;
     let push = push::start(&config, listeners.len())?;
-    let cluster = cluster::start(&config, listeners.len(), ws_addr)?;
+    let cluster = cluster::start(&config, listeners.len(), ws_addr, http_addr)?;
     let shard_control = start_control_plane(
         &config,
         &auth,

@@ -26,6 +26,7 @@ const ACKS_MAX: usize = 4_096;
 pub struct Parts {
     pub cluster: ClusterConfig,
     pub advertise: String,
+    pub http_port: u16,
     pub limits: Limits,
     pub client: redis::Client,
     pub from_shards: Vec<rtrb::Consumer<ToBridge>>,
@@ -47,6 +48,7 @@ struct Outgoing {
 pub struct Bridge {
     me: u8,
     advertise: String,
+    http_port: u16,
     client: redis::Client,
     conn: Option<MultiplexedConnection>,
     /// When to try Redis again, and the wait after that.
@@ -109,6 +111,7 @@ impl Bridge {
         Bridge {
             me: parts.cluster.node,
             advertise: parts.advertise,
+            http_port: parts.http_port,
             client: parts.client,
             conn: None,
             next_try: now,
@@ -519,6 +522,7 @@ impl Bridge {
             node: self.me,
             url: self.advertise.clone(),
             load: self.local_conns,
+            http_port: self.http_port,
         };
         let mut pipe = redis::pipe();
         pipe.cmd("SET")

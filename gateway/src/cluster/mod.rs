@@ -82,6 +82,10 @@ pub struct NodeInfo {
     pub url: String,
     /// Its open WebSocket connections.
     pub load: u64,
+    /// The port of its HTTP API, on the host of `url`: where the group routes of its groups
+    /// are forwarded (`control/cluster_proxy.rs`).
+    #[serde(default)]
+    pub http_port: u16,
 }
 
 /// The bridge's counters, read by `/metrics`: relaxed atomics, each with one writer but
@@ -169,6 +173,8 @@ pub struct ClusterParts {
 /// What the control plane reads of the bridge: its counters and the live nodes.
 #[derive(Debug, Clone)]
 pub struct ClusterView {
+    /// This node's number.
+    pub node: u8,
     pub stats: Arc<ClusterStats>,
     nodes: Arc<Mutex<Vec<NodeInfo>>>,
 }
@@ -198,6 +204,7 @@ pub fn start(
     config: &Config,
     n_shards: usize,
     ws_addr: std::net::SocketAddr,
+    http_addr: std::net::SocketAddr,
 ) -> anyhow::Result<Option<ClusterParts>> {
     let Some(cluster) = config.cluster.clone() else {
         return Ok(None);
@@ -236,6 +243,7 @@ pub fn start(
     let bridge = bridge::Bridge::new(bridge::Parts {
         cluster: cluster.clone(),
         advertise: advertise.clone(),
+        http_port: http_addr.port(),
         limits: limits.clone(),
         client,
         from_shards,
@@ -263,7 +271,11 @@ pub fn start(
         .context("cannot start the cluster bridge's thread")?;
     Ok(Some(ClusterParts {
         shards,
-        view: ClusterView { stats, nodes },
+        view: ClusterView {
+            node: cluster.node,
+            stats,
+            nodes,
+        },
         wakers,
     }))
 }

@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 use wire::ErrorCode;
 
 use crate::auth::Authenticator;
+use crate::control::cluster_proxy::{self, Plan};
 use crate::control::groups::{self, Shards};
 use crate::control::history::{self, HistoryRoutes};
 use crate::control::media::MediaRoutes;
@@ -194,12 +195,12 @@ fn router(plane: ControlPlane, metrics: Arc<PlaneMetrics>) -> Router {
     }
     let page = crate::control::web::routes(plane.ws_addr, plane.tls.is_some(), plane.dev);
     let dev = plane.dev;
-    let api = Api {
+    let api = Arc::new(Api {
         plane,
         exposition,
         metrics,
         next_group_shard: std::sync::atomic::AtomicUsize::new(0),
-    };
+    });
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -234,7 +235,45 @@ fn router(plane: ControlPlane, metrics: Arc<PlaneMetrics>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_bytes_max))
-        .with_state(Arc::new(api))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&api),
+            in_cluster,
+        ))
+        .with_state(api)
+}
+
+/// In a cluster, a request about another node's group goes there (`cluster_proxy`).
+async fn in_cluster(
+    State(api): State<Arc<Api>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(cluster) = &api.plane.cluster else {
+        return next.run(request).await;
+    };
+    let forwarded = request.headers().contains_key(cluster_proxy::FORWARDED);
+    let timeout = Duration::from_millis(api.plane.control_timeout_ms);
+    match cluster_proxy::plan(
+        cluster.node,
+        request.method(),
+        request.uri().path(),
+        forwarded,
+    ) {
+        Plan::Here => next.run(request).await,
+        Plan::Forward(node) => {
+            let body_max = api.plane.http_body_bytes_max;
+            cluster_proxy::forward(cluster, node, request, body_max, timeout).await
+        }
+        Plan::JoinLists => {
+            let (parts, body) = request.into_parts();
+            let asked =
+                axum::extract::Request::from_parts(parts.clone(), axum::body::Body::empty());
+            let here = next
+                .run(axum::extract::Request::from_parts(parts, body))
+                .await;
+            cluster_proxy::join_lists(cluster, asked, here, timeout).await
+        }
+    }
 }
 
 async fn not_found() -> Response {

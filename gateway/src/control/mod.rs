@@ -10,6 +10,7 @@
 //! `/metrics` reads the push thread's counters (`push::PushStats`) when it runs. Only `cli`
 //! (which starts it) imports it.
 
+pub mod cluster_proxy;
 pub mod discover;
 pub mod groups;
 pub mod history;
