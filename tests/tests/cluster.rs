@@ -35,6 +35,10 @@ fn metric_sum(server: &Server, name: &str) -> u64 {
 }
 
 fn node(redis: &RedisServer, node_id: u8, keep: Option<&Server>) -> Server {
+    node_with(redis, node_id, keep, &[])
+}
+
+fn node_with(redis: &RedisServer, node_id: u8, keep: Option<&Server>, args: &[&str]) -> Server {
     let mut options = Options::default()
         .arg("--cluster")
         .arg(&redis.url())
@@ -44,6 +48,9 @@ fn node(redis: &RedisServer, node_id: u8, keep: Option<&Server>) -> Server {
         .arg(NODE_TTL_MS)
         .arg("--cluster-poll-ms")
         .arg("20");
+    for arg in args {
+        options = options.arg(arg);
+    }
     if let Some(old) = keep {
         // A restart: the same data and ports.
         options = options
@@ -169,6 +176,42 @@ fn a_user_with_devices_on_two_nodes_gets_each_message_on_both() {
             assert_eq!(incoming["message_id"], id.as_str());
         }
     }
+}
+
+#[test]
+fn a_node_with_room_for_one_remote_connection_still_reaches_everyone() {
+    let redis = RedisServer::start();
+    let tiny = node_with(&redis, 0, None, &["--cluster-remote-conns-max", "1"]);
+    let cluster = [tiny, node(&redis, 1, None), node(&redis, 2, None)];
+    for server in &cluster {
+        wait_for(
+            || metric_sum(server, "switchboard_cluster_nodes") == 3,
+            "the nodes see each other",
+        );
+    }
+    // Both stored on node 0, which can hold one of them at a time.
+    let (bob, carol) = (owned_by(0, 0b111, "bob"), owned_by(0, 0b111, "carol"));
+    let mut alice = join(&redis, &cluster[0], 0, "alice");
+    let mut bob_client = join(&redis, &cluster[1], 1, &bob);
+    let mut carol_client = join(&redis, &cluster[2], 2, &carol);
+    for n in 1..=3 {
+        send_json(&mut alice, &send_message(2 * n, &bob, "to bob"));
+        send_json(&mut alice, &send_message(2 * n + 1, &carol, "to carol"));
+    }
+    for (client, name) in [(&mut bob_client, &bob), (&mut carol_client, &carol)] {
+        let mut got = BTreeSet::new();
+        while got.len() < 3 {
+            let (incoming, _) = recv_type(client, "incoming_message");
+            let id = incoming["message_id"].as_str().unwrap().to_owned();
+            got.insert(id.clone());
+            send_json(
+                client,
+                &json!({"type":"message_delivered","message_ids":[id]}),
+            );
+        }
+        assert_eq!(got.len(), 3, "{name}");
+    }
+    assert!(metric_sum(&cluster[0], "switchboard_cluster_remote_evicted_total") >= 1);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use wire::UserId;
 
 use super::items::{self, Item};
-use super::remote::{Pending, RemoteConns};
+use super::remote::{Attached, Pending, RemoteConns};
 use super::streams::{self, Entries};
 use super::{ClusterStats, NodeInfo, ToBridge, Wakers};
 use crate::config::{ClusterConfig, Limits};
@@ -324,9 +324,7 @@ impl Bridge {
                     return;
                 }
                 // The user's answers go back on this connection: make it if it is not there.
-                let Some(conn) = self.attach(node, &user) else {
-                    return;
-                };
+                let conn = self.attach(node, &user);
                 let parts = match router::route(&user, &message, self.n_shards) {
                     Route::One(shard) => vec![(shard, message)],
                     Route::Split(parts) => parts,
@@ -379,20 +377,28 @@ impl Bridge {
     }
 
     /// Attaches the connection of `user` on `node` to the router (if it is not there yet).
-    fn attach(&mut self, node: u8, user: &UserId) -> Option<ConnId> {
+    fn attach(&mut self, node: u8, user: &UserId) -> ConnId {
+        self.pending.remove(user);
         match self.remote.attach(node, user) {
-            Some((conn, made)) => {
-                self.pending.remove(user);
-                if made {
-                    let shard = router::owner_shard(user, self.n_shards);
-                    let user = user.clone();
-                    self.queue_for(shard, Input::Attach { conn, user });
+            Attached::There(conn) => conn,
+            Attached::Made { conn, evicted } => {
+                if let Some((old, old_node, old_user)) = evicted {
+                    ClusterStats::add(&self.stats.remote_evicted, 1);
+                    tracing::debug!(node = old_node, user = %old_user, "a remote connection made room");
+                    let shard = router::owner_shard(&old_user, self.n_shards);
+                    self.queue_for(
+                        shard,
+                        Input::Detach {
+                            conn: old,
+                            user: old_user.clone(),
+                        },
+                    );
+                    self.pending.insert(old_user);
                 }
-                Some(conn)
-            }
-            None => {
-                self.pending.insert(user.clone());
-                None
+                let shard = router::owner_shard(user, self.n_shards);
+                let user = user.clone();
+                self.queue_for(shard, Input::Attach { conn, user });
+                conn
             }
         }
     }

@@ -113,6 +113,8 @@ pub struct ClusterStats {
     pub reconnects: AtomicU64,
     /// Users looked up in the directory.
     pub lookups: AtomicU64,
+    /// Remote connections detached to make room for a new one (`cluster_remote_conns_max`).
+    pub remote_evicted: AtomicU64,
     /// Connections of users on other nodes attached now, and users sought and not found.
     pub remote_conns: AtomicU64,
     pub pending_users: AtomicU64,

@@ -7,10 +7,14 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use router::{ConnId, RELAY_SHARD};
 use wire::UserId;
 
-/// The remote connections: their slots, generations, and who each is for.
+/// The remote connections: their slots, generations, and who each is for. Full, the one
+/// attached longest ago makes room for a new one: its user is sought again later, while the
+/// router keeps whatever it holds for them.
 #[derive(Debug)]
 pub struct RemoteConns {
     by_user: HashMap<(u8, UserId), ConnId>,
+    /// Attach order, oldest first; a name detached since stays until it comes round.
+    order: VecDeque<(u8, UserId)>,
     slots: Vec<Option<(u8, UserId)>>,
     generations: Vec<u32>,
     free: Vec<u32>,
@@ -21,6 +25,7 @@ impl RemoteConns {
     pub fn new(max: usize) -> RemoteConns {
         RemoteConns {
             by_user: HashMap::new(),
+            order: VecDeque::new(),
             slots: Vec::new(),
             generations: Vec::new(),
             free: Vec::new(),
@@ -36,14 +41,20 @@ impl RemoteConns {
         self.by_user.get(&(node, user.clone())).copied()
     }
 
-    /// The connection for `user` on `node`, made now (`true`) or already there; `None` when
-    /// the table is full.
-    pub fn attach(&mut self, node: u8, user: &UserId) -> Option<(ConnId, bool)> {
+    /// The connection for `user` on `node`: already there, or made now, with the one it
+    /// evicted to make room (to detach) if the table was full.
+    pub fn attach(&mut self, node: u8, user: &UserId) -> Attached {
         if let Some(conn) = self.get(node, user) {
-            return Some((conn, false));
+            return Attached::There(conn);
         }
+        let mut evicted = None;
         if self.by_user.len() >= self.max {
-            return None;
+            while let Some((old_node, old_user)) = self.order.pop_front() {
+                if let Some(conn) = self.detach(old_node, &old_user) {
+                    evicted = Some((conn, old_node, old_user));
+                    break;
+                }
+            }
         }
         let slot = match self.free.pop() {
             Some(slot) => slot,
@@ -62,7 +73,12 @@ impl RemoteConns {
             generation: self.generations[index],
         };
         self.by_user.insert((node, user.clone()), conn);
-        Some((conn, true))
+        if self.order.len() > 2 * self.by_user.len() + 64 {
+            let by_user = &self.by_user;
+            self.order.retain(|key| by_user.contains_key(key));
+        }
+        self.order.push_back((node, user.clone()));
+        Attached::Made { conn, evicted }
     }
 
     /// Who `conn` is for, if it is still attached (its generation is the slot's).
@@ -97,6 +113,17 @@ impl RemoteConns {
             .filter(|node| self.by_user.contains_key(&(*node, user.clone())))
             .collect()
     }
+}
+
+/// What `RemoteConns::attach` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Attached {
+    There(ConnId),
+    /// Made now; `evicted` is the connection (with its node and user) that made room.
+    Made {
+        conn: ConnId,
+        evicted: Option<(ConnId, u8, UserId)>,
+    },
 }
 
 /// Users sought and not found, oldest first, with no repeats; past `max` the oldest goes.

@@ -6,7 +6,7 @@ use wire::{ClientMessage, GroupId, MessageId, SendMessage, ServerMessage, Target
 
 use super::by_node;
 use super::items::{self, Item};
-use super::remote::{Pending, RemoteConns};
+use super::remote::{Attached, Pending, RemoteConns};
 
 fn user(name: &str) -> UserId {
     UserId::parse(name).unwrap()
@@ -136,23 +136,38 @@ fn items_read_back_as_written_and_bad_lines_are_refused_alone() {
 fn remote_connections_are_one_per_user_and_node_and_a_stale_one_names_nobody() {
     let mut remote = RemoteConns::new(2);
     let (bob, carol) = (user("bob"), user("carol"));
-    let (first, made) = remote.attach(1, &bob).unwrap();
-    assert!(made);
+    let Attached::Made {
+        conn: first,
+        evicted: None,
+    } = remote.attach(1, &bob)
+    else {
+        panic!("made");
+    };
     assert_eq!(first.shard, RELAY_SHARD);
-    assert_eq!(remote.attach(1, &bob), Some((first, false)));
+    assert_eq!(remote.attach(1, &bob), Attached::There(first));
     assert_eq!(remote.target(first), Some((1, &bob)));
-    remote.attach(2, &carol).unwrap();
-    assert_eq!(remote.attach(3, &carol), None, "full at 2");
-    assert_eq!(remote.detach(1, &bob), Some(first));
+    remote.attach(2, &carol);
+    // Full at 2: the one attached longest ago, bob's, makes room.
+    let Attached::Made {
+        conn: third,
+        evicted: Some((gone, 1, gone_user)),
+    } = remote.attach(3, &carol)
+    else {
+        panic!("made by evicting");
+    };
+    assert_eq!((gone, gone_user), (first, bob.clone()));
     assert_eq!(remote.target(first), None);
     // The slot is used again with another generation.
-    let (again, _) = remote.attach(3, &carol).unwrap();
-    assert_eq!(again.slot, first.slot);
-    assert_ne!(again.generation, first.generation);
-    assert_eq!(remote.target(first), None);
+    assert_eq!(third.slot, first.slot);
+    assert_ne!(third.generation, first.generation);
     let mut nodes = remote.nodes_of(&carol);
     nodes.sort_unstable();
     assert_eq!(nodes, vec![2, 3]);
+    assert_eq!(
+        remote.detach(2, &carol).map(|conn| conn.shard),
+        Some(RELAY_SHARD)
+    );
+    assert_eq!(remote.len(), 1);
 }
 
 #[test]

@@ -385,7 +385,8 @@ limits! {
         /// its users go offline, within it.
         cluster_node_ttl_ms: u64 = 6_000, Ms, min 300;
         /// Connections of users on other nodes this node holds: one per user and node,
-        /// made when this node has something for the user. Past it a user is not sought.
+        /// made when this node has something for the user. Full, the one attached longest
+        /// ago is detached to make room (its user is sought again later).
         cluster_remote_conns_max: usize = 100_000, Count, min 1;
         /// Users this node has something for who are connected to no node, kept to be
         /// sought when they connect; past it the oldest is forgotten, and their mail waits

@@ -29,7 +29,7 @@ struct ClusterCollector {
 impl Collector for ClusterCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = &self.stats;
-        let series: [(&str, Kind, &str, &std::sync::atomic::AtomicU64); 16] = [
+        let series: [(&str, Kind, &str, &std::sync::atomic::AtomicU64); 17] = [
             (
                 "switchboard_cluster_redis_up",
                 Kind::Gauge,
@@ -95,6 +95,12 @@ impl Collector for ClusterCollector {
                 Kind::Counter,
                 "Users looked up in the cluster's directory.",
                 &s.lookups,
+            ),
+            (
+                "switchboard_cluster_remote_evicted_total",
+                Kind::Counter,
+                "Remote connections detached to make room for a new one (cluster_remote_conns_max).",
+                &s.remote_evicted,
             ),
             (
                 "switchboard_cluster_forwards_stale_total",
