@@ -320,14 +320,25 @@ fn a_groups_history_is_its_members_from_when_they_joined_and_no_one_elses() {
 }
 
 /// Bytes of disk that the files under `dir` take, as `du` counts them (a file the index
-/// made sparse takes only what was written to it).
+/// made sparse takes only what was written to it). The server deletes files while this
+/// counts (old log segments, compacted tables): one gone before its size is read takes
+/// nothing.
 fn dir_bytes(dir: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt as _;
-    std::fs::read_dir(dir)
-        .unwrap()
+    let gone = |error: &std::io::Error| error.kind() == std::io::ErrorKind::NotFound;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if gone(&error) => return 0,
+        Err(error) => panic!("cannot read {}: {error}", dir.display()),
+    };
+    entries
         .map(|entry| {
             let entry = entry.unwrap();
-            let meta = entry.metadata().unwrap();
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(error) if gone(&error) => return 0,
+                Err(error) => panic!("cannot stat {}: {error}", entry.path().display()),
+            };
             if meta.is_dir() {
                 dir_bytes(&entry.path())
             } else {
