@@ -75,7 +75,9 @@ pub struct Bridge {
     changed: HashSet<UserId>,
     remote: RemoteConns,
     pending: Pending,
+    /// Users to look up in the next batches, at most `pending_max`.
     seek: Vec<UserId>,
+    pending_max: usize,
     outgoing: Vec<Outgoing>,
     acks: Vec<String>,
     live: [bool; router::NODES_MAX as usize],
@@ -135,6 +137,7 @@ impl Bridge {
             remote: RemoteConns::new(limits.cluster_remote_conns_max),
             pending: Pending::new(limits.cluster_pending_users_max),
             seek: Vec::new(),
+            pending_max: limits.cluster_pending_users_max,
             outgoing: (0..router::NODES_MAX)
                 .map(|_| Outgoing::default())
                 .collect(),
@@ -254,7 +257,7 @@ impl Bridge {
             }
             ToBridge::Seek { user } => {
                 if self.remote.nodes_of(&user).is_empty() {
-                    self.seek.push(user);
+                    self.want(user);
                 }
             }
         }
@@ -371,8 +374,18 @@ impl Bridge {
             // A hint only: the directory says where they are.
             let elsewhere = self.remote.nodes_of(&user);
             if self.pending.contains(&user) || elsewhere.iter().any(|node| *node != hint.node) {
-                self.seek.push(user);
+                self.want(user);
             }
+        }
+    }
+
+    /// Looks `user` up with the next batch; past `cluster_pending_users_max` waiting, they
+    /// wait in `pending` instead, which the rounds of lookups go through.
+    fn want(&mut self, user: UserId) {
+        if self.seek.len() < self.pending_max {
+            self.seek.push(user);
+        } else {
+            self.pending.insert(user);
         }
     }
 
@@ -492,7 +505,7 @@ impl Bridge {
         // again, so that the routers send their inboxes again, and refresh the directory.
         for (node, user) in self.remote.on_node(None) {
             self.detach(node, &user);
-            self.seek.push(user);
+            self.want(user);
         }
         self.next_heartbeat = Instant::now();
     }
