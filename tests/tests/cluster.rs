@@ -215,6 +215,42 @@ fn a_node_with_room_for_one_remote_connection_still_reaches_everyone() {
 }
 
 #[test]
+fn what_a_full_ring_toward_the_bridge_dropped_is_sent_again() {
+    let redis = RedisServer::start();
+    let tiny = node_with(&redis, 0, None, &["--cluster-ring-items-max", "4"]);
+    let cluster = [tiny, node(&redis, 1, None)];
+    for server in &cluster {
+        wait_for(
+            || metric_sum(server, "switchboard_cluster_nodes") == 2,
+            "the nodes see each other",
+        );
+    }
+    // Stored on node 0, whose shard can hand its bridge 4 items at a time.
+    let bob = owned_by(0, 0b11, "bob");
+    let mut alice = join(&redis, &cluster[0], 0, "alice");
+    let mut bob_client = join(&redis, &cluster[1], 1, &bob);
+    let mut ids = BTreeSet::new();
+    for n in 1..=30 {
+        send_json(&mut alice, &send_message(n, &bob, &format!("burst {n}")));
+    }
+    for n in 1..=30 {
+        ids.insert(acked(&mut alice, n));
+    }
+    let mut got = BTreeSet::new();
+    while got.len() < ids.len() {
+        let (incoming, _) = recv_type(&mut bob_client, "incoming_message");
+        let id = incoming["message_id"].as_str().unwrap().to_owned();
+        assert!(ids.contains(&id));
+        got.insert(id.clone());
+        send_json(
+            &mut bob_client,
+            &json!({"type":"message_delivered","message_ids":[id]}),
+        );
+    }
+    assert!(metric_sum(&cluster[0], "switchboard_cluster_handoff_dropped_total") > 0);
+}
+
+#[test]
 fn an_inbox_stored_on_one_node_drains_on_another() {
     let redis = RedisServer::start();
     let cluster = nodes(&redis, 3);

@@ -200,6 +200,13 @@ impl Bridge {
                 return;
             }
             self.take_from_shards();
+            if self.stats.resync.swap(false, Ordering::Relaxed) {
+                // A shard dropped something for the bridge: perhaps a message for another
+                // node. Attaching every remote connection again makes the routers send
+                // what they still hold.
+                tracing::warn!("a shard's ring toward the cluster bridge was full: sending again");
+                self.attach_all_again();
+            }
             self.hand_to_shards();
             self.talk_to_redis().await;
             self.hand_to_shards();
@@ -503,11 +510,17 @@ impl Bridge {
         self.connected_before = true;
         // What went out while Redis was away may be lost: attach every remote connection
         // again, so that the routers send their inboxes again, and refresh the directory.
+        self.attach_all_again();
+        self.next_heartbeat = Instant::now();
+    }
+
+    /// Detaches every remote connection and looks its user up again: once attached anew,
+    /// the routers send them everything they still hold for them.
+    fn attach_all_again(&mut self) {
         for (node, user) in self.remote.on_node(None) {
             self.detach(node, &user);
             self.want(user);
         }
-        self.next_heartbeat = Instant::now();
     }
 
     fn failed(&mut self, error: &redis::RedisError) {

@@ -107,6 +107,9 @@ pub struct ClusterStats {
     pub items_lost: AtomicU64,
     /// Items a shard dropped because its ring toward the bridge was full.
     pub handoff_dropped: AtomicU64,
+    /// Set by a shard that dropped an item, cleared by the bridge, which then attaches every
+    /// remote connection again: a dropped message for another node is sent again that way.
+    pub resync: std::sync::atomic::AtomicBool,
     /// Items from other nodes that could not be read (not ours, or malformed).
     pub items_refused: AtomicU64,
     /// Connections to Redis made again after one failed.

@@ -393,7 +393,9 @@ limits! {
         /// here until they connect to this node or it has something new for them.
         cluster_pending_users_max: usize = 100_000, Count, min 1;
         /// Items a shard hands the cluster bridge between two of its looks; past it an item
-        /// is dropped and counted (`switchboard_cluster_handoff_dropped_total`).
+        /// is dropped and counted (`switchboard_cluster_handoff_dropped_total`), and the
+        /// bridge attaches every remote connection again so that what was dropped is sent
+        /// again.
         cluster_ring_items_max: usize = 16_384, Count, min 1;
         /// Items from other nodes waiting for room in a shard's ring; past it this node
         /// reads no more of its stream until they fit.

@@ -47,6 +47,10 @@ impl ClusterLink {
         let mut end = end.borrow_mut();
         if end.to_bridge.push(item).is_err() {
             ClusterStats::add(&end.stats.handoff_dropped, 1);
+            end.stats
+                .resync
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            end.notify.notify_one();
         } else {
             end.notify.notify_one();
         }
