@@ -14,6 +14,7 @@
 pub mod http;
 pub mod openmetrics;
 pub mod redis;
+pub mod webhook;
 
 use std::io::{BufRead as _, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -4,7 +4,8 @@
 //! the one that stored it; a group made on one node used from the others; a node killed
 //! with SIGKILL during a burst (its users go offline within the TTL, reconnect elsewhere
 //! and get every acknowledged message, and the node rejoins); Redis killed and restarted
-//! mid-run (a message for another node refused `overloaded`, then sent again); a retry
+//! mid-run (a message for another node refused `overloaded`, then sent again); a push
+//! hint only for a user connected to no node; a retry
 //! through another node answered with the first try's id; and `GET /v1/discover`.
 
 use std::collections::BTreeSet;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchboard_tests::redis::RedisServer;
+use switchboard_tests::webhook::Receiver;
 use switchboard_tests::{
     Client, Options, Server, api, connect, create_group, openmetrics, raw_exchange, recv_type,
     send_json, send_message, send_to_group,
@@ -248,6 +250,37 @@ fn what_a_full_ring_toward_the_bridge_dropped_is_sent_again() {
         );
     }
     assert!(metric_sum(&cluster[0], "switchboard_cluster_handoff_dropped_total") > 0);
+}
+
+#[test]
+fn a_push_hint_wakes_only_a_user_connected_to_no_node() {
+    let redis = RedisServer::start();
+    let receiver = Receiver::start();
+    let webhook = receiver.url();
+    let pushing = node_with(&redis, 0, None, &["--push-webhook", &webhook]);
+    let cluster = [pushing, node(&redis, 1, None)];
+    for server in &cluster {
+        wait_for(
+            || metric_sum(server, "switchboard_cluster_nodes") == 2,
+            "the nodes see each other",
+        );
+    }
+    // Both stored on node 0; bob is connected to node 1, dave to no node.
+    let (bob, dave) = (owned_by(0, 0b11, "bob"), owned_by(0, 0b11, "dave"));
+    let mut alice = join(&redis, &cluster[0], 0, "alice");
+    let mut bob_client = join(&redis, &cluster[1], 1, &bob);
+    send_json(&mut alice, &send_message(1, &bob, "no wake-up needed"));
+    acked(&mut alice, 1);
+    recv_type(&mut bob_client, "incoming_message");
+    send_json(&mut alice, &send_message(2, &dave, "wake up"));
+    acked(&mut alice, 2);
+    // Hints go out in order: had bob's gone, it would be there before dave's.
+    let hints = receiver.wait_for(1);
+    assert_eq!(hints[0]["user"], dave.as_str());
+    assert_eq!(
+        metric_sum(&cluster[0], "switchboard_cluster_push_hints_spared_total"),
+        1
+    );
 }
 
 #[test]

@@ -22,8 +22,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("auth", &["config"]),
     // The push thread reads its settings, and nothing else of the server.
     ("push", &["config"]),
-    // The cluster bridge too: the shards hold its rings' ends.
-    ("cluster", &["config"]),
+    // The cluster bridge too, and it hands the push thread the hints of users connected to
+    // no node; the shards hold its rings' ends.
+    ("cluster", &["config", "push"]),
     ("metrics", &["auth"]),
     ("session", &["config", "net", "auth", "metrics"]),
     (

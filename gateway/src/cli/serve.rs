@@ -74,8 +74,17 @@ pub fn serve(args: &ServeArgs, init_logging: impl FnOnce(LogFormat)) -> anyhow::
     let (history, history_worker, history_answers) =
         storage::history::open(&history_dir, n_shards, history_config, Arc::clone(&blobs))
             .with_context(|| format!("cannot open {}", history_dir.display()))?;
-    let push = push::start(&config, listeners.len())?;
-    let cluster = cluster::start(&config, listeners.len(), ws_addr, http_addr)?;
+    // In a cluster the bridge hands the push thread hints too, on a ring of its own.
+    let bridge_ring = usize::from(config.cluster.is_some());
+    let mut push = push::start(&config, listeners.len() + bridge_ring)?;
+    let bridge_push = match &mut push {
+        Some(parts) if bridge_ring == 1 => parts
+            .rings
+            .pop()
+            .map(|ring| (ring, Arc::clone(&parts.stats))),
+        _ => None,
+    };
+    let cluster = cluster::start(&config, listeners.len(), ws_addr, http_addr, bridge_push)?;
     let shard_control = start_control_plane(
         &config,
         &auth,

@@ -33,10 +33,15 @@
 //! message relayed to a node that died, or lost with Redis, is sent again when the
 //! connection is attached again (after Redis comes back, or when the user reconnects).
 //!
+//! With `--push-webhook`, the router's push hints of a clustered node come here first: a hint
+//! goes on to the push thread (through a ring of its own) only if the lookup finds its user
+//! connected to no node.
+//!
 //! The thread runs a current-thread tokio runtime with the `redis` crate's client; the
 //! shards reach it only through bounded SPSC rings (`rtrb`), as the push thread, and never
-//! wait on Redis. A leaf of the gateway's layers: it reads the configuration and imports no
-//! other folder; `shard` holds the rings' ends, `control` reads the node list and counters.
+//! wait on Redis. Near a leaf of the gateway's layers: it reads the configuration and hands
+//! hints to `push`, and imports no other folder; `shard` holds the rings' ends, `control`
+//! reads the node list and counters.
 
 mod bridge;
 mod items;
@@ -71,8 +76,13 @@ pub enum ToBridge {
         user: UserId,
         message: ClientMessage,
     },
-    /// This node has something for `user`, who has no connection here: find them.
-    Seek { user: UserId },
+    /// This node has something for `user`, who has no connection here: find them. With
+    /// `hint`, the router's push hint for a message to them, which goes to the push thread
+    /// only if they are connected to no node (a user on another node needs no wake-up).
+    Seek {
+        user: UserId,
+        hint: Option<Arc<router::OfflineHint>>,
+    },
 }
 
 /// A node of the cluster as its heartbeat says.
@@ -125,6 +135,8 @@ pub struct ClusterStats {
     /// a bit per node (bit `n` for node `n`), which the shards read to find a user's owner.
     pub nodes: AtomicU64,
     pub live_nodes: AtomicU64,
+    /// Push hints not sent because their user was connected to another node.
+    pub hints_spared: AtomicU64,
     /// Messages forwarded by another node that came too late to be stored
     /// (`cluster_forward_age_ms_max`).
     pub forwards_stale: AtomicU64,
@@ -210,6 +222,10 @@ pub fn start(
     n_shards: usize,
     ws_addr: std::net::SocketAddr,
     http_addr: std::net::SocketAddr,
+    push: Option<(
+        rtrb::Producer<crate::push::Hint>,
+        Arc<crate::push::PushStats>,
+    )>,
 ) -> anyhow::Result<Option<ClusterParts>> {
     let Some(cluster) = config.cluster.clone() else {
         return Ok(None);
@@ -249,6 +265,7 @@ pub fn start(
         cluster: cluster.clone(),
         advertise: advertise.clone(),
         http_port: http_addr.port(),
+        push,
         limits: limits.clone(),
         client,
         from_shards,

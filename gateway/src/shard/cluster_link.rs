@@ -12,6 +12,7 @@ use router::{ConnId, Input};
 use wire::{ClientMessage, ServerMessage, UserId};
 
 use crate::cluster::{ClusterStats, ShardEnd, ToBridge};
+use crate::shard::push_hints::PushHints;
 
 #[derive(Debug, Default)]
 pub struct ClusterLink {
@@ -72,20 +73,32 @@ impl ClusterLink {
     /// This node has something for `user`, who has no connection here.
     pub fn seek(&self, user: &UserId) {
         if self.end.is_some() {
-            self.hand(ToBridge::Seek { user: user.clone() });
+            let user = user.clone();
+            self.hand(ToBridge::Seek { user, hint: None });
         }
     }
 
+    /// The router's push hint for `user`: in a cluster the bridge takes it (it goes to the
+    /// push thread only if the user is connected to no node); otherwise it goes to the push
+    /// thread directly.
+    pub fn offline(&self, user: UserId, hint: Arc<router::OfflineHint>, push: &mut PushHints) {
+        if self.end.is_none() {
+            return push.offer(user, hint);
+        }
+        let hint = Some(hint);
+        self.hand(ToBridge::Seek { user, hint });
+    }
+
     /// What the router's outputs say this node holds for users who may have no connection
-    /// here: a message (`Output::Offline`, once durable), a receipt queued for them, a
-    /// group's creation or a change of its members.
+    /// here: a receipt queued for them, a group's creation or a change of its members (a
+    /// durable message's `Output::Offline` goes through `offline`).
     pub fn on_output(&self, output: &router::Output) {
         if self.end.is_none() {
             return;
         }
         match output {
-            router::Output::Offline { user, .. }
-            | router::Output::Append {
+            // `Output::Offline` is sought with its hint (`offline`).
+            router::Output::Append {
                 record: router::Record::ReceiptQueued { user, .. },
                 ..
             } => self.seek(user),

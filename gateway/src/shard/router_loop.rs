@@ -515,7 +515,9 @@ impl RouterLoop {
                     self.append(lsn, &record).await;
                 }
                 Output::Send { .. } => unreachable!("gathered above"),
-                Output::Offline { user, hint } => self.push.offer(user, hint),
+                Output::Offline { user, hint } => {
+                    self.shard.cluster.offline(user, hint, &mut self.push)
+                }
                 Output::HistoryPage {
                     conn,
                     user,

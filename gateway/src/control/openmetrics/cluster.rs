@@ -29,7 +29,7 @@ struct ClusterCollector {
 impl Collector for ClusterCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = &self.stats;
-        let series: [(&str, Kind, &str, &std::sync::atomic::AtomicU64); 17] = [
+        let series: [(&str, Kind, &str, &std::sync::atomic::AtomicU64); 18] = [
             (
                 "switchboard_cluster_redis_up",
                 Kind::Gauge,
@@ -101,6 +101,12 @@ impl Collector for ClusterCollector {
                 Kind::Counter,
                 "Remote connections detached to make room for a new one (cluster_remote_conns_max).",
                 &s.remote_evicted,
+            ),
+            (
+                "switchboard_cluster_push_hints_spared_total",
+                Kind::Counter,
+                "Push hints not sent because their user was connected to another node.",
+                &s.hints_spared,
             ),
             (
                 "switchboard_cluster_forwards_stale_total",
