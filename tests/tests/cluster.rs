@@ -63,7 +63,14 @@ fn node_with(redis: &RedisServer, node_id: u8, keep: Option<&Server>, args: &[&s
 }
 
 fn nodes(redis: &RedisServer, n: u8) -> Vec<Server> {
-    let nodes: Vec<Server> = (0..n).map(|id| node(redis, id, None)).collect();
+    nodes_with(redis, n, &[])
+}
+
+/// `n` nodes, node 0 started with `first_args` too, once each has seen every other.
+fn nodes_with(redis: &RedisServer, n: u8, first_args: &[&str]) -> Vec<Server> {
+    let nodes: Vec<Server> = (0..n)
+        .map(|id| node_with(redis, id, None, if id == 0 { first_args } else { &[] }))
+        .collect();
     // Every node has seen every other's heartbeat.
     for server in &nodes {
         wait_for(
@@ -183,14 +190,7 @@ fn a_user_with_devices_on_two_nodes_gets_each_message_on_both() {
 #[test]
 fn a_node_with_room_for_one_remote_connection_still_reaches_everyone() {
     let redis = RedisServer::start();
-    let tiny = node_with(&redis, 0, None, &["--cluster-remote-conns-max", "1"]);
-    let cluster = [tiny, node(&redis, 1, None), node(&redis, 2, None)];
-    for server in &cluster {
-        wait_for(
-            || metric_sum(server, "switchboard_cluster_nodes") == 3,
-            "the nodes see each other",
-        );
-    }
+    let cluster = nodes_with(&redis, 3, &["--cluster-remote-conns-max", "1"]);
     // Both stored on node 0, which can hold one of them at a time.
     let (bob, carol) = (owned_by(0, 0b111, "bob"), owned_by(0, 0b111, "carol"));
     let mut alice = join(&redis, &cluster[0], 0, "alice");
@@ -219,14 +219,7 @@ fn a_node_with_room_for_one_remote_connection_still_reaches_everyone() {
 #[test]
 fn what_a_full_ring_toward_the_bridge_dropped_is_sent_again() {
     let redis = RedisServer::start();
-    let tiny = node_with(&redis, 0, None, &["--cluster-ring-items-max", "4"]);
-    let cluster = [tiny, node(&redis, 1, None)];
-    for server in &cluster {
-        wait_for(
-            || metric_sum(server, "switchboard_cluster_nodes") == 2,
-            "the nodes see each other",
-        );
-    }
+    let cluster = nodes_with(&redis, 2, &["--cluster-ring-items-max", "4"]);
     // Stored on node 0, whose shard can hand its bridge 4 items at a time.
     let bob = owned_by(0, 0b11, "bob");
     let mut alice = join(&redis, &cluster[0], 0, "alice");
@@ -257,14 +250,7 @@ fn a_push_hint_wakes_only_a_user_connected_to_no_node() {
     let redis = RedisServer::start();
     let receiver = Receiver::start();
     let webhook = receiver.url();
-    let pushing = node_with(&redis, 0, None, &["--push-webhook", &webhook]);
-    let cluster = [pushing, node(&redis, 1, None)];
-    for server in &cluster {
-        wait_for(
-            || metric_sum(server, "switchboard_cluster_nodes") == 2,
-            "the nodes see each other",
-        );
-    }
+    let cluster = nodes_with(&redis, 2, &["--push-webhook", &webhook]);
     // Both stored on node 0; bob is connected to node 1, dave to no node.
     let (bob, dave) = (owned_by(0, 0b11, "bob"), owned_by(0, 0b11, "dave"));
     let mut alice = join(&redis, &cluster[0], 0, "alice");
