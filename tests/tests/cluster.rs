@@ -344,6 +344,13 @@ fn a_group_made_on_one_node_is_used_from_the_others() {
     let (event, _) = recv_type(&mut dave, "group_event");
     assert_eq!(event["event"], "member_added");
     assert_eq!(event["user"], "dave");
+    // Two members on node 1: one message from the group's node reaches both.
+    send_json(&mut alice, &send_to_group(2, &group, "to node 1 twice"));
+    let id = acked(&mut alice, 2);
+    for member in [&mut bob, &mut dave] {
+        let (incoming, _) = recv_type(member, "incoming_message");
+        assert_eq!(incoming["message_id"], id.as_str());
+    }
     let (status, _) = api(
         &cluster[2],
         "eve",

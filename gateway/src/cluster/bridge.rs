@@ -11,7 +11,7 @@ use redis::aio::MultiplexedConnection;
 use router::{ConnId, Input, Route};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use wire::UserId;
+use wire::{ServerMessage, UserId};
 
 use super::items::{self, Item};
 use super::remote::{Attached, Pending, RemoteConns};
@@ -41,12 +41,15 @@ pub struct Parts {
     pub wakers: Arc<Wakers>,
 }
 
-/// Stream entries toward one node: each holds up to `cluster_batch_items_max` items.
+/// Stream entries toward one node: each holds up to `cluster_batch_items_max` items. The
+/// last `d` item stays open while the router relays the same shared message to more users
+/// of that node (a group's fan-out), so that it is encoded and sent once for all of them.
 #[derive(Debug, Default)]
 struct Outgoing {
     entries: Vec<Vec<u8>>,
     in_last: usize,
     items: usize,
+    open: Option<(Arc<ServerMessage>, Vec<UserId>)>,
 }
 
 pub struct Bridge {
@@ -263,8 +266,21 @@ impl Bridge {
                 // that node, and the router keeps the message until they acknowledge it.
                 if let Some((node, user)) = self.remote.target(conn) {
                     let user = user.clone();
-                    let out = self.out(node);
-                    items::put_deliver(out, &user, &message);
+                    let max = self.batch_items_max;
+                    let open = &mut self.outgoing[usize::from(node)].open;
+                    match open {
+                        Some((shared, users))
+                            if Arc::ptr_eq(shared, &message) && users.len() < max =>
+                        {
+                            users.push(user);
+                        }
+                        _ => {
+                            self.close_open(node);
+                            self.outgoing[usize::from(node)].open = Some((message, vec![user]));
+                            self.flush_at
+                                .get_or_insert_with(|| Instant::now() + self.batch_wait);
+                        }
+                    }
                 }
             }
             ToBridge::Forward {
@@ -274,6 +290,8 @@ impl Bridge {
             } => {
                 let me = self.me;
                 let now_ms = wall_ms();
+                // After what the router relayed before it, in order.
+                self.close_open(node);
                 let out = self.out(node);
                 items::put_forward(out, me, now_ms, &user, &message);
             }
@@ -290,6 +308,14 @@ impl Bridge {
                 }
                 self.want(user);
             }
+        }
+    }
+
+    /// Writes the open `d` item toward `node`, if any.
+    fn close_open(&mut self, node: u8) {
+        if let Some((message, users)) = self.outgoing[usize::from(node)].open.take() {
+            let out = self.out(node);
+            items::put_deliver(out, &users, &message);
         }
     }
 
@@ -334,10 +360,13 @@ impl Bridge {
 
     fn on_item(&mut self, item: Item) {
         match item {
-            Item::Deliver { user, message } => {
-                let shard = router::owner_shard(&user, self.n_shards);
+            Item::Deliver { users, message } => {
                 let message = Arc::new(message);
-                self.queue_for(shard, Input::Relayed { user, message });
+                for user in users {
+                    let shard = router::owner_shard(&user, self.n_shards);
+                    let message = Arc::clone(&message);
+                    self.queue_for(shard, Input::Relayed { user, message });
+                }
             }
             Item::Forward {
                 node,
@@ -605,7 +634,10 @@ impl Bridge {
 
     fn lose_outgoing(&mut self) {
         for out in &mut self.outgoing {
-            ClusterStats::add(&self.stats.items_lost, out.items);
+            ClusterStats::add(
+                &self.stats.items_lost,
+                out.items + usize::from(out.open.is_some()),
+            );
             *out = Outgoing::default();
         }
         // Unacknowledged entries stay pending in the group and come again.
@@ -785,6 +817,9 @@ impl Bridge {
                 .arg(streams::HINTS)
                 .arg(hint.to_string())
                 .ignore();
+        }
+        for node in 0..router::NODES_MAX {
+            self.close_open(node);
         }
         let mut items = 0;
         let mut entries = 0;

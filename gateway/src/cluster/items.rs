@@ -2,7 +2,9 @@
 //! fields split by tabs (user ids hold neither), its message in the JSON of
 //! docs/protocol.md, which never holds a raw newline.
 //!
-//! - `d\t<user>\t<server message>`: for the connections of `user` on the receiving node.
+//! - `d\t<user>[,<user>...]\t<server message>`: for the connections of these users on the
+//!   receiving node (a message the router shares, such as a group's, goes once for all its
+//!   users there; ids hold no comma).
 //! - `f\t<node>\t<ms>\t<user>\t<client message>`: a client message of `user`, who is
 //!   connected to node `node`, for the receiving node, which owns what it names; `ms` is when
 //!   node `node` sent it (Unix ms, by its clock).
@@ -13,7 +15,7 @@ use wire::{ClientMessage, ServerMessage, UserId};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Item {
     Deliver {
-        user: UserId,
+        users: Vec<UserId>,
         message: ServerMessage,
     },
     Forward {
@@ -24,10 +26,15 @@ pub enum Item {
     },
 }
 
-/// Appends a `d` item to `out`.
-pub fn put_deliver(out: &mut Vec<u8>, user: &UserId, message: &ServerMessage) {
+/// Appends a `d` item for `users` to `out`.
+pub fn put_deliver(out: &mut Vec<u8>, users: &[UserId], message: &ServerMessage) {
     out.extend_from_slice(b"d\t");
-    out.extend_from_slice(user.as_str().as_bytes());
+    for (index, user) in users.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(user.as_str().as_bytes());
+    }
     out.push(b'\t');
     wire::json::encode_server(message, out);
     out.push(b'\n');
@@ -68,12 +75,10 @@ fn read_line(line: &[u8], limits: &wire::Limits) -> Result<Item, String> {
     match text.split_once('\t') {
         Some(("d", rest)) => {
             let (to, json) = rest.split_once('\t').ok_or("a d item has 3 fields")?;
+            let users = to.split(',').map(user).collect::<Result<Vec<_>, _>>()?;
             let message = wire::json::decode_server(json.as_bytes(), limits)
                 .map_err(|error| error.to_string())?;
-            Ok(Item::Deliver {
-                user: user(to)?,
-                message,
-            })
+            Ok(Item::Deliver { users, message })
         }
         Some(("f", rest)) => {
             let mut fields = rest.splitn(4, '\t');

@@ -103,7 +103,7 @@ fn items_read_back_as_written_and_bad_lines_are_refused_alone() {
         from: user("carol"),
         to: Target::User(user("bob")),
     };
-    items::put_deliver(&mut entry, &user("bob"), &typing);
+    items::put_deliver(&mut entry, &[user("bob"), user("carol")], &typing);
     entry.extend_from_slice(b"x\tnonsense\n");
     let ack = ClientMessage::MessageDelivered {
         message_ids: vec![id_of(3)],
@@ -115,7 +115,7 @@ fn items_read_back_as_written_and_bad_lines_are_refused_alone() {
     assert_eq!(
         read[0],
         Ok(Item::Deliver {
-            user: user("bob"),
+            users: vec![user("bob"), user("carol")],
             message: typing
         })
     );
