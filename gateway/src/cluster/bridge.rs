@@ -95,7 +95,9 @@ pub struct Bridge {
     pending_max: usize,
     outgoing: Vec<Outgoing>,
     acks: Vec<String>,
-    live: [bool; router::NODES_MAX as usize],
+    /// The live nodes (bit `n` for node `n`, this one's always set), as published in
+    /// `ClusterStats::live_nodes` for the shards.
+    live: u16,
     ttl_ms: u64,
     next_heartbeat: Instant,
     next_rotate: Instant,
@@ -160,7 +162,7 @@ impl Bridge {
                 .map(|_| Outgoing::default())
                 .collect(),
             acks: Vec::new(),
-            live: [false; router::NODES_MAX as usize],
+            live: 1 << parts.cluster.node,
             ttl_ms: limits.cluster_node_ttl_ms,
             next_heartbeat: now,
             next_rotate: now,
@@ -695,12 +697,12 @@ impl Bridge {
             .filter_map(|beat| serde_json::from_str::<NodeInfo>(beat).ok())
             .filter(|info| info.node < router::NODES_MAX)
             .collect();
-        let mut live = [false; router::NODES_MAX as usize];
-        for info in &nodes {
-            live[usize::from(info.node)] = true;
-        }
+        // This node is live whatever Redis said: it owns its users at least.
+        let live = nodes
+            .iter()
+            .fold(1u16 << self.me, |live, info| live | 1 << info.node);
         for node in 0..router::NODES_MAX {
-            if self.live[usize::from(node)] && !live[usize::from(node)] {
+            if self.live & !live & (1 << node) != 0 {
                 tracing::warn!(
                     node,
                     "a node of the cluster stopped beating: its users are offline"
@@ -712,15 +714,10 @@ impl Bridge {
             }
         }
         self.live = live;
-        // This node is live whatever Redis said: it owns its users at least.
-        let mask = (0..router::NODES_MAX)
-            .filter(|node| live[usize::from(*node)] || *node == self.me)
-            .fold(0u64, |mask, node| mask | 1 << node);
-        self.stats.live_nodes.store(mask, Ordering::Relaxed);
-        nodes.sort_by_key(|info| (info.load, info.node));
         self.stats
-            .nodes
-            .store(nodes.len() as u64, Ordering::Relaxed);
+            .live_nodes
+            .store(u64::from(live), Ordering::Relaxed);
+        nodes.sort_by_key(|info| (info.load, info.node));
         if let Ok(mut shared) = self.nodes.lock() {
             *shared = nodes;
         }
@@ -740,7 +737,7 @@ impl Bridge {
         ClusterStats::add(&self.stats.lookups, users.len());
         // Every other live node's set, in one round trip.
         let nodes: Vec<u8> = (0..router::NODES_MAX)
-            .filter(|node| *node != self.me && self.live[usize::from(*node)])
+            .filter(|node| *node != self.me && self.live & (1 << node) != 0)
             .collect();
         let mut found: Vec<Vec<u8>> = vec![Vec::new(); users.len()];
         if !nodes.is_empty() {

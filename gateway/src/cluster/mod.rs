@@ -131,9 +131,8 @@ pub struct ClusterStats {
     /// Connections of users on other nodes attached now, and users sought and not found.
     pub remote_conns: AtomicU64,
     pub pending_users: AtomicU64,
-    /// Live nodes, this one included, as the last heartbeat found them: their count, and
-    /// a bit per node (bit `n` for node `n`), which the shards read to find a user's owner.
-    pub nodes: AtomicU64,
+    /// Live nodes, this one included, as the last heartbeat found them: a bit per node
+    /// (bit `n` for node `n`), which the shards read to find a user's owner.
     pub live_nodes: AtomicU64,
     /// Push hints not sent because their user was connected to another node.
     pub hints_spared: AtomicU64,

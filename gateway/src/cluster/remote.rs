@@ -12,7 +12,9 @@ use wire::UserId;
 /// router keeps whatever it holds for them.
 #[derive(Debug)]
 pub struct RemoteConns {
-    by_user: HashMap<(u8, UserId), ConnId>,
+    /// Each user's connections, by node (one at most per node; rarely more than one).
+    by_user: HashMap<UserId, Vec<(u8, ConnId)>>,
+    count: usize,
     /// Attach order, oldest first; a name detached since stays until it comes round.
     order: VecDeque<(u8, UserId)>,
     slots: Vec<Option<(u8, UserId)>>,
@@ -25,6 +27,7 @@ impl RemoteConns {
     pub fn new(max: usize) -> RemoteConns {
         RemoteConns {
             by_user: HashMap::new(),
+            count: 0,
             order: VecDeque::new(),
             slots: Vec::new(),
             generations: Vec::new(),
@@ -34,11 +37,15 @@ impl RemoteConns {
     }
 
     pub fn len(&self) -> usize {
-        self.by_user.len()
+        self.count
     }
 
     pub fn get(&self, node: u8, user: &UserId) -> Option<ConnId> {
-        self.by_user.get(&(node, user.clone())).copied()
+        let conns = self.by_user.get(user)?;
+        conns
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map(|(_, conn)| *conn)
     }
 
     /// The connection for `user` on `node`: already there, or made now, with the one it
@@ -48,7 +55,7 @@ impl RemoteConns {
             return Attached::There(conn);
         }
         let mut evicted = None;
-        if self.by_user.len() >= self.max {
+        if self.count >= self.max {
             while let Some((old_node, old_user)) = self.order.pop_front() {
                 if let Some(conn) = self.detach(old_node, &old_user) {
                     evicted = Some((conn, old_node, old_user));
@@ -72,10 +79,18 @@ impl RemoteConns {
             slot,
             generation: self.generations[index],
         };
-        self.by_user.insert((node, user.clone()), conn);
-        if self.order.len() > 2 * self.by_user.len() + 64 {
+        self.by_user
+            .entry(user.clone())
+            .or_default()
+            .push((node, conn));
+        self.count += 1;
+        if self.order.len() > 2 * self.count + 64 {
             let by_user = &self.by_user;
-            self.order.retain(|key| by_user.contains_key(key));
+            self.order.retain(|(node, user)| {
+                by_user
+                    .get(user)
+                    .is_some_and(|conns| conns.iter().any(|(n, _)| n == node))
+            });
         }
         self.order.push_back((node, user.clone()));
         Attached::Made { conn, evicted }
@@ -92,7 +107,13 @@ impl RemoteConns {
 
     /// Forgets the connection for `user` on `node`; returns it to detach.
     pub fn detach(&mut self, node: u8, user: &UserId) -> Option<ConnId> {
-        let conn = self.by_user.remove(&(node, user.clone()))?;
+        let conns = self.by_user.get_mut(user)?;
+        let index = conns.iter().position(|(n, _)| *n == node)?;
+        let (_, conn) = conns.swap_remove(index);
+        if conns.is_empty() {
+            self.by_user.remove(user);
+        }
+        self.count -= 1;
         self.slots[conn.slot as usize] = None;
         self.free.push(conn.slot);
         Some(conn)
@@ -100,18 +121,20 @@ impl RemoteConns {
 
     /// Every connection for a user on `node` (`None`: on any node), to detach.
     pub fn on_node(&self, node: Option<u8>) -> Vec<(u8, UserId)> {
-        self.by_user
-            .keys()
-            .filter(|(n, _)| node.is_none_or(|node| *n == node))
-            .cloned()
+        let all = self
+            .by_user
+            .iter()
+            .flat_map(|(user, conns)| conns.iter().map(move |(n, _)| (*n, user.clone())));
+        all.filter(|(n, _)| node.is_none_or(|node| *n == node))
             .collect()
     }
 
     /// The nodes `user` has a connection for here.
     pub fn nodes_of(&self, user: &UserId) -> Vec<u8> {
-        (0..router::NODES_MAX)
-            .filter(|node| self.by_user.contains_key(&(*node, user.clone())))
-            .collect()
+        self.by_user
+            .get(user)
+            .map(|conns| conns.iter().map(|(node, _)| *node).collect())
+            .unwrap_or_default()
     }
 }
 

@@ -29,7 +29,7 @@ struct ClusterCollector {
 impl Collector for ClusterCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let s = &self.stats;
-        let series: [(&str, Kind, &str, &std::sync::atomic::AtomicU64); 18] = [
+        let series: [(&str, Kind, &str, &std::sync::atomic::AtomicU64); 17] = [
             (
                 "switchboard_cluster_redis_up",
                 Kind::Gauge,
@@ -132,15 +132,17 @@ impl Collector for ClusterCollector {
                 "Users this node holds something for who are connected to no node.",
                 &s.pending_users,
             ),
-            (
+        ];
+        let nodes = s.live_nodes.load(Ordering::Relaxed).count_ones();
+        let series = series
+            .map(|(name, kind, help, value)| (name, kind, help, value.load(Ordering::Relaxed)))
+            .into_iter()
+            .chain([(
                 "switchboard_cluster_nodes",
                 Kind::Gauge,
                 "Live nodes of the cluster, this one included.",
-                &s.nodes,
-            ),
-        ];
-        let series = series
-            .map(|(name, kind, help, value)| (name, kind, help, value.load(Ordering::Relaxed)));
-        super::singles(&mut encoder, &series)
+                u64::from(nodes),
+            )]);
+        super::singles(&mut encoder, &series.collect::<Vec<_>>())
     }
 }
