@@ -57,7 +57,13 @@ node_commands() {
   done
   echo "$sum"
 }
-sleep 2 # every node has seen the others' heartbeats
+for i in $(seq 0 $((NODES - 1))); do # until every node has seen the others' heartbeats
+  for _ in $(seq 1 100); do
+    seen=$(curl -s "http://127.0.0.1:$((18101 + 2 * i))/metrics" \
+      | sed -nE 's/^switchboard_cluster_nodes ([0-9]+)/\1/p')
+    [ "${seen:-0}" -ge "$NODES" ] && break; sleep 0.1
+  done
+done
 LG="target/release/switchboard-loadgen pairs --jwt-secret $SECRET --conns $CONNS --rate $RATE --duration $DURATION --warmup 2s"
 net() { # bytes Redis read and wrote, all clients
   redis-cli -p "$REDIS_PORT" info stats | sed -nE 's/^total_net_(input|output)_bytes:([0-9]+).*/\2/p' \
