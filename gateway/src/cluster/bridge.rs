@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use wire::{ServerMessage, UserId};
 
+use super::hints::{HeldHints, PushRing};
 use super::items::{self, Item};
 use super::remote::{Attached, Pending, RemoteConns};
 use super::streams::{self, Entries};
@@ -27,10 +28,7 @@ pub struct Parts {
     pub cluster: ClusterConfig,
     pub advertise: String,
     pub http_port: u16,
-    pub push: Option<(
-        rtrb::Producer<crate::push::Hint>,
-        Arc<crate::push::PushStats>,
-    )>,
+    pub push: Option<PushRing>,
     pub limits: Limits,
     pub client: redis::Client,
     pub from_shards: Vec<rtrb::Consumer<ToBridge>>,
@@ -56,14 +54,8 @@ pub struct Bridge {
     me: u8,
     advertise: String,
     http_port: u16,
-    /// The push thread's ring, with its counters, and the hints held until their user's
-    /// lookup says whether to send them (at most `cluster_pending_users_max`).
-    push: Option<(
-        rtrb::Producer<crate::push::Hint>,
-        Arc<crate::push::PushStats>,
-    )>,
-    hints: HashMap<UserId, Vec<Arc<router::OfflineHint>>>,
-    hints_held: usize,
+    /// Push hints waiting for their user's lookup.
+    hints: HeldHints,
     client: redis::Client,
     conn: Option<MultiplexedConnection>,
     /// When to try Redis again, and the wait after that.
@@ -131,9 +123,7 @@ impl Bridge {
             me: parts.cluster.node,
             advertise: parts.advertise,
             http_port: parts.http_port,
-            push: parts.push,
-            hints: HashMap::new(),
-            hints_held: 0,
+            hints: HeldHints::new(parts.push, limits.cluster_pending_users_max),
             client: parts.client,
             conn: None,
             next_try: now,
@@ -306,7 +296,8 @@ impl Bridge {
                     return;
                 }
                 if let Some(hint) = hint {
-                    self.hold(&user, hint);
+                    let reachable = self.conn.is_some();
+                    self.hints.hold(&user, hint, reachable);
                 }
                 self.want(user);
             }
@@ -437,52 +428,6 @@ impl Bridge {
             if self.pending.contains(&user) || elsewhere.iter().any(|node| *node != hint.node) {
                 self.want(user);
             }
-        }
-    }
-
-    /// Keeps `hint` until `user` is looked up; with no room, or no push thread, at once.
-    fn hold(&mut self, user: &UserId, hint: Arc<router::OfflineHint>) {
-        if self.push.is_none() {
-            return;
-        }
-        if self.hints_held >= self.pending_max || self.conn.is_none() {
-            return self.push_hints(user, vec![hint]);
-        }
-        self.hints_held += 1;
-        self.hints.entry(user.clone()).or_default().push(hint);
-    }
-
-    /// The lookup of `user` is done: their held hints go to the push thread if they are
-    /// connected to no node (`found` false), else nowhere.
-    fn settle_hints(&mut self, user: &UserId, found: bool) {
-        let Some(hints) = self.hints.remove(user) else {
-            return;
-        };
-        self.hints_held -= hints.len();
-        if found {
-            ClusterStats::add(&self.stats.hints_spared, hints.len());
-        } else {
-            self.push_hints(user, hints);
-        }
-    }
-
-    fn push_hints(&mut self, user: &UserId, hints: Vec<Arc<router::OfflineHint>>) {
-        let Some((ring, stats)) = &mut self.push else {
-            return;
-        };
-        for hint in hints {
-            let user = user.clone();
-            if ring.push(crate::push::Hint { user, hint }).is_err() {
-                stats.handoff_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Every held hint to the push thread: Redis cannot say where their users are.
-    fn push_held_hints(&mut self) {
-        let held: Vec<UserId> = self.hints.keys().cloned().collect();
-        for user in held {
-            self.settle_hints(&user, false);
         }
     }
 
@@ -624,7 +569,7 @@ impl Bridge {
     }
 
     fn failed(&mut self, error: &redis::RedisError) {
-        self.push_held_hints();
+        self.hints.send_all();
         if self.conn.take().is_some() || self.stats.up() {
             tracing::warn!(%error, "the cluster's Redis cannot be reached: cross-node traffic waits");
         }
@@ -771,7 +716,8 @@ impl Bridge {
             for node in &found {
                 self.attach(*node, &user);
             }
-            self.settle_hints(&user, !found.is_empty() || self.local.contains_key(&user));
+            let found_any = !found.is_empty() || self.local.contains_key(&user);
+            self.hints.settle(&user, found_any, &self.stats);
             if found.is_empty() && !self.local.contains_key(&user) {
                 self.pending.insert(user);
             }

@@ -44,6 +44,7 @@
 //! reads the node list and counters.
 
 mod bridge;
+mod hints;
 mod items;
 mod remote;
 mod streams;
